@@ -1,0 +1,264 @@
+#include "client.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "control_protocol.h"
+#include "duration.h"
+#include "fd.h"
+
+namespace hotrestart {
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+void say_error(const std::string& text) { fmt::print(stderr, "hotrestart: {}\n", text); }
+
+Result<Fd> connect_control(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) return Error::message(fmt::format("control socket path '{}' is too long", path));
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return Error::from_errno("socket");
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    const int err = errno;
+    switch (err) {
+      case ENOENT:
+        return Error::message(fmt::format("no supervisor at {} (is `hotrestart run` running with this --name or --control?)", path));
+      case ECONNREFUSED:
+        return Error::message(fmt::format("no supervisor is listening at {} (the socket file is stale)", path));
+      case EACCES:
+        return Error::message(fmt::format("permission denied: {} belongs to another user", path));
+      default:
+        return Error::from_errno(fmt::format("connect {}", path), err);
+    }
+  }
+  return fd;
+}
+
+Status send_all(int fd, const std::string& bytes) {
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::send(fd, bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Error::from_errno("send");
+    done += static_cast<std::size_t>(n);
+  }
+  return {};
+}
+
+// Reads answer lines until the supervisor closes the connection. `deadline` bounds the
+// wait for each line (nullopt: wait as long as the supervisor takes; its phases have
+// their own deadlines).
+class LineSource {
+ public:
+  explicit LineSource(int fd) : fd_(fd) {}
+
+  // A parsed line; an empty optional at EOF or on error (then `error()` says which).
+  std::optional<json> next(std::optional<std::chrono::milliseconds> timeout) {
+    while (true) {
+      if (auto line = reader_.next_line()) {
+        auto parsed = parse_control_line(*line);
+        if (!parsed) {
+          error_ = "the supervisor sent an unreadable answer: " + parsed.error().text();
+          return std::nullopt;
+        }
+        return std::move(parsed).value();
+      }
+      if (reader_.overflowed()) {
+        error_ = "the supervisor sent an answer over the size limit";
+        return std::nullopt;
+      }
+      pollfd p{fd_, POLLIN, 0};
+      const int wait_ms = timeout ? static_cast<int>(timeout->count()) : -1;
+      const int rc = ::poll(&p, 1, wait_ms);
+      if (rc < 0 && errno == EINTR) continue;
+      if (rc == 0) {
+        error_ = "timed out waiting for the supervisor";
+        return std::nullopt;
+      }
+      char buf[16 * 1024];
+      const ssize_t n = ::read(fd_, buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        eof_ = n == 0;
+        if (n < 0) error_ = fmt::format("read: {}", std::strerror(errno));
+        return std::nullopt;
+      }
+      reader_.feed(std::string_view(buf, static_cast<std::size_t>(n)));
+    }
+  }
+  bool eof() const { return eof_; }
+  const std::string& error() const { return error_; }
+
+ private:
+  int fd_;
+  LineReader reader_;
+  bool eof_ = false;
+  std::string error_;
+};
+
+// Maps a protocol error answer to the exit code and message.
+int report_error_answer(const json& answer) {
+  const std::string code = answer.value("code", "");
+  say_error(answer.value("error", "the supervisor refused the request"));
+  if (code == "busy" || code == "stopping") return kExitRefused;
+  return kExitUsage;
+}
+
+Result<Fd> open_and_send(const std::string& path, const json& request) {
+  auto fd = connect_control(path);
+  if (!fd) return fd;
+  if (auto ok = send_all(fd->get(), to_line(request)); !ok) return ok.error();
+  return fd;
+}
+
+std::string age_text(std::int64_t ms) {
+  const std::int64_t s = ms / 1000;
+  if (s < 60) return format_duration(std::chrono::milliseconds(ms < 1000 ? ms : s * 1000));
+  if (s < 3600) return fmt::format("{}m{}s", s / 60, s % 60);
+  if (s < 86400) return fmt::format("{}h{}m", s / 3600, (s % 3600) / 60);
+  return fmt::format("{}d{}h", s / 86400, (s % 86400) / 3600);
+}
+
+void print_status(const json& s) {
+  fmt::print("supervisor \"{}\": pid {}, up {}{}\n", s.value("name", ""), s.value("pid", 0),
+             age_text(s.value("uptime_ms", std::int64_t{0})), s.value("stopping", false) ? ", STOPPING" : "");
+  fmt::print("control:     {}\n", s.value("control", ""));
+  for (const auto& l : s.value("listeners", json::array())) {
+    fmt::print("listener:    {:<12} {}{}\n", l.value("name", ""), l.value("address", ""),
+               l.value("adopted", false) ? "  (socket activation)" : "");
+  }
+  fmt::print("ready:       {} (timeout {} ms); drain: {} (timeout {} ms)\n", s["ready"].value("mode", ""),
+             s["ready"].value("timeout_ms", 0), s["drain"].value("signal", ""), s["drain"].value("timeout_ms", 0));
+  fmt::print("generations:\n");
+  const auto& gens = s.value("generations", json::array());
+  if (gens.empty()) fmt::print("  (none running)\n");
+  for (const auto& g : gens) {
+    std::string cmd;
+    for (const auto& a : g.value("command", json::array())) cmd += (cmd.empty() ? "" : " ") + a.get<std::string>();
+    fmt::print("  #{:<4} pid {:<8} {:<9} {:<10} age {:<8} {}\n", g.value("generation", 0), g.value("pid", 0),
+               g.value("state", ""), g.value("role", ""), age_text(g.value("age_ms", std::int64_t{0})), cmd);
+    if (!g.value("status", "").empty()) fmt::print("        status: {}\n", g.value("status", ""));
+  }
+  if (!s["upgrade"].is_null()) {
+    fmt::print("upgrade:     in progress: generation {} in phase {} for {} ms\n", s["upgrade"].value("generation", 0),
+               s["upgrade"].value("phase", ""), s["upgrade"].value("elapsed_ms", 0));
+  }
+  const auto& c = s["counters"];
+  fmt::print("upgrades:    {} done, {} rolled back; crashes: {} ({} restarts)\n", c.value("upgrades_done", 0),
+             c.value("upgrades_rolled_back", 0), c.value("crashes", 0), c.value("restarts", 0));
+  if (!s["last_upgrade"].is_null()) {
+    const auto& u = s["last_upgrade"];
+    fmt::print("last upgrade: {} in {} ms: {}\n", u.value("outcome", ""), u.value("elapsed_ms", 0), u.value("message", ""));
+  }
+  if (!s["last_error"].is_null()) {
+    fmt::print("last error:  {} ({} ago)\n", s["last_error"].value("message", ""),
+               age_text(s["last_error"].value("age_ms", std::int64_t{0})));
+  }
+}
+
+}  // namespace
+
+int client_status(const std::string& control_path, Output output) {
+  auto fd = open_and_send(control_path, json{{"v", kControlProtocolVersion}, {"cmd", "status"}});
+  if (!fd) {
+    say_error(fd.error().text());
+    return kExitUsage;
+  }
+  LineSource source(fd->get());
+  auto answer = source.next(std::chrono::milliseconds(10'000));
+  if (!answer) {
+    say_error(source.error().empty() ? "the supervisor closed the connection without an answer" : source.error());
+    return kExitUsage;
+  }
+  if (answer->value("type", "") == "error") return report_error_answer(*answer);
+  if (output == Output::Json) {
+    answer->erase("type");
+    fmt::print("{}\n", answer->dump(2));
+  } else {
+    print_status(*answer);
+  }
+  return kExitOk;
+}
+
+int client_upgrade(const std::string& control_path, std::optional<std::string> exec,
+                   std::optional<std::vector<std::string>> command, Output output) {
+  json request{{"v", kControlProtocolVersion}, {"cmd", "upgrade"}};
+  if (exec) request["exec"] = *exec;
+  if (command) request["command"] = *command;
+  auto fd = open_and_send(control_path, request);
+  if (!fd) {
+    say_error(fd.error().text());
+    return kExitUsage;
+  }
+  LineSource source(fd->get());
+  while (true) {
+    auto answer = source.next(std::nullopt);
+    if (!answer) {
+      say_error(source.error().empty() ? "the supervisor closed the connection before the verdict; check `hotrestart status`"
+                                       : source.error());
+      return kExitUsage;
+    }
+    const std::string type = answer->value("type", "");
+    if (output == Output::Json) fmt::print("{}\n", answer->dump());
+    if (type == "error") {
+      if (output == Output::Json) return answer->value("code", "") == "busy" || answer->value("code", "") == "stopping" ? kExitRefused : kExitUsage;
+      return report_error_answer(*answer);
+    }
+    if (type == "event" && output == Output::Human) {
+      fmt::print("[{:>7}] {:<16} {}\n", format_duration(std::chrono::milliseconds(answer->value("elapsed_ms", 0))),
+                 answer->value("phase", ""), answer->value("message", ""));
+    }
+    if (type == "result") {
+      const bool ok = answer->value("ok", false);
+      if (output == Output::Human) {
+        const auto elapsed = format_duration(std::chrono::milliseconds(answer->value("elapsed_ms", 0)));
+        if (ok) {
+          fmt::print("upgrade succeeded in {}: {}\n", elapsed, answer->value("message", ""));
+        } else {
+          fmt::print(stderr, "hotrestart: upgrade failed after {}: {}\n", elapsed, answer->value("message", ""));
+        }
+      }
+      std::fflush(stdout);
+      return ok ? kExitOk : kExitRolledBack;
+    }
+    std::fflush(stdout);
+  }
+}
+
+int client_stop(const std::string& control_path, bool wait) {
+  auto fd = open_and_send(control_path, json{{"v", kControlProtocolVersion}, {"cmd", "stop"}});
+  if (!fd) {
+    say_error(fd.error().text());
+    return kExitUsage;
+  }
+  LineSource source(fd->get());
+  auto answer = source.next(std::chrono::milliseconds(10'000));
+  if (!answer) {
+    say_error(source.error().empty() ? "the supervisor closed the connection without an answer" : source.error());
+    return kExitUsage;
+  }
+  if (answer->value("type", "") == "error") return report_error_answer(*answer);
+  fmt::print("stopping supervisor pid {}\n", answer->value("pid", 0));
+  std::fflush(stdout);
+  if (!wait) return kExitOk;
+  // The supervisor keeps this connection open until it exits.
+  while (source.next(std::nullopt)) {
+  }
+  fmt::print("stopped\n");
+  return kExitOk;
+}
+
+}  // namespace hotrestart

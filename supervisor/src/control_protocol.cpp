@@ -1,0 +1,121 @@
+#include "control_protocol.h"
+
+#include <fmt/format.h>
+
+namespace hotrestart {
+
+using nlohmann::json;
+
+bool LineReader::feed(std::string_view bytes) {
+  if (overflowed_) return false;
+  buffer_.append(bytes);
+  // Any unterminated tail longer than the limit can never become a valid line.
+  const auto last_newline = buffer_.rfind('\n');
+  const std::size_t tail = last_newline == std::string::npos ? buffer_.size() : buffer_.size() - last_newline - 1;
+  if (tail > max_line_) {
+    overflowed_ = true;
+    buffer_.clear();
+    return false;
+  }
+  return true;
+}
+
+std::optional<std::string> LineReader::next_line() {
+  const auto pos = buffer_.find('\n');
+  if (pos == std::string::npos) return std::nullopt;
+  if (pos > max_line_) {
+    overflowed_ = true;
+    buffer_.clear();
+    return std::nullopt;
+  }
+  std::string line = buffer_.substr(0, pos);
+  buffer_.erase(0, pos + 1);
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  return line;
+}
+
+Result<json> parse_control_line(std::string_view line) {
+  if (line.size() > kControlMaxLine) {
+    return Error::message(fmt::format("message of {} bytes is over the {}-byte limit", line.size(), kControlMaxLine));
+  }
+  // Depth is checked by a flat scan first, so that no parser ever recurses on hostile input.
+  int depth = 0;
+  bool in_string = false;
+  bool escaped = false;
+  for (char c : line) {
+    if (in_string) {
+      if (escaped) escaped = false;
+      else if (c == '\\') escaped = true;
+      else if (c == '"') in_string = false;
+      continue;
+    }
+    if (c == '"') in_string = true;
+    else if (c == '{' || c == '[') {
+      if (++depth > kControlMaxDepth) {
+        return Error::message(fmt::format("message nests deeper than {} levels", kControlMaxDepth));
+      }
+    } else if (c == '}' || c == ']') {
+      --depth;
+    }
+  }
+  json j = json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return Error::message("message is not valid JSON");
+  if (!j.is_object()) return Error::message("message is not a JSON object");
+  return j;
+}
+
+std::variant<ControlRequest, ControlRequestError> decode_control_request(const json& j) {
+  const auto bad = [](std::string message) { return ControlRequestError{"bad-request", std::move(message)}; };
+  const auto v = j.find("v");
+  if (v == j.end() || !v->is_number_integer()) return bad("the request has no integer \"v\" (protocol version)");
+  if (v->get<std::int64_t>() != kControlProtocolVersion) {
+    return ControlRequestError{"version", fmt::format("protocol version {} is not supported; this supervisor speaks version {}",
+                                                      v->dump(), kControlProtocolVersion)};
+  }
+  const auto cmd = j.find("cmd");
+  if (cmd == j.end() || !cmd->is_string()) return bad("the request has no \"cmd\" string");
+  ControlRequest request;
+  const auto& name = cmd->get_ref<const std::string&>();
+  if (name == "status") {
+    request.command = ControlRequest::Command::ShowStatus;
+  } else if (name == "stop") {
+    request.command = ControlRequest::Command::Stop;
+  } else if (name == "upgrade") {
+    request.command = ControlRequest::Command::Upgrade;
+    if (const auto e = j.find("exec"); e != j.end()) {
+      if (!e->is_string() || e->get_ref<const std::string&>().empty()) return bad("\"exec\" must be a non-empty string");
+      request.exec = e->get<std::string>();
+    }
+    if (const auto c = j.find("command"); c != j.end()) {
+      if (!c->is_array() || c->empty() || c->size() > kMaxCommandArgs) {
+        return bad(fmt::format("\"command\" must be an array of 1 to {} strings", kMaxCommandArgs));
+      }
+      std::vector<std::string> argv;
+      for (const auto& arg : *c) {
+        if (!arg.is_string()) return bad("\"command\" must contain only strings");
+        const auto& s = arg.get_ref<const std::string&>();
+        if (s.find('\0') != std::string::npos) return bad("\"command\" arguments must not contain NUL bytes");
+        argv.push_back(s);
+      }
+      if (argv.front().empty()) return bad("the program name in \"command\" is empty");
+      request.argv = std::move(argv);
+    }
+    if (request.exec && request.argv) return bad("give \"exec\" or \"command\", not both");
+  } else {
+    return bad(fmt::format("unknown command '{}' (expected status, upgrade or stop)", name.substr(0, 64)));
+  }
+  return request;
+}
+
+json control_error(std::string_view code, std::string_view message) {
+  return json{{"v", kControlProtocolVersion}, {"type", "error"}, {"code", code}, {"error", message}};
+}
+
+std::string to_line(const json& j) {
+  // Invalid UTF-8 from a hostile peer (echoed in an error) is replaced, never thrown on.
+  std::string out = j.dump(-1, ' ', false, json::error_handler_t::replace);
+  out += '\n';
+  return out;
+}
+
+}  // namespace hotrestart

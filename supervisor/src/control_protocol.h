@@ -1,0 +1,82 @@
+// The control protocol, version 1 (docs/protocol.md has the full description).
+//
+// Transport: a Unix stream socket, mode 0600, peers checked with SO_PEERCRED.
+// Framing:   one JSON object per line ("\n"-terminated UTF-8), at most kControlMaxLine bytes
+//            per line and at most kControlMaxDepth levels of nesting.
+// Exchange:  the client sends exactly one request line; the supervisor answers with one or
+//            more lines and then closes the connection.
+//
+//   request   {"v":1,"cmd":"status"}
+//             {"v":1,"cmd":"upgrade"}                        same command line
+//             {"v":1,"cmd":"upgrade","exec":"/path"}         new executable, same arguments
+//             {"v":1,"cmd":"upgrade","command":["prog","arg"]}  new command line
+//             {"v":1,"cmd":"stop"}                           graceful stop
+//   answers   {"v":1,"type":"status", ...}                   see Supervisor::status_json
+//             {"v":1,"type":"event","phase":"warming",...}   upgrade progress, zero or more
+//             {"v":1,"type":"result","ok":true|false,...}    upgrade verdict, last line
+//             {"v":1,"type":"stopping","pid":N}              stop accepted; closes at exit
+//             {"v":1,"type":"error","code":"...","error":"sentence"}
+//
+// Error codes: "bad-request" (malformed, oversized, unknown field values), "version"
+// (unsupported "v"), "busy" (an upgrade is in progress), "stopping", "forbidden" (peer uid).
+#pragma once
+
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "result.h"
+
+namespace hotrestart {
+
+inline constexpr int kControlProtocolVersion = 1;
+inline constexpr std::size_t kControlMaxLine = 64 * 1024;
+inline constexpr int kControlMaxDepth = 8;
+inline constexpr std::size_t kMaxCommandArgs = 4096;
+
+// Accumulates bytes from a stream and cuts them into lines, refusing a line longer than
+// the limit before buffering more of it.
+class LineReader {
+ public:
+  explicit LineReader(std::size_t max_line = kControlMaxLine) : max_line_(max_line) {}
+
+  // Appends bytes. Returns false (and stays failed) if a line outgrows the limit.
+  bool feed(std::string_view bytes);
+  // The next complete line, without its "\n".
+  std::optional<std::string> next_line();
+  bool overflowed() const { return overflowed_; }
+  std::size_t buffered() const { return buffer_.size(); }
+
+ private:
+  std::string buffer_;
+  std::size_t max_line_;
+  bool overflowed_ = false;
+};
+
+// Parses a line as a JSON object after checking its nesting depth without recursion.
+Result<nlohmann::json> parse_control_line(std::string_view line);
+
+struct ControlRequest {
+  enum class Command { ShowStatus, Upgrade, Stop };
+  Command command = Command::ShowStatus;
+  std::optional<std::string> exec;                  // upgrade: new executable
+  std::optional<std::vector<std::string>> argv;     // upgrade: new command line
+};
+
+// Validates a request object. Errors carry the protocol error code in `code()`-free form:
+// the caller maps them with control_error_code().
+struct ControlRequestError {
+  std::string code;  // "bad-request" or "version"
+  std::string message;
+};
+std::variant<ControlRequest, ControlRequestError> decode_control_request(const nlohmann::json& j);
+
+nlohmann::json control_error(std::string_view code, std::string_view message);
+std::string to_line(const nlohmann::json& j);  // Compact JSON plus "\n".
+
+}  // namespace hotrestart

@@ -1,0 +1,95 @@
+#include "listen_spec.h"
+
+#include <charconv>
+#include <set>
+
+#include <fmt/format.h>
+#include <sys/un.h>
+
+namespace hotrestart {
+
+bool valid_listener_name(std::string_view name) {
+  if (name.empty() || name.size() > 64) return false;
+  for (char c : name) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '.' || c == '_' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+Result<ListenSpec> parse_listen_spec(std::string_view text, std::size_t position) {
+  const auto bad = [&](std::string_view why) {
+    return Error::message(fmt::format(
+        "invalid --listen '{}': {} (write [NAME=]tcp://HOST:PORT or [NAME=]unix:PATH)", text, why));
+  };
+  ListenSpec spec;
+  std::string_view rest = text;
+  if (!rest.starts_with("tcp://") && !rest.starts_with("unix:")) {
+    const auto eq = rest.find('=');
+    if (eq == std::string_view::npos) return bad("unknown address kind");
+    spec.name = std::string(rest.substr(0, eq));
+    if (!valid_listener_name(spec.name)) {
+      return bad("the name must be 1-64 characters of letters, digits, '.', '_' or '-'");
+    }
+    rest.remove_prefix(eq + 1);
+  } else {
+    spec.name = fmt::format("listen{}", position);
+  }
+  spec.text = std::string(rest);
+
+  if (rest.starts_with("unix:")) {
+    spec.kind = ListenSpec::Kind::Unix;
+    spec.path = std::string(rest.substr(5));
+    if (spec.path.empty()) return bad("the socket path is empty");
+    if (spec.path.size() >= sizeof(sockaddr_un{}.sun_path)) {
+      return bad(fmt::format("the socket path is longer than {} bytes", sizeof(sockaddr_un{}.sun_path) - 1));
+    }
+    if (spec.path.find('\0') != std::string::npos) return bad("the socket path contains a NUL byte");
+    return spec;
+  }
+  if (!rest.starts_with("tcp://")) return bad("unknown address kind");
+  rest.remove_prefix(6);
+
+  std::string_view host;
+  std::string_view port;
+  if (rest.starts_with("[")) {
+    const auto close = rest.find(']');
+    if (close == std::string_view::npos) return bad("missing ']' after the IPv6 address");
+    host = rest.substr(1, close - 1);
+    rest.remove_prefix(close + 1);
+    if (!rest.starts_with(":")) return bad("missing ':PORT' after the IPv6 address");
+    port = rest.substr(1);
+  } else {
+    const auto colon = rest.rfind(':');
+    if (colon == std::string_view::npos) return bad("missing ':PORT'");
+    host = rest.substr(0, colon);
+    port = rest.substr(colon + 1);
+    if (host.find(':') != std::string_view::npos) return bad("write IPv6 addresses in brackets, like [::1]:8080");
+  }
+  if (host.empty()) return bad("the host is empty (use 0.0.0.0 or [::] for every address)");
+  unsigned value = 0;
+  auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+  if (port.empty() || ec != std::errc() || end != port.data() + port.size() || value > 65535) {
+    return bad("the port must be a number from 0 to 65535");
+  }
+  spec.host = std::string(host);
+  spec.port = static_cast<std::uint16_t>(value);
+  return spec;
+}
+
+Result<std::vector<ListenSpec>> parse_listen_specs(const std::vector<std::string>& texts) {
+  std::vector<ListenSpec> specs;
+  std::set<std::string> names;
+  for (std::size_t i = 0; i < texts.size(); ++i) {
+    auto spec = parse_listen_spec(texts[i], i);
+    if (!spec) return spec.error();
+    if (!names.insert(spec->name).second) {
+      return Error::message(fmt::format("invalid --listen '{}': the name '{}' is used twice", texts[i], spec->name));
+    }
+    specs.push_back(std::move(spec).value());
+  }
+  return specs;
+}
+
+}  // namespace hotrestart

@@ -1,0 +1,35 @@
+// Listen addresses as operators write them:
+//   [NAME=]tcp://HOST:PORT     HOST is an IPv4 address, [IPv6], or a host name; PORT 0 = any
+//   [NAME=]unix:PATH           a filesystem Unix stream socket
+// NAME is what the worker sees in LISTEN_FDNAMES; it defaults to "listenN" (N = position).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "result.h"
+
+namespace hotrestart {
+
+struct ListenSpec {
+  enum class Kind { Tcp, Unix };
+  std::string name;
+  Kind kind = Kind::Tcp;
+  std::string host;  // Tcp: without brackets.
+  std::uint16_t port = 0;
+  std::string path;  // Unix.
+  std::string text;  // The address part as written, for messages.
+};
+
+// Names follow systemd's rules for LISTEN_FDNAMES (no ':' and no control characters) and
+// are further limited to [A-Za-z0-9._-]{1,64} so they are safe in logs and environments.
+bool valid_listener_name(std::string_view name);
+
+Result<ListenSpec> parse_listen_spec(std::string_view text, std::size_t position);
+
+// Parses all specs and checks that names are unique.
+Result<std::vector<ListenSpec>> parse_listen_specs(const std::vector<std::string>& texts);
+
+}  // namespace hotrestart

@@ -1,0 +1,248 @@
+#include "listener_set.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <map>
+
+#include <fmt/format.h>
+
+#include "log.h"
+
+namespace hotrestart {
+namespace {
+
+// The backlog is a property of the shared socket, so it is set once here; workers that call
+// listen() again with a smaller value would shrink it for everyone (the SDK passes SOMAXCONN).
+constexpr int kBacklog = SOMAXCONN;
+
+Result<Fd> bind_tcp(const ListenSpec& spec) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  const std::string port = std::to_string(spec.port);
+  const int rc = ::getaddrinfo(spec.host.c_str(), port.c_str(), &hints, &found);
+  if (rc != 0) {
+    return Error::message(fmt::format("resolve '{}': {}", spec.host, ::gai_strerror(rc)));
+  }
+  std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> guard(found, &::freeaddrinfo);
+  // The first address the resolver prefers is used; one listener is one socket.
+  Fd fd(::socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return Error::from_errno("socket");
+  const int one = 1;
+  // SO_REUSEADDR lets a restarted supervisor bind while old connections sit in TIME_WAIT.
+  if (::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0) {
+    return Error::from_errno("setsockopt SO_REUSEADDR");
+  }
+  if (::bind(fd.get(), found->ai_addr, found->ai_addrlen) != 0) {
+    return Error::from_errno(fmt::format("bind {}", spec.text));
+  }
+  if (::listen(fd.get(), kBacklog) != 0) return Error::from_errno(fmt::format("listen {}", spec.text));
+  return fd;
+}
+
+Result<Fd> bind_unix(const ListenSpec& spec, bool* created) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, spec.path.c_str(), spec.path.size() + 1);
+  struct stat st{};
+  if (::lstat(spec.path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      return Error::message(fmt::format("bind {}: the path exists and is not a socket", spec.text));
+    }
+    // A socket file left by a process that is gone refuses connections: remove it. One that
+    // accepts belongs to a live server, and stealing its path would be a surprise.
+    Fd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (probe && ::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+      return Error::message(fmt::format("bind {}: another process is listening on it", spec.text));
+    }
+    if (::unlink(spec.path.c_str()) != 0) return Error::from_errno(fmt::format("unlink stale {}", spec.text));
+  }
+  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return Error::from_errno("socket");
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    return Error::from_errno(fmt::format("bind {}", spec.text));
+  }
+  *created = true;
+  if (::listen(fd.get(), kBacklog) != 0) {
+    ::unlink(spec.path.c_str());
+    return Error::from_errno(fmt::format("listen {}", spec.text));
+  }
+  return fd;
+}
+
+Result<Listener> bind_one(const ListenSpec& spec) {
+  Listener l;
+  l.spec = spec;
+  Result<Fd> fd = Error::message("unreachable");
+  if (spec.kind == ListenSpec::Kind::Tcp) {
+    fd = bind_tcp(spec);
+  } else {
+    fd = bind_unix(spec, &l.unlink_on_exit);
+  }
+  if (!fd) return fd.error().context(fmt::format("listener {}", spec.name));
+  l.fd = std::move(fd).value();
+  l.address = describe_bound_address(l.fd.get());
+  return l;
+}
+
+Status check_listening_stream_socket(int fd) {
+  struct stat st{};
+  if (::fstat(fd, &st) != 0) return Error::from_errno(fmt::format("fstat fd {}", fd));
+  if (!S_ISSOCK(st.st_mode)) return Error::message(fmt::format("fd {} is not a socket", fd));
+  int type = 0;
+  int listening = 0;
+  socklen_t len = sizeof type;
+  if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) return Error::from_errno("getsockopt SO_TYPE");
+  len = sizeof listening;
+  if (::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0) {
+    return Error::from_errno("getsockopt SO_ACCEPTCONN");
+  }
+  if (type != SOCK_STREAM || !listening) {
+    return Error::message(fmt::format("fd {} is not a listening stream socket", fd));
+  }
+  return {};
+}
+
+std::vector<std::string> split(std::string_view text, char sep) {
+  std::vector<std::string> parts;
+  std::size_t start = 0;
+  while (true) {
+    const auto pos = text.find(sep, start);
+    parts.emplace_back(text.substr(start, pos == std::string_view::npos ? std::string_view::npos : pos - start));
+    if (pos == std::string_view::npos) break;
+    start = pos + 1;
+  }
+  return parts;
+}
+
+}  // namespace
+
+std::string describe_bound_address(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "?";
+  char text[INET6_ADDRSTRLEN] = {};
+  switch (ss.ss_family) {
+    case AF_INET: {
+      const auto* in = reinterpret_cast<sockaddr_in*>(&ss);
+      ::inet_ntop(AF_INET, &in->sin_addr, text, sizeof text);
+      return fmt::format("{}:{}", text, ntohs(in->sin_port));
+    }
+    case AF_INET6: {
+      const auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
+      ::inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof text);
+      return fmt::format("[{}]:{}", text, ntohs(in6->sin6_port));
+    }
+    case AF_UNIX: {
+      const auto* un = reinterpret_cast<sockaddr_un*>(&ss);
+      const auto path_len = len > offsetof(sockaddr_un, sun_path) ? len - offsetof(sockaddr_un, sun_path) : 0;
+      return fmt::format("unix:{}", std::string(un->sun_path, ::strnlen(un->sun_path, path_len)));
+    }
+    default:
+      return "?";
+  }
+}
+
+Result<ListenerSet> ListenerSet::bind_all(const std::vector<ListenSpec>& specs) {
+  ListenerSet set;
+  for (const auto& spec : specs) {
+    auto l = bind_one(spec);
+    if (!l) return l.error();  // `set` unwinds and closes what was bound.
+    set.listeners_.push_back(std::move(l).value());
+  }
+  return set;
+}
+
+Result<ListenerSet> ListenerSet::adopt_or_bind(const std::vector<ListenSpec>& specs, bool* activated) {
+  *activated = false;
+  const char* pid_env = std::getenv("LISTEN_PID");
+  const char* fds_env = std::getenv("LISTEN_FDS");
+  if (pid_env == nullptr || fds_env == nullptr || std::to_string(::getpid()) != pid_env) {
+    return bind_all(specs);
+  }
+  const int count = std::atoi(fds_env);
+  const char* names_env = std::getenv("LISTEN_FDNAMES");
+  std::vector<std::string> names = names_env ? split(names_env, ':') : std::vector<std::string>{};
+  // Whatever happens next, these variables describe *our* fds and must not reach a worker.
+  ::unsetenv("LISTEN_PID");
+  ::unsetenv("LISTEN_FDS");
+  ::unsetenv("LISTEN_FDNAMES");
+  if (count <= 0 || count > 1024) return Error::message(fmt::format("LISTEN_FDS={} is out of range", fds_env));
+  *activated = true;
+
+  std::map<std::string, Fd> passed;
+  for (int i = 0; i < count; ++i) {
+    const int fd = 3 + i;
+    ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+    Fd owned(fd);
+    std::string name = i < static_cast<int>(names.size()) && !names[i].empty() ? names[i] : fmt::format("listen{}", i);
+    if (auto ok = check_listening_stream_socket(fd); !ok) {
+      return ok.error().context(fmt::format("socket activation ('{}')", name));
+    }
+    if (!passed.emplace(name, std::move(owned)).second) {
+      return Error::message(fmt::format("socket activation passed the name '{}' twice (LISTEN_FDNAMES)", name));
+    }
+  }
+
+  ListenerSet set;
+  if (specs.empty()) {
+    for (auto& [name, fd] : passed) {
+      Listener l;
+      l.spec.name = name;
+      l.address = describe_bound_address(fd.get());
+      l.spec.text = l.address;
+      l.fd = std::move(fd);
+      l.adopted = true;
+      set.listeners_.push_back(std::move(l));
+    }
+    return set;
+  }
+  for (const auto& spec : specs) {
+    auto it = passed.find(spec.name);
+    if (it == passed.end()) {
+      auto l = bind_one(spec);
+      if (!l) return l.error();
+      set.listeners_.push_back(std::move(l).value());
+      continue;
+    }
+    Listener l;
+    l.spec = spec;
+    l.fd = std::move(it->second);
+    l.address = describe_bound_address(l.fd.get());
+    l.adopted = true;
+    set.listeners_.push_back(std::move(l));
+    passed.erase(it);
+  }
+  for (const auto& [name, fd] : passed) {
+    log_warn("socket activation passed '{}' ({}), which no --listen names; closing it", name,
+             describe_bound_address(fd.get()));
+  }
+  return set;
+}
+
+ListenerSet::~ListenerSet() {
+  for (auto& l : listeners_) {
+    if (l.unlink_on_exit && l.fd) ::unlink(l.spec.path.c_str());
+  }
+}
+
+std::string ListenerSet::fdnames() const {
+  std::string out;
+  for (const auto& l : listeners_) {
+    if (!out.empty()) out += ':';
+    out += l.spec.name;
+  }
+  return out;
+}
+
+}  // namespace hotrestart

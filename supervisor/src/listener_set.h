@@ -1,0 +1,56 @@
+// ListenerSet: the listening sockets the supervisor owns for its whole life.
+//
+// Invariant 1: each socket is bound once, here, and never closed while the supervisor
+// runs. Workers receive duplicates of the same open file description, so the accept
+// queue is shared and survives any worker exiting; no moment exists in which a connect
+// could be refused.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "fd.h"
+#include "listen_spec.h"
+#include "result.h"
+
+namespace hotrestart {
+
+struct Listener {
+  ListenSpec spec;
+  Fd fd;
+  std::string address;  // What the socket is bound to: "127.0.0.1:41234", "[::1]:80", "unix:/run/x.sock".
+  bool adopted = false;  // Received from our own parent (systemd socket activation).
+  bool unlink_on_exit = false;
+};
+
+class ListenerSet {
+ public:
+  // Binds every spec. On any error, sockets bound so far are closed again and the error
+  // names the listener.
+  static Result<ListenerSet> bind_all(const std::vector<ListenSpec>& specs);
+
+  // Adopts sockets passed by systemd (LISTEN_PID == our pid, LISTEN_FDS = n, fds 3..3+n-1),
+  // matched to specs by LISTEN_FDNAMES. With no specs, every passed socket is adopted under
+  // its own name. Specs without a passed socket of their name are bound as usual.
+  // Returns an empty optional-like result (nullptr env) when we were not socket-activated.
+  static Result<ListenerSet> adopt_or_bind(const std::vector<ListenSpec>& specs, bool* activated);
+
+  ListenerSet() = default;
+  ListenerSet(ListenerSet&&) = default;
+  ListenerSet& operator=(ListenerSet&&) = default;
+  ~ListenerSet();
+
+  const std::vector<Listener>& listeners() const { return listeners_; }
+  bool empty() const { return listeners_.empty(); }
+
+  // "http:web" style value for LISTEN_FDNAMES.
+  std::string fdnames() const;
+
+ private:
+  std::vector<Listener> listeners_;
+};
+
+// The address a socket is bound to, in the spelling used by status and logs.
+std::string describe_bound_address(int fd);
+
+}  // namespace hotrestart

@@ -1,0 +1,33 @@
+// Supervisor log lines go to stderr, one line each, prefixed so they stand apart from the
+// workers' own output (which shares the terminal or the journal).
+#pragma once
+
+#include <string_view>
+
+#include <fmt/format.h>
+
+namespace hotrestart {
+
+enum class LogLevel { Debug, Info, Warning, Error };
+
+void set_log_level(LogLevel level);
+void log_line(LogLevel level, std::string_view text);
+
+template <class... Args>
+void log_info(fmt::format_string<Args...> f, Args&&... args) {
+  log_line(LogLevel::Info, fmt::format(f, std::forward<Args>(args)...));
+}
+template <class... Args>
+void log_warn(fmt::format_string<Args...> f, Args&&... args) {
+  log_line(LogLevel::Warning, fmt::format(f, std::forward<Args>(args)...));
+}
+template <class... Args>
+void log_error(fmt::format_string<Args...> f, Args&&... args) {
+  log_line(LogLevel::Error, fmt::format(f, std::forward<Args>(args)...));
+}
+template <class... Args>
+void log_debug(fmt::format_string<Args...> f, Args&&... args) {
+  log_line(LogLevel::Debug, fmt::format(f, std::forward<Args>(args)...));
+}
+
+}  // namespace hotrestart

@@ -1,0 +1,42 @@
+// Reaper: the one place that calls waitpid.
+//
+// libuv would reap only the children it spawned; the supervisor spawns its own (see
+// spawn.h) and, as a child subreaper or PID 1, also inherits orphans of its workers.
+// A single owner avoids the classic bug where one waitpid(-1) steals another's status.
+// Pid reuse: a pid is only signalled while it is registered here, i.e. before it has been
+// reaped, and an unreaped child's pid cannot be reused by the kernel.
+#pragma once
+
+#include <sys/types.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+
+#include "spawn.h"
+#include "uv_handles.h"
+
+namespace hotrestart {
+
+class Reaper {
+ public:
+  using OnExit = std::function<void(pid_t, ExitStatus)>;
+
+  explicit Reaper(uv_loop_t* loop);
+
+  // Registers interest in one child. The callback runs once, on the loop.
+  void watch(pid_t pid, OnExit on_exit);
+  bool watching(pid_t pid) const { return watched_.count(pid) != 0; }
+  void forget(pid_t pid) { watched_.erase(pid); }
+  std::size_t orphans_reaped() const { return orphans_reaped_; }
+
+  // Reaps everything that has exited so far. Also called on SIGCHLD.
+  void reap();
+
+ private:
+  std::map<pid_t, OnExit> watched_;
+  std::unique_ptr<SignalWatch> sigchld_;
+  std::size_t orphans_reaped_ = 0;
+};
+
+}  // namespace hotrestart

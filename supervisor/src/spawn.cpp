@@ -1,0 +1,165 @@
+#include "spawn.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "fd.h"
+#include "signals.h"
+
+namespace hotrestart {
+namespace {
+
+// Writes `value` in decimal into `out`, which has room for 24 characters; only
+// async-signal-safe work, because it runs between fork and exec.
+void write_decimal(char* out, long value) {
+  char digits[24];
+  int n = 0;
+  do {
+    digits[n++] = static_cast<char>('0' + value % 10);
+    value /= 10;
+  } while (value > 0 && n < 23);
+  for (int i = 0; i < n; ++i) out[i] = digits[n - 1 - i];
+  out[n] = '\0';
+}
+
+[[noreturn]] void child_fail(int error_fd, int err) {
+  const ssize_t ignored = ::write(error_fd, &err, sizeof err);
+  (void)ignored;
+  ::_exit(127);
+}
+
+}  // namespace
+
+ExitStatus ExitStatus::from_wait(int wstatus) {
+  ExitStatus s;
+  if (WIFEXITED(wstatus)) s.code = WEXITSTATUS(wstatus);
+  if (WIFSIGNALED(wstatus)) s.signal = WTERMSIG(wstatus);
+  return s;
+}
+
+std::string ExitStatus::describe() const {
+  if (signal != 0) return fmt::format("was killed by {}", signal_name(signal));
+  return fmt::format("exited with status {}", code);
+}
+
+Result<std::string> resolve_executable(const std::string& name, const std::string& path_env) {
+  const auto usable = [](const std::string& path) -> Status {
+    struct stat st{};
+    if (::stat(path.c_str(), &st) != 0) return Error::from_errno(path);
+    if (!S_ISREG(st.st_mode)) return Error::message(fmt::format("{}: not a regular file", path));
+    if (::access(path.c_str(), X_OK) != 0) return Error::from_errno(path);
+    return {};
+  };
+  if (name.empty()) return Error::message("the command is empty");
+  if (name.find('/') != std::string::npos) {
+    if (auto ok = usable(name); !ok) return ok.error();
+    return name;
+  }
+  std::size_t start = 0;
+  while (start <= path_env.size()) {
+    auto end = path_env.find(':', start);
+    if (end == std::string::npos) end = path_env.size();
+    const std::string_view dir = std::string_view(path_env).substr(start, end - start);
+    const std::string candidate = fmt::format("{}/{}", dir.empty() ? "." : dir, name);
+    if (usable(candidate)) return candidate;
+    start = end + 1;
+  }
+  return Error::message(fmt::format("{}: command not found in PATH", name));
+}
+
+Result<pid_t> spawn_process(const SpawnRequest& request) {
+  if (request.argv.empty()) return Error::message("spawn: empty argument list");
+  const int first_free = 3 + static_cast<int>(request.pass_fds.size());
+
+  // Everything the child needs is built before fork: after fork only async-signal-safe
+  // calls are allowed (the supervisor's allocator lock may be held by no one, but glibc
+  // does not promise that).
+  std::vector<char*> argv;
+  argv.reserve(request.argv.size() + 1);
+  for (const auto& a : request.argv) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+
+  std::string listen_pid(std::string_view("LISTEN_PID=") .size() + 24, '\0');
+  std::memcpy(listen_pid.data(), "LISTEN_PID=", 11);
+  std::vector<char*> envp;
+  envp.reserve(request.env.size() + 2);
+  for (const auto& e : request.env) envp.push_back(const_cast<char*>(e.c_str()));
+  if (request.listen_pid == ListenPid::Set) envp.push_back(listen_pid.data());
+  envp.push_back(nullptr);
+
+  int pipe_fds[2];
+  if (::pipe2(pipe_fds, O_CLOEXEC) != 0) return Error::from_errno("pipe2");
+  Fd read_end(pipe_fds[0]);
+  Fd write_end(pipe_fds[1]);
+  // The error pipe must sit above the range 3..first_free-1 that the child fills.
+  if (write_end.get() < first_free) {
+    Fd high(::fcntl(write_end.get(), F_DUPFD_CLOEXEC, first_free));
+    if (!high) return Error::from_errno("fcntl F_DUPFD_CLOEXEC");
+    write_end = std::move(high);
+  }
+
+  // Block every signal across fork so that no handler runs in the child before exec: a
+  // libuv handler there would write into the supervisor's own signal pipe.
+  sigset_t all;
+  sigset_t saved;
+  ::sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &saved);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int error_fd = write_end.get();
+    // Signal dispositions: handlers vanish at exec anyway, but ignored signals (SIGPIPE)
+    // would stay ignored in the worker.
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; ++sig) {
+      if (sig != SIGKILL && sig != SIGSTOP) ::sigaction(sig, &dfl, nullptr);
+    }
+    if (::setpgid(0, 0) != 0) child_fail(error_fd, errno);
+    // Two passes, so that a source fd inside 3..first_free-1 is never overwritten before
+    // it is copied: first lift every source above the range, then place each one.
+    int lifted[1024];
+    const std::size_t n = request.pass_fds.size();
+    if (n > 1024) child_fail(error_fd, EMFILE);
+    for (std::size_t i = 0; i < n; ++i) {
+      lifted[i] = ::fcntl(request.pass_fds[i], F_DUPFD_CLOEXEC, first_free);
+      if (lifted[i] < 0) child_fail(error_fd, errno);
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      // dup2 clears FD_CLOEXEC on the target: exactly these fds survive exec.
+      if (::dup2(lifted[i], 3 + static_cast<int>(i)) < 0) child_fail(error_fd, errno);
+    }
+    if (request.listen_pid == ListenPid::Set) write_decimal(listen_pid.data() + 11, ::getpid());
+    sigset_t none;
+    ::sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::execve(request.executable.c_str(), argv.data(), envp.data());
+    child_fail(error_fd, errno);
+  }
+  const int fork_errno = errno;
+  ::pthread_sigmask(SIG_SETMASK, &saved, nullptr);
+  if (pid < 0) return Error::from_errno("fork", fork_errno);
+
+  write_end.reset();
+  int child_errno = 0;
+  ssize_t got = 0;
+  do {
+    got = ::read(read_end.get(), &child_errno, sizeof child_errno);
+  } while (got < 0 && errno == EINTR);
+  if (got == sizeof child_errno) {
+    // The child never became the program; reap it here so it is not mistaken for a crash.
+    int wstatus = 0;
+    while (::waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
+    }
+    return Error::from_errno(fmt::format("exec {}", request.executable), child_errno);
+  }
+  return pid;
+}
+
+}  // namespace hotrestart

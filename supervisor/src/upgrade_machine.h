@@ -1,0 +1,113 @@
+// The upgrade lifecycle, as one enum and one transition table.
+//
+//   spawning ──► warming ──► health-checking ──► cutover ──► draining-old ──► done
+//       │           │               │
+//       └───────────┴───────────────┴──► rolling-back ──► rolled-back
+//
+// spawning         the new generation's process is being started (exec errors end here).
+// warming          waiting for the *new* worker to report ready (READY=1, exec probe or delay);
+//                  never a probe of the shared port, which the old generation also serves.
+// health-checking  the new worker must stay alive for --min-ready before it is trusted.
+// cutover          the new generation becomes the active one.
+// draining-old     the old generation has been told to drain (drain signal sent).
+// done             the verdict: the new generation serves. The old one drains on its own.
+// rolling-back     the new generation is being stopped; the old one never stopped serving.
+// rolled-back      the verdict: the new generation is gone, the old one serves.
+//
+// The machine is pure: the supervisor feeds it inputs (from the exec pipe, the notify
+// socket, its one phase timer and the child reaper) and carries out the action it returns.
+// Every transition is checked against the table; an input that makes no sense in the
+// current phase is ignored and reported, never acted upon.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace hotrestart {
+
+enum class Phase : std::uint8_t {
+  Spawning,
+  Warming,
+  HealthChecking,
+  Cutover,
+  DrainingOld,
+  Done,
+  RollingBack,
+  RolledBack,
+};
+inline constexpr std::size_t kPhaseCount = 8;
+
+std::string_view phase_name(Phase p);
+bool is_terminal(Phase p);
+// True when `from -> to` is in the transition table.
+bool transition_allowed(Phase from, Phase to);
+
+enum class Input : std::uint8_t {
+  Spawned,       // exec succeeded.
+  SpawnFailed,   // exec failed (reason given).
+  Ready,         // the new worker reported ready.
+  HealthPassed,  // the new worker stayed healthy for the required time.
+  Promoted,      // the supervisor made the new generation the active one.
+  DrainStarted,  // the drain signal was sent to the old generation (or there was none).
+  NewExited,     // the new worker's main process exited (reason given).
+  Timeout,       // the current phase's deadline passed (reason given).
+  Cancel,        // the supervisor is stopping (reason given).
+  NewGone,       // the new generation has fully exited after a rollback.
+};
+std::string_view input_name(Input i);
+
+// What the supervisor must do after a transition.
+enum class Action : std::uint8_t {
+  None,
+  WaitReady,    // arm the readiness wait and the ready deadline.
+  WaitHealth,   // arm the health window.
+  Promote,      // make the new generation active, then feed Promoted.
+  DrainOld,     // send the drain signal to the previous generation, then feed DrainStarted.
+  StopNew,      // stop the new generation (drain signal, then SIGKILL), then feed NewGone.
+  Finish,       // report the verdict to the requester.
+};
+std::string_view action_name(Action a);
+
+struct Step {
+  bool accepted = false;  // false: the input was ignored in this phase.
+  Phase phase = Phase::Spawning;
+  Action action = Action::None;
+};
+
+struct PhaseRecord {
+  Phase phase;
+  std::chrono::steady_clock::duration at;  // since the upgrade began.
+};
+
+class UpgradeMachine {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  explicit UpgradeMachine(Clock::time_point started = Clock::now());
+
+  Step handle(Input input, std::string reason = {}, Clock::time_point now = Clock::now());
+
+  Phase phase() const { return phase_; }
+  bool finished() const { return is_terminal(phase_); }
+  bool succeeded() const { return phase_ == Phase::Done; }
+  // Why the upgrade rolled back ("exec failed: ...", "not ready within 30s").
+  const std::string& failure() const { return failure_; }
+  const std::vector<PhaseRecord>& timeline() const { return timeline_; }
+  Clock::time_point started() const { return started_; }
+  // True once the new generation is the active one: from here on, it is never rolled back.
+  bool past_cutover() const;
+
+ private:
+  void enter(Phase to, Clock::time_point now);
+
+  Clock::time_point started_;
+  Phase phase_ = Phase::Spawning;
+  std::string failure_;
+  std::vector<PhaseRecord> timeline_;
+};
+
+}  // namespace hotrestart

@@ -1,0 +1,59 @@
+// Thin owners for the libuv handles the supervisor uses.
+//
+// A libuv handle must stay in memory until its close callback runs, which is after the
+// owner may be gone. Each wrapper therefore keeps the handle and its callback in a heap
+// block that the close callback frees; destroying a wrapper (even from inside its own
+// callback) is always safe and the callback never runs afterwards.
+#pragma once
+
+#include <uv.h>
+
+#include <chrono>
+#include <functional>
+
+namespace hotrestart {
+
+class Timer {
+ public:
+  explicit Timer(uv_loop_t* loop);
+  ~Timer();
+  Timer(const Timer&) = delete;
+  Timer& operator=(const Timer&) = delete;
+
+  void start(std::chrono::milliseconds after, std::function<void()> fn);
+  void start_repeating(std::chrono::milliseconds every, std::function<void()> fn);
+  void stop();
+  bool active() const;
+
+ private:
+  struct State;
+  State* state_;
+};
+
+// Watches a file descriptor the wrapper does not own for readability.
+class FdWatch {
+ public:
+  FdWatch(uv_loop_t* loop, int fd, std::function<void()> on_readable);
+  ~FdWatch();
+  FdWatch(const FdWatch&) = delete;
+  FdWatch& operator=(const FdWatch&) = delete;
+  bool ok() const;
+
+ private:
+  struct State;
+  State* state_;
+};
+
+class SignalWatch {
+ public:
+  SignalWatch(uv_loop_t* loop, int signo, std::function<void(int)> fn);
+  ~SignalWatch();
+  SignalWatch(const SignalWatch&) = delete;
+  SignalWatch& operator=(const SignalWatch&) = delete;
+
+ private:
+  struct State;
+  State* state_;
+};
+
+}  // namespace hotrestart
