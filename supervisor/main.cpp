@@ -71,7 +71,8 @@ int main(int argc, char** argv) {
   std::string drain_timeout = "30s";
   std::string log_level = "info";
   std::vector<std::string> command;
-  auto* run = app.add_subcommand("run", "Run COMMAND as a supervised worker behind listening sockets");
+  auto* run = app.add_subcommand(
+      "run", "Run a server behind listening sockets that outlive it:\n  hotrestart run [OPTIONS] -- COMMAND [ARGS...]");
   add_common(run, run_common);
   run->add_option("--listen", listen,
                   "Listening socket, repeatable: [NAME=]tcp://HOST:PORT (IPv6 as [::1]; port 0 = any) or "
@@ -102,7 +103,8 @@ int main(int argc, char** argv) {
   run->add_option("--log-level", log_level, "debug, info, warning or error")
       ->check(CLI::IsMember({"debug", "info", "warning", "error"}))
       ->capture_default_str();
-  run->add_option("command", command, "The server command line, after --")->required()->type_name("COMMAND [ARGS...]");
+  // The command line after `--` is split off before CLI11 sees argv (below), so that a
+  // worker's own flags, such as --version, are never taken for ours.
 
   // ---- upgrade
   CommonOptions upgrade_common;
@@ -111,12 +113,12 @@ int main(int argc, char** argv) {
   std::vector<std::string> new_command;
   auto* upgrade = app.add_subcommand(
       "upgrade",
-      "Start a new generation and wait for the verdict: with no arguments the same command line (which picks "
+      "Deploy a new generation and wait for the verdict:\n  hotrestart upgrade [OPTIONS] [-- COMMAND [ARGS...]]\nWith no arguments the same command line (which picks "
       "up a binary replaced on disk), --exec swaps only the executable, -- COMMAND replaces the command line");
   add_common(upgrade, upgrade_common);
   upgrade->add_option("--exec", exec, "New executable; the arguments stay the same");
   upgrade->add_flag("--json", upgrade_json, "Print one JSON event per line");
-  upgrade->add_option("command", new_command, "New command line, after --")->type_name("COMMAND [ARGS...]");
+
 
   // ---- status
   CommonOptions status_common;
@@ -132,8 +134,17 @@ int main(int argc, char** argv) {
   add_common(stop, stop_common);
   stop->add_flag("--no-wait", no_wait, "Return once the stop has begun instead of when the supervisor has exited");
 
+  int our_argc = argc;
+  std::vector<std::string> tail;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string_view(argv[i]) == "--") {
+      our_argc = i;
+      tail.assign(argv + i + 1, argv + argc);
+      break;
+    }
+  }
   try {
-    app.parse(argc, argv);
+    app.parse(our_argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : kExitUsage;
   }
@@ -144,6 +155,8 @@ int main(int argc, char** argv) {
   };
 
   if (run->parsed()) {
+    command = tail;
+    if (command.empty()) return usage_error("run needs the server's command line after --: hotrestart run [OPTIONS] -- COMMAND [ARGS...]");
     RunOptions options;
     options.name = run_common.name;
     options.control_path = run_common.control_path();
@@ -166,6 +179,7 @@ int main(int argc, char** argv) {
     return supervisor.run();
   }
   if (upgrade->parsed()) {
+    new_command = tail;
     if (!exec.empty() && !new_command.empty()) return usage_error("give --exec or -- COMMAND, not both");
     std::optional<std::string> exec_opt;
     std::optional<std::vector<std::string>> command_opt;
@@ -174,6 +188,7 @@ int main(int argc, char** argv) {
     return client_upgrade(upgrade_common.control_path(), exec_opt, command_opt,
                           upgrade_json ? Output::Json : Output::Human);
   }
+  if (!tail.empty()) return usage_error("only run and upgrade take a command line after --");
   if (status->parsed()) return client_status(status_common.control_path(), status_json ? Output::Json : Output::Human);
   if (stop->parsed()) return client_stop(stop_common.control_path(), !no_wait);
   return kExitUsage;

@@ -120,7 +120,12 @@ int report_error_answer(const json& answer) {
 Result<Fd> open_and_send(const std::string& path, const json& request) {
   auto fd = connect_control(path);
   if (!fd) return fd;
-  if (auto ok = send_all(fd->get(), to_line(request)); !ok) return ok.error();
+  // A supervisor that refuses this peer answers and closes without reading the request,
+  // so a failed send is not the end: the explanation may be waiting to be read.
+  if (auto ok = send_all(fd->get(), to_line(request)); !ok && ok.error().code() != EPIPE &&
+                                                        ok.error().code() != ECONNRESET) {
+    return ok.error();
+  }
   return fd;
 }
 

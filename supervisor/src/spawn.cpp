@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <linux/close_range.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -134,6 +135,11 @@ Result<pid_t> spawn_process(const SpawnRequest& request) {
     for (std::size_t i = 0; i < n; ++i) {
       // dup2 clears FD_CLOEXEC on the target: exactly these fds survive exec.
       if (::dup2(lifted[i], 3 + static_cast<int>(i)) < 0) child_fail(error_fd, errno);
+    }
+    // Fds the supervisor itself inherited without close-on-exec (from a shell or a test
+    // harness) must not reach the worker either: mark everything above the passed range.
+    if (::close_range(static_cast<unsigned>(first_free), ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
+      for (int fd = first_free; fd < 65536; ++fd) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
     }
     if (request.listen_pid == ListenPid::Set) write_decimal(listen_pid.data() + 11, ::getpid());
     sigset_t none;
