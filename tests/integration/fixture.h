@@ -1,0 +1,161 @@
+// A real `hotrestart run` in a private temp dir, and the checks every integration test
+// shares. Nothing here sleeps without a deadline; every wait names what it waited for.
+#pragma once
+
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "testsupport.h"
+
+namespace hotrestart::it {
+
+using namespace std::chrono_literals;
+using namespace hotrestart::testsupport;
+using nlohmann::json;
+
+inline std::string hotrestart_bin() { return bin_path("hotrestart"); }
+inline std::string hello_bin() { return bin_path("hello-server"); }
+inline std::string test_worker_bin() { return bin_path("test-worker"); }
+
+inline std::vector<std::string> hello(const std::string& version) { return {hello_bin(), "--version", version}; }
+
+class Supervisor {
+ public:
+  // Starts `hotrestart run --control DIR/ctl.sock RUN_ARGS -- COMMAND` and waits until a
+  // generation is ready (unless `wait_ready` is false).
+  Supervisor(std::vector<std::string> run_args, std::vector<std::string> command, bool wait_ready = true,
+             SpawnOptions options = {})
+      : control_(dir_.file("ctl.sock")) {
+    std::vector<std::string> argv = {hotrestart_bin(), "run", "--control", control_};
+    if (run_args.empty() || std::find(run_args.begin(), run_args.end(), "--listen") == run_args.end()) {
+      argv.insert(argv.end(), {"--listen", "http=tcp://127.0.0.1:0"});
+    }
+    argv.insert(argv.end(), run_args.begin(), run_args.end());
+    argv.push_back("--");
+    argv.insert(argv.end(), command.begin(), command.end());
+    proc_ = Child::spawn(argv, std::move(options));
+    if (wait_ready) {
+      const bool ready = wait_until([&] { return active_state() == "ready"; }, 15s, 20ms);
+      REQUIRE_MESSAGE(ready, "the first generation never became ready\n" << proc_.describe());
+    }
+  }
+
+  ~Supervisor() {
+    if (proc_.running()) stop();
+  }
+
+  Child& proc() { return proc_; }
+  pid_t pid() const { return proc_.pid(); }
+  const std::string& control() const { return control_; }
+  const TempDir& dir() const { return dir_; }
+
+  RunResult cli(std::vector<std::string> args, std::chrono::milliseconds timeout = 60s, SpawnOptions options = {}) {
+    std::vector<std::string> argv = {hotrestart_bin()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    argv.insert(argv.begin() + 2, {"--control", control_});
+    return run(argv, std::move(options), timeout);
+  }
+
+  std::optional<json> status() {
+    RunResult r = cli({"status", "--json"}, 10s);
+    if (r.exit_code != 0) return std::nullopt;
+    json j = json::parse(r.out, nullptr, false);
+    if (j.is_discarded()) return std::nullopt;
+    return j;
+  }
+
+  json status_or_fail() {
+    auto s = status();
+    REQUIRE_MESSAGE(s.has_value(), "hotrestart status failed\n" << proc_.describe());
+    return *s;
+  }
+
+  std::optional<json> active() {
+    auto s = status();
+    if (!s) return std::nullopt;
+    for (const auto& g : (*s)["generations"]) {
+      if (g["role"] == "active") return g;
+    }
+    return std::nullopt;
+  }
+  std::string active_state() {
+    auto g = active();
+    return g ? g->value("state", "") : "";
+  }
+  pid_t active_pid() {
+    auto g = active();
+    return g ? g->value("pid", 0) : 0;
+  }
+  std::uint64_t active_generation() {
+    auto g = active();
+    return g ? g->value("generation", std::uint64_t{0}) : 0;
+  }
+
+  std::uint16_t port(const std::string& name = "http") {
+    json s = status_or_fail();
+    for (const auto& l : s["listeners"]) {
+      if (l["name"] == name) {
+        const std::string address = l["address"];
+        return static_cast<std::uint16_t>(std::stoi(address.substr(address.rfind(':') + 1)));
+      }
+    }
+    FAIL("no listener named " << name);
+    return 0;
+  }
+
+  RunResult upgrade(std::vector<std::string> args = {}, std::chrono::milliseconds timeout = 60s) {
+    args.insert(args.begin(), "upgrade");
+    return cli(args, timeout);
+  }
+  RunResult upgrade_to(const std::vector<std::string>& command) {
+    std::vector<std::string> args = {"--"};
+    args.insert(args.end(), command.begin(), command.end());
+    return upgrade(args);
+  }
+
+  // Every process below the supervisor (workers, their children, probes).
+  std::set<pid_t> processes() {
+    std::set<pid_t> out;
+    for (pid_t p : descendants_of(proc_.pid())) {
+      if (pid_alive(p)) out.insert(p);
+    }
+    return out;
+  }
+
+  // Graceful stop through the CLI; checks that the supervisor and all its workers exit.
+  void stop() {
+    const std::set<pid_t> workers = processes();
+    RunResult r = cli({"stop"}, 60s);
+    CHECK_MESSAGE(r.exit_code == 0, "hotrestart stop: " << r.err);
+    auto code = proc_.wait_for(30s);
+    CHECK_MESSAGE(code == std::optional<int>(0), "supervisor exit: " << proc_.describe());
+    for (pid_t p : workers) {
+      CHECK_MESSAGE(wait_until([&] { return !pid_alive(p); }, 10s), "worker " << p << " outlived the supervisor");
+    }
+  }
+
+ private:
+  TempDir dir_;
+  std::string control_;
+  Child proc_;
+};
+
+inline void require_no_failures(const LoadClient& load, const std::string& what) {
+  CHECK_MESSAGE(load.failure_count() == 0, what << ": " << load.summary());
+  CHECK_MESSAGE(load.ok_count() > 0, what << ": no request was served: " << load.summary());
+}
+
+inline bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+}  // namespace hotrestart::it

@@ -1,0 +1,247 @@
+// What a worker inherits, socket activation, systemd notifications, and stopping.
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <fmt/format.h>
+
+#include "fixture.h"
+
+using namespace hotrestart::it;
+
+namespace {
+
+std::set<unsigned long> socket_inodes(pid_t pid) {
+  std::set<unsigned long> out;
+  for (const auto& f : list_fds(pid)) {
+    if (auto inode = f.socket_inode()) out.insert(*inode);
+  }
+  return out;
+}
+
+json wait_report(const std::string& path) {
+  std::optional<std::string> text;
+  REQUIRE(wait_until([&] { return (text = read_file(path)).has_value(); }, 10s));
+  return json::parse(*text);
+}
+
+// A datagram socket standing in for systemd's NOTIFY_SOCKET.
+class FakeSystemd {
+ public:
+  explicit FakeSystemd(std::string path) : path_(std::move(path)) {
+    fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path_.c_str());
+    REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  }
+  ~FakeSystemd() { ::close(fd_); }
+  // Collects datagrams until one contains `needle`.
+  bool wait_for(const std::string& needle, std::chrono::milliseconds timeout) {
+    const auto deadline = Clock::now() + timeout;
+    while (Clock::now() < deadline) {
+      for (const auto& m : received_) {
+        if (contains(m, needle)) return true;
+      }
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 50) == 1) {
+        char buf[4096];
+        const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+        if (n > 0) received_.emplace_back(buf, static_cast<std::size_t>(n));
+      }
+    }
+    return false;
+  }
+  const std::vector<std::string>& received() const { return received_; }
+  void clear() { received_.clear(); }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+  std::vector<std::string> received_;
+};
+
+}  // namespace
+
+TEST_CASE("a worker inherits exactly stdio and its listeners with systemd variables") {
+  TempDir reports;
+  const std::string unix_path = reports.file("admin.sock");
+  Supervisor sup({"--listen", "http=tcp://127.0.0.1:0", "--listen", "admin=unix:" + unix_path, "--listen",
+                  "v6=tcp://[::1]:0"},
+                 {test_worker_bin(), "fd-report", reports.file("gen1.json")});
+  json report = wait_report(reports.file("gen1.json"));
+  const pid_t worker = report["pid"];
+  std::vector<int> fds;
+  for (const auto& f : report["fds"]) {
+    fds.push_back(f["fd"]);
+    if (f["fd"].get<int>() >= 3) CHECK_MESSAGE(f["cloexec"] == false, "fd " << f["fd"] << " is close-on-exec");
+  }
+  CHECK(fds == std::vector<int>{0, 1, 2, 3, 4, 5});
+  CHECK(report["env"]["LISTEN_FDS"] == "3");
+  CHECK(report["env"]["LISTEN_FDNAMES"] == "http:admin:v6");
+  CHECK(report["env"]["LISTEN_PID"] == std::to_string(worker));
+  CHECK(report["env"]["HOTRESTART_GENERATION"] == "1");
+  CHECK(!report["env"]["NOTIFY_SOCKET"].get<std::string>().empty());
+
+  // The worker's sockets are exactly the supervisor's listeners: the same open files, and
+  // none of the supervisor's other sockets (control, notify).
+  const auto worker_sockets = socket_inodes(worker);
+  const auto supervisor_sockets = socket_inodes(sup.pid());
+  CHECK(worker_sockets.size() == 3);
+  for (unsigned long inode : worker_sockets) CHECK(supervisor_sockets.count(inode) == 1);
+  CHECK(supervisor_sockets.size() > worker_sockets.size());
+  for (const auto& f : list_fds(worker)) {
+    if (f.fd < 3) continue;
+    CHECK_MESSAGE(contains(f.target, "socket:"), "unexpected fd " << f.fd << " -> " << f.target);
+  }
+
+  // Status reports the chosen ports and the unix path.
+  json s = sup.status_or_fail();
+  REQUIRE(s["listeners"].size() == 3);
+  CHECK(s["listeners"][0]["address"].get<std::string>().starts_with("127.0.0.1:"));
+  CHECK(s["listeners"][1]["address"] == "unix:" + unix_path);
+  CHECK(s["listeners"][2]["address"].get<std::string>().starts_with("[::1]:"));
+
+  // The next generation sees the same, and the supervisor holds no extra fd afterwards.
+  const std::size_t supervisor_fds = list_fds(sup.pid()).size();
+  RunResult r = sup.upgrade({"--", test_worker_bin(), "fd-report", reports.file("gen2.json")});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+  json second = wait_report(reports.file("gen2.json"));
+  CHECK(second["fds"].size() == 6);
+  CHECK(second["env"]["HOTRESTART_GENERATION"] == "2");
+  CHECK(socket_inodes(second["pid"].get<pid_t>()) == worker_sockets);
+  CHECK(wait_until([&] { return !pid_alive(worker); }, 10s));
+  CHECK(list_fds(sup.pid()).size() == supervisor_fds);
+  sup.stop();
+  // The unix listener's file goes away with the supervisor.
+  CHECK_FALSE(read_file(unix_path).has_value());
+}
+
+TEST_CASE("the example serves on IPv6 and unix listeners too") {
+  TempDir d;
+  const std::string unix_path = d.file("web.sock");
+  Supervisor sup({"--listen", "v6=tcp://[::1]:0", "--listen", "local=unix:" + unix_path}, hello("v1"));
+  LoadClient::Config c;
+  c.host = "::1";
+  c.port = sup.port("v6");
+  c.threads = 1;
+  c.max_requests = 5;
+  LoadClient v6(c);
+  v6.start();
+  REQUIRE(v6.wait_done(10s));
+  require_no_failures(v6, "IPv6");
+  RunResult curl = run({"curl", "-fsS", "--unix-socket", unix_path, "http://localhost/"}, {}, 10s);
+  CHECK_MESSAGE(curl.exit_code == 0, curl.err);
+  CHECK(contains(curl.out, "version=v1"));
+  sup.stop();
+}
+
+TEST_CASE("socket activation: the supervisor adopts LISTEN_FDS instead of binding") {
+  const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  REQUIRE(::listen(listener, 128) == 0);
+  socklen_t len = sizeof addr;
+  ::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len);
+  const int port = ntohs(addr.sin_port);
+
+  TempDir d;
+  const std::string control = d.file("ctl.sock");
+  SpawnOptions options;
+  options.pass_fds = {{listener, 3}};
+  // LISTEN_PID must be the supervisor's own pid: the shell sets it to $$ and then execs.
+  Child sup = Child::spawn({"/bin/sh", "-c",
+                            fmt::format("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=web exec {} run --control {} -- {} "
+                                        "--version activated",
+                                        hotrestart_bin(), control, hello_bin())},
+                           options);
+  ::close(listener);
+  std::optional<json> status;
+  REQUIRE(wait_until([&] {
+    RunResult r = run({hotrestart_bin(), "status", "--json", "--control", control}, {}, 5s);
+    if (r.exit_code != 0) return false;
+    status = json::parse(r.out);
+    return !(*status)["generations"].empty() && (*status)["generations"][0]["state"] == "ready";
+  }, 10s));
+  REQUIRE((*status)["listeners"].size() == 1);
+  CHECK((*status)["listeners"][0]["name"] == "web");
+  CHECK((*status)["listeners"][0]["adopted"] == true);
+  CHECK((*status)["listeners"][0]["address"] == fmt::format("127.0.0.1:{}", port));
+  // The worker does not see the supervisor's LISTEN_PID, only its own.
+  const pid_t worker = (*status)["generations"][0]["pid"];
+  CHECK(environ_of(worker)["LISTEN_PID"] == std::to_string(worker));
+  RunResult curl = run({"curl", "-fsS", fmt::format("http://127.0.0.1:{}/", port)}, {}, 10s);
+  CHECK(contains(curl.out, "version=activated"));
+  CHECK(run({hotrestart_bin(), "stop", "--control", control}, {}, 30s).exit_code == 0);
+  CHECK(sup.wait_for(10s) == std::optional<int>(0));
+}
+
+TEST_CASE("under systemd the supervisor reports READY then RELOADING around upgrades then STOPPING") {
+  TempDir d;
+  FakeSystemd systemd(d.file("notify"));
+  SpawnOptions options;
+  options.set_env = {{"NOTIFY_SOCKET", d.file("notify")}};
+  Supervisor sup({}, hello("v1"), true, options);
+  CHECK(systemd.wait_for("READY=1", 5s));
+  // The worker talks to the supervisor's own notify socket, never to systemd's.
+  CHECK(environ_of(sup.active_pid())["NOTIFY_SOCKET"] != d.file("notify"));
+  systemd.clear();
+  RunResult r = sup.upgrade_to(hello("v2"));
+  REQUIRE(r.exit_code == 0);
+  CHECK(systemd.wait_for("READY=1", 5s));
+  REQUIRE(systemd.received().size() >= 2);
+  CHECK(contains(systemd.received()[0], "RELOADING=1"));
+  CHECK(contains(systemd.received()[0], "MONOTONIC_USEC="));
+  sup.stop();
+  CHECK(systemd.wait_for("STOPPING=1", 5s));
+}
+
+TEST_CASE("SIGTERM stops gracefully and SIGQUIT stops at once") {
+  for (int signo : {SIGTERM, SIGQUIT}) {
+    CAPTURE(signo);
+    Supervisor sup({"--drain-timeout", "20s"}, hello("v1"));
+    const pid_t worker = sup.active_pid();
+    REQUIRE(sup.proc().send_signal(signo));
+    CHECK(sup.proc().wait_for(10s) == std::optional<int>(0));
+    CHECK(wait_until([&] { return !pid_alive(worker); }, 5s));
+  }
+}
+
+TEST_CASE("run refuses bad flags and unusable addresses with a clear message") {
+  RunResult bad_listen = run({hotrestart_bin(), "run", "--listen", "http://x", "--", hello_bin()}, {}, 10s);
+  CHECK(bad_listen.exit_code == 2);
+  CHECK(contains(bad_listen.err, "invalid --listen 'http://x'"));
+  RunResult bad_duration = run({hotrestart_bin(), "run", "--listen", "tcp://127.0.0.1:0", "--drain-timeout", "30",
+                                "--", hello_bin()},
+                               {}, 10s);
+  CHECK(bad_duration.exit_code == 2);
+  CHECK(contains(bad_duration.err, "unit is missing"));
+  RunResult no_command = run({hotrestart_bin(), "run", "--listen", "tcp://127.0.0.1:0"}, {}, 10s);
+  CHECK(no_command.exit_code == 2);
+
+  // A port already taken: exit 1 naming the listener and the address.
+  Supervisor first({}, hello("v1"));
+  TempDir d;
+  RunResult taken = run({hotrestart_bin(), "run", "--control", d.file("c.sock"), "--listen",
+                         fmt::format("web=tcp://127.0.0.1:{}", first.port()), "--", hello_bin()},
+                        {}, 10s);
+  CHECK(taken.exit_code == 1);
+  CHECK(contains(taken.err, fmt::format("listener web: bind tcp://127.0.0.1:{}: Address already in use", first.port())));
+  // A second supervisor on the same control socket is refused before it binds anything.
+  RunResult twin = run({hotrestart_bin(), "run", "--control", first.control(), "--listen", "tcp://127.0.0.1:0", "--",
+                        hello_bin()},
+                       {}, 10s);
+  CHECK(twin.exit_code == 1);
+  CHECK(contains(twin.err, "another supervisor is already running"));
+  // The first command that cannot start at all is an error at `run`.
+  RunResult missing = run({hotrestart_bin(), "run", "--control", d.file("m.sock"), "--listen", "tcp://127.0.0.1:0",
+                           "--", "/nonexistent/server"},
+                          {}, 10s);
+  CHECK(missing.exit_code == 1);
+  CHECK(contains(missing.err, "/nonexistent/server: No such file or directory"));
+  first.stop();
+}

@@ -1,0 +1,361 @@
+// test-worker: a deliberately misbehaving worker for the hotrestart integration tests.
+// Plain POSIX, no dependencies. Readiness is reported like systemd's sd_notify: the
+// datagram "READY=1" to the AF_UNIX SOCK_DGRAM socket named by $NOTIFY_SOCKET (a path,
+// or an abstract name when it starts with '@').
+//
+// Modes (first argument):
+//   exit CODE                    exit with CODE at once, without READY
+//   no-ready                     never send READY; wait for SIGTERM, then exit 0
+//   crash-after-ready DELAY_MS   READY, sleep DELAY_MS, abort() (SIGABRT); never accepts
+//   ignore-drain                 ignore SIGTERM/SIGINT, READY, serve HTTP on fds
+//                                3..3+LISTEN_FDS-1 (one request per connection,
+//                                Connection: close) until SIGKILL
+//   fd-report PATH               before opening anything, list /proc/self/fd, then write
+//                                a JSON report to PATH (via PATH.tmp + rename), READY,
+//                                wait for SIGTERM, exit 0
+// Unknown mode or bad arguments: message on stderr, exit 64.
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <charconv>
+#include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace {
+
+constexpr int kUsage = 64;
+
+void log(const std::string& msg) {
+  std::string line = "test-worker[" + std::to_string(::getpid()) + "]: " + msg + "\n";
+  ssize_t n = ::write(2, line.data(), line.size());
+  (void)n;
+}
+
+bool parse_int(std::string_view s, long long& out) {
+  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+  return ec == std::errc{} && ptr == s.data() + s.size() && !s.empty();
+}
+
+std::string env_or(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr ? std::string(v) : std::string(fallback);
+}
+
+// sd_notify-style "READY=1". The receiver learns our pid from SCM_CREDENTIALS
+// (SO_PASSCRED), which the kernel attaches for the sending process.
+bool notify_ready() {
+  const char* path = std::getenv("NOTIFY_SOCKET");
+  if (path == nullptr || *path == '\0') {
+    log("NOTIFY_SOCKET not set; not sending READY=1");
+    return false;
+  }
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  const std::size_t len = std::strlen(path);
+  if (len >= sizeof sa.sun_path) {
+    log("NOTIFY_SOCKET too long");
+    return false;
+  }
+  std::memcpy(sa.sun_path, path, len);
+  const bool abstract = path[0] == '@';
+  if (abstract) sa.sun_path[0] = '\0';
+  const auto salen = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + len + (abstract ? 0 : 1));
+  int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    log(std::string("socket: ") + std::strerror(errno));
+    return false;
+  }
+  static constexpr char kMsg[] = "READY=1";
+  ssize_t n;
+  do {
+    n = ::sendto(fd, kMsg, sizeof kMsg - 1, MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&sa), salen);
+  } while (n < 0 && errno == EINTR);
+  const int err = errno;
+  ::close(fd);
+  if (n < 0) {
+    log(std::string("sendto NOTIFY_SOCKET ") + path + ": " + std::strerror(err));
+    return false;
+  }
+  return true;
+}
+
+void sleep_ms(long long ms) {
+  timespec ts{static_cast<time_t>(ms / 1000), static_cast<long>((ms % 1000) * 1000000)};
+  while (::nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
+// Blocks SIGTERM (after resetting an inherited SIG_IGN) so that it stays pending
+// until wait_sigterm() collects it.
+void block_sigterm() {
+  struct sigaction sa {};
+  sa.sa_handler = SIG_DFL;
+  sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGTERM, &sa, nullptr);
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  ::sigprocmask(SIG_BLOCK, &set, nullptr);
+}
+
+[[noreturn]] void wait_sigterm_and_exit() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  for (;;) {
+    int sig = 0;
+    if (::sigwait(&set, &sig) == 0 && sig == SIGTERM) {
+      log("SIGTERM, exiting 0");
+      std::exit(0);
+    }
+  }
+}
+
+std::string json_string(std::string_view s) {
+  std::string out = "\"";
+  for (char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (u < 0x20 || u == 0x7f) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", u);
+          out += buf;
+        } else {
+          out += c;  // UTF-8 passes through; other bytes are unlikely in fd targets
+        }
+    }
+  }
+  return out + "\"";
+}
+
+// ---------------------------------------------------------------------------------
+
+int mode_fd_report(const std::string& path) {
+  // 1. Inventory, before this process opens anything itself.
+  struct Fd {
+    int fd;
+    std::string target;
+    bool cloexec;
+  };
+  std::vector<Fd> fds;
+  fds.reserve(64);
+  DIR* d = ::opendir("/proc/self/fd");
+  if (d == nullptr) {
+    log(std::string("opendir /proc/self/fd: ") + std::strerror(errno));
+    return 1;
+  }
+  const int own = ::dirfd(d);
+  while (dirent* e = ::readdir(d)) {
+    long long n = 0;
+    if (!parse_int(e->d_name, n) || n == own) continue;
+    const int fd = static_cast<int>(n);
+    char target[4096];
+    std::string link = std::string("/proc/self/fd/") + e->d_name;
+    ssize_t len = ::readlink(link.c_str(), target, sizeof target - 1);
+    if (len < 0) continue;
+    const int flags = ::fcntl(fd, F_GETFD);
+    fds.push_back(Fd{fd, std::string(target, static_cast<std::size_t>(len)), flags >= 0 && (flags & FD_CLOEXEC) != 0});
+  }
+  ::closedir(d);
+
+  // Inherited signal state (no fds needed).
+  sigset_t blocked;
+  sigemptyset(&blocked);
+  ::sigprocmask(SIG_BLOCK, nullptr, &blocked);
+  std::string blocked_json = "[", ignored_json = "[";
+  auto add = [](std::string& list, int sig) {
+    if (list.size() > 1) list += ',';
+    list += std::to_string(sig);
+  };
+  for (int s = 1; s < NSIG; ++s) {
+    if (sigismember(&blocked, s) == 1) add(blocked_json, s);
+    struct sigaction sa {};
+    if (::sigaction(s, nullptr, &sa) == 0 && sa.sa_handler == SIG_IGN) add(ignored_json, s);
+  }
+  blocked_json += "]";
+  ignored_json += "]";
+
+  block_sigterm();
+
+  // 2. Report.
+  std::string j = "{\"pid\":" + std::to_string(::getpid()) + ",\"ppid\":" + std::to_string(::getppid());
+  j += ",\"fds\":[";
+  for (std::size_t i = 0; i < fds.size(); ++i) {
+    if (i > 0) j += ",";
+    j += "{\"fd\":" + std::to_string(fds[i].fd) + ",\"target\":" + json_string(fds[i].target) +
+         ",\"cloexec\":" + (fds[i].cloexec ? "true" : "false") + "}";
+  }
+  j += "],\"env\":{";
+  const char* names[] = {"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "HOTRESTART_GENERATION"};
+  bool first = true;
+  for (const char* name : names) {
+    if (!first) j += ",";
+    first = false;
+    const char* v = std::getenv(name);
+    j += json_string(name) + ":" + (v != nullptr ? json_string(v) : std::string("null"));
+  }
+  j += "},\"blocked_signals\":" + blocked_json + ",\"ignored_signals\":" + ignored_json + "}\n";
+
+  const std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    log("open " + tmp + ": " + std::strerror(errno));
+    return 1;
+  }
+  std::string_view rest = j;
+  while (!rest.empty()) {
+    ssize_t n = ::write(fd, rest.data(), rest.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      log("write " + tmp + ": " + std::strerror(errno));
+      ::close(fd);
+      return 1;
+    }
+    rest.remove_prefix(static_cast<std::size_t>(n));
+  }
+  if (::close(fd) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0) {
+    log("write/rename " + path + ": " + std::strerror(errno));
+    return 1;
+  }
+
+  notify_ready();
+  wait_sigterm_and_exit();
+}
+
+// One request per connection; answers with Connection: close.
+void serve_connection(int conn, const std::string& response) {
+  timeval tv{2, 0};
+  ::setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(conn, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  std::string req;
+  char buf[4096];
+  while (req.find("\r\n\r\n") == std::string::npos && req.size() < 65536) {
+    ssize_t n = ::recv(conn, buf, sizeof buf, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;  // EOF, error or timeout: nothing to answer
+    req.append(buf, static_cast<std::size_t>(n));
+  }
+  std::string_view rest = response;
+  while (!rest.empty()) {
+    ssize_t n = ::send(conn, rest.data(), rest.size(), MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    rest.remove_prefix(static_cast<std::size_t>(n));
+  }
+  ::shutdown(conn, SHUT_WR);
+}
+
+int mode_ignore_drain() {
+  ::signal(SIGTERM, SIG_IGN);
+  ::signal(SIGINT, SIG_IGN);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  long long nfds = 0;
+  const std::string listen_fds = env_or("LISTEN_FDS", "");
+  if (!parse_int(listen_fds, nfds) || nfds < 0) nfds = 0;
+  const std::string listen_pid = env_or("LISTEN_PID", "");
+  if (!listen_pid.empty() && listen_pid != std::to_string(::getpid())) {
+    log("warning: LISTEN_PID=" + listen_pid + " is not our pid");
+  }
+  if (nfds == 0) log("warning: no LISTEN_FDS; nothing to serve");
+
+  const std::string body = "version=ignore-drain pid=" + std::to_string(::getpid()) +
+                           " generation=" + env_or("HOTRESTART_GENERATION", "0") + "\n";
+  const std::string response = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " +
+                               std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
+
+  std::vector<pollfd> pfds;
+  for (int fd = 3; fd < 3 + nfds; ++fd) {
+    // The listening sockets are shared with other processes: accept must not block
+    // when another process took the connection first.
+    int fl = ::fcntl(fd, F_GETFL);
+    if (fl < 0) {
+      log("fd " + std::to_string(fd) + " from LISTEN_FDS is not open");
+      continue;
+    }
+    ::fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    pfds.push_back(pollfd{fd, POLLIN, 0});
+  }
+
+  notify_ready();
+  log("ready; ignoring SIGTERM/SIGINT and serving " + std::to_string(pfds.size()) + " socket(s)");
+  for (;;) {
+    int r = ::poll(pfds.data(), pfds.size(), -1);  // runs until SIGKILL, by design
+    if (r < 0) {
+      if (errno != EINTR) sleep_ms(100);
+      continue;
+    }
+    for (auto& p : pfds) {
+      if ((p.revents & POLLIN) == 0) continue;
+      int conn = ::accept4(p.fd, nullptr, nullptr, SOCK_CLOEXEC);
+      if (conn < 0) continue;  // EAGAIN: someone else took it
+      serve_connection(conn, response);
+      ::close(conn);
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: test-worker MODE [ARGS]\n");
+    return kUsage;
+  }
+  const std::string_view mode = argv[1];
+
+  if (mode == "exit") {
+    long long code = 0;
+    if (argc != 3 || !parse_int(argv[2], code) || code < 0 || code > 255) {
+      std::fprintf(stderr, "test-worker: usage: exit CODE (0..255)\n");
+      return kUsage;
+    }
+    return static_cast<int>(code);
+  }
+  if (mode == "no-ready") {
+    block_sigterm();
+    log("no-ready: never sending READY=1");
+    wait_sigterm_and_exit();
+  }
+  if (mode == "crash-after-ready") {
+    long long delay = 0;
+    if (argc != 3 || !parse_int(argv[2], delay) || delay < 0) {
+      std::fprintf(stderr, "test-worker: usage: crash-after-ready DELAY_MS\n");
+      return kUsage;
+    }
+    notify_ready();
+    log("ready; aborting in " + std::to_string(delay) + " ms");
+    sleep_ms(delay);
+    std::abort();
+  }
+  if (mode == "ignore-drain") {
+    return mode_ignore_drain();
+  }
+  if (mode == "fd-report") {
+    if (argc != 3 || argv[2][0] == '\0') {
+      std::fprintf(stderr, "test-worker: usage: fd-report PATH\n");
+      return kUsage;
+    }
+    return mode_fd_report(argv[2]);
+  }
+  std::fprintf(stderr, "test-worker: unknown mode '%s'\n", argv[1]);
+  return kUsage;
+}

@@ -1,0 +1,98 @@
+// spawn_process with real children: the fd layout a worker sees, LISTEN_PID, exec errors.
+#include <doctest/doctest.h>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <string>
+
+#include "fd.h"
+#include "spawn.h"
+
+using namespace hotrestart;
+
+namespace {
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+int wait_child(pid_t pid) {
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return status;
+}
+
+}  // namespace
+
+TEST_CASE("the child gets the passed fds at 3.. and LISTEN_PID is its own pid and nothing else leaks") {
+  char dir_template[] = "/tmp/hotrestart-spawn-XXXXXX";
+  REQUIRE(::mkdtemp(dir_template) != nullptr);
+  const std::string out = std::string(dir_template) + "/out";
+  // Two pipes stand in for listeners; a third close-on-exec fd must not be inherited.
+  int a[2];
+  int b[2];
+  REQUIRE(::pipe2(a, O_CLOEXEC) == 0);
+  REQUIRE(::pipe2(b, O_CLOEXEC) == 0);
+  Fd a0(a[0]), a1(a[1]), b0(b[0]), b1(b[1]);
+  SpawnRequest req;
+  req.executable = "/bin/sh";
+  // Passing b1 then a0 checks that order, not fd number, decides the placement.
+  req.argv = {"/bin/sh", "-c", "echo \"$$ $LISTEN_PID\" > " + out + "; exec ls /proc/self/fd >> " + out};
+  req.env = {"PATH=/usr/bin:/bin"};
+  req.pass_fds = {b1.get(), a0.get()};
+  req.listen_pid = ListenPid::Set;
+  auto pid = spawn_process(req);
+  REQUIRE(pid.ok());
+  const int status = wait_child(pid.value());
+  CHECK(WIFEXITED(status));
+  const std::string text = read_file(out);
+  const auto nl = text.find('\n');
+  REQUIRE(nl != std::string::npos);
+  const std::string first = text.substr(0, nl);
+  const auto space = first.find(' ');
+  CHECK(first.substr(0, space) == first.substr(space + 1));  // LISTEN_PID == $$
+  // ls lists 0 1 2 3 4 plus the fd it uses to read the directory (5 or higher).
+  std::string fds = text.substr(nl + 1);
+  CHECK(fds.find("3\n4\n") != std::string::npos);
+  int count = 0;
+  for (char c : fds) count += c == '\n';
+  CHECK(count == 6);
+  ::unlink(out.c_str());
+  ::rmdir(dir_template);
+}
+
+TEST_CASE("exec failure is an error naming the program and not a crash") {
+  SpawnRequest req;
+  req.executable = "/nonexistent/server";
+  req.argv = {"/nonexistent/server"};
+  auto pid = spawn_process(req);
+  REQUIRE_FALSE(pid.ok());
+  CHECK(pid.error().text() == "exec /nonexistent/server: No such file or directory");
+  CHECK(pid.error().code() == ENOENT);
+  // The failed child was reaped already: nothing is left to wait for.
+  CHECK(::waitpid(-1, nullptr, WNOHANG) == -1);
+}
+
+TEST_CASE("resolve_executable searches PATH like execvp and explains misses") {
+  CHECK(resolve_executable("sh", "/nonexistent:/bin").value() == "/bin/sh");
+  CHECK(resolve_executable("definitely-not-a-command", "/bin").error().text() ==
+        "definitely-not-a-command: command not found in PATH");
+  CHECK(resolve_executable("/etc", "").error().text() == "/etc: not a regular file");
+  const std::string plain = std::string(::getenv("TMPDIR") ? ::getenv("TMPDIR") : "/tmp") + "/hotrestart-not-executable";
+  { std::ofstream(plain) << "data"; }
+  ::chmod(plain.c_str(), 0644);
+  CHECK(resolve_executable(plain, "").error().text() == plain + ": Permission denied");
+  ::unlink(plain.c_str());
+  CHECK_FALSE(resolve_executable("", "/bin").ok());
+}
+
+TEST_CASE("exit statuses describe themselves") {
+  CHECK(ExitStatus{3, 0}.describe() == "exited with status 3");
+  CHECK(ExitStatus{-1, 6}.describe() == "was killed by SIGABRT");
+}

@@ -1,0 +1,129 @@
+// The upgrade state machine, with no process and no socket.
+#include <doctest/doctest.h>
+
+#include "upgrade_machine.h"
+
+using namespace hotrestart;
+
+namespace {
+
+constexpr Phase kAll[] = {Phase::Spawning, Phase::Warming, Phase::HealthChecking, Phase::Cutover,
+                          Phase::DrainingOld, Phase::Done, Phase::RollingBack, Phase::RolledBack};
+constexpr Input kInputs[] = {Input::Spawned, Input::SpawnFailed, Input::Ready,  Input::HealthPassed,
+                             Input::Promoted, Input::DrainStarted, Input::NewExited, Input::Timeout,
+                             Input::Cancel,  Input::NewGone};
+
+// Drives a fresh machine through `inputs`, requiring each to be accepted.
+UpgradeMachine drive(std::initializer_list<Input> inputs) {
+  UpgradeMachine m;
+  for (Input i : inputs) REQUIRE(m.handle(i, "because").accepted);
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("the happy path visits every phase in order with the right actions") {
+  UpgradeMachine m;
+  CHECK(m.phase() == Phase::Spawning);
+  CHECK(m.handle(Input::Spawned).action == Action::WaitReady);
+  CHECK(m.phase() == Phase::Warming);
+  CHECK(m.handle(Input::Ready).action == Action::WaitHealth);
+  CHECK(m.handle(Input::HealthPassed).action == Action::Promote);
+  CHECK(m.past_cutover());
+  CHECK(m.handle(Input::Promoted).action == Action::DrainOld);
+  CHECK(m.handle(Input::DrainStarted).action == Action::Finish);
+  CHECK(m.phase() == Phase::Done);
+  CHECK(m.succeeded());
+  CHECK(m.finished());
+  CHECK(m.timeline().size() == 6);
+  CHECK(m.failure().empty());
+}
+
+TEST_CASE("every failure before cutover rolls back and keeps the first reason") {
+  struct Case {
+    std::initializer_list<Input> before;
+    Input failure;
+  };
+  const Case cases[] = {
+      {{}, Input::SpawnFailed},
+      {{}, Input::Cancel},
+      {{Input::Spawned}, Input::NewExited},
+      {{Input::Spawned}, Input::Timeout},
+      {{Input::Spawned}, Input::Cancel},
+      {{Input::Spawned, Input::Ready}, Input::NewExited},
+      {{Input::Spawned, Input::Ready}, Input::Timeout},
+      {{Input::Spawned, Input::Ready}, Input::Cancel},
+  };
+  for (const auto& c : cases) {
+    UpgradeMachine m = drive(c.before);
+    const Step step = m.handle(c.failure, "first reason");
+    CHECK(step.accepted);
+    CHECK(step.action == Action::StopNew);
+    CHECK(m.phase() == Phase::RollingBack);
+    // A later failure (the worker dying while being stopped) does not overwrite the cause.
+    CHECK_FALSE(m.handle(Input::NewExited, "second reason").accepted);
+    CHECK(m.handle(Input::NewGone).action == Action::Finish);
+    CHECK(m.phase() == Phase::RolledBack);
+    CHECK_FALSE(m.succeeded());
+    CHECK(m.failure() == "first reason");
+  }
+}
+
+TEST_CASE("nothing rolls back after cutover") {
+  UpgradeMachine m = drive({Input::Spawned, Input::Ready, Input::HealthPassed});
+  for (Input i : {Input::NewExited, Input::Timeout, Input::Cancel, Input::SpawnFailed}) {
+    CHECK_FALSE(m.handle(i, "late").accepted);
+    CHECK(m.phase() == Phase::Cutover);
+  }
+}
+
+TEST_CASE("terminal phases accept nothing") {
+  UpgradeMachine done = drive({Input::Spawned, Input::Ready, Input::HealthPassed, Input::Promoted, Input::DrainStarted});
+  UpgradeMachine rolled = drive({Input::SpawnFailed, Input::NewGone});
+  for (Input i : kInputs) {
+    CHECK_FALSE(done.handle(i).accepted);
+    CHECK_FALSE(rolled.handle(i).accepted);
+  }
+}
+
+TEST_CASE("inputs out of order are ignored and not acted upon") {
+  UpgradeMachine m;
+  CHECK_FALSE(m.handle(Input::Ready).accepted);  // READY before the exec result
+  CHECK_FALSE(m.handle(Input::HealthPassed).accepted);
+  CHECK_FALSE(m.handle(Input::NewGone).accepted);
+  CHECK(m.phase() == Phase::Spawning);
+  m.handle(Input::Spawned);
+  CHECK_FALSE(m.handle(Input::Ready).accepted == false);  // now accepted
+  CHECK_FALSE(m.handle(Input::Ready).accepted);           // a second READY=1 changes nothing
+}
+
+TEST_CASE("every transition the machine makes is in the table and the table has no way back") {
+  // Exhaustive: from every reachable phase, every input either is ignored or moves along
+  // an allowed edge.
+  const std::initializer_list<Input> paths[] = {
+      {}, {Input::Spawned}, {Input::Spawned, Input::Ready}, {Input::Spawned, Input::Ready, Input::HealthPassed},
+      {Input::Spawned, Input::Ready, Input::HealthPassed, Input::Promoted}, {Input::Cancel}};
+  for (const auto& path : paths) {
+    for (Input i : kInputs) {
+      UpgradeMachine m = drive(path);
+      const Phase before = m.phase();
+      const Step s = m.handle(i, "x");
+      if (s.accepted) CHECK(transition_allowed(before, s.phase));
+      else CHECK(m.phase() == before);
+    }
+  }
+  for (Phase p : kAll) {
+    CHECK_FALSE(transition_allowed(p, Phase::Spawning));
+    CHECK_FALSE(transition_allowed(Phase::Done, p));
+    CHECK_FALSE(transition_allowed(Phase::RolledBack, p));
+  }
+  CHECK_FALSE(transition_allowed(Phase::Cutover, Phase::RollingBack));
+  CHECK_FALSE(transition_allowed(Phase::DrainingOld, Phase::RollingBack));
+}
+
+TEST_CASE("phase names are the documented ones") {
+  CHECK(phase_name(Phase::Warming) == "warming");
+  CHECK(phase_name(Phase::HealthChecking) == "health-checking");
+  CHECK(phase_name(Phase::DrainingOld) == "draining-old");
+  CHECK(phase_name(Phase::RolledBack) == "rolled-back");
+}
