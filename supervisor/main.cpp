@@ -5,8 +5,8 @@
 #include <cstdio>
 #include <iostream>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include "src/client.h"
 #include "src/duration.h"
@@ -51,15 +51,17 @@ CLI::Validator duration_check() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"hotrestart: a zero-downtime hot-restart supervisor.\n"
-               "It binds a server's listening sockets once, runs the server behind them, and swaps in a new\n"
-               "binary without refusing a single connection, rolling back by itself when the new one fails."};
+  CLI::App app{
+      "hotrestart: a zero-downtime hot-restart supervisor.\n"
+      "It binds a server's listening sockets once, runs the server behind them, and swaps in a new\n"
+      "binary without refusing a single connection, rolling back by itself when the new one fails."};
   app.set_version_flag("--version", kVersion);
   app.require_subcommand(1);
-  app.footer("Exit codes: run: 0 stopped on request, 1 could not start, 2 usage error.\n"
-             "upgrade: 0 new generation serves, 1 rolled back (old one still serves), 2 usage error or\n"
-             "no supervisor reachable, 3 refused (another upgrade in progress, or stopping).\n"
-             "Signals to `run`: SIGUSR2 upgrade (same command), SIGTERM/SIGINT graceful stop, SIGQUIT stop now.");
+  app.footer(
+      "Exit codes: run: 0 stopped on request, 1 could not start, 2 usage error.\n"
+      "upgrade: 0 new generation serves, 1 rolled back (old one still serves), 2 usage error or\n"
+      "no supervisor reachable, 3 refused (another upgrade in progress, or stopping).\n"
+      "Signals to `run`: SIGUSR2 upgrade (same command), SIGTERM/SIGINT graceful stop, SIGQUIT stop now.");
 
   // ---- run
   CommonOptions run_common;
@@ -113,12 +115,12 @@ int main(int argc, char** argv) {
   std::vector<std::string> new_command;
   auto* upgrade = app.add_subcommand(
       "upgrade",
-      "Deploy a new generation and wait for the verdict:\n  hotrestart upgrade [OPTIONS] [-- COMMAND [ARGS...]]\nWith no arguments the same command line (which picks "
+      "Deploy a new generation and wait for the verdict:\n  hotrestart upgrade [OPTIONS] [-- COMMAND [ARGS...]]\nWith "
+      "no arguments the same command line (which picks "
       "up a binary replaced on disk), --exec swaps only the executable, -- COMMAND replaces the command line");
   add_common(upgrade, upgrade_common);
   upgrade->add_option("--exec", exec, "New executable; the arguments stay the same");
   upgrade->add_flag("--json", upgrade_json, "Print one JSON event per line");
-
 
   // ---- status
   CommonOptions status_common;
@@ -156,7 +158,8 @@ int main(int argc, char** argv) {
 
   if (run->parsed()) {
     command = tail;
-    if (command.empty()) return usage_error("run needs the server's command line after --: hotrestart run [OPTIONS] -- COMMAND [ARGS...]");
+    if (command.empty())
+      return usage_error("run needs the server's command line after --: hotrestart run [OPTIONS] -- COMMAND [ARGS...]");
     RunOptions options;
     options.name = run_common.name;
     options.control_path = run_common.control_path();

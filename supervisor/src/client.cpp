@@ -22,12 +22,15 @@ namespace {
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-void say_error(const std::string& text) { fmt::print(stderr, "hotrestart: {}\n", text); }
+void say_error(const std::string& text) {
+  fmt::print(stderr, "hotrestart: {}\n", text);
+}
 
 Result<Fd> connect_control(const std::string& path) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof addr.sun_path) return Error::message(fmt::format("control socket path '{}' is too long", path));
+  if (path.size() >= sizeof addr.sun_path)
+    return Error::message(fmt::format("control socket path '{}' is too long", path));
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd) return Error::from_errno("socket");
@@ -35,7 +38,8 @@ Result<Fd> connect_control(const std::string& path) {
     const int err = errno;
     switch (err) {
       case ENOENT:
-        return Error::message(fmt::format("no supervisor at {} (is `hotrestart run` running with this --name or --control?)", path));
+        return Error::message(
+            fmt::format("no supervisor at {} (is `hotrestart run` running with this --name or --control?)", path));
       case ECONNREFUSED:
         return Error::message(fmt::format("no supervisor is listening at {} (the socket file is stale)", path));
       case EACCES:
@@ -122,8 +126,8 @@ Result<Fd> open_and_send(const std::string& path, const json& request) {
   if (!fd) return fd;
   // A supervisor that refuses this peer answers and closes without reading the request,
   // so a failed send is not the end: the explanation may be waiting to be read.
-  if (auto ok = send_all(fd->get(), to_line(request)); !ok && ok.error().code() != EPIPE &&
-                                                        ok.error().code() != ECONNRESET) {
+  if (auto ok = send_all(fd->get(), to_line(request));
+      !ok && ok.error().code() != EPIPE && ok.error().code() != ECONNRESET) {
     return ok.error();
   }
   return fd;
@@ -152,7 +156,8 @@ void print_status(const json& s) {
   if (gens.empty()) fmt::print("  (none running)\n");
   for (const auto& g : gens) {
     std::string cmd;
-    for (const auto& a : g.value("command", json::array())) cmd += (cmd.empty() ? "" : " ") + a.get<std::string>();
+    for (const auto& a : g.value("command", json::array()))
+      cmd += (cmd.empty() ? "" : " ") + a.get<std::string>();
     fmt::print("  #{:<4} pid {:<8} {:<9} {:<10} age {:<8} {}\n", g.value("generation", 0), g.value("pid", 0),
                g.value("state", ""), g.value("role", ""), age_text(g.value("age_ms", std::int64_t{0})), cmd);
     if (!g.value("status", "").empty()) fmt::print("        status: {}\n", g.value("status", ""));
@@ -166,7 +171,8 @@ void print_status(const json& s) {
              c.value("upgrades_rolled_back", 0), c.value("crashes", 0), c.value("restarts", 0));
   if (!s["last_upgrade"].is_null()) {
     const auto& u = s["last_upgrade"];
-    fmt::print("last upgrade: {} in {} ms: {}\n", u.value("outcome", ""), u.value("elapsed_ms", 0), u.value("message", ""));
+    fmt::print("last upgrade: {} in {} ms: {}\n", u.value("outcome", ""), u.value("elapsed_ms", 0),
+               u.value("message", ""));
   }
   if (!s["last_error"].is_null()) {
     fmt::print("last error:  {} ({} ago)\n", s["last_error"].value("message", ""),
@@ -212,14 +218,17 @@ int client_upgrade(const std::string& control_path, std::optional<std::string> e
   while (true) {
     auto answer = source.next(std::nullopt);
     if (!answer) {
-      say_error(source.error().empty() ? "the supervisor closed the connection before the verdict; check `hotrestart status`"
-                                       : source.error());
+      say_error(source.error().empty()
+                    ? "the supervisor closed the connection before the verdict; check `hotrestart status`"
+                    : source.error());
       return kExitUsage;
     }
     const std::string type = answer->value("type", "");
     if (output == Output::Json) fmt::print("{}\n", answer->dump());
     if (type == "error") {
-      if (output == Output::Json) return answer->value("code", "") == "busy" || answer->value("code", "") == "stopping" ? kExitRefused : kExitUsage;
+      if (output == Output::Json)
+        return answer->value("code", "") == "busy" || answer->value("code", "") == "stopping" ? kExitRefused
+                                                                                              : kExitUsage;
       return report_error_answer(*answer);
     }
     if (type == "event" && output == Output::Human) {

@@ -9,9 +9,9 @@ namespace hotrestart {
 
 // Exit codes of the client commands (docs/operations.md lists them all).
 inline constexpr int kExitOk = 0;
-inline constexpr int kExitRolledBack = 1;   // upgrade: rolled back; the old generation serves
-inline constexpr int kExitUsage = 2;        // usage error, or no supervisor reachable
-inline constexpr int kExitRefused = 3;      // upgrade: refused (another upgrade in progress, stopping)
+inline constexpr int kExitRolledBack = 1;  // upgrade: rolled back; the old generation serves
+inline constexpr int kExitUsage = 2;       // usage error, or no supervisor reachable
+inline constexpr int kExitRefused = 3;     // upgrade: refused (another upgrade in progress, stopping)
 
 enum class Output { Human, Json };
 

@@ -44,12 +44,16 @@ Result<json> parse_control_line(std::string_view line) {
   bool escaped = false;
   for (char c : line) {
     if (in_string) {
-      if (escaped) escaped = false;
-      else if (c == '\\') escaped = true;
-      else if (c == '"') in_string = false;
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        in_string = false;
       continue;
     }
-    if (c == '"') in_string = true;
+    if (c == '"')
+      in_string = true;
     else if (c == '{' || c == '[') {
       if (++depth > kControlMaxDepth) {
         return Error::message(fmt::format("message nests deeper than {} levels", kControlMaxDepth));
@@ -69,8 +73,9 @@ std::variant<ControlRequest, ControlRequestError> decode_control_request(const j
   const auto v = j.find("v");
   if (v == j.end() || !v->is_number_integer()) return bad("the request has no integer \"v\" (protocol version)");
   if (v->get<std::int64_t>() != kControlProtocolVersion) {
-    return ControlRequestError{"version", fmt::format("protocol version {} is not supported; this supervisor speaks version {}",
-                                                      v->dump(), kControlProtocolVersion)};
+    return ControlRequestError{
+        "version", fmt::format("protocol version {} is not supported; this supervisor speaks version {}", v->dump(),
+                               kControlProtocolVersion)};
   }
   const auto cmd = j.find("cmd");
   if (cmd == j.end() || !cmd->is_string()) return bad("the request has no \"cmd\" string");
@@ -83,7 +88,8 @@ std::variant<ControlRequest, ControlRequestError> decode_control_request(const j
   } else if (name == "upgrade") {
     request.command = ControlRequest::Command::Upgrade;
     if (const auto e = j.find("exec"); e != j.end()) {
-      if (!e->is_string() || e->get_ref<const std::string&>().empty()) return bad("\"exec\" must be a non-empty string");
+      if (!e->is_string() || e->get_ref<const std::string&>().empty())
+        return bad("\"exec\" must be a non-empty string");
       request.exec = e->get<std::string>();
     }
     if (const auto c = j.find("command"); c != j.end()) {

@@ -64,8 +64,8 @@ Result<nlohmann::json> parse_control_line(std::string_view line);
 struct ControlRequest {
   enum class Command { ShowStatus, Upgrade, Stop };
   Command command = Command::ShowStatus;
-  std::optional<std::string> exec;                  // upgrade: new executable
-  std::optional<std::vector<std::string>> argv;     // upgrade: new command line
+  std::optional<std::string> exec;               // upgrade: new executable
+  std::optional<std::vector<std::string>> argv;  // upgrade: new command line
 };
 
 // Validates a request object. Errors carry the protocol error code in `code()`-free form:

@@ -61,19 +61,20 @@ ControlServer::~ControlServer() {
     close_pipe(server_);
     // Remove the socket file only if it is still ours (another supervisor may have
     // replaced it after a forced takeover).
-    struct stat st{};
+    struct stat st {};
     if (!path_.empty() && ::lstat(path_.c_str(), &st) == 0 && st.st_ino == inode_) ::unlink(path_.c_str());
   }
 }
 
 Status ControlServer::listen(const std::string& path) {
   if (path.size() >= sizeof(sockaddr_un{}.sun_path)) {
-    return Error::message(fmt::format("control socket path '{}' is longer than {} bytes", path,
-                                      sizeof(sockaddr_un{}.sun_path) - 1));
+    return Error::message(
+        fmt::format("control socket path '{}' is longer than {} bytes", path, sizeof(sockaddr_un{}.sun_path) - 1));
   }
-  struct stat st{};
+  struct stat st {};
   if (::lstat(path.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode)) return Error::message(fmt::format("control socket {}: the path exists and is not a socket", path));
+    if (!S_ISSOCK(st.st_mode))
+      return Error::message(fmt::format("control socket {}: the path exists and is not a socket", path));
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
@@ -135,11 +136,12 @@ void ControlServer::on_connection() {
     return;
   }
   if (cred.uid != owner_uid_ && cred.uid != 0) {
-    log_warn("control: refused pid {} of uid {} (only uid {} or root may control this supervisor)", cred.pid,
-             cred.uid, owner_uid_);
+    log_warn("control: refused pid {} of uid {} (only uid {} or root may control this supervisor)", cred.pid, cred.uid,
+             owner_uid_);
     send(c.id,
-         control_error("forbidden", fmt::format("permission denied: uid {} may not control this supervisor (owner uid {})",
-                                                cred.uid, owner_uid_)),
+         control_error("forbidden",
+                       fmt::format("permission denied: uid {} may not control this supervisor (owner uid {})", cred.uid,
+                                   owner_uid_)),
          AfterSend::Close);
     return;
   }

@@ -10,8 +10,7 @@ namespace hotrestart {
 
 Result<Millis> parse_duration(std::string_view text) {
   const auto bad = [&](std::string_view why) {
-    return Error::message(fmt::format("invalid duration '{}': {} (write it like 500ms, 5s, 2m or 1h)",
-                                      text, why));
+    return Error::message(fmt::format("invalid duration '{}': {} (write it like 500ms, 5s, 2m or 1h)", text, why));
   };
   if (text.empty()) return bad("empty");
   std::uint64_t number = 0;
@@ -22,12 +21,18 @@ Result<Millis> parse_duration(std::string_view text) {
   if (ec != std::errc() || rest == begin) return bad("it must start with a whole number");
   std::string_view unit(rest, static_cast<std::size_t>(end - rest));
   std::uint64_t scale = 0;
-  if (unit == "ms") scale = 1;
-  else if (unit == "s") scale = 1000;
-  else if (unit == "m") scale = 60'000;
-  else if (unit == "h") scale = 3'600'000;
-  else if (unit.empty()) return bad("a unit is missing");
-  else return bad(fmt::format("unknown unit '{}'", unit));
+  if (unit == "ms")
+    scale = 1;
+  else if (unit == "s")
+    scale = 1000;
+  else if (unit == "m")
+    scale = 60'000;
+  else if (unit == "h")
+    scale = 3'600'000;
+  else if (unit.empty())
+    return bad("a unit is missing");
+  else
+    return bad(fmt::format("unknown unit '{}'", unit));
   // A week is far beyond any sensible timeout and keeps every sum below overflow.
   constexpr std::uint64_t max_ms = 7ULL * 24 * 3'600'000;
   if (number > max_ms / scale) return bad("longer than a week");

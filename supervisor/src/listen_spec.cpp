@@ -11,8 +11,8 @@ namespace hotrestart {
 bool valid_listener_name(std::string_view name) {
   if (name.empty() || name.size() > 64) return false;
   for (char c : name) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '.' || c == '_' || c == '-';
+    const bool ok =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
     if (!ok) return false;
   }
   return true;
@@ -20,8 +20,8 @@ bool valid_listener_name(std::string_view name) {
 
 Result<ListenSpec> parse_listen_spec(std::string_view text, std::size_t position) {
   const auto bad = [&](std::string_view why) {
-    return Error::message(fmt::format(
-        "invalid --listen '{}': {} (write [NAME=]tcp://HOST:PORT or [NAME=]unix:PATH)", text, why));
+    return Error::message(
+        fmt::format("invalid --listen '{}': {} (write [NAME=]tcp://HOST:PORT or [NAME=]unix:PATH)", text, why));
   };
   ListenSpec spec;
   std::string_view rest = text;

@@ -54,7 +54,7 @@ Result<Fd> bind_unix(const ListenSpec& spec, bool* created) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, spec.path.c_str(), spec.path.size() + 1);
-  struct stat st{};
+  struct stat st {};
   if (::lstat(spec.path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) {
       return Error::message(fmt::format("bind {}: the path exists and is not a socket", spec.text));
@@ -96,7 +96,7 @@ Result<Listener> bind_one(const ListenSpec& spec) {
 }
 
 Status check_listening_stream_socket(int fd) {
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd, &st) != 0) return Error::from_errno(fmt::format("fstat fd {}", fd));
   if (!S_ISSOCK(st.st_mode)) return Error::message(fmt::format("fd {} is not a socket", fd));
   int type = 0;

@@ -18,7 +18,7 @@ namespace hotrestart {
 struct Listener {
   ListenSpec spec;
   Fd fd;
-  std::string address;  // What the socket is bound to: "127.0.0.1:41234", "[::1]:80", "unix:/run/x.sock".
+  std::string address;   // What the socket is bound to: "127.0.0.1:41234", "[::1]:80", "unix:/run/x.sock".
   bool adopted = false;  // Received from our own parent (systemd socket activation).
   bool unlink_on_exit = false;
 };

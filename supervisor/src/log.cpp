@@ -9,16 +9,25 @@ namespace {
 LogLevel g_level = LogLevel::Info;
 }
 
-void set_log_level(LogLevel level) { g_level = level; }
+void set_log_level(LogLevel level) {
+  g_level = level;
+}
 
 void log_line(LogLevel level, std::string_view text) {
   if (level < g_level) return;
   const char* tag = "";
   switch (level) {
-    case LogLevel::Debug: tag = "debug: "; break;
-    case LogLevel::Info: break;
-    case LogLevel::Warning: tag = "warning: "; break;
-    case LogLevel::Error: tag = "error: "; break;
+    case LogLevel::Debug:
+      tag = "debug: ";
+      break;
+    case LogLevel::Info:
+      break;
+    case LogLevel::Warning:
+      tag = "warning: ";
+      break;
+    case LogLevel::Error:
+      tag = "error: ";
+      break;
   }
   // One write per line, so lines from the supervisor and its workers never interleave
   // mid-line on a shared stderr.

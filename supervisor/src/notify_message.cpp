@@ -27,8 +27,8 @@ bool printable(std::string_view text) {
 NotifyMessage parse_notify(std::string_view datagram) {
   NotifyMessage m;
   if (datagram.size() > kNotifyMaxDatagram) {
-    m.problems.push_back(fmt::format("datagram of {} bytes is over the {}-byte limit", datagram.size(),
-                                     kNotifyMaxDatagram));
+    m.problems.push_back(
+        fmt::format("datagram of {} bytes is over the {}-byte limit", datagram.size(), kNotifyMaxDatagram));
     return m;
   }
   std::size_t start = 0;
@@ -57,11 +57,15 @@ NotifyMessage parse_notify(std::string_view datagram) {
       m.status = std::string(value.substr(0, 256));
     } else if (key == "MAINPID") {
       auto pid = parse_number<pid_t>(value);
-      if (pid && *pid > 0) m.mainpid = *pid;
-      else m.problems.push_back(fmt::format("MAINPID '{}' is not a pid", value));
+      if (pid && *pid > 0)
+        m.mainpid = *pid;
+      else
+        m.problems.push_back(fmt::format("MAINPID '{}' is not a pid", value));
     } else if (key == "ERRNO") {
-      if (auto e = parse_number<int>(value)) m.errno_value = *e;
-      else m.problems.push_back(fmt::format("ERRNO '{}' is not a number", value));
+      if (auto e = parse_number<int>(value))
+        m.errno_value = *e;
+      else
+        m.problems.push_back(fmt::format("ERRNO '{}' is not a number", value));
     }
   }
   return m;

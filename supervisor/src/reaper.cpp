@@ -7,10 +7,11 @@
 
 namespace hotrestart {
 
-Reaper::Reaper(uv_loop_t* loop)
-    : sigchld_(std::make_unique<SignalWatch>(loop, SIGCHLD, [this](int) { reap(); })) {}
+Reaper::Reaper(uv_loop_t* loop) : sigchld_(std::make_unique<SignalWatch>(loop, SIGCHLD, [this](int) { reap(); })) {}
 
-void Reaper::watch(pid_t pid, OnExit on_exit) { watched_[pid] = std::move(on_exit); }
+void Reaper::watch(pid_t pid, OnExit on_exit) {
+  watched_[pid] = std::move(on_exit);
+}
 
 void Reaper::reap() {
   // SIGCHLD coalesces: one delivery may stand for many exits, so loop until none is left.

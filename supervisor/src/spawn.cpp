@@ -1,8 +1,8 @@
 #include "spawn.h"
 
 #include <fcntl.h>
-#include <signal.h>
 #include <linux/close_range.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -26,7 +26,8 @@ void write_decimal(char* out, long value) {
     digits[n++] = static_cast<char>('0' + value % 10);
     value /= 10;
   } while (value > 0 && n < 23);
-  for (int i = 0; i < n; ++i) out[i] = digits[n - 1 - i];
+  for (int i = 0; i < n; ++i)
+    out[i] = digits[n - 1 - i];
   out[n] = '\0';
 }
 
@@ -52,7 +53,7 @@ std::string ExitStatus::describe() const {
 
 Result<std::string> resolve_executable(const std::string& name, const std::string& path_env) {
   const auto usable = [](const std::string& path) -> Status {
-    struct stat st{};
+    struct stat st {};
     if (::stat(path.c_str(), &st) != 0) return Error::from_errno(path);
     if (!S_ISREG(st.st_mode)) return Error::message(fmt::format("{}: not a regular file", path));
     if (::access(path.c_str(), X_OK) != 0) return Error::from_errno(path);
@@ -84,14 +85,16 @@ Result<pid_t> spawn_process(const SpawnRequest& request) {
   // does not promise that).
   std::vector<char*> argv;
   argv.reserve(request.argv.size() + 1);
-  for (const auto& a : request.argv) argv.push_back(const_cast<char*>(a.c_str()));
+  for (const auto& a : request.argv)
+    argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
 
-  std::string listen_pid(std::string_view("LISTEN_PID=") .size() + 24, '\0');
+  std::string listen_pid(std::string_view("LISTEN_PID=").size() + 24, '\0');
   std::memcpy(listen_pid.data(), "LISTEN_PID=", 11);
   std::vector<char*> envp;
   envp.reserve(request.env.size() + 2);
-  for (const auto& e : request.env) envp.push_back(const_cast<char*>(e.c_str()));
+  for (const auto& e : request.env)
+    envp.push_back(const_cast<char*>(e.c_str()));
   if (request.listen_pid == ListenPid::Set) envp.push_back(listen_pid.data());
   envp.push_back(nullptr);
 
@@ -139,7 +142,8 @@ Result<pid_t> spawn_process(const SpawnRequest& request) {
     // Fds the supervisor itself inherited without close-on-exec (from a shell or a test
     // harness) must not reach the worker either: mark everything above the passed range.
     if (::close_range(static_cast<unsigned>(first_free), ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
-      for (int fd = first_free; fd < 65536; ++fd) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+      for (int fd = first_free; fd < 65536; ++fd)
+        ::fcntl(fd, F_SETFD, FD_CLOEXEC);
     }
     if (request.listen_pid == ListenPid::Set) write_decimal(listen_pid.data() + 11, ::getpid());
     sigset_t none;

@@ -17,10 +17,10 @@ namespace hotrestart {
 enum class ListenPid { Set, Omit };
 
 struct SpawnRequest {
-  std::string executable;              // A path (resolved with resolve_executable).
-  std::vector<std::string> argv;       // argv[0] included.
-  std::vector<std::string> env;        // "NAME=value" entries, complete.
-  std::vector<int> pass_fds;           // Become fds 3, 4, ... in the child, in this order.
+  std::string executable;                  // A path (resolved with resolve_executable).
+  std::vector<std::string> argv;           // argv[0] included.
+  std::vector<std::string> env;            // "NAME=value" entries, complete.
+  std::vector<int> pass_fds;               // Become fds 3, 4, ... in the child, in this order.
   ListenPid listen_pid = ListenPid::Omit;  // Adds LISTEN_PID=<the child's pid>.
 };
 

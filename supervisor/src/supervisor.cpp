@@ -9,9 +9,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <fstream>
-#include <charconv>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -86,9 +86,12 @@ std::string notify_path_for(const std::string& control_path) {
 
 std::string ReadyMode::describe() const {
   switch (kind) {
-    case Kind::Notify: return "notify";
-    case Kind::Exec: return "exec:" + command;
-    case Kind::Delay: return "delay:" + format_duration(delay);
+    case Kind::Notify:
+      return "notify";
+    case Kind::Exec:
+      return "exec:" + command;
+    case Kind::Delay:
+      return "delay:" + format_duration(delay);
   }
   return "?";
 }
@@ -123,7 +126,7 @@ Status prepare_runtime_dir(const std::string& socket_path) {
   if (slash == std::string::npos || slash == 0) return {};
   const std::string dir = socket_path.substr(0, slash);
   if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return Error::from_errno(fmt::format("mkdir {}", dir));
-  struct stat st{};
+  struct stat st {};
   if (::lstat(dir.c_str(), &st) != 0) return Error::from_errno(fmt::format("stat {}", dir));
   if (!S_ISDIR(st.st_mode)) return Error::message(fmt::format("{} is not a directory", dir));
   return {};
@@ -132,7 +135,9 @@ Status prepare_runtime_dir(const std::string& socket_path) {
 // ---------------------------------------------------------------------------------------
 // Life cycle
 
-Supervisor::Supervisor(RunOptions options) : options_(std::move(options)) { uv_loop_init(&loop_); }
+Supervisor::Supervisor(RunOptions options) : options_(std::move(options)) {
+  uv_loop_init(&loop_);
+}
 
 Supervisor::~Supervisor() {
   generations_.clear();
@@ -248,7 +253,8 @@ Result<Supervisor::Generation*> Supervisor::spawn_generation(const std::vector<s
   auto executable = resolve_executable(command.front(), path_env);
   if (!executable) return executable.error().context("cannot start the worker");
   std::vector<int> fds;
-  for (const auto& l : listeners_.listeners()) fds.push_back(l.fd.get());
+  for (const auto& l : listeners_.listeners())
+    fds.push_back(l.fd.get());
   SpawnRequest request{executable.value(), command, std::move(env), std::move(fds), ListenPid::Set};
   auto pid = spawn_process(request);
   if (!pid) return pid.error().context("cannot start the worker");
@@ -490,9 +496,10 @@ void Supervisor::feed(Input input, std::string reason) {
     case Action::None:
       break;
     case Action::WaitReady:
-      publish_phase(fmt::format("generation {} (pid {}) started; waiting for it to report ready (--ready {}, timeout {})",
-                                upgrade_->generation, fresh ? fresh->pid : 0, options_.ready.describe(),
-                                format_duration(options_.ready_timeout)));
+      publish_phase(
+          fmt::format("generation {} (pid {}) started; waiting for it to report ready (--ready {}, timeout {})",
+                      upgrade_->generation, fresh ? fresh->pid : 0, options_.ready.describe(),
+                      format_duration(options_.ready_timeout)));
       break;
     case Action::WaitHealth:
       if (options_.min_ready.count() == 0) {
@@ -553,7 +560,8 @@ void Supervisor::publish_phase(const std::string& message) {
              {"pid", fresh != nullptr ? fresh->pid : 0},
              {"message", message}};
   log_info("upgrade: {} ({} ms): {}", phase_name(m.phase()), elapsed, message);
-  for (ClientId id : upgrade_->watchers) control_->send(id, event, AfterSend::KeepOpen);
+  for (ClientId id : upgrade_->watchers)
+    control_->send(id, event, AfterSend::KeepOpen);
 }
 
 void Supervisor::finish_upgrade() {
@@ -568,13 +576,14 @@ void Supervisor::finish_upgrade() {
     ++counters_.upgrades_rolled_back;
     note_error(fmt::format("upgrade rolled back: {}", m.failure()));
     message = serving != nullptr
-                  ? fmt::format("rolled back: {}; generation {} (pid {}) still serves", m.failure(), serving->number, serving->pid)
+                  ? fmt::format("rolled back: {}; generation {} (pid {}) still serves", m.failure(), serving->number,
+                                serving->pid)
                   : fmt::format("rolled back: {}; no generation is serving (a restart is scheduled)", m.failure());
   }
   json timeline = json::array();
   for (const auto& rec : m.timeline()) {
-    timeline.push_back({{"phase", phase_name(rec.phase)},
-                        {"at_ms", std::chrono::duration_cast<Millis>(rec.at).count()}});
+    timeline.push_back(
+        {{"phase", phase_name(rec.phase)}, {"at_ms", std::chrono::duration_cast<Millis>(rec.at).count()}});
   }
   json result{{"v", kControlProtocolVersion},
               {"type", "result"},
@@ -588,7 +597,8 @@ void Supervisor::finish_upgrade() {
               {"message", message},
               {"timeline", timeline}};
   publish_phase(message);
-  for (ClientId id : upgrade_->watchers) control_->send(id, result, AfterSend::Close);
+  for (ClientId id : upgrade_->watchers)
+    control_->send(id, result, AfterSend::Close);
   last_upgrade_ = result;
   last_upgrade_.erase("v");
   last_upgrade_.erase("type");
@@ -648,7 +658,8 @@ void Supervisor::on_notify_readable() {
       continue;
     }
     const NotifyMessage m = parse_notify(std::string_view(data, static_cast<std::size_t>(n)));
-    for (const auto& p : m.problems) log_warn("notify: generation {}: {}", g->number, p);
+    for (const auto& p : m.problems)
+      log_warn("notify: generation {}: {}", g->number, p);
     if (m.status) g->status_text = *m.status;
     if (m.stopping && !g->stopped_accepting) {
       g->stopped_accepting = true;
@@ -676,12 +687,13 @@ void Supervisor::on_request(ClientId client, const ControlRequest& request) {
         return;
       }
       if (upgrade_) {
-        control_->send(client,
-                       control_error("busy", fmt::format("upgrade in progress: generation {} is in phase {} since {} ms; "
-                                                         "try again when it has finished",
-                                                         upgrade_->generation, phase_name(upgrade_->machine.phase()),
-                                                         ms_since(upgrade_->machine.started()))),
-                       AfterSend::Close);
+        control_->send(
+            client,
+            control_error("busy", fmt::format("upgrade in progress: generation {} is in phase {} since {} ms; "
+                                              "try again when it has finished",
+                                              upgrade_->generation, phase_name(upgrade_->machine.phase()),
+                                              ms_since(upgrade_->machine.started()))),
+            AfterSend::Close);
         return;
       }
       std::vector<std::string> command = current_command_;
@@ -763,8 +775,10 @@ void Supervisor::notify_systemd(const std::string& message) const {
   if (systemd_notify_socket_.size() >= sizeof addr.sun_path) return;
   std::memcpy(addr.sun_path, systemd_notify_socket_.data(), systemd_notify_socket_.size());
   socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + systemd_notify_socket_.size());
-  if (addr.sun_path[0] == '@') addr.sun_path[0] = '\0';  // Abstract namespace.
-  else ++len;
+  if (addr.sun_path[0] == '@')
+    addr.sun_path[0] = '\0';  // Abstract namespace.
+  else
+    ++len;
   Fd fd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   if (!fd) return;
   if (::sendto(fd.get(), message.data(), message.size(), MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&addr), len) < 0) {
@@ -779,7 +793,9 @@ json Supervisor::status_json() const {
   }
   json generations = json::array();
   for (const auto& [n, g] : generations_) {
-    const char* state = g->state == GenState::Starting ? "starting" : g->state == GenState::Ready ? "ready" : "draining";
+    const char* state = g->state == GenState::Starting ? "starting"
+                        : g->state == GenState::Ready  ? "ready"
+                                                       : "draining";
     std::string role = n == active_ ? "active" : (upgrade_ && upgrade_->generation == n) ? "candidate" : "old";
     generations.push_back({{"generation", n},
                            {"pid", g->pid},
@@ -797,27 +813,28 @@ json Supervisor::status_json() const {
   }
   json last_error = nullptr;
   if (!last_error_.empty()) last_error = {{"message", last_error_}, {"age_ms", ms_since(last_error_at_)}};
-  return json{{"v", kControlProtocolVersion},
-              {"type", "status"},
-              {"name", options_.name},
-              {"pid", ::getpid()},
-              {"uptime_ms", ms_since(started_at_)},
-              {"stopping", stopping_},
-              {"control", options_.control_path},
-              {"listeners", listeners},
-              {"active_generation", active_},
-              {"generations", generations},
-              {"command", current_command_},
-              {"ready", {{"mode", options_.ready.describe()}, {"timeout_ms", options_.ready_timeout.count()}}},
-              {"drain", {{"signal", signal_name(options_.drain_signal)}, {"timeout_ms", options_.drain_timeout.count()}}},
-              {"upgrade", upgrade},
-              {"last_upgrade", last_upgrade_.is_null() ? json(nullptr) : last_upgrade_},
-              {"counters",
-               {{"upgrades_done", counters_.upgrades_done},
-                {"upgrades_rolled_back", counters_.upgrades_rolled_back},
-                {"crashes", counters_.crashes},
-                {"restarts", counters_.restarts}}},
-              {"last_error", last_error}};
+  return json{
+      {"v", kControlProtocolVersion},
+      {"type", "status"},
+      {"name", options_.name},
+      {"pid", ::getpid()},
+      {"uptime_ms", ms_since(started_at_)},
+      {"stopping", stopping_},
+      {"control", options_.control_path},
+      {"listeners", listeners},
+      {"active_generation", active_},
+      {"generations", generations},
+      {"command", current_command_},
+      {"ready", {{"mode", options_.ready.describe()}, {"timeout_ms", options_.ready_timeout.count()}}},
+      {"drain", {{"signal", signal_name(options_.drain_signal)}, {"timeout_ms", options_.drain_timeout.count()}}},
+      {"upgrade", upgrade},
+      {"last_upgrade", last_upgrade_.is_null() ? json(nullptr) : last_upgrade_},
+      {"counters",
+       {{"upgrades_done", counters_.upgrades_done},
+        {"upgrades_rolled_back", counters_.upgrades_rolled_back},
+        {"crashes", counters_.crashes},
+        {"restarts", counters_.restarts}}},
+      {"last_error", last_error}};
 }
 
 }  // namespace hotrestart

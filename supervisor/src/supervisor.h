@@ -51,8 +51,8 @@ struct RunOptions {
 };
 
 // Exit codes of `hotrestart run`.
-inline constexpr int kRunExitOk = 0;       // stopped on request
-inline constexpr int kRunExitFailed = 1;   // could not start (bind, control socket, exec)
+inline constexpr int kRunExitOk = 0;      // stopped on request
+inline constexpr int kRunExitFailed = 1;  // could not start (bind, control socket, exec)
 
 class Supervisor {
  public:

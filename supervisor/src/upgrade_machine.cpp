@@ -6,7 +6,9 @@
 namespace hotrestart {
 namespace {
 
-constexpr std::size_t idx(Phase p) { return static_cast<std::size_t>(p); }
+constexpr std::size_t idx(Phase p) {
+  return static_cast<std::size_t>(p);
+}
 
 // kAllowed[from][to]: the whole transition table. Rolling back is reachable from every
 // phase before cutover and from none after it.
@@ -29,50 +31,79 @@ constexpr auto kAllowed = [] {
 
 std::string_view phase_name(Phase p) {
   switch (p) {
-    case Phase::Spawning: return "spawning";
-    case Phase::Warming: return "warming";
-    case Phase::HealthChecking: return "health-checking";
-    case Phase::Cutover: return "cutover";
-    case Phase::DrainingOld: return "draining-old";
-    case Phase::Done: return "done";
-    case Phase::RollingBack: return "rolling-back";
-    case Phase::RolledBack: return "rolled-back";
+    case Phase::Spawning:
+      return "spawning";
+    case Phase::Warming:
+      return "warming";
+    case Phase::HealthChecking:
+      return "health-checking";
+    case Phase::Cutover:
+      return "cutover";
+    case Phase::DrainingOld:
+      return "draining-old";
+    case Phase::Done:
+      return "done";
+    case Phase::RollingBack:
+      return "rolling-back";
+    case Phase::RolledBack:
+      return "rolled-back";
   }
   return "?";
 }
 
 std::string_view input_name(Input i) {
   switch (i) {
-    case Input::Spawned: return "spawned";
-    case Input::SpawnFailed: return "spawn-failed";
-    case Input::Ready: return "ready";
-    case Input::HealthPassed: return "health-passed";
-    case Input::Promoted: return "promoted";
-    case Input::DrainStarted: return "drain-started";
-    case Input::NewExited: return "new-exited";
-    case Input::Timeout: return "timeout";
-    case Input::Cancel: return "cancel";
-    case Input::NewGone: return "new-gone";
+    case Input::Spawned:
+      return "spawned";
+    case Input::SpawnFailed:
+      return "spawn-failed";
+    case Input::Ready:
+      return "ready";
+    case Input::HealthPassed:
+      return "health-passed";
+    case Input::Promoted:
+      return "promoted";
+    case Input::DrainStarted:
+      return "drain-started";
+    case Input::NewExited:
+      return "new-exited";
+    case Input::Timeout:
+      return "timeout";
+    case Input::Cancel:
+      return "cancel";
+    case Input::NewGone:
+      return "new-gone";
   }
   return "?";
 }
 
 std::string_view action_name(Action a) {
   switch (a) {
-    case Action::None: return "none";
-    case Action::WaitReady: return "wait-ready";
-    case Action::WaitHealth: return "wait-health";
-    case Action::Promote: return "promote";
-    case Action::DrainOld: return "drain-old";
-    case Action::StopNew: return "stop-new";
-    case Action::Finish: return "finish";
+    case Action::None:
+      return "none";
+    case Action::WaitReady:
+      return "wait-ready";
+    case Action::WaitHealth:
+      return "wait-health";
+    case Action::Promote:
+      return "promote";
+    case Action::DrainOld:
+      return "drain-old";
+    case Action::StopNew:
+      return "stop-new";
+    case Action::Finish:
+      return "finish";
   }
   return "?";
 }
 
-bool is_terminal(Phase p) { return p == Phase::Done || p == Phase::RolledBack; }
+bool is_terminal(Phase p) {
+  return p == Phase::Done || p == Phase::RolledBack;
+}
 
-bool transition_allowed(Phase from, Phase to) { return kAllowed[idx(from)][idx(to)]; }
+bool transition_allowed(Phase from, Phase to) {
+  return kAllowed[idx(from)][idx(to)];
+}
 
 UpgradeMachine::UpgradeMachine(Clock::time_point started) : started_(started) {
   timeline_.push_back({Phase::Spawning, Clock::duration::zero()});

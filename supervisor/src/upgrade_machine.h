@@ -63,12 +63,12 @@ std::string_view input_name(Input i);
 // What the supervisor must do after a transition.
 enum class Action : std::uint8_t {
   None,
-  WaitReady,    // arm the readiness wait and the ready deadline.
-  WaitHealth,   // arm the health window.
-  Promote,      // make the new generation active, then feed Promoted.
-  DrainOld,     // send the drain signal to the previous generation, then feed DrainStarted.
-  StopNew,      // stop the new generation (drain signal, then SIGKILL), then feed NewGone.
-  Finish,       // report the verdict to the requester.
+  WaitReady,   // arm the readiness wait and the ready deadline.
+  WaitHealth,  // arm the health window.
+  Promote,     // make the new generation active, then feed Promoted.
+  DrainOld,    // send the drain signal to the previous generation, then feed DrainStarted.
+  StopNew,     // stop the new generation (drain signal, then SIGKILL), then feed NewGone.
+  Finish,      // report the verdict to the requester.
 };
 std::string_view action_name(Action a);
 

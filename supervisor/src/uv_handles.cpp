@@ -24,7 +24,9 @@ Timer::Timer(uv_loop_t* loop) : state_(new State) {
   state_->handle.data = state_;
 }
 
-Timer::~Timer() { close_and_free(state_); }
+Timer::~Timer() {
+  close_and_free(state_);
+}
 
 void Timer::start(std::chrono::milliseconds after, std::function<void()> fn) {
   state_->fn = std::move(fn);
@@ -85,7 +87,9 @@ FdWatch::~FdWatch() {
   if (state_ != nullptr) close_and_free(state_);
 }
 
-bool FdWatch::ok() const { return state_ != nullptr && state_->ok; }
+bool FdWatch::ok() const {
+  return state_ != nullptr && state_->ok;
+}
 
 struct SignalWatch::State {
   uv_signal_t handle;
@@ -105,6 +109,8 @@ SignalWatch::SignalWatch(uv_loop_t* loop, int signo, std::function<void(int)> fn
       signo);
 }
 
-SignalWatch::~SignalWatch() { close_and_free(state_); }
+SignalWatch::~SignalWatch() {
+  close_and_free(state_);
+}
 
 }  // namespace hotrestart

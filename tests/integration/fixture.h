@@ -22,11 +22,19 @@ using namespace std::chrono_literals;
 using namespace hotrestart::testsupport;
 using nlohmann::json;
 
-inline std::string hotrestart_bin() { return bin_path("hotrestart"); }
-inline std::string hello_bin() { return bin_path("hello-server"); }
-inline std::string test_worker_bin() { return bin_path("test-worker"); }
+inline std::string hotrestart_bin() {
+  return bin_path("hotrestart");
+}
+inline std::string hello_bin() {
+  return bin_path("hello-server");
+}
+inline std::string test_worker_bin() {
+  return bin_path("test-worker");
+}
 
-inline std::vector<std::string> hello(const std::string& version) { return {hello_bin(), "--version", version}; }
+inline std::vector<std::string> hello(const std::string& version) {
+  return {hello_bin(), "--version", version};
+}
 
 class Supervisor {
  public:

@@ -55,7 +55,9 @@ class RawClient {
   bool connected_ = false;
 };
 
-json first_line(const std::string& text) { return json::parse(text.substr(0, text.find('\n'))); }
+json first_line(const std::string& text) {
+  return json::parse(text.substr(0, text.find('\n')));
+}
 
 }  // namespace
 
@@ -75,9 +77,15 @@ TEST_CASE("control: garbage and oversized and deeply nested and wrong-version re
       {"[1,2,3]\n", "bad-request", "not a JSON object"},
       {std::string(100, '[') + "\n", "bad-request", "nests deeper"},
       {std::string(70000, 'x'), "bad-request", "over the 65536-byte limit"},
-      {R"({"v":99,"cmd":"status"})" "\n", "version", "speaks version 1"},
-      {R"({"v":1,"cmd":"format-disk"})" "\n", "bad-request", "unknown command"},
-      {R"({"v":1,"cmd":"upgrade","command":[1,2]})" "\n", "bad-request", "only strings"},
+      {R"({"v":99,"cmd":"status"})"
+       "\n",
+       "version", "speaks version 1"},
+      {R"({"v":1,"cmd":"format-disk"})"
+       "\n",
+       "bad-request", "unknown command"},
+      {R"({"v":1,"cmd":"upgrade","command":[1,2]})"
+       "\n",
+       "bad-request", "only strings"},
       {std::string("\x00\xff\xfe\n", 4), "bad-request", "not valid JSON"},
   };
   for (const auto& c : cases) {
@@ -96,7 +104,8 @@ TEST_CASE("control: garbage and oversized and deeply nested and wrong-version re
 
   // More connections than the limit: the extra ones are closed, status still answers.
   std::vector<std::unique_ptr<RawClient>> crowd;
-  for (int i = 0; i < 80; ++i) crowd.push_back(std::make_unique<RawClient>(sup.control()));
+  for (int i = 0; i < 80; ++i)
+    crowd.push_back(std::make_unique<RawClient>(sup.control()));
   CHECK(wait_until([&] { return sup.status().has_value(); }, 10s));
   crowd.clear();
 
@@ -150,7 +159,8 @@ TEST_CASE("client commands without a supervisor exit 2 with a hint") {
   CHECK(contains(r.err, "no supervisor at"));
   RunResult u = run({hotrestart_bin(), "upgrade", "--control", d.file("none.sock")}, {}, 10s);
   CHECK(u.exit_code == 2);
-  RunResult both = run({hotrestart_bin(), "upgrade", "--control", d.file("none.sock"), "--exec", "/x", "--", "/y"}, {}, 10s);
+  RunResult both =
+      run({hotrestart_bin(), "upgrade", "--control", d.file("none.sock"), "--exec", "/x", "--", "/y"}, {}, 10s);
   CHECK(both.exit_code == 2);
   CHECK(contains(both.err, "not both"));
 }

@@ -98,10 +98,12 @@ TEST_CASE("a crashed worker is restarted and no connect is refused meanwhile") {
   REQUIRE(wait_until([&] { return load.ok_count() > 50; }, 10s));
   const pid_t old_pid = sup.active_pid();
   REQUIRE(::kill(old_pid, SIGKILL) == 0);
-  REQUIRE(wait_until([&] {
-    const pid_t now = sup.active_pid();
-    return now != 0 && now != old_pid && sup.active_state() == "ready";
-  }, 10s));
+  REQUIRE(wait_until(
+      [&] {
+        const pid_t now = sup.active_pid();
+        return now != 0 && now != old_pid && sup.active_state() == "ready";
+      },
+      10s));
   const std::size_t served = load.ok_count();
   CHECK(wait_until([&] { return load.ok_count() > served + 50; }, 10s));
   load.stop();

@@ -5,6 +5,8 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
+#include <thread>
+
 #include <fmt/format.h>
 
 #include "fixture.h"
@@ -68,9 +70,9 @@ class FakeSystemd {
 TEST_CASE("a worker inherits exactly stdio and its listeners with systemd variables") {
   TempDir reports;
   const std::string unix_path = reports.file("admin.sock");
-  Supervisor sup({"--listen", "http=tcp://127.0.0.1:0", "--listen", "admin=unix:" + unix_path, "--listen",
-                  "v6=tcp://[::1]:0"},
-                 {test_worker_bin(), "fd-report", reports.file("gen1.json")});
+  Supervisor sup(
+      {"--listen", "http=tcp://127.0.0.1:0", "--listen", "admin=unix:" + unix_path, "--listen", "v6=tcp://[::1]:0"},
+      {test_worker_bin(), "fd-report", reports.file("gen1.json")});
   json report = wait_report(reports.file("gen1.json"));
   const pid_t worker = report["pid"];
   std::vector<int> fds;
@@ -90,7 +92,8 @@ TEST_CASE("a worker inherits exactly stdio and its listeners with systemd variab
   const auto worker_sockets = socket_inodes(worker);
   const auto supervisor_sockets = socket_inodes(sup.pid());
   CHECK(worker_sockets.size() == 3);
-  for (unsigned long inode : worker_sockets) CHECK(supervisor_sockets.count(inode) == 1);
+  for (unsigned long inode : worker_sockets)
+    CHECK(supervisor_sockets.count(inode) == 1);
   CHECK(supervisor_sockets.size() > worker_sockets.size());
   for (const auto& f : list_fds(worker)) {
     if (f.fd < 3) continue;
@@ -161,12 +164,14 @@ TEST_CASE("socket activation: the supervisor adopts LISTEN_FDS instead of bindin
                            options);
   ::close(listener);
   std::optional<json> status;
-  REQUIRE(wait_until([&] {
-    RunResult r = run({hotrestart_bin(), "status", "--json", "--control", control}, {}, 5s);
-    if (r.exit_code != 0) return false;
-    status = json::parse(r.out);
-    return !(*status)["generations"].empty() && (*status)["generations"][0]["state"] == "ready";
-  }, 10s));
+  REQUIRE(wait_until(
+      [&] {
+        RunResult r = run({hotrestart_bin(), "status", "--json", "--control", control}, {}, 5s);
+        if (r.exit_code != 0) return false;
+        status = json::parse(r.out);
+        return !(*status)["generations"].empty() && (*status)["generations"][0]["state"] == "ready";
+      },
+      10s));
   REQUIRE((*status)["listeners"].size() == 1);
   CHECK((*status)["listeners"][0]["name"] == "web");
   CHECK((*status)["listeners"][0]["adopted"] == true);
@@ -215,9 +220,8 @@ TEST_CASE("run refuses bad flags and unusable addresses with a clear message") {
   RunResult bad_listen = run({hotrestart_bin(), "run", "--listen", "http://x", "--", hello_bin()}, {}, 10s);
   CHECK(bad_listen.exit_code == 2);
   CHECK(contains(bad_listen.err, "invalid --listen 'http://x'"));
-  RunResult bad_duration = run({hotrestart_bin(), "run", "--listen", "tcp://127.0.0.1:0", "--drain-timeout", "30",
-                                "--", hello_bin()},
-                               {}, 10s);
+  RunResult bad_duration = run(
+      {hotrestart_bin(), "run", "--listen", "tcp://127.0.0.1:0", "--drain-timeout", "30", "--", hello_bin()}, {}, 10s);
   CHECK(bad_duration.exit_code == 2);
   CHECK(contains(bad_duration.err, "unit is missing"));
   RunResult no_command = run({hotrestart_bin(), "run", "--listen", "tcp://127.0.0.1:0"}, {}, 10s);
@@ -230,11 +234,12 @@ TEST_CASE("run refuses bad flags and unusable addresses with a clear message") {
                          fmt::format("web=tcp://127.0.0.1:{}", first.port()), "--", hello_bin()},
                         {}, 10s);
   CHECK(taken.exit_code == 1);
-  CHECK(contains(taken.err, fmt::format("listener web: bind tcp://127.0.0.1:{}: Address already in use", first.port())));
+  CHECK(
+      contains(taken.err, fmt::format("listener web: bind tcp://127.0.0.1:{}: Address already in use", first.port())));
   // A second supervisor on the same control socket is refused before it binds anything.
-  RunResult twin = run({hotrestart_bin(), "run", "--control", first.control(), "--listen", "tcp://127.0.0.1:0", "--",
-                        hello_bin()},
-                       {}, 10s);
+  RunResult twin =
+      run({hotrestart_bin(), "run", "--control", first.control(), "--listen", "tcp://127.0.0.1:0", "--", hello_bin()},
+          {}, 10s);
   CHECK(twin.exit_code == 1);
   CHECK(contains(twin.err, "another supervisor is already running"));
   // The first command that cannot start at all is an error at `run`.
@@ -244,4 +249,67 @@ TEST_CASE("run refuses bad flags and unusable addresses with a clear message") {
   CHECK(missing.exit_code == 1);
   CHECK(contains(missing.err, "/nonexistent/server: No such file or directory"));
   first.stop();
+}
+
+TEST_CASE("--ready exec: the probe runs with the new worker's pid until it exits 0") {
+  TempDir flags;
+  // The probe passes only once a file named after the worker's pid exists: readiness comes
+  // from a check aimed at that one worker, never from the shared port.
+  Supervisor sup({"--ready", "exec:test -f " + flags.file("ready-") + "$HOTRESTART_PID"}, hello("v1"),
+                 /*wait_ready=*/false);
+  REQUIRE(wait_until([&] { return sup.active_pid() != 0; }, 10s));
+  const pid_t first = sup.active_pid();
+  CHECK(sup.active_state() == "starting");
+  write_file_atomic(flags.file(fmt::format("ready-{}", first)), "");
+  CHECK(wait_until([&] { return sup.active_state() == "ready"; }, 10s));
+
+  // An upgrade waits for its own worker's probe; the old worker's file does not count.
+  std::optional<RunResult> result;
+  std::thread upgrade([&] { result = sup.upgrade_to(hello("v2")); });
+  pid_t candidate = 0;
+  REQUIRE(wait_until(
+      [&] {
+        auto s = sup.status();
+        if (!s) return false;
+        for (const auto& g : (*s)["generations"]) {
+          if (g["role"] == "candidate") candidate = g["pid"];
+        }
+        return candidate != 0;
+      },
+      10s));
+  CHECK(sup.active_pid() == first);
+  write_file_atomic(flags.file(fmt::format("ready-{}", candidate)), "");
+  upgrade.join();
+  REQUIRE(result.has_value());
+  CHECK_MESSAGE(result->exit_code == 0, result->out << result->err);
+  CHECK(sup.active_pid() == candidate);
+  sup.stop();
+}
+
+TEST_CASE("processes a worker leaves behind are killed and reaped with its generation") {
+  // The shell starts a long sleep in the background and then becomes the server: the sleep
+  // is the server's child, orphaned when the server exits.
+  const std::string script = fmt::format("sleep 300 & exec {} --version v1", hello_bin());
+  Supervisor sup({}, {"/bin/sh", "-c", script});
+  const pid_t worker = sup.active_pid();
+  std::vector<pid_t> helpers = children_of(worker);
+  REQUIRE(helpers.size() == 1);
+  RunResult r = sup.upgrade_to(hello("v2"));
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+  CHECK(wait_until([&] { return !pid_alive(worker) && !pid_alive(helpers[0]); }, 10s));
+  // Nothing is left: no zombie, no stray sleep; only the new worker remains.
+  CHECK(wait_until([&] { return descendants_of(sup.pid()) == std::vector<pid_t>{sup.active_pid()}; }, 10s));
+  sup.stop();
+}
+
+TEST_CASE("upgrade with no arguments restarts the same command line") {
+  Supervisor sup({}, hello("v5"));
+  const pid_t old_pid = sup.active_pid();
+  RunResult r = sup.upgrade();
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+  json g = *sup.active();
+  CHECK(g["generation"] == 2);
+  CHECK(g["command"] == json::array({hello_bin(), "--version", "v5"}));
+  CHECK(wait_until([&] { return !pid_alive(old_pid); }, 10s));
+  sup.stop();
 }

@@ -147,10 +147,12 @@ TEST_CASE("--exec swaps the executable and keeps the arguments") {
 TEST_CASE("a second concurrent upgrade is refused and the next one succeeds") {
   Supervisor sup({"--min-ready", "1500ms"}, hello("v1"));
   auto first = std::async(std::launch::async, [&] { return sup.upgrade_to(hello("v2")); });
-  REQUIRE(wait_until([&] {
-    auto s = sup.status();
-    return s && !(*s)["upgrade"].is_null();
-  }, 10s));
+  REQUIRE(wait_until(
+      [&] {
+        auto s = sup.status();
+        return s && !(*s)["upgrade"].is_null();
+      },
+      10s));
   RunResult second = sup.upgrade_to(hello("v3"));
   CHECK(second.exit_code == 3);
   CHECK(contains(second.err, "upgrade in progress"));
@@ -178,7 +180,8 @@ TEST_CASE("upgrade --json prints one JSON event per line ending with the verdict
   for (const auto& l : lines) {
     if (l["type"] == "event") phases.push_back(l["phase"]);
   }
-  const std::vector<std::string> expected = {"spawning", "warming", "health-checking", "cutover", "draining-old", "done"};
+  const std::vector<std::string> expected = {"spawning", "warming",      "health-checking",
+                                             "cutover",  "draining-old", "done"};
   CHECK(phases == expected);
   CHECK(lines.back()["type"] == "result");
   CHECK(lines.back()["ok"] == true);

@@ -12,8 +12,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdio>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <stdexcept>
@@ -28,7 +28,9 @@ namespace {
 
 constexpr const char* kTruncatedMarker = "\n[... output truncated ...]\n";
 
-std::string errno_text(int err) { return std::strerror(err); }
+std::string errno_text(int err) {
+  return std::strerror(err);
+}
 
 class UniqueFd {
  public:
@@ -60,15 +62,24 @@ enum class Stage : int { Signals, Stdio, Fds, Chdir, Setgroups, Setgid, Setuid, 
 
 const char* stage_name(Stage s) {
   switch (s) {
-    case Stage::Signals: return "signals";
-    case Stage::Stdio: return "stdio";
-    case Stage::Fds: return "pass_fds";
-    case Stage::Chdir: return "chdir";
-    case Stage::Setgroups: return "setgroups";
-    case Stage::Setgid: return "setgid";
-    case Stage::Setuid: return "setuid";
-    case Stage::Prctl: return "prctl";
-    case Stage::Exec: return "exec";
+    case Stage::Signals:
+      return "signals";
+    case Stage::Stdio:
+      return "stdio";
+    case Stage::Fds:
+      return "pass_fds";
+    case Stage::Chdir:
+      return "chdir";
+    case Stage::Setgroups:
+      return "setgroups";
+    case Stage::Setgid:
+      return "setgid";
+    case Stage::Setuid:
+      return "setuid";
+    case Stage::Prctl:
+      return "prctl";
+    case Stage::Exec:
+      return "exec";
   }
   return "?";
 }
@@ -256,8 +267,7 @@ struct Child::Impl {
     out_cv.notify_all();
   }
 
-  bool contains_from(Stream s, const std::string& needle, std::size_t& from_out,
-                     std::size_t& from_err) const {
+  bool contains_from(Stream s, const std::string& needle, std::size_t& from_out, std::size_t& from_err) const {
     auto check = [&](const std::string& buf, std::size_t& from) {
       if (buf.find(needle, from) != std::string::npos) return true;
       from = buf.size() >= needle.size() ? buf.size() - needle.size() + 1 : 0;
@@ -291,26 +301,30 @@ Child Child::spawn(std::vector<std::string> argv, SpawnOptions opts) {
   // Everything the child needs is prepared before fork (no allocation after fork).
   std::vector<char*> cargv;
   cargv.reserve(argv.size() + 1);
-  for (auto& a : argv) cargv.push_back(a.data());
+  for (auto& a : argv)
+    cargv.push_back(a.data());
   cargv.push_back(nullptr);
 
   std::vector<std::string> env;
   if (!opts.clear_env) {
-    for (char** e = environ; e != nullptr && *e != nullptr; ++e) env.emplace_back(*e);
+    for (char** e = environ; e != nullptr && *e != nullptr; ++e)
+      env.emplace_back(*e);
   }
   auto remove_var = [&env](const std::string& name) {
     std::erase_if(env, [&](const std::string& kv) {
       return kv.size() > name.size() && kv.compare(0, name.size(), name) == 0 && kv[name.size()] == '=';
     });
   };
-  for (auto& name : opts.unset_env) remove_var(name);
+  for (auto& name : opts.unset_env)
+    remove_var(name);
   for (auto& [name, value] : opts.set_env) {
     remove_var(name);
     env.push_back(name + "=" + value);
   }
   std::vector<char*> cenv;
   cenv.reserve(env.size() + 1);
-  for (auto& kv : env) cenv.push_back(kv.data());
+  for (auto& kv : env)
+    cenv.push_back(kv.data());
   cenv.push_back(nullptr);
 
   std::optional<gid_t> gid = opts.gid;
@@ -324,7 +338,8 @@ Child Child::spawn(std::vector<std::string> argv, SpawnOptions opts) {
   }
 
   int max_target = 2;
-  for (auto& [from, to] : opts.pass_fds) max_target = std::max(max_target, to);
+  for (auto& [from, to] : opts.pass_fds)
+    max_target = std::max(max_target, to);
 
   UniqueFd devnull(::open("/dev/null", O_RDWR | O_CLOEXEC));
   if (devnull.get() < 0) throw std::runtime_error("open /dev/null: " + errno_text(errno));
@@ -448,8 +463,7 @@ Child Child::spawn(std::vector<std::string> argv, SpawnOptions opts) {
     impl->wake_fd.reset();
     impl.reset();
     if (timed_out) throw std::runtime_error("spawn '" + prog + "': child did not exec within 30s");
-    throw std::runtime_error("spawn '" + prog + "': " + stage_name(report.stage) + ": " +
-                             errno_text(report.err));
+    throw std::runtime_error("spawn '" + prog + "': " + stage_name(report.stage) + ": " + errno_text(report.err));
   }
 
   if (opts.capture_stdout || opts.capture_stderr) {
@@ -462,7 +476,9 @@ Child Child::spawn(std::vector<std::string> argv, SpawnOptions opts) {
   return Child(std::move(impl));
 }
 
-pid_t Child::pid() const { return impl_ ? impl_->pid : -1; }
+pid_t Child::pid() const {
+  return impl_ ? impl_->pid : -1;
+}
 
 const std::vector<std::string>& Child::argv() const {
   static const std::vector<std::string> empty;
@@ -532,7 +548,8 @@ bool Child::wait_output(const std::string& needle, std::chrono::milliseconds tim
 std::string Child::describe(std::size_t tail_bytes) const {
   if (!impl_) return "(empty Child)";
   std::string s = "argv:";
-  for (auto& a : impl_->argv) s += " " + a;
+  for (auto& a : impl_->argv)
+    s += " " + a;
   s += "\npid: " + std::to_string(impl_->pid) + "\nstatus: ";
   {
     std::lock_guard lk(impl_->state_mu);

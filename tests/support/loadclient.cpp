@@ -8,13 +8,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <charconv>
 #include <condition_variable>
 #include <cstring>
-#include <fmt/format.h>
 #include <stdexcept>
 
 #include "testsupport.h"
@@ -55,9 +55,13 @@ struct LoadClient::Shared {
 
 namespace {
 
-std::string errno_text(int err) { return std::strerror(err); }
+std::string errno_text(int err) {
+  return std::strerror(err);
+}
 
-char ascii_lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+char ascii_lower(char c) {
+  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+}
 
 bool iequals(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
@@ -68,8 +72,10 @@ bool iequals(std::string_view a, std::string_view b) {
 }
 
 std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
+    s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
+    s.remove_suffix(1);
   return s;
 }
 
@@ -110,8 +116,8 @@ std::string parse_head(std::string_view head, Parsed& p, std::optional<std::size
   bool http10 = proto == "HTTP/1.0";
   if (!http10 && proto != "HTTP/1.1") return "malformed: bad HTTP version";
   std::string_view code = status_line.substr(9, 3);
-  if (std::from_chars(code.data(), code.data() + 3, p.status).ec != std::errc{} || p.status < 100 ||
-      p.status > 999 || (status_line.size() > 12 && status_line[12] != ' ')) {
+  if (std::from_chars(code.data(), code.data() + 3, p.status).ec != std::errc{} || p.status < 100 || p.status > 999 ||
+      (status_line.size() > 12 && status_line[12] != ' ')) {
     return "malformed: bad status code";
   }
   bool saw_close = false, saw_keepalive = false;
@@ -277,7 +283,9 @@ BodyFields parse_body_fields(std::string_view body) {
 
 LoadClient::LoadClient(Config cfg) : cfg_(std::move(cfg)), shared_(std::make_shared<Shared>()) {}
 
-LoadClient::~LoadClient() { stop(); }
+LoadClient::~LoadClient() {
+  stop();
+}
 
 void LoadClient::start() {
   std::lock_guard lk(lifecycle_mu_);
@@ -310,7 +318,8 @@ void LoadClient::start() {
     shared_->active = cfg_.threads;
   }
   threads_.reserve(static_cast<std::size_t>(cfg_.threads));
-  for (int i = 0; i < cfg_.threads; ++i) threads_.emplace_back([this, i] { worker(i); });
+  for (int i = 0; i < cfg_.threads; ++i)
+    threads_.emplace_back([this, i] { worker(i); });
 }
 
 void LoadClient::stop() {
@@ -419,9 +428,15 @@ void LoadClient::worker(int index) {
   s.life_cv.notify_all();
 }
 
-std::size_t LoadClient::request_count() const { return shared_->requests.load(); }
-std::size_t LoadClient::ok_count() const { return shared_->ok.load(); }
-std::size_t LoadClient::failure_count() const { return shared_->failed.load(); }
+std::size_t LoadClient::request_count() const {
+  return shared_->requests.load();
+}
+std::size_t LoadClient::ok_count() const {
+  return shared_->ok.load();
+}
+std::size_t LoadClient::failure_count() const {
+  return shared_->failed.load();
+}
 
 std::vector<LoadClient::Response> LoadClient::responses() const {
   std::lock_guard lk(shared_->mu);
@@ -459,13 +474,14 @@ std::string LoadClient::summary() const {
     reasons = shared_->reasons;
     stored = shared_->responses.size();
   }
-  std::string out = fmt::format(
-      "load {}:{}{} mode={} threads={}: requests={} ok={} failures={} (stored responses={})\n", cfg_.host,
-      cfg_.port, cfg_.path, cfg_.mode == Mode::KeepAlive ? "keep-alive" : "new-connection", cfg_.threads,
-      request_count(), ok_count(), failure_count(), stored);
+  std::string out =
+      fmt::format("load {}:{}{} mode={} threads={}: requests={} ok={} failures={} (stored responses={})\n", cfg_.host,
+                  cfg_.port, cfg_.path, cfg_.mode == Mode::KeepAlive ? "keep-alive" : "new-connection", cfg_.threads,
+                  request_count(), ok_count(), failure_count(), stored);
   out += "versions:";
   if (versions.empty()) out += " (none)";
-  for (auto& [v, n] : versions) out += fmt::format(" {}={}", v.empty() ? "(none)" : v, n);
+  for (auto& [v, n] : versions)
+    out += fmt::format(" {}={}", v.empty() ? "(none)" : v, n);
   out += "\n";
   if (!reasons.empty()) {
     out += "failures by reason:\n";
@@ -475,8 +491,7 @@ std::string LoadClient::summary() const {
       for (auto& f : fails) {
         if (f.reason != reason) continue;
         out += fmt::format("    at {} (started {}) thread={} conn={}{}\n", fmt_offset(f.time, base),
-                           fmt_offset(f.start, base), f.thread, f.connection,
-                           f.reused ? " reused" : "");
+                           fmt_offset(f.start, base), f.thread, f.connection, f.reused ? " reused" : "");
         if (++shown == 5) break;
       }
     }

@@ -2,8 +2,8 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -25,7 +25,9 @@
 namespace hotrestart::testsupport {
 namespace {
 
-std::string errno_text(int err) { return std::strerror(err); }
+std::string errno_text(int err) {
+  return std::strerror(err);
+}
 
 std::string proc_path(pid_t pid, std::string_view leaf) {
   return "/proc/" + std::to_string(pid) + "/" + std::string(leaf);
@@ -109,10 +111,11 @@ std::string bin_dir() {
 #endif
 }
 
-std::string bin_path(std::string_view name) { return bin_dir() + "/" + std::string(name); }
+std::string bin_path(std::string_view name) {
+  return bin_dir() + "/" + std::string(name);
+}
 
-bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds deadline,
-                std::chrono::milliseconds poll) {
+bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds deadline, std::chrono::milliseconds poll) {
   const auto end = Clock::now() + deadline;
   if (poll.count() <= 0) poll = 1ms;
   for (;;) {
@@ -127,8 +130,7 @@ bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds dea
 
 std::optional<unsigned long> FdInfo::socket_inode() const {
   constexpr std::string_view prefix = "socket:[";
-  if (target.size() <= prefix.size() + 1 || target.compare(0, prefix.size(), prefix) != 0 ||
-      target.back() != ']') {
+  if (target.size() <= prefix.size() + 1 || target.compare(0, prefix.size(), prefix) != 0 || target.back() != ']') {
     return std::nullopt;
   }
   unsigned long ino = 0;
@@ -155,7 +157,8 @@ std::vector<FdInfo> list_fds(pid_t pid) {
       auto pos = fdinfo->find("flags:");
       if (pos != std::string::npos) {
         pos += 6;
-        while (pos < fdinfo->size() && ((*fdinfo)[pos] == '\t' || (*fdinfo)[pos] == ' ')) ++pos;
+        while (pos < fdinfo->size() && ((*fdinfo)[pos] == '\t' || (*fdinfo)[pos] == ' '))
+          ++pos;
         auto end = fdinfo->find('\n', pos);
         int flags = 0;
         if (parse_num(std::string_view(*fdinfo).substr(pos, end - pos), flags, 8)) {
@@ -194,7 +197,8 @@ std::vector<pid_t> descendants_of(pid_t pid) {
     queue.pop_front();
     auto [lo, hi] = by_parent.equal_range(cur);
     std::vector<pid_t> kids;
-    for (auto it = lo; it != hi; ++it) kids.push_back(it->second);
+    for (auto it = lo; it != hi; ++it)
+      kids.push_back(it->second);
     std::sort(kids.begin(), kids.end());
     for (pid_t k : kids) {
       if (!seen.insert(k).second) continue;
@@ -337,7 +341,9 @@ TempDir& TempDir::operator=(TempDir&& o) noexcept {
   return *this;
 }
 
-std::string TempDir::file(std::string_view name) const { return path_ + "/" + std::string(name); }
+std::string TempDir::file(std::string_view name) const {
+  return path_ + "/" + std::string(name);
+}
 
 std::optional<std::string> read_file(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -128,8 +128,7 @@ class Child {
   std::string err() const;
   // Waits until the captured stream contains needle. Returns false on timeout, or
   // as soon as capture has ended (child exited) without the needle appearing.
-  bool wait_output(const std::string& needle, std::chrono::milliseconds timeout,
-                   Stream stream = Stream::Either) const;
+  bool wait_output(const std::string& needle, std::chrono::milliseconds timeout, Stream stream = Stream::Either) const;
 
   // "argv: ...\nstatus: ...\n--- stdout (tail) ---\n...\n--- stderr (tail) ---\n..."
   // for assertion messages.
@@ -151,8 +150,7 @@ struct RunResult {
 
 // spawn (stdout and stderr are always captured), wait up to timeout, SIGKILL on
 // timeout, return everything.
-RunResult run(std::vector<std::string> argv, SpawnOptions opts = {},
-              std::chrono::milliseconds timeout = 30s);
+RunResult run(std::vector<std::string> argv, SpawnOptions opts = {}, std::chrono::milliseconds timeout = 30s);
 
 // ---------------------------------------------------------------------------------
 // HTTP load client
@@ -173,10 +171,10 @@ class LoadClient {
     int threads = 4;
     std::string path = "/";
     std::chrono::milliseconds request_timeout{5000};  // connect+send+receive, per request
-    std::optional<std::size_t> max_requests;           // total across threads
-    std::chrono::microseconds think_time{0};           // pause after each request
-    std::chrono::milliseconds failure_backoff{5};      // pause after a failed request
-    std::size_t max_stored_responses = 2'000'000;      // counters always count everything
+    std::optional<std::size_t> max_requests;          // total across threads
+    std::chrono::microseconds think_time{0};          // pause after each request
+    std::chrono::milliseconds failure_backoff{5};     // pause after a failed request
+    std::size_t max_stored_responses = 2'000'000;     // counters always count everything
     std::size_t max_stored_failures = 100'000;
   };
 
@@ -184,10 +182,10 @@ class LoadClient {
     Clock::time_point start;
     Clock::time_point end;
     int status = 0;
-    std::string version;     // "version=" field of the body ("" if absent)
-    long long pid = -1;      // "pid=" field (-1 if absent)
-    long long generation = -1;  // "generation=" field (-1 if absent)
-    bool reused = false;     // sent on a connection that had carried a request before
+    std::string version;         // "version=" field of the body ("" if absent)
+    long long pid = -1;          // "pid=" field (-1 if absent)
+    long long generation = -1;   // "generation=" field (-1 if absent)
+    bool reused = false;         // sent on a connection that had carried a request before
     bool server_closed = false;  // response carried Connection: close (or HTTP/1.0)
     int thread = 0;
     std::uint64_t connection = 0;  // unique per TCP connection
@@ -226,8 +224,8 @@ class LoadClient {
   std::size_t failure_count() const;
   std::vector<Response> responses() const;  // includes non-200 complete responses
   std::vector<Failure> failures() const;
-  std::map<std::string, std::size_t> version_counts() const;    // all complete responses
-  std::map<std::string, std::size_t> failure_reasons() const;   // reason -> count
+  std::map<std::string, std::size_t> version_counts() const;   // all complete responses
+  std::map<std::string, std::size_t> failure_reasons() const;  // reason -> count
   // Counts, failures grouped by reason with first 5 examples each, counts per version.
   std::string summary() const;
 
@@ -292,7 +290,7 @@ struct TcpSocket {
   uint16_t local_port = 0;
   std::string remote_addr;
   uint16_t remote_port = 0;
-  int state = 0;           // kernel TCP state number; 10 == LISTEN
+  int state = 0;  // kernel TCP state number; 10 == LISTEN
   bool listening() const { return state == 10; }
 };
 // All TCP sockets of this network namespace (/proc/net/tcp and tcp6).

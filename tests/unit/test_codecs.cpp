@@ -62,7 +62,8 @@ TEST_CASE("control requests: the valid forms") {
   auto u = std::get<ControlRequest>(decode_control_request(json::parse(R"({"v":1,"cmd":"upgrade","exec":"/bin/x"})")));
   CHECK(u.command == ControlRequest::Command::Upgrade);
   CHECK(u.exec == "/bin/x");
-  auto c = std::get<ControlRequest>(decode_control_request(json::parse(R"({"v":1,"cmd":"upgrade","command":["a","b"]})")));
+  auto c =
+      std::get<ControlRequest>(decode_control_request(json::parse(R"({"v":1,"cmd":"upgrade","command":["a","b"]})")));
   CHECK(c.argv->size() == 2);
 }
 

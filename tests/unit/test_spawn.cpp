@@ -61,7 +61,8 @@ TEST_CASE("the child gets the passed fds at 3.. and LISTEN_PID is its own pid an
   std::string fds = text.substr(nl + 1);
   CHECK(fds.find("3\n4\n") != std::string::npos);
   int count = 0;
-  for (char c : fds) count += c == '\n';
+  for (char c : fds)
+    count += c == '\n';
   CHECK(count == 6);
   ::unlink(out.c_str());
   ::rmdir(dir_template);
@@ -84,7 +85,8 @@ TEST_CASE("resolve_executable searches PATH like execvp and explains misses") {
   CHECK(resolve_executable("definitely-not-a-command", "/bin").error().text() ==
         "definitely-not-a-command: command not found in PATH");
   CHECK(resolve_executable("/etc", "").error().text() == "/etc: not a regular file");
-  const std::string plain = std::string(::getenv("TMPDIR") ? ::getenv("TMPDIR") : "/tmp") + "/hotrestart-not-executable";
+  const std::string plain =
+      std::string(::getenv("TMPDIR") ? ::getenv("TMPDIR") : "/tmp") + "/hotrestart-not-executable";
   { std::ofstream(plain) << "data"; }
   ::chmod(plain.c_str(), 0644);
   CHECK(resolve_executable(plain, "").error().text() == plain + ": Permission denied");

@@ -7,16 +7,17 @@ using namespace hotrestart;
 
 namespace {
 
-constexpr Phase kAll[] = {Phase::Spawning, Phase::Warming, Phase::HealthChecking, Phase::Cutover,
-                          Phase::DrainingOld, Phase::Done, Phase::RollingBack, Phase::RolledBack};
-constexpr Input kInputs[] = {Input::Spawned, Input::SpawnFailed, Input::Ready,  Input::HealthPassed,
+constexpr Phase kAll[] = {Phase::Spawning,    Phase::Warming, Phase::HealthChecking, Phase::Cutover,
+                          Phase::DrainingOld, Phase::Done,    Phase::RollingBack,    Phase::RolledBack};
+constexpr Input kInputs[] = {Input::Spawned,  Input::SpawnFailed,  Input::Ready,     Input::HealthPassed,
                              Input::Promoted, Input::DrainStarted, Input::NewExited, Input::Timeout,
-                             Input::Cancel,  Input::NewGone};
+                             Input::Cancel,   Input::NewGone};
 
 // Drives a fresh machine through `inputs`, requiring each to be accepted.
 UpgradeMachine drive(std::initializer_list<Input> inputs) {
   UpgradeMachine m;
-  for (Input i : inputs) REQUIRE(m.handle(i, "because").accepted);
+  for (Input i : inputs)
+    REQUIRE(m.handle(i, "because").accepted);
   return m;
 }
 
@@ -78,7 +79,8 @@ TEST_CASE("nothing rolls back after cutover") {
 }
 
 TEST_CASE("terminal phases accept nothing") {
-  UpgradeMachine done = drive({Input::Spawned, Input::Ready, Input::HealthPassed, Input::Promoted, Input::DrainStarted});
+  UpgradeMachine done =
+      drive({Input::Spawned, Input::Ready, Input::HealthPassed, Input::Promoted, Input::DrainStarted});
   UpgradeMachine rolled = drive({Input::SpawnFailed, Input::NewGone});
   for (Input i : kInputs) {
     CHECK_FALSE(done.handle(i).accepted);
@@ -100,16 +102,21 @@ TEST_CASE("inputs out of order are ignored and not acted upon") {
 TEST_CASE("every transition the machine makes is in the table and the table has no way back") {
   // Exhaustive: from every reachable phase, every input either is ignored or moves along
   // an allowed edge.
-  const std::initializer_list<Input> paths[] = {
-      {}, {Input::Spawned}, {Input::Spawned, Input::Ready}, {Input::Spawned, Input::Ready, Input::HealthPassed},
-      {Input::Spawned, Input::Ready, Input::HealthPassed, Input::Promoted}, {Input::Cancel}};
+  const std::initializer_list<Input> paths[] = {{},
+                                                {Input::Spawned},
+                                                {Input::Spawned, Input::Ready},
+                                                {Input::Spawned, Input::Ready, Input::HealthPassed},
+                                                {Input::Spawned, Input::Ready, Input::HealthPassed, Input::Promoted},
+                                                {Input::Cancel}};
   for (const auto& path : paths) {
     for (Input i : kInputs) {
       UpgradeMachine m = drive(path);
       const Phase before = m.phase();
       const Step s = m.handle(i, "x");
-      if (s.accepted) CHECK(transition_allowed(before, s.phase));
-      else CHECK(m.phase() == before);
+      if (s.accepted)
+        CHECK(transition_allowed(before, s.phase));
+      else
+        CHECK(m.phase() == before);
     }
   }
   for (Phase p : kAll) {
