@@ -8,6 +8,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <memory>
+#include <variant>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -180,26 +182,45 @@ void print_status(const json& s) {
   }
 }
 
-}  // namespace
+// An open request: the connection, its reader, and the first answer.
+struct Exchange {
+  Fd fd;
+  std::unique_ptr<LineSource> source;
+  json first;
+};
 
-int client_status(const std::string& control_path, Output output) {
-  auto fd = open_and_send(control_path, json{{"v", kControlProtocolVersion}, {"cmd", "status"}});
+// Sends `request` and reads the first answer within 10 s. On failure (no supervisor, no
+// answer, an error answer) it prints why and returns the exit code instead.
+std::variant<Exchange, int> ask(const std::string& path, const json& request) {
+  auto fd = open_and_send(path, request);
   if (!fd) {
     say_error(fd.error().text());
     return kExitUsage;
   }
-  LineSource source(fd->get());
-  auto answer = source.next(std::chrono::milliseconds(10'000));
+  Exchange ex{std::move(fd).value(), nullptr, {}};
+  ex.source = std::make_unique<LineSource>(ex.fd.get());
+  auto answer = ex.source->next(std::chrono::milliseconds(10'000));
   if (!answer) {
-    say_error(source.error().empty() ? "the supervisor closed the connection without an answer" : source.error());
+    say_error(ex.source->error().empty() ? "the supervisor closed the connection without an answer"
+                                         : ex.source->error());
     return kExitUsage;
   }
   if (answer->value("type", "") == "error") return report_error_answer(*answer);
+  ex.first = std::move(answer).value();
+  return ex;
+}
+
+}  // namespace
+
+int client_status(const std::string& control_path, Output output) {
+  auto reply = ask(control_path, json{{"v", kControlProtocolVersion}, {"cmd", "status"}});
+  if (auto* code = std::get_if<int>(&reply)) return *code;
+  json& answer = std::get<Exchange>(reply).first;
   if (output == Output::Json) {
-    answer->erase("type");
-    fmt::print("{}\n", answer->dump(2));
+    answer.erase("type");
+    fmt::print("{}\n", answer.dump(2));
   } else {
-    print_status(*answer);
+    print_status(answer);
   }
   return kExitOk;
 }
@@ -253,23 +274,14 @@ int client_upgrade(const std::string& control_path, std::optional<std::string> e
 }
 
 int client_stop(const std::string& control_path, bool wait) {
-  auto fd = open_and_send(control_path, json{{"v", kControlProtocolVersion}, {"cmd", "stop"}});
-  if (!fd) {
-    say_error(fd.error().text());
-    return kExitUsage;
-  }
-  LineSource source(fd->get());
-  auto answer = source.next(std::chrono::milliseconds(10'000));
-  if (!answer) {
-    say_error(source.error().empty() ? "the supervisor closed the connection without an answer" : source.error());
-    return kExitUsage;
-  }
-  if (answer->value("type", "") == "error") return report_error_answer(*answer);
-  fmt::print("stopping supervisor pid {}\n", answer->value("pid", 0));
+  auto reply = ask(control_path, json{{"v", kControlProtocolVersion}, {"cmd", "stop"}});
+  if (auto* code = std::get_if<int>(&reply)) return *code;
+  Exchange& ex = std::get<Exchange>(reply);
+  fmt::print("stopping supervisor pid {}\n", ex.first.value("pid", 0));
   std::fflush(stdout);
   if (!wait) return kExitOk;
   // The supervisor keeps this connection open until it exits.
-  while (source.next(std::nullopt)) {
+  while (ex.source->next(std::nullopt)) {
   }
   fmt::print("stopped\n");
   return kExitOk;
