@@ -24,6 +24,7 @@ HR_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HR_BUILD_DIR="${HR_BUILD_DIR:-$HR_ROOT/build}"
 [[ "$HR_BUILD_DIR" == /* ]] || HR_BUILD_DIR="$HR_ROOT/$HR_BUILD_DIR"
 HR_BIN="$HR_BUILD_DIR/bin"
+HR_SUP_PID=""  # Set by hr_sup_start.
 
 # Everything the project needs to build, test and benchmark, as Debian package names.
 HR_DEPS=(

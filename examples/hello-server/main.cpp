@@ -1,6 +1,5 @@
-// hello-server: an ordinary HTTP server that supports systemd socket activation
-// (LISTEN_FDS) and readiness notification (sd_notify) through libsystemd alone.
-// It stands for the kind of program the hotrestart supervisor manages without its SDK.
+// hello-server: an ordinary HTTP server that supports systemd socket activation (LISTEN_FDS) and readiness
+// notification (sd_notify) through libsystemd alone. It stands for the programs hotrestart manages without its SDK.
 
 #include <http_parser.h>
 #include <sys/socket.h>
@@ -8,8 +7,8 @@
 #include <unistd.h>
 #include <uv.h>
 
-// GCC 12 reports a false -Wnull-dereference inside CLI11's inlined string splitting (a
-// std::vector<std::string> reallocation), so that warning is silenced for CLI11's code only.
+// GCC 12 reports a false -Wnull-dereference inside CLI11's inlined string splitting (a std::vector<std::string>
+// reallocation), so that warning is silenced for CLI11's code only.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wnull-dereference"
 #include <CLI/CLI.hpp>
@@ -34,13 +33,12 @@ namespace {
 
 // A request whose request line and headers exceed this gets 431 and the connection is closed.
 constexpr std::uint32_t kMaxHeaderBytes = 16 * 1024;
-// Reading pauses while more than this waits unparsed or unsent, so that a client that
-// pipelines requests without reading the answers cannot make the server grow without bound.
+// Reading pauses while more than this waits unparsed or unsent, so that a client that pipelines requests without
+// reading the answers cannot make the server grow without bound.
 constexpr std::size_t kMaxBufferedBytes = 64 * 1024;
 constexpr std::uint64_t kMaxSlowMs = 10000;
-// After the last response the write side is shut down and the server waits this long for the
-// client to close first: closing with unread client data in the socket would send a reset,
-// which can destroy the response before the client has read it.
+// After the last response the write side is shut down and the server waits this long for the client to close first:
+// closing with unread client data in the socket would send a reset, which can destroy the response before it is read.
 constexpr std::uint64_t kLingerMs = 1000;
 
 struct Options {
@@ -49,15 +47,20 @@ struct Options {
   std::uint64_t idle_grace_ms = 1000;
 };
 
-// A listening or connected stream is either TCP or a Unix socket. The union gives both the
-// same storage, so that everything after the accept only deals with uv_stream_t.
+// A listening or connected stream is either TCP or a Unix socket. The union gives both the same storage, so that
+// everything after the accept only deals with uv_stream_t.
 union StreamHandle {
   uv_tcp_t tcp;
   uv_pipe_t pipe;
 };
 
-uv_stream_t* as_stream(StreamHandle& h) { return reinterpret_cast<uv_stream_t*>(&h); }
-template <typename T> uv_handle_t* as_handle(T* h) { return reinterpret_cast<uv_handle_t*>(h); }
+uv_stream_t* as_stream(StreamHandle& h) {
+  return reinterpret_cast<uv_stream_t*>(&h);
+}
+template <typename T>
+uv_handle_t* as_handle(T* h) {
+  return reinterpret_cast<uv_handle_t*>(h);
+}
 
 struct Server;
 
@@ -77,9 +80,8 @@ struct WriteRequest {
   std::string data;
 };
 
-// One client connection. It answers requests strictly one at a time, in order: the parser is
-// paused at the end of each request, so pipelined requests wait in `input` while a /slow
-// response is pending.
+// One client connection. It answers requests strictly one at a time, in order: the parser is paused at the end of
+// each request, so pipelined requests wait in `input` while a /slow response is pending.
 struct Connection {
   explicit Connection(Server& s) : server(s) {}
 
@@ -92,9 +94,7 @@ struct Connection {
   void start_linger();
   void update_reading();
   void close();
-  [[nodiscard]] bool idle() const {
-    return !in_message && input.empty() && !slow_pending && writes_in_flight == 0;
-  }
+  [[nodiscard]] bool idle() const { return !in_message && input.empty() && !slow_pending && writes_in_flight == 0; }
   uv_stream_t* stream() { return as_stream(handle); }
 
   Server& server;
@@ -107,10 +107,10 @@ struct Connection {
   int open_handles = 0;
   int writes_in_flight = 0;
   bool reading = false;
-  bool in_message = false;    // A request has begun but is not complete.
-  bool slow_pending = false;  // A /slow response waits on the timer.
-  bool keep_alive = false;    // What the client asked for in the last complete request.
-  bool head = false;          // The last complete request was HEAD, so the body is omitted.
+  bool in_message = false;      // A request has begun but is not complete.
+  bool slow_pending = false;    // A /slow response waits on the timer.
+  bool keep_alive = false;      // What the client asked for in the last complete request.
+  bool head = false;            // The last complete request was HEAD, so the body is omitted.
   bool final_response = false;  // The last response is queued; further input is discarded.
   bool peer_eof = false;
   bool lingering = false;
@@ -124,15 +124,14 @@ struct Server {
   Server& operator=(const Server&) = delete;
 
   int run();
+  Listener& add_listener(std::string name);
   int open_inherited(int count);
   int open_configured();
   void start_drain();
   void expire_grace();
   void remove(Connection* conn);
   void finish();
-  void log(std::string_view what) const {
-    fmt::print(stderr, "hello-server {} pid {}: {}\n", opts.label, pid, what);
-  }
+  void log(std::string_view what) const { fmt::print(stderr, "hello-server {} pid {}: {}\n", opts.label, pid, what); }
 
   Options opts;
   int pid = static_cast<int>(getpid());
@@ -201,41 +200,27 @@ const http_parser_settings kParserSettings = [] {
 }();
 
 void Connection::start(uv_stream_t* listener, bool is_tcp) {
-  if (is_tcp) {
-    uv_tcp_init(&server.loop, &handle.tcp);
-  } else {
-    uv_pipe_init(&server.loop, &handle.pipe, 0);
-  }
+  static_cast<void>(is_tcp ? uv_tcp_init(&server.loop, &handle.tcp) : uv_pipe_init(&server.loop, &handle.pipe, 0));
   uv_timer_init(&server.loop, &timer);
   as_handle(&handle)->data = this;
   timer.data = this;
   open_handles = 2;
   http_parser_init(&parser, HTTP_REQUEST);
   parser.data = this;
-  if (uv_accept(listener, stream()) != 0) {
-    close();
-    return;
-  }
+  if (uv_accept(listener, stream()) != 0) return close();
   update_reading();
 }
 
 void Connection::on_read(ssize_t nread, const uv_buf_t* buf) {
   if (nread == UV_EOF) {
-    // libuv stops reading by itself at end of stream. A half-closed client still gets the
-    // answers to the requests it completed; check_done() closes once they are written.
+    // libuv stops reading by itself at end of stream. A half-closed client still gets the answers to the requests
+    // it completed, and check_done() closes once they are written; a lingering close is simply complete.
     peer_eof = true;
     reading = false;
-    if (lingering) {
-      close();  // The client has seen the final response and closed its side too.
-      return;
-    }
-    check_done();
+    lingering ? close() : check_done();
     return;
   }
-  if (nread < 0) {
-    close();  // A reset or other error means the client is gone; there is no one to tell.
-    return;
-  }
+  if (nread < 0) return close();            // A reset or other error means the client is gone; there is no one to tell.
   if (lingering || final_response) return;  // Read only so that the close is not a reset.
   input.append(buf->base, static_cast<std::size_t>(nread));
   process();
@@ -261,10 +246,7 @@ void Connection::process() {
 
 void Connection::respond() {
   std::uint64_t ms = slow_delay_ms(url);
-  if (ms == 0) {
-    send(200, keep_alive);
-    return;
-  }
+  if (ms == 0) return send(200, keep_alive);
   slow_pending = true;
   uv_timer_start(
       &timer,
@@ -281,16 +263,13 @@ void Connection::respond() {
 
 void Connection::send(int status, bool keep) {
   keep = keep && !server.draining;
-  std::string_view reason = status == 200   ? "OK"
-                            : status == 400 ? "Bad Request"
-                                            : "Request Header Fields Too Large";
+  std::string_view reason = status == 200 ? "OK" : status == 400 ? "Bad Request" : "Request Header Fields Too Large";
   std::string text = status == 200 ? server.body : fmt::format("{}\n", reason);
   auto req = std::make_unique<WriteRequest>();
   req->conn = this;
   req->data = fmt::format(
-      "HTTP/1.1 {} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{}",
-      status, reason, text.size(), keep ? "keep-alive" : "close",
-      head && status == 200 ? std::string{} : text);
+      "HTTP/1.1 {} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{}", status, reason,
+      text.size(), keep ? "keep-alive" : "close", head && status == 200 ? std::string{} : text);
   if (!keep) {
     final_response = true;
     input.clear();
@@ -302,17 +281,11 @@ void Connection::send(int status, bool keep) {
     Connection* c = done->conn;
     --c->writes_in_flight;
     if (c->closing) return;
-    if (status_code < 0) {
-      c->close();
-      return;
-    }
+    if (status_code < 0) return c->close();
     c->update_reading();
     c->check_done();
   };
-  if (uv_write(&req->req, stream(), &buf, 1, on_write) != 0) {
-    close();
-    return;
-  }
+  if (uv_write(&req->req, stream(), &buf, 1, on_write) != 0) return close();
   static_cast<void>(req.release());  // on_write takes ownership back.
   ++writes_in_flight;
 }
@@ -335,10 +308,7 @@ void Connection::start_linger() {
   auto on_shutdown = [](uv_shutdown_t* req, int status) {
     auto* c = static_cast<Connection*>(req->data);
     if (c->closing) return;
-    if (status < 0 || c->peer_eof) {
-      c->close();
-      return;
-    }
+    if (status < 0 || c->peer_eof) return c->close();
     c->update_reading();
     uv_timer_start(
         &c->timer, [](uv_timer_t* t) { static_cast<Connection*>(t->data)->close(); }, kLingerMs, 0);
@@ -394,13 +364,24 @@ Server::Server(Options o) : opts(std::move(o)) {
 }
 
 Server::~Server() {
-  // Closes whatever an early return left open (nothing after a drain) and lets libuv finish
-  // the closes, so that the loop can be closed and nothing is leaked.
+  // Closes whatever an early return left open (nothing after a drain) and lets libuv finish the closes, so that the
+  // loop can be closed and nothing is leaked.
   uv_walk(
-      &loop, [](uv_handle_t* h, void*) { if (uv_is_closing(h) == 0) uv_close(h, nullptr); },
+      &loop,
+      [](uv_handle_t* h, void*) {
+        if (uv_is_closing(h) == 0) uv_close(h, nullptr);
+      },
       nullptr);
   uv_run(&loop, UV_RUN_DEFAULT);
   uv_loop_close(&loop);
+}
+
+// Creates a listener that ~Server closes (through uv_walk) once its handle has been initialised.
+Listener& Server::add_listener(std::string name) {
+  auto& l = *listeners.emplace_back(std::make_unique<Listener>());
+  l.server = this;
+  l.name = std::move(name);
+  return l;
 }
 
 int Server::open_inherited(int count) {
@@ -413,26 +394,21 @@ int Server::open_inherited(int count) {
       fmt::print(stderr, "hello-server: inherited fd {} is not a stream socket\n", fd);
       return 1;
     }
-    auto l = std::make_unique<Listener>();
-    l->server = this;
-    l->name = fmt::format("inherited fd {}", fd);
+    Listener& l = add_listener(fmt::format("inherited fd {}", fd));
     int rc = UV_EAFNOSUPPORT;
     if (addr.ss_family == AF_INET || addr.ss_family == AF_INET6) {
-      uv_tcp_init(&loop, &l->handle.tcp);
-      rc = uv_tcp_open(&l->handle.tcp, fd);
+      uv_tcp_init(&loop, &l.handle.tcp);
+      rc = uv_tcp_open(&l.handle.tcp, fd);
     } else if (addr.ss_family == AF_UNIX) {
-      l->is_tcp = false;
-      uv_pipe_init(&loop, &l->handle.pipe, 0);
-      rc = uv_pipe_open(&l->handle.pipe, fd);
+      l.is_tcp = false;
+      uv_pipe_init(&loop, &l.handle.pipe, 0);
+      rc = uv_pipe_open(&l.handle.pipe, fd);
     }
+    as_handle(&l.handle)->data = &l;
     if (rc != 0) {
-      // A handle that was initialised is closed by ~Server; the bare fd is left alone.
-      if (rc != UV_EAFNOSUPPORT) listeners.push_back(std::move(l));
-      fmt::print(stderr, "hello-server: cannot use inherited fd {}: {}\n", fd, uv_strerror(rc));
+      fmt::print(stderr, "hello-server: cannot use {}: {}\n", l.name, uv_strerror(rc));
       return 1;
     }
-    as_handle(&l->handle)->data = l.get();
-    listeners.push_back(std::move(l));
   }
   return 0;
 }
@@ -456,9 +432,7 @@ bool parse_address(const std::string& spec, sockaddr_storage& out) {
 
 int Server::open_configured() {
   if (opts.listen.empty()) {
-    fmt::print(stderr,
-               "hello-server: no listening sockets: none inherited through LISTEN_FDS and no "
-               "--listen HOST:PORT given\n");
+    fmt::print(stderr, "hello-server: no listening sockets: none inherited through LISTEN_FDS and no --listen given\n");
     return 2;
   }
   for (const std::string& spec : opts.listen) {
@@ -467,14 +441,10 @@ int Server::open_configured() {
       fmt::print(stderr, "hello-server: invalid --listen '{}': expected IPV4:PORT or [IPV6]:PORT\n", spec);
       return 2;
     }
-    auto l = std::make_unique<Listener>();
-    l->server = this;
-    l->name = spec;
-    uv_tcp_init(&loop, &l->handle.tcp);
-    as_handle(&l->handle)->data = l.get();
-    int rc = uv_tcp_bind(&l->handle.tcp, reinterpret_cast<const sockaddr*>(&addr), 0);
-    listeners.push_back(std::move(l));
-    if (rc != 0) {
+    Listener& l = add_listener(spec);
+    uv_tcp_init(&loop, &l.handle.tcp);
+    as_handle(&l.handle)->data = &l;
+    if (int rc = uv_tcp_bind(&l.handle.tcp, reinterpret_cast<const sockaddr*>(&addr), 0); rc != 0) {
       fmt::print(stderr, "hello-server: cannot bind {}: {}\n", spec, uv_strerror(rc));
       return 1;
     }
@@ -485,7 +455,8 @@ int Server::open_configured() {
 int Server::run() {
   char** names = nullptr;
   int count = sd_listen_fds_with_names(1, &names);
-  for (int i = 0; names != nullptr && names[i] != nullptr; ++i) std::free(names[i]);
+  for (int i = 0; names != nullptr && names[i] != nullptr; ++i)
+    std::free(names[i]);
   std::free(static_cast<void*>(names));
   if (count < 0) {
     fmt::print(stderr, "hello-server: cannot read LISTEN_FDS: {}\n", uv_strerror(count));
@@ -503,8 +474,8 @@ int Server::run() {
     c->start(s, l->is_tcp);
   };
   for (auto& l : listeners) {
-    // The listening socket may be shared with other generations, so it always gets the full
-    // backlog: listen() on an inherited socket would otherwise shrink it for all of them.
+    // The listening socket may be shared with other generations, so it always gets the full backlog: listen() on an
+    // inherited socket with a smaller one would shrink it for all of them.
     if (int rc = uv_listen(as_stream(l->handle), SOMAXCONN, on_connection); rc != 0) {
       fmt::print(stderr, "hello-server: cannot listen on {}: {}\n", l->name, uv_strerror(rc));
       return 1;
@@ -534,23 +505,21 @@ void Server::start_drain() {
   if (draining) return;
   draining = true;
   log("draining");
-  // uv_close only closes this process's copy of each socket. shutdown() must never be used on
-  // a listener: the socket is shared with the next generation and would stop for everyone.
-  for (auto& l : listeners) uv_close(as_handle(&l->handle), nullptr);
+  // uv_close only closes this process's copy of each socket. shutdown() must never be used on a listener: the socket
+  // is shared with the next generation and would stop accepting for everyone.
+  for (auto& l : listeners)
+    uv_close(as_handle(&l->handle), nullptr);
   sd_notify(0, "STOPPING=1");
-  if (connections.empty()) {
-    finish();
-    return;
-  }
+  if (connections.empty()) return finish();
   uv_timer_start(
-      &grace_timer, [](uv_timer_t* t) { static_cast<Server*>(t->data)->expire_grace(); },
-      opts.idle_grace_ms, 0);
+      &grace_timer, [](uv_timer_t* t) { static_cast<Server*>(t->data)->expire_grace(); }, opts.idle_grace_ms, 0);
 }
 
 void Server::expire_grace() {
   grace_expired = true;
   // close() only starts an asynchronous close, so the map is not modified while iterating.
-  for (auto& entry : connections) entry.first->check_done();
+  for (auto& entry : connections)
+    entry.first->check_done();
 }
 
 void Server::remove(Connection* conn) {
@@ -562,7 +531,8 @@ void Server::finish() {
   if (finished) return;
   finished = true;
   // With the listeners already closed, these are the last handles; uv_run then returns.
-  for (uv_signal_t* s : {&sigterm, &sigint, &sigquit}) uv_close(as_handle(s), nullptr);
+  for (uv_signal_t* s : {&sigterm, &sigint, &sigquit})
+    uv_close(as_handle(s), nullptr);
   uv_close(as_handle(&grace_timer), nullptr);
 }
 
@@ -571,13 +541,13 @@ void Server::finish() {
 int main(int argc, char** argv) {
   Options opts;
   CLI::App app{"A small HTTP server supporting systemd socket activation and readiness."};
-  app.add_option("--version", opts.label, "Version label reported in every response")
-      ->capture_default_str();
+  app.add_option("--version", opts.label, "Version label reported in every response")->capture_default_str();
   app.add_option("--listen", opts.listen,
                  "HOST:PORT to bind when no sockets are inherited (repeatable; [::1]:PORT for IPv6)")
       ->allow_extra_args(false);
   app.add_option("--idle-grace", opts.idle_grace_ms,
                  "Milliseconds after a drain begins before idle connections are closed")
+      ->check(CLI::Range(0, 86'400'000))  // Without a check, CLI11 would wrap a negative number around.
       ->capture_default_str();
   try {
     app.parse(argc, argv);
