@@ -9,7 +9,7 @@
 
 #include <fmt/format.h>
 
-#include "fd.h"
+#include <hotrestart/fd.h>
 #include "log.h"
 #include "uv_handles.h"
 

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "fd.h"
+#include <hotrestart/fd.h>
 #include "listen_spec.h"
 #include "result.h"
 

@@ -11,7 +11,7 @@
 
 #include <fmt/format.h>
 
-#include "fd.h"
+#include <hotrestart/fd.h>
 #include "signals.h"
 
 namespace hotrestart {

@@ -9,7 +9,7 @@
 #include <fstream>
 #include <string>
 
-#include "fd.h"
+#include <hotrestart/fd.h>
 #include "spawn.h"
 
 using namespace hotrestart;

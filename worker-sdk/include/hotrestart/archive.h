@@ -1,0 +1,159 @@
+// A cereal binary input archive that never trusts a length it reads.
+//
+// cereal's own BinaryInputArchive resizes a container to the count stored in the data before it
+// reads one element, so a corrupted or hostile count can ask for gigabytes. InputArchive reads
+// from a span of bytes it knows the size of, and refuses (throws ArchiveError) any count larger
+// than the bytes left, any read past the end, and any bool that is neither 0 nor 1. Use it in a
+// Section's `load`:
+//
+//   .load = [&](std::uint32_t v, std::istream& in) {
+//     hotrestart::InputArchive archive(in);   // bounded by what the SDK's stream holds
+//     Cache staging;
+//     archive(staging);
+//     cache.swap(staging);                      // whole or nothing
+//   }
+//
+// The layout is cereal's BinaryOutputArchive's (fixed-size little-endian integers, 64-bit counts),
+// so `hotrestart::OutputArchive` (cereal::BinaryOutputArchive) writes what this reads. Include
+// cereal's type headers (<cereal/types/string.hpp>, <cereal/types/vector.hpp>, ...) as usual.
+#pragma once
+
+#include <cereal/archives/binary.hpp>
+#include <cereal/cereal.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <istream>
+#include <memory>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace hotrestart {
+
+class ArchiveError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+using OutputArchive = cereal::BinaryOutputArchive;
+
+class InputArchive : public cereal::InputArchive<InputArchive, cereal::AllowEmptyClassElision> {
+ public:
+  // Reads the bytes of `data`; they must outlive the archive.
+  explicit InputArchive(std::span<const std::byte> data)
+      : cereal::InputArchive<InputArchive, cereal::AllowEmptyClassElision>(this), data_(data) {}
+  // Reads what `in` holds. The SDK's streams are read in place; any other stream is first read to
+  // its end into a buffer the archive owns. When the archive ends, the stream is positioned just
+  // past the bytes the archive consumed (if the stream can seek; otherwise it stays at its end).
+  explicit InputArchive(std::istream& in);
+  ~InputArchive() noexcept override;
+  InputArchive(const InputArchive&) = delete;
+  InputArchive& operator=(const InputArchive&) = delete;
+
+  void loadBinary(void* out, std::size_t size) {
+    if (size > remaining()) throw ArchiveError("truncated: a field reaches past the end of the data");
+    if (size == 0) return;
+    std::memcpy(out, data_.data() + offset_, size);
+    offset_ += size;
+  }
+  // A count of elements must leave at least `min_bytes_each` bytes (at least one) per element.
+  void check_count(std::uint64_t count, std::uint64_t min_bytes_each = 1) const {
+    if (min_bytes_each == 0) min_bytes_each = 1;
+    if (count > remaining() / min_bytes_each) throw ArchiveError("corrupt: a count is larger than the data left");
+  }
+  std::size_t remaining() const { return data_.size() - offset_; }
+  std::size_t consumed() const { return offset_; }
+
+ private:
+  std::string owned_;  // The bytes of a stream that could not be read in place.
+  std::span<const std::byte> data_;
+  std::size_t offset_ = 0;
+  std::streambuf* source_ = nullptr;  // Positioned past what was consumed when the archive ends.
+  std::streamoff source_start_ = -1;  // Where the archive started reading; -1 if it cannot seek.
+};
+
+namespace detail {
+// Arithmetic types but bool, which has a loader of its own.
+template <class T>
+concept PlainArithmetic = std::is_arithmetic_v<T> && !std::is_same_v<T, bool>;
+// Anything but bool: cereal's vector<bool> loader reads one byte per element, which the SizeTag
+// check already bounds.
+template <class T>
+concept NotBool = !std::is_same_v<T, bool>;
+}  // namespace detail
+
+// Arithmetic values: fixed-size, as BinaryOutputArchive writes them.
+template <detail::PlainArithmetic T>
+void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, T& t) {
+  ar.loadBinary(std::addressof(t), sizeof(t));
+}
+// A bool is one byte; anything but 0 or 1 would be undefined behaviour to copy into a bool.
+inline void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, bool& b) {
+  std::uint8_t byte = 0;
+  ar.loadBinary(&byte, 1);
+  if (byte > 1) throw ArchiveError("corrupt: a bool is neither 0 nor 1");
+  b = byte == 1;
+}
+template <class T>
+void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, cereal::NameValuePair<T>& t) {
+  ar(t.value);
+}
+// A container's count: checked against the bytes left before cereal resizes anything.
+template <class T>
+void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, cereal::SizeTag<T>& t) {
+  std::uint64_t count = 0;
+  ar.loadBinary(&count, sizeof count);
+  ar.check_count(count);
+  t.size = static_cast<std::remove_reference_t<T>>(count);
+}
+template <class T>
+void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, cereal::BinaryData<T>& t) {
+  ar.loadBinary(t.data, static_cast<std::size_t>(t.size));
+}
+
+// Strings and vectors replace cereal's loaders (these are more specialized, so they win): cereal
+// resizes to the count first, which the SizeTag check bounds only to one byte per element, while
+// an element of a wide string or of a vector of integers takes sizeof(T) bytes. Vectors of other
+// types grow as their elements are read, so memory follows the bytes actually consumed.
+template <class C, class Traits, class Alloc>
+void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, std::basic_string<C, Traits, Alloc>& s) {
+  cereal::size_type count = 0;
+  ar(cereal::make_size_tag(count));
+  ar.check_count(count, sizeof(C));
+  s.resize(static_cast<std::size_t>(count));
+  ar.loadBinary(s.data(), static_cast<std::size_t>(count) * sizeof(C));
+}
+template <detail::NotBool T, class Alloc>
+void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, std::vector<T, Alloc>& v) {
+  cereal::size_type count = 0;
+  ar(cereal::make_size_tag(count));
+  if constexpr (std::is_arithmetic_v<T>) {
+    ar.check_count(count, sizeof(T));
+    v.resize(static_cast<std::size_t>(count));
+    ar.loadBinary(v.data(), static_cast<std::size_t>(count) * sizeof(T));
+  } else {
+    v.clear();
+    v.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(count, ar.remaining() / sizeof(T) + 1)));
+    for (cereal::size_type i = 0; i < count; ++i)
+      ar(v.emplace_back());
+  }
+}
+
+}  // namespace hotrestart
+
+CEREAL_REGISTER_ARCHIVE(hotrestart::InputArchive)
+
+// load_minimal (which cereal uses for enums, among others) needs to know the output archive that
+// pairs with an input archive. Only this direction is declared: BinaryOutputArchive already pairs
+// with cereal's own BinaryInputArchive.
+namespace cereal::traits::detail {
+template <>
+struct get_output_from_input<hotrestart::InputArchive> {
+  using type = cereal::BinaryOutputArchive;
+};
+}  // namespace cereal::traits::detail
