@@ -71,6 +71,8 @@ int main(int argc, char** argv) {
   std::string min_ready = "0s";
   std::string drain_signal = "SIGTERM";
   std::string drain_timeout = "30s";
+  std::string state_timeout = "60s";
+  std::vector<std::string> state_required;
   std::string log_level = "info";
   std::vector<std::string> command;
   auto* run = app.add_subcommand(
@@ -102,6 +104,14 @@ int main(int argc, char** argv) {
   run->add_option("--drain-timeout", drain_timeout, "How long a draining worker may take before SIGKILL")
       ->check(duration_check())
       ->capture_default_str();
+  run->add_option("--state-timeout", state_timeout,
+                  "How long the state transfer from the old generation to an SDK worker may take")
+      ->check(duration_check())
+      ->capture_default_str();
+  run->add_option("--state-required", state_required,
+                  "A state section that must be imported, repeatable: if it cannot be, the upgrade rolls back "
+                  "(other sections just start cold)")
+      ->type_name("NAME");
   run->add_option("--log-level", log_level, "debug, info, warning or error")
       ->check(CLI::IsMember({"debug", "info", "warning", "error"}))
       ->capture_default_str();
@@ -173,6 +183,8 @@ int main(int argc, char** argv) {
     options.min_ready = parse_duration(min_ready).value();
     options.drain_timeout = parse_duration(drain_timeout).value();
     options.drain_signal = parse_signal(drain_signal).value();
+    options.state_timeout = parse_duration(state_timeout).value();
+    options.state_required = state_required;
     options.command = command;
     set_log_level(log_level == "debug"     ? LogLevel::Debug
                   : log_level == "warning" ? LogLevel::Warning

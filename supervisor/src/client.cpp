@@ -14,9 +14,9 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <hotrestart/fd.h>
 #include "control_protocol.h"
 #include "duration.h"
-#include "fd.h"
 
 namespace hotrestart {
 namespace {
@@ -143,6 +143,46 @@ std::string age_text(std::int64_t ms) {
   return fmt::format("{}d{}h", s / 86400, (s % 86400) / 3600);
 }
 
+namespace {
+
+// "1.5 GiB", "312 KiB", "17 B".
+std::string bytes_text(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 4) {
+    bytes /= 1024;
+    ++u;
+  }
+  return u == 0 ? fmt::format("{:.0f} B", bytes) : fmt::format("{:.1f} {}", bytes, units[u]);
+}
+
+// One line per section as it is imported; on a terminal, with a bar over the sections.
+void print_state_progress(const json& e) {
+  const auto total = e.value("sections_total", std::size_t{0});
+  const auto done = e.value("sections_done", std::size_t{0});
+  const auto micros = e.value("micros", std::uint64_t{0});
+  const double bytes = static_cast<double>(e.value("bytes", std::uint64_t{0}));
+  std::string what;
+  if (e.value("ok", false)) {
+    const double secs = static_cast<double>(micros) / 1e6;
+    what = fmt::format("{}: schema {}, {} in {:.3f} s", e.value("section", ""), e.value("version", 0),
+                       bytes_text(bytes), secs);
+    if (secs > 0) what += fmt::format(" ({}/s)", bytes_text(bytes / secs));
+  } else {
+    what = fmt::format("{}: starts cold: {}", e.value("section", ""), e.value("reason", ""));
+  }
+  std::string bar;
+  if (::isatty(STDOUT_FILENO) == 1 && total > 0) {
+    constexpr std::size_t kWidth = 20;
+    const std::size_t filled = std::min(kWidth, done * kWidth / total);
+    bar = fmt::format("[{}{}] {}/{} ", std::string(filled, '#'), std::string(kWidth - filled, '.'), done, total);
+  }
+  fmt::print("[{:>7}] {:<18} {}{}; {} so far\n", format_duration(std::chrono::milliseconds(e.value("elapsed_ms", 0))),
+             "state", bar, what, bytes_text(static_cast<double>(e.value("bytes_done", std::uint64_t{0}))));
+}
+
+}  // namespace
+
 void print_status(const json& s) {
   fmt::print("supervisor \"{}\": pid {}, up {}{}\n", s.value("name", ""), s.value("pid", 0),
              age_text(s.value("uptime_ms", std::int64_t{0})), s.value("stopping", false) ? ", STOPPING" : "");
@@ -175,6 +215,27 @@ void print_status(const json& s) {
     const auto& u = s["last_upgrade"];
     fmt::print("last upgrade: {} in {} ms: {}\n", u.value("outcome", ""), u.value("elapsed_ms", 0),
                u.value("message", ""));
+  }
+  if (const auto& t = s.value("last_transfer", json()); t.is_object()) {
+    const auto& totals = t["import"];
+    if (t.value("from_generation", 0) == 0) {
+      fmt::print("last state transfer: to generation {}: nothing imported ({})\n", t.value("to_generation", 0),
+                 t.value("note", ""));
+    } else if (totals.is_object()) {
+      const double secs = static_cast<double>(totals.value("micros", std::uint64_t{0})) / 1e6;
+      fmt::print("last state transfer: generation {} -> {}: {} of {} section(s), {} in {:.3f} s\n",
+                 t.value("from_generation", 0), t.value("to_generation", 0), totals.value("done", 0),
+                 totals.value("sections", 0), bytes_text(static_cast<double>(totals.value("bytes", std::uint64_t{0}))),
+                 secs);
+    }
+    for (const auto& r : t["imported"]) {
+      if (r.value("ok", false)) {
+        fmt::print("  {:<20} schema {}, {}\n", r.value("section", ""), r.value("version", 0),
+                   bytes_text(static_cast<double>(r.value("bytes", std::uint64_t{0}))));
+      } else {
+        fmt::print("  {:<20} cold: {}\n", r.value("section", ""), r.value("reason", ""));
+      }
+    }
   }
   if (!s["last_error"].is_null()) {
     fmt::print("last error:  {} ({} ago)\n", s["last_error"].value("message", ""),
@@ -253,9 +314,10 @@ int client_upgrade(const std::string& control_path, std::optional<std::string> e
       return report_error_answer(*answer);
     }
     if (type == "event" && output == Output::Human) {
-      fmt::print("[{:>7}] {:<16} {}\n", format_duration(std::chrono::milliseconds(answer->value("elapsed_ms", 0))),
+      fmt::print("[{:>7}] {:<18} {}\n", format_duration(std::chrono::milliseconds(answer->value("elapsed_ms", 0))),
                  answer->value("phase", ""), answer->value("message", ""));
     }
+    if (type == "state" && output == Output::Human) print_state_progress(*answer);
     if (type == "result") {
       const bool ok = answer->value("ok", false);
       if (output == Output::Human) {

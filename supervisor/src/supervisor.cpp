@@ -16,6 +16,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "channel.h"
 #include "log.h"
 #include "notify_message.h"
 #include "signals.h"
@@ -240,6 +241,8 @@ std::vector<std::string> Supervisor::worker_environment(std::uint64_t generation
   env.push_back(fmt::format("NOTIFY_SOCKET={}", notify_path_));
   env.push_back(fmt::format("HOTRESTART_GENERATION={}", generation));
   env.push_back(fmt::format("HOTRESTART_CONTROL={}", options_.control_path));
+  // The channel comes right after the listeners (see spawn_generation).
+  env.push_back(fmt::format("HOTRESTART_CHANNEL_FD={}", 3 + listeners_.listeners().size()));
   return env;
 }
 
@@ -252,12 +255,18 @@ Result<Supervisor::Generation*> Supervisor::spawn_generation(const std::vector<s
   }
   auto executable = resolve_executable(command.front(), path_env);
   if (!executable) return executable.error().context("cannot start the worker");
+  // Every worker gets a channel; a worker without the SDK never reads it. The supervisor's end
+  // stays close-on-exec, so no other worker inherits it.
+  auto channel = wire::seqpacket_pair();
+  if (!channel) return channel.error().context("cannot start the worker: channel");
   std::vector<int> fds;
   for (const auto& l : listeners_.listeners())
     fds.push_back(l.fd.get());
+  fds.push_back(channel->second.get());
   SpawnRequest request{executable.value(), command, std::move(env), std::move(fds), ListenPid::Set};
   auto pid = spawn_process(request);
   if (!pid) return pid.error().context("cannot start the worker");
+  channel->second.reset();  // The worker's end lives on in the worker only.
 
   ++next_generation_;
   auto g = std::make_unique<Generation>();
@@ -268,6 +277,9 @@ Result<Supervisor::Generation*> Supervisor::spawn_generation(const std::vector<s
   g->ready_deadline = std::make_unique<Timer>(&loop_);
   g->ready_timer = std::make_unique<Timer>(&loop_);
   g->kill_timer = std::make_unique<Timer>(&loop_);
+  g->channel = std::move(channel->first);
+  g->channel_watch =
+      std::make_unique<FdWatch>(&loop_, g->channel.get(), [this, number] { on_channel_readable(number); });
   Generation* raw = g.get();
   generations_.emplace(number, std::move(g));
   reaper_->watch(raw->pid, [this, number](pid_t, ExitStatus status) { on_leader_exit(number, status); });
@@ -357,7 +369,7 @@ void Supervisor::on_ready_timeout(std::uint64_t number) {
     return;
   }
   note_error(reason + "; stopping it");
-  stop_generation(*g, options_.drain_signal, "not ready in time");
+  stop_generation(*g, options_.drain_signal, "not ready in time", Ending::Stop);
 }
 
 void Supervisor::on_leader_exit(std::uint64_t number, ExitStatus status) {
@@ -375,7 +387,8 @@ void Supervisor::on_leader_exit(std::uint64_t number, ExitStatus status) {
     if (upgrade_->machine.phase() == Phase::RollingBack) {
       feed(Input::NewGone);
     } else {
-      const char* before = upgrade_->machine.phase() == Phase::Warming ? "before it was ready" : "before cutover";
+      const char* before =
+          upgrade_->machine.phase() == Phase::HealthChecking ? "before cutover" : "before it was ready";
       feed(Input::NewExited, fmt::format("generation {} (pid {}) {} {}", number, pid, status.describe(), before));
     }
   } else if (number == active_) {
@@ -391,15 +404,22 @@ void Supervisor::on_leader_exit(std::uint64_t number, ExitStatus status) {
   maybe_finish_stop();
 }
 
-void Supervisor::stop_generation(Generation& g, int signo, std::string_view why) {
+void Supervisor::stop_generation(Generation& g, int signo, std::string_view why, Ending ending) {
   if (g.state == GenState::Draining) return;
   g.state = GenState::Draining;
   cancel_readiness(g);
-  log_info("generation {} (pid {}): sending {} ({}); SIGKILL after {}", g.number, g.pid, signal_name(signo), why,
-           format_duration(options_.drain_timeout));
-  // The drain signal goes to the main process only; it decides how to stop its helpers.
-  // The final SIGKILL goes to the whole process group.
-  ::kill(g.pid, signo);
+  // An SDK worker is asked over its channel; any other gets the drain signal, which goes to the
+  // main process only: it decides how to stop its helpers. The final SIGKILL goes to the whole
+  // process group either way.
+  const bool asked = g.hello && (ending == Ending::Stop ? send_to(g, wire::Stop{}) : send_to(g, wire::Drain{}));
+  if (asked) {
+    log_info("generation {} (pid {}): asked to {} over its channel ({}); SIGKILL after {}", g.number, g.pid,
+             ending == Ending::Stop ? "stop" : "drain", why, format_duration(options_.drain_timeout));
+  } else {
+    log_info("generation {} (pid {}): sending {} ({}); SIGKILL after {}", g.number, g.pid, signal_name(signo), why,
+             format_duration(options_.drain_timeout));
+    ::kill(g.pid, signo);
+  }
   const std::uint64_t n = g.number;
   g.kill_timer->start(options_.drain_timeout, [this, n] {
     if (Generation* gen = find(n)) {
@@ -495,11 +515,26 @@ void Supervisor::feed(Input input, std::string reason) {
   switch (step.action) {
     case Action::None:
       break;
+    case Action::WaitHandshake:
+      publish_phase(fmt::format(
+          "generation {} (pid {}) started; waiting for its hello (SDK) or for it to report ready (--ready {}, "
+          "timeout {})",
+          upgrade_->generation, fresh ? fresh->pid : 0, options_.ready.describe(),
+          format_duration(options_.ready_timeout)));
+      break;
+    case Action::StartTransfer:
+      start_transfer();
+      break;
     case Action::WaitReady:
-      publish_phase(
-          fmt::format("generation {} (pid {}) started; waiting for it to report ready (--ready {}, timeout {})",
-                      upgrade_->generation, fresh ? fresh->pid : 0, options_.ready.describe(),
-                      format_duration(options_.ready_timeout)));
+      publish_phase(fmt::format("waiting for generation {} to report ready (--ready {}, timeout {})",
+                                upgrade_->generation, options_.ready.describe(),
+                                format_duration(options_.ready_timeout)));
+      if (fresh != nullptr) {
+        // The ready deadline was paused for the transfer; the worker gets the whole of it again.
+        const std::uint64_t n = fresh->number;
+        fresh->ready_deadline->start(options_.ready_timeout, [this, n] { on_ready_timeout(n); });
+        if (fresh->state == GenState::Ready) feed(Input::Ready);  // It was ready before the transfer ended.
+      }
       break;
     case Action::WaitHealth:
       if (options_.min_ready.count() == 0) {
@@ -537,7 +572,7 @@ void Supervisor::feed(Input input, std::string reason) {
     case Action::StopNew:
       publish_phase(fmt::format("rolling back: {}", upgrade_->machine.failure()));
       if (fresh != nullptr) {
-        stop_generation(*fresh, options_.drain_signal, "rolled back");
+        stop_generation(*fresh, options_.drain_signal, "rolled back", Ending::Stop);
       } else {
         feed(Input::NewGone);
       }
@@ -667,6 +702,302 @@ void Supervisor::on_notify_readable() {
     }
     if (m.ready && options_.ready.kind == ReadyMode::Kind::Notify) on_generation_ready(*g);
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// The worker channel and the state broker (docs/protocol.md, "Worker channel")
+
+void Supervisor::on_channel_readable(std::uint64_t number) {
+  // A bounded number of messages per wake-up keeps one chatty worker from starving the loop.
+  for (int i = 0; i < 32; ++i) {
+    Generation* g = find(number);
+    if (g == nullptr || !g->channel) return;
+    auto received = wire::receive_message(g->channel.get(), wire::Blocking::No);
+    if (!received) {
+      if (received.error().code() == EAGAIN) return;
+      // End of file, or a reset because the worker exited with messages of ours unread.
+      if (received.error().code() == EPIPE || received.error().code() == ECONNRESET) {
+        // The worker closed its end, usually because it is exiting; the reaper reports the rest.
+        log_debug("generation {}: channel closed by the worker", number);
+        g->channel_watch.reset();
+        g->channel.reset();
+        if (upgrade_ && upgrade_->generation == number && g->hello) {
+          // A worker that crashes closes its channel a moment before the reaper hears of its
+          // exit, and the exit status is the better reason. Only a worker that stays alive
+          // without its channel is failed for closing it.
+          g->channel_grace = std::make_unique<Timer>(&loop_);
+          g->channel_grace->start(Millis(1000), [this, number] {
+            if (Generation* gen = find(number))
+              channel_failed(*gen, fmt::format("generation {} closed its channel", number));
+          });
+        }
+        return;
+      }
+      channel_failed(*g, fmt::format("generation {} sent a bad channel message: {}", number, received.error().text()));
+      return;
+    }
+    on_channel_message(*g, received->message, received->fds);
+  }
+}
+
+void Supervisor::channel_failed(Generation& g, const std::string& reason) {
+  log_warn("{}; closing its channel", reason);
+  if (g.channel) send_to(g, wire::Refuse{reason.substr(0, wire::kMaxTextLength)});
+  g.channel_watch.reset();
+  g.channel.reset();
+  if (upgrade_ && upgrade_->generation == g.number) {
+    feed(upgrade_->machine.phase() == Phase::Handshake ? Input::Refused : Input::TransferFailed, reason);
+  }
+}
+
+bool Supervisor::send_to(Generation& g, const wire::Message& message, std::span<const int> fds) {
+  if (!g.channel) return false;
+  // Never block the loop on a worker: what it has not read stays in its socket buffer, and a
+  // worker that lets that fill up has stopped listening to us.
+  if (auto ok = wire::send_message(g.channel.get(), message, fds, wire::Blocking::No); !ok) {
+    log_warn("generation {}: cannot send {}: {}", g.number, wire::type_name(wire::type_of(message)), ok.error().text());
+    return false;
+  }
+  return true;
+}
+
+void Supervisor::on_channel_message(Generation& g, wire::Message& message, std::vector<Fd>& fds) {
+  if (!g.hello && !std::holds_alternative<wire::Hello>(message)) {
+    channel_failed(
+        g, fmt::format("generation {} sent {} before its hello", g.number, wire::type_name(wire::type_of(message))));
+    return;
+  }
+  if (!fds.empty()) {
+    // No message from a worker carries descriptors; the decoder has already refused any that did.
+    channel_failed(g, fmt::format("generation {} sent descriptors the supervisor does not take", g.number));
+    return;
+  }
+  std::visit(
+      [&](auto& m) {
+        using T = std::decay_t<decltype(m)>;
+        if constexpr (std::is_same_v<T, wire::Hello>) {
+          on_hello(g, m);
+        } else if constexpr (std::is_same_v<T, wire::Ready>) {
+          if (options_.ready.kind == ReadyMode::Kind::Notify) on_generation_ready(g);
+        } else if constexpr (std::is_same_v<T, wire::StatusLine>) {
+          g.status_text = m.text.substr(0, 256);
+        } else if constexpr (std::is_same_v<T, wire::SectionImported>) {
+          if (transfer_ && transfer_->to == g.number && !transfer_->import_totals) {
+            transfer_->imported.push_back(m.report);
+            publish_state(m.report);
+          }
+        } else if constexpr (std::is_same_v<T, wire::ImportFinished>) {
+          on_import_finished(g, m.totals);
+        } else if constexpr (std::is_same_v<T, wire::SectionExported>) {
+          if (transfer_ && transfer_->from == g.number) {
+            transfer_->exported.push_back(m.report);
+            log_info("generation {} exported section {}: {}", g.number, m.report.name,
+                     m.report.ok ? fmt::format("{} bytes, schema {}, in {} us", m.report.bytes, m.report.version,
+                                               m.report.micros)
+                                 : m.report.reason);
+          }
+        } else if constexpr (std::is_same_v<T, wire::ExportFinished>) {
+          if (transfer_ && transfer_->from == g.number) transfer_->export_totals = m.totals;
+        } else {
+          log_warn("generation {}: ignored {} on its channel", g.number, wire::type_name(wire::type_of(message)));
+        }
+      },
+      message);
+}
+
+void Supervisor::on_hello(Generation& g, const wire::Hello& hello) {
+  if (g.hello) {
+    channel_failed(g, fmt::format("generation {} said hello twice", g.number));
+    return;
+  }
+  if (hello.min_version > wire::kProtocolVersion || hello.max_version < wire::kProtocolVersion) {
+    channel_failed(g, fmt::format("generation {} speaks worker channel protocol {} to {}, and this supervisor "
+                                  "speaks version {}: upgrade the SDK or the supervisor so that they share one",
+                                  g.number, hello.min_version, hello.max_version, wire::kProtocolVersion));
+    return;
+  }
+  g.hello = hello;
+  log_info("generation {} (pid {}) uses the SDK ({}): imports {} section(s), exports {}", g.number, g.pid, hello.sdk,
+           hello.imports.size(), hello.exports.size());
+  std::vector<std::string> names;
+  std::vector<int> fds;
+  for (const auto& l : listeners_.listeners()) {
+    names.push_back(l.spec.name);
+    fds.push_back(l.fd.get());
+  }
+  const auto count = static_cast<std::uint32_t>(names.size());
+  bool sent = send_to(g, wire::Welcome{wire::kProtocolVersion, g.number, count});
+  if (sent) {
+    auto ok = wire::send_named_fds(g.channel.get(), wire::Type::Listeners, names, fds, wire::Blocking::No);
+    if (!ok) log_warn("generation {}: cannot send its listeners: {}", g.number, ok.error().text());
+    sent = ok.ok();
+  }
+  if (!sent) {
+    channel_failed(g, fmt::format("generation {} does not read its channel", g.number));
+    return;
+  }
+  if (upgrade_ && upgrade_->generation == g.number) {
+    feed(Input::Hello);  // StartTransfer: the broker takes it from here.
+    return;
+  }
+  // The first generation, or a restart after a crash: there is nobody to import from.
+  const std::string note = g.number == 1 ? "first generation" : "no previous generation is running";
+  send_to(g, wire::BeginImport{0, {}, note});
+}
+
+void Supervisor::start_transfer() {
+  Generation* fresh = find(upgrade_->generation);
+  if (fresh == nullptr || !fresh->hello) return;
+  // The ready deadline pauses while the state moves; --state-timeout bounds the transfer.
+  fresh->ready_deadline->stop();
+  upgrade_->phase_timer.start(options_.state_timeout, [this] {
+    feed(Input::Timeout, fmt::format("the state transfer did not finish within {} (--state-timeout)",
+                                     format_duration(options_.state_timeout)));
+  });
+  Transfer t;
+  t.to = fresh->number;
+  t.started = Clock::now();
+  t.plan = fresh->hello->imports;
+
+  Generation* old = find(upgrade_->previous);
+  if (old == nullptr) {
+    t.note = "no previous generation is running";
+  } else if (!old->hello || !old->channel) {
+    t.note = fmt::format("generation {} does not use the SDK", old->number);
+  } else if (old->state != GenState::Ready) {
+    t.note = fmt::format("generation {} is not serving", old->number);
+  } else {
+    auto link = wire::seqpacket_pair();
+    if (!link) {
+      t.note = link.error().context("peer link").text();
+    } else {
+      const int old_end = link->second.get();
+      if (send_to(*old, wire::BeginExport{fresh->number, t.plan}, std::span<const int>(&old_end, 1))) {
+        t.from = old->number;
+      } else {
+        t.note = fmt::format("generation {} did not take the export request", old->number);
+      }
+    }
+    if (t.from != 0) {
+      const int new_end = link->first.get();
+      if (!send_to(*fresh, wire::BeginImport{t.from, t.plan, {}}, std::span<const int>(&new_end, 1))) {
+        transfer_ = std::move(t);
+        feed(Input::TransferFailed, fmt::format("generation {} did not take the import request", fresh->number));
+        return;
+      }
+      // Both ends are in the workers now; the supervisor keeps none, so that the link ends when
+      // either generation does.
+    }
+  }
+  if (t.from == 0) {
+    if (!send_to(*fresh, wire::BeginImport{0, {}, t.note})) {
+      transfer_ = std::move(t);
+      feed(Input::TransferFailed, fmt::format("generation {} did not take the import request", fresh->number));
+      return;
+    }
+  }
+  std::string names;
+  for (const auto& p : t.plan)
+    names += (names.empty() ? "" : ", ") + p.name;
+  if (t.plan.empty()) {
+    publish_phase(fmt::format("generation {} imports no state", fresh->number));
+  } else if (t.from != 0) {
+    publish_phase(fmt::format("moving {} section(s) from generation {} to generation {}: {}", t.plan.size(), t.from,
+                              fresh->number, names));
+  } else {
+    publish_phase(fmt::format("{}: section(s) {} start cold", t.note, names));
+  }
+  transfer_ = std::move(t);
+}
+
+void Supervisor::on_import_finished(Generation& g, const wire::TransferTotals& totals) {
+  if (!transfer_ || transfer_->to != g.number || transfer_->import_totals) return;
+  transfer_->import_totals = totals;
+  if (!upgrade_ || upgrade_->generation != g.number || upgrade_->machine.phase() != Phase::TransferringState) return;
+  upgrade_->phase_timer.stop();
+  for (const auto& name : options_.state_required) {
+    const auto& reports = transfer_->imported;
+    auto it = std::find_if(reports.begin(), reports.end(), [&](const auto& r) { return r.name == name; });
+    std::string why;
+    if (it != reports.end() && it->ok) continue;
+    if (it != reports.end()) {
+      why = it->reason;
+    } else if (std::none_of(transfer_->plan.begin(), transfer_->plan.end(),
+                            [&](const auto& p) { return p.name == name; })) {
+      why = fmt::format("generation {} does not import it", g.number);
+    } else {
+      why = transfer_->note.empty() ? "it was not sent" : transfer_->note;
+    }
+    transfer_->outcome = fmt::format("required section '{}' was not imported: {}", name, why);
+    feed(Input::TransferFailed, transfer_->outcome + " (--state-required)");
+    return;
+  }
+  transfer_->outcome = "done";
+  const double secs = static_cast<double>(totals.micros) / 1e6;
+  publish_phase(fmt::format("state transfer finished: {} of {} section(s) imported, {} bytes in {:.3f} s", totals.done,
+                            transfer_->plan.size(), totals.bytes, secs));
+  feed(Input::TransferDone);
+}
+
+void Supervisor::publish_state(const wire::SectionReport& report) {
+  if (!upgrade_ || !transfer_) return;
+  std::uint64_t bytes = 0;
+  std::size_t ok = 0;
+  for (const auto& r : transfer_->imported) {
+    bytes += r.ok ? r.bytes : 0;
+    ok += r.ok ? 1 : 0;
+  }
+  const auto& m = upgrade_->machine;
+  json event{{"v", kControlProtocolVersion},
+             {"type", "state"},
+             {"phase", phase_name(m.phase())},
+             {"elapsed_ms", ms_since(m.started())},
+             {"generation", transfer_->to},
+             {"from_generation", transfer_->from},
+             {"section", report.name},
+             {"ok", report.ok},
+             {"version", report.version},
+             {"bytes", report.bytes},
+             {"micros", report.micros},
+             {"reason", report.reason},
+             {"sections_done", transfer_->imported.size()},
+             {"sections_imported", ok},
+             {"sections_total", transfer_->plan.size()},
+             {"bytes_done", bytes},
+             {"transfer_ms", ms_since(transfer_->started)}};
+  log_info("upgrade: section {} {}", report.name,
+           report.ok
+               ? fmt::format("imported: schema {}, {} bytes in {} us", report.version, report.bytes, report.micros)
+               : "starts cold: " + report.reason);
+  for (ClientId id : upgrade_->watchers)
+    control_->send(id, event, AfterSend::KeepOpen);
+}
+
+json Supervisor::Transfer::to_json() const {
+  auto reports = [](const std::vector<wire::SectionReport>& list) {
+    json out = json::array();
+    for (const auto& r : list) {
+      out.push_back({{"section", r.name},
+                     {"ok", r.ok},
+                     {"version", r.version},
+                     {"bytes", r.bytes},
+                     {"micros", r.micros},
+                     {"reason", r.reason}});
+    }
+    return out;
+  };
+  auto totals = [](const std::optional<wire::TransferTotals>& t) -> json {
+    if (!t) return nullptr;
+    return {{"sections", t->sections}, {"done", t->done}, {"bytes", t->bytes}, {"micros", t->micros}};
+  };
+  return {{"from_generation", from},
+          {"to_generation", to},
+          {"note", note},
+          {"outcome", outcome},
+          {"imported", reports(imported)},
+          {"exported", reports(exported)},
+          {"import", totals(import_totals)},
+          {"export", totals(export_totals)}};
 }
 
 void Supervisor::on_request(ClientId client, const ControlRequest& request) {
@@ -803,6 +1134,7 @@ json Supervisor::status_json() const {
                            {"role", role},
                            {"age_ms", ms_since(g->started)},
                            {"command", g->command},
+                           {"sdk", g->hello.has_value()},
                            {"status", g->status_text}});
   }
   json upgrade = nullptr;
@@ -829,6 +1161,8 @@ json Supervisor::status_json() const {
       {"drain", {{"signal", signal_name(options_.drain_signal)}, {"timeout_ms", options_.drain_timeout.count()}}},
       {"upgrade", upgrade},
       {"last_upgrade", last_upgrade_.is_null() ? json(nullptr) : last_upgrade_},
+      {"last_transfer", transfer_ ? transfer_->to_json() : json(nullptr)},
+      {"state", {{"required", options_.state_required}, {"timeout_ms", options_.state_timeout.count()}}},
       {"counters",
        {{"upgrades_done", counters_.upgrades_done},
         {"upgrades_rolled_back", counters_.upgrades_rolled_back},

@@ -14,15 +14,17 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include <hotrestart/fd.h>
 #include "control_server.h"
 #include "duration.h"
-#include "fd.h"
 #include "listener_set.h"
+#include "message.h"
 #include "reaper.h"
 #include "upgrade_machine.h"
 #include "uv_handles.h"
@@ -47,6 +49,8 @@ struct RunOptions {
   Millis min_ready{0};
   int drain_signal = 15;  // SIGTERM
   Millis drain_timeout{30'000};
+  Millis state_timeout{60'000};
+  std::vector<std::string> state_required;  // Sections whose import failure rolls back.
   std::vector<std::string> command;
 };
 
@@ -81,6 +85,26 @@ class Supervisor {
     pid_t probe_pid = 0;                    // Running exec readiness probe.
     std::string status_text;                // Last STATUS= from the worker.
     bool stopped_accepting = false;         // Sent STOPPING=1.
+    // The worker channel (docs/protocol.md). Every worker gets one; only SDK workers say hello.
+    Fd channel;
+    std::unique_ptr<FdWatch> channel_watch;
+    std::unique_ptr<Timer> channel_grace;  // After the channel closed mid-upgrade; see on_channel_readable.
+    std::optional<wire::Hello> hello;      // Set once an SDK worker has said hello.
+  };
+
+  // One state transfer, from its start to its end; the last one is kept for `status`.
+  struct Transfer {
+    std::uint64_t from = 0;  // 0: no previous generation spoke the SDK.
+    std::uint64_t to = 0;
+    Clock::time_point started;
+    std::string note;
+    std::vector<wire::SectionVersions> plan;
+    std::vector<wire::SectionReport> imported;
+    std::vector<wire::SectionReport> exported;
+    std::optional<wire::TransferTotals> import_totals;
+    std::optional<wire::TransferTotals> export_totals;
+    std::string outcome;  // "", "done", or why it failed.
+    nlohmann::json to_json() const;
   };
 
   struct Upgrade {
@@ -102,7 +126,10 @@ class Supervisor {
   void on_generation_ready(Generation& g);
   void on_ready_timeout(std::uint64_t number);
   void on_leader_exit(std::uint64_t number, ExitStatus status);
-  void stop_generation(Generation& g, int signo, std::string_view why);
+  // How an SDK worker is asked to end: `drain` (finish what it serves) or `stop` (it never served,
+  // or must go now). Others get the drain signal either way. SIGKILL follows --drain-timeout.
+  enum class Ending { Drain, Stop };
+  void stop_generation(Generation& g, int signo, std::string_view why, Ending ending = Ending::Drain);
   void kill_group(pid_t pgid, int signo);
   void cancel_readiness(Generation& g);
   Generation* find(std::uint64_t number);
@@ -120,6 +147,15 @@ class Supervisor {
 
   // Inputs.
   void on_notify_readable();
+  // The worker channel and the state broker.
+  void on_channel_readable(std::uint64_t number);
+  void on_channel_message(Generation& g, wire::Message& message, std::vector<Fd>& fds);
+  void on_hello(Generation& g, const wire::Hello& hello);
+  void channel_failed(Generation& g, const std::string& reason);
+  bool send_to(Generation& g, const wire::Message& message, std::span<const int> fds = {});
+  void start_transfer();
+  void on_import_finished(Generation& g, const wire::TransferTotals& totals);
+  void publish_state(const wire::SectionReport& report);
   void on_request(ClientId client, const ControlRequest& request);
   void on_client_gone(ClientId client);
   void on_signal(int signo);
@@ -149,6 +185,7 @@ class Supervisor {
   std::uint64_t next_generation_ = 1;
   std::vector<std::string> current_command_;
   std::unique_ptr<Upgrade> upgrade_;
+  std::optional<Transfer> transfer_;  // The current or last state transfer.
 
   std::unique_ptr<Timer> restart_timer_;
   Millis restart_backoff_{0};

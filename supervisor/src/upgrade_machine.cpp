@@ -15,8 +15,13 @@ constexpr std::size_t idx(Phase p) {
 constexpr auto kAllowed = [] {
   std::array<std::array<bool, kPhaseCount>, kPhaseCount> t{};
   const auto allow = [&t](Phase from, Phase to) { t[idx(from)][idx(to)] = true; };
-  allow(Phase::Spawning, Phase::Warming);
+  allow(Phase::Spawning, Phase::Handshake);
   allow(Phase::Spawning, Phase::RollingBack);
+  allow(Phase::Handshake, Phase::TransferringState);
+  allow(Phase::Handshake, Phase::HealthChecking);  // A worker without the SDK reported ready.
+  allow(Phase::Handshake, Phase::RollingBack);
+  allow(Phase::TransferringState, Phase::Warming);
+  allow(Phase::TransferringState, Phase::RollingBack);
   allow(Phase::Warming, Phase::HealthChecking);
   allow(Phase::Warming, Phase::RollingBack);
   allow(Phase::HealthChecking, Phase::Cutover);
@@ -33,6 +38,10 @@ std::string_view phase_name(Phase p) {
   switch (p) {
     case Phase::Spawning:
       return "spawning";
+    case Phase::Handshake:
+      return "handshake";
+    case Phase::TransferringState:
+      return "transferring-state";
     case Phase::Warming:
       return "warming";
     case Phase::HealthChecking:
@@ -57,6 +66,14 @@ std::string_view input_name(Input i) {
       return "spawned";
     case Input::SpawnFailed:
       return "spawn-failed";
+    case Input::Hello:
+      return "hello";
+    case Input::Refused:
+      return "refused";
+    case Input::TransferDone:
+      return "transfer-done";
+    case Input::TransferFailed:
+      return "transfer-failed";
     case Input::Ready:
       return "ready";
     case Input::HealthPassed:
@@ -81,6 +98,10 @@ std::string_view action_name(Action a) {
   switch (a) {
     case Action::None:
       return "none";
+    case Action::WaitHandshake:
+      return "wait-handshake";
+    case Action::StartTransfer:
+      return "start-transfer";
     case Action::WaitReady:
       return "wait-ready";
     case Action::WaitHealth:
@@ -128,9 +149,20 @@ Step UpgradeMachine::handle(Input input, std::string reason, Clock::time_point n
     Action action;
   };
   static constexpr Rule kRules[] = {
-      {Phase::Spawning, Input::Spawned, Phase::Warming, Action::WaitReady},
+      {Phase::Spawning, Input::Spawned, Phase::Handshake, Action::WaitHandshake},
       {Phase::Spawning, Input::SpawnFailed, Phase::RollingBack, Action::StopNew},
       {Phase::Spawning, Input::Cancel, Phase::RollingBack, Action::StopNew},
+      {Phase::Handshake, Input::Hello, Phase::TransferringState, Action::StartTransfer},
+      {Phase::Handshake, Input::Ready, Phase::HealthChecking, Action::WaitHealth},
+      {Phase::Handshake, Input::Refused, Phase::RollingBack, Action::StopNew},
+      {Phase::Handshake, Input::NewExited, Phase::RollingBack, Action::StopNew},
+      {Phase::Handshake, Input::Timeout, Phase::RollingBack, Action::StopNew},
+      {Phase::Handshake, Input::Cancel, Phase::RollingBack, Action::StopNew},
+      {Phase::TransferringState, Input::TransferDone, Phase::Warming, Action::WaitReady},
+      {Phase::TransferringState, Input::TransferFailed, Phase::RollingBack, Action::StopNew},
+      {Phase::TransferringState, Input::NewExited, Phase::RollingBack, Action::StopNew},
+      {Phase::TransferringState, Input::Timeout, Phase::RollingBack, Action::StopNew},
+      {Phase::TransferringState, Input::Cancel, Phase::RollingBack, Action::StopNew},
       {Phase::Warming, Input::Ready, Phase::HealthChecking, Action::WaitHealth},
       {Phase::Warming, Input::NewExited, Phase::RollingBack, Action::StopNew},
       {Phase::Warming, Input::Timeout, Phase::RollingBack, Action::StopNew},

@@ -1,12 +1,19 @@
 // The upgrade lifecycle, as one enum and one transition table.
 //
-//   spawning ──► warming ──► health-checking ──► cutover ──► draining-old ──► done
-//       │           │               │
-//       └───────────┴───────────────┴──► rolling-back ──► rolled-back
+//   spawning ──► handshake ──► transferring-state ──► warming ──► health-checking ──► cutover
+//       │            │  └──────────────(no SDK: ready)──────────────────►│              │
+//       │            │              │                     │             │         draining-old
+//       └────────────┴──────────────┴─────────────────────┴─────────────┴──► rolling-back   │
+//                                                                               │          done
+//                                                                          rolled-back
 //
-// spawning         the new generation's process is being started (exec errors end here).
-// warming          waiting for the *new* worker to report ready (READY=1, exec probe or delay);
-//                  never a probe of the shared port, which the old generation also serves.
+// spawning            the new generation's process is being started (exec errors end here).
+// handshake           waiting for the new worker's first word: an SDK worker's hello on its
+//                     channel, or, from a worker without the SDK, its readiness (which then
+//                     leads straight to health-checking: it has no state to receive).
+// transferring-state  the state broker moves the old generation's sections to the new one.
+// warming             waiting for the *new* worker to report ready (READY=1, exec probe or delay);
+//                     never a probe of the shared port, which the old generation also serves.
 // health-checking  the new worker must stay alive for --min-ready before it is trusted.
 // cutover          the new generation becomes the active one.
 // draining-old     the old generation has been told to drain (drain signal sent).
@@ -31,6 +38,8 @@ namespace hotrestart {
 
 enum class Phase : std::uint8_t {
   Spawning,
+  Handshake,
+  TransferringState,
   Warming,
   HealthChecking,
   Cutover,
@@ -39,7 +48,7 @@ enum class Phase : std::uint8_t {
   RollingBack,
   RolledBack,
 };
-inline constexpr std::size_t kPhaseCount = 8;
+inline constexpr std::size_t kPhaseCount = 10;
 
 std::string_view phase_name(Phase p);
 bool is_terminal(Phase p);
@@ -47,28 +56,34 @@ bool is_terminal(Phase p);
 bool transition_allowed(Phase from, Phase to);
 
 enum class Input : std::uint8_t {
-  Spawned,       // exec succeeded.
-  SpawnFailed,   // exec failed (reason given).
-  Ready,         // the new worker reported ready.
-  HealthPassed,  // the new worker stayed healthy for the required time.
-  Promoted,      // the supervisor made the new generation the active one.
-  DrainStarted,  // the drain signal was sent to the old generation (or there was none).
-  NewExited,     // the new worker's main process exited (reason given).
-  Timeout,       // the current phase's deadline passed (reason given).
-  Cancel,        // the supervisor is stopping (reason given).
-  NewGone,       // the new generation has fully exited after a rollback.
+  Spawned,         // exec succeeded.
+  SpawnFailed,     // exec failed (reason given).
+  Hello,           // an SDK worker said hello; the state transfer begins.
+  Refused,         // the worker's hello was refused (reason given: protocol version).
+  TransferDone,    // the new worker imported what it could, and every required section.
+  TransferFailed,  // a required section could not be imported (reason given).
+  Ready,           // the new worker reported ready.
+  HealthPassed,    // the new worker stayed healthy for the required time.
+  Promoted,        // the supervisor made the new generation the active one.
+  DrainStarted,    // the drain signal was sent to the old generation (or there was none).
+  NewExited,       // the new worker's main process exited (reason given).
+  Timeout,         // the current phase's deadline passed (reason given).
+  Cancel,          // the supervisor is stopping (reason given).
+  NewGone,         // the new generation has fully exited after a rollback.
 };
 std::string_view input_name(Input i);
 
 // What the supervisor must do after a transition.
 enum class Action : std::uint8_t {
   None,
-  WaitReady,   // arm the readiness wait and the ready deadline.
-  WaitHealth,  // arm the health window.
-  Promote,     // make the new generation active, then feed Promoted.
-  DrainOld,    // send the drain signal to the previous generation, then feed DrainStarted.
-  StopNew,     // stop the new generation (drain signal, then SIGKILL), then feed NewGone.
-  Finish,      // report the verdict to the requester.
+  WaitHandshake,  // wait for hello or readiness, within the ready deadline.
+  StartTransfer,  // start the state transfer and its deadline, then feed TransferDone/Failed.
+  WaitReady,      // arm the readiness wait and the ready deadline.
+  WaitHealth,     // arm the health window.
+  Promote,        // make the new generation active, then feed Promoted.
+  DrainOld,       // send the drain signal to the previous generation, then feed DrainStarted.
+  StopNew,        // stop the new generation (drain signal, then SIGKILL), then feed NewGone.
+  Finish,         // report the verdict to the requester.
 };
 std::string_view action_name(Action a);
 

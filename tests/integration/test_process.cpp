@@ -67,7 +67,7 @@ class FakeSystemd {
 
 }  // namespace
 
-TEST_CASE("a worker inherits exactly stdio and its listeners with systemd variables") {
+TEST_CASE("a worker inherits exactly stdio, its listeners and its channel, with systemd variables") {
   TempDir reports;
   const std::string unix_path = reports.file("admin.sock");
   Supervisor sup(
@@ -80,25 +80,32 @@ TEST_CASE("a worker inherits exactly stdio and its listeners with systemd variab
     fds.push_back(f["fd"]);
     if (f["fd"].get<int>() >= 3) CHECK_MESSAGE(f["cloexec"] == false, "fd " << f["fd"] << " is close-on-exec");
   }
-  CHECK(fds == std::vector<int>{0, 1, 2, 3, 4, 5});
+  // 3, 4, 5: the listeners; 6: the worker channel (which a worker without the SDK ignores).
+  CHECK(fds == std::vector<int>{0, 1, 2, 3, 4, 5, 6});
   CHECK(report["env"]["LISTEN_FDS"] == "3");
   CHECK(report["env"]["LISTEN_FDNAMES"] == "http:admin:v6");
   CHECK(report["env"]["LISTEN_PID"] == std::to_string(worker));
   CHECK(report["env"]["HOTRESTART_GENERATION"] == "1");
+  CHECK(report["env"]["HOTRESTART_CHANNEL_FD"] == "6");
   CHECK(!report["env"]["NOTIFY_SOCKET"].get<std::string>().empty());
 
-  // The worker's sockets are exactly the supervisor's listeners: the same open files, and
-  // none of the supervisor's other sockets (control, notify).
-  const auto worker_sockets = socket_inodes(worker);
+  // fds 3-5 are exactly the supervisor's listeners: the same open files. fd 6 is the worker's
+  // own end of its channel, which the supervisor does not hold. None of the supervisor's other
+  // sockets (control, notify, other channels) is there.
   const auto supervisor_sockets = socket_inodes(sup.pid());
-  CHECK(worker_sockets.size() == 3);
-  for (unsigned long inode : worker_sockets)
-    CHECK(supervisor_sockets.count(inode) == 1);
-  CHECK(supervisor_sockets.size() > worker_sockets.size());
+  std::set<unsigned long> listener_inodes;
   for (const auto& f : list_fds(worker)) {
     if (f.fd < 3) continue;
-    CHECK_MESSAGE(contains(f.target, "socket:"), "unexpected fd " << f.fd << " -> " << f.target);
+    REQUIRE_MESSAGE(f.socket_inode().has_value(), "unexpected fd " << f.fd << " -> " << f.target);
+    if (f.fd <= 5) {
+      CHECK(supervisor_sockets.count(*f.socket_inode()) == 1);
+      listener_inodes.insert(*f.socket_inode());
+    } else {
+      CHECK(f.fd == 6);
+      CHECK(supervisor_sockets.count(*f.socket_inode()) == 0);
+    }
   }
+  CHECK(listener_inodes.size() == 3);
 
   // Status reports the chosen ports and the unix path.
   json s = sup.status_or_fail();
@@ -112,9 +119,13 @@ TEST_CASE("a worker inherits exactly stdio and its listeners with systemd variab
   RunResult r = sup.upgrade({"--", test_worker_bin(), "fd-report", reports.file("gen2.json")});
   REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
   json second = wait_report(reports.file("gen2.json"));
-  CHECK(second["fds"].size() == 6);
+  CHECK(second["fds"].size() == 7);
   CHECK(second["env"]["HOTRESTART_GENERATION"] == "2");
-  CHECK(socket_inodes(second["pid"].get<pid_t>()) == worker_sockets);
+  std::set<unsigned long> second_listeners;
+  for (const auto& f : list_fds(second["pid"].get<pid_t>())) {
+    if (f.fd >= 3 && f.fd <= 5 && f.socket_inode()) second_listeners.insert(*f.socket_inode());
+  }
+  CHECK(second_listeners == listener_inodes);
   CHECK(wait_until([&] { return !pid_alive(worker); }, 10s));
   CHECK(list_fds(sup.pid()).size() == supervisor_fds);
   sup.stop();

@@ -214,7 +214,8 @@ int mode_fd_report(const std::string& path) {
          ",\"cloexec\":" + (fds[i].cloexec ? "true" : "false") + "}";
   }
   j += "],\"env\":{";
-  const char* names[] = {"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "HOTRESTART_GENERATION"};
+  const char* names[] = {
+      "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "HOTRESTART_GENERATION", "HOTRESTART_CHANNEL_FD"};
   bool first = true;
   for (const char* name : names) {
     if (!first) j += ",";

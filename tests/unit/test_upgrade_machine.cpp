@@ -7,11 +7,13 @@ using namespace hotrestart;
 
 namespace {
 
-constexpr Phase kAll[] = {Phase::Spawning,    Phase::Warming, Phase::HealthChecking, Phase::Cutover,
-                          Phase::DrainingOld, Phase::Done,    Phase::RollingBack,    Phase::RolledBack};
-constexpr Input kInputs[] = {Input::Spawned,  Input::SpawnFailed,  Input::Ready,     Input::HealthPassed,
-                             Input::Promoted, Input::DrainStarted, Input::NewExited, Input::Timeout,
-                             Input::Cancel,   Input::NewGone};
+constexpr Phase kAll[] = {Phase::Spawning,       Phase::Handshake, Phase::TransferringState, Phase::Warming,
+                          Phase::HealthChecking, Phase::Cutover,   Phase::DrainingOld,       Phase::Done,
+                          Phase::RollingBack,    Phase::RolledBack};
+constexpr Input kInputs[] = {Input::Spawned,      Input::SpawnFailed,    Input::Hello,     Input::Refused,
+                             Input::TransferDone, Input::TransferFailed, Input::Ready,     Input::HealthPassed,
+                             Input::Promoted,     Input::DrainStarted,   Input::NewExited, Input::Timeout,
+                             Input::Cancel,       Input::NewGone};
 
 // Drives a fresh machine through `inputs`, requiring each to be accepted.
 UpgradeMachine drive(std::initializer_list<Input> inputs) {
@@ -26,7 +28,11 @@ UpgradeMachine drive(std::initializer_list<Input> inputs) {
 TEST_CASE("the happy path visits every phase in order with the right actions") {
   UpgradeMachine m;
   CHECK(m.phase() == Phase::Spawning);
-  CHECK(m.handle(Input::Spawned).action == Action::WaitReady);
+  CHECK(m.handle(Input::Spawned).action == Action::WaitHandshake);
+  CHECK(m.phase() == Phase::Handshake);
+  CHECK(m.handle(Input::Hello).action == Action::StartTransfer);
+  CHECK(m.phase() == Phase::TransferringState);
+  CHECK(m.handle(Input::TransferDone).action == Action::WaitReady);
   CHECK(m.phase() == Phase::Warming);
   CHECK(m.handle(Input::Ready).action == Action::WaitHealth);
   CHECK(m.handle(Input::HealthPassed).action == Action::Promote);
@@ -36,8 +42,21 @@ TEST_CASE("the happy path visits every phase in order with the right actions") {
   CHECK(m.phase() == Phase::Done);
   CHECK(m.succeeded());
   CHECK(m.finished());
-  CHECK(m.timeline().size() == 6);
+  CHECK(m.timeline().size() == 8);
   CHECK(m.failure().empty());
+}
+
+TEST_CASE("a worker without the SDK goes from handshake to health-checking on its readiness") {
+  UpgradeMachine m;
+  m.handle(Input::Spawned);
+  const Step s = m.handle(Input::Ready);
+  CHECK(s.accepted);
+  CHECK(s.action == Action::WaitHealth);
+  CHECK(m.phase() == Phase::HealthChecking);
+  // Having skipped the transfer, it cannot be sent back to it.
+  CHECK_FALSE(m.handle(Input::Hello).accepted);
+  CHECK_FALSE(m.handle(Input::TransferDone).accepted);
+  CHECK(m.phase() == Phase::HealthChecking);
 }
 
 TEST_CASE("every failure before cutover rolls back and keeps the first reason") {
@@ -51,6 +70,14 @@ TEST_CASE("every failure before cutover rolls back and keeps the first reason") 
       {{Input::Spawned}, Input::NewExited},
       {{Input::Spawned}, Input::Timeout},
       {{Input::Spawned}, Input::Cancel},
+      {{Input::Spawned}, Input::Refused},
+      {{Input::Spawned, Input::Hello}, Input::TransferFailed},
+      {{Input::Spawned, Input::Hello}, Input::NewExited},
+      {{Input::Spawned, Input::Hello}, Input::Timeout},
+      {{Input::Spawned, Input::Hello}, Input::Cancel},
+      {{Input::Spawned, Input::Hello, Input::TransferDone}, Input::NewExited},
+      {{Input::Spawned, Input::Hello, Input::TransferDone}, Input::Timeout},
+      {{Input::Spawned, Input::Hello, Input::TransferDone}, Input::Cancel},
       {{Input::Spawned, Input::Ready}, Input::NewExited},
       {{Input::Spawned, Input::Ready}, Input::Timeout},
       {{Input::Spawned, Input::Ready}, Input::Cancel},
@@ -95,8 +122,14 @@ TEST_CASE("inputs out of order are ignored and not acted upon") {
   CHECK_FALSE(m.handle(Input::NewGone).accepted);
   CHECK(m.phase() == Phase::Spawning);
   m.handle(Input::Spawned);
-  CHECK_FALSE(m.handle(Input::Ready).accepted == false);  // now accepted
-  CHECK_FALSE(m.handle(Input::Ready).accepted);           // a second READY=1 changes nothing
+  CHECK_FALSE(m.handle(Input::TransferDone).accepted);  // no transfer before the hello
+  CHECK(m.handle(Input::Hello).accepted);
+  CHECK_FALSE(m.handle(Input::Hello).accepted);  // a second hello changes nothing
+  CHECK_FALSE(m.handle(Input::Ready).accepted);  // ready during the transfer waits for its end
+  CHECK(m.phase() == Phase::TransferringState);
+  CHECK(m.handle(Input::TransferDone).accepted);
+  CHECK(m.handle(Input::Ready).accepted);
+  CHECK_FALSE(m.handle(Input::Ready).accepted);  // a second READY=1 changes nothing
 }
 
 TEST_CASE("every transition the machine makes is in the table and the table has no way back") {
@@ -104,6 +137,8 @@ TEST_CASE("every transition the machine makes is in the table and the table has 
   // an allowed edge.
   const std::initializer_list<Input> paths[] = {{},
                                                 {Input::Spawned},
+                                                {Input::Spawned, Input::Hello},
+                                                {Input::Spawned, Input::Hello, Input::TransferDone},
                                                 {Input::Spawned, Input::Ready},
                                                 {Input::Spawned, Input::Ready, Input::HealthPassed},
                                                 {Input::Spawned, Input::Ready, Input::HealthPassed, Input::Promoted},
@@ -129,6 +164,8 @@ TEST_CASE("every transition the machine makes is in the table and the table has 
 }
 
 TEST_CASE("phase names are the documented ones") {
+  CHECK(phase_name(Phase::Handshake) == "handshake");
+  CHECK(phase_name(Phase::TransferringState) == "transferring-state");
   CHECK(phase_name(Phase::Warming) == "warming");
   CHECK(phase_name(Phase::HealthChecking) == "health-checking");
   CHECK(phase_name(Phase::DrainingOld) == "draining-old");

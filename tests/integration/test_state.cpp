@@ -1,0 +1,231 @@
+// SDK workers: the channel handshake, the state broker, and every way a transfer can fail.
+// Each upgrade ends with the old generation's data either in the new one or, after a rollback,
+// still served by the old one.
+#include <fmt/format.h>
+
+#include <map>
+
+#include "fixture.h"
+
+using namespace hotrestart::it;
+
+namespace {
+
+std::string sdk_bin() {
+  return bin_path("sdk-worker");
+}
+
+std::vector<std::string> sdk(std::vector<std::string> args) {
+  args.insert(args.begin(), sdk_bin());
+  return args;
+}
+
+// GET http://127.0.0.1:PORT/PATH with curl; the body, or "" with the error in `err`.
+std::string get(std::uint16_t port, const std::string& path) {
+  RunResult r = run({"curl", "-sS", "--max-time", "5", fmt::format("http://127.0.0.1:{}{}", port, path)}, {}, 10s);
+  return r.exit_code == 0 ? r.out : "curl failed: " + r.err;
+}
+
+// The "key=value" fields of a /state answer.
+std::map<std::string, std::string> state_of(std::uint16_t port) {
+  std::map<std::string, std::string> out;
+  std::string body = get(port, "/state");
+  std::size_t at = 0;
+  while (at < body.size()) {
+    const auto space = body.find(' ', at);
+    const std::string field = body.substr(at, space == std::string::npos ? std::string::npos : space - at);
+    if (const auto eq = field.find('='); eq != std::string::npos) {
+      std::string value = field.substr(eq + 1);
+      while (!value.empty() && value.back() == '\n')
+        value.pop_back();
+      // "reason=" runs to the end of the line.
+      if (field.substr(0, eq) == "reason") {
+        value = body.substr(at + eq + 1);
+        while (!value.empty() && value.back() == '\n')
+          value.pop_back();
+        out["reason"] = value;
+        break;
+      }
+      out[field.substr(0, eq)] = value;
+    }
+    if (space == std::string::npos) break;
+    at = space + 1;
+  }
+  return out;
+}
+
+// After a rollback: the old generation still serves, with all of its data.
+void check_old_serves(Supervisor& sup, pid_t old_pid, std::uint16_t port, int entries) {
+  CHECK(sup.active_pid() == old_pid);
+  CHECK(wait_until([&] { return sup.processes() == std::set<pid_t>{old_pid}; }, 10s));
+  CHECK(state_of(port)["entries"] == std::to_string(entries));
+  CHECK(get(port, "/data/key-7") == "value-7");
+}
+
+// Upgrades, requires success, and waits until the old generation has exited, so that no request
+// after this can be answered by it.
+RunResult upgrade_ok(Supervisor& sup, const std::vector<std::string>& command) {
+  const pid_t old_pid = sup.active_pid();
+  RunResult r = sup.upgrade_to(command);
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+  REQUIRE_MESSAGE(wait_until([&] { return !pid_alive(old_pid); }, 15s), "the old generation did not exit");
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("state: an SDK worker says hello and the first generation starts cold") {
+  Supervisor sup({}, sdk({"--fill", "10"}));
+  json s = sup.status_or_fail();
+  CHECK(s["generations"][0]["sdk"] == true);
+  auto st = state_of(sup.port());
+  CHECK(st["entries"] == "10");
+  CHECK(st["imported"] == "0");
+  CHECK(st["reason"] == "first generation");
+  CHECK(sup.proc().wait_output("uses the SDK", 5s));
+  sup.stop();
+}
+
+TEST_CASE("state: upgrades in both directions keep every entry, in the newest schema both sides know") {
+  Supervisor sup({"--state-required", "data"}, sdk({"--version", "v1", "--schemas", "1", "--fill", "1000"}));
+  const std::uint16_t port = sup.port();
+
+  // v1 -> v2: v2 reads 1 and 2, v1 writes only 1.
+  RunResult r = upgrade_ok(sup, sdk({"--version", "v2", "--schemas", "1,2"}));
+  CHECK(contains(r.out, "handshake"));
+  CHECK(contains(r.out, "transferring-state"));
+  CHECK(contains(r.out, "moving 1 section(s) from generation 1 to generation 2: data"));
+  CHECK(contains(r.out, "data: schema 1,"));
+  CHECK(contains(r.out, "1 of 1 section(s) imported"));
+  auto st = state_of(port);
+  CHECK(st["entries"] == "1000");
+  CHECK(st["imported"] == "1");
+  CHECK(st["schema"] == "1");
+  CHECK(get(port, "/data/key-999") == "value-999");
+  CHECK(contains(get(port, "/"), "version=v2"));
+  // The old generation was asked over its channel, and its on_drain callback ran.
+  CHECK(sup.proc().wait_output("asked to drain over its channel (replaced by generation 2)", 5s));
+  CHECK(sup.proc().wait_output("sdk-worker v1: drained", 5s));
+
+  // v2 -> v2: both write 2.
+  upgrade_ok(sup, sdk({"--version", "v2b", "--schemas", "1,2"}));
+  st = state_of(port);
+  CHECK(st["entries"] == "1000");
+  CHECK(st["schema"] == "2");
+
+  // v2 -> v1, the way back: v1 reads only 1, and v2 can still write it.
+  upgrade_ok(sup, sdk({"--version", "v1b", "--schemas", "1"}));
+  st = state_of(port);
+  CHECK(st["entries"] == "1000");
+  CHECK(st["schema"] == "1");
+  CHECK(get(port, "/data/key-0") == "value-0");
+
+  json s = sup.status_or_fail();
+  const json& t = s["last_transfer"];
+  CHECK(t["from_generation"] == 3);
+  CHECK(t["to_generation"] == 4);
+  CHECK(t["outcome"] == "done");
+  REQUIRE(t["imported"].size() == 1);
+  CHECK(t["imported"][0]["section"] == "data");
+  CHECK(t["imported"][0]["ok"] == true);
+  CHECK(t["imported"][0]["bytes"].get<std::uint64_t>() > 1000 * 10);
+  CHECK(t["exported"][0]["ok"] == true);
+  RunResult human = sup.cli({"status"});
+  CHECK(contains(human.out, "last state transfer: generation 3 -> 4: 1 of 1 section(s)"));
+  sup.stop();
+}
+
+TEST_CASE("state: a section with no common schema version starts cold, or rolls back when required") {
+  SUBCASE("not required: the new generation starts cold and serves") {
+    Supervisor sup({}, sdk({"--schemas", "1", "--fill", "50"}));
+    RunResult r = upgrade_ok(sup, sdk({"--version", "v3", "--schemas", "3"}));
+    CHECK(contains(r.out,
+                   "data: starts cold: no common schema version: the importer reads [3], the exporter writes [1]"));
+    auto st = state_of(sup.port());
+    CHECK(st["entries"] == "0");
+    CHECK(st["imported"] == "0");
+    sup.stop();
+  }
+  SUBCASE("required: the upgrade rolls back and the old generation keeps serving its data") {
+    Supervisor sup({"--state-required", "data"}, sdk({"--schemas", "1", "--fill", "50"}));
+    const pid_t old_pid = sup.active_pid();
+    RunResult r = sup.upgrade_to(sdk({"--version", "v3", "--schemas", "3"}));
+    CHECK_MESSAGE(r.exit_code == 1, r.out << r.err);
+    CHECK(contains(r.err, "required section 'data' was not imported: no common schema version"));
+    CHECK(contains(r.err, "still serves"));
+    // The new generation never served, so it is asked to stop, not to drain.
+    CHECK(sup.proc().wait_output("asked to stop over its channel (rolled back)", 5s));
+    check_old_serves(sup, old_pid, sup.port(), 50);
+    // And the next good upgrade goes through.
+    upgrade_ok(sup, sdk({"--version", "v2", "--schemas", "1,2"}));
+    CHECK(state_of(sup.port())["entries"] == "50");
+    sup.stop();
+  }
+}
+
+TEST_CASE("state: an exporter that fails half-way leaves the section cold, or rolls back when required") {
+  Supervisor sup({"--state-required", "data"}, sdk({"--export-fail", "--fill", "20"}));
+  const pid_t old_pid = sup.active_pid();
+  RunResult r = sup.upgrade_to(sdk({"--version", "v2"}));
+  CHECK_MESSAGE(r.exit_code == 1, r.out << r.err);
+  CHECK(contains(r.err, "required section 'data' was not imported"));
+  CHECK(contains(r.err, "the exporter failed on purpose"));
+  check_old_serves(sup, old_pid, sup.port(), 20);
+  sup.stop();
+}
+
+TEST_CASE("state: an importer that throws leaves the section cold, or rolls back when required") {
+  SUBCASE("not required") {
+    Supervisor sup({}, sdk({"--fill", "20"}));
+    RunResult r = upgrade_ok(sup, sdk({"--version", "v2", "--import-fail"}));
+    CHECK(contains(r.out, "data: starts cold: its load function failed: the importer failed on purpose"));
+    CHECK(state_of(sup.port())["entries"] == "0");
+    sup.stop();
+  }
+  SUBCASE("required") {
+    Supervisor sup({"--state-required", "data"}, sdk({"--fill", "20"}));
+    const pid_t old_pid = sup.active_pid();
+    RunResult r = sup.upgrade_to(sdk({"--version", "v2", "--import-fail"}));
+    CHECK_MESSAGE(r.exit_code == 1, r.out << r.err);
+    CHECK(contains(r.err, "its load function failed: the importer failed on purpose"));
+    check_old_serves(sup, old_pid, sup.port(), 20);
+    sup.stop();
+  }
+}
+
+TEST_CASE("state: an importer that crashes mid-import rolls back and the old generation keeps its data") {
+  Supervisor sup({}, sdk({"--fill", "20"}));
+  const pid_t old_pid = sup.active_pid();
+  RunResult r = sup.upgrade_to(sdk({"--version", "v2", "--import-crash"}));
+  CHECK_MESSAGE(r.exit_code == 1, r.out << r.err);
+  CHECK(contains(r.err, "was killed by SIGABRT"));
+  check_old_serves(sup, old_pid, sup.port(), 20);
+  upgrade_ok(sup, sdk({"--version", "v2"}));
+  CHECK(state_of(sup.port())["entries"] == "20");
+  sup.stop();
+}
+
+TEST_CASE("state: a worker speaking another channel protocol version is refused with a sentence") {
+  Supervisor sup({}, sdk({"--fill", "8"}));
+  const pid_t old_pid = sup.active_pid();
+  RunResult r = sup.upgrade_to(sdk({"--raw-hello", "2:3"}));
+  CHECK_MESSAGE(r.exit_code == 1, r.out << r.err);
+  CHECK(contains(r.err, "speaks worker channel protocol 2 to 3, and this supervisor speaks version 1"));
+  CHECK(sup.proc().wait_output("sdk-worker: refused: generation 2 speaks worker channel protocol 2 to 3", 5s));
+  check_old_serves(sup, old_pid, sup.port(), 8);
+  sup.stop();
+}
+
+TEST_CASE("state: more than 253 descriptors reach the next generation, close-on-exec") {
+  Supervisor sup({}, sdk({"--pass-fds", "300"}));
+  RunResult r = sup.upgrade_to(sdk({"--version", "v2"}));
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+  CHECK(sup.proc().wait_output("sdk-worker v2: generation 2, received 300 descriptor(s), cloexec=1", 5s));
+  // The drained generation took its copies with it; the supervisor holds none of them.
+  const auto fds = list_fds(sup.pid());
+  std::size_t memfds = 0;
+  for (const auto& fd : fds)
+    memfds += contains(fd.target, "sdk-worker-extra") ? 1 : 0;
+  CHECK(memfds == 0);
+  sup.stop();
+}

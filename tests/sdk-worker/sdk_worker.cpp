@@ -1,0 +1,275 @@
+// sdk-worker: a worker built on the SDK, for the integration tests of the channel and the state
+// broker. It serves a little HTTP on its "http" listener, one request per connection:
+//
+//   GET /            version=LABEL pid=PID generation=N
+//   GET /state       entries=N imported=0|1 schema=V reason=... fds=K cloexec=0|1
+//   GET /data/KEY    the value, or 404
+//
+// and keeps a section "data" (a map of strings) that it exports and imports.
+//
+// Flags:
+//   --version LABEL        label in responses (default v1)
+//   --schemas 1,2          schema versions of section "data" this binary reads and writes
+//   --fill N               start with N entries key-I = value-I (when nothing was imported)
+//   --pass-fds N           pass N descriptors (memfds) to the next generation as extra-0..
+//   --export-fail          the exporter throws half-way through
+//   --import-fail          the importer throws half-way through
+//   --import-crash         the importer aborts the process half-way through
+//   --raw-hello MIN:MAX    skip the SDK: say hello with these protocol versions, then wait
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <hotrestart/archive.h>
+#include <hotrestart/worker.h>
+#include <cereal/types/map.hpp>
+#include <cereal/types/string.hpp>
+
+#include "channel.h"
+
+namespace {
+
+struct Flags {
+  std::string version = "v1";
+  std::vector<std::uint32_t> schemas{1};
+  long fill = 0;
+  long pass_fds = 0;
+  bool export_fail = false;
+  bool import_fail = false;
+  bool import_crash = false;
+  std::string raw_hello;
+};
+
+std::mutex data_mutex;
+std::map<std::string, std::string> data;
+std::atomic<bool> draining{false};
+
+[[noreturn]] void usage(const std::string& why) {
+  std::fprintf(stderr, "sdk-worker: %s\n", why.c_str());
+  std::exit(64);
+}
+
+Flags parse(int argc, char** argv) {
+  Flags f;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) usage(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--version") {
+      f.version = value();
+    } else if (a == "--schemas") {
+      f.schemas.clear();
+      const std::string list = value();
+      for (std::size_t at = 0; at < list.size();) {
+        const auto comma = list.find(',', at);
+        f.schemas.push_back(static_cast<std::uint32_t>(std::stoul(list.substr(at, comma - at))));
+        at = comma == std::string::npos ? list.size() : comma + 1;
+      }
+    } else if (a == "--fill") {
+      f.fill = std::stol(value());
+    } else if (a == "--pass-fds") {
+      f.pass_fds = std::stol(value());
+    } else if (a == "--export-fail") {
+      f.export_fail = true;
+    } else if (a == "--import-fail") {
+      f.import_fail = true;
+    } else if (a == "--import-crash") {
+      f.import_crash = true;
+    } else if (a == "--raw-hello") {
+      f.raw_hello = value();
+    } else {
+      usage("unknown flag " + a);
+    }
+  }
+  return f;
+}
+
+// Schema 1 stores the map; schema 2 also stores the version label that wrote it, so that the two
+// layouts really differ.
+void save(const Flags& f, std::uint32_t version, std::ostream& out) {
+  std::lock_guard lock(data_mutex);
+  hotrestart::OutputArchive archive(out);
+  if (version >= 2) archive(std::string("written by ") + f.version);
+  if (f.export_fail) {
+    archive(std::uint64_t{data.size()});
+    throw std::runtime_error("the exporter failed on purpose");
+  }
+  archive(data);
+}
+
+void load(const Flags& f, std::uint32_t version, std::istream& in) {
+  hotrestart::InputArchive archive(in);
+  if (version >= 2) {
+    std::string writer;
+    archive(writer);
+  }
+  if (f.import_crash) std::abort();
+  if (f.import_fail) throw std::runtime_error("the importer failed on purpose");
+  std::map<std::string, std::string> staging;
+  archive(staging);
+  std::lock_guard lock(data_mutex);
+  data.swap(staging);
+}
+
+int raw_hello(const std::string& range) {
+  const char* env = std::getenv("HOTRESTART_CHANNEL_FD");
+  if (env == nullptr) usage("--raw-hello needs a supervisor");
+  const int fd = std::atoi(env);
+  // The rollback's drain signal must not cut the report of the refusal short.
+  ::signal(SIGTERM, SIG_IGN);
+  hotrestart::wire::Hello hello;
+  hello.min_version = static_cast<std::uint16_t>(std::stoul(range.substr(0, range.find(':'))));
+  hello.max_version = static_cast<std::uint16_t>(std::stoul(range.substr(range.find(':') + 1)));
+  hello.pid = static_cast<std::int32_t>(::getpid());
+  hello.sdk = "raw";
+  if (auto ok = hotrestart::wire::send_message(fd, hello, {}, hotrestart::wire::Blocking::Yes); !ok) {
+    std::fprintf(stderr, "sdk-worker: hello: %s\n", ok.error().text().c_str());
+    return 1;
+  }
+  auto answer = hotrestart::wire::receive_message(fd, hotrestart::wire::Blocking::Yes);
+  if (answer) {
+    if (const auto* refuse = std::get_if<hotrestart::wire::Refuse>(&answer->message)) {
+      std::fprintf(stderr, "sdk-worker: refused: %s\n", refuse->reason.c_str());
+      return 3;
+    }
+  }
+  std::fprintf(stderr, "sdk-worker: not refused\n");
+  return 0;
+}
+
+std::string respond(const std::string& path, const Flags& f, const hotrestart::Worker& worker, int& status) {
+  status = 200;
+  if (path == "/") {
+    return "version=" + f.version + " pid=" + std::to_string(::getpid()) +
+           " generation=" + std::to_string(worker.generation()) + "\n";
+  }
+  if (path == "/state") {
+    std::size_t entries = 0;
+    {
+      std::lock_guard lock(data_mutex);
+      entries = data.size();
+    }
+    std::string out = "entries=" + std::to_string(entries);
+    for (const auto& s : worker.imported()) {
+      out += " imported=" + std::string(s.imported ? "1" : "0") + " schema=" + std::to_string(s.version);
+      if (!s.reason.empty()) out += " reason=" + s.reason;
+    }
+    return out + "\n";
+  }
+  if (path.starts_with("/data/")) {
+    std::lock_guard lock(data_mutex);
+    auto it = data.find(path.substr(6));
+    if (it != data.end()) return it->second;
+    status = 404;
+    return "not found\n";
+  }
+  status = 404;
+  return "not found\n";
+}
+
+void serve_one(int conn, const Flags& f, const hotrestart::Worker& worker) {
+  std::string request;
+  char buf[4096];
+  while (request.find("\r\n\r\n") == std::string::npos && request.size() < 16384) {
+    pollfd p{conn, POLLIN, 0};
+    if (::poll(&p, 1, 5000) <= 0) return;
+    const ssize_t n = ::read(conn, buf, sizeof buf);
+    if (n <= 0) return;
+    request.append(buf, static_cast<std::size_t>(n));
+  }
+  const auto sp1 = request.find(' ');
+  const auto sp2 = request.find(' ', sp1 + 1);
+  const std::string path = sp1 == std::string::npos ? "/" : request.substr(sp1 + 1, sp2 - sp1 - 1);
+  int status = 200;
+  const std::string body = respond(path, f, worker, status);
+  const std::string reply = "HTTP/1.1 " + std::to_string(status) + (status == 200 ? " OK" : " Not Found") +
+                            "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" +
+                            body;
+  [[maybe_unused]] auto w = ::write(conn, reply.data(), reply.size());
+  ::shutdown(conn, SHUT_WR);
+  while (::read(conn, buf, sizeof buf) > 0) {
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Flags f = parse(argc, argv);
+  if (!f.raw_hello.empty()) return raw_hello(f.raw_hello);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  hotrestart::Worker worker({.fallback_listen = {{"http", "127.0.0.1:0"}}});
+  worker.add_section({.name = "data",
+                      .versions = f.schemas,
+                      .save = [&f](std::uint32_t v, std::ostream& out) { save(f, v, out); },
+                      .load = [&f](std::uint32_t v, std::istream& in) { load(f, v, in); },
+                      .apply_delta = {}});
+  worker.on_drain([] { draining = true; });
+  if (auto error = worker.start(); !error.empty()) {
+    std::fprintf(stderr, "sdk-worker: %s\n", error.c_str());
+    return 1;
+  }
+  {
+    std::lock_guard lock(data_mutex);
+    if (data.empty()) {
+      for (long i = 0; i < f.fill; ++i)
+        data["key-" + std::to_string(i)] = "value-" + std::to_string(i);
+    }
+  }
+  for (long i = 0; i < f.pass_fds; ++i) {
+    hotrestart::Fd memfd(::memfd_create("sdk-worker-extra", MFD_CLOEXEC));
+    if (!memfd || !worker.pass_fd("extra-" + std::to_string(i), memfd.get())) {
+      std::fprintf(stderr, "sdk-worker: cannot pass descriptor %ld\n", i);
+      return 1;
+    }
+  }
+  // What the previous generation passed: every one must be close-on-exec.
+  int received = 0;
+  int cloexec = 1;
+  for (int i = 0;; ++i) {
+    hotrestart::Fd fd = worker.take_fd("extra-" + std::to_string(i));
+    if (!fd) break;
+    ++received;
+    if ((::fcntl(fd.get(), F_GETFD) & FD_CLOEXEC) == 0) cloexec = 0;
+  }
+  std::fprintf(stderr, "sdk-worker %s: generation %llu, received %d descriptor(s), cloexec=%d\n", f.version.c_str(),
+               static_cast<unsigned long long>(worker.generation()), received, cloexec);
+  for (const auto& s : worker.imported()) {
+    std::fprintf(stderr, "sdk-worker %s: section %s: %s\n", f.version.c_str(), s.name.c_str(),
+                 s.imported ? ("imported, schema " + std::to_string(s.version)).c_str() : s.reason.c_str());
+  }
+
+  hotrestart::Fd listener = worker.take_listener("http");
+  if (!listener) {
+    std::fprintf(stderr, "sdk-worker: no listener named http\n");
+    return 1;
+  }
+  // Non-blocking, because another generation may accept the connection poll() announced.
+  ::fcntl(listener.get(), F_SETFL, ::fcntl(listener.get(), F_GETFL) | O_NONBLOCK);
+  worker.ready();
+  while (!draining.load()) {
+    pollfd p{listener.get(), POLLIN, 0};
+    if (::poll(&p, 1, 50) <= 0) continue;
+    hotrestart::Fd conn(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (conn) serve_one(conn.get(), f, worker);
+  }
+  // Draining: close this generation's copy of the listener (never shutdown()) and exit.
+  listener.reset();
+  std::fprintf(stderr, "sdk-worker %s: drained\n", f.version.c_str());
+  return 0;
+}

@@ -1,0 +1,156 @@
+// hotrestart worker SDK: receive listening sockets, report readiness, drain, and carry in-memory
+// state and open descriptors from one generation of a server to the next.
+//
+//   hotrestart::Worker worker({.fallback_listen = {{"http", "127.0.0.1:8080"}}});
+//   worker.add_section({.name = "cache", .versions = {1, 2},
+//                       .save = [&](std::uint32_t v, std::ostream& out) { cache.save(v, out); },
+//                       .load = [&](std::uint32_t v, std::istream& in) { cache.load(v, in); }});
+//   worker.on_drain([&] { server.stop_accepting_then_exit(); });
+//   if (auto error = worker.start(); !error.empty()) { fprintf(stderr, "%s\n", error.c_str()); return 1; }
+//   server.serve(worker.listener("http"));   // the state was imported before start() returned
+//   worker.ready();
+//
+// Under `hotrestart run` the worker talks to the supervisor over a channel (an anonymous socket
+// whose fd number is in HOTRESTART_CHANNEL_FD). Started by systemd (LISTEN_FDS, NOTIFY_SOCKET) it
+// uses those; started by hand it binds `fallback_listen` itself, so `./server` runs during
+// development. hotrestart/testing.h has a stub for unit tests of applications.
+//
+// Threads. start() and every `load` run on the thread that calls start(). The SDK then runs the
+// channel on a thread of its own; `save`, `apply_delta`, on_drain, on_stop, on_fd and
+// on_previous_gone run there, one at a time, so they must synchronise with the application's
+// threads (a `save` must see a consistent state: take the lock the writers take). The SDK never
+// touches the application's event loop and installs no signal handler.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <istream>
+#include <map>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <hotrestart/fd.h>
+
+namespace hotrestart {
+
+// A named piece of in-memory state carried to the next generation.
+//
+// The importer lists the schema versions it can read; the exporter writes the newest of those it
+// can produce, so upgrades and downgrades both keep the state. The SDK frames the bytes (name,
+// version, sequence, length, checksum) and validates the frame before `load` sees a byte. A section
+// is imported whole or not at all: `load` must build into a staging object and swap only at the
+// end; if it throws, the section starts cold (or, if the operator made it required, the upgrade
+// rolls back) and the reason is reported.
+struct Section {
+  std::string name;                     // 1-64 characters: letters, digits, '-', '_', '.'.
+  std::vector<std::uint32_t> versions;  // Schema versions this binary reads and writes (>= 1).
+  std::function<void(std::uint32_t version, std::ostream& out)> save;
+  std::function<void(std::uint32_t version, std::istream& in)> load;
+  // Optional: applies one change published by the previous generation with publish_delta(),
+  // encoded in the version negotiated for this section. Changes must be idempotent: one made
+  // while `save` ran may arrive both in the snapshot and as a delta.
+  std::function<void(std::uint32_t version, std::string_view delta)> apply_delta;
+};
+
+// What start() brought over from the previous generation, section by section.
+struct ImportedSection {
+  std::string name;
+  bool imported = false;      // false: the section starts cold, for `reason`.
+  std::uint32_t version = 0;  // The schema version it was imported in.
+  std::uint64_t bytes = 0;    // Payload size.
+  std::string reason;         // Why it starts cold ("no common schema version: ...").
+};
+
+// How the worker was started, as start() found out.
+enum class Mode {
+  Supervised,  // by `hotrestart run`, with a channel: state, fds and drain messages.
+  Systemd,     // with LISTEN_FDS / NOTIFY_SOCKET and no channel: no state carried.
+  Standalone,  // by hand: the listeners were bound from `fallback_listen`.
+  Stub,        // by hotrestart::testing::StubSupervisor.
+};
+std::string_view mode_name(Mode mode);
+
+class Worker {
+ public:
+  struct Options {
+    // Listener name -> "HOST:PORT" ("[::1]:PORT" for IPv6, port 0 for any free port), bound
+    // by the worker itself when it is started without a supervisor.
+    std::map<std::string, std::string> fallback_listen;
+    // Bounds start(): the handshake and the state import together.
+    std::chrono::milliseconds start_timeout{60'000};
+    // How long the destructor waits to hand queued deltas and fds to the next generation.
+    std::chrono::milliseconds flush_timeout{5'000};
+    // The largest section this worker imports; a larger one starts cold.
+    std::uint64_t max_section_bytes = std::uint64_t{64} << 30;
+    // The most bytes of deltas and descriptors waiting for the next generation; past it,
+    // publish_delta() returns false.
+    std::size_t max_queued_bytes = std::size_t{64} << 20;
+  };
+
+  Worker();
+  explicit Worker(Options options);
+  ~Worker();  // Flushes what is queued for the next generation (bounded), then disconnects.
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Before start().
+  void add_section(Section section);
+  // The supervisor asks this generation to drain: close the listeners (close(), never
+  // shutdown(): the socket is shared with the next generation), finish in-flight work, exit.
+  // Without a callback the SDK raises SIGTERM in the process, as a plain worker would get it.
+  void on_drain(std::function<void()> callback);
+  // The supervisor asks this generation to stop at once. Without a callback: SIGKILL.
+  void on_stop(std::function<void()> callback);
+  // A descriptor the previous generation handed over after start() returned (pass_fd() during
+  // its drain, such as an idle keep-alive connection). The callback owns it.
+  void on_fd(std::function<void(std::string name, Fd fd)> callback);
+  // The previous generation has exited: no more deltas or descriptors will arrive.
+  void on_previous_gone(std::function<void()> callback);
+
+  // Connects to the supervisor (or reads LISTEN_FDS, or binds the fallback addresses), receives
+  // the listeners, and imports the previous generation's state. Returns an empty string on
+  // success, otherwise a sentence saying what failed; the application should then exit non-zero
+  // (an upgrade rolls back). Call once.
+  [[nodiscard]] std::string start();
+
+  Mode mode() const;
+  std::uint64_t generation() const;  // 1, 2, ... under a supervisor; 0 otherwise.
+
+  // The listening socket of that name, or -1. The Worker owns it until take_listener().
+  int listener(std::string_view name) const;
+  Fd take_listener(std::string_view name);
+  std::vector<std::string> listener_names() const;
+
+  // A descriptor the previous generation passed with pass_fd() before the state transfer, or an
+  // empty Fd.
+  Fd take_fd(std::string_view name);
+  const std::vector<ImportedSection>& imported() const;
+
+  // Tells the supervisor that this generation serves. Under systemd: sd_notify READY=1.
+  void ready();
+  // A short status line for `hotrestart status` (at most 256 bytes are kept).
+  void status(std::string_view text);
+
+  // Hands a duplicate of `fd` to the next generation. Before an upgrade it waits and goes with
+  // the state; during this generation's drain it goes at once (on_fd() in the next one). Returns
+  // false when nothing can receive it (no next generation, or it failed): then keep or close it.
+  bool pass_fd(std::string name, int fd);
+
+  // Streams a change made after this section's snapshot to the next generation. `encode` is
+  // called (at once, on this thread) only while a transfer of the section is under way, with the
+  // negotiated version. Returns false only when the change could not be queued (too large, or
+  // too much is waiting): a write should then be refused rather than acknowledged.
+  bool publish_delta(std::string_view section, const std::function<std::string(std::uint32_t version)>& encode);
+
+  class Impl;
+
+ private:
+  friend class testing_access;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace hotrestart

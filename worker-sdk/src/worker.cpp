@@ -1,0 +1,888 @@
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <istream>
+
+#include "section.h"
+#include "worker_impl.h"
+
+namespace hotrestart {
+namespace {
+
+constexpr const char* kSdkName = "hotrestart-worker 0.1";
+
+// The SDK reports to stderr, like the rest of a worker's diagnostics, so that the supervisor's
+// log and the terminal show it.
+__attribute__((format(printf, 1, 2))) void say(const char* format, ...) {
+  char line[1024];
+  va_list args;
+  va_start(args, format);
+  std::vsnprintf(line, sizeof line, format, args);
+  va_end(args);
+  std::fprintf(stderr, "hotrestart-worker[%d]: %s\n", static_cast<int>(::getpid()), line);
+}
+
+std::uint64_t micros_since(std::chrono::steady_clock::time_point t) {
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t).count());
+}
+
+int ms_until(std::chrono::steady_clock::time_point deadline) {
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+  return static_cast<int>(std::clamp<std::int64_t>(left.count(), 0, 24 * 3600 * 1000));
+}
+
+std::string versions_text(const std::vector<std::uint32_t>& versions) {
+  std::string out;
+  for (auto v : versions)
+    out += (out.empty() ? "" : ", ") + std::to_string(v);
+  return "[" + out + "]";
+}
+
+bool parse_int(std::string_view text, int& out) {
+  const auto* end = text.data() + text.size();
+  auto [ptr, ec] = std::from_chars(text.data(), end, out);
+  return ec == std::errc() && ptr == end;
+}
+
+void set_cloexec(int fd) {
+  const int flags = ::fcntl(fd, F_GETFD);
+  if (flags >= 0) ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+}
+
+// Receives one message from `fd`, waiting no later than `deadline`.
+Result<wire::Received> receive_until(int fd, std::chrono::steady_clock::time_point deadline, const char* waiting_for) {
+  for (;;) {
+    if (!wire::wait_readable(fd, ms_until(deadline))) {
+      return Error::message(std::string("timed out waiting for ") + waiting_for);
+    }
+    auto r = wire::receive_message(fd, wire::Blocking::No);
+    if (!r && r.error().code() == EAGAIN) continue;
+    return r;
+  }
+}
+
+// "HOST:PORT" or "[V6]:PORT" into a socket address.
+Result<sockaddr_storage> parse_address(const std::string& spec) {
+  sockaddr_storage out{};
+  std::string host;
+  std::string port;
+  if (spec.starts_with('[')) {
+    const auto close = spec.find("]:");
+    if (close == std::string::npos) return Error::message("expected [IPV6]:PORT");
+    host = spec.substr(1, close - 1);
+    port = spec.substr(close + 2);
+  } else {
+    const auto colon = spec.rfind(':');
+    if (colon == std::string::npos) return Error::message("expected HOST:PORT");
+    host = spec.substr(0, colon);
+    port = spec.substr(colon + 1);
+  }
+  int p = -1;
+  if (!parse_int(port, p) || p < 0 || p > 65535) return Error::message("the port must be 0 to 65535");
+  if (host == "localhost") host = "127.0.0.1";
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&out);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&out);
+  if (::inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(static_cast<std::uint16_t>(p));
+  } else if (::inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(static_cast<std::uint16_t>(p));
+  } else {
+    return Error::message("'" + host + "' is not a numeric IPv4 or IPv6 address");
+  }
+  return out;
+}
+
+Result<Fd> bind_listener(const std::string& spec) {
+  auto addr = parse_address(spec);
+  if (!addr) return addr.error();
+  Fd fd(::socket(addr->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return Error::from_errno("socket");
+  const int one = 1;
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  const socklen_t len = addr->ss_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
+  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr.value()), len) != 0) return Error::from_errno("bind");
+  if (::listen(fd.get(), SOMAXCONN) != 0) return Error::from_errno("listen");
+  return fd;
+}
+
+// A datagram in systemd's notify format to `path` ('@' = abstract namespace).
+void sd_notify_to(const std::string& path, std::string_view message) {
+  sockaddr_un addr{};
+  if (path.empty() || path.size() >= sizeof addr.sun_path) return;
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size());
+  if (addr.sun_path[0] == '@') {
+    addr.sun_path[0] = '\0';
+  } else {
+    ++len;
+  }
+  Fd fd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!fd) return;
+  ::sendto(fd.get(), message.data(), message.size(), MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&addr), len);
+}
+
+const Section* find_section(const std::vector<Section>& sections, std::string_view name) {
+  for (const auto& s : sections) {
+    if (s.name == name) return &s;
+  }
+  return nullptr;
+}
+
+// The newest version both sides know, or 0.
+std::uint32_t negotiate(const std::vector<std::uint32_t>& ours, const std::vector<std::uint32_t>& theirs) {
+  std::uint32_t best = 0;
+  for (auto v : ours) {
+    if (v > best && std::find(theirs.begin(), theirs.end(), v) != theirs.end()) best = v;
+  }
+  return best;
+}
+
+std::size_t message_bytes(const wire::Message& m) {
+  if (const auto* d = std::get_if<wire::Delta>(&m)) return d->payload.size() + d->section.size() + 64;
+  return 256;
+}
+
+}  // namespace
+
+std::string_view mode_name(Mode mode) {
+  switch (mode) {
+    case Mode::Supervised:
+      return "supervised";
+    case Mode::Systemd:
+      return "systemd";
+    case Mode::Standalone:
+      return "standalone";
+    case Mode::Stub:
+      return "stub";
+  }
+  return "?";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start
+
+Status Worker::Impl::check_sections() const {
+  for (std::size_t i = 0; i < sections.size(); ++i) {
+    const Section& s = sections[i];
+    if (!wire::valid_name(s.name) || s.name.size() > 64) {
+      return Error::message("section name '" + s.name + "' is not valid (1-64 of A-Z a-z 0-9 . _ -)");
+    }
+    if (s.versions.empty() || s.versions.size() > wire::kMaxVersions) {
+      return Error::message("section '" + s.name + "' needs 1 to 64 schema versions");
+    }
+    if (std::find(s.versions.begin(), s.versions.end(), 0U) != s.versions.end()) {
+      return Error::message("section '" + s.name + "': schema versions start at 1");
+    }
+    if (!s.save && !s.load) return Error::message("section '" + s.name + "' has neither save nor load");
+    for (std::size_t j = 0; j < i; ++j) {
+      if (sections[j].name == s.name) return Error::message("section '" + s.name + "' is added twice");
+    }
+  }
+  return {};
+}
+
+std::string Worker::Impl::start() {
+  if (started) return "hotrestart::Worker::start() was called twice";
+  started = true;
+  if (auto ok = check_sections(); !ok) return ok.error().text();
+  const auto deadline = Clock::now() + options.start_timeout;
+
+  const char* channel_env = std::getenv("HOTRESTART_CHANNEL_FD");
+  if (channel_env != nullptr) {
+    int fd = -1;
+    if (!parse_int(channel_env, fd) || fd < 3) {
+      return std::string("HOTRESTART_CHANNEL_FD='") + channel_env + "' is not a descriptor number";
+    }
+    ::unsetenv("HOTRESTART_CHANNEL_FD");  // Programs this worker starts must not take it for theirs.
+    mode = Mode::Supervised;
+    if (auto ok = start_supervised(fd, deadline); !ok) return "cannot start under the supervisor: " + ok.error().text();
+    return {};
+  }
+  const char* listen_pid = std::getenv("LISTEN_PID");
+  const char* listen_fds = std::getenv("LISTEN_FDS");
+  int pid = 0;
+  int count = 0;
+  if (listen_pid != nullptr && listen_fds != nullptr && parse_int(listen_pid, pid) && pid == ::getpid() &&
+      parse_int(listen_fds, count) && count > 0) {
+    mode = Mode::Systemd;
+    if (auto ok = start_systemd(count); !ok) return ok.error().text();
+    return {};
+  }
+  mode = Mode::Standalone;
+  if (const char* ns = std::getenv("NOTIFY_SOCKET")) notify_socket = ns;
+  for (const auto& s : sections)
+    imported.push_back({s.name, false, 0, 0, "started without a supervisor"});
+  if (auto ok = start_standalone(); !ok) return ok.error().text();
+  return {};
+}
+
+std::string Worker::Impl::start_stub(std::uint64_t number) {
+  if (started) return "hotrestart::Worker::start() was called twice";
+  started = true;
+  if (auto ok = check_sections(); !ok) return ok.error().text();
+  mode = Mode::Stub;
+  generation = number;
+  for (const auto& s : sections)
+    imported.push_back({s.name, false, 0, 0, "first generation"});
+  if (auto ok = start_standalone(); !ok) return ok.error().text();
+  return {};
+}
+
+Status Worker::Impl::start_standalone() {
+  for (const auto& [name, address] : options.fallback_listen) {
+    auto fd = bind_listener(address);
+    if (!fd) return fd.error().context("listener " + name + " (" + address + ")");
+    listeners.emplace_back(name, std::move(fd).value());
+  }
+  return {};
+}
+
+Status Worker::Impl::start_systemd(int count) {
+  std::vector<std::string> names;
+  if (const char* env = std::getenv("LISTEN_FDNAMES")) {
+    std::string_view rest = env;
+    while (!rest.empty()) {
+      const auto colon = rest.find(':');
+      names.emplace_back(rest.substr(0, colon));
+      rest = colon == std::string_view::npos ? std::string_view{} : rest.substr(colon + 1);
+    }
+  }
+  for (int i = 0; i < count; ++i) {
+    const int fd = 3 + i;
+    set_cloexec(fd);
+    std::string name = i < static_cast<int>(names.size()) && !names[i].empty() ? names[i] : "unknown";
+    listeners.emplace_back(std::move(name), Fd(fd));
+  }
+  for (const char* v : {"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"})
+    ::unsetenv(v);
+  if (const char* ns = std::getenv("NOTIFY_SOCKET")) notify_socket = ns;
+  for (const auto& s : sections)
+    imported.push_back({s.name, false, 0, 0, "no supervisor channel (systemd mode)"});
+  return {};
+}
+
+Status Worker::Impl::start_supervised(int channel_fd, Clock::time_point deadline) {
+  struct stat st {};
+  int type = 0;
+  socklen_t type_len = sizeof type;
+  if (::fstat(channel_fd, &st) != 0 || !S_ISSOCK(st.st_mode) ||
+      ::getsockopt(channel_fd, SOL_SOCKET, SO_TYPE, &type, &type_len) != 0 || type != SOCK_SEQPACKET) {
+    return Error::message("HOTRESTART_CHANNEL_FD=" + std::to_string(channel_fd) + " is not a seqpacket socket");
+  }
+  set_cloexec(channel_fd);
+  channel.reset(channel_fd);
+
+  wire::Hello hello;
+  hello.pid = static_cast<std::int32_t>(::getpid());
+  hello.sdk = kSdkName;
+  for (const auto& s : sections) {
+    if (s.load) hello.imports.push_back({s.name, s.versions});
+    if (s.save) hello.exports.push_back({s.name, s.versions});
+  }
+  if (auto ok = wire::send_message(channel.get(), hello, {}, wire::Blocking::Yes); !ok)
+    return ok.error().context("hello");
+
+  auto welcome_msg = receive_until(channel.get(), deadline, "the supervisor's welcome");
+  if (!welcome_msg) return welcome_msg.error();
+  if (const auto* refuse = std::get_if<wire::Refuse>(&welcome_msg->message)) {
+    return Error::message("the supervisor refused this worker: " + refuse->reason);
+  }
+  const auto* welcome = std::get_if<wire::Welcome>(&welcome_msg->message);
+  if (welcome == nullptr) {
+    return Error::message(std::string("expected welcome, got ") +
+                          std::string(wire::type_name(wire::type_of(welcome_msg->message))));
+  }
+  generation = welcome->generation;
+
+  // The listeners, in batches of at most 253.
+  while (listeners.size() < welcome->listeners) {
+    auto batch = receive_until(channel.get(), deadline, "the listening sockets");
+    if (!batch) return batch.error();
+    const auto* names = std::get_if<wire::Listeners>(&batch->message);
+    if (names == nullptr) return Error::message("expected listeners from the supervisor");
+    if (listeners.size() + names->names.size() > welcome->listeners) {
+      return Error::message("the supervisor sent more listeners than it announced");
+    }
+    for (std::size_t i = 0; i < names->names.size(); ++i) {
+      listeners.emplace_back(names->names[i], std::move(batch->fds[i]));
+    }
+  }
+  // The same sockets were inherited at fd 3.. for workers without the SDK; this worker has its
+  // own copies now, so the inherited ones are closed rather than leaked.
+  const char* listen_pid = std::getenv("LISTEN_PID");
+  const char* listen_fds = std::getenv("LISTEN_FDS");
+  int pid = 0;
+  int count = 0;
+  if (listen_pid != nullptr && listen_fds != nullptr && parse_int(listen_pid, pid) && pid == ::getpid() &&
+      parse_int(listen_fds, count) && count > 0 && 3 + count <= channel_fd) {
+    for (int fd = 3; fd < 3 + count; ++fd)
+      ::close(fd);
+  }
+  for (const char* v : {"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"})
+    ::unsetenv(v);
+
+  auto begin = receive_until(channel.get(), deadline, "the state transfer plan");
+  if (!begin) return begin.error();
+  const auto* plan = std::get_if<wire::BeginImport>(&begin->message);
+  if (plan == nullptr) return Error::message("expected begin-import from the supervisor");
+  wire::TransferTotals totals;
+  if (plan->from_generation == 0) {
+    for (const auto& s : sections) {
+      if (s.load) imported.push_back({s.name, false, 0, 0, plan->note.empty() ? "no previous generation" : plan->note});
+    }
+  } else {
+    peer_in = std::move(begin->fds.at(0));
+    totals = import_from(peer_in.get(), plan->plan, deadline,
+                         [this](const wire::SectionReport& r) { send_channel(wire::SectionImported{r}); });
+  }
+  send_channel(wire::ImportFinished{totals});
+
+  auto efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (efd < 0) return Error::from_errno("eventfd");
+  wake_fd.reset(efd);
+  thread = std::thread([this] { run_thread(); });
+  return {};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Import (this generation is the new one)
+
+wire::TransferTotals Worker::Impl::import_from(int peer, const std::vector<wire::SectionVersions>& plan,
+                                               Clock::time_point deadline,
+                                               const std::function<void(const wire::SectionReport&)>& report) {
+  const auto t0 = Clock::now();
+  wire::TransferTotals totals;
+  std::map<std::string, ImportedSection> results;
+  for (const auto& p : plan)
+    results[p.name] = {p.name, false, 0, 0, "the previous generation did not send it"};
+  std::string cut_short;
+  for (;;) {
+    auto r = receive_until(peer, deadline, "the previous generation's snapshot");
+    if (!r) {
+      const bool closed = r.error().code() == EPIPE || r.error().code() == ECONNRESET;
+      cut_short =
+          closed ? "the previous generation closed the link before its snapshot was complete" : r.error().text();
+      break;
+    }
+    if (std::holds_alternative<wire::SnapshotEnd>(r->message)) break;
+    if (auto* fds = std::get_if<wire::Fds>(&r->message)) {
+      for (std::size_t i = 0; i < fds->names.size(); ++i)
+        received_fds.emplace_back(fds->names[i], std::move(r->fds[i]));
+      continue;
+    }
+    if (auto* missing = std::get_if<wire::SectionUnavailable>(&r->message)) {
+      if (auto it = results.find(missing->name); it != results.end()) it->second.reason = missing->reason;
+      report({missing->name, false, 0, 0, 0, missing->reason});
+      continue;
+    }
+    auto* offer = std::get_if<wire::SectionOffer>(&r->message);
+    if (offer == nullptr) {
+      cut_short = std::string("unexpected ") + std::string(wire::type_name(wire::type_of(r->message))) +
+                  " before the snapshot was complete";
+      break;
+    }
+    ++totals.sections;
+    const auto section_start = Clock::now();
+    ImportedSection result{offer->name, false, offer->version, offer->length, {}};
+    const Section* section = find_section(sections, offer->name);
+    auto planned = results.find(offer->name);
+    if (section == nullptr || !section->load || planned == results.end()) {
+      result.reason = "offered a section this generation does not import";
+    } else if (std::find(section->versions.begin(), section->versions.end(), offer->version) ==
+               section->versions.end()) {
+      result.reason =
+          "offered schema version " + std::to_string(offer->version) + ", which this generation cannot read";
+    } else if (auto mapped = wire::open_section(std::move(r->fds.at(0)), *offer, options.max_section_bytes); !mapped) {
+      result.reason = mapped.error().text();
+    } else {
+      wire::SpanStreamBuf buffer(mapped->payload());
+      std::istream in(&buffer);
+      try {
+        section->load(offer->version, in);
+        result.imported = true;
+      } catch (const std::exception& e) {
+        result.reason = std::string("its load function failed: ") + e.what();
+      } catch (...) {
+        result.reason = "its load function failed with an unknown exception";
+      }
+    }
+    const auto micros = micros_since(section_start);
+    if (result.imported) {
+      ++totals.done;
+      totals.bytes += result.bytes;
+    }
+    report({result.name, result.imported, result.version, result.bytes, micros, result.reason});
+    if (planned != results.end()) planned->second = result;
+  }
+  for (auto& [name, result] : results) {
+    if (!result.imported && !cut_short.empty() && result.reason == "the previous generation did not send it") {
+      result.reason = cut_short;
+    }
+    imported.push_back(result);
+  }
+  totals.micros = micros_since(t0);
+  return totals;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Export (this generation is the old one)
+
+wire::TransferTotals Worker::Impl::export_to(Fd peer, std::uint64_t sequence,
+                                             const std::vector<wire::SectionVersions>& plan,
+                                             const std::function<void(const wire::SectionReport&)>& report) {
+  const auto t0 = Clock::now();
+  const int link = peer.get();
+  {
+    std::lock_guard lock(mutex);
+    peer_out = std::move(peer);
+    snapshot_sent = false;
+    streaming.clear();
+    peer_queue.clear();
+    peer_queue_bytes = 0;
+  }
+  wire::TransferTotals totals;
+  bool link_ok = true;
+  auto send = [&](const wire::Message& m, std::span<const int> fds) {
+    if (!link_ok) return;
+    if (auto ok = wire::send_message(link, m, fds, wire::Blocking::Yes); !ok) {
+      say("the next generation's link failed: %s", ok.error().text().c_str());
+      link_ok = false;
+    }
+  };
+  for (const auto& p : plan) {
+    ++totals.sections;
+    const auto section_start = Clock::now();
+    wire::SectionReport r{p.name, false, 0, 0, 0, {}};
+    const Section* section = find_section(sections, p.name);
+    if (section == nullptr || !section->save) {
+      r.reason = "generation " + std::to_string(generation) + " has no section '" + p.name + "' to export";
+    } else if (const auto v = negotiate(section->versions, p.versions); v == 0) {
+      r.reason = "no common schema version: the importer reads " + versions_text(p.versions) +
+                 ", the exporter writes " + versions_text(section->versions);
+    } else {
+      r.version = v;
+      // Streaming starts before the snapshot, so that a change made while `save` runs is in the
+      // snapshot, in a delta, or in both (deltas are idempotent), and never in neither.
+      {
+        std::lock_guard lock(mutex);
+        streaming[p.name] = v;
+      }
+      auto written = wire::write_section(
+          p.name, v, sequence, [&](std::ostream& out) { section->save(v, out); }, std::uint64_t{1} << 46);
+      if (!written) {
+        r.reason = written.error().text();
+      } else {
+        r.ok = true;
+        r.bytes = written->offer.length;
+        const int memfd = written->memfd.get();
+        send(written->offer, std::span<const int>(&memfd, 1));
+      }
+    }
+    r.micros = micros_since(section_start);
+    if (!r.ok) send(wire::SectionUnavailable{r.name, r.reason}, {});
+    if (r.ok) {
+      ++totals.done;
+      totals.bytes += r.bytes;
+    }
+    report(r);
+  }
+  {
+    // Descriptors passed for the next generation go with the snapshot. This generation keeps its
+    // copies, so that a later upgrade can pass them again if this one rolls back.
+    std::vector<std::string> names;
+    std::vector<int> fds;
+    {
+      std::lock_guard lock(mutex);
+      for (const auto& [name, fd] : passed_fds) {
+        names.push_back(name);
+        fds.push_back(fd.get());
+      }
+    }
+    if (!fds.empty() && link_ok) {
+      if (auto ok = wire::send_named_fds(link, wire::Type::Fds, names, fds, wire::Blocking::Yes); !ok) link_ok = false;
+    }
+  }
+  send(wire::SnapshotEnd{}, {});
+  {
+    std::lock_guard lock(mutex);
+    snapshot_sent = true;
+    if (!link_ok) {
+      peer_out.reset();
+      streaming.clear();
+      peer_queue.clear();
+      peer_queue_bytes = 0;
+    }
+  }
+  totals.micros = micros_since(t0);
+  return totals;
+}
+
+bool Worker::Impl::flush_peer_out() {
+  std::unique_lock lock(mutex);
+  if (!peer_out) return false;
+  if (!snapshot_sent) return true;
+  while (!peer_queue.empty()) {
+    Outgoing& next = peer_queue.front();
+    std::vector<int> fds;
+    for (const auto& fd : next.fds)
+      fds.push_back(fd.get());
+    auto ok = wire::send_message(peer_out.get(), next.message, fds, wire::Blocking::No);
+    if (!ok && ok.error().code() == EAGAIN) return true;
+    if (!ok) {
+      say("the next generation is gone (%s); %zu queued change(s) dropped", ok.error().text().c_str(),
+          peer_queue.size());
+      peer_out.reset();
+      streaming.clear();
+      peer_queue.clear();
+      peer_queue_bytes = 0;
+      return false;
+    }
+    peer_queue_bytes -= next.bytes;
+    peer_queue.pop_front();
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// After start: the previous generation's deltas and descriptors
+
+void Worker::Impl::on_peer_in(wire::Received received) {
+  if (auto* delta = std::get_if<wire::Delta>(&received.message)) {
+    const Section* section = find_section(sections, delta->section);
+    if (section == nullptr || !section->apply_delta) {
+      say("dropped a change to section '%s', which has no apply_delta", delta->section.c_str());
+      return;
+    }
+    try {
+      section->apply_delta(delta->version, delta->payload);
+    } catch (const std::exception& e) {
+      say("section '%s': apply_delta failed: %s", delta->section.c_str(), e.what());
+    }
+    return;
+  }
+  if (auto* fds = std::get_if<wire::Fds>(&received.message)) {
+    for (std::size_t i = 0; i < fds->names.size(); ++i) {
+      if (fd_callback) {
+        fd_callback(fds->names[i], std::move(received.fds[i]));
+      } else {
+        say("closed descriptor '%s' from the previous generation: no on_fd callback", fds->names[i].c_str());
+      }
+    }
+    return;
+  }
+  say("ignored %s from the previous generation", std::string(wire::type_name(wire::type_of(received.message))).c_str());
+}
+
+void Worker::Impl::previous_gone() {
+  peer_in.reset();
+  if (previous_gone_callback) previous_gone_callback();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The SDK thread
+
+void Worker::Impl::send_channel(const wire::Message& m) {
+  std::lock_guard lock(channel_mutex);
+  if (!channel) return;
+  if (auto ok = wire::send_message(channel.get(), m, {}, wire::Blocking::Yes); !ok) {
+    say("cannot tell the supervisor (%s): %s", std::string(wire::type_name(wire::type_of(m))).c_str(),
+        ok.error().text().c_str());
+  }
+}
+
+void Worker::Impl::wake() {
+  if (!wake_fd) return;
+  const std::uint64_t one = 1;
+  [[maybe_unused]] auto n = ::write(wake_fd.get(), &one, sizeof one);
+}
+
+void Worker::Impl::on_channel_message(wire::Received received) {
+  std::visit(
+      [&](auto& m) {
+        using T = std::decay_t<decltype(m)>;
+        if constexpr (std::is_same_v<T, wire::Drain>) {
+          {
+            std::lock_guard lock(mutex);
+            draining = true;
+          }
+          if (drain_callback) {
+            drain_callback();
+          } else {
+            ::kill(::getpid(), SIGTERM);
+          }
+        } else if constexpr (std::is_same_v<T, wire::Stop>) {
+          if (stop_callback) {
+            stop_callback();
+          } else {
+            ::kill(::getpid(), SIGKILL);
+          }
+        } else if constexpr (std::is_same_v<T, wire::BeginExport>) {
+          if (received.fds.empty()) return;
+          auto totals = export_to(std::move(received.fds[0]), m.to_generation, m.plan,
+                                  [this](const wire::SectionReport& r) { send_channel(wire::SectionExported{r}); });
+          send_channel(wire::ExportFinished{totals});
+          flush_peer_out();
+        } else if constexpr (std::is_same_v<T, wire::Refuse>) {
+          say("the supervisor refused a message: %s", m.reason.c_str());
+        } else {
+          say("ignored %s from the supervisor", std::string(wire::type_name(wire::type_of(received.message))).c_str());
+        }
+      },
+      received.message);
+}
+
+void Worker::Impl::run_thread() {
+  bool channel_open = true;
+  for (;;) {
+    pollfd fds[4];
+    nfds_t n = 0;
+    fds[n++] = {wake_fd.get(), POLLIN, 0};
+    const nfds_t channel_at = channel_open ? n : 99;
+    if (channel_open) fds[n++] = {channel.get(), POLLIN, 0};
+    const nfds_t peer_in_at = peer_in ? n : 99;
+    if (peer_in) fds[n++] = {peer_in.get(), POLLIN, 0};
+    nfds_t peer_out_at = 99;
+    {
+      std::lock_guard lock(mutex);
+      if (peer_out) {
+        peer_out_at = n;
+        // POLLOUT only while something waits, so that an idle link does not spin.
+        fds[n++] = {peer_out.get(), static_cast<short>(peer_queue.empty() || !snapshot_sent ? 0 : POLLOUT), 0};
+      }
+    }
+    if (::poll(fds, n, -1) < 0) {
+      if (errno == EINTR) continue;
+      say("poll failed: %s", std::strerror(errno));
+      return;
+    }
+    if ((fds[0].revents & POLLIN) != 0) {
+      std::uint64_t count = 0;
+      [[maybe_unused]] auto r = ::read(wake_fd.get(), &count, sizeof count);
+    }
+    if (quitting.load()) return;
+    if (channel_at != 99 && fds[channel_at].revents != 0) {
+      auto r = wire::receive_message(channel.get(), wire::Blocking::No);
+      if (r) {
+        on_channel_message(std::move(r).value());
+      } else if (r.error().code() != EAGAIN) {
+        // The supervisor is gone or sent garbage; this generation keeps serving on its own.
+        say("the supervisor channel closed: %s", r.error().text().c_str());
+        channel_open = false;
+      }
+    }
+    if (peer_in_at != 99 && fds[peer_in_at].revents != 0) {
+      auto r = wire::receive_message(peer_in.get(), wire::Blocking::No);
+      if (r) {
+        on_peer_in(std::move(r).value());
+      } else if (r.error().code() != EAGAIN) {
+        if (r.error().code() != EPIPE && r.error().code() != ECONNRESET) {
+          say("the previous generation's link failed: %s", r.error().text().c_str());
+        }
+        previous_gone();
+      }
+    }
+    if (peer_out_at != 99 && (fds[peer_out_at].revents & (POLLHUP | POLLERR)) != 0) {
+      // The next generation is gone (rolled back, or crashed): nothing more can be handed over.
+      std::lock_guard lock(mutex);
+      peer_out.reset();
+      streaming.clear();
+      peer_queue.clear();
+      peer_queue_bytes = 0;
+    } else if (peer_out_at != 99 && fds[peer_out_at].revents != 0) {
+      flush_peer_out();
+    }
+  }
+}
+
+Worker::Impl::~Impl() {
+  if (thread.joinable()) {
+    // Give the next generation what it is owed, for at most flush_timeout.
+    const auto deadline = Clock::now() + options.flush_timeout;
+    for (;;) {
+      bool pending = false;
+      {
+        std::lock_guard lock(mutex);
+        pending = peer_out && snapshot_sent && !peer_queue.empty();
+      }
+      if (!pending || !flush_peer_out()) break;
+      if (Clock::now() >= deadline) {
+        std::lock_guard lock(mutex);
+        say("%zu change(s) for the next generation were not sent within the flush timeout", peer_queue.size());
+        break;
+      }
+      pollfd p{};
+      {
+        std::lock_guard lock(mutex);
+        if (!peer_out) break;
+        p = {peer_out.get(), POLLOUT, 0};
+      }
+      ::poll(&p, 1, std::max(1, ms_until(deadline)));
+    }
+    quitting.store(true);
+    wake();
+    thread.join();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The public surface
+
+Worker::Worker() : Worker(Options{}) {}
+Worker::Worker(Options options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+Worker::~Worker() = default;
+
+void Worker::add_section(Section section) {
+  impl_->sections.push_back(std::move(section));
+}
+void Worker::on_drain(std::function<void()> callback) {
+  impl_->drain_callback = std::move(callback);
+}
+void Worker::on_stop(std::function<void()> callback) {
+  impl_->stop_callback = std::move(callback);
+}
+void Worker::on_fd(std::function<void(std::string, Fd)> callback) {
+  impl_->fd_callback = std::move(callback);
+}
+void Worker::on_previous_gone(std::function<void()> callback) {
+  impl_->previous_gone_callback = std::move(callback);
+}
+
+std::string Worker::start() {
+  return impl_->start();
+}
+Mode Worker::mode() const {
+  return impl_->mode;
+}
+std::uint64_t Worker::generation() const {
+  return impl_->generation;
+}
+
+int Worker::listener(std::string_view name) const {
+  for (const auto& [n, fd] : impl_->listeners) {
+    if (n == name) return fd.get();
+  }
+  return -1;
+}
+
+Fd Worker::take_listener(std::string_view name) {
+  for (auto& [n, fd] : impl_->listeners) {
+    if (n == name && fd) return std::move(fd);
+  }
+  return Fd{};
+}
+
+std::vector<std::string> Worker::listener_names() const {
+  std::vector<std::string> names;
+  for (const auto& [n, fd] : impl_->listeners)
+    names.push_back(n);
+  return names;
+}
+
+Fd Worker::take_fd(std::string_view name) {
+  for (auto& [n, fd] : impl_->received_fds) {
+    if (n == name && fd) return std::move(fd);
+  }
+  return Fd{};
+}
+
+const std::vector<ImportedSection>& Worker::imported() const {
+  return impl_->imported;
+}
+
+void Worker::ready() {
+  switch (impl_->mode) {
+    case Mode::Supervised:
+      impl_->send_channel(wire::Ready{});
+      break;
+    case Mode::Systemd:
+    case Mode::Standalone:
+      sd_notify_to(impl_->notify_socket, "READY=1");
+      break;
+    case Mode::Stub:
+      impl_->stub_ready = true;
+      break;
+  }
+}
+
+void Worker::status(std::string_view text) {
+  std::string line(text.substr(0, 256));
+  for (char& c : line) {
+    if (static_cast<unsigned char>(c) < 0x20) c = ' ';
+  }
+  if (impl_->mode == Mode::Supervised) {
+    impl_->send_channel(wire::StatusLine{line});
+  } else if (impl_->mode != Mode::Stub) {
+    sd_notify_to(impl_->notify_socket, "STATUS=" + line);
+  }
+}
+
+bool Worker::pass_fd(std::string name, int fd) {
+  if (!wire::valid_name(name)) return false;
+  const int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (copy < 0) return false;
+  Fd owned(copy);
+  Impl& impl = *impl_;
+  {
+    std::lock_guard lock(impl.mutex);
+    if (impl.peer_out && impl.snapshot_sent) {
+      if (impl.peer_queue_bytes + 256 > impl.options.max_queued_bytes) return false;
+      Impl::Outgoing out;
+      out.message = wire::Fds{{std::move(name)}};
+      out.fds.push_back(std::move(owned));
+      out.bytes = 256;
+      impl.peer_queue_bytes += out.bytes;
+      impl.peer_queue.push_back(std::move(out));
+    } else if (impl.draining || impl.peer_out || (impl.mode != Mode::Supervised && impl.mode != Mode::Stub)) {
+      // Draining with no next generation to take it, or a transfer that already sent its
+      // descriptors: nothing will receive this one.
+      return false;
+    } else {
+      impl.passed_fds.emplace_back(std::move(name), std::move(owned));
+      return true;
+    }
+  }
+  if (impl.mode == Mode::Stub) return impl.flush_peer_out();
+  impl.wake();
+  return true;
+}
+
+bool Worker::publish_delta(std::string_view section, const std::function<std::string(std::uint32_t version)>& encode) {
+  Impl& impl = *impl_;
+  {
+    std::lock_guard lock(impl.mutex);
+    auto it = impl.streaming.find(std::string(section));
+    if (!impl.peer_out || it == impl.streaming.end()) return true;  // No transfer under way: nothing to do.
+    std::string payload = encode(it->second);
+    if (payload.size() > wire::kMaxDeltaPayload) return false;
+    Impl::Outgoing out;
+    out.message = wire::Delta{std::string(section), it->second, ++impl.delta_sequence, std::move(payload)};
+    out.bytes = message_bytes(out.message);
+    if (impl.peer_queue_bytes + out.bytes > impl.options.max_queued_bytes) return false;
+    impl.peer_queue_bytes += out.bytes;
+    impl.peer_queue.push_back(std::move(out));
+  }
+  if (impl.mode == Mode::Stub) return impl.flush_peer_out();
+  impl.wake();
+  return true;
+}
+
+}  // namespace hotrestart
