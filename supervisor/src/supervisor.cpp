@@ -560,8 +560,10 @@ void Supervisor::feed(Input input, std::string reason) {
     case Action::DrainOld: {
       Generation* old = find(upgrade_->previous);
       if (old != nullptr) {
-        publish_phase(fmt::format("draining generation {} (pid {}) with {}; SIGKILL after {}", old->number, old->pid,
-                                  signal_name(options_.drain_signal), format_duration(options_.drain_timeout)));
+        const std::string how =
+            old->hello ? std::string("a drain request on its channel") : std::string(signal_name(options_.drain_signal));
+        publish_phase(fmt::format("draining generation {} (pid {}) with {}; SIGKILL after {}", old->number, old->pid, how,
+                                  format_duration(options_.drain_timeout)));
         stop_generation(*old, options_.drain_signal, "replaced by generation " + std::to_string(active_));
       } else {
         publish_phase("no previous generation was running, nothing to drain");
