@@ -54,6 +54,7 @@ int main(int argc, char** argv) {
       Fds{{"conn:1"}},
       SnapshotEnd{},
       Delta{"sessions", 2, 8, "put k v"},
+      DeltaMemfd{{"sessions", 2, 9, 70000, 99}},
   };
   int n = 0;
   for (const auto& m : messages) {

@@ -130,8 +130,10 @@ TEST_CASE("kv: every acknowledged write survives upgrades in both directions und
       HttpConnection c(port);
       for (int i = 0; !stop.load(); ++i) {
         const std::string key = fmt::format("w{}-{}", w, i);
-        const std::string value =
-            fmt::format("value of {} ({})", key, std::string(static_cast<std::size_t>(i % 64), 'x'));
+        // Every 50th value is too large for one channel message, so that a change made during a
+        // transfer also travels as a memfd.
+        const std::size_t pad = i % 50 == 0 ? 100'000 : static_cast<std::size_t>(i % 64);
+        const std::string value = fmt::format("value of {} ({})", key, std::string(pad, 'x'));
         auto a = c.request("PUT", "/kv/" + key, value);
         std::lock_guard lock(mu);
         if (a.status == 204) {
@@ -161,9 +163,8 @@ TEST_CASE("kv: every acknowledged write survives upgrades in both directions und
   for (auto& t : writers)
     t.join();
 
-  // A write refused with 503 was not acknowledged and may be missing; nothing else may fail.
-  for (const auto& [what, count] : problems)
-    CHECK_MESSAGE(what == "status 503", what << " x" << count);
+  // Every write was acknowledged: none was refused (503), none failed.
+  for (const auto& [what, count] : problems) FAIL_CHECK(what << " x" << count);
   INFO("acknowledged writes: " << acknowledged.size());
   HttpConnection reader(port);
   std::size_t missing = 0;

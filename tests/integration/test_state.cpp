@@ -135,6 +135,38 @@ TEST_CASE("state: upgrades in both directions keep every entry, in the newest sc
   sup.stop();
 }
 
+TEST_CASE("state: upgrade --json reports each section as a state event") {
+  Supervisor sup({}, sdk({"--fill", "300"}));
+  const pid_t old_pid = sup.active_pid();
+  RunResult r = sup.upgrade({"--json", "--", sdk_bin(), "--version", "v2"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+  REQUIRE(wait_until([&] { return !pid_alive(old_pid); }, 15s));
+  std::vector<json> states;
+  std::vector<std::string> phases;
+  std::size_t start = 0;
+  while (start < r.out.size()) {
+    const auto end = r.out.find('\n', start);
+    json line = json::parse(r.out.substr(start, end - start));
+    if (line["type"] == "state") states.push_back(line);
+    if (line["type"] == "event") phases.push_back(line["phase"]);
+    start = end + 1;
+  }
+  const std::vector<std::string> expected = {
+      "spawning",     "handshake", "transferring-state", "transferring-state", "warming", "health-checking", "cutover",
+      "draining-old", "done"};
+  CHECK(phases == expected);
+  REQUIRE(states.size() == 1);
+  CHECK(states[0]["section"] == "data");
+  CHECK(states[0]["ok"] == true);
+  CHECK(states[0]["version"] == 1);
+  CHECK(states[0]["bytes"].get<std::uint64_t>() > 300 * 10);
+  CHECK(states[0]["sections_done"] == 1);
+  CHECK(states[0]["sections_total"] == 1);
+  CHECK(states[0]["from_generation"] == 1);
+  CHECK(state_of(sup.port())["entries"] == "300");
+  sup.stop();
+}
+
 TEST_CASE("state: a section with no common schema version starts cold, or rolls back when required") {
   SUBCASE("not required: the new generation starts cold and serves") {
     Supervisor sup({}, sdk({"--schemas", "1", "--fill", "50"}));

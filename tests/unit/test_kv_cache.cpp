@@ -420,7 +420,9 @@ TEST_CASE("kv cache: a v1 worker's cache reaches a v2 worker through the SDK") {
   using hotrestart::testing::StubSupervisor;
   V1 c1(1 << 20);
   V2 c2(1 << 20);
-  hotrestart::Worker w1;
+  hotrestart::Worker::Options small_deltas;
+  small_deltas.max_delta_bytes = 200'000;
+  hotrestart::Worker w1(small_deltas);
   hotrestart::Worker w2;
   w1.add_section(kv::make_section(c1));
   w2.add_section(kv::make_section(c2));
@@ -465,9 +467,15 @@ TEST_CASE("kv cache: a v1 worker's cache reaches a v2 worker through the SDK") {
   CHECK(c2.peek("key2")->value == "from v2");
   CHECK(c2.peek("key2")->content_type == "application/json");
 
-  // A change too large for one delta is refused rather than acknowledged, and not applied.
-  CHECK(kv::publish_put(c1, w1, "big", std::string(100'000, 'x'), "") == kv::WriteResult::kRefused);
-  CHECK_FALSE(c1.peek("big"));
+  // A change too large for one channel message travels in a memfd and arrives whole.
+  CHECK(kv::publish_put(c1, w1, "big", std::string(100'000, 'x'), "") == kv::WriteResult::kApplied);
+  CHECK(StubSupervisor::pump(w2) == 1);
+  REQUIRE(c2.peek("big"));
+  CHECK(c2.peek("big")->value == std::string(100'000, 'x'));
+  // One larger than the SDK may send (max_delta_bytes) is refused rather than acknowledged, and not
+  // applied.
+  CHECK(kv::publish_put(c1, w1, "huge", std::string(300'000, 'x'), "") == kv::WriteResult::kRefused);
+  CHECK_FALSE(c1.peek("huge"));
   CHECK(StubSupervisor::pump(w2) == 0);
 
   // v1 exits: its tombstones in v2 are no longer needed.

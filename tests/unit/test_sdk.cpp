@@ -254,8 +254,30 @@ TEST_CASE("sdk: changes after the snapshot stream to the next generation as delt
   CHECK(a2.deltas[0] == std::pair<std::uint32_t, std::string>{2, "put k1 v2"});
   CHECK(a2.deltas[1] == std::pair<std::uint32_t, std::string>{2, "put k2 v2"});
 
-  // A change too large for one delta is refused, so the application does not acknowledge it.
-  CHECK_FALSE(v1.publish_delta("data", [](std::uint32_t) { return std::string(100'000, 'x'); }));
+  // A change too large for one message travels in a memfd and arrives whole.
+  std::string large(100'000, 'x');
+  large[77'777] = 'y';
+  CHECK(v1.publish_delta("data", [&](std::uint32_t) { return large; }));
+  CHECK(StubSupervisor::pump(v2) == 1);
+  REQUIRE(a2.deltas.size() == 3);
+  CHECK(a2.deltas[2].second == large);
+}
+
+TEST_CASE("sdk: a change larger than max_delta_bytes is refused, so it is not acknowledged") {
+  Worker::Options o = local();
+  o.max_delta_bytes = 1000;
+  Worker v1(o);
+  App a1;
+  a1.attach(v1, {1});
+  REQUIRE(StubSupervisor::start(v1) == "");
+  Worker v2(local());
+  App a2;
+  a2.attach(v2, {1});
+  REQUIRE(StubSupervisor::start_from(v2, v1) == "");
+  CHECK(v1.publish_delta("data", [](std::uint32_t) { return std::string(1000, 'x'); }));
+  CHECK_FALSE(v1.publish_delta("data", [](std::uint32_t) { return std::string(1001, 'x'); }));
+  CHECK(StubSupervisor::pump(v2) == 1);
+  CHECK(a2.deltas.size() == 1);
 }
 
 TEST_CASE("sdk: a worker started by hand binds its fallback addresses, and bad ones are named") {

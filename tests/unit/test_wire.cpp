@@ -99,6 +99,7 @@ std::vector<Message> one_of_each() {
       Fds{{"conn:1", "conn:2"}},
       SnapshotEnd{},
       Delta{"sessions", 3, 100, std::string(kMaxDeltaPayload, '\0')},
+      DeltaMemfd{{"sessions", 3, 101, 1 << 20, 42}},
   };
 }
 
@@ -198,6 +199,8 @@ TEST_CASE("wire: type names, descriptor counts and names") {
   CHECK(fds_expected(BeginImport{5, {}, ""}) == 1);
   CHECK(fds_expected(BeginExport{}) == 1);
   CHECK(fds_expected(SectionOffer{}) == 1);
+  CHECK(fds_expected(DeltaMemfd{}) == 1);
+  CHECK(type_name(Type::DeltaMemfd) == "delta-memfd");
   CHECK(fds_expected(Hello{}) == 0);
 
   CHECK(valid_name("http"));

@@ -579,6 +579,26 @@ void Worker::Impl::on_peer_in(wire::Received received) {
     }
     return;
   }
+  if (auto* large = std::get_if<wire::DeltaMemfd>(&received.message)) {
+    const Section* section = find_section(sections, large->offer.name);
+    if (section == nullptr || !section->apply_delta) {
+      say("dropped a change to section '%s', which has no apply_delta", large->offer.name.c_str());
+      return;
+    }
+    auto mapped = wire::open_section(std::move(received.fds.at(0)), large->offer, options.max_delta_bytes);
+    if (!mapped) {
+      say("section '%s': dropped a change: %s", large->offer.name.c_str(), mapped.error().text().c_str());
+      return;
+    }
+    const auto payload = mapped->payload();
+    try {
+      section->apply_delta(large->offer.version,
+                           std::string_view(reinterpret_cast<const char*>(payload.data()), payload.size()));
+    } catch (const std::exception& e) {
+      say("section '%s': apply_delta failed: %s", large->offer.name.c_str(), e.what());
+    }
+    return;
+  }
   if (auto* fds = std::get_if<wire::Fds>(&received.message)) {
     for (std::size_t i = 0; i < fds->names.size(); ++i) {
       if (fd_callback) {
@@ -872,10 +892,23 @@ bool Worker::publish_delta(std::string_view section, const std::function<std::st
     auto it = impl.streaming.find(std::string(section));
     if (!impl.peer_out || it == impl.streaming.end()) return true;  // No transfer under way: nothing to do.
     std::string payload = encode(it->second);
-    if (payload.size() > wire::kMaxDeltaPayload) return false;
+    if (payload.size() > impl.options.max_delta_bytes) return false;
     Impl::Outgoing out;
-    out.message = wire::Delta{std::string(section), it->second, ++impl.delta_sequence, std::move(payload)};
-    out.bytes = message_bytes(out.message);
+    const std::uint64_t sequence = ++impl.delta_sequence;
+    if (payload.size() <= wire::kMaxDeltaPayload) {
+      out.message = wire::Delta{std::string(section), it->second, sequence, std::move(payload)};
+      out.bytes = message_bytes(out.message);
+    } else {
+      // Too large for one message: it goes as a sealed memfd in the section format, checked on
+      // arrival like a snapshot.
+      auto written = wire::write_section(
+          std::string(section), it->second, sequence, [&](std::ostream& o) { o.write(payload.data(), payload.size()); },
+          payload.size());
+      if (!written) return false;
+      out.message = wire::DeltaMemfd{written->offer};
+      out.fds.push_back(std::move(written->memfd));
+      out.bytes = payload.size() + 256;
+    }
     if (impl.peer_queue_bytes + out.bytes > impl.options.max_queued_bytes) return false;
     impl.peer_queue_bytes += out.bytes;
     impl.peer_queue.push_back(std::move(out));

@@ -89,6 +89,9 @@ class Worker {
     // The most bytes of deltas and descriptors waiting for the next generation; past it,
     // publish_delta() returns false.
     std::size_t max_queued_bytes = std::size_t{64} << 20;
+    // The largest single change publish_delta() sends (one larger is refused). Changes over
+    // 60,000 bytes travel in a sealed memfd instead of inside a message.
+    std::size_t max_delta_bytes = std::size_t{16} << 20;
   };
 
   Worker();
@@ -142,8 +145,9 @@ class Worker {
 
   // Streams a change made after this section's snapshot to the next generation. `encode` is
   // called (at once, on this thread) only while a transfer of the section is under way, with the
-  // negotiated version. Returns false only when the change could not be queued (too large, or
-  // too much is waiting): a write should then be refused rather than acknowledged.
+  // negotiated version. Returns false only when the change could not be queued (larger than
+  // Options::max_delta_bytes, or more than max_queued_bytes waiting): a write should then be
+  // refused rather than acknowledged.
   bool publish_delta(std::string_view section, const std::function<std::string(std::uint32_t version)>& encode);
 
   class Impl;

@@ -95,6 +95,10 @@ template <class Ar>
 void serialize(Ar& ar, Delta& m) {
   ar(m.section, m.version, m.sequence, m.payload);
 }
+template <class Ar>
+void serialize(Ar& ar, DeltaMemfd& m) {
+  serialize(ar, m.offer);
+}
 // Ready, Drain, Stop and SnapshotEnd have no body.
 template <class M>
 concept NoFields = std::is_empty_v<M>;
@@ -132,6 +136,7 @@ class Checker {
   }
   std::optional<Error> operator()(const BeginExport& m) const { return sections("plan", m.plan); }
   std::optional<Error> operator()(const SectionOffer& m) const { return name("section name", m.name); }
+  std::optional<Error> operator()(const DeltaMemfd& m) const { return name("section name", m.offer.name); }
   std::optional<Error> operator()(const SectionUnavailable& m) const {
     if (auto e = name("section name", m.name)) return e;
     return text("reason", m.reason);
@@ -236,6 +241,8 @@ std::optional<Message> empty_message(Type t) {
       return SnapshotEnd{};
     case Type::Delta:
       return Delta{};
+    case Type::DeltaMemfd:
+      return DeltaMemfd{};
   }
   return std::nullopt;
 }
@@ -251,6 +258,7 @@ bool fd_count_allowed(Type t, std::uint32_t count) {
       return count <= 1;
     case Type::BeginExport:
     case Type::SectionOffer:
+    case Type::DeltaMemfd:
       return count == 1;
     default:
       return count == 0;
@@ -306,6 +314,8 @@ std::string_view type_name(Type t) {
       return "snapshot-end";
     case Type::Delta:
       return "delta";
+    case Type::DeltaMemfd:
+      return "delta-memfd";
   }
   return "unknown";
 }
@@ -330,7 +340,8 @@ Type type_of(const Message& m) {
                              Type::SectionUnavailable,
                              Type::Fds,
                              Type::SnapshotEnd,
-                             Type::Delta};
+                             Type::Delta,
+                             Type::DeltaMemfd};
   static_assert(std::size(kTypes) == std::variant_size_v<Message>);
   return kTypes[m.index()];
 }
@@ -339,7 +350,10 @@ std::size_t fds_expected(const Message& m) {
   if (const auto* l = std::get_if<Listeners>(&m)) return l->names.size();
   if (const auto* f = std::get_if<Fds>(&m)) return f->names.size();
   if (const auto* b = std::get_if<BeginImport>(&m)) return b->from_generation != 0 ? 1 : 0;
-  if (std::holds_alternative<BeginExport>(m) || std::holds_alternative<SectionOffer>(m)) return 1;
+  if (std::holds_alternative<BeginExport>(m) || std::holds_alternative<SectionOffer>(m) ||
+      std::holds_alternative<DeltaMemfd>(m)) {
+    return 1;
+  }
   return 0;
 }
 

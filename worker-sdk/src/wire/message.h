@@ -48,6 +48,7 @@ enum class Type : std::uint16_t {
   Fds = 66,
   SnapshotEnd = 67,
   Delta = 68,
+  DeltaMemfd = 69,
 };
 std::string_view type_name(Type t);
 
@@ -168,9 +169,16 @@ struct Delta {
   bool operator==(const Delta&) const = default;
 };
 
+// A change too large for a `delta` message: the same fields as a section-offer, and the payload in
+// a sealed memfd in the section format (name = the section's).
+struct DeltaMemfd {
+  SectionOffer offer;
+  bool operator==(const DeltaMemfd&) const = default;
+};
+
 using Message = std::variant<Hello, Ready, StatusLine, SectionImported, ImportFinished, SectionExported, ExportFinished,
                              Welcome, Refuse, Listeners, BeginImport, BeginExport, Drain, Stop, SectionOffer,
-                             SectionUnavailable, Fds, SnapshotEnd, Delta>;
+                             SectionUnavailable, Fds, SnapshotEnd, Delta, DeltaMemfd>;
 
 Type type_of(const Message& m);
 // How many descriptors a message of this content must carry (names.size() for Listeners and
