@@ -166,6 +166,18 @@ TEST_CASE("sdk: a section that cannot be imported starts cold with its reason an
     CHECK(v2.imported()[0].reason.find("lock timeout") != std::string::npos);
     CHECK(a2.data.empty());
   }
+  SUBCASE("a section larger than the importer takes") {
+    Worker::Options o = local();
+    o.max_section_bytes = 4;
+    Worker v2(o);
+    App a2;
+    a2.attach(v2, {1});
+    REQUIRE(StubSupervisor::start_from(v2, v1) == "");
+    CHECK_FALSE(v2.imported()[0].imported);
+    // {"k": "v"} in cereal's layout: a count and two strings, 8 + 9 + 9 bytes.
+    CHECK(v2.imported()[0].reason == "section 'data': the offer's payload of 26 bytes is over the limit of 4");
+    CHECK(a2.data.empty());
+  }
   SUBCASE("a section the previous generation does not have") {
     Worker v2(local());
     App a2;
