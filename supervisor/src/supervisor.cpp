@@ -560,10 +560,10 @@ void Supervisor::feed(Input input, std::string reason) {
     case Action::DrainOld: {
       Generation* old = find(upgrade_->previous);
       if (old != nullptr) {
-        const std::string how =
-            old->hello ? std::string("a drain request on its channel") : std::string(signal_name(options_.drain_signal));
-        publish_phase(fmt::format("draining generation {} (pid {}) with {}; SIGKILL after {}", old->number, old->pid, how,
-                                  format_duration(options_.drain_timeout)));
+        const std::string how = old->hello ? std::string("a drain request on its channel")
+                                           : std::string(signal_name(options_.drain_signal));
+        publish_phase(fmt::format("draining generation {} (pid {}) with {}; SIGKILL after {}", old->number, old->pid,
+                                  how, format_duration(options_.drain_timeout)));
         stop_generation(*old, options_.drain_signal, "replaced by generation " + std::to_string(active_));
       } else {
         publish_phase("no previous generation was running, nothing to drain");
@@ -784,14 +784,18 @@ void Supervisor::on_channel_message(Generation& g, wire::Message& message, std::
         } else if constexpr (std::is_same_v<T, wire::StatusLine>) {
           g.status_text = m.text.substr(0, 256);
         } else if constexpr (std::is_same_v<T, wire::SectionImported>) {
-          if (transfer_ && transfer_->to == g.number && !transfer_->import_totals) {
+          // One report per planned section, at most: a worker cannot grow the supervisor's memory
+          // by repeating itself.
+          if (transfer_ && transfer_->to == g.number && !transfer_->import_totals &&
+              transfer_->planned(m.report.name) && !transfer_->reported(transfer_->imported, m.report.name)) {
             transfer_->imported.push_back(m.report);
             publish_state(m.report);
           }
         } else if constexpr (std::is_same_v<T, wire::ImportFinished>) {
           on_import_finished(g, m.totals);
         } else if constexpr (std::is_same_v<T, wire::SectionExported>) {
-          if (transfer_ && transfer_->from == g.number) {
+          if (transfer_ && transfer_->from == g.number && transfer_->planned(m.report.name) &&
+              !transfer_->reported(transfer_->exported, m.report.name)) {
             transfer_->exported.push_back(m.report);
             log_info("generation {} exported section {}: {}", g.number, m.report.name,
                      m.report.ok ? fmt::format("{} bytes, schema {}, in {} us", m.report.bytes, m.report.version,

@@ -9,6 +9,7 @@
 #include <sys/types.h>
 #include <uv.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -105,6 +106,12 @@ class Supervisor {
     std::optional<wire::TransferTotals> export_totals;
     std::string outcome;  // "", "done", or why it failed.
     nlohmann::json to_json() const;
+    bool planned(const std::string& section) const {
+      return std::any_of(plan.begin(), plan.end(), [&](const auto& p) { return p.name == section; });
+    }
+    static bool reported(const std::vector<wire::SectionReport>& list, const std::string& section) {
+      return std::any_of(list.begin(), list.end(), [&](const auto& r) { return r.name == section; });
+    }
   };
 
   struct Upgrade {

@@ -248,6 +248,38 @@ TEST_CASE("state: a worker speaking another channel protocol version is refused 
   sup.stop();
 }
 
+TEST_CASE("state: a worker that sends garbage on its channel is refused; the supervisor carries on") {
+  Supervisor sup({}, sdk({"--fill", "8"}));
+  const pid_t old_pid = sup.active_pid();
+  RunResult r = sup.upgrade_to(sdk({"--raw-garbage"}));
+  CHECK_MESSAGE(r.exit_code == 1, r.out << r.err);
+  CHECK(contains(r.err, "generation 2 sent a bad channel message: channel frame: bad magic"));
+  CHECK(sup.proc().wait_output("sdk-worker: refused: generation 2 sent a bad channel message", 5s));
+  check_old_serves(sup, old_pid, sup.port(), 8);
+  upgrade_ok(sup, sdk({"--version", "v2"}));
+  CHECK(state_of(sup.port())["entries"] == "8");
+  sup.stop();
+}
+
+TEST_CASE("state: SDK upgrades leave no descriptor, process or generation behind") {
+  Supervisor sup({}, sdk({"--fill", "100", "--pass-fds", "3"}));
+  upgrade_ok(sup, sdk({"--version", "v2", "--pass-fds", "3"}));
+  const std::size_t fds_before = list_fds(sup.pid()).size();
+  for (int i = 3; i <= 7; ++i)
+    upgrade_ok(sup, sdk({"--version", fmt::format("v{}", i), "--pass-fds", "3"}));
+  CHECK(list_fds(sup.pid()).size() == fds_before);
+  CHECK(sup.processes().size() == 1);
+  json s = sup.status_or_fail();
+  CHECK(s["generations"].size() == 1);
+  CHECK(s["counters"]["upgrades_done"] == 6);
+  CHECK(state_of(sup.port())["entries"] == "100");
+  // The worker holds its listener, its channel, the peer link's end while the old generation
+  // drains, and the 3 passed descriptors: not one more per upgrade.
+  const auto worker_fds = list_fds(sup.active_pid());
+  CHECK(worker_fds.size() <= 3 + 1 + 1 + 1 + 3 + 2);
+  sup.stop();
+}
+
 TEST_CASE("state: more than 253 descriptors reach the next generation, close-on-exec") {
   Supervisor sup({}, sdk({"--pass-fds", "300"}));
   RunResult r = sup.upgrade_to(sdk({"--version", "v2"}));

@@ -16,6 +16,7 @@
 //   --import-fail          the importer throws half-way through
 //   --import-crash         the importer aborts the process half-way through
 //   --raw-hello MIN:MAX    skip the SDK: say hello with these protocol versions, then wait
+//   --raw-garbage          skip the SDK: send a datagram that is not a channel frame, then wait
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -51,6 +52,7 @@ struct Flags {
   bool import_fail = false;
   bool import_crash = false;
   std::string raw_hello;
+  bool raw_garbage = false;
 };
 
 std::mutex data_mutex;
@@ -92,6 +94,8 @@ Flags parse(int argc, char** argv) {
       f.import_crash = true;
     } else if (a == "--raw-hello") {
       f.raw_hello = value();
+    } else if (a == "--raw-garbage") {
+      f.raw_garbage = true;
     } else {
       usage("unknown flag " + a);
     }
@@ -124,6 +128,26 @@ void load(const Flags& f, std::uint32_t version, std::istream& in) {
   archive(staging);
   std::lock_guard lock(data_mutex);
   data.swap(staging);
+}
+
+// Sends bytes that are not a channel frame, as a broken or hostile worker might, and reports what
+// the supervisor answers.
+int raw_garbage() {
+  const char* env = std::getenv("HOTRESTART_CHANNEL_FD");
+  if (env == nullptr) usage("--raw-garbage needs a supervisor");
+  const int fd = std::atoi(env);
+  ::signal(SIGTERM, SIG_IGN);
+  const char junk[] = "GET / HTTP/1.1\r\n\r\n this is not a channel frame at all, but long enough to pass as one";
+  if (::send(fd, junk, sizeof junk, MSG_NOSIGNAL) < 0) return 1;
+  auto answer = hotrestart::wire::receive_message(fd, hotrestart::wire::Blocking::Yes);
+  if (answer) {
+    if (const auto* refuse = std::get_if<hotrestart::wire::Refuse>(&answer->message)) {
+      std::fprintf(stderr, "sdk-worker: refused: %s\n", refuse->reason.c_str());
+      return 3;
+    }
+  }
+  std::fprintf(stderr, "sdk-worker: not refused\n");
+  return 0;
 }
 
 int raw_hello(const std::string& range) {
@@ -211,6 +235,7 @@ void serve_one(int conn, const Flags& f, const hotrestart::Worker& worker) {
 int main(int argc, char** argv) {
   const Flags f = parse(argc, argv);
   if (!f.raw_hello.empty()) return raw_hello(f.raw_hello);
+  if (f.raw_garbage) return raw_garbage();
   ::signal(SIGPIPE, SIG_IGN);
 
   hotrestart::Worker worker({.fallback_listen = {{"http", "127.0.0.1:0"}}});
