@@ -31,6 +31,7 @@ HR_DEPS=(
   build-essential cmake pkg-config
   libuv1-dev libcereal-dev libcli11-dev doctest-dev libfmt-dev nlohmann-json3-dev
   libxxhash-dev libhttp-parser-dev libsystemd-dev
+  clang libclang-rt-14-dev
   wrk curl
 )
 
