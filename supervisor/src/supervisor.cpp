@@ -74,6 +74,21 @@ bool is_worker_variable(std::string_view entry) {
   return false;
 }
 
+// Text a worker sent, made safe for logs, events and the operator's terminal: control characters
+// (a newline forging a log line, an escape sequence) become '?'.
+std::string printable(std::string text) {
+  for (char& c : text) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) c = '?';
+  }
+  return text;
+}
+
+wire::SectionReport printable(wire::SectionReport r) {
+  r.reason = printable(std::move(r.reason));
+  return r;
+}
+
 std::string notify_path_for(const std::string& control_path) {
   std::string base = control_path;
   if (base.ends_with(".sock")) base.resize(base.size() - 5);
@@ -291,6 +306,11 @@ Result<Supervisor::Generation*> Supervisor::spawn_generation(const std::vector<s
 void Supervisor::start_readiness(Generation& g) {
   const std::uint64_t n = g.number;
   g.ready_deadline->start(options_.ready_timeout, [this, n] { on_ready_timeout(n); });
+  arm_readiness(g);
+}
+
+void Supervisor::arm_readiness(Generation& g) {
+  const std::uint64_t n = g.number;
   switch (options_.ready.kind) {
     case ReadyMode::Kind::Notify:
       break;  // READY=1 arrives on the notify socket.
@@ -382,6 +402,9 @@ void Supervisor::on_leader_exit(std::uint64_t number, ExitStatus status) {
   const GenState state = g->state;
   const auto ready_for = state == GenState::Starting ? Clock::duration::zero() : Clock::now() - g->ready_at;
   generations_.erase(number);
+  if (upgrade_ && upgrade_->waiting_for == number && upgrade_->machine.phase() == Phase::TransferringState) {
+    begin_transfer();
+  }
 
   if (upgrade_ && upgrade_->generation == number) {
     if (upgrade_->machine.phase() == Phase::RollingBack) {
@@ -411,6 +434,14 @@ void Supervisor::stop_generation(Generation& g, int signo, std::string_view why,
   // An SDK worker is asked over its channel; any other gets the drain signal, which goes to the
   // main process only: it decides how to stop its helpers. The final SIGKILL goes to the whole
   // process group either way.
+  if (ending == Ending::Stop && g.hello && !g.import_finished) {
+    // It is still in Worker::start(), where nothing reads the channel: it has served nothing, and
+    // a stop request would wait unread until the drain timeout.
+    log_info("generation {} (pid {}): stopping it at once with SIGKILL ({}; it had not finished its import)", g.number,
+             g.pid, why);
+    kill_group(g.pid, SIGKILL);
+    return;
+  }
   const bool asked = g.hello && (ending == Ending::Stop ? send_to(g, wire::Stop{}) : send_to(g, wire::Drain{}));
   if (asked) {
     log_info("generation {} (pid {}): asked to {} over its channel ({}); SIGKILL after {}", g.number, g.pid,
@@ -530,10 +561,15 @@ void Supervisor::feed(Input input, std::string reason) {
                                 upgrade_->generation, options_.ready.describe(),
                                 format_duration(options_.ready_timeout)));
       if (fresh != nullptr) {
-        // The ready deadline was paused for the transfer; the worker gets the whole of it again.
+        // The ready deadline and a delay or exec readiness check were stopped for the transfer;
+        // they start over now, so that the worker is judged on what it does with its state.
         const std::uint64_t n = fresh->number;
-        fresh->ready_deadline->start(options_.ready_timeout, [this, n] { on_ready_timeout(n); });
-        if (fresh->state == GenState::Ready) feed(Input::Ready);  // It was ready before the transfer ended.
+        if (fresh->state == GenState::Ready) {
+          feed(Input::Ready);  // It reported ready (SDK or READY=1) before the transfer ended.
+        } else {
+          fresh->ready_deadline->start(options_.ready_timeout, [this, n] { on_ready_timeout(n); });
+          arm_readiness(*fresh);
+        }
       }
       break;
     case Action::WaitHealth:
@@ -782,30 +818,30 @@ void Supervisor::on_channel_message(Generation& g, wire::Message& message, std::
         } else if constexpr (std::is_same_v<T, wire::Ready>) {
           if (options_.ready.kind == ReadyMode::Kind::Notify) on_generation_ready(g);
         } else if constexpr (std::is_same_v<T, wire::StatusLine>) {
-          g.status_text = m.text.substr(0, 256);
+          g.status_text = printable(m.text.substr(0, 256));
         } else if constexpr (std::is_same_v<T, wire::SectionImported>) {
           // One report per planned section, at most: a worker cannot grow the supervisor's memory
           // by repeating itself.
           if (transfer_ && transfer_->to == g.number && !transfer_->import_totals &&
               transfer_->planned(m.report.name) && !transfer_->reported(transfer_->imported, m.report.name)) {
-            transfer_->imported.push_back(m.report);
-            publish_state(m.report);
+            transfer_->imported.push_back(printable(m.report));
+            publish_state(transfer_->imported.back());
           }
         } else if constexpr (std::is_same_v<T, wire::ImportFinished>) {
           on_import_finished(g, m.totals);
         } else if constexpr (std::is_same_v<T, wire::SectionExported>) {
           if (transfer_ && transfer_->from == g.number && transfer_->planned(m.report.name) &&
               !transfer_->reported(transfer_->exported, m.report.name)) {
-            transfer_->exported.push_back(m.report);
-            log_info("generation {} exported section {}: {}", g.number, m.report.name,
-                     m.report.ok ? fmt::format("{} bytes, schema {}, in {} us", m.report.bytes, m.report.version,
-                                               m.report.micros)
-                                 : m.report.reason);
+            const auto& r = transfer_->exported.emplace_back(printable(m.report));
+            log_info("generation {} exported section {}: {}", g.number, r.name,
+                     r.ok ? fmt::format("{} bytes, schema {}, in {} us", r.bytes, r.version, r.micros) : r.reason);
           }
         } else if constexpr (std::is_same_v<T, wire::ExportFinished>) {
           if (transfer_ && transfer_->from == g.number) transfer_->export_totals = m.totals;
         } else {
-          log_warn("generation {}: ignored {} on its channel", g.number, wire::type_name(wire::type_of(message)));
+          // Only the supervisor sends these: a worker that does is broken or hostile.
+          channel_failed(g, fmt::format("generation {} sent {}, which only the supervisor sends", g.number,
+                                        wire::type_name(wire::type_of(message))));
         }
       },
       message);
@@ -823,8 +859,8 @@ void Supervisor::on_hello(Generation& g, const wire::Hello& hello) {
     return;
   }
   g.hello = hello;
-  log_info("generation {} (pid {}) uses the SDK ({}): imports {} section(s), exports {}", g.number, g.pid, hello.sdk,
-           hello.imports.size(), hello.exports.size());
+  log_info("generation {} (pid {}) uses the SDK ({}): imports {} section(s), exports {}", g.number, g.pid,
+           wire::quoted(hello.sdk), hello.imports.size(), hello.exports.size());
   std::vector<std::string> names;
   std::vector<int> fds;
   for (const auto& l : listeners_.listeners()) {
@@ -842,30 +878,69 @@ void Supervisor::on_hello(Generation& g, const wire::Hello& hello) {
     channel_failed(g, fmt::format("generation {} does not read its channel", g.number));
     return;
   }
-  if (upgrade_ && upgrade_->generation == g.number) {
+  if (upgrade_ && upgrade_->generation == g.number && upgrade_->machine.phase() == Phase::Handshake) {
     feed(Input::Hello);  // StartTransfer: the broker takes it from here.
     return;
   }
-  // The first generation, or a restart after a crash: there is nobody to import from.
-  const std::string note = g.number == 1 ? "first generation" : "no previous generation is running";
+  // Every hello gets its begin-import, so that no worker waits in start() for one; the note
+  // says truthfully why nothing comes.
+  std::string note;
+  if (g.state != GenState::Starting) {
+    note = fmt::format(
+        "generation {} reported ready (--ready {}) before it said hello, so no state was moved to it: "
+        "call Worker::start() before anything slow",
+        g.number, options_.ready.describe());
+    log_warn("{}", note);
+  } else if (g.number == 1) {
+    note = "first generation";
+  } else if (generations_.size() == 1) {
+    note = "no previous generation is running";
+  } else {
+    note = "started outside an upgrade (after a crash): no state is moved";
+  }
   send_to(g, wire::BeginImport{0, {}, note});
 }
 
 void Supervisor::start_transfer() {
   Generation* fresh = find(upgrade_->generation);
   if (fresh == nullptr || !fresh->hello) return;
-  // The ready deadline pauses while the state moves; --state-timeout bounds the transfer.
-  fresh->ready_deadline->stop();
+  // The readiness checks stop while the state moves (WaitReady starts them over); --state-timeout
+  // bounds the transfer, including any wait in begin_transfer().
+  cancel_readiness(*fresh);
   upgrade_->phase_timer.start(options_.state_timeout, [this] {
     feed(Input::Timeout, fmt::format("the state transfer did not finish within {} (--state-timeout)",
                                      format_duration(options_.state_timeout)));
   });
+  begin_transfer();
+}
+
+void Supervisor::begin_transfer() {
+  Generation* fresh = find(upgrade_->generation);
+  if (fresh == nullptr) return;
+  Generation* source = find(upgrade_->previous);
+  // A generation still draining into the source streams changes to it that the source would not
+  // pass on after its snapshot. The transfer waits until that generation has exited (its drain
+  // is bounded by --drain-timeout), so that none of the changes it acknowledged is lost.
+  for (const auto& [n, g] : generations_) {
+    if (source != nullptr && source->hello && n != source->number && n != fresh->number && g->hello &&
+        g->state == GenState::Draining && n < source->number) {
+      if (upgrade_->waiting_for != n) {
+        upgrade_->waiting_for = n;
+        publish_phase(
+            fmt::format("waiting for generation {} to finish draining, so that the changes it still "
+                        "streams to generation {} reach generation {} too",
+                        n, source->number, fresh->number));
+      }
+      return;
+    }
+  }
+  upgrade_->waiting_for = 0;
   Transfer t;
   t.to = fresh->number;
   t.started = Clock::now();
   t.plan = fresh->hello->imports;
 
-  Generation* old = find(upgrade_->previous);
+  Generation* old = source;
   if (old == nullptr) {
     t.note = "no previous generation is running";
   } else if (!old->hello || !old->channel) {
@@ -917,6 +992,7 @@ void Supervisor::start_transfer() {
 }
 
 void Supervisor::on_import_finished(Generation& g, const wire::TransferTotals& totals) {
+  g.import_finished = true;
   if (!transfer_ || transfer_->to != g.number || transfer_->import_totals) return;
   transfer_->import_totals = totals;
   if (!upgrade_ || upgrade_->generation != g.number || upgrade_->machine.phase() != Phase::TransferringState) return;

@@ -91,6 +91,7 @@ class Supervisor {
     std::unique_ptr<FdWatch> channel_watch;
     std::unique_ptr<Timer> channel_grace;  // After the channel closed mid-upgrade; see on_channel_readable.
     std::optional<wire::Hello> hello;      // Set once an SDK worker has said hello.
+    bool import_finished = false;          // Its import-finished arrived: Worker::start() is over.
   };
 
   // One state transfer, from its start to its end; the last one is kept for `status`.
@@ -122,13 +123,15 @@ class Supervisor {
     std::uint64_t previous = 0;    // The one it replaces (0 if none was running).
     std::vector<ClientId> watchers;
     Timer phase_timer;
-    std::string origin;  // "control" or "SIGUSR2".
+    std::string origin;             // "control" or "SIGUSR2".
+    std::uint64_t waiting_for = 0;  // A draining generation the transfer waits for.
   };
 
   Status start();
   std::vector<std::string> worker_environment(std::uint64_t generation) const;
   Result<Generation*> spawn_generation(const std::vector<std::string>& command);
   void start_readiness(Generation& g);
+  void arm_readiness(Generation& g);  // The --ready check itself, without the deadline.
   void start_probe(std::uint64_t number);
   void on_generation_ready(Generation& g);
   void on_ready_timeout(std::uint64_t number);
@@ -161,6 +164,7 @@ class Supervisor {
   void channel_failed(Generation& g, const std::string& reason);
   bool send_to(Generation& g, const wire::Message& message, std::span<const int> fds = {});
   void start_transfer();
+  void begin_transfer();
   void on_import_finished(Generation& g, const wire::TransferTotals& totals);
   void publish_state(const wire::SectionReport& report);
   void on_request(ClientId client, const ControlRequest& request);

@@ -94,6 +94,8 @@ TEST_CASE("a worker inherits exactly stdio, its listeners and its channel, with 
   // sockets (control, notify, other channels) is there.
   const auto supervisor_sockets = socket_inodes(sup.pid());
   std::set<unsigned long> listener_inodes;
+  // The worker may still hold the datagram socket it sent READY=1 from for a moment.
+  CHECK(wait_until([&] { return list_fds(worker).size() == 7; }, 5s));
   for (const auto& f : list_fds(worker)) {
     if (f.fd < 3) continue;
     REQUIRE_MESSAGE(f.socket_inode().has_value(), "unexpected fd " << f.fd << " -> " << f.target);

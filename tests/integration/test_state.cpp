@@ -280,6 +280,53 @@ TEST_CASE("state: SDK upgrades leave no descriptor, process or generation behind
   sup.stop();
 }
 
+TEST_CASE("state: a transfer waits until the generation before its source has drained") {
+  // Generation 1 keeps serving (and could keep streaming changes to 2) for 1.5 s after its drain
+  // request; 2's state goes to 3 only once 1 is gone, so that nothing 1 acknowledged is lost.
+  Supervisor sup({"--drain-timeout", "10s"}, sdk({"--fill", "20", "--drain-delay-ms", "1500"}));
+  const pid_t first = sup.active_pid();
+  RunResult r = sup.upgrade_to(sdk({"--version", "v2"}));
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+  REQUIRE(pid_alive(first));
+  const auto t0 = Clock::now();
+  r = sup.upgrade_to(sdk({"--version", "v3"}));
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+  CHECK(contains(r.out,
+                 "waiting for generation 1 to finish draining, so that the changes it still streams to "
+                 "generation 2 reach generation 3 too"));
+  CHECK_FALSE(pid_alive(first));
+  CHECK(Clock::now() - t0 >= 500ms);
+  sup.stop();
+}
+
+TEST_CASE("state: a worker reported ready before its hello is told why it got no state") {
+  // With --ready delay, a worker that is slow to call Worker::start() is "ready" before it says
+  // hello: the upgrade goes on without a transfer, and the worker learns why instead of waiting.
+  Supervisor sup({"--ready", "delay:100ms"}, sdk({"--fill", "20"}));
+  RunResult r = upgrade_ok(sup, sdk({"--version", "v2", "--start-delay-ms", "600"}));
+  REQUIRE(wait_until([&] { return contains(get(sup.port(), "/state"), "reason="); }, 10s));
+  auto st = state_of(sup.port());
+  CHECK(st["entries"] == "0");
+  CHECK(contains(st["reason"], "reported ready (--ready delay:100ms) before it said hello, so no state was moved"));
+  sup.stop();
+}
+
+TEST_CASE("state: a transfer over its --state-timeout rolls back at once, and the old generation serves on") {
+  Supervisor sup({"--state-timeout", "500ms", "--drain-timeout", "30s"},
+                 sdk({"--fill", "9", "--export-delay-ms", "3000"}));
+  const pid_t old_pid = sup.active_pid();
+  const auto t0 = Clock::now();
+  RunResult r = sup.upgrade_to(sdk({"--version", "v2"}));
+  CHECK_MESSAGE(r.exit_code == 1, r.out << r.err);
+  CHECK(contains(r.err, "the state transfer did not finish within 500ms (--state-timeout)"));
+  // The new generation never finished its import, so it is killed at once rather than left to
+  // the 30 s drain timeout.
+  CHECK(Clock::now() - t0 < 10s);
+  CHECK(sup.proc().wait_output("stopping it at once with SIGKILL", 5s));
+  check_old_serves(sup, old_pid, sup.port(), 9);
+  sup.stop();
+}
+
 TEST_CASE("state: more than 253 descriptors reach the next generation, close-on-exec") {
   Supervisor sup({}, sdk({"--pass-fds", "300"}));
   RunResult r = sup.upgrade_to(sdk({"--version", "v2"}));

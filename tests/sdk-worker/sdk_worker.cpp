@@ -17,6 +17,9 @@
 //   --import-crash         the importer aborts the process half-way through
 //   --raw-hello MIN:MAX    skip the SDK: say hello with these protocol versions, then wait
 //   --raw-garbage          skip the SDK: send a datagram that is not a channel frame, then wait
+//   --start-delay-ms N     wait N ms before Worker::start() (slow set-up before the hello)
+//   --export-delay-ms N    the exporter takes N ms before it writes anything
+//   --drain-delay-ms N     keep serving N ms after the drain request before exiting
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -25,6 +28,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -32,6 +36,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include <hotrestart/archive.h>
@@ -53,11 +58,13 @@ struct Flags {
   bool import_crash = false;
   std::string raw_hello;
   bool raw_garbage = false;
+  long start_delay_ms = 0;
+  long export_delay_ms = 0;
+  long drain_delay_ms = 0;
 };
 
 std::mutex data_mutex;
 std::map<std::string, std::string> data;
-std::atomic<bool> draining{false};
 
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr, "sdk-worker: %s\n", why.c_str());
@@ -96,6 +103,12 @@ Flags parse(int argc, char** argv) {
       f.raw_hello = value();
     } else if (a == "--raw-garbage") {
       f.raw_garbage = true;
+    } else if (a == "--start-delay-ms") {
+      f.start_delay_ms = std::stol(value());
+    } else if (a == "--export-delay-ms") {
+      f.export_delay_ms = std::stol(value());
+    } else if (a == "--drain-delay-ms") {
+      f.drain_delay_ms = std::stol(value());
     } else {
       usage("unknown flag " + a);
     }
@@ -106,6 +119,7 @@ Flags parse(int argc, char** argv) {
 // Schema 1 stores the map; schema 2 also stores the version label that wrote it, so that the two
 // layouts really differ.
 void save(const Flags& f, std::uint32_t version, std::ostream& out) {
+  if (f.export_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(f.export_delay_ms));
   std::lock_guard lock(data_mutex);
   hotrestart::OutputArchive archive(out);
   if (version >= 2) archive(std::string("written by ") + f.version);
@@ -238,13 +252,19 @@ int main(int argc, char** argv) {
   if (f.raw_garbage) return raw_garbage();
   ::signal(SIGPIPE, SIG_IGN);
 
+  if (f.start_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(f.start_delay_ms));
   hotrestart::Worker worker({.fallback_listen = {{"http", "127.0.0.1:0"}}});
   worker.add_section({.name = "data",
                       .versions = f.schemas,
                       .save = [&f](std::uint32_t v, std::ostream& out) { save(f, v, out); },
                       .load = [&f](std::uint32_t v, std::istream& in) { load(f, v, in); },
                       .apply_delta = {}});
-  worker.on_drain([] { draining = true; });
+  std::atomic<long> drain_at_ms{0};
+  worker.on_drain([&] {
+    drain_at_ms = static_cast<long>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+            .count());
+  });
   if (auto error = worker.start(); !error.empty()) {
     std::fprintf(stderr, "sdk-worker: %s\n", error.c_str());
     return 1;
@@ -287,7 +307,12 @@ int main(int argc, char** argv) {
   // Non-blocking, because another generation may accept the connection poll() announced.
   ::fcntl(listener.get(), F_SETFL, ::fcntl(listener.get(), F_GETFL) | O_NONBLOCK);
   worker.ready();
-  while (!draining.load()) {
+  auto now_ms = [] {
+    return static_cast<long>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+            .count());
+  };
+  while (drain_at_ms.load() == 0 || now_ms() < drain_at_ms.load() + f.drain_delay_ms) {
     pollfd p{listener.get(), POLLIN, 0};
     if (::poll(&p, 1, 50) <= 0) continue;
     hotrestart::Fd conn(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));

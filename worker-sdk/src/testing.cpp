@@ -50,8 +50,13 @@ std::size_t StubSupervisor::pump(Worker& next) {
   while (to.peer_in) {
     auto r = wire::receive_message(to.peer_in.get(), wire::Blocking::No);
     if (!r) {
-      if (r.error().code() != EAGAIN) to.previous_gone();
-      break;
+      const int code = r.error().code();
+      if (code == EAGAIN) break;
+      if (code == EPIPE || code == ECONNRESET) {
+        to.previous_gone();
+        break;
+      }
+      continue;  // One bad message costs that message, not the link (as on the SDK thread).
     }
     to.on_peer_in(std::move(r).value());
     ++handled;

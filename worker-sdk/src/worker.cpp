@@ -156,6 +156,24 @@ std::uint32_t negotiate(const std::vector<std::uint32_t>& ours, const std::vecto
   return best;
 }
 
+// Runs one of the application's callbacks on the SDK thread. An exception must not end the
+// process through std::terminate: it is reported, and the SDK carries on.
+template <class F>
+void guarded(const char* what, F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    say("%s threw: %s", what, e.what());
+  } catch (...) {
+    say("%s threw an exception that is not a std::exception", what);
+  }
+}
+
+// Errors on a send that pass: the kernel is short of memory or of room for descriptors in flight.
+bool transient_send_error(int code) {
+  return code == ENOBUFS || code == ENOMEM || code == ETOOMANYREFS;
+}
+
 std::size_t message_bytes(const wire::Message& m) {
   if (const auto* d = std::get_if<wire::Delta>(&m)) return d->payload.size() + d->section.size() + 64;
   return 256;
@@ -356,6 +374,7 @@ Status Worker::Impl::start_supervised(int channel_fd, Clock::time_point deadline
   }
   send_channel(wire::ImportFinished{totals});
 
+  reserve_fd.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   auto efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (efd < 0) return Error::from_errno("eventfd");
   wake_fd.reset(efd);
@@ -547,6 +566,11 @@ bool Worker::Impl::flush_peer_out() {
       fds.push_back(fd.get());
     auto ok = wire::send_message(peer_out.get(), next.message, fds, wire::Blocking::No);
     if (!ok && ok.error().code() == EAGAIN) return true;
+    if (!ok && transient_send_error(ok.error().code())) {
+      // Nothing is dropped: run_thread() tries again shortly, without spinning on POLLOUT.
+      peer_backoff = true;
+      return true;
+    }
     if (!ok) {
       say("the next generation is gone (%s); %zu queued change(s) dropped", ok.error().text().c_str(),
           peer_queue.size());
@@ -572,11 +596,7 @@ void Worker::Impl::on_peer_in(wire::Received received) {
       say("dropped a change to section '%s', which has no apply_delta", delta->section.c_str());
       return;
     }
-    try {
-      section->apply_delta(delta->version, delta->payload);
-    } catch (const std::exception& e) {
-      say("section '%s': apply_delta failed: %s", delta->section.c_str(), e.what());
-    }
+    guarded("apply_delta", [&] { section->apply_delta(delta->version, delta->payload); });
     return;
   }
   if (auto* large = std::get_if<wire::DeltaMemfd>(&received.message)) {
@@ -591,18 +611,16 @@ void Worker::Impl::on_peer_in(wire::Received received) {
       return;
     }
     const auto payload = mapped->payload();
-    try {
+    guarded("apply_delta", [&] {
       section->apply_delta(large->offer.version,
                            std::string_view(reinterpret_cast<const char*>(payload.data()), payload.size()));
-    } catch (const std::exception& e) {
-      say("section '%s': apply_delta failed: %s", large->offer.name.c_str(), e.what());
-    }
+    });
     return;
   }
   if (auto* fds = std::get_if<wire::Fds>(&received.message)) {
     for (std::size_t i = 0; i < fds->names.size(); ++i) {
       if (fd_callback) {
-        fd_callback(fds->names[i], std::move(received.fds[i]));
+        guarded("on_fd", [&] { fd_callback(fds->names[i], std::move(received.fds[i])); });
       } else {
         say("closed descriptor '%s' from the previous generation: no on_fd callback", fds->names[i].c_str());
       }
@@ -614,7 +632,7 @@ void Worker::Impl::on_peer_in(wire::Received received) {
 
 void Worker::Impl::previous_gone() {
   peer_in.reset();
-  if (previous_gone_callback) previous_gone_callback();
+  if (previous_gone_callback) guarded("on_previous_gone", previous_gone_callback);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -645,13 +663,13 @@ void Worker::Impl::on_channel_message(wire::Received received) {
             draining = true;
           }
           if (drain_callback) {
-            drain_callback();
+            guarded("on_drain", drain_callback);
           } else {
             ::kill(::getpid(), SIGTERM);
           }
         } else if constexpr (std::is_same_v<T, wire::Stop>) {
           if (stop_callback) {
-            stop_callback();
+            guarded("on_stop", stop_callback);
           } else {
             ::kill(::getpid(), SIGKILL);
           }
@@ -681,15 +699,18 @@ void Worker::Impl::run_thread() {
     const nfds_t peer_in_at = peer_in ? n : 99;
     if (peer_in) fds[n++] = {peer_in.get(), POLLIN, 0};
     nfds_t peer_out_at = 99;
+    bool backoff = false;
     {
       std::lock_guard lock(mutex);
+      backoff = peer_backoff;
       if (peer_out) {
         peer_out_at = n;
         // POLLOUT only while something waits, so that an idle link does not spin.
-        fds[n++] = {peer_out.get(), static_cast<short>(peer_queue.empty() || !snapshot_sent ? 0 : POLLOUT), 0};
+        const bool waiting = !peer_queue.empty() && snapshot_sent && !backoff;
+        fds[n++] = {peer_out.get(), static_cast<short>(waiting ? POLLOUT : 0), 0};
       }
     }
-    if (::poll(fds, n, -1) < 0) {
+    if (::poll(fds, n, backoff ? 10 : -1) < 0) {
       if (errno == EINTR) continue;
       say("poll failed: %s", std::strerror(errno));
       return;
@@ -699,25 +720,47 @@ void Worker::Impl::run_thread() {
       [[maybe_unused]] auto r = ::read(wake_fd.get(), &count, sizeof count);
     }
     if (quitting.load()) return;
+    if (backoff) {
+      {
+        std::lock_guard lock(mutex);
+        peer_backoff = false;
+      }
+      flush_peer_out();
+    }
     if (channel_at != 99 && fds[channel_at].revents != 0) {
       auto r = wire::receive_message(channel.get(), wire::Blocking::No);
       if (r) {
         on_channel_message(std::move(r).value());
       } else if (r.error().code() != EAGAIN) {
-        // The supervisor is gone or sent garbage; this generation keeps serving on its own.
-        say("the supervisor channel closed: %s", r.error().text().c_str());
+        // The supervisor is gone, or sent something this SDK cannot trust. Either way the channel
+        // is closed, so that the supervisor sees it and falls back to signals for this worker;
+        // the generation keeps serving meanwhile.
+        const int code = r.error().code();
+        if (code != EPIPE && code != ECONNRESET) {
+          say("closing the supervisor channel: %s", r.error().text().c_str());
+          send_channel(wire::Refuse{r.error().text().substr(0, wire::kMaxTextLength)});
+        } else {
+          say("the supervisor channel closed");
+        }
+        std::lock_guard lock(channel_mutex);
+        channel.reset();
         channel_open = false;
       }
     }
     if (peer_in_at != 99 && fds[peer_in_at].revents != 0) {
+      // A spare descriptor is given up for the receive, so that a process at its fd limit still
+      // takes the memfd of a large change (the kernel would drop it, and the change with it).
+      reserve_fd.reset();
       auto r = wire::receive_message(peer_in.get(), wire::Blocking::No);
+      reserve_fd.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
       if (r) {
         on_peer_in(std::move(r).value());
-      } else if (r.error().code() != EAGAIN) {
-        if (r.error().code() != EPIPE && r.error().code() != ECONNRESET) {
-          say("the previous generation's link failed: %s", r.error().text().c_str());
-        }
+      } else if (r.error().code() == EPIPE || r.error().code() == ECONNRESET) {
         previous_gone();
+      } else if (r.error().code() != EAGAIN) {
+        // One bad message (truncated descriptors at the fd limit, say) costs that message, not the
+        // link: the previous generation goes on streaming the changes it acknowledges.
+        say("dropped a message from the previous generation: %s", r.error().text().c_str());
       }
     }
     if (peer_out_at != 99 && (fds[peer_out_at].revents & (POLLHUP | POLLERR)) != 0) {
@@ -735,7 +778,12 @@ void Worker::Impl::run_thread() {
 
 Worker::Impl::~Impl() {
   if (thread.joinable()) {
-    // Give the next generation what it is owed, for at most flush_timeout.
+    // The SDK thread stops first, after the callback it may be running, so that no callback runs
+    // once the application has begun to shut down. Then what the next generation is owed is sent
+    // from here, for at most flush_timeout.
+    quitting.store(true);
+    wake();
+    thread.join();
     const auto deadline = Clock::now() + options.flush_timeout;
     for (;;) {
       bool pending = false;
@@ -754,12 +802,10 @@ Worker::Impl::~Impl() {
         std::lock_guard lock(mutex);
         if (!peer_out) break;
         p = {peer_out.get(), POLLOUT, 0};
+        peer_backoff = false;
       }
-      ::poll(&p, 1, std::max(1, ms_until(deadline)));
+      ::poll(&p, 1, std::clamp(ms_until(deadline), 1, 10));
     }
-    quitting.store(true);
-    wake();
-    thread.join();
   }
 }
 
@@ -863,22 +909,23 @@ bool Worker::pass_fd(std::string name, int fd) {
   Impl& impl = *impl_;
   {
     std::lock_guard lock(impl.mutex);
-    if (impl.peer_out && impl.snapshot_sent) {
-      if (impl.peer_queue_bytes + 256 > impl.options.max_queued_bytes) return false;
-      Impl::Outgoing out;
-      out.message = wire::Fds{{std::move(name)}};
-      out.fds.push_back(std::move(owned));
-      out.bytes = 256;
-      impl.peer_queue_bytes += out.bytes;
-      impl.peer_queue.push_back(std::move(out));
-    } else if (impl.draining || impl.peer_out || (impl.mode != Mode::Supervised && impl.mode != Mode::Stub)) {
-      // Draining with no next generation to take it, or a transfer that already sent its
-      // descriptors: nothing will receive this one.
-      return false;
-    } else {
-      impl.passed_fds.emplace_back(std::move(name), std::move(owned));
-      return true;
+    const bool link_up = impl.peer_out && impl.snapshot_sent;
+    if (impl.mode != Mode::Supervised && impl.mode != Mode::Stub) return false;
+    if (impl.draining && !link_up) return false;  // Nothing will ever receive it.
+    if (!impl.draining) {
+      // Kept for every later transfer too, in case the next generation is rolled back.
+      const int keep = ::fcntl(owned.get(), F_DUPFD_CLOEXEC, 3);
+      if (keep < 0) return false;
+      impl.passed_fds.emplace_back(name, Fd(keep));
     }
+    if (!link_up) return true;  // Goes with the next transfer.
+    if (impl.peer_queue_bytes + 256 > impl.options.max_queued_bytes) return false;
+    Impl::Outgoing out;
+    out.message = wire::Fds{{std::move(name)}};
+    out.fds.push_back(std::move(owned));
+    out.bytes = 256;
+    impl.peer_queue_bytes += out.bytes;
+    impl.peer_queue.push_back(std::move(out));
   }
   if (impl.mode == Mode::Stub) return impl.flush_peer_out();
   impl.wake();

@@ -104,12 +104,14 @@ class Worker::Impl {
   std::deque<Outgoing> peer_queue;
   std::size_t peer_queue_bytes = 0;
   std::uint64_t delta_sequence = 0;
-  std::vector<std::pair<std::string, Fd>> passed_fds;  // Waiting for the next export.
+  std::vector<std::pair<std::string, Fd>> passed_fds;  // Sent with every export.
   bool draining = false;
+  bool peer_backoff = false;  // A send failed for a passing reason; retry shortly.
 
   // The SDK thread.
   std::thread thread;
-  Fd wake_fd;  // An eventfd.
+  Fd wake_fd;     // An eventfd.
+  Fd reserve_fd;  // /dev/null, closed while receiving from the previous generation.
   std::atomic<bool> quitting{false};
 };
 

@@ -18,8 +18,9 @@
 // Threads. start() and every `load` run on the thread that calls start(). The SDK then runs the
 // channel on a thread of its own; `save`, `apply_delta`, on_drain, on_stop, on_fd and
 // on_previous_gone run there, one at a time, so they must synchronise with the application's
-// threads (a `save` must see a consistent state: take the lock the writers take). The SDK never
-// touches the application's event loop and installs no signal handler.
+// threads (a `save` must see a consistent state: take the lock the writers take). An exception
+// from a callback is reported on stderr, not propagated. No callback runs once ~Worker() has
+// begun. The SDK never touches the application's event loop and installs no signal handler.
 #pragma once
 
 #include <chrono>
@@ -138,14 +139,17 @@ class Worker {
   // A short status line for `hotrestart status` (at most 256 bytes are kept).
   void status(std::string_view text);
 
-  // Hands a duplicate of `fd` to the next generation. Before an upgrade it waits and goes with
-  // the state; during this generation's drain it goes at once (on_fd() in the next one). Returns
-  // false when nothing can receive it (no next generation, or it failed): then keep or close it.
+  // Hands a duplicate of `fd` to the next generation. Before this generation's drain, the SDK keeps
+  // a copy and sends it with every state transfer (take_fd() in the next one), and also at once to
+  // a next generation that has already taken the state; during the drain it goes at once (on_fd()
+  // in the next one). Returns false when nothing can receive it (draining, with no next
+  // generation): then keep or close it.
   bool pass_fd(std::string name, int fd);
 
-  // Streams a change made after this section's snapshot to the next generation. `encode` is
-  // called (at once, on this thread) only while a transfer of the section is under way, with the
-  // negotiated version. Returns false only when the change could not be queued (larger than
+  // Streams a change made after this section's snapshot to the next generation. Call it, and make
+  // the change, under the lock `save` takes. `encode` is called (at once, on this thread, under the
+  // SDK's lock: it must not call the Worker) only while a transfer of the section is under way,
+  // with the negotiated version. Returns false only when the change could not be queued (larger than
   // Options::max_delta_bytes, or more than max_queued_bytes waiting): a write should then be
   // refused rather than acknowledged.
   bool publish_delta(std::string_view section, const std::function<std::string(std::uint32_t version)>& encode);
