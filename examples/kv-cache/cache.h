@@ -7,9 +7,55 @@
 //   schema 2: adds content_type; the v2 binary reads and writes versions 1 and 2 (writing 1 drops
 //             the content types; reading 1 leaves them empty, served as application/octet-stream).
 //
-// Snapshot (a section's payload), in cereal's binary layout (u64 counts, little-endian):
-//   count: u64, then `count` entries from least to most recently used, each
-//   key: string, value: string, [content_type: string, version 2 only], stamp: u64.
+// Storage: an arena of slabs, as memcached keeps its items. Entries live in 2 MiB pages; each page
+// holds fixed-size chunks of one size class (48 bytes, then about 1.25x per class, up to 1 MiB), and
+// an entry larger than the largest class gets a page of its own. A chunk holds a 24-byte header
+// (stamp, value length, key length, content-type length, and the LRU links as 32-bit chunk ids)
+// followed by the key, the value and, in schema 2, the content type. A chunk id is the page number
+// (16 bits) and the chunk's number in its page (16 bits). The hash index is an open-addressing table
+// of {chunk id, hash} slots (XXH3 of the key, linear probing, backward-shift deletion). Freed chunks
+// go on their class's free list; a page whose chunks are all free is unmapped (except the last page
+// of each class). Nothing is allocated per entry, and the whole store is a few large blocks, which
+// is what makes a snapshot a few large writes and an import a few large reads.
+//
+// Memory. An entry is charged its whole chunk (Cache::charge), and the least recently used entries
+// are evicted while the charged bytes exceed max_bytes. The pages themselves may hold at most
+// max_bytes plus one page per size class in use (as memcached gives every class its first page):
+// when a class needs a page beyond that, least recently used entries are evicted until a chunk or a
+// page frees up, so that a workload whose sizes shift cannot grow the process past its budget.
+// The arena addresses at most 65,535 pages (128 GiB of 2 MiB pages); past that it evicts as if full.
+// Limits: keys and content types of at most 65,535 bytes, values below 4 GiB (put throws
+// std::length_error beyond them).
+//
+// Snapshot (a section's payload), in one of two layouts, told apart by the first 8 bytes:
+//   arena   (what save() writes in the cache's own schema): the store as it is, so that loading it
+//           is a few large reads and a check, with no per-entry work and no index to rebuild. All
+//           integers are little-endian, as in cereal's binary archives:
+//             magic: u64 = kArenaMagic, schema: u32, page_bytes: u32, hash: u32 (1 = XXH3-64, low 32
+//             bits), reserved: u32 (0), count: u64 (entries), lru head: u32, lru tail: u32,
+//             classes: u32 n, then n chunk sizes: u32, then n free-list heads: u32,
+//             pages: u32 n, then n records {kind: u32 (size class, kDedicatedPage or kNoPage),
+//                    used: u32 (chunks handed out), bytes: u64 (the page's size)},
+//             the used bytes of every page (used * chunk size), in page order,
+//             index: u64 slot count (a power of two), then the slots {chunk id: u32, hash: u32}.
+//           An import checks it before it swaps anything in: every chunk id in range, every length
+//           within its chunk, the LRU list visiting exactly `count` entries from head to tail without
+//           a cycle, the free lists holding exactly the other chunks handed out, the index holding
+//           each entry exactly once and each where a lookup finds it. The index's hashes are
+//           recomputed from the keys for a sample only (the first 16 entries and one slot in 1024):
+//           all of them would cost a cache miss per entry, and a wrong hash can only hide an entry
+//           from lookups (the section's checksum already guards the bytes; the sample catches a hash
+//           function that changed between builds). An arena of schema 1 loaded by schema 2, or one
+//           with other size classes, is checked the same way and then copied entry by entry; other
+//           page sizes are refused.
+//   entries (what save() writes for an older schema, and what kv-cache wrote before the arena):
+//           cereal's binary layout (u64 counts), count: u64, then `count` entries from least to
+//           most recently used, each key: string, value: string, [content_type: string, version 2
+//           only], stamp: u64. An import inserts them one by one. Because both layouts are read, an
+//           upgrade from a build older than the arena keeps the cache; a rollback to such a build
+//           is sent an arena it cannot read, and starts cold.
+//   save() holds the cache's lock while it writes: the old generation stalls its requests for as
+//   long as the section takes to write (docs/benchmarks.md, "State transfer").
 // Delta (one change, published while a transfer is under way):
 //   op: u8 (1 = put, 2 = erase), key: string, then for a put value: string and, in version 2,
 //   content_type: string; then stamp: u64.
@@ -22,6 +68,7 @@
 // only while the previous generation may still send changes (drop_tombstones() ends that).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <istream>
@@ -38,10 +85,19 @@
 
 namespace kv {
 
-// Charged for every entry on top of its key, value and content type: the entry record (120 bytes
-// in schema 2, 88 in schema 1) and its share of the hash index (8-byte slots, at most 3/4 full).
-// The strings' own allocator overhead is not counted.
-inline constexpr std::uint64_t kEntryOverhead = 144;
+// The size of every page of size-classed chunks; an entry larger than the largest class (half a
+// page) gets a page of its own, rounded up to 4 KiB.
+inline constexpr std::uint64_t kPageBytes = std::uint64_t{2} << 20;
+// Every chunk starts with a header this large; Cache::charge() gives an entry's whole cost.
+inline constexpr std::uint64_t kChunkHeaderBytes = 24;
+inline constexpr std::size_t kMaxKeyBytes = 65535;
+inline constexpr std::size_t kMaxTypeBytes = 65535;
+// The first 8 bytes of an arena snapshot ("kv-arena" in ASCII): larger than any count an entries
+// snapshot could hold, so the two layouts cannot be confused.
+inline constexpr std::uint64_t kArenaMagic = 0x616E'6572'612D'766BULL;
+// Page kinds in an arena snapshot's page table, besides a size class's number.
+inline constexpr std::uint32_t kDedicatedPage = 0xFFFF'FFFE;
+inline constexpr std::uint32_t kNoPage = 0xFFFF'FFFF;
 // Tombstones may use at most max_bytes / kTombstoneShare (key + kTombstoneOverhead each); past
 // that an erase leaves none, and a late, older put from the previous generation could restore the
 // key. They are not charged against max_bytes.
@@ -53,24 +109,55 @@ inline constexpr std::string_view kDefaultContentType = "application/octet-strea
 // Nanoseconds of CLOCK_MONOTONIC.
 std::uint64_t monotonic_ns();
 
+// Bytes of pages and index tables every cache of this process has mapped so far (a running total
+// that never decreases), so that tests can show that a hostile snapshot maps no more than a small,
+// fixed amount.
+std::uint64_t arena_bytes_mapped_total();
+
 inline std::string_view served_content_type(std::string_view stored) {
   return stored.empty() ? kDefaultContentType : stored;
 }
 
+// The entries `kv-cache --prefill N` fills in (for benchmarks): key-0000000000, key-0000000001, ...
+// with values of a given size that a client can check byte for byte.
+inline std::string prefill_key(std::uint64_t i) {
+  std::string key = "key-0000000000";
+  for (std::size_t pos = key.size(); i > 0 && pos > 4; i /= 10)
+    key[--pos] = static_cast<char>('0' + i % 10);
+  return key;
+}
+inline void prefill_value(std::uint64_t i, std::size_t bytes, std::string& out) {
+  static constexpr std::string_view kAlphabet = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_";
+  out.resize(bytes);
+  for (std::size_t j = 0; j < bytes; ++j)
+    out[j] = kAlphabet[(i * 31 + j) % kAlphabet.size()];
+}
+
 struct Stats {
   std::uint64_t entries = 0;
-  std::uint64_t bytes = 0;  // Charged bytes: key + value + content type + kEntryOverhead each.
+  std::uint64_t bytes = 0;  // Charged bytes: the whole chunk of every entry (Cache::charge).
   std::uint64_t hits = 0;
   std::uint64_t misses = 0;
   std::uint64_t evictions = 0;
   std::uint64_t tombstones = 0;
-  std::uint64_t deltas = 0;  // Changes replayed from the previous generation (applied or not).
+  std::uint64_t deltas = 0;       // Changes replayed from the previous generation (applied or not).
+  std::uint64_t page_bytes = 0;   // Memory mapped for pages (at most max_bytes + a page per class).
+  std::uint64_t index_bytes = 0;  // Memory of the hash index.
 };
 
 struct Found {
   std::string value;
   std::string content_type;  // Empty in schema 1, or when none was given.
   std::uint64_t stamp = 0;
+};
+
+// How the last successful load() went, for logs and benchmarks.
+struct LoadReport {
+  std::string layout;                // "arena", "entries", or how an arena was converted.
+  std::uint64_t micros = 0;          // The whole load, from the first byte read to the swap.
+  std::uint64_t copy_micros = 0;     // Arena: copying pages and index into new memory (mostly faults).
+  std::uint64_t check_micros = 0;    // Arena: checking them before the swap.
+  std::uint64_t convert_micros = 0;  // Copying an arena entry by entry (another schema or class table).
 };
 
 enum class WriteResult {
@@ -91,6 +178,8 @@ class Cache {
   // The snapshot and delta versions this schema reads and writes.
   static std::vector<std::uint32_t> versions();
   static bool supports(std::uint32_t version);
+  // The bytes an entry of these sizes is charged: its whole chunk (schema 1 ignores `type_size`).
+  static std::uint64_t charge(std::size_t key_size, std::size_t value_size, std::size_t type_size = 0);
 
   explicit Cache(std::uint64_t max_bytes);
   ~Cache();
@@ -103,7 +192,8 @@ class Cache {
 
   // Changes at a given stamp (replayed ones, and tests). put returns false when the cache holds a
   // newer or equal write for the key (an entry or a tombstone); erase returns whether it removed
-  // an entry. Schema 1 ignores `content_type`.
+  // an entry. Schema 1 ignores `content_type`. put throws std::length_error (and changes nothing)
+  // for a key, value or content type beyond the limits above.
   bool put(std::string_view key, std::string_view value, std::string_view content_type, std::uint64_t stamp);
   bool erase(std::string_view key, std::uint64_t stamp);
 
@@ -121,16 +211,24 @@ class Cache {
   // more. Idempotent.
   void drop_tombstones();
 
+  // Puts prefill_key(i) -> prefill_value(i, value_bytes) for i in [0, n), with no content type,
+  // as `kv-cache --prefill` does at start-up (the lock is taken per batch, not held throughout).
+  // The index is sized for n more entries first (as many as the budget can hold), so that it is
+  // not rehashed again and again.
+  void prefill(std::uint64_t n, std::size_t value_bytes);
+
   Stats stats() const;
+  LoadReport last_load() const;
   std::uint64_t max_bytes() const { return max_bytes_; }
   // Keys from the most to the least recently used (for tests and debugging).
   std::vector<std::string> keys_by_recency() const;
 
-  // Section callbacks. save writes the snapshot in `version` straight to `out` under the lock.
-  // load reads it with hotrestart::InputArchive into a staging store and replaces the contents only
-  // at the end; on any error it throws and the cache is untouched. Entries beyond max_bytes are
-  // evicted as they are loaded, least recently used first. Both throw std::invalid_argument for a
-  // version this schema does not have.
+  // Section callbacks. save writes the snapshot in `version` straight to `out` under the lock: the
+  // arena layout in this cache's own schema, the entries layout in an older one. load reads either
+  // layout with hotrestart::InputArchive into a staging store, checks it, and replaces the contents
+  // only at the end; on any error it throws and the cache is untouched. Entries beyond max_bytes
+  // are evicted, least recently used first. Both throw std::invalid_argument for a version this
+  // schema does not have.
   void save(std::uint32_t version, std::ostream& out) const;
   void load(std::uint32_t version, std::istream& in);
 
@@ -155,6 +253,7 @@ class Cache {
   bool keep_tombstones_ = true;
   std::unordered_map<std::string, std::uint64_t> tombstones_;
   std::uint64_t tombstone_bytes_ = 0;
+  LoadReport last_load_;
 };
 
 extern template class Cache<1>;

@@ -75,6 +75,8 @@ struct Options {
   std::string listen = "127.0.0.1:8080";
   std::uint64_t max_memory = std::uint64_t{256} << 20;
   std::uint64_t idle_grace_ms = 1000;
+  std::uint64_t prefill = 0;  // Entries to fill in at start-up when nothing was imported.
+  std::size_t prefill_value_bytes = 64;
 };
 
 template <typename T>
@@ -680,10 +682,10 @@ std::string Server::stats_line() const {
   }
   return fmt::format(
       R"({{"version":{},"schema":{},"pid":{},"generation":{},"entries":{},"bytes":{},"max_bytes":{},"hits":{},)"
-      R"("misses":{},"evictions":{},"tombstones":{},"deltas":{},"imported":{}}})"
+      R"("misses":{},"evictions":{},"tombstones":{},"deltas":{},"page_bytes":{},"index_bytes":{},"imported":{}}})"
       "\n",
       json_string(opts.label), KV_SCHEMA, pid, worker->generation(), s.entries, s.bytes, cache.max_bytes(), s.hits,
-      s.misses, s.evictions, s.tombstones, s.deltas, imported);
+      s.misses, s.evictions, s.tombstones, s.deltas, s.page_bytes, s.index_bytes, imported);
 }
 
 int Server::run() {
@@ -830,6 +832,14 @@ int main(int argc, char** argv) {
                  "Milliseconds after a drain begins before connections that could not be handed over are closed")
       ->check(CLI::Range(0, 86'400'000))  // Without a check, CLI11 would wrap a negative number around.
       ->capture_default_str();
+  app.add_option("--prefill", opts.prefill,
+                 "Entries key-0000000000, key-0000000001, ... to fill in at start-up, only if nothing was imported "
+                 "from a previous generation (for benchmarks)")
+      ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{1} << 32))
+      ->capture_default_str();
+  app.add_option("--prefill-value-bytes", opts.prefill_value_bytes, "Size of each prefilled value")
+      ->check(CLI::Range(std::size_t{0}, static_cast<std::size_t>(kMaxBodyBytes)))
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -868,8 +878,13 @@ int main(int argc, char** argv) {
     for (const auto& s : worker.imported()) {
       if (s.imported) {
         from_previous = from_previous || s.name == kv::kSectionName;
-        server.log("section '{}': imported schema version {}, {} bytes, {} entries", s.name, s.version, s.bytes,
-                   cache.stats().entries);
+        const kv::LoadReport load = cache.last_load();
+        server.log(
+            "section '{}': imported schema version {}, {} bytes, {} entries; load {:.3f} s ({}: copy {:.3f} s, "
+            "checks {:.3f} s, conversion {:.3f} s)",
+            s.name, s.version, s.bytes, cache.stats().entries, static_cast<double>(load.micros) / 1e6, load.layout,
+            static_cast<double>(load.copy_micros) / 1e6, static_cast<double>(load.check_micros) / 1e6,
+            static_cast<double>(load.convert_micros) / 1e6);
       } else {
         server.log("section '{}': starts cold: {}", s.name, s.reason);
       }
@@ -877,6 +892,18 @@ int main(int argc, char** argv) {
     // Tombstones guard against late changes from a previous generation; without an imported
     // snapshot there is none worth guarding (or none at all, and on_previous_gone never comes).
     if (!from_previous) cache.drop_tombstones();
+    // Before READY, so that a benchmark's first generation serves a full cache; a later generation
+    // that imported the state keeps only what came over.
+    if (!from_previous && opts.prefill > 0) {
+      const std::uint64_t t0 = kv::monotonic_ns();
+      cache.prefill(opts.prefill, opts.prefill_value_bytes);
+      const kv::Stats s = cache.stats();
+      server.log(
+          "prefilled {} entries of {} value bytes in {:.3f} s: {} entries, {} bytes charged, {} bytes of pages, "
+          "{} bytes of index",
+          opts.prefill, opts.prefill_value_bytes, static_cast<double>(kv::monotonic_ns() - t0) / 1e9, s.entries,
+          s.bytes, s.page_bytes, s.index_bytes);
+    }
     return server.run();
   } catch (const std::exception& e) {
     fmt::print(stderr, "kv-cache {}: {}\n", opts.label, e.what());

@@ -1,5 +1,6 @@
-// examples/kv-cache's store: LRU by memory, snapshots across schema versions, deltas with
-// last-writer-wins, and hostile input.
+// examples/kv-cache's store: LRU by memory (charging whole chunks, and keeping its pages within
+// budget), snapshots across schema versions (the arena taken as it is, and entry by entry), deltas
+// with last-writer-wins, and hostile input (corrupted arenas included).
 //
 // The schema is a template parameter of kv::Cache and the kv_cache library instantiates both, so
 // this one binary checks the v1 binary's cache (Cache<1>) against the v2 binary's (Cache<2>).
@@ -7,7 +8,9 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <new>
+#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -60,8 +63,10 @@ void load(Cache& cache, std::uint32_t version, const std::string& bytes) {
   cache.load(version, in);
 }
 
+// What an entry is charged: its whole chunk, of the smallest size class that holds it.
+template <class Cache = V2>
 std::uint64_t charge(std::string_view key, std::string_view value, std::string_view ctype = {}) {
-  return key.size() + value.size() + ctype.size() + kv::kEntryOverhead;
+  return Cache::charge(key.size(), value.size(), ctype.size());
 }
 
 // The whole visible state of a cache: keys by recency with their values, types and stamps.
@@ -88,12 +93,36 @@ struct Writer {
     ar(v);
     return *this;
   }
+  Writer& u32(std::uint32_t v) {
+    ar(v);
+    return *this;
+  }
   Writer& str(const std::string& s) {
     ar(s);
     return *this;
   }
   std::string bytes() { return out.str(); }
 };
+
+// Fields of a snapshot at a byte offset, read and replaced (little-endian, as the layouts are).
+std::uint32_t get_u32(const std::string& bytes, std::size_t at) {
+  std::uint32_t v = 0;
+  std::memcpy(&v, bytes.data() + at, sizeof v);
+  return v;
+}
+std::uint64_t get_u64(const std::string& bytes, std::size_t at) {
+  std::uint64_t v = 0;
+  std::memcpy(&v, bytes.data() + at, sizeof v);
+  return v;
+}
+std::string with_u32(std::string bytes, std::size_t at, std::uint32_t v) {
+  std::memcpy(bytes.data() + at, &v, sizeof v);
+  return bytes;
+}
+std::string with_u64(std::string bytes, std::size_t at, std::uint64_t v) {
+  std::memcpy(bytes.data() + at, &v, sizeof v);
+  return bytes;
+}
 
 }  // namespace
 
@@ -125,7 +154,7 @@ TEST_CASE("kv cache: get, put, erase and stats") {
   V1 old(1 << 20);
   CHECK(old.put("k", "v", "text/plain", 1));
   CHECK(old.get("k")->content_type.empty());  // Schema 1 has no content types.
-  CHECK(old.stats().bytes == charge("k", "v"));
+  CHECK(old.stats().bytes == charge<V1>("k", "v"));
 }
 
 TEST_CASE("kv cache: LRU eviction by memory") {
@@ -142,10 +171,15 @@ TEST_CASE("kv cache: LRU eviction by memory") {
   CHECK(cache.stats().evictions == 1);
   CHECK(cache.stats().bytes <= cache.max_bytes());
 
-  // A value that grows pushes out the oldest others until it fits.
-  CHECK(cache.put("k1", value + value, "t", 5));
+  // A value that grows pushes out the oldest others until it fits. It moves to a larger size class,
+  // whose chunk is charged whole: less than two of the old ones, so one other entry stays.
+  const std::string grown(150, 'x');
+  REQUIRE(charge("k1", grown, "t") > charge("k1", value, "t"));
+  REQUIRE(charge("k1", grown, "t") + charge("k4", value, "t") <= cache.max_bytes());
+  CHECK(cache.put("k1", grown, "t", 5));
   CHECK(cache.keys_by_recency() == std::vector<std::string>{"k1", "k4"});
-  CHECK(cache.stats().bytes == charge("k1", value + value, "t") + charge("k4", value, "t"));
+  CHECK(cache.stats().bytes == charge("k1", grown, "t") + charge("k4", value, "t"));
+  CHECK(cache.peek("k1")->value == grown);
 
   // An entry larger than the whole budget does not stay.
   CHECK(cache.put("huge", std::string(cache.max_bytes(), 'h'), "t", 6));
@@ -153,7 +187,7 @@ TEST_CASE("kv cache: LRU eviction by memory") {
   CHECK(cache.stats().bytes == 0);
 
   // Many entries through a small budget: the index stays consistent through evictions.
-  V1 small(50 * charge("key-0000", "value"));
+  V1 small(50 * charge<V1>("key-0000", "value"));
   for (int i = 0; i < 5000; ++i) {
     char key[16];
     std::snprintf(key, sizeof key, "key-%04d", i);
@@ -203,7 +237,7 @@ TEST_CASE("kv cache: downgrade v2 -> v1 keeps keys and values, drops content typ
   CHECK(to.peek("a")->value == "apple");
   CHECK(to.peek("b")->value == "banana");
   CHECK(to.peek("b")->stamp == 2);
-  CHECK(to.stats().bytes == charge("a", "apple") + charge("b", "banana"));
+  CHECK(to.stats().bytes == charge<V1>("a", "apple") + charge<V1>("b", "banana"));
 }
 
 TEST_CASE("kv cache: upgrade v1 -> v2 loads with the default content type") {
@@ -240,7 +274,12 @@ TEST_CASE("kv cache: a truncated or corrupted snapshot throws and leaves the cac
   V2 from(1 << 20);
   from.put("alpha", "one", "text/plain", 1);
   from.put("beta", "two", "", 2);
-  const std::string good = snapshot(from, 2);
+  const std::string good = snapshot(from, 2);  // The arena layout.
+  REQUIRE(good.substr(0, 8) == Writer().u64(kv::kArenaMagic).bytes());
+  // The same entries in the entries layout, as kv-cache wrote them before the arena (and as it
+  // still writes an older schema).
+  const std::string legacy =
+      Writer().u64(2).str("alpha").str("one").str("text/plain").u64(1).str("beta").str("two").str("").u64(2).bytes();
 
   V2 cache(1 << 20);
   cache.put("mine", "keep me", "text/plain", 7);
@@ -248,17 +287,26 @@ TEST_CASE("kv cache: a truncated or corrupted snapshot throws and leaves the cac
   const auto before = dump(cache);
   const auto stats_before = cache.stats();
 
-  // Every strict prefix of a snapshot is incomplete.
-  for (std::size_t n = 0; n < good.size(); ++n) {
-    CAPTURE(n);
-    CHECK_THROWS_AS(load(cache, 2, good.substr(0, n)), hotrestart::ArchiveError);
+  for (const auto* bytes : {&good, &legacy}) {
+    CAPTURE(bytes == &good ? "arena" : "entries");
+    // Every strict prefix of a snapshot is incomplete.
+    for (std::size_t n = 0; n < bytes->size(); ++n) {
+      CAPTURE(n);
+      CHECK_THROWS_AS(load(cache, 2, bytes->substr(0, n)), hotrestart::ArchiveError);
+    }
+    CHECK_THROWS_AS(load(cache, 2, *bytes + '\0'), hotrestart::ArchiveError);  // Trailing bytes.
+    // The same bytes read as version 1 do not line up.
+    CHECK_THROWS_AS(load(cache, 1, *bytes), hotrestart::ArchiveError);
   }
-  CHECK_THROWS_AS(load(cache, 2, good + '\0'), hotrestart::ArchiveError);  // Trailing bytes.
-  // The same bytes read as version 1 do not line up.
-  CHECK_THROWS_AS(load(cache, 1, good), hotrestart::ArchiveError);
-  // A count one too many or one too few.
-  CHECK_THROWS_AS(load(cache, 2, Writer().u64(3).bytes() + good.substr(8)), hotrestart::ArchiveError);
-  CHECK_THROWS_AS(load(cache, 2, Writer().u64(1).bytes() + good.substr(8)), hotrestart::ArchiveError);
+  // A count one too many or one too few: in the entries layout, its first field; in the arena,
+  // the header's (after the magic, schema, page size, hash and a reserved field).
+  CHECK_THROWS_AS(load(cache, 2, Writer().u64(3).bytes() + legacy.substr(8)), hotrestart::ArchiveError);
+  CHECK_THROWS_AS(load(cache, 2, Writer().u64(1).bytes() + legacy.substr(8)), hotrestart::ArchiveError);
+  REQUIRE(good.substr(24, 8) == Writer().u64(2).bytes());
+  CHECK_THROWS_AS(load(cache, 2, good.substr(0, 24) + Writer().u64(3).bytes() + good.substr(32)),
+                  hotrestart::ArchiveError);
+  CHECK_THROWS_AS(load(cache, 2, good.substr(0, 24) + Writer().u64(1).bytes() + good.substr(32)),
+                  hotrestart::ArchiveError);
   // A string length past the end.
   CHECK_THROWS_AS(load(cache, 2, Writer().u64(1).u64(1000).bytes() + std::string(100, 'k')), hotrestart::ArchiveError);
   // The same key twice.
@@ -269,8 +317,11 @@ TEST_CASE("kv cache: a truncated or corrupted snapshot throws and leaves the cac
   CHECK(dump(cache) == before);
   CHECK(cache.stats().entries == stats_before.entries);
   CHECK(cache.stats().bytes == stats_before.bytes);
-  // And it still works.
+  // And it still works, from either layout.
+  load(cache, 2, legacy);
+  CHECK(dump(cache) == dump(from));
   load(cache, 2, good);
+  CHECK(dump(cache) == dump(from));
   CHECK(cache.keys_by_recency() == std::vector<std::string>{"beta", "alpha"});
 }
 
@@ -280,14 +331,281 @@ TEST_CASE("kv cache: a snapshot with a huge count throws without allocating") {
   const std::string huge_count = Writer().u64(std::uint64_t{1} << 62).str("k").str("v").str("").u64(1).bytes();
   const std::string huge_string = Writer().u64(1).u64(std::uint64_t{1} << 50).bytes() + std::string(64, 'k');
   const std::string many_small = Writer().u64(std::uint64_t{1} << 30).bytes() + std::string(64, '\0');
-  for (const auto* bytes : {&huge_count, &huge_string, &many_small}) {
+  // Arenas that claim more than they hold, made from an empty cache's (its header, class table, no
+  // page, an index of 16 slots and the list heads). Pages and index tables are mapped rather than
+  // allocated, so the bytes mapped are bounded the same way.
+  const std::string empty = snapshot(V2(1 << 20), 2);
+  // After the header, the class table and the free-list heads.
+  const std::size_t pages_at = 44 + 8 * std::size_t{get_u32(empty, 40)};
+  REQUIRE(get_u32(empty, pages_at) == 0);
+  REQUIRE(get_u64(empty, pages_at + 4) == 16);
+  const std::string many_pages = with_u32(empty, pages_at, 65535);
+  const std::string page_without_data =
+      with_u32(empty, pages_at, 1).insert(pages_at + 4, Writer().u32(0).u32(40000).u64(kv::kPageBytes).bytes());
+  const std::string huge_index = with_u64(empty, pages_at + 4, std::uint64_t{1} << 32);
+  const std::string count_beyond_index = with_u64(empty, 24, std::uint64_t{1} << 60);
+  for (const auto* bytes :
+       {&huge_count, &huge_string, &many_small, &many_pages, &page_without_data, &huge_index, &count_beyond_index}) {
     const std::uint64_t before = g_allocated.load();
+    const std::uint64_t mapped_before = kv::arena_bytes_mapped_total();
     CHECK_THROWS_AS(load(cache, 2, *bytes), hotrestart::ArchiveError);
     const std::uint64_t used = g_allocated.load() - before;
     CHECK(used < 256 * 1024);
+    CHECK(kv::arena_bytes_mapped_total() - mapped_before < 256 * 1024);
   }
   CHECK(cache.peek("mine")->value == "keep");
   CHECK(cache.stats().entries == 1);
+}
+
+namespace {
+
+// Entries of many sizes: several size classes, values large enough for a class of their own and,
+// one for a page of its own; erased entries on the free lists; and an order
+// that is not the order of insertion.
+template <class Cache>
+void fill_varied(Cache& cache, int n, std::uint64_t stamp0, int spread = 700) {
+  for (int i = 0; i < n; ++i) {
+    std::size_t size = static_cast<std::size_t>(i * 37 % spread);
+    if (i % 97 == 0) size = 20'000 + static_cast<std::size_t>(i);
+    if (i == 50) size = (std::size_t{1} << 20) + 100;  // Past the largest class.
+    cache.put("key" + std::to_string(i), std::string(size, static_cast<char>('a' + i % 26)),
+              i % 3 == 0 ? "text/plain" : "", stamp0 + static_cast<std::uint64_t>(i));
+  }
+  for (int i = 0; i < n; i += 7)
+    cache.erase("key" + std::to_string(i), stamp0 + static_cast<std::uint64_t>(n + i));
+  for (int i = 1; i < n; i += 11)
+    cache.get("key" + std::to_string(i));
+}
+
+// Where the fields of an arena snapshot are, read from the layout cache.h documents: {offset,
+// width} of every integer of the header and tables, of every chunk header, and of every index slot.
+std::vector<std::pair<std::size_t, int>> arena_fields(const std::string& b) {
+  std::vector<std::pair<std::size_t, int>> f = {{8, 4}, {12, 4}, {16, 4}, {20, 4}, {24, 8}, {32, 4}, {36, 4}, {40, 4}};
+  std::size_t at = 44;
+  std::vector<std::uint32_t> sizes;
+  for (std::uint32_t k = get_u32(b, 40); k > 0; --k, at += 4) {
+    sizes.push_back(get_u32(b, at));
+    f.emplace_back(at, 4);
+  }
+  for (std::size_t k = 0; k < sizes.size(); ++k, at += 4)
+    f.emplace_back(at, 4);  // Free-list heads.
+  const std::uint32_t pages = get_u32(b, at);
+  f.emplace_back(at, 4);
+  at += 4;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> spans;  // {chunk size, chunks} per page.
+  for (std::uint32_t p = 0; p < pages; ++p, at += 16) {
+    const std::uint32_t kind = get_u32(b, at);
+    if (kind == kv::kDedicatedPage) spans.emplace_back(get_u64(b, at + 8), 1);
+    if (kind < sizes.size()) spans.emplace_back(sizes[kind], get_u32(b, at + 4));
+    f.insert(f.end(), {{at, 4}, {at + 4, 4}, {at + 8, 8}});
+  }
+  for (const auto& [chunk, chunks] : spans) {
+    for (std::uint64_t c = 0; c < chunks; ++c, at += chunk)
+      f.insert(f.end(), {{at, 8}, {at + 8, 4}, {at + 12, 4}, {at + 16, 4}, {at + 20, 2}, {at + 22, 2}});
+  }
+  const std::uint64_t slots = get_u64(b, at);
+  f.emplace_back(at, 8);
+  at += 8;
+  for (std::uint64_t s = 0; s < slots; ++s, at += 8)
+    f.insert(f.end(), {{at, 4}, {at + 4, 4}});
+  REQUIRE(at == b.size());
+  return f;
+}
+
+}  // namespace
+
+TEST_CASE("kv cache: an arena snapshot carries the store as it is, free chunks and all") {
+  V2 from(16 << 20);
+  fill_varied(from, 2000, 1);
+  const std::string bytes = snapshot(from, 2);
+  REQUIRE(bytes.substr(0, 8) == Writer().u64(kv::kArenaMagic).bytes());
+  V2 to(16 << 20);
+  to.put("stale", "x", "", 1);
+  load(to, 2, bytes);
+  CHECK(dump(to) == dump(from));
+  const auto a = from.stats();
+  const auto b = to.stats();
+  CHECK(b.entries == a.entries);
+  CHECK(b.bytes == a.bytes);
+  CHECK(b.page_bytes == a.page_bytes);
+  CHECK(b.index_bytes == a.index_bytes);
+  CHECK(b.evictions == 0);
+  // Both go on exactly alike: the free lists, the pages with room and the free page numbers came
+  // over, so the same changes leave byte-identical stores (including the page of its own that key50
+  // gives up, and values that move to another class).
+  for (V2* c : {&from, &to}) {
+    fill_varied(*c, 1500, 100'000);
+    c->put("key50", "small now", "", 200'000);
+    c->put("late", std::string(3 << 20, 'l'), "", 200'001);
+  }
+  CHECK(dump(to) == dump(from));
+  CHECK(snapshot(to, 2) == snapshot(from, 2));
+}
+
+TEST_CASE("kv cache: v1's arena reaches v2 entry by entry, and v2 writes v1 entries") {
+  const std::string magic = Writer().u64(kv::kArenaMagic).bytes();
+  V1 v1(16 << 20);
+  fill_varied(v1, 1000, 1);
+  const std::string arena1 = snapshot(v1, 1);
+  REQUIRE(arena1.substr(0, 8) == magic);
+  V1 same(16 << 20);
+  load(same, 1, arena1);  // v1 -> v1: taken as it is.
+  CHECK(dump(same) == dump(v1));
+  V2 up(16 << 20);
+  load(up, 1, arena1);  // v1 -> v2: converted, without content types.
+  CHECK(dump(up) == dump(v1));
+  const std::string entries1 = snapshot(up, 1);  // v2 -> v1: the entries layout.
+  REQUIRE(entries1.substr(0, 8) != magic);
+  CHECK(get_u64(entries1, 0) == up.stats().entries);
+  V1 down(16 << 20);
+  load(down, 1, entries1);
+  CHECK(dump(down) == dump(v1));
+
+  // An importer with a smaller budget keeps the most recently used entries, on either path.
+  const auto all = v1.keys_by_recency();
+  V1 small1(v1.stats().bytes / 2);
+  V2 small2(v1.stats().bytes / 2);
+  load(small1, 1, arena1);
+  load(small2, 1, arena1);
+  for (const auto& keys : {small1.keys_by_recency(), small2.keys_by_recency()}) {
+    CHECK(keys.size() > 0);
+    CHECK(keys.size() < all.size());
+    CHECK(std::equal(keys.begin(), keys.end(), all.begin()));
+  }
+  CHECK(small1.stats().bytes <= small1.max_bytes());
+  CHECK(small2.stats().bytes <= small2.max_bytes());
+}
+
+TEST_CASE("kv cache: memory stays within its budget when entry sizes shift") {
+  const std::uint64_t max = 8 << 20;
+  V2 cache(max);
+  std::uint64_t stamp = 1;
+  std::uint64_t classes = 0;
+  for (const std::size_t size : {100, 1000, 20'000, 300'000, 1'500'000}) {
+    ++classes;
+    const std::size_t n = 2 * max / size + 10;
+    for (std::size_t i = 0; i < n; ++i)
+      cache.put(std::to_string(size) + "-" + std::to_string(i), std::string(size, 'v'), "", stamp++);
+    const auto s = cache.stats();
+    CAPTURE(size);
+    CHECK(s.bytes <= max);
+    CHECK(s.evictions > 0);
+    // Pages: the budget, and one page for each class in use (a page of its own is not a class).
+    CHECK(s.page_bytes <= max + classes * kv::kPageBytes);
+  }
+  for (const auto& key : cache.keys_by_recency())
+    CHECK(cache.erase(key, stamp++));
+  const auto s = cache.stats();
+  CHECK(s.entries == 0);
+  CHECK(s.bytes == 0);
+  // Empty pages are given back, but for the last of each class.
+  CHECK(s.page_bytes <= (classes - 1) * kv::kPageBytes);
+
+  // A value past the largest class takes a page of its own, charged whole, and gives it back.
+  V2 big(64 << 20);
+  const std::string value((std::size_t{3} << 20) + 5, 'b');
+  CHECK(charge("big", value) == (kv::kChunkHeaderBytes + 3 + value.size() + 4095) / 4096 * 4096);
+  CHECK(big.put("big", value, "", 1));
+  CHECK(big.stats().bytes == charge("big", value));
+  CHECK(big.stats().page_bytes == charge("big", value));
+  CHECK(big.peek("big")->value == value);
+  CHECK(big.erase("big", 2));
+  CHECK(big.stats().page_bytes == 0);
+}
+
+TEST_CASE("kv cache: prefill fills deterministic entries") {
+  CHECK(kv::prefill_key(0) == "key-0000000000");
+  CHECK(kv::prefill_key(1234) == "key-0000001234");
+  V2 cache(64 << 20);
+  cache.prefill(10'000, 64);
+  std::string expect;
+  kv::prefill_value(1234, 64, expect);
+  CHECK(expect.size() == 64);
+  CHECK(cache.stats().entries == 10'000);
+  CHECK(cache.stats().bytes == 10'000 * charge(kv::prefill_key(0), expect));
+  CHECK(cache.peek(kv::prefill_key(1234))->value == expect);
+  CHECK(cache.keys_by_recency().front() == kv::prefill_key(9999));
+  CHECK(cache.put("key-0000001234", "newer", "", kv::monotonic_ns() + 1'000'000'000));
+}
+
+// Corrupts a valid arena snapshot in many random ways: each load must either throw ArchiveError
+// and leave the cache as it was, or give a store that works. Run it under AddressSanitizer.
+TEST_CASE("kv cache: random corruptions of an arena snapshot never crash") {
+  // Fewer size classes than elsewhere (values up to 150 bytes, and a few larger): every round maps
+  // a page per class, and this test runs under AddressSanitizer too.
+  V2 from(4 << 20);
+  fill_varied(from, 300, 1, 150);
+  const std::string good = snapshot(from, 2);
+  const auto fields = arena_fields(good);
+  std::mt19937_64 rng(20240611);
+  auto pick = [&](std::uint64_t n) { return std::uniform_int_distribution<std::uint64_t>(0, n - 1)(rng); };
+  int accepted = 0;
+  int rejected = 0;
+  for (int round = 0; round < 2000; ++round) {
+    std::string bytes = good;
+    const std::uint64_t mutations = 1 + pick(3);
+    for (std::uint64_t m = 0; m < mutations; ++m) {
+      const std::uint64_t how = pick(20);
+      if (how == 0) {
+        bytes.resize(pick(bytes.size()));  // Truncated.
+      } else if (how == 1) {
+        bytes += std::string(1 + pick(64), static_cast<char>(pick(256)));  // Extended.
+      } else if (how <= 4) {
+        bytes[pick(bytes.size())] ^= static_cast<char>(1 + pick(255));  // A byte anywhere.
+      } else {
+        const auto [at, width] = fields[pick(fields.size())];
+        if (at + static_cast<std::size_t>(width) > bytes.size()) continue;
+        std::uint64_t old = 0;
+        std::memcpy(&old, bytes.data() + at, static_cast<std::size_t>(width));
+        const std::uint64_t choices[] = {0,
+                                         1,
+                                         old + 1,
+                                         old - 1,
+                                         ~std::uint64_t{0},
+                                         rng(),
+                                         pick(8) << 16 | pick(64),  // A chunk id that may exist.
+                                         old ^ (std::uint64_t{1} << pick(static_cast<std::uint64_t>(width) * 8))};
+        const std::uint64_t v = choices[pick(std::size(choices))];
+        std::memcpy(bytes.data() + at, &v, static_cast<std::size_t>(width));
+      }
+    }
+    CAPTURE(round);
+    V2 cache(4 << 20);
+    cache.put("mine", "keep me", "", 1);
+    try {
+      load(cache, 2, bytes);
+    } catch (const hotrestart::ArchiveError&) {
+      ++rejected;
+      REQUIRE(dump(cache) == std::vector<std::string>{"mine=keep me;;1"});
+      continue;
+    }
+    ++accepted;
+    // Accepted (a corruption of bytes that are no structure, such as a value's): the store must
+    // hold together through lookups, changes, evictions and another snapshot.
+    const auto keys = cache.keys_by_recency();
+    REQUIRE(keys.size() == cache.stats().entries);
+    for (const auto& key : keys)
+      static_cast<void>(cache.peek(key));
+    std::uint64_t stamp = std::uint64_t{1} << 40;
+    for (std::size_t i = 0; i < 40; ++i) {
+      cache.put("new" + std::to_string(i), std::string(i * 4099 % 30'000, 'n'), "t", stamp++);
+      if (!keys.empty()) cache.erase(keys[i * 7 % keys.size()], stamp++);
+      static_cast<void>(cache.get(keys.empty() ? "none" : keys[i * 3 % keys.size()]));
+    }
+    cache.put("huge", std::string(1'500'000, 'h'), "", stamp++);
+    REQUIRE(cache.stats().bytes <= cache.max_bytes());
+    V2 again(4 << 20);
+    try {
+      load(again, 2, snapshot(cache, 2));
+      CHECK(again.stats().entries == cache.stats().entries);
+    } catch (const hotrestart::ArchiveError& e) {
+      // A corrupted key no longer matches its hash: such an entry cannot be found, which only a
+      // sample of the slots is checked for, and moving slots can bring it into the sample.
+      CHECK(std::string(e.what()).find("hashes") != std::string::npos);
+    }
+  }
+  MESSAGE("corrupted arenas: " << rejected << " rejected, " << accepted << " accepted");
+  CHECK(rejected > 1300);
 }
 
 TEST_CASE("kv cache: deltas resolve last writer wins, with tombstones while the previous generation lives") {
