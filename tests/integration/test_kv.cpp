@@ -164,7 +164,8 @@ TEST_CASE("kv: every acknowledged write survives upgrades in both directions und
     t.join();
 
   // Every write was acknowledged: none was refused (503), none failed.
-  for (const auto& [what, count] : problems) FAIL_CHECK(what << " x" << count);
+  for (const auto& [what, count] : problems)
+    FAIL_CHECK(what << " x" << count);
   INFO("acknowledged writes: " << acknowledged.size());
   HttpConnection reader(port);
   std::size_t missing = 0;

@@ -144,15 +144,17 @@ void load(const Flags& f, std::uint32_t version, std::istream& in) {
   data.swap(staging);
 }
 
-// Sends bytes that are not a channel frame, as a broken or hostile worker might, and reports what
-// the supervisor answers.
-int raw_garbage() {
+// The raw modes skip the SDK and speak to the supervisor on the channel directly, as a broken or
+// hostile worker might. The rollback's drain signal must not cut the report of the answer short.
+int raw_channel(const char* flag) {
   const char* env = std::getenv("HOTRESTART_CHANNEL_FD");
-  if (env == nullptr) usage("--raw-garbage needs a supervisor");
-  const int fd = std::atoi(env);
+  if (env == nullptr) usage(std::string(flag) + " needs a supervisor");
   ::signal(SIGTERM, SIG_IGN);
-  const char junk[] = "GET / HTTP/1.1\r\n\r\n this is not a channel frame at all, but long enough to pass as one";
-  if (::send(fd, junk, sizeof junk, MSG_NOSIGNAL) < 0) return 1;
+  return std::atoi(env);
+}
+
+// Reports whether the supervisor's answer on `fd` was a refusal: exit status 3 if it was.
+int report_answer(int fd) {
   auto answer = hotrestart::wire::receive_message(fd, hotrestart::wire::Blocking::Yes);
   if (answer) {
     if (const auto* refuse = std::get_if<hotrestart::wire::Refuse>(&answer->message)) {
@@ -164,12 +166,17 @@ int raw_garbage() {
   return 0;
 }
 
+// Sends bytes that are not a channel frame.
+int raw_garbage() {
+  const int fd = raw_channel("--raw-garbage");
+  const char junk[] = "GET / HTTP/1.1\r\n\r\n this is not a channel frame at all, but long enough to pass as one";
+  if (::send(fd, junk, sizeof junk, MSG_NOSIGNAL) < 0) return 1;
+  return report_answer(fd);
+}
+
+// Says hello with protocol versions MIN:MAX.
 int raw_hello(const std::string& range) {
-  const char* env = std::getenv("HOTRESTART_CHANNEL_FD");
-  if (env == nullptr) usage("--raw-hello needs a supervisor");
-  const int fd = std::atoi(env);
-  // The rollback's drain signal must not cut the report of the refusal short.
-  ::signal(SIGTERM, SIG_IGN);
+  const int fd = raw_channel("--raw-hello");
   hotrestart::wire::Hello hello;
   hello.min_version = static_cast<std::uint16_t>(std::stoul(range.substr(0, range.find(':'))));
   hello.max_version = static_cast<std::uint16_t>(std::stoul(range.substr(range.find(':') + 1)));
@@ -179,15 +186,7 @@ int raw_hello(const std::string& range) {
     std::fprintf(stderr, "sdk-worker: hello: %s\n", ok.error().text().c_str());
     return 1;
   }
-  auto answer = hotrestart::wire::receive_message(fd, hotrestart::wire::Blocking::Yes);
-  if (answer) {
-    if (const auto* refuse = std::get_if<hotrestart::wire::Refuse>(&answer->message)) {
-      std::fprintf(stderr, "sdk-worker: refused: %s\n", refuse->reason.c_str());
-      return 3;
-    }
-  }
-  std::fprintf(stderr, "sdk-worker: not refused\n");
-  return 0;
+  return report_answer(fd);
 }
 
 std::string respond(const std::string& path, const Flags& f, const hotrestart::Worker& worker, int& status) {
