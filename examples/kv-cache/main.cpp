@@ -186,6 +186,7 @@ struct WriteRequest {
   Connection* conn = nullptr;
   std::string head;
   std::string body;
+  bool interim = false;  // A "100 Continue": the request it answers is still being received.
 };
 
 // What the parser has gathered of the request being received.
@@ -222,6 +223,7 @@ struct Connection {
   void send(int status, std::string_view content_type, std::string body, bool keep,
             std::string_view extra_headers = {});
   void send_continue();
+  bool queue_write(std::unique_ptr<WriteRequest> req);
   void check_done();
   bool hand_off();
   void start_linger();
@@ -520,6 +522,19 @@ void Connection::send(int status, std::string_view content_type, std::string bod
     final_response = true;
     input.clear();
   }
+  if (!queue_write(std::move(req))) close();
+}
+
+void Connection::send_continue() {
+  auto req = std::make_unique<WriteRequest>();
+  req->conn = this;
+  req->head = "HTTP/1.1 100 Continue\r\n\r\n";
+  req->interim = true;
+  queue_write(std::move(req));  // If it cannot be written, the final answer reports the trouble.
+}
+
+// Starts writing one answer; false if libuv refused it (the connection is then broken).
+bool Connection::queue_write(std::unique_ptr<WriteRequest> req) {
   req->req.data = req.get();
   std::array<uv_buf_t, 2> bufs = {uv_buf_init(req->head.data(), static_cast<unsigned>(req->head.size())),
                                   uv_buf_init(req->body.data(), static_cast<unsigned>(req->body.size()))};
@@ -529,32 +544,16 @@ void Connection::send(int status, std::string_view content_type, std::string bod
     --c->writes_in_flight;
     if (c->closing) return;
     if (status_code < 0) return c->close();
-    c->process();  // Pipelined requests waiting on the write queue.
-    c->update_reading();
+    if (!done->interim) {
+      c->process();  // Pipelined requests waiting on the write queue.
+      c->update_reading();
+    }
     c->check_done();
   };
-  if (uv_write(&req->req, stream(), bufs.data(), req->body.empty() ? 1 : 2, on_write) != 0) return close();
+  if (uv_write(&req->req, stream(), bufs.data(), req->body.empty() ? 1 : 2, on_write) != 0) return false;
   static_cast<void>(req.release());  // on_write takes ownership back.
   ++writes_in_flight;
-}
-
-void Connection::send_continue() {
-  auto req = std::make_unique<WriteRequest>();
-  req->conn = this;
-  req->head = "HTTP/1.1 100 Continue\r\n\r\n";
-  req->req.data = req.get();
-  uv_buf_t buf = uv_buf_init(req->head.data(), static_cast<unsigned>(req->head.size()));
-  auto on_write = [](uv_write_t* w, int status_code) {
-    std::unique_ptr<WriteRequest> done(static_cast<WriteRequest*>(w->data));
-    Connection* c = done->conn;
-    --c->writes_in_flight;
-    if (c->closing) return;
-    if (status_code < 0) return c->close();
-    c->check_done();
-  };
-  if (uv_write(&req->req, stream(), &buf, 1, on_write) != 0) return;  // The final answer reports the trouble.
-  static_cast<void>(req.release());
-  ++writes_in_flight;
+  return true;
 }
 
 // Decides, after every event, whether the connection has reached the end of its life here.
