@@ -5,6 +5,7 @@
 #include <xxhash.h>
 
 #include <hotrestart/archive.h>
+#include <hotrestart/arena.h>
 
 #include <algorithm>
 #include <array>
@@ -19,6 +20,7 @@
 #include <stdexcept>
 #include <thread>
 #include <type_traits>
+#include <unordered_set>
 #include <utility>
 
 namespace kv {
@@ -120,78 +122,25 @@ std::uint64_t dedicated_bytes(std::uint64_t need) {
   return (need + kDedicatedAlign - 1) / kDedicatedAlign * kDedicatedAlign;
 }
 
-// Zeroed memory from mmap: pages and index tables are large and freed whole, which malloc would
-// keep in its heap. With `populate`, the kernel faults the region in at once, which costs less than
-// a fault per 4 KiB page as it is first written (for memory that is about to be filled anyway).
-// Transparent huge pages are not asked for: with defrag=madvise (Debian's default) each one may
-// compact memory first, and on the machine of docs/benchmarks.md faulting them in was 2-6x slower
-// than 4 KiB pages. Under AddressSanitizer, which does not see inside mappings, each region ends
-// exactly at an inaccessible guard page, so that a read or write past its end faults at once.
-class Region {
- public:
-  Region() = default;
-  Region(std::uint64_t bytes, bool populate) {
-    if (bytes == 0) return;
-    const std::uint64_t rounded = (bytes + 4095) / 4096 * 4096;
-    std::uint64_t guard = 0;
-#if defined(__SANITIZE_ADDRESS__)
-    guard = 4096;
-#endif
-    void* p = ::mmap(nullptr, rounded + guard, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | (populate ? MAP_POPULATE : 0), -1, 0);
-    if (p == MAP_FAILED) throw std::bad_alloc();
-    base_ = static_cast<std::byte*>(p);
-    mapped_ = rounded + guard;
-    if (guard > 0) {
-      ::mprotect(base_ + rounded, guard, PROT_NONE);
-      data_ = base_ + (rounded - bytes);
-    } else {
-      data_ = base_;
-    }
-    size_ = bytes;
-    g_mapped_total.fetch_add(bytes, std::memory_order_relaxed);
-  }
-  ~Region() {
-    reset();
-  }
-  Region(Region&& other) noexcept
-      : base_(std::exchange(other.base_, nullptr)),
-        data_(std::exchange(other.data_, nullptr)),
-        mapped_(std::exchange(other.mapped_, 0)),
-        size_(std::exchange(other.size_, 0)) {}
-  Region& operator=(Region&& other) noexcept {
-    if (this != &other) {
-      reset();
-      base_ = std::exchange(other.base_, nullptr);
-      data_ = std::exchange(other.data_, nullptr);
-      mapped_ = std::exchange(other.mapped_, 0);
-      size_ = std::exchange(other.size_, 0);
-    }
-    return *this;
-  }
-  Region(const Region&) = delete;
-  Region& operator=(const Region&) = delete;
-
-  std::byte* data() const {
-    return data_;
-  }
-  std::uint64_t size() const {
-    return size_;
-  }
-
-  void reset() {
-    if (base_ == nullptr) return;
-    ::munmap(base_, mapped_);
-    base_ = data_ = nullptr;
-    mapped_ = size_ = 0;
-  }
-
- private:
-  std::byte* base_ = nullptr;  // The mapping.
-  std::byte* data_ = nullptr;  // The region in it.
-  std::uint64_t mapped_ = 0;
+// A block of the store's arena (hotrestart::Arena): pages and index tables are large and freed
+// whole, and living in an arena lets an upgrade hand them to the next generation as they are. The
+// Store allocates and releases them; a Block only points. Blocks are zero-filled, and under
+// AddressSanitizer the arena poisons the bytes past a block's end.
+struct Block {
+  std::byte* data() const { return data_; }
+  std::uint64_t size() const { return size_; }
+  std::byte* data_ = nullptr;
   std::uint64_t size_ = 0;
 };
+
+// The address space a store's arena reserves: what its budget can fill twice over (a borrowed
+// arena does not reuse freed blocks until it is reclaimed), its largest index twice (a rehash
+// holds two), and room for one dedicated page of the largest size.
+std::uint64_t arena_reserve(std::uint64_t max_bytes) {
+  constexpr std::uint64_t kMost = std::uint64_t{1} << 40;
+  if (max_bytes >= kMost / 8) return kMost;
+  return 4 * max_bytes + (std::uint64_t{12} << 30);
+}
 
 // A fixed-size set of bits, for the marks of an import's validation.
 class Bits {
@@ -281,13 +230,17 @@ class Store {
 
   // An empty store; `with_index` false leaves it without an index table, for load_arena to read
   // one in, so that a snapshot that fails before its index maps nothing for it.
-  Store(std::uint64_t max_bytes, const std::vector<std::uint32_t>& classes, bool with_index = true)
-      : max_bytes_(max_bytes) {
+  Store(std::uint64_t max_bytes, const std::vector<std::uint32_t>& classes, bool with_index = true,
+        hotrestart::Arena arena = {})
+      : arena_(arena ? std::move(arena) : hotrestart::Arena(arena_reserve(max_bytes))), max_bytes_(max_bytes) {
     classes_.resize(classes.size());
     for (std::size_t k = 0; k < classes.size(); ++k)
       classes_[k].size = classes[k];
     if (with_index) rehash(kMinSlots);
   }
+
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
 
   static std::uint64_t need_bytes(std::size_t key, std::size_t value, std::size_t type) {
     return kChunkHeaderBytes + key + value + (Schema >= 2 ? type : 0);
@@ -437,6 +390,26 @@ class Store {
     ar(cereal::binary_data(index_.data(), slot_count_ * sizeof(Slot)));
   }
 
+  // The header of the store's own arena handed over as it is (cache.h, "mapped arena"), then the
+  // arena's snapshot. Empty while the arena is still lent to, or borrowed from, another generation.
+  hotrestart::Arena::Snapshot save_mapped(hotrestart::OutputArchive& ar) {
+    ar(kArenaMagic, static_cast<std::uint32_t>(Schema), static_cast<std::uint32_t>(kPageBytes), kHashXxh3,
+       std::uint32_t{0}, count_, head_, tail_);
+    ar(static_cast<std::uint32_t>(classes_.size()));
+    for (const Class& c : classes_)
+      ar(c.size);
+    for (const Class& c : classes_)
+      ar(c.free_head);
+    ar(static_cast<std::uint32_t>(pages_.size()));
+    for (const Page& p : pages_)
+      ar(p.kind, p.used, p.memory.size(), p.kind == kNoPage ? std::uint64_t{0} : arena_.offset_of(p.memory.data()));
+    ar(slot_count_, arena_.offset_of(index_.data()));
+    return arena_.snapshot();
+  }
+
+  bool reclaim() { return arena_.reclaim(); }
+  bool arena_shared() const { return arena_.shared(); }
+
   // The entries layout (cache.h) in `version`, least recently used first, gathered into large
   // writes.
   void save_entries(std::ostream& out, std::uint32_t version) const {
@@ -489,7 +462,13 @@ class Store {
   // each page's chunk headers right after the page is copied, each block of the index right after
   // it is. What needs the whole (the LRU list and the free lists: no cycle, every chunk exactly
   // once) walks a compact copy of the links rather than the pages.
-  static std::unique_ptr<Store> load_arena(hotrestart::InputArchive& ar, std::uint64_t max_bytes) {
+  //
+  // With `mapped` (an arena handed over as it is, and its header in `ar`), the page records carry
+  // their blocks' offsets and nothing is copied: every offset must name a block of the arena of
+  // exactly one page (or the index), every block must be used, and the same checks then run over
+  // the pages where they lie. The store takes the arena over.
+  static std::unique_ptr<Store> load_arena(hotrestart::InputArchive& ar, std::uint64_t max_bytes,
+                                           hotrestart::Arena* mapped = nullptr) {
     std::uint32_t schema = 0;
     std::uint32_t page_bytes = 0;
     std::uint32_t hash = 0;
@@ -528,11 +507,12 @@ class Store {
     std::uint32_t page_count = 0;
     ar(page_count);
     if (page_count > kMaxPages) throw ArchiveError("corrupt: the arena has too many pages");
-    ar.check_count(page_count, 16);
+    ar.check_count(page_count, mapped != nullptr ? 24 : 16);
     struct Record {
       std::uint32_t kind = kNoPage;
       std::uint32_t used = 0;
       std::uint64_t bytes = 0;
+      std::uint64_t offset = 0;  // In a mapped arena.
     };
     std::vector<Record> records(page_count);
     // A class hands chunks out from one page at a time, so every other page of it is full: which
@@ -541,6 +521,7 @@ class Store {
     std::uint64_t data = 0;
     for (Record& r : records) {
       ar(r.kind, r.used, r.bytes);
+      if (mapped != nullptr) ar(r.offset);
       std::uint64_t present = 0;
       if (r.kind == kNoPage) {
         if (r.used != 0 || r.bytes != 0) throw ArchiveError("corrupt: an absent page with contents");
@@ -561,12 +542,22 @@ class Store {
         throw ArchiveError("corrupt: a page of an unknown size class");
       }
       data += present;
-      if (data > ar.remaining()) throw ArchiveError("truncated: the arena's pages reach past the end of the data");
+      if (mapped == nullptr && data > ar.remaining()) {
+        throw ArchiveError("truncated: the arena's pages reach past the end of the data");
+      }
     }
 
     // Every chunk handed out gets a number, page after page, for the marks and the links below.
-    auto store = std::make_unique<Store>(max_bytes, classes, false);
+    auto store = std::make_unique<Store>(max_bytes, classes, false,
+                                         mapped != nullptr ? std::move(*mapped) : hotrestart::Arena());
     Store& s = *store;
+    std::unordered_set<std::uint64_t> claimed;  // The blocks of a mapped arena already given a use.
+    auto claim = [&](std::uint64_t offset, std::uint64_t bytes) {
+      std::byte* at = s.arena_.block_at(offset, bytes);
+      if (at == nullptr) throw ArchiveError("corrupt: a page or the index is not a block of the arena");
+      if (!claimed.insert(offset).second) throw ArchiveError("corrupt: two pages share a block of the arena");
+      return Block{at, bytes};
+    };
     s.head_ = head;
     s.tail_ = tail;
     s.count_ = count;
@@ -583,7 +574,7 @@ class Store {
         continue;
       }
       Page& page = s.pages_[p];
-      page.memory = Region(r.bytes, false);
+      page.memory = mapped != nullptr ? claim(r.offset, r.bytes) : s.map_block(r.bytes, false);
       page.kind = r.kind;
       page.used = r.used;
       if (r.kind == kDedicatedPage) {
@@ -601,7 +592,13 @@ class Store {
       s.classes_[k].free_head = free_heads[k];
 
     auto links = std::make_unique_for_overwrite<Link[]>(total);
-    {
+    if (mapped != nullptr) {
+      const std::uint64_t t0 = monotonic_ns();
+      for (std::uint32_t p = 0; p < page_count; ++p) {
+        if (s.pages_[p].kind != kNoPage) s.check_chunks(p, 0, s.pages_[p].used, links.get());
+      }
+      s.check_ns_ += monotonic_ns() - t0;
+    } else {
       Prefaulter prefault(fill);
       std::size_t filled = 0;
       for (std::uint32_t p = 0; p < page_count; ++p) {
@@ -640,10 +637,19 @@ class Store {
     }
     // The index always keeps a quarter of its slots empty, so that every probe ends.
     if (count > slot_count / 4 * 3) throw ArchiveError("corrupt: the index is too small for the entry count");
-    ar.check_count(slot_count, sizeof(Slot));
-    s.index_ = Region(slot_count * sizeof(Slot), false);
+    if (mapped != nullptr) {
+      std::uint64_t offset = 0;
+      ar(offset);
+      s.index_ = claim(offset, slot_count * sizeof(Slot));
+      if (claimed.size() != s.arena_.blocks().size()) {
+        throw ArchiveError("corrupt: the arena holds blocks that no page uses");
+      }
+    } else {
+      ar.check_count(slot_count, sizeof(Slot));
+      s.index_ = s.map_block(slot_count * sizeof(Slot), false);
+    }
     s.slot_count_ = slot_count;
-    s.load_index(ar);
+    s.load_index(mapped != nullptr ? nullptr : &ar);
     if (ar.remaining() != 0) throw ArchiveError("corrupt: bytes left after the arena");
     std::vector<Numbering>().swap(s.numbering_);
     return store;
@@ -651,7 +657,7 @@ class Store {
 
  private:
   struct Page {
-    Region memory;                 // Empty: the page number is free.
+    Block memory;                  // Empty: the page number is free.
     std::uint32_t kind = kNoPage;  // A size class, kDedicatedPage or kNoPage.
     std::uint32_t used = 0;        // Chunks handed out: each is an entry's or on the free list.
     std::uint32_t capacity = 0;    // Chunks that fit.
@@ -688,6 +694,23 @@ class Store {
   bool may_map(std::uint64_t bytes, bool first_of_class) const {
     if (free_page_ids_.empty() && pages_.size() >= kMaxPages) return false;
     return first_of_class || saturating_add(page_bytes_, bytes) <= page_budget();
+  }
+
+  // A zero-filled block of the arena. With `populate`, the kernel faults it in at once, which costs
+  // less than a fault per 4 KiB page as it is first written (for memory about to be filled anyway).
+  // Transparent huge pages are not asked for: on the machine of docs/benchmarks.md faulting them in
+  // was 2-6x slower than 4 KiB pages.
+  Block map_block(std::uint64_t bytes, bool populate) {
+    if (bytes == 0) return {};
+    std::byte* at = arena_.allocate(bytes);
+    // Only an optimisation: a kernel without MADV_POPULATE_WRITE (before 5.14) says EINVAL.
+    if (populate) (void)::madvise(at, (bytes + 4095) / 4096 * 4096, MADV_POPULATE_WRITE);
+    g_mapped_total.fetch_add(bytes, std::memory_order_relaxed);
+    return {at, bytes};
+  }
+  void unmap_block(Block& block) {
+    arena_.release(block.data());
+    block = {};
   }
 
   void write(std::uint32_t id, std::string_view key, std::string_view value, std::string_view type,
@@ -742,7 +765,7 @@ class Store {
   std::uint32_t map_page(std::uint32_t kind, std::uint64_t bytes) {
     if (free_page_ids_.empty() && pages_.size() >= kMaxPages) throw std::length_error("kv-cache: out of page numbers");
     // A page of its own is written whole at once; a class's page is, in a large cache, soon filled.
-    Region memory(bytes, kind == kDedicatedPage || max_bytes_ >= kPopulateFrom);
+    Block memory = map_block(bytes, kind == kDedicatedPage || max_bytes_ >= kPopulateFrom);
     std::uint32_t p = 0;
     if (!free_page_ids_.empty()) {
       // The lowest free number, whatever order pages were freed in, so that a store loaded from a
@@ -774,6 +797,7 @@ class Store {
 
   void unmap_page(std::uint32_t p) {
     page_bytes_ -= pages_[p].memory.size();
+    unmap_block(pages_[p].memory);
     pages_[p] = Page{};
     free_page_ids_.push_back(p);
   }
@@ -845,7 +869,7 @@ class Store {
 
   void rehash(std::uint64_t slot_count) {
     if (slot_count > kMaxSlots) throw std::length_error("kv-cache: the index cannot grow further");
-    Region fresh(slot_count * sizeof(Slot), true);
+    Block fresh = map_block(slot_count * sizeof(Slot), true);
     std::memset(fresh.data(), 0xFF, slot_count * sizeof(Slot));  // Every id kNil: empty.
     Slot* to = reinterpret_cast<Slot*>(fresh.data());
     const std::uint64_t mask = slot_count - 1;
@@ -857,7 +881,8 @@ class Store {
         s = (s + 1) & mask;
       to[s] = from[i];
     }
-    index_ = std::move(fresh);
+    unmap_block(index_);
+    index_ = fresh;
     slot_count_ = slot_count;
   }
 
@@ -983,7 +1008,8 @@ class Store {
   // mark from check_lists is cleared when found), and every slot within the probe run that starts
   // at its hash, where a lookup finds it. The slots before the first empty one belong to a run
   // that wraps around from the end, so they are checked last.
-  void load_index(hotrestart::InputArchive& ar) {
+  // (`ar` null: the index is already in place, in a mapped arena; it is only checked.)
+  void load_index(hotrestart::InputArchive* ar) {
     constexpr std::uint64_t kBlockSlots = kPageBytes / sizeof(Slot);
     const std::uint64_t blocks = (slot_count_ + kBlockSlots - 1) / kBlockSlots;
     std::vector<std::span<std::byte>> fill;
@@ -1001,11 +1027,11 @@ class Store {
         throw ArchiveError("corrupt: an index slot lies where no lookup finds it");
       }
     };
-    Prefaulter prefault(fill);
+    Prefaulter prefault(ar != nullptr ? fill : std::vector<std::span<std::byte>>{});
     for (std::uint64_t b = 0; b < blocks; ++b) {
       prefault.reached(b);
       const std::uint64_t t0 = monotonic_ns();
-      ar.loadBinary(fill[b].data(), fill[b].size());
+      if (ar != nullptr) ar->loadBinary(fill[b].data(), fill[b].size());
       const std::uint64_t t1 = monotonic_ns();
       copy_ns_ += t1 - t0;
       const std::uint64_t end = b * kBlockSlots + fill[b].size() / sizeof(Slot);
@@ -1035,12 +1061,14 @@ class Store {
     live_ = Bits(0);
   }
 
+  // Declared first, so that it outlives everything pointing into it.
+  hotrestart::Arena arena_;
   const std::uint64_t max_bytes_;
   std::vector<Page> pages_;
   std::vector<std::uint32_t> free_page_ids_;
   std::vector<Class> classes_;
   std::uint64_t classes_with_pages_ = 0;
-  Region index_;
+  Block index_;
   std::uint64_t slot_count_ = 0;
   std::uint32_t head_ = kNil;  // Most recently used.
   std::uint32_t tail_ = kNil;  // Least recently used.
@@ -1365,12 +1393,32 @@ void Cache<Schema>::save(std::uint32_t version, std::ostream& out) const {
 
 template <int Schema>
 void Cache<Schema>::load(std::uint32_t version, std::istream& in) {
+  load_from(version, in, nullptr);
+}
+
+template <int Schema>
+hotrestart::Arena::Snapshot Cache<Schema>::save_mapped(std::uint32_t version, std::ostream& out) {
+  check_version(version, supports(version), Schema);
+  if (version != static_cast<std::uint32_t>(Schema)) return {};
+  std::lock_guard lock(mutex_);
+  hotrestart::OutputArchive ar(out);
+  return store_->save_mapped(ar);
+}
+
+template <int Schema>
+void Cache<Schema>::load_mapped(std::uint32_t version, std::istream& in, hotrestart::Arena arena) {
+  load_from(version, in, &arena);
+}
+
+template <int Schema>
+void Cache<Schema>::load_from(std::uint32_t version, std::istream& in, hotrestart::Arena* mapped) {
   check_version(version, supports(version), Schema);
   const std::uint64_t t0 = monotonic_ns();
   LoadReport report;
   hotrestart::InputArchive ar(in);
   std::uint64_t first = 0;
   ar(first);
+  const std::string how = mapped != nullptr ? "mapped arena" : "arena";
   std::unique_ptr<Store<Schema>> staging;
   auto convert_timed = [&](const auto& from) {
     const std::uint64_t t = monotonic_ns();
@@ -1378,25 +1426,26 @@ void Cache<Schema>::load(std::uint32_t version, std::istream& in) {
     report.convert_micros = (monotonic_ns() - t) / 1000;
   };
   if (first != kArenaMagic) {
+    if (mapped != nullptr) throw ArchiveError("corrupt: a mapped arena's header does not start with its magic");
     report.layout = "entries";
     staging = load_entries<Schema>(ar, first, version, max_bytes_);
   } else if (version == static_cast<std::uint32_t>(Schema)) {
-    auto loaded = Store<Schema>::load_arena(ar, max_bytes_);
+    auto loaded = Store<Schema>::load_arena(ar, max_bytes_, mapped);
     report.copy_micros = loaded->copy_ns_ / 1000;
     report.check_micros = loaded->check_ns_ / 1000;
     if (loaded->has_default_classes()) {
-      report.layout = "arena";
+      report.layout = how;
       staging = std::move(loaded);
       staging->fit_budget();
     } else {
-      report.layout = "arena of other size classes, copied entry by entry";
+      report.layout = how + " of other size classes, copied entry by entry";
       convert_timed(*loaded);
     }
   } else if constexpr (Schema >= 2) {
     // A v1 binary's arena: loaded and checked as it is (no budget: the conversion applies this
     // cache's), then copied entry by entry.
-    const auto v1 = Store<1>::load_arena(ar, std::numeric_limits<std::uint64_t>::max());
-    report.layout = "arena of schema 1, copied entry by entry";
+    const auto v1 = Store<1>::load_arena(ar, std::numeric_limits<std::uint64_t>::max(), mapped);
+    report.layout = how + " of schema 1, copied entry by entry";
     report.copy_micros = v1->copy_ns_ / 1000;
     report.check_micros = v1->check_ns_ / 1000;
     convert_timed(*v1);
@@ -1412,6 +1461,12 @@ void Cache<Schema>::load(std::uint32_t version, std::istream& in) {
     last_load_ = std::move(report);
   }
   // The previous contents are freed outside the lock.
+}
+
+template <int Schema>
+bool Cache<Schema>::reclaim_memory() {
+  std::lock_guard lock(mutex_);
+  return store_->reclaim();
 }
 
 template <int Schema>

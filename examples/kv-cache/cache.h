@@ -153,9 +153,10 @@ struct Found {
 
 // How the last successful load() went, for logs and benchmarks.
 struct LoadReport {
-  std::string layout;                // "arena", "entries", or how an arena was converted.
+  std::string layout;                // "mapped arena", "arena", "entries", or how one was converted.
   std::uint64_t micros = 0;          // The whole load, from the first byte read to the swap.
-  std::uint64_t copy_micros = 0;     // Arena: copying pages and index into new memory (mostly faults).
+  std::uint64_t copy_micros = 0;     // Arena: copying pages and index into new memory (mostly faults);
+                                     // 0 for a mapped arena.
   std::uint64_t check_micros = 0;    // Arena: checking them before the swap.
   std::uint64_t convert_micros = 0;  // Copying an arena entry by entry (another schema or class table).
 };
@@ -231,6 +232,17 @@ class Cache {
   // schema does not have.
   void save(std::uint32_t version, std::ostream& out) const;
   void load(std::uint32_t version, std::istream& in);
+  // The zero-copy path (Section::save_arena / load_arena): in this cache's own schema, save_mapped
+  // writes the mapped-arena header and returns the store's arena snapshot, under the lock; in
+  // another schema, or while the arena is still shared with another generation, it returns an
+  // empty snapshot (the SDK then calls save). load_mapped checks the header against the arena
+  // and the store in place, as load does, and takes the arena over; an arena of schema 1 or of
+  // other size classes is checked the same way and then copied entry by entry.
+  hotrestart::Arena::Snapshot save_mapped(std::uint32_t version, std::ostream& out);
+  void load_mapped(std::uint32_t version, std::istream& in, hotrestart::Arena arena);
+  // Once the previous (or next) generation is gone: makes the store's memory this process's alone
+  // again (hotrestart::Arena::reclaim). Returns whether it is.
+  bool reclaim_memory();
 
   static std::string encode_put_delta(std::uint32_t version, std::string_view key, std::string_view value,
                                       std::string_view content_type, std::uint64_t stamp);
@@ -239,6 +251,8 @@ class Cache {
   void apply_delta(std::uint32_t version, std::string_view bytes);
 
  private:
+  // load and load_mapped: `mapped` is the arena the header describes, or null.
+  void load_from(std::uint32_t version, std::istream& in, hotrestart::Arena* mapped);
   bool put_locked(std::string_view key, std::string_view value, std::string_view content_type, std::uint64_t stamp);
   bool erase_locked(std::string_view key, std::uint64_t stamp);
   std::uint64_t next_stamp_locked();
@@ -272,7 +286,10 @@ hotrestart::Section make_section(Cache<Schema>& cache) {
           .versions = Cache<Schema>::versions(),
           .save = [&cache](std::uint32_t v, std::ostream& out) { cache.save(v, out); },
           .load = [&cache](std::uint32_t v, std::istream& in) { cache.load(v, in); },
-          .apply_delta = [&cache](std::uint32_t v, std::string_view delta) { cache.apply_delta(v, delta); }};
+          .apply_delta = [&cache](std::uint32_t v, std::string_view delta) { cache.apply_delta(v, delta); },
+          .save_arena = [&cache](std::uint32_t v, std::ostream& out) { return cache.save_mapped(v, out); },
+          .load_arena = [&cache](std::uint32_t v, std::istream& in,
+                                 hotrestart::Arena arena) { cache.load_mapped(v, in, std::move(arena)); }};
 }
 
 // A write made by this generation, published to the next one first (see Cache::put_local).

@@ -68,6 +68,7 @@ struct Options {
   std::uint64_t idle_grace_ms = 1000;
   std::uint64_t prefill = 0;  // Entries to fill in at start-up when nothing was imported.
   std::size_t prefill_value_bytes = 64;
+  bool serialized_state = false;  // Import the cache serialized even where the arena could be mapped.
 };
 
 bool iequals(std::string_view a, std::string_view b) {
@@ -509,6 +510,9 @@ int main(int argc, char** argv) {
   app.add_option("--prefill-value-bytes", opts.prefill_value_bytes, "Size of each prefilled value")
       ->check(CLI::Range(std::size_t{0}, static_cast<std::size_t>(kMaxBodyBytes)))
       ->capture_default_str();
+  app.add_flag("--serialized-state", opts.serialized_state,
+               "Take the previous generation's cache serialized (a copy of its arena) rather than mapping its "
+               "memory as it is (for benchmarks)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -523,7 +527,9 @@ int main(int argc, char** argv) {
     Server server(opts, cache);
     hotrestart::Worker worker({.fallback_listen = {{"http", opts.listen}}});
     server.worker = &worker;
-    worker.add_section(kv::make_section(cache));
+    hotrestart::Section section = kv::make_section(cache);
+    if (opts.serialized_state) section.load_arena = {};
+    worker.add_section(std::move(section));
     worker.on_drain([&server] { uv_async_send(&server.drain_async); });
     worker.on_stop([&server] { uv_async_send(&server.stop_async); });
     worker.on_fd([&server](std::string name, hotrestart::Fd fd) {
@@ -535,7 +541,13 @@ int main(int argc, char** argv) {
       uv_async_send(&server.fd_async);
     });
     // No change can come from the previous generation any more: tombstones have done their job.
-    worker.on_previous_gone([&cache] { cache.drop_tombstones(); });
+    // Once the other generation is gone, the cache's memory (lent to it or borrowed from it at the
+    // last upgrade) is this process's alone again.
+    worker.on_previous_gone([&cache] {
+      cache.drop_tombstones();
+      cache.reclaim_memory();
+    });
+    worker.on_next_gone([&cache] { cache.reclaim_memory(); });
 
     if (auto error = worker.start(); !error.empty()) {
       fmt::print(stderr, "kv-cache {}: {}\n", opts.label, error);

@@ -149,8 +149,10 @@ TEST_CASE("kv: every acknowledged write survives upgrades in both directions und
     return acknowledged.size();
   };
   REQUIRE(wait_until([&] { return acked() > 500; }, 15s));
-  // v1 -> v2 -> v1 -> v2, each while the writers keep writing to whichever generation accepts.
-  for (const char* build : {"v2", "v1", "v2"}) {
+  // v1 -> v2 -> v1 -> v2, then v2 -> v2 twice (the arena handed over as it is, then again once
+  // the new generation has made it its own), each while the writers keep writing to whichever
+  // generation accepts.
+  for (const char* build : {"v2", "v1", "v2", "v2", "v2"}) {
     const pid_t old_pid = sup.active_pid();
     RunResult r = sup.upgrade_to(kv(build));
     REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
@@ -162,6 +164,7 @@ TEST_CASE("kv: every acknowledged write survives upgrades in both directions und
   stop = true;
   for (auto& t : writers)
     t.join();
+  CHECK(sup.proc().wait_output("(mapped arena: ", 5s));
 
   // Every write was acknowledged: none was refused (503), none failed.
   for (const auto& [what, count] : problems)

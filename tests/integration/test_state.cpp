@@ -240,10 +240,10 @@ TEST_CASE("state: an importer that crashes mid-import rolls back and the old gen
 TEST_CASE("state: a worker speaking another channel protocol version is refused with a sentence") {
   Supervisor sup({}, sdk({"--fill", "8"}));
   const pid_t old_pid = sup.active_pid();
-  RunResult r = sup.upgrade_to(sdk({"--raw-hello", "2:3"}));
+  RunResult r = sup.upgrade_to(sdk({"--raw-hello", "3:4"}));
   CHECK_MESSAGE(r.exit_code == 1, r.out << r.err);
-  CHECK(contains(r.err, "speaks worker channel protocol 2 to 3, and this supervisor speaks version 1"));
-  CHECK(sup.proc().wait_output("sdk-worker: refused: generation 2 speaks worker channel protocol 2 to 3", 5s));
+  CHECK(contains(r.err, "speaks worker channel protocol 3 to 4, and this supervisor speaks version 2"));
+  CHECK(sup.proc().wait_output("sdk-worker: refused: generation 2 speaks worker channel protocol 3 to 4", 5s));
   check_old_serves(sup, old_pid, sup.port(), 8);
   sup.stop();
 }

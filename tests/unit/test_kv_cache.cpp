@@ -6,6 +6,7 @@
 // this one binary checks the v1 binary's cache (Cache<1>) against the v2 binary's (Cache<2>).
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -20,6 +21,7 @@
 #include <hotrestart/testing.h>
 #include <cereal/types/string.hpp>
 
+#include "arena_section.h"
 #include "cache.h"
 
 namespace {
@@ -837,4 +839,129 @@ TEST_CASE("kv cache: v2 -> v2 keeps content types and v2 -> v1 drops them, throu
     CHECK(StubSupervisor::pump(w_to) == 1);
     CHECK(to.peek("late")->value == "<p>");
   }
+}
+
+TEST_CASE("kv cache: a same-schema upgrade maps the arena as it is, and each side's later writes stay its own") {
+  using hotrestart::testing::StubSupervisor;
+  V2 from(16 << 20);
+  hotrestart::Worker w_from;
+  w_from.add_section(kv::make_section(from));
+  REQUIRE(StubSupervisor::start(w_from).empty());
+  fill_varied(from, 2000, 1, 300);
+  REQUIRE(kv::publish_put(from, w_from, "big", std::string(3 << 20, 'b'), "") == kv::WriteResult::kApplied);
+  REQUIRE(kv::publish_put(from, w_from, "shared", "before", "text/plain") == kv::WriteResult::kApplied);
+  const auto before = dump(from);
+
+  V2 to(16 << 20);
+  hotrestart::Worker w_to;
+  w_to.add_section(kv::make_section(to));
+  bool reclaimed = false;
+  w_to.on_previous_gone([&] {
+    to.drop_tombstones();
+    reclaimed = to.reclaim_memory();
+  });
+  REQUIRE(StubSupervisor::start_from(w_to, w_from).empty());
+  REQUIRE(w_to.imported().at(0).imported);
+  CHECK(w_to.imported().at(0).version == 2);
+  CHECK(to.last_load().layout == "mapped arena");
+  CHECK(to.last_load().copy_micros == 0);
+  CHECK(dump(to) == before);
+
+  // Both go on writing to the same pages; neither sees the other's bytes (only deltas cross).
+  to.put("shared", "written by the new one", "", kv::monotonic_ns());
+  CHECK(from.peek("shared")->value == "before");
+  REQUIRE(kv::publish_put(from, w_from, "shared", "written by the old one", "") == kv::WriteResult::kApplied);
+  CHECK(to.peek("shared")->value == "written by the new one");
+  CHECK(StubSupervisor::pump(w_to) == 1);
+  CHECK(to.peek("shared")->value == "written by the old one");  // The later write wins.
+  CHECK(from.peek("big")->value == std::string(3 << 20, 'b'));
+  // The memory is lent: neither side can hand it on yet, nor make it its own.
+  CHECK_FALSE(to.reclaim_memory());
+  CHECK_FALSE(from.reclaim_memory());
+
+  // The old generation is gone: the new one owns its memory and hands it on as it is again.
+  const auto after = dump(to);
+  StubSupervisor::end_previous(w_from);
+  StubSupervisor::pump(w_to);
+  CHECK(reclaimed);
+  CHECK(dump(to) == after);
+  V2 third(16 << 20);
+  hotrestart::Worker w_third;
+  w_third.add_section(kv::make_section(third));
+  REQUIRE(StubSupervisor::start_from(w_third, w_to).empty());
+  CHECK(third.last_load().layout == "mapped arena");
+  CHECK(dump(third) == after);
+
+  // To another schema the store goes serialized, entry by entry.
+  V1 older(16 << 20);
+  hotrestart::Worker w_older;
+  w_older.add_section(kv::make_section(older));
+  hotrestart::testing::StubSupervisor::end_previous(w_to);
+  StubSupervisor::pump(w_third);
+  REQUIRE(third.reclaim_memory());
+  REQUIRE(StubSupervisor::start_from(w_older, w_third).empty());
+  CHECK(w_older.imported().at(0).version == 1);
+  CHECK(older.last_load().layout == "entries");
+  CHECK(older.keys_by_recency() == third.keys_by_recency());
+}
+
+TEST_CASE("kv cache: random corruptions of a mapped arena's header never crash") {
+  V2 from(4 << 20);
+  fill_varied(from, 300, 1, 150);
+  from.put("huge", std::string(1'500'000, 'h'), "", kv::monotonic_ns());
+  const auto before = dump(from);
+  std::ostringstream out;
+  auto snap = from.save_mapped(2, out);
+  REQUIRE(snap);
+  const std::string good = out.str();
+  auto written = hotrestart::wire::write_arena_section("cache", 2, 1, good, snap);
+  REQUIRE(written);
+  auto open = [&](std::string_view header) {
+    // The header goes in a section of its own each round; the arena memfd is shared by all.
+    auto section = hotrestart::wire::write_arena_section("cache", 2, 1, header, snap);
+    REQUIRE(section);
+    auto opened =
+        hotrestart::wire::open_arena_section(std::move(section->header), std::move(section->arena), section->offer,
+                                             std::uint64_t{1} << 40, std::make_shared<std::atomic<bool>>(true));
+    REQUIRE(opened);
+    return std::move(opened).value();
+  };
+  std::mt19937_64 rng(20261123);
+  auto pick = [&](std::uint64_t n) { return std::uniform_int_distribution<std::uint64_t>(0, n - 1)(rng); };
+  int rejected = 0;
+  for (int round = 0; round < 300; ++round) {
+    std::string bytes = good;
+    const std::uint64_t how = pick(4);
+    if (how == 0) {
+      bytes.resize(pick(bytes.size()));
+    } else if (how == 1) {
+      bytes[pick(bytes.size())] ^= static_cast<char>(1 + pick(255));
+    } else {
+      // An aligned field set to a value that may name something real.
+      const std::size_t at = pick(bytes.size() / 4) * 4;
+      const std::uint64_t values[] = {0, 4096, std::uint64_t{2} << 20, pick(8) << 16 | pick(64), rng()};
+      const std::uint64_t v = values[pick(std::size(values))];
+      std::memcpy(bytes.data() + at, &v, std::min<std::size_t>(how == 2 ? 4 : 8, bytes.size() - at));
+    }
+    CAPTURE(round);
+    auto opened = open(bytes);
+    V2 cache(4 << 20);
+    cache.put("mine", "keep me", "", 1);
+    hotrestart::wire::SpanStreamBuf buffer(opened.app_header);
+    std::istream in(&buffer);
+    try {
+      cache.load_mapped(2, in, std::move(opened.arena));
+    } catch (const hotrestart::ArchiveError&) {
+      ++rejected;
+      REQUIRE(dump(cache) == std::vector<std::string>{"mine=keep me;;1"});
+      continue;
+    }
+    // Accepted: the store must hold together through lookups and changes.
+    for (const auto& key : cache.keys_by_recency())
+      static_cast<void>(cache.get(key));
+    for (int i = 0; i < 20; ++i)
+      cache.put("new" + std::to_string(i), std::string(static_cast<std::size_t>(i) * 997, 'n'), "", kv::monotonic_ns());
+  }
+  CHECK(rejected > 200);
+  CHECK(dump(from) == before);  // The exporter's own view never changed.
 }

@@ -39,7 +39,8 @@ void put(std::string& s, std::size_t at, T value) {
 }
 
 // A frame built by hand, with both checksums right unless a test spoils them afterwards.
-std::string frame(std::uint16_t type, const std::string& body, std::uint32_t fd_count = 0, std::uint16_t version = 1) {
+std::string frame(std::uint16_t type, const std::string& body, std::uint32_t fd_count = 0,
+                  std::uint16_t version = kProtocolVersion) {
   std::string f(kHeaderSize, '\0');
   std::memcpy(f.data(), "HRC1", 4);
   put<std::uint16_t>(f, 4, version);
@@ -100,6 +101,7 @@ std::vector<Message> one_of_each() {
       SnapshotEnd{},
       Delta{"sessions", 3, 100, std::string(kMaxDeltaPayload, '\0')},
       DeltaMemfd{{"sessions", 3, 101, 1 << 20, 42}},
+      ArenaOffer{{"cache", 2, 102, 4096, 43}, std::uint64_t{1} << 40, std::uint64_t{1} << 30, 44},
   };
 }
 
@@ -175,7 +177,7 @@ TEST_CASE("wire: the header layout is the documented one") {
   std::memcpy(&fd_count, datagram.data() + 12, 4);
   std::memcpy(&body_sum, datagram.data() + 16, 8);
   std::memcpy(&header_sum, datagram.data() + 24, 8);
-  CHECK(version == 1);
+  CHECK(version == 2);
   CHECK(type == 64);
   CHECK(fd_count == 1);
   // name (8-byte count + 1) + version 4 + sequence 8 + length 8 + checksum 8.
@@ -236,12 +238,12 @@ TEST_CASE("wire: decode checks the frame in the documented order and names each 
   CHECK(decode_error(bad) == "channel frame: header checksum mismatch");
 
   bad = good;
-  put<std::uint16_t>(bad, 4, 2);
+  put<std::uint16_t>(bad, 4, 1);
   fix_header_checksum(bad);
-  CHECK(decode_error(bad) == "channel frame: protocol version 2, but this side speaks version 1");
+  CHECK(decode_error(bad) == "channel frame: protocol version 1, but this side speaks version 2");
   put<std::uint16_t>(bad, 6, 99);  // A bad version is reported before a bad type.
   fix_header_checksum(bad);
-  CHECK(decode_error(bad) == "channel frame: protocol version 2, but this side speaks version 1");
+  CHECK(decode_error(bad) == "channel frame: protocol version 1, but this side speaks version 2");
 
   CHECK(decode_error(frame(99, "")) == "channel frame: unknown message type 99");
   CHECK(decode_error(frame(0, "")) == "channel frame: unknown message type 0");
@@ -295,7 +297,7 @@ TEST_CASE("wire: decode checks bodies: exact length, limits, names, counts") {
   CHECK(decode_error(frame(listeners, body(std::vector<std::string>{"http", "x y"}), 2)) ==
         "listeners: listener name 'x y' is not valid");
   CHECK(decode_error(frame(hello, body(std::uint16_t{1}, std::uint16_t{1}, std::int32_t{9}, std::string("sdk"),
-                                       std::uint64_t{1}, std::string("x y"), std::vector<std::uint32_t>{1},
+                                       std::uint64_t{1}, std::string("x y"), std::vector<std::uint32_t>{1}, false,
                                        std::uint64_t{0}))) == "hello: section name 'x y' is not valid");
   CHECK(decode_error(
             frame(static_cast<std::uint16_t>(Type::SectionUnavailable), body(std::string(""), std::string("why")))) ==
@@ -346,7 +348,7 @@ TEST_CASE("wire: encode refuses messages that break a limit, naming the field") 
   CHECK(encode_error(Delta{"", 1, 1, ""}) == "delta: section name '' is not valid");
   // Every list within its limit, but the body over 64 KiB.
   std::vector<SectionVersions> big(256, {std::string(128, 'n'), std::vector<std::uint32_t>(64, 1)});
-  CHECK(encode_error(Hello{1, 1, 1, "sdk", big, {}}) == "hello: the body is 102435 bytes, more than 65536");
+  CHECK(encode_error(Hello{1, 1, 1, "sdk", big, {}}) == "hello: the body is 102691 bytes, more than 65536");
 }
 
 TEST_CASE("archive: values written by cereal's BinaryOutputArchive read back, from spans and streams") {

@@ -31,7 +31,7 @@ std::string StubSupervisor::start_from(Worker& next, Worker& previous) {
   if (!pair) return pair.error().text();
   std::vector<wire::SectionVersions> plan;
   for (const auto& s : to.sections) {
-    if (s.load) plan.push_back({s.name, s.versions});
+    if (s.load || s.load_arena) plan.push_back({s.name, s.versions, static_cast<bool>(s.load_arena)});
   }
   // The export writes to a socket the import reads, so they run side by side as they would in two
   // processes.
@@ -68,8 +68,7 @@ void StubSupervisor::end_previous(Worker& previous) {
   Worker::Impl& from = testing_access::impl(previous);
   from.flush_peer_out();
   std::lock_guard lock(from.mutex);
-  from.peer_out.reset();
-  from.streaming.clear();
+  from.next_gone_locked();
 }
 
 void StubSupervisor::drain(Worker& worker) {

@@ -17,7 +17,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <istream>
+#include <sstream>
 
+#include "arena_access.h"
+#include "arena_section.h"
 #include "section.h"
 #include "worker_impl.h"
 
@@ -158,15 +161,18 @@ std::uint32_t negotiate(const std::vector<std::uint32_t>& ours, const std::vecto
 
 // Runs one of the application's callbacks on the SDK thread. An exception must not end the
 // process through std::terminate: it is reported, and the SDK carries on.
+// Returns whether it returned normally.
 template <class F>
-void guarded(const char* what, F&& f) {
+bool guarded(const char* what, F&& f) {
   try {
     f();
+    return true;
   } catch (const std::exception& e) {
     say("%s threw: %s", what, e.what());
   } catch (...) {
     say("%s threw an exception that is not a std::exception", what);
   }
+  return false;
 }
 
 // Errors on a send that pass: the kernel is short of memory or of room for descriptors in flight.
@@ -210,7 +216,9 @@ Status Worker::Impl::check_sections() const {
     if (std::find(s.versions.begin(), s.versions.end(), 0U) != s.versions.end()) {
       return Error::message("section '" + s.name + "': schema versions start at 1");
     }
-    if (!s.save && !s.load) return Error::message("section '" + s.name + "' has neither save nor load");
+    if (!s.save && !s.load && !s.save_arena && !s.load_arena) {
+      return Error::message("section '" + s.name + "' has neither save nor load");
+    }
     for (std::size_t j = 0; j < i; ++j) {
       if (sections[j].name == s.name) return Error::message("section '" + s.name + "' is added twice");
     }
@@ -313,8 +321,8 @@ Status Worker::Impl::start_supervised(int channel_fd, Clock::time_point deadline
   hello.pid = static_cast<std::int32_t>(::getpid());
   hello.sdk = kSdkName;
   for (const auto& s : sections) {
-    if (s.load) hello.imports.push_back({s.name, s.versions});
-    if (s.save) hello.exports.push_back({s.name, s.versions});
+    if (s.load || s.load_arena) hello.imports.push_back({s.name, s.versions, static_cast<bool>(s.load_arena)});
+    if (s.save || s.save_arena) hello.exports.push_back({s.name, s.versions, static_cast<bool>(s.save_arena)});
   }
   if (auto ok = wire::send_message(channel.get(), hello, {}, wire::Blocking::Yes); !ok)
     return ok.error().context("hello");
@@ -365,7 +373,9 @@ Status Worker::Impl::start_supervised(int channel_fd, Clock::time_point deadline
   wire::TransferTotals totals;
   if (plan->from_generation == 0) {
     for (const auto& s : sections) {
-      if (s.load) imported.push_back({s.name, false, 0, 0, plan->note.empty() ? "no previous generation" : plan->note});
+      if (s.load || s.load_arena) {
+        imported.push_back({s.name, false, 0, 0, plan->note.empty() ? "no previous generation" : plan->note});
+      }
     }
   } else {
     peer_in = std::move(begin->fds.at(0));
@@ -413,6 +423,19 @@ wire::TransferTotals Worker::Impl::import_from(int peer, const std::vector<wire:
       report({missing->name, false, 0, 0, 0, missing->reason});
       continue;
     }
+    if (auto* arena = std::get_if<wire::ArenaOffer>(&r->message)) {
+      ++totals.sections;
+      const auto section_start = Clock::now();
+      ImportedSection result = import_arena(*arena, std::move(r->fds.at(0)), std::move(r->fds.at(1)));
+      const auto micros = micros_since(section_start);
+      if (result.imported) {
+        ++totals.done;
+        totals.bytes += result.bytes;
+      }
+      report({result.name, result.imported, result.version, result.bytes, micros, result.reason});
+      if (auto planned = results.find(arena->offer.name); planned != results.end()) planned->second = result;
+      continue;
+    }
     auto* offer = std::get_if<wire::SectionOffer>(&r->message);
     if (offer == nullptr) {
       cut_short = std::string("unexpected ") + std::string(wire::type_name(wire::type_of(r->message))) +
@@ -425,7 +448,9 @@ wire::TransferTotals Worker::Impl::import_from(int peer, const std::vector<wire:
     const Section* section = find_section(sections, offer->name);
     auto planned = results.find(offer->name);
     if (section == nullptr || !section->load || planned == results.end()) {
-      result.reason = "offered a section this generation does not import";
+      result.reason = section != nullptr && planned != results.end()
+                          ? "offered the section serialized, and this generation imports it only as an arena"
+                          : "offered a section this generation does not import";
     } else if (std::find(section->versions.begin(), section->versions.end(), offer->version) ==
                section->versions.end()) {
       result.reason =
@@ -462,6 +487,53 @@ wire::TransferTotals Worker::Impl::import_from(int peer, const std::vector<wire:
   return totals;
 }
 
+ImportedSection Worker::Impl::import_arena(const wire::ArenaOffer& offer, Fd header, Fd memfd) {
+  ImportedSection result{offer.offer.name, false, offer.offer.version, offer.bytes + offer.offer.length, {}};
+  const Section* section = find_section(sections, offer.offer.name);
+  if (section == nullptr || !section->load_arena) {
+    result.reason = "offered an arena for a section this generation does not import as one";
+    return result;
+  }
+  if (std::find(section->versions.begin(), section->versions.end(), offer.offer.version) == section->versions.end()) {
+    result.reason =
+        "offered schema version " + std::to_string(offer.offer.version) + ", which this generation cannot read";
+    return result;
+  }
+  auto shared_with = std::make_shared<std::atomic<bool>>(true);
+  auto opened =
+      wire::open_arena_section(std::move(header), std::move(memfd), offer, options.max_section_bytes, shared_with);
+  if (!opened) {
+    result.reason = opened.error().text();
+    return result;
+  }
+  wire::SpanStreamBuf buffer(opened->app_header);
+  std::istream in(&buffer);
+  try {
+    section->load_arena(offer.offer.version, in, std::move(opened->arena));
+    result.imported = true;
+    std::lock_guard lock(mutex);
+    borrowed_from_previous.push_back(std::move(shared_with));
+  } catch (const std::exception& e) {
+    result.reason = std::string("its load_arena function failed: ") + e.what();
+  } catch (...) {
+    result.reason = "its load_arena function failed with an unknown exception";
+  }
+  return result;
+}
+
+void Worker::Impl::next_gone_locked() {
+  peer_out.reset();
+  streaming.clear();
+  peer_queue.clear();
+  peer_queue_bytes = 0;
+  // The next generation's process has exited (its link closes after its memory is unmapped), or
+  // it never took the arenas: they are this generation's alone again.
+  for (auto& flag : lent_to_next)
+    flag->store(false);
+  lent_to_next.clear();
+  next_gone_notice.store(true);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Export (this generation is the old one)
 
@@ -492,7 +564,7 @@ wire::TransferTotals Worker::Impl::export_to(Fd peer, std::uint64_t sequence,
     const auto section_start = Clock::now();
     wire::SectionReport r{p.name, false, 0, 0, 0, {}};
     const Section* section = find_section(sections, p.name);
-    if (section == nullptr || !section->save) {
+    if (section == nullptr || (!section->save && !section->save_arena)) {
       r.reason = "generation " + std::to_string(generation) + " has no section '" + p.name + "' to export";
     } else if (const auto v = negotiate(section->versions, p.versions); v == 0) {
       r.reason = "no common schema version: the importer reads " + versions_text(p.versions) +
@@ -505,15 +577,24 @@ wire::TransferTotals Worker::Impl::export_to(Fd peer, std::uint64_t sequence,
         std::lock_guard lock(mutex);
         streaming[p.name] = v;
       }
-      auto written = wire::write_section(
-          p.name, v, sequence, [&](std::ostream& out) { section->save(v, out); }, std::uint64_t{1} << 46);
-      if (!written) {
-        r.reason = written.error().text();
+      const bool as_arena =
+          section->save_arena && p.arena && export_arena(*section, p.name, v, sequence, link, r, link_ok);
+      if (as_arena) {
+        // Sent, or failed: `r` says which.
+      } else if (!section->save) {
+        if (r.reason.empty()) r.reason = "the section has no snapshot in version " + std::to_string(v);
       } else {
-        r.ok = true;
-        r.bytes = written->offer.length;
-        const int memfd = written->memfd.get();
-        send(written->offer, std::span<const int>(&memfd, 1));
+        auto written = wire::write_section(
+            p.name, v, sequence, [&](std::ostream& out) { section->save(v, out); }, std::uint64_t{1} << 46);
+        if (!written) {
+          r.reason = written.error().text();
+        } else {
+          r.ok = true;
+          r.reason.clear();
+          r.bytes = written->offer.length;
+          const int memfd = written->memfd.get();
+          send(written->offer, std::span<const int>(&memfd, 1));
+        }
       }
     }
     r.micros = micros_since(section_start);
@@ -545,14 +626,48 @@ wire::TransferTotals Worker::Impl::export_to(Fd peer, std::uint64_t sequence,
     std::lock_guard lock(mutex);
     snapshot_sent = true;
     if (!link_ok) {
-      peer_out.reset();
-      streaming.clear();
-      peer_queue.clear();
-      peer_queue_bytes = 0;
+      next_gone_locked();
     }
   }
   totals.micros = micros_since(t0);
   return totals;
+}
+
+bool Worker::Impl::export_arena(const Section& section, const std::string& name, std::uint32_t version,
+                                std::uint64_t sequence, int link, wire::SectionReport& r, bool& link_ok) {
+  std::string header;
+  Arena::Snapshot snapshot;
+  const bool called = guarded("save_arena", [&] {
+    std::ostringstream out;
+    snapshot = section.save_arena(version, out);
+    header = std::move(out).str();
+  });
+  if (!called || !snapshot) {
+    // No snapshot in this version (or the arena is still lent to a previous import): `save` runs
+    // instead, if there is one.
+    r.reason = called ? "save_arena returned no snapshot" : "save_arena failed";
+    return false;
+  }
+  {
+    std::lock_guard lock(mutex);
+    lent_to_next.push_back(detail::ArenaAccess::shared_with(snapshot));
+  }
+  auto written = wire::write_arena_section(name, version, sequence, header, snapshot);
+  if (!written) {
+    r.reason = written.error().text();
+    return true;
+  }
+  const int fds[2] = {written->header.get(), written->arena.get()};
+  if (auto ok = wire::send_message(link, written->offer, fds, wire::Blocking::Yes); !ok) {
+    say("the next generation's link failed: %s", ok.error().text().c_str());
+    link_ok = false;
+    r.reason = ok.error().text();
+    return true;
+  }
+  r.ok = true;
+  r.reason.clear();
+  r.bytes = written->offer.bytes + written->offer.offer.length;
+  return true;
 }
 
 bool Worker::Impl::flush_peer_out() {
@@ -574,10 +689,7 @@ bool Worker::Impl::flush_peer_out() {
     if (!ok) {
       say("the next generation is gone (%s); %zu queued change(s) dropped", ok.error().text().c_str(),
           peer_queue.size());
-      peer_out.reset();
-      streaming.clear();
-      peer_queue.clear();
-      peer_queue_bytes = 0;
+      next_gone_locked();
       return false;
     }
     peer_queue_bytes -= next.bytes;
@@ -632,6 +744,14 @@ void Worker::Impl::on_peer_in(wire::Received received) {
 
 void Worker::Impl::previous_gone() {
   peer_in.reset();
+  {
+    // Its process has exited (the link closes after its memory is unmapped): the arenas it lent
+    // are this generation's alone.
+    std::lock_guard lock(mutex);
+    for (auto& flag : borrowed_from_previous)
+      flag->store(false);
+    borrowed_from_previous.clear();
+  }
   if (previous_gone_callback) guarded("on_previous_gone", previous_gone_callback);
 }
 
@@ -766,13 +886,11 @@ void Worker::Impl::run_thread() {
     if (peer_out_at != 99 && (fds[peer_out_at].revents & (POLLHUP | POLLERR)) != 0) {
       // The next generation is gone (rolled back, or crashed): nothing more can be handed over.
       std::lock_guard lock(mutex);
-      peer_out.reset();
-      streaming.clear();
-      peer_queue.clear();
-      peer_queue_bytes = 0;
+      next_gone_locked();
     } else if (peer_out_at != 99 && fds[peer_out_at].revents != 0) {
       flush_peer_out();
     }
+    if (next_gone_notice.exchange(false) && next_gone_callback) guarded("on_next_gone", next_gone_callback);
   }
 }
 
@@ -830,6 +948,10 @@ void Worker::on_fd(std::function<void(std::string, Fd)> callback) {
 }
 void Worker::on_previous_gone(std::function<void()> callback) {
   impl_->previous_gone_callback = std::move(callback);
+}
+
+void Worker::on_next_gone(std::function<void()> callback) {
+  impl_->next_gone_callback = std::move(callback);
 }
 
 std::string Worker::start() {

@@ -12,6 +12,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -52,6 +53,15 @@ class Worker::Impl {
   wire::TransferTotals export_to(Fd peer, std::uint64_t sequence, const std::vector<wire::SectionVersions>& plan,
                                  const std::function<void(const wire::SectionReport&)>& report);
 
+  // An arena section from the previous generation: checked, mapped, and given to load_arena.
+  ImportedSection import_arena(const wire::ArenaOffer& offer, Fd header, Fd memfd);
+  // Sends a section as an arena if save_arena gives a snapshot. Returns false when it gave none
+  // (the caller then tries `save`); true when it did, with `r` saying whether it went.
+  bool export_arena(const Section& section, const std::string& name, std::uint32_t version, std::uint64_t sequence,
+                    int link, wire::SectionReport& r, bool& link_ok);
+  // The next generation's link is gone: drops what was queued for it. Under `mutex`.
+  void next_gone_locked();
+
   // Sends what is queued for the next generation without blocking. Returns false once the peer
   // link is broken (the next generation is gone), after which nothing more is queued.
   bool flush_peer_out();
@@ -72,6 +82,7 @@ class Worker::Impl {
   std::function<void()> stop_callback;
   std::function<void(std::string, Fd)> fd_callback;
   std::function<void()> previous_gone_callback;
+  std::function<void()> next_gone_callback;
   bool started = false;
   Mode mode = Mode::Standalone;
   std::uint64_t generation = 0;
@@ -106,6 +117,10 @@ class Worker::Impl {
   std::uint64_t delta_sequence = 0;
   std::vector<std::pair<std::string, Fd>> passed_fds;  // Sent with every export.
   bool draining = false;
+  // Arenas lent to the next generation, and borrowed from the previous one: each flag is set while
+  // the other process may map the arena's memory (see arena.h), and cleared once it is gone.
+  std::vector<std::shared_ptr<std::atomic<bool>>> lent_to_next;
+  std::vector<std::shared_ptr<std::atomic<bool>>> borrowed_from_previous;
   bool peer_backoff = false;  // A send failed for a passing reason; retry shortly.
 
   // The SDK thread.
@@ -113,6 +128,7 @@ class Worker::Impl {
   Fd wake_fd;     // An eventfd.
   Fd reserve_fd;  // /dev/null, closed while receiving from the previous generation.
   std::atomic<bool> quitting{false};
+  std::atomic<bool> next_gone_notice{false};  // Set by next_gone_locked(); on_next_gone runs after.
 };
 
 }  // namespace hotrestart

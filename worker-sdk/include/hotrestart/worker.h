@@ -15,12 +15,13 @@
 // uses those; started by hand it binds `fallback_listen` itself, so `./server` runs during
 // development. hotrestart/testing.h has a stub for unit tests of applications.
 //
-// Threads. start() and every `load` run on the thread that calls start(). The SDK then runs the
-// channel on a thread of its own; `save`, `apply_delta`, on_drain, on_stop, on_fd and
-// on_previous_gone run there, one at a time, so they must synchronise with the application's
-// threads (a `save` must see a consistent state: take the lock the writers take). An exception
-// from a callback is reported on stderr, not propagated. No callback runs once ~Worker() has
-// begun. The SDK never touches the application's event loop and installs no signal handler.
+// Threads. start(), every `load` and every `load_arena` run on the thread that calls start().
+// The SDK then runs the channel on a thread of its own; `save`, `save_arena`, `apply_delta`,
+// on_drain, on_stop, on_fd, on_previous_gone and on_next_gone run there, one at a time, so they
+// must synchronise with the application's threads (a `save` must see a consistent state: take
+// the lock the writers take). An exception from a callback is reported on stderr, not
+// propagated. No callback runs once ~Worker() has begun. The SDK never touches the application's
+// event loop and installs no signal handler.
 #pragma once
 
 #include <chrono>
@@ -34,6 +35,7 @@
 #include <string_view>
 #include <vector>
 
+#include <hotrestart/arena.h>
 #include <hotrestart/fd.h>
 
 namespace hotrestart {
@@ -54,7 +56,18 @@ struct Section {
   // Optional: applies one change published by the previous generation with publish_delta(),
   // encoded in the version negotiated for this section. Changes must be idempotent: one made
   // while `save` ran may arrive both in the snapshot and as a delta.
-  std::function<void(std::uint32_t version, std::string_view delta)> apply_delta;
+  std::function<void(std::uint32_t version, std::string_view delta)> apply_delta = {};
+
+  // Optional, for state that lives in a hotrestart::Arena (arena.h): the arena goes to the next
+  // generation as it is, with no copy, whenever both generations have these two and save_arena
+  // returns a snapshot for the negotiated version; otherwise save and load run as above.
+  // save_arena writes a small header (where things are in the arena, by offset) and returns
+  // arena.snapshot(), both under the lock the writers take. load_arena gets that header and the
+  // arena, checked against the checksum the exporter computed, mapped in this process and borrowed
+  // (see arena.h); it must check the header against the arena (Arena::block_at) before trusting
+  // an offset, and, like load, swap only at the end.
+  std::function<Arena::Snapshot(std::uint32_t version, std::ostream& header)> save_arena = {};
+  std::function<void(std::uint32_t version, std::istream& header, Arena arena)> load_arena = {};
 };
 
 // What start() brought over from the previous generation, section by section.
@@ -112,8 +125,12 @@ class Worker {
   // A descriptor the previous generation handed over after start() returned (pass_fd() during
   // its drain, such as an idle keep-alive connection). The callback owns it.
   void on_fd(std::function<void(std::string name, Fd fd)> callback);
-  // The previous generation has exited: no more deltas or descriptors will arrive.
+  // The previous generation has exited: no more deltas or descriptors will arrive, and arenas it
+  // lent are this generation's alone (Arena::reclaim() succeeds from here on).
   void on_previous_gone(std::function<void()> callback);
+  // The next generation ended before this one did (it was rolled back, or crashed): this one goes
+  // on serving, and arenas it handed over are its own again (Arena::reclaim() succeeds).
+  void on_next_gone(std::function<void()> callback);
 
   // Connects to the supervisor (or reads LISTEN_FDS, or binds the fallback addresses), receives
   // the listeners, and imports the previous generation's state. Returns an empty string on

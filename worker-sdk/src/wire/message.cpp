@@ -25,7 +25,7 @@ namespace hotrestart::wire {
 // these the wire format; InputArchive reads them back with every count bounded.
 template <class Ar>
 void serialize(Ar& ar, SectionVersions& s) {
-  ar(s.name, s.versions);
+  ar(s.name, s.versions, s.arena);
 }
 template <class Ar>
 void serialize(Ar& ar, SectionReport& r) {
@@ -99,6 +99,11 @@ template <class Ar>
 void serialize(Ar& ar, DeltaMemfd& m) {
   serialize(ar, m.offer);
 }
+template <class Ar>
+void serialize(Ar& ar, ArenaOffer& m) {
+  serialize(ar, m.offer);
+  ar(m.reserve, m.bytes, m.checksum);
+}
 // Ready, Drain, Stop and SnapshotEnd have no body.
 template <class M>
 concept NoFields = std::is_empty_v<M>;
@@ -137,6 +142,7 @@ class Checker {
   std::optional<Error> operator()(const BeginExport& m) const { return sections("plan", m.plan); }
   std::optional<Error> operator()(const SectionOffer& m) const { return name("section name", m.name); }
   std::optional<Error> operator()(const DeltaMemfd& m) const { return name("section name", m.offer.name); }
+  std::optional<Error> operator()(const ArenaOffer& m) const { return name("section name", m.offer.name); }
   std::optional<Error> operator()(const SectionUnavailable& m) const {
     if (auto e = name("section name", m.name)) return e;
     return text("reason", m.reason);
@@ -243,6 +249,8 @@ std::optional<Message> empty_message(Type t) {
       return Delta{};
     case Type::DeltaMemfd:
       return DeltaMemfd{};
+    case Type::ArenaOffer:
+      return ArenaOffer{};
   }
   return std::nullopt;
 }
@@ -260,6 +268,8 @@ bool fd_count_allowed(Type t, std::uint32_t count) {
     case Type::SectionOffer:
     case Type::DeltaMemfd:
       return count == 1;
+    case Type::ArenaOffer:
+      return count == 2;
     default:
       return count == 0;
   }
@@ -316,6 +326,8 @@ std::string_view type_name(Type t) {
       return "delta";
     case Type::DeltaMemfd:
       return "delta-memfd";
+    case Type::ArenaOffer:
+      return "arena-offer";
   }
   return "unknown";
 }
@@ -341,7 +353,8 @@ Type type_of(const Message& m) {
                              Type::Fds,
                              Type::SnapshotEnd,
                              Type::Delta,
-                             Type::DeltaMemfd};
+                             Type::DeltaMemfd,
+                             Type::ArenaOffer};
   static_assert(std::size(kTypes) == std::variant_size_v<Message>);
   return kTypes[m.index()];
 }
@@ -354,6 +367,7 @@ std::size_t fds_expected(const Message& m) {
       std::holds_alternative<DeltaMemfd>(m)) {
     return 1;
   }
+  if (std::holds_alternative<ArenaOffer>(m)) return 2;
   return 0;
 }
 

@@ -17,7 +17,7 @@
 
 namespace hotrestart::wire {
 
-inline constexpr std::uint16_t kProtocolVersion = 1;
+inline constexpr std::uint16_t kProtocolVersion = 2;
 inline constexpr std::size_t kHeaderSize = 32;
 inline constexpr std::size_t kMaxBody = 64 * 1024;
 inline constexpr std::size_t kMaxDatagram = kHeaderSize + kMaxBody;
@@ -49,12 +49,14 @@ enum class Type : std::uint16_t {
   SnapshotEnd = 67,
   Delta = 68,
   DeltaMemfd = 69,
+  ArenaOffer = 70,
 };
 std::string_view type_name(Type t);
 
 struct SectionVersions {
   std::string name;
   std::vector<std::uint32_t> versions;
+  bool arena = false;  // The importer takes this section as an arena too (Section::load_arena).
   bool operator==(const SectionVersions&) const = default;
 };
 
@@ -176,13 +178,23 @@ struct DeltaMemfd {
   bool operator==(const DeltaMemfd&) const = default;
 };
 
+// A section that goes as an arena (arena_section.h): `offer` describes the small sealed section
+// (block table + the application's header), the first descriptor; the arena's memfd is the second.
+struct ArenaOffer {
+  SectionOffer offer;
+  std::uint64_t reserve = 0;   // The arena memfd's size.
+  std::uint64_t bytes = 0;     // The blocks' total.
+  std::uint64_t checksum = 0;  // XXH3-64 of the blocks' bytes, in offset order.
+  bool operator==(const ArenaOffer&) const = default;
+};
+
 using Message = std::variant<Hello, Ready, StatusLine, SectionImported, ImportFinished, SectionExported, ExportFinished,
                              Welcome, Refuse, Listeners, BeginImport, BeginExport, Drain, Stop, SectionOffer,
-                             SectionUnavailable, Fds, SnapshotEnd, Delta, DeltaMemfd>;
+                             SectionUnavailable, Fds, SnapshotEnd, Delta, DeltaMemfd, ArenaOffer>;
 
 Type type_of(const Message& m);
 // How many descriptors a message of this content must carry (names.size() for Listeners and
-// Fds, 1 for SectionOffer and BeginExport, 1 or 0 for BeginImport).
+// Fds, 1 for SectionOffer, DeltaMemfd and BeginExport, 2 for ArenaOffer, 1 or 0 for BeginImport).
 std::size_t fds_expected(const Message& m);
 
 // A valid name: 1-128 bytes of [A-Za-z0-9._:-].
