@@ -408,6 +408,7 @@ class Store {
   }
 
   bool reclaim() { return arena_.reclaim(); }
+  std::uint64_t arena_reserve_bytes() const { return arena_.reserve(); }
   bool arena_shared() const { return arena_.shared(); }
 
   // The entries layout (cache.h) in `version`, least recently used first, gathered into large
@@ -1433,7 +1434,11 @@ void Cache<Schema>::load_from(std::uint32_t version, std::istream& in, hotrestar
     auto loaded = Store<Schema>::load_arena(ar, max_bytes_, mapped);
     report.copy_micros = loaded->copy_ns_ / 1000;
     report.check_micros = loaded->check_ns_ / 1000;
-    if (loaded->has_default_classes()) {
+    if (mapped != nullptr && loaded->arena_reserve_bytes() < arena_reserve(max_bytes_)) {
+      // Another budget's arena (a larger --max-memory, say) could run out of address space here.
+      report.layout = how + " with a smaller reserve, copied entry by entry";
+      convert_timed(*loaded);
+    } else if (loaded->has_default_classes()) {
       report.layout = how;
       staging = std::move(loaded);
       staging->fit_budget();

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstring>
 #include <memory>
 #include <sstream>
@@ -67,6 +68,11 @@ TEST_CASE("arena: blocks are zero-filled, page-aligned, and found again only by 
   arena.release(a);
   std::byte* c = arena.allocate(100);
   CHECK(bytes_at(c, 100) == std::string(100, '\0'));
+  // Even an empty block is a block of its own.
+  std::byte* none = arena.allocate(0);
+  std::byte* next = arena.allocate(4096);
+  CHECK(none != next);
+  CHECK(arena.block_at(arena.offset_of(none), 0) == none);
   CHECK_THROWS_AS(arena.allocate(kReserve * 2), std::bad_alloc);
   CHECK_THROWS_AS(Arena().allocate(1), std::bad_alloc);
 }
@@ -166,6 +172,21 @@ TEST_CASE("arena: an importer refuses a corrupted, resized, oversized or inconsi
     REQUIRE_FALSE(opened);
     CHECK(opened.error().text() ==
           "section 'cache': the arena's memfd is not sealed against resizing (F_SEAL_SHRINK, F_SEAL_GROW)");
+  }
+  SUBCASE("a hugetlbfs memfd, which could fault when huge pages run out") {
+    hotrestart::Fd huge(::memfd_create("huge", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_HUGETLB));
+    if (!huge) {
+      MESSAGE("skipped: this kernel makes no hugetlbfs memfd (" << std::strerror(errno) << ")");
+      return;
+    }
+    REQUIRE(::ftruncate(huge.get(), static_cast<off_t>(kReserve)) == 0);
+    REQUIRE(::fcntl(huge.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) == 0);
+    auto written = wire::write_arena_section("cache", 1, 1, "h", snapshot);
+    REQUIRE(written);
+    auto opened = wire::open_arena_section(std::move(written->header), std::move(huge), written->offer,
+                                           std::uint64_t{1} << 40, flag);
+    REQUIRE_FALSE(opened);
+    CHECK(opened.error().text() == "section 'cache': the arena's memfd is not an ordinary (tmpfs) memfd");
   }
   SUBCASE("a block table with overlapping blocks") {
     // Built by hand: two blocks that overlap.

@@ -903,6 +903,14 @@ TEST_CASE("kv cache: a same-schema upgrade maps the arena as it is, and each sid
   CHECK(w_older.imported().at(0).version == 1);
   CHECK(older.last_load().layout == "entries");
   CHECK(older.keys_by_recency() == third.keys_by_recency());
+
+  // A cache with a much larger budget would outgrow the arena's address space: it copies.
+  V2 larger(std::uint64_t{64} << 30);
+  hotrestart::Worker w_larger;
+  w_larger.add_section(kv::make_section(larger));
+  REQUIRE(StubSupervisor::start_from(w_larger, w_third).empty());
+  CHECK(larger.last_load().layout == "mapped arena with a smaller reserve, copied entry by entry");
+  CHECK(larger.keys_by_recency() == third.keys_by_recency());
 }
 
 TEST_CASE("kv cache: random corruptions of a mapped arena's header never crash") {

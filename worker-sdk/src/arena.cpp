@@ -229,7 +229,7 @@ std::byte* Arena::allocate(std::uint64_t bytes) {
   if (!state_) throw std::bad_alloc();
   State& s = *state_;
   if (bytes > s.reserve) throw std::bad_alloc();
-  const std::uint64_t n = round_up(bytes + kGuard);
+  const std::uint64_t n = std::max(kPage, round_up(bytes + kGuard));  // A 0-byte block still takes a page.
   std::optional<std::uint64_t> at = take_range(s.holes, n);
   if (!at && s.reserve - s.top >= n) {
     at = s.top;

@@ -1,8 +1,10 @@
 #include "arena_section.h"
 
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -10,6 +12,7 @@
 #include <atomic>
 #include <cstring>
 #include <sstream>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -49,8 +52,12 @@ std::uint64_t checksum_blocks(const std::byte* base, const std::vector<Arena::Bl
   };
   const unsigned helpers = pieces.size() < 8 ? 0 : std::min(3U, std::max(1U, std::thread::hardware_concurrency()) - 1);
   std::vector<std::thread> threads;
-  for (unsigned t = 0; t < helpers; ++t)
-    threads.emplace_back(work);
+  try {
+    for (unsigned t = 0; t < helpers; ++t)
+      threads.emplace_back(work);
+  } catch (const std::system_error&) {
+    // No thread to be had (a process limit): the threads already started and this one share it.
+  }
   work();
   for (auto& t : threads)
     t.join();
@@ -141,6 +148,11 @@ Result<OpenedArena> open_arena_section(Fd header, Fd arena, const ArenaOffer& of
   if (seals < 0) return Error::from_errno(where + ": fcntl(F_GET_SEALS) of the arena");
   if ((seals & F_SEAL_SHRINK) == 0 || (seals & F_SEAL_GROW) == 0)
     return fail("the arena's memfd is not sealed against resizing (F_SEAL_SHRINK, F_SEAL_GROW)");
+  // An ordinary memfd, in 4 KiB pages: a hugetlbfs one could fault (SIGBUS) when no huge page is
+  // left, and holes could not be punched in 4 KiB pieces.
+  struct statfs fs {};
+  if (::fstatfs(arena.get(), &fs) != 0) return Error::from_errno(where + ": fstatfs of the arena");
+  if (fs.f_type != TMPFS_MAGIC) return fail("the arena's memfd is not an ordinary (tmpfs) memfd");
   struct stat st {};
   if (::fstat(arena.get(), &st) != 0) return Error::from_errno(where + ": fstat of the arena");
   if (static_cast<std::uint64_t>(st.st_size) != offer.reserve)

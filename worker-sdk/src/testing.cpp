@@ -68,7 +68,7 @@ void StubSupervisor::end_previous(Worker& previous) {
   Worker::Impl& from = testing_access::impl(previous);
   from.flush_peer_out();
   std::lock_guard lock(from.mutex);
-  from.next_gone_locked();
+  from.next_gone_locked(true);
 }
 
 void StubSupervisor::drain(Worker& worker) {

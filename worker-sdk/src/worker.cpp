@@ -506,13 +506,17 @@ ImportedSection Worker::Impl::import_arena(const wire::ArenaOffer& offer, Fd hea
     result.reason = opened.error().text();
     return result;
   }
+  {
+    // Whatever load_arena does with the arena (keeps it, or drops it and throws), it is the
+    // previous generation's too until that one is gone.
+    std::lock_guard lock(mutex);
+    borrowed_from_previous.push_back(shared_with);
+  }
   wire::SpanStreamBuf buffer(opened->app_header);
   std::istream in(&buffer);
   try {
     section->load_arena(offer.offer.version, in, std::move(opened->arena));
     result.imported = true;
-    std::lock_guard lock(mutex);
-    borrowed_from_previous.push_back(std::move(shared_with));
   } catch (const std::exception& e) {
     result.reason = std::string("its load_arena function failed: ") + e.what();
   } catch (...) {
@@ -521,13 +525,21 @@ ImportedSection Worker::Impl::import_arena(const wire::ArenaOffer& offer, Fd hea
   return result;
 }
 
-void Worker::Impl::next_gone_locked() {
-  peer_out.reset();
+void Worker::Impl::next_gone_locked(bool peer_closed) {
+  Fd link = std::move(peer_out);
   streaming.clear();
   peer_queue.clear();
   peer_queue_bytes = 0;
-  // The next generation's process has exited (its link closes after its memory is unmapped), or
-  // it never took the arenas: they are this generation's alone again.
+  if (!peer_closed) {
+    // This side gave up on the link (a send failed), but the next generation may still be alive
+    // and map arenas lent over it: the link stays open, so that it cannot take this for an exit,
+    // and the arenas stay lent.
+    if (!lent_to_next.empty()) parked_links.push_back(std::move(link));
+    return;
+  }
+  // The next generation closed its end: an SDK closes a link over which it borrowed an arena only
+  // by exiting (see ~Impl), and a process's memory is unmapped before its descriptors are closed.
+  // The arenas lent over it are this generation's alone again.
   for (auto& flag : lent_to_next)
     flag->store(false);
   lent_to_next.clear();
@@ -551,12 +563,12 @@ wire::TransferTotals Worker::Impl::export_to(Fd peer, std::uint64_t sequence,
     peer_queue_bytes = 0;
   }
   wire::TransferTotals totals;
-  bool link_ok = true;
+  int link_error = 0;  // The errno of the first failed send.
   auto send = [&](const wire::Message& m, std::span<const int> fds) {
-    if (!link_ok) return;
+    if (link_error != 0) return;
     if (auto ok = wire::send_message(link, m, fds, wire::Blocking::Yes); !ok) {
       say("the next generation's link failed: %s", ok.error().text().c_str());
-      link_ok = false;
+      link_error = ok.error().code() != 0 ? ok.error().code() : EIO;
     }
   };
   for (const auto& p : plan) {
@@ -578,7 +590,7 @@ wire::TransferTotals Worker::Impl::export_to(Fd peer, std::uint64_t sequence,
         streaming[p.name] = v;
       }
       const bool as_arena =
-          section->save_arena && p.arena && export_arena(*section, p.name, v, sequence, link, r, link_ok);
+          section->save_arena && p.arena && export_arena(*section, p.name, v, sequence, link, r, link_error);
       if (as_arena) {
         // Sent, or failed: `r` says which.
       } else if (!section->save) {
@@ -617,24 +629,24 @@ wire::TransferTotals Worker::Impl::export_to(Fd peer, std::uint64_t sequence,
         fds.push_back(fd.get());
       }
     }
-    if (!fds.empty() && link_ok) {
-      if (auto ok = wire::send_named_fds(link, wire::Type::Fds, names, fds, wire::Blocking::Yes); !ok) link_ok = false;
+    if (!fds.empty() && link_error == 0) {
+      if (auto ok = wire::send_named_fds(link, wire::Type::Fds, names, fds, wire::Blocking::Yes); !ok) {
+        link_error = ok.error().code() != 0 ? ok.error().code() : EIO;
+      }
     }
   }
   send(wire::SnapshotEnd{}, {});
   {
     std::lock_guard lock(mutex);
     snapshot_sent = true;
-    if (!link_ok) {
-      next_gone_locked();
-    }
+    if (link_error != 0) next_gone_locked(link_error == EPIPE || link_error == ECONNRESET);
   }
   totals.micros = micros_since(t0);
   return totals;
 }
 
 bool Worker::Impl::export_arena(const Section& section, const std::string& name, std::uint32_t version,
-                                std::uint64_t sequence, int link, wire::SectionReport& r, bool& link_ok) {
+                                std::uint64_t sequence, int link, wire::SectionReport& r, int& link_error) {
   std::string header;
   Arena::Snapshot snapshot;
   const bool called = guarded("save_arena", [&] {
@@ -648,19 +660,24 @@ bool Worker::Impl::export_arena(const Section& section, const std::string& name,
     r.reason = called ? "save_arena returned no snapshot" : "save_arena failed";
     return false;
   }
-  {
-    std::lock_guard lock(mutex);
-    lent_to_next.push_back(detail::ArenaAccess::shared_with(snapshot));
-  }
+  auto flag = detail::ArenaAccess::shared_with(snapshot);
   auto written = wire::write_arena_section(name, version, sequence, header, snapshot);
   if (!written) {
+    // Nothing was lent: the arena is this generation's alone again, and `save` may still run.
+    flag->store(false);
     r.reason = written.error().text();
-    return true;
+    say("section '%s' goes serialized: %s", name.c_str(), r.reason.c_str());
+    return false;
+  }
+  {
+    // From the send on, the next generation may map the arena, until its process is gone.
+    std::lock_guard lock(mutex);
+    lent_to_next.push_back(std::move(flag));
   }
   const int fds[2] = {written->header.get(), written->arena.get()};
   if (auto ok = wire::send_message(link, written->offer, fds, wire::Blocking::Yes); !ok) {
     say("the next generation's link failed: %s", ok.error().text().c_str());
-    link_ok = false;
+    link_error = ok.error().code() != 0 ? ok.error().code() : EIO;
     r.reason = ok.error().text();
     return true;
   }
@@ -689,7 +706,7 @@ bool Worker::Impl::flush_peer_out() {
     if (!ok) {
       say("the next generation is gone (%s); %zu queued change(s) dropped", ok.error().text().c_str(),
           peer_queue.size());
-      next_gone_locked();
+      next_gone_locked(ok.error().code() == EPIPE || ok.error().code() == ECONNRESET);
       return false;
     }
     peer_queue_bytes -= next.bytes;
@@ -886,7 +903,7 @@ void Worker::Impl::run_thread() {
     if (peer_out_at != 99 && (fds[peer_out_at].revents & (POLLHUP | POLLERR)) != 0) {
       // The next generation is gone (rolled back, or crashed): nothing more can be handed over.
       std::lock_guard lock(mutex);
-      next_gone_locked();
+      next_gone_locked(true);
     } else if (peer_out_at != 99 && fds[peer_out_at].revents != 0) {
       flush_peer_out();
     }
@@ -925,6 +942,14 @@ Worker::Impl::~Impl() {
       ::poll(&p, 1, std::clamp(ms_until(deadline), 1, 10));
     }
   }
+  // A link over which an arena was lent or borrowed is left open, to be closed by the kernel when
+  // the process exits: the other generation takes its closing for this process's exit, after which
+  // it makes the arena's memory its own (Arena::reclaim), and this process may still map it.
+  std::lock_guard lock(mutex);
+  if (!lent_to_next.empty()) (void)peer_out.release();
+  if (!borrowed_from_previous.empty()) (void)peer_in.release();
+  for (Fd& link : parked_links)
+    (void)link.release();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -58,9 +58,10 @@ class Worker::Impl {
   // Sends a section as an arena if save_arena gives a snapshot. Returns false when it gave none
   // (the caller then tries `save`); true when it did, with `r` saying whether it went.
   bool export_arena(const Section& section, const std::string& name, std::uint32_t version, std::uint64_t sequence,
-                    int link, wire::SectionReport& r, bool& link_ok);
-  // The next generation's link is gone: drops what was queued for it. Under `mutex`.
-  void next_gone_locked();
+                    int link, wire::SectionReport& r, int& link_error);
+  // The next generation's link is done with: drops what was queued for it. `peer_closed`: the next
+  // generation closed it (it has exited), rather than a send failing here. Under `mutex`.
+  void next_gone_locked(bool peer_closed);
 
   // Sends what is queued for the next generation without blocking. Returns false once the peer
   // link is broken (the next generation is gone), after which nothing more is queued.
@@ -121,7 +122,8 @@ class Worker::Impl {
   // the other process may map the arena's memory (see arena.h), and cleared once it is gone.
   std::vector<std::shared_ptr<std::atomic<bool>>> lent_to_next;
   std::vector<std::shared_ptr<std::atomic<bool>>> borrowed_from_previous;
-  bool peer_backoff = false;  // A send failed for a passing reason; retry shortly.
+  std::vector<Fd> parked_links;  // Given up on, but kept open while arenas are lent over them.
+  bool peer_backoff = false;     // A send failed for a passing reason; retry shortly.
 
   // The SDK thread.
   std::thread thread;

@@ -36,7 +36,8 @@ class StubSupervisor {
   // (apply_delta) and descriptors (on_fd). Returns how many messages it handled.
   static std::size_t pump(Worker& next);
   // Ends `previous`'s side of the link, as its exit would: a pump() of `next` then runs its
-  // on_previous_gone callback.
+  // on_previous_gone callback. Arenas lent between them count as released by `previous`, which
+  // must not read them any more (`next` may reclaim them).
   static void end_previous(Worker& previous);
   // Runs `worker`'s on_drain / on_stop callback on this thread.
   static void drain(Worker& worker);
