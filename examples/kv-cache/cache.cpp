@@ -1469,6 +1469,12 @@ void Cache<Schema>::load_from(std::uint32_t version, std::istream& in, hotrestar
 }
 
 template <int Schema>
+bool Cache<Schema>::memory_borrowed() const {
+  std::lock_guard lock(mutex_);
+  return !store_->arena_shared();
+}
+
+template <int Schema>
 bool Cache<Schema>::reclaim_memory() {
   std::lock_guard lock(mutex_);
   return store_->reclaim();

@@ -243,6 +243,8 @@ class Cache {
   // Once the previous (or next) generation is gone: makes the store's memory this process's alone
   // again (hotrestart::Arena::reclaim). Returns whether it is.
   bool reclaim_memory();
+  // Whether the store's memory is still shared with another generation (lent or borrowed).
+  bool memory_borrowed() const;
 
   static std::string encode_put_delta(std::uint32_t version, std::string_view key, std::string_view value,
                                       std::string_view content_type, std::uint64_t stamp);

@@ -547,7 +547,13 @@ int main(int argc, char** argv) {
       cache.drop_tombstones();
       cache.reclaim_memory();
     });
-    worker.on_next_gone([&cache] { cache.reclaim_memory(); });
+    worker.on_next_gone([&cache, &server] {
+      // The upgrade rolled back (or the new generation crashed): this one serves on.
+      const bool lent = cache.memory_borrowed();
+      if (cache.reclaim_memory() && lent) {
+        server.log("the next generation is gone; the cache's memory is this generation's alone again");
+      }
+    });
 
     if (auto error = worker.start(); !error.empty()) {
       fmt::print(stderr, "kv-cache {}: {}\n", opts.label, error);

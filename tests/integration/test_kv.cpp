@@ -219,3 +219,27 @@ TEST_CASE("kv: keep-alive clients ride through upgrades on the same connection")
   }
   sup.stop();
 }
+
+TEST_CASE("kv: after a rolled-back upgrade the old generation takes back the memory it lent, and serves on") {
+  // A state timeout far shorter than the transfer of 1.5 million entries: the new generation is
+  // killed while the arena is (about to be) mapped by it, and the upgrade rolls back.
+  Supervisor sup({"--state-timeout", "20ms", "--drain-timeout", "10s"},
+                 kv("v2", {"--max-memory", "536870912", "--prefill", "1500000"}));
+  const pid_t old_pid = sup.active_pid();
+  HttpConnection c(sup.port());
+  REQUIRE(c.request("PUT", "/kv/probe", "written before").status == 204);
+
+  RunResult r = sup.upgrade_to(kv("v2", {"--max-memory", "536870912"}));
+  CHECK_MESSAGE(r.exit_code == 1, r.out << r.err);
+  CHECK(sup.active_pid() == old_pid);
+  CHECK(sup.proc().wait_output(
+      fmt::format("pid {}: the next generation is gone; the cache's memory is this generation's alone again", old_pid),
+      10s));
+
+  // Its own memory again: what it held, and what it writes now, reads back.
+  CHECK(c.request("GET", "/kv/probe").body == "written before");
+  CHECK(c.request("GET", "/kv/key-0001234567").status == 200);
+  REQUIRE(c.request("PUT", "/kv/probe", "written after").status == 204);
+  CHECK(c.request("GET", "/kv/probe").body == "written after");
+  sup.stop();
+}
