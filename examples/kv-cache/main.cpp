@@ -5,7 +5,8 @@
 //
 //   GET /kv/KEY      200 with the value (Content-Type as stored, in v2), or 404
 //   PUT /kv/KEY      body = value (at most 1 MiB, else 413): 204, or 503 if the write could not be
-//                    handed to the next generation (it is then not applied)
+//                    handed to the next generation (it is then not applied), or 507 if the cache
+//                    could not get memory for it
 //   DELETE /kv/KEY   204, or 404
 //   GET /stats       one line of JSON: counters and what was imported
 //   GET /            kv-cache version=VERSION pid=P generation=G
@@ -35,6 +36,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -155,6 +157,8 @@ std::string_view reason_phrase(int status) {
       return "Request Header Fields Too Large";
     case 503:
       return "Service Unavailable";
+    case 507:
+      return "Insufficient Storage";
     default:
       return "Error";
   }
@@ -339,7 +343,15 @@ void Connection::respond() {
           return send(400, "text/plain", "bad content type\n", keep_alive());
         }
       }
-      switch (kv::publish_put(server.cache, *server.worker, *key, r.body, type)) {
+      kv::WriteResult result = kv::WriteResult::kRefused;
+      try {
+        result = kv::publish_put(server.cache, *server.worker, *key, r.body, type);
+      } catch (const std::bad_alloc&) {
+        // The store stays whole (nothing is changed before its memory is had) and the write is not
+        // acknowledged.
+        return send(507, "text/plain", "the cache could not get memory for the entry\n", keep_alive());
+      }
+      switch (result) {
         case kv::WriteResult::kApplied:
         case kv::WriteResult::kAbsent:
           return send(204, {}, {}, keep_alive());
