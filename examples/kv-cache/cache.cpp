@@ -373,16 +373,7 @@ class Store {
 
   // The arena layout (cache.h), after which the store is unchanged.
   void save_arena(hotrestart::OutputArchive& ar) const {
-    ar(kArenaMagic, static_cast<std::uint32_t>(Schema), static_cast<std::uint32_t>(kPageBytes), kHashXxh3,
-       std::uint32_t{0}, count_, head_, tail_);
-    ar(static_cast<std::uint32_t>(classes_.size()));
-    for (const Class& c : classes_)
-      ar(c.size);
-    for (const Class& c : classes_)
-      ar(c.free_head);
-    ar(static_cast<std::uint32_t>(pages_.size()));
-    for (const Page& p : pages_)
-      ar(p.kind, p.used, p.memory.size());
+    save_layout(ar, false);
     for (const Page& p : pages_) {
       if (p.kind != kNoPage) ar(cereal::binary_data(p.memory.data(), p.used * p.chunk));
     }
@@ -393,6 +384,14 @@ class Store {
   // The header of the store's own arena handed over as it is (cache.h, "mapped arena"), then the
   // arena's snapshot. Empty while the arena is still lent to, or borrowed from, another generation.
   hotrestart::Arena::Snapshot save_mapped(hotrestart::OutputArchive& ar) {
+    save_layout(ar, true);
+    ar(slot_count_, arena_.offset_of(index_.data()));
+    return arena_.snapshot();
+  }
+
+  // What both arena layouts start with, up to the page records; with `offsets` (the mapped
+  // layout) each record also gives its block's offset in the arena.
+  void save_layout(hotrestart::OutputArchive& ar, bool offsets) const {
     ar(kArenaMagic, static_cast<std::uint32_t>(Schema), static_cast<std::uint32_t>(kPageBytes), kHashXxh3,
        std::uint32_t{0}, count_, head_, tail_);
     ar(static_cast<std::uint32_t>(classes_.size()));
@@ -401,10 +400,10 @@ class Store {
     for (const Class& c : classes_)
       ar(c.free_head);
     ar(static_cast<std::uint32_t>(pages_.size()));
-    for (const Page& p : pages_)
-      ar(p.kind, p.used, p.memory.size(), p.kind == kNoPage ? std::uint64_t{0} : arena_.offset_of(p.memory.data()));
-    ar(slot_count_, arena_.offset_of(index_.data()));
-    return arena_.snapshot();
+    for (const Page& p : pages_) {
+      ar(p.kind, p.used, p.memory.size());
+      if (offsets) ar(p.kind == kNoPage ? std::uint64_t{0} : arena_.offset_of(p.memory.data()));
+    }
   }
 
   bool reclaim() { return arena_.reclaim(); }

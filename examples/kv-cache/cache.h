@@ -48,6 +48,13 @@
 //           function that changed between builds). An arena of schema 1 loaded by schema 2, or one
 //           with other size classes, is checked the same way and then copied entry by entry; other
 //           page sizes are refused.
+//   mapped arena (what save_mapped() writes, the header of an arena handed over as it is, see
+//           hotrestart/arena.h): the arena layout's fields up to the page records, each record
+//           followed by offset: u64 (its block in the arena; 0 for kNoPage), then the index's
+//           slot count: u64 and offset: u64, and no page or index bytes: they are the arena's
+//           blocks. load_mapped() checks that every offset names a block of at least the record's
+//           size, that no two share one and that every block is used, then runs the same checks
+//           over the pages and the index where they lie.
 //   entries (what save() writes for an older schema, and what kv-cache wrote before the arena):
 //           cereal's binary layout (u64 counts), count: u64, then `count` entries from least to
 //           most recently used, each key: string, value: string, [content_type: string, version 2
