@@ -647,6 +647,11 @@ wire::TransferTotals Worker::Impl::export_to(Fd peer, std::uint64_t sequence,
 
 bool Worker::Impl::export_arena(const Section& section, const std::string& name, std::uint32_t version,
                                 std::uint64_t sequence, int link, wire::SectionReport& r, int& link_error) {
+  if (link_error != 0) {
+    // The link already failed: no snapshot (and no remap) for a next generation that cannot get it.
+    r.reason = "the link to the next generation failed";
+    return true;
+  }
   std::string header;
   Arena::Snapshot snapshot;
   const bool called = guarded("save_arena", [&] {
