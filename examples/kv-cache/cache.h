@@ -14,9 +14,11 @@
 // followed by the key, the value and, in schema 2, the content type. A chunk id is the page number
 // (16 bits) and the chunk's number in its page (16 bits). The hash index is an open-addressing table
 // of {chunk id, hash} slots (XXH3 of the key, linear probing, backward-shift deletion). Freed chunks
-// go on their class's free list; a page whose chunks are all free is unmapped (except the last page
-// of each class). Nothing is allocated per entry, and the whole store is a few large blocks, which
-// is what makes a snapshot a few large writes and an import a few large reads.
+// go on their class's free list; a page whose chunks are all free goes back to the arena (except the
+// last page of each class). Pages and index are blocks of one hotrestart::Arena per store, and
+// refer to each other by chunk id and offset, never by pointer. Nothing is allocated per entry, and
+// the whole store is a few large blocks: in the same schema the next generation maps them as they
+// are (the "mapped arena" header below); otherwise a snapshot is a few large writes.
 //
 // Memory. An entry is charged its whole chunk (Cache::charge), and the least recently used entries
 // are evicted while the charged bytes exceed max_bytes. The pages themselves may hold at most
