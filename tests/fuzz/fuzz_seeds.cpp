@@ -1,5 +1,5 @@
-// Writes the fuzzers' seed corpora: a few valid messages and sections, in both input modes (see
-// fuzz_common.h). Usage: fuzz-seeds MESSAGE_DIR SECTION_DIR
+// Writes the fuzzers' seed corpora: a few valid messages, sections and streams, in both input modes
+// (see fuzz_common.h). Usage: fuzz-seeds MESSAGE_DIR SECTION_DIR STREAM_DIR
 #include <cereal/archives/binary.hpp>
 #include <cstdio>
 #include <fstream>
@@ -12,6 +12,7 @@
 #include "fuzz_common.h"
 #include "message.h"
 #include "section.h"
+#include "stream.h"
 
 using namespace hotrestart::wire;
 
@@ -26,12 +27,13 @@ bool write(const std::string& path, const std::string& bytes) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 3) {
-    std::fprintf(stderr, "usage: fuzz-seeds MESSAGE_DIR SECTION_DIR\n");
+  if (argc != 4) {
+    std::fprintf(stderr, "usage: fuzz-seeds MESSAGE_DIR SECTION_DIR STREAM_DIR\n");
     return 2;
   }
   const std::string messages_dir = argv[1];
   const std::string sections_dir = argv[2];
+  const std::string streams_dir = argv[3];
   std::vector<SectionVersions> plan{{"sessions", {2, 1}}, {"cache", {1}}};
   std::vector<Message> messages{
       Hello{1, 1, 42, "sdk 0.1", plan, {{"sessions", {2}}}},
@@ -55,6 +57,7 @@ int main(int argc, char** argv) {
       SnapshotEnd{},
       Delta{"sessions", 2, 8, "put k v"},
       DeltaMemfd{{"sessions", 2, 9, 70000, 99}},
+      SectionStream{"sessions", 2, 11},
   };
   int n = 0;
   for (const auto& m : messages) {
@@ -101,6 +104,31 @@ int main(int argc, char** argv) {
     if (!write(sections_dir + "/seed-" + std::to_string(n) + "-raw", "\x01" + encode_section(name, 2, 7, p)) ||
         !write(sections_dir + "/seed-" + std::to_string(n) + "-fields", std::string(1, '\0') + fields + name + p))
       return 1;
+    ++n;
+  }
+
+  // Streams: the payloads in chunks as StreamWriter sends them (raw), and as fields, with each
+  // ending (even mode: chunk size, ending, payload).
+  auto u64 = [](std::uint64_t v) {
+    std::string s(8, '\0');
+    for (std::size_t i = 0; i < 8; ++i)
+      s[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+    return s;
+  };
+  n = 0;
+  for (const auto& p : {payload, empty_state, std::string()}) {
+    const std::size_t half = p.size() / 2;
+    std::string stream;
+    if (half > 0) stream += encode_chunk(ChunkKind::Data, std::string_view(p).substr(0, half));
+    if (p.size() > half) stream += encode_chunk(ChunkKind::Data, std::string_view(p).substr(half));
+    const std::string base = streams_dir + "/seed-" + std::to_string(n);
+    if (!write(base + "-raw", "\x01" + stream + encode_chunk(ChunkKind::End, u64(p.size()))) ||
+        !write(base + "-raw-abort", "\x01" + stream + encode_chunk(ChunkKind::Abort, "save threw")))
+      return 1;
+    for (std::uint8_t ending = 0; ending < 4; ++ending) {
+      const std::string fields{'\0', static_cast<char>(16), static_cast<char>(ending)};
+      if (!write(base + "-fields-" + std::to_string(ending), fields + p)) return 1;
+    }
     ++n;
   }
   return 0;

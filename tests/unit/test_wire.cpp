@@ -102,6 +102,7 @@ std::vector<Message> one_of_each() {
       Delta{"sessions", 3, 100, std::string(kMaxDeltaPayload, '\0')},
       DeltaMemfd{{"sessions", 3, 101, 1 << 20, 42}},
       ArenaOffer{{"cache", 2, 102, 4096, 43}, std::uint64_t{1} << 40, std::uint64_t{1} << 30, 44},
+      SectionStream{"sessions", 3, 103},
   };
 }
 
@@ -177,7 +178,8 @@ TEST_CASE("wire: the header layout is the documented one") {
   std::memcpy(&fd_count, datagram.data() + 12, 4);
   std::memcpy(&body_sum, datagram.data() + 16, 8);
   std::memcpy(&header_sum, datagram.data() + 24, 8);
-  CHECK(version == 2);
+  CHECK(version == 3);
+  CHECK(version == kProtocolVersion);
   CHECK(type == 64);
   CHECK(fd_count == 1);
   // name (8-byte count + 1) + version 4 + sequence 8 + length 8 + checksum 8.
@@ -238,12 +240,15 @@ TEST_CASE("wire: decode checks the frame in the documented order and names each 
   CHECK(decode_error(bad) == "channel frame: header checksum mismatch");
 
   bad = good;
+  put<std::uint16_t>(bad, 4, 2);  // The previous version (before streamed sections).
+  fix_header_checksum(bad);
+  CHECK(decode_error(bad) == "channel frame: protocol version 2, but this side speaks version 3");
   put<std::uint16_t>(bad, 4, 1);
   fix_header_checksum(bad);
-  CHECK(decode_error(bad) == "channel frame: protocol version 1, but this side speaks version 2");
+  CHECK(decode_error(bad) == "channel frame: protocol version 1, but this side speaks version 3");
   put<std::uint16_t>(bad, 6, 99);  // A bad version is reported before a bad type.
   fix_header_checksum(bad);
-  CHECK(decode_error(bad) == "channel frame: protocol version 1, but this side speaks version 2");
+  CHECK(decode_error(bad) == "channel frame: protocol version 1, but this side speaks version 3");
 
   CHECK(decode_error(frame(99, "")) == "channel frame: unknown message type 99");
   CHECK(decode_error(frame(0, "")) == "channel frame: unknown message type 0");

@@ -22,6 +22,7 @@
 #include "arena_access.h"
 #include "arena_section.h"
 #include "section.h"
+#include "stream.h"
 #include "worker_impl.h"
 
 namespace hotrestart {
@@ -436,6 +437,22 @@ wire::TransferTotals Worker::Impl::import_from(int peer, const std::vector<wire:
       if (auto planned = results.find(arena->offer.name); planned != results.end()) planned->second = result;
       continue;
     }
+    if (auto* streamed = std::get_if<wire::SectionStream>(&r->message)) {
+      ++totals.sections;
+      const auto section_start = Clock::now();
+      ImportedSection result = results.count(streamed->name) == 0
+                                   ? ImportedSection{streamed->name, false, streamed->version, 0,
+                                                     "offered a section this generation does not import"}
+                                   : import_stream(*streamed, std::move(r->fds.at(0)), deadline);
+      const auto micros = micros_since(section_start);
+      if (result.imported) {
+        ++totals.done;
+        totals.bytes += result.bytes;
+      }
+      report({result.name, result.imported, result.version, result.bytes, micros, result.reason});
+      if (auto planned = results.find(streamed->name); planned != results.end()) planned->second = result;
+      continue;
+    }
     auto* offer = std::get_if<wire::SectionOffer>(&r->message);
     if (offer == nullptr) {
       cut_short = std::string("unexpected ") + std::string(wire::type_name(wire::type_of(r->message))) +
@@ -485,6 +502,49 @@ wire::TransferTotals Worker::Impl::import_from(int peer, const std::vector<wire:
   }
   totals.micros = micros_since(t0);
   return totals;
+}
+
+ImportedSection Worker::Impl::import_stream(const wire::SectionStream& offer, Fd sock, Clock::time_point deadline) {
+  ImportedSection result{offer.name, false, offer.version, 0, {}};
+  const Section* section = find_section(sections, offer.name);
+  if (section == nullptr || !section->load) {
+    // Closing the socket (on return) ends the exporter's `save` at its next write.
+    result.reason = section != nullptr ? "streamed the section, and this generation imports it only as an arena"
+                                       : "offered a section this generation does not import";
+    return result;
+  }
+  if (std::find(section->versions.begin(), section->versions.end(), offer.version) == section->versions.end()) {
+    result.reason = "offered schema version " + std::to_string(offer.version) + ", which this generation cannot read";
+    return result;
+  }
+  wire::StreamReader reader(sock.get(), deadline, options.max_section_bytes);
+  // A stream that fails is an exception in `load`, never a plain end of file that a load reading
+  // the istream by hand could take for the end of the section.
+  reader.throw_on_error(true);
+  std::istream in(&reader);
+  in.exceptions(std::ios_base::badbit);
+  bool loaded = false;
+  try {
+    section->load(offer.version, in);
+    loaded = true;
+  } catch (const std::exception& e) {
+    // A load that failed because the stream did (InputArchive throws the reader's error) says so.
+    result.reason = !reader.error().empty() ? "the stream failed: " + reader.error()
+                                            : std::string("its load function failed: ") + e.what();
+  } catch (...) {
+    result.reason = "its load function failed with an unknown exception";
+  }
+  if (loaded) {
+    // What the load left unread is read to the end chunk, so that a section counts as imported only
+    // once all of it arrived intact.
+    if (auto left = reader.finish(); !left) {
+      result.reason = "the stream failed after its load function returned: " + left.error().text();
+    } else {
+      result.imported = true;
+    }
+  }
+  result.bytes = reader.total();
+  return result;
 }
 
 ImportedSection Worker::Impl::import_arena(const wire::ArenaOffer& offer, Fd header, Fd memfd) {
@@ -575,6 +635,7 @@ wire::TransferTotals Worker::Impl::export_to(Fd peer, std::uint64_t sequence,
     ++totals.sections;
     const auto section_start = Clock::now();
     wire::SectionReport r{p.name, false, 0, 0, 0, {}};
+    bool told_importer = false;
     const Section* section = find_section(sections, p.name);
     if (section == nullptr || (!section->save && !section->save_arena)) {
       r.reason = "generation " + std::to_string(generation) + " has no section '" + p.name + "' to export";
@@ -595,6 +656,9 @@ wire::TransferTotals Worker::Impl::export_to(Fd peer, std::uint64_t sequence,
         // Sent, or failed: `r` says which.
       } else if (!section->save) {
         if (r.reason.empty()) r.reason = "the section has no snapshot in version " + std::to_string(v);
+      } else if (section->stream) {
+        // The importer hears of a failure from the stream itself.
+        told_importer = export_stream(*section, p.name, v, sequence, link, r, link_error);
       } else {
         auto written = wire::write_section(
             p.name, v, sequence, [&](std::ostream& out) { section->save(v, out); }, std::uint64_t{1} << 46);
@@ -610,7 +674,7 @@ wire::TransferTotals Worker::Impl::export_to(Fd peer, std::uint64_t sequence,
       }
     }
     r.micros = micros_since(section_start);
-    if (!r.ok) send(wire::SectionUnavailable{r.name, r.reason}, {});
+    if (!r.ok && !told_importer) send(wire::SectionUnavailable{r.name, r.reason}, {});
     if (r.ok) {
       ++totals.done;
       totals.bytes += r.bytes;
@@ -643,6 +707,63 @@ wire::TransferTotals Worker::Impl::export_to(Fd peer, std::uint64_t sequence,
   }
   totals.micros = micros_since(t0);
   return totals;
+}
+
+bool Worker::Impl::export_stream(const Section& section, const std::string& name, std::uint32_t version,
+                                 std::uint64_t sequence, int link, wire::SectionReport& r, int& link_error) {
+  const std::string where = "section " + wire::quoted(name);
+  if (link_error != 0) {
+    r.reason = "the link to the next generation failed";
+    return false;
+  }
+  auto pair = wire::stream_pair();
+  if (!pair) {
+    r.reason = pair.error().context(where).text();
+    return false;
+  }
+  Fd mine = std::move(pair->first);
+  {
+    // This side's copy of the importer's end closes before the first byte, so that the importer's
+    // exit ends `save` at its next write.
+    Fd theirs = std::move(pair->second);
+    const int fd = theirs.get();
+    if (auto ok = wire::send_message(link, wire::SectionStream{name, version, sequence}, std::span<const int>(&fd, 1),
+                                     wire::Blocking::Yes);
+        !ok) {
+      say("the next generation's link failed: %s", ok.error().text().c_str());
+      link_error = ok.error().code() != 0 ? ok.error().code() : EIO;
+      r.reason = "the link to the next generation failed";
+      return false;
+    }
+  }
+  wire::StreamWriter writer(mine.get(), std::uint64_t{1} << 46);
+  std::string failed;
+  {
+    std::ostream out(&writer);
+    // A failed write stops the exporter at once instead of letting it write into a dead stream.
+    out.exceptions(std::ios_base::badbit);
+    try {
+      section.save(version, out);
+      out.flush();
+    } catch (const std::exception& e) {
+      failed = e.what();
+    } catch (...) {
+      failed = "it threw an exception that is not a std::exception";
+    }
+  }
+  if (!writer.error().empty()) {
+    r.reason = where + ": " + writer.error();  // The stream's own failure explains the exporter's.
+  } else if (!failed.empty()) {
+    r.reason = where + ": the exporter failed: " + failed;
+    writer.abort(failed);
+  } else if (auto ok = writer.finish(); !ok) {
+    r.reason = where + ": " + ok.error().text();
+  } else {
+    r.ok = true;
+    r.reason.clear();
+  }
+  r.bytes = writer.bytes();
+  return true;
 }
 
 bool Worker::Impl::export_arena(const Section& section, const std::string& name, std::uint32_t version,

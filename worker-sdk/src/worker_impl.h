@@ -59,6 +59,13 @@ class Worker::Impl {
   // (the caller then tries `save`); true when it did, with `r` saying whether it went.
   bool export_arena(const Section& section, const std::string& name, std::uint32_t version, std::uint64_t sequence,
                     int link, wire::SectionReport& r, int& link_error);
+  // A streamed section from the previous generation, read from `sock` as it arrives.
+  ImportedSection import_stream(const wire::SectionStream& offer, Fd sock, Clock::time_point deadline);
+  // Streams a section to the next generation while `save` writes it. Returns true when the stream
+  // was offered (then `r` says whether it ended well, and the importer heard of a failure through
+  // the stream itself); false when not even the offer could be sent.
+  bool export_stream(const Section& section, const std::string& name, std::uint32_t version, std::uint64_t sequence,
+                     int link, wire::SectionReport& r, int& link_error);
   // The next generation's link is done with: drops what was queued for it. `peer_closed`: the next
   // generation closed it (it has exited), rather than a send failing here. Under `mutex`.
   void next_gone_locked(bool peer_closed);

@@ -13,6 +13,13 @@
 //     cache.swap(staging);                      // whole or nothing
 //   }
 //
+// A section the exporter streams (Section::stream) is read as it arrives instead: the archive then
+// knows only an upper bound on the bytes left (the importer's Worker::Options::max_section_bytes),
+// so a count is checked against that bound only; strings and vectors grow as their bytes arrive
+// rather than to their count at once (cereal's loaders of deques, lists, vector<bool>, valarrays
+// and unordered sets do not: see docs/sdk.md), and at_end() (not remaining() == 0) says whether
+// the data is exhausted.
+//
 // The layout is cereal's BinaryOutputArchive's (fixed-size little-endian integers, 64-bit counts),
 // so `hotrestart::OutputArchive` (cereal::BinaryOutputArchive) writes what this reads. Include
 // cereal's type headers (<cereal/types/string.hpp>, <cereal/types/vector.hpp>, ...) as usual.
@@ -56,6 +63,10 @@ class InputArchive : public cereal::InputArchive<InputArchive, cereal::AllowEmpt
   InputArchive& operator=(const InputArchive&) = delete;
 
   void loadBinary(void* out, std::size_t size) {
+    if (stream_ != nullptr) {
+      read_stream(out, size);
+      return;
+    }
     if (size > remaining()) throw ArchiveError("truncated: a field reaches past the end of the data");
     if (size == 0) return;
     std::memcpy(out, data_.data() + offset_, size);
@@ -66,15 +77,52 @@ class InputArchive : public cereal::InputArchive<InputArchive, cereal::AllowEmpt
     if (min_bytes_each == 0) min_bytes_each = 1;
     if (count > remaining() / min_bytes_each) throw ArchiveError("corrupt: a count is larger than the data left");
   }
-  std::size_t remaining() const { return data_.size() - offset_; }
+  // The bytes left; for a streamed section, the most there can be.
+  std::size_t remaining() const { return stream_ != nullptr ? stream_bound_ - offset_ : data_.size() - offset_; }
   std::size_t consumed() const { return offset_; }
+  // Whether every byte was read (for a streamed section: and its end arrived intact). Throws
+  // ArchiveError when the stream failed.
+  bool at_end() { return stream_ != nullptr ? stream_at_end() : remaining() == 0; }
+  // Whether the bytes are read as they arrive (a streamed section), with no total known.
+  bool streaming() const { return stream_ != nullptr; }
+  // How many elements of `each` bytes to reserve for a count that check_count() accepted: the
+  // count, but no more than the bytes left could hold, or (streaming) than 1 MiB holds.
+  std::size_t reserve_hint(std::uint64_t count, std::size_t each) const {
+    const std::uint64_t cap =
+        (stream_ != nullptr ? std::uint64_t{1} << 20 : remaining()) / std::max<std::size_t>(each, 1) + 1;
+    return static_cast<std::size_t>(std::min(count, cap));
+  }
+  // Resizes `c` (a string or a vector of arithmetic values) to `count` elements and reads them.
+  // Streaming, it grows a megabyte at a time, so that memory follows the bytes that arrived.
+  template <class C>
+  void load_contiguous(C& c, std::uint64_t count) {
+    using T = typename C::value_type;
+    if (stream_ == nullptr) {
+      c.resize(static_cast<std::size_t>(count));
+      loadBinary(c.data(), static_cast<std::size_t>(count) * sizeof(T));
+      return;
+    }
+    c.clear();
+    const std::size_t step = std::max<std::size_t>((std::size_t{1} << 20) / sizeof(T), 1);
+    while (c.size() < count) {
+      const std::size_t old = c.size();
+      const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(step, count - old));
+      c.resize(old + n);
+      loadBinary(c.data() + old, n * sizeof(T));
+    }
+  }
 
  private:
+  void read_stream(void* out, std::size_t size);
+  bool stream_at_end();
+
   std::string owned_;  // The bytes of a stream that could not be read in place.
   std::span<const std::byte> data_;
   std::size_t offset_ = 0;
   std::streambuf* source_ = nullptr;  // Positioned past what was consumed when the archive ends.
   std::streamoff source_start_ = -1;  // Where the archive started reading; -1 if it cannot seek.
+  std::streambuf* stream_ = nullptr;  // A streamed section's reader, read as its bytes arrive.
+  std::size_t stream_bound_ = 0;      // The most bytes it can still hold, when the archive began.
 };
 
 namespace detail {
@@ -125,8 +173,7 @@ void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, std::basic_string<C, Traits, Al
   cereal::size_type count = 0;
   ar(cereal::make_size_tag(count));
   ar.check_count(count, sizeof(C));
-  s.resize(static_cast<std::size_t>(count));
-  ar.loadBinary(s.data(), static_cast<std::size_t>(count) * sizeof(C));
+  ar.load_contiguous(s, count);
 }
 template <detail::NotBool T, class Alloc>
 void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, std::vector<T, Alloc>& v) {
@@ -134,11 +181,10 @@ void CEREAL_LOAD_FUNCTION_NAME(InputArchive& ar, std::vector<T, Alloc>& v) {
   ar(cereal::make_size_tag(count));
   if constexpr (std::is_arithmetic_v<T>) {
     ar.check_count(count, sizeof(T));
-    v.resize(static_cast<std::size_t>(count));
-    ar.loadBinary(v.data(), static_cast<std::size_t>(count) * sizeof(T));
+    ar.load_contiguous(v, count);
   } else {
     v.clear();
-    v.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(count, ar.remaining() / sizeof(T) + 1)));
+    v.reserve(ar.reserve_hint(count, sizeof(T)));
     for (cereal::size_type i = 0; i < count; ++i)
       ar(v.emplace_back());
   }

@@ -68,6 +68,14 @@ struct Section {
   // an offset, and, like load, swap only at the end.
   std::function<Arena::Snapshot(std::uint32_t version, std::ostream& header)> save_arena = {};
   std::function<void(std::uint32_t version, std::istream& header, Arena arena)> load_arena = {};
+
+  // Optional: stream the section to the next generation over a socket of its own while `save`
+  // writes it, rather than write it whole into a memfd first. Export and import then overlap, and
+  // no third copy of the state is held in memory; but `save` (and the lock it holds) lasts until the
+  // importer has read all but the last few megabytes, so choose it when `load` keeps pace with
+  // `save`. The importer's `load` reads the bytes as they arrive: use InputArchive, and check
+  // at_end() when done, which fails if the stream was cut short or corrupted.
+  bool stream = false;
 };
 
 // What start() brought over from the previous generation, section by section.

@@ -4,6 +4,7 @@
 #include <streambuf>
 
 #include "section.h"
+#include "stream.h"
 
 namespace hotrestart {
 
@@ -16,6 +17,13 @@ InputArchive::InputArchive(std::istream& in)
     data_ = span->unread();
     return;
   }
+  if (auto* streamed = dynamic_cast<wire::StreamReader*>(source_)) {
+    // A streamed section: read as it arrives, bounded by the importer's limit.
+    stream_ = streamed;
+    stream_bound_ = static_cast<std::size_t>(streamed->max_bytes() - streamed->consumed());
+    source_start_ = -1;
+    return;
+  }
   // Any other stream: its bytes are copied once, so that counts can be checked against the total.
   char chunk[64 * 1024];
   for (;;) {
@@ -24,6 +32,28 @@ InputArchive::InputArchive(std::istream& in)
     owned_.append(chunk, static_cast<std::size_t>(got));
   }
   data_ = std::as_bytes(std::span<const char>(owned_));
+}
+
+void InputArchive::read_stream(void* out, std::size_t size) {
+  if (size == 0) return;
+  auto* reader = static_cast<wire::StreamReader*>(stream_);
+  std::streamsize got = 0;
+  try {
+    got = reader->sgetn(static_cast<char*>(out), static_cast<std::streamsize>(size));
+  } catch (const wire::StreamError& e) {
+    throw ArchiveError(e.what());
+  }
+  if (got > 0) offset_ += static_cast<std::size_t>(got);
+  if (static_cast<std::size_t>(got) == size) return;
+  if (!reader->error().empty()) throw ArchiveError(reader->error());
+  throw ArchiveError("truncated: a field reaches past the end of the data");
+}
+
+bool InputArchive::stream_at_end() {
+  auto* reader = static_cast<wire::StreamReader*>(stream_);
+  if (reader->at_end()) return true;
+  if (!reader->error().empty()) throw ArchiveError(reader->error());
+  return false;
 }
 
 InputArchive::~InputArchive() noexcept {

@@ -104,6 +104,10 @@ void serialize(Ar& ar, ArenaOffer& m) {
   serialize(ar, m.offer);
   ar(m.reserve, m.bytes, m.checksum);
 }
+template <class Ar>
+void serialize(Ar& ar, SectionStream& m) {
+  ar(m.name, m.version, m.sequence);
+}
 // Ready, Drain, Stop and SnapshotEnd have no body.
 template <class M>
 concept NoFields = std::is_empty_v<M>;
@@ -143,6 +147,7 @@ class Checker {
   std::optional<Error> operator()(const SectionOffer& m) const { return name("section name", m.name); }
   std::optional<Error> operator()(const DeltaMemfd& m) const { return name("section name", m.offer.name); }
   std::optional<Error> operator()(const ArenaOffer& m) const { return name("section name", m.offer.name); }
+  std::optional<Error> operator()(const SectionStream& m) const { return name("section name", m.name); }
   std::optional<Error> operator()(const SectionUnavailable& m) const {
     if (auto e = name("section name", m.name)) return e;
     return text("reason", m.reason);
@@ -251,6 +256,8 @@ std::optional<Message> empty_message(Type t) {
       return DeltaMemfd{};
     case Type::ArenaOffer:
       return ArenaOffer{};
+    case Type::SectionStream:
+      return SectionStream{};
   }
   return std::nullopt;
 }
@@ -266,6 +273,7 @@ bool fd_count_allowed(Type t, std::uint32_t count) {
       return count <= 1;
     case Type::BeginExport:
     case Type::SectionOffer:
+    case Type::SectionStream:
     case Type::DeltaMemfd:
       return count == 1;
     case Type::ArenaOffer:
@@ -328,6 +336,8 @@ std::string_view type_name(Type t) {
       return "delta-memfd";
     case Type::ArenaOffer:
       return "arena-offer";
+    case Type::SectionStream:
+      return "section-stream";
   }
   return "unknown";
 }
@@ -354,7 +364,8 @@ Type type_of(const Message& m) {
                              Type::SnapshotEnd,
                              Type::Delta,
                              Type::DeltaMemfd,
-                             Type::ArenaOffer};
+                             Type::ArenaOffer,
+                             Type::SectionStream};
   static_assert(std::size(kTypes) == std::variant_size_v<Message>);
   return kTypes[m.index()];
 }
@@ -364,7 +375,7 @@ std::size_t fds_expected(const Message& m) {
   if (const auto* f = std::get_if<Fds>(&m)) return f->names.size();
   if (const auto* b = std::get_if<BeginImport>(&m)) return b->from_generation != 0 ? 1 : 0;
   if (std::holds_alternative<BeginExport>(m) || std::holds_alternative<SectionOffer>(m) ||
-      std::holds_alternative<DeltaMemfd>(m)) {
+      std::holds_alternative<SectionStream>(m) || std::holds_alternative<DeltaMemfd>(m)) {
     return 1;
   }
   if (std::holds_alternative<ArenaOffer>(m)) return 2;

@@ -17,7 +17,7 @@
 
 namespace hotrestart::wire {
 
-inline constexpr std::uint16_t kProtocolVersion = 2;
+inline constexpr std::uint16_t kProtocolVersion = 3;
 inline constexpr std::size_t kHeaderSize = 32;
 inline constexpr std::size_t kMaxBody = 64 * 1024;
 inline constexpr std::size_t kMaxDatagram = kHeaderSize + kMaxBody;
@@ -50,6 +50,7 @@ enum class Type : std::uint16_t {
   Delta = 68,
   DeltaMemfd = 69,
   ArenaOffer = 70,
+  SectionStream = 71,
 };
 std::string_view type_name(Type t);
 
@@ -188,13 +189,22 @@ struct ArenaOffer {
   bool operator==(const ArenaOffer&) const = default;
 };
 
+// A section streamed over a socket of its own (stream.h), which is the descriptor: its bytes arrive
+// while the exporter's `save` writes them.
+struct SectionStream {
+  std::string name;
+  std::uint32_t version = 0;
+  std::uint64_t sequence = 0;
+  bool operator==(const SectionStream&) const = default;
+};
+
 using Message = std::variant<Hello, Ready, StatusLine, SectionImported, ImportFinished, SectionExported, ExportFinished,
                              Welcome, Refuse, Listeners, BeginImport, BeginExport, Drain, Stop, SectionOffer,
-                             SectionUnavailable, Fds, SnapshotEnd, Delta, DeltaMemfd, ArenaOffer>;
+                             SectionUnavailable, Fds, SnapshotEnd, Delta, DeltaMemfd, ArenaOffer, SectionStream>;
 
 Type type_of(const Message& m);
 // How many descriptors a message of this content must carry (names.size() for Listeners and
-// Fds, 1 for SectionOffer, DeltaMemfd and BeginExport, 2 for ArenaOffer, 1 or 0 for BeginImport).
+// Fds, 1 for SectionOffer, SectionStream, DeltaMemfd and BeginExport, 2 for ArenaOffer, 1 or 0 for BeginImport).
 std::size_t fds_expected(const Message& m);
 
 // A valid name: 1-128 bytes of [A-Za-z0-9._:-].
