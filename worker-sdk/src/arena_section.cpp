@@ -7,6 +7,9 @@
 #include <sys/statfs.h>
 #include <unistd.h>
 #include <xxhash.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xxh_x86dispatch.h>  // XXH3_64bits: run-time dispatch to AVX2 / AVX-512 (see stream.cpp).
+#endif
 
 #include <algorithm>
 #include <atomic>
