@@ -237,13 +237,88 @@ TEST_CASE("state: an importer that crashes mid-import rolls back and the old gen
   sup.stop();
 }
 
+TEST_CASE("state: a streamed section keeps every entry in both directions, and a large one arrives whole") {
+  constexpr const char* kBlob = "67108864";  // 64 MiB: 64 chunks, read straight into the worker's memory.
+  Supervisor sup({"--state-required", "data", "--state-required", "blob"},
+                 sdk({"--version", "v1", "--schemas", "1", "--fill", "100000", "--stream", "--blob", kBlob}));
+  const std::uint16_t port = sup.port();
+  upgrade_ok(sup, sdk({"--version", "v2", "--schemas", "1,2", "--stream", "--blob", kBlob}));
+  auto st = state_of(port);
+  CHECK(st["entries"] == "100000");
+  CHECK(st["blob"] == kBlob);
+  CHECK(st["schema"] == "1");
+  CHECK(get(port, "/data/key-99999") == "value-99999");
+  upgrade_ok(sup, sdk({"--version", "v2b", "--schemas", "1,2", "--stream", "--blob", kBlob}));
+  CHECK(state_of(port)["schema"] == "2");
+  // Back to schema 1, and from a streamed export to a memfd one.
+  upgrade_ok(sup, sdk({"--version", "v1b", "--schemas", "1", "--blob", kBlob}));
+  upgrade_ok(sup, sdk({"--version", "v1c", "--schemas", "1", "--blob", kBlob}));
+  st = state_of(port);
+  CHECK(st["entries"] == "100000");
+  CHECK(st["blob"] == kBlob);
+  CHECK(st["schema"] == "1");
+  CHECK(get(port, "/data/key-0") == "value-0");
+  json s = sup.status_or_fail();
+  const json& t = s["last_transfer"];
+  CHECK(t["outcome"] == "done");
+  REQUIRE(t["imported"].size() == 2);
+  for (const json& section : t["imported"])
+    CHECK_MESSAGE(section["ok"] == true, section.dump());
+  sup.stop();
+}
+
+TEST_CASE("state: a streamed section that fails on either side leaves the old generation serving its data") {
+  SUBCASE("the exporter throws half-way: the importer hears why, and a required section rolls back") {
+    Supervisor sup({"--state-required", "data"}, sdk({"--export-fail", "--stream", "--fill", "20"}));
+    const pid_t old_pid = sup.active_pid();
+    RunResult r = sup.upgrade_to(sdk({"--version", "v2", "--stream"}));
+    CHECK_MESSAGE(r.exit_code == 1, r.out << r.err);
+    CHECK(contains(r.err,
+                   "required section 'data' was not imported: the stream failed: the previous generation's "
+                   "save failed: 'the exporter failed on purpose'"));
+    check_old_serves(sup, old_pid, sup.port(), 20);
+    sup.stop();
+  }
+  SUBCASE("the importer throws: the section starts cold, and the exporter's save ends") {
+    // About 22 MiB: more than the stream's socket buffers hold, so the exporter is still writing
+    // when the importer gives up.
+    Supervisor sup({}, sdk({"--stream", "--fill", "600000"}));
+    RunResult r = upgrade_ok(sup, sdk({"--version", "v2", "--stream", "--import-fail"}));
+    CHECK(contains(r.out, "data: starts cold: its load function failed: the importer failed on purpose"));
+    CHECK(state_of(sup.port())["entries"] == "0");
+    json s = sup.status_or_fail();
+    CHECK(s["last_transfer"]["exported"][0]["ok"] == false);
+    CHECK(contains(s["last_transfer"]["exported"][0]["reason"].get<std::string>(),
+                   "section 'data': the next generation closed the stream"));
+    sup.stop();
+  }
+  SUBCASE("the importer crashes mid-stream: rolled back; the old generation serves and streams again") {
+    Supervisor sup({}, sdk({"--stream", "--fill", "200000"}));
+    const pid_t old_pid = sup.active_pid();
+    RunResult r = sup.upgrade_to(sdk({"--version", "v2", "--stream", "--import-crash"}));
+    CHECK_MESSAGE(r.exit_code == 1, r.out << r.err);
+    CHECK(contains(r.err, "was killed by SIGABRT"));
+    check_old_serves(sup, old_pid, sup.port(), 200000);
+    upgrade_ok(sup, sdk({"--version", "v2", "--stream"}));
+    CHECK(state_of(sup.port())["entries"] == "200000");
+    sup.stop();
+  }
+  SUBCASE("the exporter crashes mid-stream: the importer sees the stream cut short and starts cold") {
+    Supervisor sup({}, sdk({"--stream", "--export-crash", "--fill", "20"}));
+    RunResult r = sup.upgrade_to(sdk({"--version", "v2", "--stream"}));
+    CHECK_MESSAGE(contains(r.out + r.err, "data: starts cold: the stream failed: truncated: the stream ended"),
+                  r.out << r.err);
+    sup.stop();
+  }
+}
+
 TEST_CASE("state: a worker speaking another channel protocol version is refused with a sentence") {
   Supervisor sup({}, sdk({"--fill", "8"}));
   const pid_t old_pid = sup.active_pid();
-  RunResult r = sup.upgrade_to(sdk({"--raw-hello", "3:4"}));
+  RunResult r = sup.upgrade_to(sdk({"--raw-hello", "4:5"}));
   CHECK_MESSAGE(r.exit_code == 1, r.out << r.err);
-  CHECK(contains(r.err, "speaks worker channel protocol 3 to 4, and this supervisor speaks version 2"));
-  CHECK(sup.proc().wait_output("sdk-worker: refused: generation 2 speaks worker channel protocol 3 to 4", 5s));
+  CHECK(contains(r.err, "speaks worker channel protocol 4 to 5, and this supervisor speaks version 3"));
+  CHECK(sup.proc().wait_output("sdk-worker: refused: generation 2 speaks worker channel protocol 4 to 5", 5s));
   check_old_serves(sup, old_pid, sup.port(), 8);
   sup.stop();
 }

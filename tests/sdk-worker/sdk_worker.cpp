@@ -13,6 +13,7 @@
 //   --fill N               start with N entries key-I = value-I (when nothing was imported)
 //   --pass-fds N           pass N descriptors (memfds) to the next generation as extra-0..
 //   --export-fail          the exporter throws half-way through
+//   --export-crash         the exporter aborts the process half-way through
 //   --import-fail          the importer throws half-way through
 //   --import-crash         the importer aborts the process half-way through
 //   --raw-hello MIN:MAX    skip the SDK: say hello with these protocol versions, then wait
@@ -20,6 +21,11 @@
 //   --start-delay-ms N     wait N ms before Worker::start() (slow set-up before the hello)
 //   --export-delay-ms N    the exporter takes N ms before it writes anything
 //   --drain-delay-ms N     keep serving N ms after the drain request before exiting
+//   --stream               send the sections over a stream (Section::stream) instead of a memfd
+//   --blob BYTES           also keep a section "blob" of BYTES bytes (a pattern the first
+//                          generation writes), in memory the process fills before start(), and
+//                          that `load` reads straight into and then checks; /state says blob=N,
+//                          the bytes imported and checked (for scripts/bench-state)
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -31,6 +37,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -54,6 +61,7 @@ struct Flags {
   long fill = 0;
   long pass_fds = 0;
   bool export_fail = false;
+  bool export_crash = false;
   bool import_fail = false;
   bool import_crash = false;
   std::string raw_hello;
@@ -61,6 +69,8 @@ struct Flags {
   long start_delay_ms = 0;
   long export_delay_ms = 0;
   long drain_delay_ms = 0;
+  bool stream = false;
+  std::uint64_t blob = 0;
 };
 
 std::mutex data_mutex;
@@ -95,6 +105,8 @@ Flags parse(int argc, char** argv) {
       f.pass_fds = std::stol(value());
     } else if (a == "--export-fail") {
       f.export_fail = true;
+    } else if (a == "--export-crash") {
+      f.export_crash = true;
     } else if (a == "--import-fail") {
       f.import_fail = true;
     } else if (a == "--import-crash") {
@@ -109,6 +121,10 @@ Flags parse(int argc, char** argv) {
       f.export_delay_ms = std::stol(value());
     } else if (a == "--drain-delay-ms") {
       f.drain_delay_ms = std::stol(value());
+    } else if (a == "--stream") {
+      f.stream = true;
+    } else if (a == "--blob") {
+      f.blob = std::stoull(value());
     } else {
       usage("unknown flag " + a);
     }
@@ -123,8 +139,10 @@ void save(const Flags& f, std::uint32_t version, std::ostream& out) {
   std::lock_guard lock(data_mutex);
   hotrestart::OutputArchive archive(out);
   if (version >= 2) archive(std::string("written by ") + f.version);
-  if (f.export_fail) {
+  if (f.export_fail || f.export_crash) {
     archive(std::uint64_t{data.size()});
+    out.flush();  // What was written reaches the next generation (a stream sends it).
+    if (f.export_crash) std::abort();
     throw std::runtime_error("the exporter failed on purpose");
   }
   archive(data);
@@ -140,8 +158,46 @@ void load(const Flags& f, std::uint32_t version, std::istream& in) {
   if (f.import_fail) throw std::runtime_error("the importer failed on purpose");
   std::map<std::string, std::string> staging;
   archive(staging);
+  if (!archive.at_end()) throw std::runtime_error("bytes left after the data");
   std::lock_guard lock(data_mutex);
   data.swap(staging);
+}
+
+// The blob: BYTES of a pattern, in memory taken (and touched) before start(), as a server that
+// sizes its memory at start-up would.
+char* blob_memory = nullptr;
+std::uint64_t blob_checked = 0;
+
+std::uint64_t blob_word(std::uint64_t i) {
+  return i * 0x9E3779B97F4A7C15ULL + 7;
+}
+
+void blob_fill(std::uint64_t bytes) {
+  auto* words = reinterpret_cast<std::uint64_t*>(blob_memory);
+  for (std::uint64_t i = 0; i < bytes / 8; ++i)
+    words[i] = blob_word(i);
+}
+
+void blob_save(std::uint64_t bytes, std::ostream& out) {
+  hotrestart::OutputArchive archive(out);
+  archive(bytes, cereal::binary_data(blob_memory, static_cast<std::size_t>(bytes)));
+}
+
+// Reads in place (this worker only keeps the blob; it serves nothing from it), then checks one
+// word in every 4 KiB.
+void blob_load(std::uint64_t capacity, std::istream& in) {
+  hotrestart::InputArchive archive(in);
+  std::uint64_t bytes = 0;
+  archive(bytes);
+  if (bytes != capacity)
+    throw std::runtime_error("the blob is " + std::to_string(bytes) + " bytes, not " + std::to_string(capacity));
+  archive(cereal::binary_data(blob_memory, static_cast<std::size_t>(bytes)));
+  if (!archive.at_end()) throw std::runtime_error("bytes left after the blob");
+  const auto* words = reinterpret_cast<const std::uint64_t*>(blob_memory);
+  for (std::uint64_t i = 0; i < bytes / 8; i += 512) {
+    if (words[i] != blob_word(i)) throw std::runtime_error("the blob differs at word " + std::to_string(i));
+  }
+  blob_checked = bytes;
 }
 
 // The raw modes skip the SDK and speak to the supervisor on the channel directly, as a broken or
@@ -202,7 +258,9 @@ std::string respond(const std::string& path, const Flags& f, const hotrestart::W
       entries = data.size();
     }
     std::string out = "entries=" + std::to_string(entries);
+    if (f.blob > 0) out += " blob=" + std::to_string(blob_checked);
     for (const auto& s : worker.imported()) {
+      if (s.name == "blob") continue;
       out += " imported=" + std::string(s.imported ? "1" : "0") + " schema=" + std::to_string(s.version);
       if (!s.reason.empty()) out += " reason=" + s.reason;
     }
@@ -257,7 +315,19 @@ int main(int argc, char** argv) {
                       .versions = f.schemas,
                       .save = [&f](std::uint32_t v, std::ostream& out) { save(f, v, out); },
                       .load = [&f](std::uint32_t v, std::istream& in) { load(f, v, in); },
-                      .apply_delta = {}});
+                      .apply_delta = {},
+                      .stream = f.stream});
+  if (f.blob > 0) {
+    void* memory = ::mmap(nullptr, f.blob, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (memory == MAP_FAILED || f.blob % 8 != 0) usage("--blob: cannot map " + std::to_string(f.blob) + " bytes");
+    blob_memory = static_cast<char*>(memory);
+    std::memset(blob_memory, 0, f.blob);  // Touched now, as memory the server sizes at start-up.
+    worker.add_section({.name = "blob",
+                        .versions = {1},
+                        .save = [&f](std::uint32_t, std::ostream& out) { blob_save(f.blob, out); },
+                        .load = [&f](std::uint32_t, std::istream& in) { blob_load(f.blob, in); },
+                        .stream = f.stream});
+  }
   std::atomic<long> drain_at_ms{0};
   worker.on_drain([&] {
     drain_at_ms = static_cast<long>(
@@ -268,6 +338,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "sdk-worker: %s\n", error.c_str());
     return 1;
   }
+  if (f.blob > 0 && blob_checked == 0) blob_fill(f.blob);
   {
     std::lock_guard lock(data_mutex);
     if (data.empty()) {
