@@ -650,7 +650,7 @@ class Store {
     }
     s.slot_count_ = slot_count;
     s.load_index(mapped != nullptr ? nullptr : &ar);
-    if (ar.remaining() != 0) throw ArchiveError("corrupt: bytes left after the arena");
+    if (!ar.at_end()) throw ArchiveError("corrupt: bytes left after the arena");
     std::vector<Numbering>().swap(s.numbering_);
     return store;
   }
@@ -1455,7 +1455,7 @@ void Cache<Schema>::load_from(std::uint32_t version, std::istream& in, hotrestar
     convert_timed(*v1);
   }
   if (!staging) throw ArchiveError("an arena of another schema");
-  if (ar.remaining() != 0) throw ArchiveError("corrupt: bytes left after the last entry");
+  if (!ar.at_end()) throw ArchiveError("corrupt: bytes left after the last entry");
   report.micros = (monotonic_ns() - t0) / 1000;
   std::unique_ptr<Store<Schema>> old;
   {

@@ -71,6 +71,7 @@ struct Options {
   std::uint64_t prefill = 0;  // Entries to fill in at start-up when nothing was imported.
   std::size_t prefill_value_bytes = 64;
   bool serialized_state = false;  // Import the cache serialized even where the arena could be mapped.
+  bool stream_state = false;      // Export a serialized cache over a stream rather than a memfd.
 };
 
 bool iequals(std::string_view a, std::string_view b) {
@@ -525,6 +526,10 @@ int main(int argc, char** argv) {
   app.add_flag("--serialized-state", opts.serialized_state,
                "Take the previous generation's cache serialized (a copy of its arena) rather than mapping its "
                "memory as it is (for benchmarks)");
+  app.add_flag("--stream-state", opts.stream_state,
+               "When the next generation takes the cache serialized, stream it while it is written rather than "
+               "write it whole into a memfd first: export and import overlap and no third copy is held in memory, "
+               "but the cache stays locked until the next generation has read it");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -541,6 +546,7 @@ int main(int argc, char** argv) {
     server.worker = &worker;
     hotrestart::Section section = kv::make_section(cache);
     if (opts.serialized_state) section.load_arena = {};
+    section.stream = opts.stream_state;
     worker.add_section(std::move(section));
     worker.on_drain([&server] { uv_async_send(&server.drain_async); });
     worker.on_stop([&server] { uv_async_send(&server.stop_async); });
