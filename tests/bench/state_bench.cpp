@@ -8,8 +8,9 @@
 //                    default socket buffers and with 4 MiB ones (which, in unix_how);
 //       fresh_gbps:  writing N bytes into memory just mapped, which the kernel must fault in first:
 //                    what any copy into a new process's memory pays on top of memcpy.
-//   state-bench transfer STATUS_JSON
-//       The `last_transfer` of `hotrestart status --json`: its outcome, and the first section's
+//   state-bench transfer STATUS_JSON [SECTION]
+//       The `last_transfer` of `hotrestart status --json`: its outcome, and the first section's (or
+//       SECTION's)
 //       bytes and schema version, the exporter's and the importer's times for it (micros), and the
 //       whole import's time (from its begin to import-finished).
 //   state-bench upgrade EVENTS
@@ -184,7 +185,7 @@ T get_or(const json& j, const char* key, T otherwise) {
   return j[key].get<T>();
 }
 
-int transfer(const std::string& path) {
+int transfer(const std::string& path, const std::string& section) {
   const json status = read_json(path);
   const json t = status.value("last_transfer", json());
   if (!t.is_object()) {
@@ -198,7 +199,11 @@ int transfer(const std::string& path) {
               static_cast<unsigned long long>(get_or<std::uint64_t>(t, "to_generation", 0)));
   auto first = [&](const char* list) -> json {
     const json l = t.value(list, json::array());
-    return l.is_array() && !l.empty() ? l[0] : json::object();
+    if (!l.is_array() || l.empty()) return json::object();
+    if (section.empty()) return l[0];
+    for (const json& s : l)
+      if (s.is_object() && get_or<std::string>(s, "section", "") == section) return s;
+    return json::object();
   };
   const json exported = first("exported");
   const json imported = first("imported");
@@ -272,7 +277,8 @@ int main(int argc, char** argv) {
   const std::vector<std::string> args(argv + 1, argv + argc);
   try {
     if (!args.empty() && args[0] == "baselines") return baselines({args.begin() + 1, args.end()});
-    if (args.size() == 2 && args[0] == "transfer") return transfer(args[1]);
+    if ((args.size() == 2 || args.size() == 3) && args[0] == "transfer")
+      return transfer(args[1], args.size() == 3 ? args[2] : "");
     if (args.size() == 2 && args[0] == "upgrade") return upgrade(args[1]);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "state-bench: %s\n", e.what());
@@ -280,7 +286,7 @@ int main(int argc, char** argv) {
   }
   std::fprintf(stderr,
                "usage: state-bench baselines [--bytes N] [--reps R]\n"
-               "       state-bench transfer STATUS_JSON\n"
+               "       state-bench transfer STATUS_JSON [SECTION]\n"
                "       state-bench upgrade EVENTS\n");
   return 2;
 }
