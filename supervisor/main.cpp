@@ -73,6 +73,7 @@ int main(int argc, char** argv) {
   std::string drain_timeout = "30s";
   std::string state_timeout = "60s";
   std::vector<std::string> state_required;
+  bool adopt_binds = false;
   std::string log_level = "info";
   std::vector<std::string> command;
   auto* run = app.add_subcommand(
@@ -112,6 +113,11 @@ int main(int argc, char** argv) {
                   "A state section that must be imported, repeatable: if it cannot be, the upgrade rolls back "
                   "(other sections just start cold)")
       ->type_name("NAME");
+  run->add_flag("--adopt-binds", adopt_binds,
+                "For servers that bind their own port and know nothing of hotrestart: preload a library "
+                "(libhotrestart-adopt.so) that hands the server's bind() of a --listen address the supervisor's "
+                "socket instead, reports READY=1 when the server first waits on it, and closes it on drain, so "
+                "that the drain signal follows only once the server's connections are done");
   run->add_option("--log-level", log_level, "debug, info, warning or error")
       ->check(CLI::IsMember({"debug", "info", "warning", "error"}))
       ->capture_default_str();
@@ -185,6 +191,7 @@ int main(int argc, char** argv) {
     options.drain_signal = parse_signal(drain_signal).value();
     options.state_timeout = parse_duration(state_timeout).value();
     options.state_required = state_required;
+    options.adopt_binds = adopt_binds;
     options.command = command;
     set_log_level(log_level == "debug"     ? LogLevel::Debug
                   : log_level == "warning" ? LogLevel::Warning

@@ -53,6 +53,8 @@ NotifyMessage parse_notify(std::string_view datagram) {
       m.reloading = value == "1";
     } else if (key == "WATCHDOG") {
       m.watchdog = value == "1";
+    } else if (key == "X_HOTRESTART_ADOPT") {
+      m.adopt = value == "1";
     } else if (key == "STATUS") {
       m.status = std::string(value.substr(0, 256));
     } else if (key == "MAINPID") {

@@ -20,6 +20,7 @@ struct NotifyMessage {
   bool stopping = false;
   bool reloading = false;
   bool watchdog = false;
+  bool adopt = false;  // X_HOTRESTART_ADOPT=1: hotrestart's preload library is in the process.
   std::optional<std::string> status;
   std::optional<pid_t> mainpid;
   std::optional<int> errno_value;

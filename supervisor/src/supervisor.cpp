@@ -1,4 +1,5 @@
 #include "supervisor.h"
+#include "adopt.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -29,6 +30,8 @@ namespace {
 using nlohmann::json;
 
 constexpr Millis kRestartBackoffFirst{100};
+// --adopt-binds: how often a draining generation's connections are counted.
+constexpr Millis kAdoptPollInterval{100};
 constexpr Millis kRestartBackoffMax{10'000};
 // A worker that served this long before it crashed was healthy; its replacement starts
 // over with the shortest backoff.
@@ -190,6 +193,11 @@ Status Supervisor::start() {
     ::unsetenv("NOTIFY_SOCKET");
   }
 
+  if (options_.adopt_binds) {
+    auto library = find_adopt_library();
+    if (!library) return library.error();
+    adopt_library_ = std::move(library).value();
+  }
   if (options_.control_path.empty()) options_.control_path = default_control_path(options_.name);
   if (auto ok = prepare_runtime_dir(options_.control_path); !ok) return ok.error().context("control socket");
   control_ = std::make_unique<ControlServer>(
@@ -258,6 +266,19 @@ std::vector<std::string> Supervisor::worker_environment(std::uint64_t generation
   env.push_back(fmt::format("HOTRESTART_CONTROL={}", options_.control_path));
   // The channel comes right after the listeners (see spawn_generation).
   env.push_back(fmt::format("HOTRESTART_CHANNEL_FD={}", 3 + listeners_.listeners().size()));
+  if (!adopt_library_.empty()) {
+    // First in LD_PRELOAD, before whatever the operator preloads as well.
+    std::string preload = adopt_library_;
+    for (auto& e : env) {
+      if (e.starts_with("LD_PRELOAD=") && e.size() > 11) {
+        preload += ":" + e.substr(11);
+        e.clear();
+      }
+    }
+    std::erase(env, std::string());
+    env.push_back("LD_PRELOAD=" + preload);
+    env.push_back(fmt::format("HOTRESTART_ADOPT_SIGNAL={}", adopt_drain_signal()));
+  }
   return env;
 }
 
@@ -270,6 +291,9 @@ Result<Supervisor::Generation*> Supervisor::spawn_generation(const std::vector<s
   }
   auto executable = resolve_executable(command.front(), path_env);
   if (!executable) return executable.error().context("cannot start the worker");
+  if (!adopt_library_.empty()) {
+    if (auto ok = check_preloadable(executable.value()); !ok) return ok.error().context("cannot start the worker");
+  }
   // Every worker gets a channel; a worker without the SDK never reads it. The supervisor's end
   // stays close-on-exec, so no other worker inherits it.
   auto channel = wire::seqpacket_pair();
@@ -292,6 +316,7 @@ Result<Supervisor::Generation*> Supervisor::spawn_generation(const std::vector<s
   g->ready_deadline = std::make_unique<Timer>(&loop_);
   g->ready_timer = std::make_unique<Timer>(&loop_);
   g->kill_timer = std::make_unique<Timer>(&loop_);
+  g->connections_timer = std::make_unique<Timer>(&loop_);
   g->channel = std::move(channel->first);
   g->channel_watch =
       std::make_unique<FdWatch>(&loop_, g->channel.get(), [this, number] { on_channel_readable(number); });
@@ -384,6 +409,12 @@ void Supervisor::on_ready_timeout(std::uint64_t number) {
   std::string reason = fmt::format("generation {} was not ready within {} (--ready {})", number,
                                    format_duration(options_.ready_timeout), options_.ready.describe());
   if (!g->status_text.empty()) reason += fmt::format("; last status: {}", g->status_text);
+  if (!adopt_library_.empty() && options_.ready.kind == ReadyMode::Kind::Notify) {
+    reason += g->adopt_loaded
+                  ? fmt::format("; it never waited on a listener given with --listen (does it bind {}?)",
+                                listener_addresses())
+                  : std::string("; the preload library never loaded in it (does the server clear LD_PRELOAD?)");
+  }
   if (upgrade_ && upgrade_->generation == number) {
     feed(Input::Timeout, reason);
     return;
@@ -446,6 +477,8 @@ void Supervisor::stop_generation(Generation& g, int signo, std::string_view why,
   if (asked) {
     log_info("generation {} (pid {}): asked to {} over its channel ({}); SIGKILL after {}", g.number, g.pid,
              ending == Ending::Stop ? "stop" : "drain", why, format_duration(options_.drain_timeout));
+  } else if (!adopt_library_.empty()) {
+    adopt_drain(g, signo, why);
   } else {
     log_info("generation {} (pid {}): sending {} ({}); SIGKILL after {}", g.number, g.pid, signal_name(signo), why,
              format_duration(options_.drain_timeout));
@@ -458,6 +491,44 @@ void Supervisor::stop_generation(Generation& g, int signo, std::string_view why,
                format_duration(options_.drain_timeout));
       kill_group(gen->pid, SIGKILL);
     }
+  });
+}
+
+std::string Supervisor::listener_addresses() const {
+  std::string out;
+  for (const auto& l : listeners_.listeners())
+    out += (out.empty() ? "" : " or ") + l.address;
+  return out;
+}
+
+void Supervisor::adopt_drain(Generation& g, int signo, std::string_view why) {
+  // The library in each of its processes closes the listeners; the connections it accepted are
+  // then served to the end, and only then does the drain signal stop it.
+  log_info("generation {} (pid {}): closing its listeners ({}); {} once its connections are done, SIGKILL after {}",
+           g.number, g.pid, why, signal_name(signo), format_duration(options_.drain_timeout));
+  kill_group(g.pid, adopt_drain_signal());
+  std::vector<std::uint16_t> ports;
+  for (const auto& l : listeners_.listeners()) {
+    // "127.0.0.1:41234", "[::1]:80"; unix: listeners have no port, and their connections are not
+    // counted.
+    const auto colon = l.address.rfind(':');
+    if (l.address.starts_with("unix:") || colon == std::string::npos) continue;
+    const unsigned long port = std::strtoul(l.address.c_str() + colon + 1, nullptr, 10);
+    if (port > 0 && port < 65536) ports.push_back(static_cast<std::uint16_t>(port));
+  }
+  const std::uint64_t n = g.number;
+  const auto since = Clock::now();
+  g.connections_timer->start_repeating(kAdoptPollInterval, [this, n, signo, ports, since] {
+    Generation* gen = find(n);
+    if (gen == nullptr) return;
+    // A moment for the signal to land in every process, then no connection left on our ports.
+    if (Clock::now() - since < kAdoptPollInterval) return;
+    const int open = count_connections(gen->pid, ports);
+    if (open > 0) return;
+    gen->connections_timer->stop();
+    log_info("generation {} (pid {}): {}; sending {}", n, gen->pid,
+             open == 0 ? "its connections are done" : "its connections cannot be counted (/proc)", signal_name(signo));
+    ::kill(gen->pid, signo);
   });
 }
 
@@ -734,6 +805,10 @@ void Supervisor::on_notify_readable() {
     for (const auto& p : m.problems)
       log_warn("notify: generation {}: {}", g->number, p);
     if (m.status) g->status_text = *m.status;
+    if (m.adopt && !g->adopt_loaded) {
+      g->adopt_loaded = true;
+      log_debug("generation {}: the preload library is in pid {}", g->number, cred->pid);
+    }
     if (m.stopping && !g->stopped_accepting) {
       g->stopped_accepting = true;
       log_info("generation {} (pid {}) reports it is stopping", g->number, g->pid);
@@ -1241,6 +1316,7 @@ json Supervisor::status_json() const {
       {"command", current_command_},
       {"ready", {{"mode", options_.ready.describe()}, {"timeout_ms", options_.ready_timeout.count()}}},
       {"drain", {{"signal", signal_name(options_.drain_signal)}, {"timeout_ms", options_.drain_timeout.count()}}},
+      {"adopt_binds", !adopt_library_.empty()},
       {"upgrade", upgrade},
       {"last_upgrade", last_upgrade_.is_null() ? json(nullptr) : last_upgrade_},
       {"last_transfer", transfer_ ? transfer_->to_json() : json(nullptr)},

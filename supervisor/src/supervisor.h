@@ -52,6 +52,7 @@ struct RunOptions {
   Millis drain_timeout{30'000};
   Millis state_timeout{60'000};
   std::vector<std::string> state_required;  // Sections whose import failure rolls back.
+  bool adopt_binds = false;                 // Preload libhotrestart-adopt into every worker.
   std::vector<std::string> command;
 };
 
@@ -89,9 +90,11 @@ class Supervisor {
     // The worker channel (docs/protocol.md). Every worker gets one; only SDK workers say hello.
     Fd channel;
     std::unique_ptr<FdWatch> channel_watch;
-    std::unique_ptr<Timer> channel_grace;  // After the channel closed mid-upgrade; see on_channel_readable.
-    std::optional<wire::Hello> hello;      // Set once an SDK worker has said hello.
-    bool import_finished = false;          // Its import-finished arrived: Worker::start() is over.
+    std::unique_ptr<Timer> channel_grace;      // After the channel closed mid-upgrade; see on_channel_readable.
+    std::optional<wire::Hello> hello;          // Set once an SDK worker has said hello.
+    bool import_finished = false;              // Its import-finished arrived: Worker::start() is over.
+    bool adopt_loaded = false;                 // --adopt-binds: the preload library said it is in.
+    std::unique_ptr<Timer> connections_timer;  // --adopt-binds drain: polls its connections.
   };
 
   // One state transfer, from its start to its end; the last one is kept for `status`.
@@ -141,6 +144,10 @@ class Supervisor {
   enum class Ending { Drain, Stop };
   void stop_generation(Generation& g, int signo, std::string_view why, Ending ending = Ending::Drain);
   void kill_group(pid_t pgid, int signo);
+  // --adopt-binds: the library closes the generation's listeners; the drain signal follows once
+  // its connections on our ports are done.
+  void adopt_drain(Generation& g, int signo, std::string_view why);
+  std::string listener_addresses() const;  // "127.0.0.1:8080 or [::1]:8080"
   void cancel_readiness(Generation& g);
   Generation* find(std::uint64_t number);
   Generation* find_by_sender(pid_t pid);
@@ -186,6 +193,7 @@ class Supervisor {
   std::unique_ptr<Reaper> reaper_;
   std::unique_ptr<ControlServer> control_;
   Fd notify_fd_;
+  std::string adopt_library_;  // --adopt-binds: the preload library's absolute path.
   std::string notify_path_;
   std::unique_ptr<FdWatch> notify_watch_;
   std::vector<std::unique_ptr<SignalWatch>> signals_;

@@ -1,0 +1,370 @@
+/* libhotrestart-adopt: lets a server that binds its own port run under `hotrestart run
+ * --adopt-binds` unchanged. `hotrestart run` preloads it (LD_PRELOAD) into every generation.
+ *
+ * - bind() of an address the supervisor listens on (one of the LISTEN_FDS it passed) puts a
+ *   duplicate of the supervisor's listening socket in place of the server's new socket, so the
+ *   server listens on the socket that outlives it; listen() on it changes nothing. Other addresses
+ *   are left alone. No second socket is ever bound to an adopted address, SO_REUSEPORT or not.
+ * - The first time the server waits on an adopted listener (epoll_ctl, poll, select) or accepts
+ *   from one, the library sends READY=1 to NOTIFY_SOCKET for it.
+ * - On the drain signal the supervisor sends to the generation's process group
+ *   (HOTRESTART_ADOPT_SIGNAL), every process replaces its adopted listeners with a listening socket
+ *   nobody can connect to (an abstract Unix socket), re-registered in the server's epoll sets
+ *   under the same events, so the server stops taking connections from the shared socket without
+ *   noticing, and finishes those it has. The shared socket itself is never shut down.
+ *
+ * Written in C with no allocation after start-up, because it runs inside any process, and the
+ * drain runs in a signal handler (only async-signal-safe calls: socket, bind, listen, dup2, fcntl,
+ * epoll_ctl, close, sendmsg). See docs/operations.md, "Servers that bind their own port". */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define MAX_LISTENERS 64
+#define MAX_ADOPTED 256
+#define MAX_REGISTRATIONS 1024
+
+struct listener {
+  int fd; /* The inherited listening socket (3, 4, ...). */
+  struct sockaddr_storage addr;
+  socklen_t addr_len;
+};
+
+/* A server descriptor that now refers to an inherited listener. fd -1: free slot. */
+struct adopted {
+  _Atomic int fd;
+};
+
+/* An epoll registration of an adopted descriptor. state: 0 free, 1 being written, 2 valid. */
+struct registration {
+  _Atomic int state;
+  int epfd;
+  int fd;
+  struct epoll_event event;
+};
+
+static struct listener listeners[MAX_LISTENERS];
+static int listener_count;
+static struct adopted adopted[MAX_ADOPTED];
+static struct registration registrations[MAX_REGISTRATIONS];
+static int drain_signal;
+static _Atomic int ready_sent;
+static _Atomic int drained;
+static struct sockaddr_un notify_addr;
+static socklen_t notify_len;
+
+static void drain(int signo);
+
+static int (*real_bind)(int, const struct sockaddr*, socklen_t);
+static int (*real_listen)(int, int);
+static int (*real_accept)(int, struct sockaddr*, socklen_t*);
+static int (*real_accept4)(int, struct sockaddr*, socklen_t*, int);
+static int (*real_epoll_ctl)(int, int, int, struct epoll_event*);
+static int (*real_poll)(struct pollfd*, nfds_t, int);
+static int (*real_ppoll)(struct pollfd*, nfds_t, const struct timespec*, const sigset_t*);
+static int (*real_select)(int, fd_set*, fd_set*, fd_set*, struct timeval*);
+static int (*real_pselect)(int, fd_set*, fd_set*, fd_set*, const struct timespec*, const sigset_t*);
+static int (*real_close)(int);
+
+static void resolve(void) {
+  real_bind = (int (*)(int, const struct sockaddr*, socklen_t))dlsym(RTLD_NEXT, "bind");
+  real_listen = (int (*)(int, int))dlsym(RTLD_NEXT, "listen");
+  real_accept = (int (*)(int, struct sockaddr*, socklen_t*))dlsym(RTLD_NEXT, "accept");
+  real_accept4 = (int (*)(int, struct sockaddr*, socklen_t*, int))dlsym(RTLD_NEXT, "accept4");
+  real_epoll_ctl = (int (*)(int, int, int, struct epoll_event*))dlsym(RTLD_NEXT, "epoll_ctl");
+  real_poll = (int (*)(struct pollfd*, nfds_t, int))dlsym(RTLD_NEXT, "poll");
+  real_ppoll = (int (*)(struct pollfd*, nfds_t, const struct timespec*, const sigset_t*))dlsym(RTLD_NEXT, "ppoll");
+  real_select = (int (*)(int, fd_set*, fd_set*, fd_set*, struct timeval*))dlsym(RTLD_NEXT, "select");
+  real_pselect =
+      (int (*)(int, fd_set*, fd_set*, fd_set*, const struct timespec*, const sigset_t*))dlsym(RTLD_NEXT, "pselect");
+  real_close = (int (*)(int))dlsym(RTLD_NEXT, "close");
+}
+
+/* One sd_notify datagram; errno is left as it was (this runs inside the server's calls). */
+static void notify(const char* text) {
+  if (notify_len == 0) return;
+  const int saved = errno;
+  const int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd >= 0) {
+    (void)sendto(fd, text, strlen(text), MSG_NOSIGNAL, (const struct sockaddr*)&notify_addr, notify_len);
+    if (real_close != NULL) real_close(fd);
+  }
+  errno = saved;
+}
+
+static int is_adopted(int fd) {
+  if (fd < 0) return 0;
+  for (int i = 0; i < MAX_ADOPTED; ++i)
+    if (atomic_load(&adopted[i].fd) == fd) return 1;
+  return 0;
+}
+
+static void note_waiting(int fd) {
+  if (atomic_load(&ready_sent) || atomic_load(&drained) || !is_adopted(fd)) return;
+  if (atomic_exchange(&ready_sent, 1) == 0) notify("READY=1");
+}
+
+static int same_address(const struct sockaddr* a, socklen_t a_len, const struct sockaddr_storage* b_storage,
+                        socklen_t b_len) {
+  const struct sockaddr* b = (const struct sockaddr*)b_storage;
+  if (a->sa_family != b->sa_family) return 0;
+  if (a->sa_family == AF_INET && a_len >= (socklen_t)sizeof(struct sockaddr_in)) {
+    const struct sockaddr_in* x = (const struct sockaddr_in*)a;
+    const struct sockaddr_in* y = (const struct sockaddr_in*)b;
+    if (x->sin_port != y->sin_port) return 0;
+    /* The supervisor's address, or the wildcard the server asked for on the same port. */
+    return x->sin_addr.s_addr == y->sin_addr.s_addr || x->sin_addr.s_addr == htonl(INADDR_ANY);
+  }
+  if (a->sa_family == AF_INET6 && a_len >= (socklen_t)sizeof(struct sockaddr_in6)) {
+    const struct sockaddr_in6* x = (const struct sockaddr_in6*)a;
+    const struct sockaddr_in6* y = (const struct sockaddr_in6*)b;
+    if (x->sin6_port != y->sin6_port) return 0;
+    return memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0 ||
+           memcmp(&x->sin6_addr, &in6addr_any, sizeof x->sin6_addr) == 0;
+  }
+  if (a->sa_family == AF_UNIX) {
+    const size_t off = offsetof(struct sockaddr_un, sun_path);
+    if (a_len <= off || b_len <= off) return 0;
+    const struct sockaddr_un* x = (const struct sockaddr_un*)a;
+    const struct sockaddr_un* y = (const struct sockaddr_un*)b;
+    const size_t x_len = strnlen(x->sun_path, a_len - off);
+    const size_t y_len = strnlen(y->sun_path, b_len - off);
+    return x_len > 0 && x_len == y_len && memcmp(x->sun_path, y->sun_path, x_len) == 0;
+  }
+  return 0;
+}
+
+__attribute__((constructor)) static void adopt_init(void) {
+  resolve();
+  for (int i = 0; i < MAX_ADOPTED; ++i)
+    atomic_store(&adopted[i].fd, -1);
+
+  const char* sock = getenv("NOTIFY_SOCKET");
+  if (sock != NULL && (sock[0] == '/' || sock[0] == '@') && strlen(sock) < sizeof notify_addr.sun_path) {
+    notify_addr.sun_family = AF_UNIX;
+    memcpy(notify_addr.sun_path, sock, strlen(sock));
+    if (sock[0] == '@') notify_addr.sun_path[0] = '\0';
+    notify_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(sock));
+  }
+  const char* count = getenv("LISTEN_FDS");
+  const long n = count != NULL ? strtol(count, NULL, 10) : 0;
+  for (long i = 0; i < n && listener_count < MAX_LISTENERS; ++i) {
+    const int fd = 3 + (int)i;
+    struct listener* l = &listeners[listener_count];
+    l->addr_len = sizeof l->addr;
+    int accepting = 0;
+    socklen_t len = sizeof accepting;
+    if (getsockname(fd, (struct sockaddr*)&l->addr, &l->addr_len) != 0) continue;
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &len) != 0 || !accepting) continue;
+    l->fd = fd;
+    ++listener_count;
+  }
+  const char* signo = getenv("HOTRESTART_ADOPT_SIGNAL");
+  drain_signal = signo != NULL ? (int)strtol(signo, NULL, 10) : 0;
+  if (drain_signal > 0 && drain_signal < NSIG) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = drain;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    (void)sigaction(drain_signal, &sa, NULL);
+  }
+  /* Tells the supervisor the library is in: a generation that never says this was not preloaded.
+   * Only the generation's main process says it (LISTEN_PID is its pid): short-lived helpers, such
+   * as a version manager's shims, may be gone before the supervisor can tell whose they are. */
+  const char* main_pid = getenv("LISTEN_PID");
+  if (main_pid != NULL && strtol(main_pid, NULL, 10) == (long)getpid()) notify("X_HOTRESTART_ADOPT=1");
+}
+
+/* The drain: every adopted descriptor of this process becomes a listener nobody reaches. */
+static void drain(int signo) {
+  (void)signo;
+  if (atomic_exchange(&drained, 1) != 0) return;
+  const int saved = errno;
+  for (int i = 0; i < MAX_ADOPTED; ++i) {
+    const int fd = atomic_load(&adopted[i].fd);
+    if (fd < 0) continue;
+    const int flags = fcntl(fd, F_GETFL);
+    const int fd_flags = fcntl(fd, F_GETFD);
+    const int dummy = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (dummy < 0) continue;
+    /* An address of just the family asks the kernel for a fresh abstract name, which nobody knows. */
+    struct sockaddr_un unnamed;
+    memset(&unnamed, 0, sizeof unnamed);
+    unnamed.sun_family = AF_UNIX;
+    if (real_bind(dummy, (const struct sockaddr*)&unnamed, (socklen_t)sizeof(sa_family_t)) != 0 ||
+        real_listen(dummy, 1) != 0) {
+      close(dummy);
+      continue;
+    }
+    if (flags >= 0) (void)fcntl(dummy, F_SETFL, flags & O_NONBLOCK);
+    /* Out of the server's epoll sets while it is still the shared socket, back in as the dummy. */
+    for (int r = 0; r < MAX_REGISTRATIONS; ++r) {
+      if (atomic_load(&registrations[r].state) == 2 && registrations[r].fd == fd)
+        (void)real_epoll_ctl(registrations[r].epfd, EPOLL_CTL_DEL, fd, NULL);
+    }
+    (void)dup2(dummy, fd);
+    if (fd_flags >= 0) (void)fcntl(fd, F_SETFD, fd_flags);
+    close(dummy);
+    for (int r = 0; r < MAX_REGISTRATIONS; ++r) {
+      if (atomic_load(&registrations[r].state) == 2 && registrations[r].fd == fd) {
+        struct epoll_event ev = registrations[r].event;
+        (void)real_epoll_ctl(registrations[r].epfd, EPOLL_CTL_ADD, fd, &ev);
+      }
+    }
+  }
+  for (int i = 0; i < listener_count; ++i) {
+    /* The inherited copies go too, so that only accepted connections keep this generation busy. */
+    const int dummy = open("/dev/null", O_RDONLY);
+    if (dummy >= 0) {
+      (void)dup2(dummy, listeners[i].fd);
+      close(dummy);
+    }
+  }
+  notify("STOPPING=1");
+  errno = saved;
+}
+
+static void remember(int fd) {
+  for (int i = 0; i < MAX_ADOPTED; ++i) {
+    int expected = -1;
+    if (atomic_compare_exchange_strong(&adopted[i].fd, &expected, fd)) return;
+  }
+}
+
+static void forget(int fd) {
+  for (int i = 0; i < MAX_ADOPTED; ++i) {
+    int expected = fd;
+    atomic_compare_exchange_strong(&adopted[i].fd, &expected, -1);
+  }
+  for (int r = 0; r < MAX_REGISTRATIONS; ++r) {
+    if (atomic_load(&registrations[r].state) == 2 && registrations[r].fd == fd)
+      atomic_store(&registrations[r].state, 0);
+  }
+}
+
+int bind(int fd, const struct sockaddr* addr, socklen_t len) {
+  if (real_bind == NULL) resolve();
+  if (addr != NULL && !atomic_load(&drained)) {
+    for (int i = 0; i < listener_count; ++i) {
+      if (!same_address(addr, len, &listeners[i].addr, listeners[i].addr_len)) continue;
+      int type = 0;
+      socklen_t type_len = sizeof type;
+      if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &type_len) != 0 || type != SOCK_STREAM) break;
+      const int flags = fcntl(fd, F_GETFL);
+      const int fd_flags = fcntl(fd, F_GETFD);
+      if (dup2(listeners[i].fd, fd) < 0) return -1;
+      /* What the server asked of its own socket: blocking or not, close-on-exec or not. */
+      if (flags >= 0 && (flags & O_NONBLOCK) != 0) (void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+      if (fd_flags >= 0) (void)fcntl(fd, F_SETFD, fd_flags);
+      remember(fd);
+      return 0;
+    }
+  }
+  return real_bind(fd, addr, len);
+}
+
+int listen(int fd, int backlog) {
+  if (real_listen == NULL) resolve();
+  /* Already listening, with the supervisor's backlog, shared by every generation. */
+  if (is_adopted(fd)) return 0;
+  return real_listen(fd, backlog);
+}
+
+int accept(int fd, struct sockaddr* addr, socklen_t* len) {
+  if (real_accept == NULL) resolve();
+  note_waiting(fd);
+  return real_accept(fd, addr, len);
+}
+
+int accept4(int fd, struct sockaddr* addr, socklen_t* len, int flags) {
+  if (real_accept4 == NULL) resolve();
+  note_waiting(fd);
+  return real_accept4(fd, addr, len, flags);
+}
+
+int epoll_ctl(int epfd, int op, int fd, struct epoll_event* event) {
+  if (real_epoll_ctl == NULL) resolve();
+  const int result = real_epoll_ctl(epfd, op, fd, event);
+  if (result != 0 || !is_adopted(fd)) return result;
+  const int saved = errno;
+  if (op == EPOLL_CTL_ADD || op == EPOLL_CTL_MOD) {
+    int slot = -1;
+    for (int r = 0; r < MAX_REGISTRATIONS && slot < 0; ++r) {
+      if (atomic_load(&registrations[r].state) == 2 && registrations[r].epfd == epfd && registrations[r].fd == fd)
+        slot = r;
+    }
+    for (int r = 0; r < MAX_REGISTRATIONS && slot < 0; ++r) {
+      int expected = 0;
+      if (atomic_compare_exchange_strong(&registrations[r].state, &expected, 1)) slot = r;
+    }
+    if (slot >= 0) {
+      atomic_store(&registrations[slot].state, 1);
+      registrations[slot].epfd = epfd;
+      registrations[slot].fd = fd;
+      if (event != NULL) registrations[slot].event = *event;
+      atomic_store(&registrations[slot].state, 2);
+    }
+    note_waiting(fd);
+  } else if (op == EPOLL_CTL_DEL) {
+    for (int r = 0; r < MAX_REGISTRATIONS; ++r) {
+      if (atomic_load(&registrations[r].state) == 2 && registrations[r].epfd == epfd && registrations[r].fd == fd)
+        atomic_store(&registrations[r].state, 0);
+    }
+  }
+  errno = saved;
+  return result;
+}
+
+int poll(struct pollfd* fds, nfds_t n, int timeout) {
+  if (real_poll == NULL) resolve();
+  for (nfds_t i = 0; i < n && !atomic_load(&ready_sent); ++i)
+    if (fds[i].events & POLLIN) note_waiting(fds[i].fd);
+  return real_poll(fds, n, timeout);
+}
+
+int ppoll(struct pollfd* fds, nfds_t n, const struct timespec* timeout, const sigset_t* mask) {
+  if (real_ppoll == NULL) resolve();
+  for (nfds_t i = 0; i < n && !atomic_load(&ready_sent); ++i)
+    if (fds[i].events & POLLIN) note_waiting(fds[i].fd);
+  return real_ppoll(fds, n, timeout, mask);
+}
+
+static void note_select(int n, const fd_set* readable) {
+  if (readable == NULL || atomic_load(&ready_sent)) return;
+  for (int fd = 0; fd < n && fd < FD_SETSIZE; ++fd)
+    if (FD_ISSET(fd, readable)) note_waiting(fd);
+}
+
+int select(int n, fd_set* readable, fd_set* writable, fd_set* failed, struct timeval* timeout) {
+  if (real_select == NULL) resolve();
+  note_select(n, readable);
+  return real_select(n, readable, writable, failed, timeout);
+}
+
+int pselect(int n, fd_set* readable, fd_set* writable, fd_set* failed, const struct timespec* timeout,
+            const sigset_t* mask) {
+  if (real_pselect == NULL) resolve();
+  note_select(n, readable);
+  return real_pselect(n, readable, writable, failed, timeout, mask);
+}
+
+int close(int fd) {
+  if (real_close == NULL) resolve();
+  if (is_adopted(fd)) forget(fd);
+  return real_close(fd);
+}

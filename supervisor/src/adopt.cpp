@@ -1,0 +1,196 @@
+#include "adopt.h"
+
+#include <dirent.h>
+#include <elf.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include <hotrestart/fd.h>
+
+namespace hotrestart {
+
+namespace {
+
+std::string self_directory() {
+  char buf[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) return {};
+  std::string path(buf, static_cast<std::size_t>(n));
+  const auto slash = path.rfind('/');
+  return slash == std::string::npos ? std::string() : path.substr(0, slash);
+}
+
+bool readable_file(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(path.c_str(), R_OK) == 0;
+}
+
+// Whether an ELF file has a program interpreter (is dynamically linked).
+Result<bool> has_interpreter(int fd, const std::string& path) {
+  Elf64_Ehdr eh{};
+  if (::pread(fd, &eh, sizeof eh, 0) != static_cast<ssize_t>(sizeof eh) || eh.e_ident[EI_CLASS] != ELFCLASS64)
+    return Error::message(fmt::format("{}: not a 64-bit ELF executable", path));
+  if (eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum == 0 || eh.e_phnum > 4096)
+    return Error::message(fmt::format("{}: its ELF program headers cannot be read", path));
+  for (unsigned i = 0; i < eh.e_phnum; ++i) {
+    Elf64_Phdr ph{};
+    const auto at = static_cast<off_t>(eh.e_phoff + i * sizeof ph);
+    if (::pread(fd, &ph, sizeof ph, at) != static_cast<ssize_t>(sizeof ph))
+      return Error::message(fmt::format("{}: its ELF program headers cannot be read", path));
+    if (ph.p_type == PT_INTERP) return true;
+  }
+  return false;
+}
+
+Status check_one(const std::string& executable, int depth) {
+  struct stat st {};
+  if (::stat(executable.c_str(), &st) != 0) return Error::from_errno(executable);
+  if ((st.st_mode & (S_ISUID | S_ISGID)) != 0)
+    return Error::message(
+        fmt::format("{} is set-user-ID or set-group-ID, and the dynamic linker ignores LD_PRELOAD for such programs: "
+                    "--adopt-binds cannot work with it",
+                    executable));
+  Fd fd(::open(executable.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return Error::from_errno(executable);
+  char head[256] = {};
+  const ssize_t n = ::pread(fd.get(), head, sizeof head - 1, 0);
+  if (n >= 2 && head[0] == '#' && head[1] == '!') {
+    if (depth > 0) return Error::message(fmt::format("{}: an interpreter that is itself a script", executable));
+    // "#!/usr/bin/env python3" or "#!/bin/sh -e": the interpreter is what gets preloaded.
+    std::string first(head + 2, static_cast<std::size_t>(n - 2));
+    first = first.substr(0, first.find('\n'));
+    std::istringstream line(first);
+    std::string interpreter;
+    line >> interpreter;
+    if (interpreter.empty()) return Error::message(fmt::format("{}: a script with no interpreter", executable));
+    return check_one(interpreter, depth + 1);
+  }
+  if (n < 4 || std::memcmp(head, ELFMAG, SELFMAG) != 0)
+    return Error::message(fmt::format("{}: neither an ELF executable nor a script", executable));
+  auto dynamic = has_interpreter(fd.get(), executable);
+  if (!dynamic) return dynamic.error();
+  if (!dynamic.value())
+    return Error::message(fmt::format(
+        "{} is statically linked, so no library can be preloaded into it: --adopt-binds needs a dynamically "
+        "linked server (or give the server the sockets itself: LISTEN_FDS, or the worker SDK)",
+        executable));
+  return {};
+}
+
+// The socket inodes a process holds, from /proc/PID/fd.
+void socket_inodes(pid_t pid, std::set<unsigned long>& out) {
+  const std::string dir = fmt::format("/proc/{}/fd", pid);
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return;
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    char target[64];
+    const ssize_t n = ::readlinkat(::dirfd(d), e->d_name, target, sizeof target - 1);
+    if (n <= 0) continue;
+    target[n] = '\0';
+    unsigned long inode = 0;
+    if (std::sscanf(target, "socket:[%lu]", &inode) == 1) out.insert(inode);
+  }
+  ::closedir(d);
+}
+
+// The processes of a process group, from /proc/PID/stat (field 5).
+std::vector<pid_t> group_members(pid_t pgid) {
+  std::vector<pid_t> out;
+  DIR* d = ::opendir("/proc");
+  if (d == nullptr) return out;
+  while (dirent* e = ::readdir(d)) {
+    char* end = nullptr;
+    const long pid = std::strtol(e->d_name, &end, 10);
+    if (end == e->d_name || *end != '\0' || pid <= 0) continue;
+    std::ifstream stat(fmt::format("/proc/{}/stat", pid));
+    std::string text;
+    std::getline(stat, text);
+    // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses; the last ')' ends it.
+    const auto close = text.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(text.substr(close + 1));
+    char state = 0;
+    long ppid = 0, pgrp = 0;
+    if (rest >> state >> ppid >> pgrp && pgrp == pgid) out.push_back(static_cast<pid_t>(pid));
+  }
+  ::closedir(d);
+  return out;
+}
+
+}  // namespace
+
+Result<std::string> find_adopt_library() {
+  if (const char* env = std::getenv("HOTRESTART_ADOPT_LIBRARY"); env != nullptr && *env != '\0') {
+    if (env[0] != '/') return Error::message(fmt::format("HOTRESTART_ADOPT_LIBRARY '{}' is not an absolute path", env));
+    if (!readable_file(env))
+      return Error::message(fmt::format("HOTRESTART_ADOPT_LIBRARY '{}' is not a readable file", env));
+    return std::string(env);
+  }
+  const std::string dir = self_directory();
+  std::vector<std::string> tried;
+  for (const char* rel : {"/../lib/", "/../lib/hotrestart/"}) {
+    std::string candidate = dir + rel + kAdoptLibraryName;
+    if (readable_file(candidate)) {
+      char resolved[4096];
+      if (::realpath(candidate.c_str(), resolved) != nullptr) return std::string(resolved);
+      return candidate;
+    }
+    tried.push_back(candidate);
+  }
+  return Error::message(
+      fmt::format("--adopt-binds: cannot find {} (looked for {} and {}; set HOTRESTART_ADOPT_LIBRARY)",
+                  kAdoptLibraryName, tried[0], tried[1]));
+}
+
+Status check_preloadable(const std::string& executable) {
+  return check_one(executable, 0);
+}
+
+int adopt_drain_signal() {
+  return SIGRTMAX - 1;
+}
+
+int count_connections(pid_t pgid, const std::vector<std::uint16_t>& ports) {
+  std::set<unsigned long> inodes;
+  for (pid_t pid : group_members(pgid))
+    socket_inodes(pid, inodes);
+  if (inodes.empty()) return 0;
+  int count = 0;
+  bool read_any = false;
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream in(table);
+    if (!in) continue;
+    read_any = true;
+    std::string line;
+    std::getline(in, line);  // The column titles.
+    while (std::getline(in, line)) {
+      // "  sl  local_address rem_address   st tx_queue:rx_queue tr:tm->when retrnsmt   uid  timeout inode"
+      std::istringstream fields(line);
+      std::string sl, local, remote, state, queues, timer, retransmits, uid, timeout;
+      unsigned long inode = 0;
+      if (!(fields >> sl >> local >> remote >> state >> queues >> timer >> retransmits >> uid >> timeout >> inode))
+        continue;
+      if (state == "0A" || inodes.count(inode) == 0) continue;  // 0A: LISTEN.
+      const auto colon = local.rfind(':');
+      if (colon == std::string::npos) continue;
+      const auto port = static_cast<std::uint16_t>(std::strtoul(local.c_str() + colon + 1, nullptr, 16));
+      if (std::find(ports.begin(), ports.end(), port) != ports.end()) ++count;
+    }
+  }
+  return read_any ? count : -1;
+}
+
+}  // namespace hotrestart

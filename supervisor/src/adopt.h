@@ -1,0 +1,34 @@
+// `hotrestart run --adopt-binds`: the supervisor's side of the preload library
+// (supervisor/adopt/adopt.c; docs/operations.md, "Servers that bind their own port").
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "result.h"
+
+namespace hotrestart {
+
+inline constexpr const char* kAdoptLibraryName = "libhotrestart-adopt.so";
+
+// Where the preload library is: $HOTRESTART_ADOPT_LIBRARY if set, else next to this executable's
+// directory (../lib/ in a build tree, ../lib/hotrestart/ once installed). An error lists where it
+// looked.
+Result<std::string> find_adopt_library();
+
+// Whether the dynamic linker will preload a library into `executable`: a script is judged by its
+// interpreter; a statically linked program (no PT_INTERP) or a set-user-ID or set-group-ID one
+// (the linker ignores LD_PRELOAD for those) is refused with a sentence saying so.
+Status check_preloadable(const std::string& executable);
+
+// The signal that tells the library to close a generation's listeners (SIGRTMAX - 1).
+int adopt_drain_signal();
+
+// The TCP connections, other than listeners, that the processes of process group `pgid` hold on
+// any of `ports` (local port), from /proc. -1 when /proc cannot be read.
+int count_connections(pid_t pgid, const std::vector<std::uint16_t>& ports);
+
+}  // namespace hotrestart

@@ -1,0 +1,112 @@
+// --adopt-binds, the supervisor's side: which programs can be preloaded, how a draining
+// generation's connections are counted, and the library's notify line.
+#include <doctest/doctest.h>
+
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+#include "adopt.h"
+#include "notify_message.h"
+
+using namespace hotrestart;
+
+namespace {
+
+// A directory of its own under /tmp, removed at the end.
+struct Scratch {
+  Scratch() {
+    char name[] = "/tmp/hotrestart-adopt-test.XXXXXX";
+    REQUIRE(::mkdtemp(name) != nullptr);
+    dir = name;
+  }
+  ~Scratch() { (void)std::system(("rm -rf '" + dir + "'").c_str()); }
+  std::string file(const std::string& name, const std::string& content, mode_t mode) const {
+    const std::string path = dir + "/" + name;
+    std::ofstream(path) << content;
+    REQUIRE(::chmod(path.c_str(), mode) == 0);
+    return path;
+  }
+  std::string dir;
+};
+
+std::string error_of(const std::string& executable) {
+  auto s = check_preloadable(executable);
+  return s ? std::string() : s.error().text();
+}
+
+}  // namespace
+
+TEST_CASE("adopt: dynamically linked programs and scripts can be preloaded; others are refused with the reason") {
+  CHECK(error_of("/usr/bin/env") == "");
+  CHECK(error_of("/bin/sh") == "");
+  Scratch scratch;
+  CHECK(error_of(scratch.file("script", "#!/bin/sh -e\necho hi\n", 0755)) == "");
+  CHECK(error_of(scratch.file("env-script", "#!/usr/bin/env python3\n", 0755)) == "");
+  if (::access("/sbin/ldconfig", X_OK) == 0) {  // Debian's is statically linked.
+    CHECK(error_of("/sbin/ldconfig")
+              .starts_with(
+                  "/sbin/ldconfig is statically linked, so no library can be preloaded into it: --adopt-binds needs a "
+                  "dynamically linked server"));
+    // A script is judged by its interpreter.
+    CHECK(error_of(scratch.file("static-script", "#!/sbin/ldconfig\n", 0755))
+              .starts_with("/sbin/ldconfig is statically linked"));
+  }
+  const std::string text = scratch.file("text", "hello\n", 0755);
+  CHECK(error_of(text) == text + ": neither an ELF executable nor a script");
+  const std::string empty_script = scratch.file("empty", "#!\n", 0755);
+  CHECK(error_of(empty_script) == empty_script + ": a script with no interpreter");
+  const std::string nested = scratch.file("nested", "#!" + scratch.dir + "/script\n", 0755);
+  CHECK(error_of(nested) == scratch.dir + "/script: an interpreter that is itself a script");
+  CHECK(error_of(scratch.dir + "/missing") == scratch.dir + "/missing: No such file or directory");
+
+  // Set-user-ID: a copy of a dynamically linked program with the bit set.
+  const std::string setuid = scratch.dir + "/setuid-env";
+  REQUIRE(std::system(("cp /usr/bin/env '" + setuid + "'").c_str()) == 0);
+  REQUIRE(::chmod(setuid.c_str(), 04755) == 0);
+  CHECK(error_of(setuid) == setuid +
+                                " is set-user-ID or set-group-ID, and the dynamic linker ignores LD_PRELOAD for "
+                                "such programs: --adopt-binds cannot work with it");
+}
+
+TEST_CASE("adopt: a process group's connections on a port are counted, listeners and other ports not") {
+  const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(listener >= 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  REQUIRE(::listen(listener, 8) == 0);
+  REQUIRE(::getsockname(listener, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+  const auto port = ntohs(a.sin_port);
+  const pid_t group = ::getpgrp();
+  CHECK(count_connections(group, {port}) == 0);  // The listener does not count.
+
+  const int client = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(::connect(client, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  const int accepted = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+  REQUIRE(accepted >= 0);
+  // The accepted end is on the port; the client's end is on an ephemeral one.
+  CHECK(count_connections(group, {port}) == 1);
+  CHECK(count_connections(group, {static_cast<std::uint16_t>(port + 1)}) == 0);
+  // Another process group holds none of them.
+  CHECK(count_connections(999999, {port}) == 0);
+  ::close(accepted);
+  CHECK(count_connections(group, {port}) == 0);
+  ::close(client);
+  ::close(listener);
+}
+
+TEST_CASE("adopt: the library's notify line is understood, and the drain signal is a real-time one") {
+  CHECK(parse_notify("X_HOTRESTART_ADOPT=1").adopt);
+  CHECK_FALSE(parse_notify("X_HOTRESTART_ADOPT=0").adopt);
+  CHECK(parse_notify("X_HOTRESTART_ADOPT=1").problems.empty());
+  CHECK(adopt_drain_signal() == SIGRTMAX - 1);
+}
