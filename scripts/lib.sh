@@ -33,6 +33,7 @@ HR_DEPS=(
   libxxhash-dev libhttp-parser-dev libsystemd-dev
   clang libclang-rt-14-dev
   wrk curl
+  python3 nodejs
 )
 
 hr_log() { printf '==> %s\n' "$*" >&2; }

@@ -1,0 +1,285 @@
+// `hotrestart run --adopt-binds`: servers that bind their own port and know nothing of hotrestart,
+// upgraded under load. The servers are Debian's own (python3's http.server, node), unchanged.
+#include <fmt/format.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "fixture.h"
+
+using namespace hotrestart::it;
+
+namespace {
+
+constexpr const char* kPython = "/usr/bin/python3";
+constexpr const char* kNode = "/usr/bin/node";
+
+bool have(const char* program) {
+  return ::access(program, X_OK) == 0;
+}
+
+std::string third_party(const std::string& name) {
+  return std::string(HOTRESTART_SOURCE_DIR) + "/tests/third-party/" + name;
+}
+
+// A port nobody listens on right now (the kernel's pick, released again): servers that bind their
+// own port must be told it on their command line, before the supervisor binds it.
+std::uint16_t free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+// The listening TCP sockets on `port`, system-wide, from /proc/net/tcp.
+int listening_sockets(std::uint16_t port) {
+  std::ifstream in("/proc/net/tcp");
+  std::string line;
+  std::getline(in, line);
+  int count = 0;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::string sl, local, remote, state;
+    if (!(fields >> sl >> local >> remote >> state)) continue;
+    if (state == "0A" && std::stoul(local.substr(local.rfind(':') + 1), nullptr, 16) == port) ++count;
+  }
+  return count;
+}
+
+// GET http://127.0.0.1:PORT/PATH with curl: the body, or the error.
+std::string get_body(std::uint16_t port, const std::string& path) {
+  RunResult r = run({"curl", "-sS", "--max-time", "5", fmt::format("http://127.0.0.1:{}{}", port, path)}, {}, 10s);
+  return r.exit_code == 0 ? r.out : "curl failed: " + r.err;
+}
+
+std::string listen_arg(std::uint16_t port) {
+  return fmt::format("http=tcp://127.0.0.1:{}", port);
+}
+
+LoadClient::Config load_config(std::uint16_t port, LoadClient::Mode mode, const std::string& path) {
+  LoadClient::Config c;
+  c.port = port;
+  c.mode = mode;
+  c.threads = 3;
+  c.path = path;
+  return c;
+}
+
+void let_load_run(const LoadClient& load, std::size_t more) {
+  const std::size_t target = load.ok_count() + more;
+  CHECK_MESSAGE(wait_until([&] { return load.ok_count() >= target; }, 15s), "load stalled: " << load.summary());
+}
+
+// Upgrades `sup` ten times to command(2), command(3), ... under the loads, and checks that no
+// request failed and that every response came from the generation that should have served it
+// (its version, "vN" for generation N, is in every body): the old one before the upgrade began,
+// the new one once the old one had exited.
+void ten_upgrades(Supervisor& sup, const std::function<std::vector<std::string>(int)>& command,
+                  const std::vector<LoadClient*>& loads) {
+  struct Mark {
+    Clock::time_point begin;
+    Clock::time_point old_gone;
+    int old_generation;
+  };
+  std::vector<Mark> marks;
+  for (LoadClient* load : loads)
+    load->start();
+  for (LoadClient* load : loads)
+    let_load_run(*load, 30);
+  for (int k = 0; k < 10; ++k) {
+    const pid_t old_pid = sup.active_pid();
+    Mark m{Clock::now(), {}, static_cast<int>(sup.active_generation())};
+    RunResult r = sup.upgrade_to(command(m.old_generation + 1));
+    REQUIRE_MESSAGE(r.exit_code == 0, "upgrade " << k << ": " << r.out << r.err);
+    REQUIRE_MESSAGE(wait_until([&] { return !pid_alive(old_pid); }, 20s), "the old generation did not exit");
+    m.old_gone = Clock::now();
+    CHECK(static_cast<int>(sup.active_generation()) == m.old_generation + 1);
+    marks.push_back(m);
+    for (LoadClient* load : loads)
+      let_load_run(*load, 20);
+  }
+  std::size_t checked = 0;
+  for (LoadClient* load : loads) {
+    load->stop();
+    require_no_failures(*load, "load");
+    for (const auto& r : load->responses()) {
+      REQUIRE(r.version.size() > 1);
+      const int served_by = std::stoi(r.version.substr(1));
+      for (const auto& m : marks) {
+        if (r.end < m.begin) REQUIRE(served_by <= m.old_generation);
+        if (r.start > m.old_gone) REQUIRE(served_by > m.old_generation);
+      }
+      ++checked;
+    }
+  }
+  CHECK(checked > 300);
+  // Only the last generation is left, with its listener the supervisor's one socket.
+  CHECK(wait_until([&] { return sup.processes() == std::set<pid_t>{sup.active_pid()}; }, 10s));
+  json s = sup.status_or_fail();
+  CHECK(s["adopt_binds"] == true);
+  CHECK(s["counters"]["upgrades_done"] == 10);
+  CHECK(s["counters"]["crashes"] == 0);
+}
+
+}  // namespace
+
+TEST_CASE("adopt: python3 -m http.server upgrades 10 times under load with no failed request") {
+  if (!have(kPython)) {
+    MESSAGE("skipped: " << kPython << " is not installed (scripts/install-deps installs python3)");
+    return;
+  }
+  TempDir www;
+  // Generation N serves the directory vN, whose file "v" says which it is.
+  auto command = [&](int n) {
+    const std::string dir = www.file(fmt::format("v{}", n));
+    ::mkdir(dir.c_str(), 0755);
+    std::ofstream(dir + "/v") << fmt::format("version=v{}\n", n);
+    return std::vector<std::string>{kPython, "-m", "http.server", "--bind", "127.0.0.1", "--directory", dir};
+  };
+  const std::uint16_t port = free_port();
+  auto first = command(1);
+  first.insert(first.begin() + 3, std::to_string(port));
+  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--drain-timeout", "20s"}, first);
+  LoadClient keepalive(load_config(port, LoadClient::Mode::KeepAlive, "/v"));
+  LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, "/v"));
+  ten_upgrades(sup,
+               [&](int n) {
+                 auto c = command(n);
+                 c.insert(c.begin() + 3, std::to_string(port));
+                 return c;
+               },
+               {&keepalive, &fresh});
+  CHECK(listening_sockets(port) == 1);
+  CHECK(sup.proc().wait_output("its connections are done; sending SIGTERM", 5s));
+  sup.stop();
+}
+
+TEST_CASE("adopt: a Node.js server upgrades 10 times under load with no failed request") {
+  if (!have(kNode)) {
+    MESSAGE("skipped: " << kNode << " is not installed (scripts/install-deps installs nodejs)");
+    return;
+  }
+  const std::uint16_t port = free_port();
+  auto command = [&](int n) {
+    return std::vector<std::string>{kNode, third_party("node-hello.js"), std::to_string(port), fmt::format("v{}", n)};
+  };
+  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--drain-timeout", "20s"}, command(1));
+  // Node keeps connections alive and has no drain of its own: clients that ask to close.
+  LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, "/"));
+  ten_upgrades(sup, command, {&fresh});
+  const auto versions = fresh.version_counts();
+  CHECK(versions.count("v1") == 1);
+  CHECK(versions.count("v11") == 1);
+  sup.stop();
+}
+
+TEST_CASE("adopt: a request in flight when the old generation drains completes there, then it stops") {
+  if (!have(kNode)) {
+    MESSAGE("skipped: " << kNode << " is not installed");
+    return;
+  }
+  const std::uint16_t port = free_port();
+  auto command = [&](int n) {
+    return std::vector<std::string>{kNode, third_party("node-hello.js"), std::to_string(port), fmt::format("v{}", n)};
+  };
+  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds"}, command(1));
+  const pid_t old_pid = sup.active_pid();
+  LoadClient::Config slow_config = load_config(port, LoadClient::Mode::NewConnection, "/slow");
+  slow_config.threads = 1;
+  slow_config.max_requests = 1;
+  LoadClient slow(slow_config);
+  slow.start();
+  // The request is in the old generation's hands (accepted) before the upgrade starts.
+  REQUIRE(wait_until([&] { return list_fds(old_pid).size() > 0 && slow.ok_count() == 0; }, 5s));
+  std::this_thread::sleep_for(200ms);  // Lets the connection reach the server (a bounded, short delay).
+  RunResult r = sup.upgrade_to(command(2));
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+  REQUIRE(slow.wait_done(10s));
+  require_no_failures(slow, "the slow request");
+  REQUIRE(slow.responses().size() == 1);
+  CHECK(slow.responses()[0].version == "v1");
+  REQUIRE(wait_until([&] { return !pid_alive(old_pid); }, 10s));
+  CHECK(sup.proc().wait_output("closing its listeners (replaced by generation 2)", 5s));
+  CHECK(sup.proc().wait_output("its connections are done; sending SIGTERM", 5s));
+  CHECK(contains(get_body(port, "/"), "version=v2"));
+  sup.stop();
+}
+
+TEST_CASE("adopt: a server asking for SO_REUSEPORT gets the supervisor's socket, never a second one") {
+  if (!have(kPython)) {
+    MESSAGE("skipped: " << kPython << " is not installed");
+    return;
+  }
+  const std::uint16_t port = free_port();
+  auto command = [&](int n) {
+    return std::vector<std::string>{kPython, third_party("reuseport-server.py"), std::to_string(port),
+                                    fmt::format("v{}", n)};
+  };
+  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds"}, command(1));
+  CHECK(listening_sockets(port) == 1);
+  CHECK(contains(get_body(port, "/"), "version=v1"));
+  RunResult r = sup.upgrade_to(command(2));
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+  // Both generations are up during the upgrade; there is still one listening socket.
+  CHECK(listening_sockets(port) == 1);
+  CHECK(wait_until([&] { return contains(get_body(port, "/"), "version=v2"); }, 10s));
+  sup.stop();
+}
+
+TEST_CASE("adopt: a statically linked server is refused with a sentence, at run and at upgrade") {
+  // Debian's ldconfig is statically linked.
+  const char* kStatic = "/sbin/ldconfig";
+  if (!have(kStatic)) {
+    MESSAGE("skipped: no " << kStatic);
+    return;
+  }
+  TempDir dir;
+  RunResult r = run({hotrestart_bin(), "run", "--control", dir.file("ctl.sock"), "--listen", "http=tcp://127.0.0.1:0",
+                     "--adopt-binds", "--", kStatic},
+                    {}, 20s);
+  CHECK(r.exit_code == 1);
+  CHECK_MESSAGE(contains(r.err, "/sbin/ldconfig is statically linked, so no library can be preloaded into it"), r.err);
+
+  if (!have(kPython)) return;
+  const std::uint16_t port = free_port();
+  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds"},
+                 {kPython, third_party("reuseport-server.py"), std::to_string(port), "v1"});
+  const pid_t old_pid = sup.active_pid();
+  RunResult u = sup.upgrade_to({kStatic});
+  CHECK(u.exit_code == 1);
+  CHECK_MESSAGE(contains(u.err, "is statically linked"), u.out << u.err);
+  CHECK(sup.active_pid() == old_pid);
+  CHECK(contains(get_body(port, "/"), "version=v1"));
+  sup.stop();
+}
+
+TEST_CASE("adopt: a server that binds another address never reports ready, and the rollback says why") {
+  if (!have(kPython)) {
+    MESSAGE("skipped: " << kPython << " is not installed");
+    return;
+  }
+  const std::uint16_t port = free_port();
+  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--ready-timeout", "3s"},
+                 {kPython, third_party("reuseport-server.py"), std::to_string(port), "v1"});
+  const pid_t old_pid = sup.active_pid();
+  const std::uint16_t other = free_port();
+  RunResult r = sup.upgrade_to({kPython, third_party("reuseport-server.py"), std::to_string(other), "v2"});
+  CHECK(r.exit_code == 1);
+  CHECK_MESSAGE(contains(r.err, fmt::format("it never waited on a listener given with --listen (does it bind "
+                                            "127.0.0.1:{}?)",
+                                            port)),
+                r.out << r.err);
+  CHECK(sup.active_pid() == old_pid);
+  CHECK(contains(get_body(port, "/"), "version=v1"));
+  sup.stop();
+}
