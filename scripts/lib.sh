@@ -33,8 +33,11 @@ HR_DEPS=(
   libxxhash-dev libhttp-parser-dev libsystemd-dev
   clang libclang-rt-14-dev
   wrk curl
-  python3 nodejs
+  python3 nodejs nginx-light gunicorn
 )
+# Servers the tests run in the foreground themselves: their packages must not start them as
+# system services when they are installed (nginx would take port 80).
+HR_SERVICE_DEPS=(nginx-light gunicorn)
 
 hr_log() { printf '==> %s\n' "$*" >&2; }
 hr_warn() { printf 'warning: %s\n' "$*" >&2; }
@@ -90,8 +93,21 @@ hr_install_deps() {
   hr_log "installing missing packages: ${missing[*]}"
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q ||
     hr_die "apt-get update failed"
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" ||
-    hr_die "apt-get install failed for: ${missing[*]}"
+  # While a service package is installed, a policy-rc.d that refuses every start keeps its
+  # maintainer scripts from starting it (invoke-rc.d and deb-systemd-invoke both ask it). One the
+  # machine already has is left as it is.
+  local policy="/usr/sbin/policy-rc.d" own_policy=0 pkg
+  for pkg in "${missing[@]}"; do
+    if [[ " ${HR_SERVICE_DEPS[*]} " == *" $pkg "* ]] && [[ ! -e "$policy" ]]; then
+      printf '#!/bin/sh\n# hotrestart scripts/lib.sh: no service starts while test servers are installed\nexit 101\n' |
+        "${sudo[@]}" tee "$policy" >/dev/null && "${sudo[@]}" chmod 755 "$policy" && own_policy=1
+      break
+    fi
+  done
+  local rc=0
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" || rc=$?
+  if ((own_policy)); then "${sudo[@]}" rm -f "$policy"; fi
+  ((rc == 0)) || hr_die "apt-get install failed for: ${missing[*]}"
   mapfile -t missing < <(hr_missing_deps "$@")
   ((${#missing[@]} == 0)) || hr_die "still missing after apt-get install: ${missing[*]}"
 }

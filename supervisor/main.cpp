@@ -189,6 +189,7 @@ int main(int argc, char** argv) {
     options.min_ready = parse_duration(min_ready).value();
     options.drain_timeout = parse_duration(drain_timeout).value();
     options.drain_signal = parse_signal(drain_signal).value();
+    options.drain_signal_given = run->get_option("--drain-signal")->count() > 0;
     options.state_timeout = parse_duration(state_timeout).value();
     options.state_required = state_required;
     options.adopt_binds = adopt_binds;

@@ -66,6 +66,10 @@ static _Atomic int ready_sent;
 static _Atomic int drained;
 static struct sockaddr_un notify_addr;
 static socklen_t notify_len;
+/* Connected at start-up, so that processes the server forks and then runs as another user (nginx's
+ * workers) can still report, though they could no longer open the socket's path. */
+static int notify_fd = -1;
+static int is_main_process; /* This process is the generation's main one (LISTEN_PID). */
 
 static void drain(int signo);
 
@@ -98,6 +102,10 @@ static void resolve(void) {
 static void notify(const char* text) {
   if (notify_len == 0) return;
   const int saved = errno;
+  if (notify_fd >= 0 && send(notify_fd, text, strlen(text), MSG_NOSIGNAL) >= 0) {
+    errno = saved;
+    return;
+  }
   const int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (fd >= 0) {
     (void)sendto(fd, text, strlen(text), MSG_NOSIGNAL, (const struct sockaddr*)&notify_addr, notify_len);
@@ -159,6 +167,14 @@ __attribute__((constructor)) static void adopt_init(void) {
     memcpy(notify_addr.sun_path, sock, strlen(sock));
     if (sock[0] == '@') notify_addr.sun_path[0] = '\0';
     notify_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(sock));
+    const int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, (const struct sockaddr*)&notify_addr, notify_len) == 0) {
+      /* Out of the way of the small descriptor numbers servers expect to be theirs. */
+      notify_fd = fcntl(fd, F_DUPFD_CLOEXEC, 900);
+      real_close(fd);
+    } else if (fd >= 0) {
+      real_close(fd);
+    }
   }
   const char* count = getenv("LISTEN_FDS");
   const long n = count != NULL ? strtol(count, NULL, 10) : 0;
@@ -187,7 +203,8 @@ __attribute__((constructor)) static void adopt_init(void) {
    * Only the generation's main process says it (LISTEN_PID is its pid): short-lived helpers, such
    * as a version manager's shims, may be gone before the supervisor can tell whose they are. */
   const char* main_pid = getenv("LISTEN_PID");
-  if (main_pid != NULL && strtol(main_pid, NULL, 10) == (long)getpid()) notify("X_HOTRESTART_ADOPT=1");
+  is_main_process = main_pid != NULL && strtol(main_pid, NULL, 10) == (long)getpid();
+  if (is_main_process) notify("X_HOTRESTART_ADOPT=1");
 }
 
 /* The drain: every adopted descriptor of this process becomes a listener nobody reaches. */
@@ -235,7 +252,7 @@ static void drain(int signo) {
       close(dummy);
     }
   }
-  notify("STOPPING=1");
+  if (is_main_process) notify("STOPPING=1");
   errno = saved;
 }
 

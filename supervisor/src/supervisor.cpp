@@ -502,11 +502,19 @@ std::string Supervisor::listener_addresses() const {
 }
 
 void Supervisor::adopt_drain(Generation& g, int signo, std::string_view why) {
+  kill_group(g.pid, adopt_drain_signal());
+  if (options_.drain_signal_given) {
+    // The server drains by itself on the signal the operator named (nginx: SIGQUIT); the library
+    // has closed its listeners as well.
+    log_info("generation {} (pid {}): closing its listeners and sending {} ({}); SIGKILL after {}", g.number, g.pid,
+             signal_name(signo), why, format_duration(options_.drain_timeout));
+    ::kill(g.pid, signo);
+    return;
+  }
   // The library in each of its processes closes the listeners; the connections it accepted are
   // then served to the end, and only then does the drain signal stop it.
   log_info("generation {} (pid {}): closing its listeners ({}); {} once its connections are done, SIGKILL after {}",
            g.number, g.pid, why, signal_name(signo), format_duration(options_.drain_timeout));
-  kill_group(g.pid, adopt_drain_signal());
   std::vector<std::uint16_t> ports;
   for (const auto& l : listeners_.listeners()) {
     // "127.0.0.1:41234", "[::1]:80"; unix: listeners have no port, and their connections are not
@@ -792,13 +800,13 @@ void Supervisor::on_notify_readable() {
       log_warn("notify: dropped a datagram without sender credentials");
       continue;
     }
-    if (cred->uid != ::geteuid() && cred->uid != 0) {
-      log_warn("notify: dropped a datagram from uid {} (pid {})", cred->uid, cred->pid);
-      continue;
-    }
+    // Membership in a generation's process tree is what counts: a worker may run its helpers as
+    // another user (nginx's workers), and no process outside the tree can be taken for one of
+    // them. Anyone else, of any user, is dropped.
     Generation* g = find_by_sender(cred->pid);
     if (g == nullptr) {
-      log_warn("notify: dropped a datagram from pid {}, which belongs to no worker generation", cred->pid);
+      log_warn("notify: dropped a datagram from pid {} (uid {}), which belongs to no worker generation", cred->pid,
+               cred->uid);
       continue;
     }
     const NotifyMessage m = parse_notify(std::string_view(data, static_cast<std::size_t>(n)));

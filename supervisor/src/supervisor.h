@@ -49,6 +49,7 @@ struct RunOptions {
   Millis ready_timeout{30'000};
   Millis min_ready{0};
   int drain_signal = 15;  // SIGTERM
+  bool drain_signal_given = false;  // --drain-signal was given: with --adopt-binds, it goes at once.
   Millis drain_timeout{30'000};
   Millis state_timeout{60'000};
   std::vector<std::string> state_required;  // Sections whose import failure rolls back.
