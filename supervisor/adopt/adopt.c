@@ -69,7 +69,8 @@ static socklen_t notify_len;
 /* Connected at start-up, so that processes the server forks and then runs as another user (nginx's
  * workers) can still report, though they could no longer open the socket's path. */
 static int notify_fd = -1;
-static int is_main_process; /* This process is the generation's main one (LISTEN_PID). */
+static long main_pid;            /* The generation's main process (LISTEN_PID); forked helpers are not it. */
+static _Atomic int adopted_high; /* Slots of `adopted` ever used: the scans stop there. */
 
 static void drain(int signo);
 
@@ -116,7 +117,8 @@ static void notify(const char* text) {
 
 static int is_adopted(int fd) {
   if (fd < 0) return 0;
-  for (int i = 0; i < MAX_ADOPTED; ++i)
+  const int high = atomic_load(&adopted_high);
+  for (int i = 0; i < high; ++i)
     if (atomic_load(&adopted[i].fd) == fd) return 1;
   return 0;
 }
@@ -202,9 +204,9 @@ __attribute__((constructor)) static void adopt_init(void) {
   /* Tells the supervisor the library is in: a generation that never says this was not preloaded.
    * Only the generation's main process says it (LISTEN_PID is its pid): short-lived helpers, such
    * as a version manager's shims, may be gone before the supervisor can tell whose they are. */
-  const char* main_pid = getenv("LISTEN_PID");
-  is_main_process = main_pid != NULL && strtol(main_pid, NULL, 10) == (long)getpid();
-  if (is_main_process) notify("X_HOTRESTART_ADOPT=1");
+  const char* listen_pid = getenv("LISTEN_PID");
+  main_pid = listen_pid != NULL ? strtol(listen_pid, NULL, 10) : 0;
+  if (main_pid == (long)getpid()) notify("X_HOTRESTART_ADOPT=1");
 }
 
 /* The drain: every adopted descriptor of this process becomes a listener nobody reaches. */
@@ -212,7 +214,8 @@ static void drain(int signo) {
   (void)signo;
   if (atomic_exchange(&drained, 1) != 0) return;
   const int saved = errno;
-  for (int i = 0; i < MAX_ADOPTED; ++i) {
+  const int high = atomic_load(&adopted_high);
+  for (int i = 0; i < high; ++i) {
     const int fd = atomic_load(&adopted[i].fd);
     if (fd < 0) continue;
     const int flags = fcntl(fd, F_GETFL);
@@ -252,14 +255,19 @@ static void drain(int signo) {
       close(dummy);
     }
   }
-  if (is_main_process) notify("STOPPING=1");
+  if (main_pid == (long)getpid()) notify("STOPPING=1");
   errno = saved;
 }
 
 static void remember(int fd) {
   for (int i = 0; i < MAX_ADOPTED; ++i) {
     int expected = -1;
-    if (atomic_compare_exchange_strong(&adopted[i].fd, &expected, fd)) return;
+    if (atomic_compare_exchange_strong(&adopted[i].fd, &expected, fd)) {
+      int high = atomic_load(&adopted_high);
+      while (high < i + 1 && !atomic_compare_exchange_weak(&adopted_high, &high, i + 1)) {
+      }
+      return;
+    }
   }
 }
 
