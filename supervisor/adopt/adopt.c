@@ -22,6 +22,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -29,8 +30,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/select.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -42,6 +45,8 @@ struct listener {
   int fd; /* The inherited listening socket (3, 4, ...). */
   struct sockaddr_storage addr;
   socklen_t addr_len;
+  dev_t dev; /* What identifies the shared socket in any descriptor that refers to it. */
+  ino_t ino;
 };
 
 /* A server descriptor that now refers to an inherited listener. fd -1: free slot. */
@@ -62,6 +67,9 @@ static int listener_count;
 static struct adopted adopted[MAX_ADOPTED];
 static struct registration registrations[MAX_REGISTRATIONS];
 static int drain_signal;
+/* The server's own handler for the drain signal, if it installs one: ours runs first, then it. */
+static struct sigaction server_action;
+static _Atomic int server_has_action;
 static _Atomic int ready_sent;
 static _Atomic int drained;
 static struct sockaddr_un notify_addr;
@@ -84,6 +92,7 @@ static int (*real_ppoll)(struct pollfd*, nfds_t, const struct timespec*, const s
 static int (*real_select)(int, fd_set*, fd_set*, fd_set*, struct timeval*);
 static int (*real_pselect)(int, fd_set*, fd_set*, fd_set*, const struct timespec*, const sigset_t*);
 static int (*real_close)(int);
+static int (*real_sigaction)(int, const struct sigaction*, struct sigaction*);
 
 static void resolve(void) {
   real_bind = (int (*)(int, const struct sockaddr*, socklen_t))dlsym(RTLD_NEXT, "bind");
@@ -97,6 +106,7 @@ static void resolve(void) {
   real_pselect =
       (int (*)(int, fd_set*, fd_set*, fd_set*, const struct timespec*, const sigset_t*))dlsym(RTLD_NEXT, "pselect");
   real_close = (int (*)(int))dlsym(RTLD_NEXT, "close");
+  real_sigaction = (int (*)(int, const struct sigaction*, struct sigaction*))dlsym(RTLD_NEXT, "sigaction");
 }
 
 /* One sd_notify datagram; errno is left as it was (this runs inside the server's calls). */
@@ -128,8 +138,7 @@ static void note_waiting(int fd) {
   if (atomic_exchange(&ready_sent, 1) == 0) notify("READY=1");
 }
 
-static int same_address(const struct sockaddr* a, socklen_t a_len, const struct sockaddr_storage* b_storage,
-                        socklen_t b_len) {
+static int same_address(const struct sockaddr* a, socklen_t a_len, const struct sockaddr_storage* b_storage) {
   const struct sockaddr* b = (const struct sockaddr*)b_storage;
   if (a->sa_family != b->sa_family) return 0;
   if (a->sa_family == AF_INET && a_len >= (socklen_t)sizeof(struct sockaddr_in)) {
@@ -146,15 +155,8 @@ static int same_address(const struct sockaddr* a, socklen_t a_len, const struct 
     return memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0 ||
            memcmp(&x->sin6_addr, &in6addr_any, sizeof x->sin6_addr) == 0;
   }
-  if (a->sa_family == AF_UNIX) {
-    const size_t off = offsetof(struct sockaddr_un, sun_path);
-    if (a_len <= off || b_len <= off) return 0;
-    const struct sockaddr_un* x = (const struct sockaddr_un*)a;
-    const struct sockaddr_un* y = (const struct sockaddr_un*)b;
-    const size_t x_len = strnlen(x->sun_path, a_len - off);
-    const size_t y_len = strnlen(y->sun_path, b_len - off);
-    return x_len > 0 && x_len == y_len && memcmp(x->sun_path, y->sun_path, x_len) == 0;
-  }
+  /* Unix sockets are never adopted: servers commonly unlink the path before they bind, which
+   * would remove the supervisor's socket file for every generation. */
   return 0;
 }
 
@@ -188,6 +190,10 @@ __attribute__((constructor)) static void adopt_init(void) {
     socklen_t len = sizeof accepting;
     if (getsockname(fd, (struct sockaddr*)&l->addr, &l->addr_len) != 0) continue;
     if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &len) != 0 || !accepting) continue;
+    struct stat st;
+    if (fstat(fd, &st) != 0) continue;
+    l->dev = st.st_dev;
+    l->ino = st.st_ino;
     l->fd = fd;
     ++listener_count;
   }
@@ -199,7 +205,7 @@ __attribute__((constructor)) static void adopt_init(void) {
     sa.sa_handler = drain;
     sa.sa_flags = SA_RESTART;
     sigemptyset(&sa.sa_mask);
-    (void)sigaction(drain_signal, &sa, NULL);
+    (void)real_sigaction(drain_signal, &sa, NULL);
   }
   /* Tells the supervisor the library is in: a generation that never says this was not preloaded.
    * Only the generation's main process says it (LISTEN_PID is its pid): short-lived helpers, such
@@ -210,53 +216,101 @@ __attribute__((constructor)) static void adopt_init(void) {
 }
 
 /* The drain: every adopted descriptor of this process becomes a listener nobody reaches. */
+/* Whether descriptor `fd` refers to one of the shared listening sockets. */
+static int is_shared(int fd) {
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) return 0;
+  for (int i = 0; i < listener_count; ++i)
+    if (listeners[i].ino == st.st_ino && listeners[i].dev == st.st_dev) return 1;
+  return 0;
+}
+
+/* Puts a listener nobody can reach in place of `fd`, keeping its flags and epoll registrations. */
+static void replace_with_dummy(int fd) {
+  const int flags = fcntl(fd, F_GETFL);
+  const int fd_flags = fcntl(fd, F_GETFD);
+  const int dummy = socket(AF_UNIX, SOCK_STREAM, 0);
+  if (dummy < 0) return;
+  /* An address of just the family asks the kernel for a fresh abstract name, which nobody knows. */
+  struct sockaddr_un unnamed;
+  memset(&unnamed, 0, sizeof unnamed);
+  unnamed.sun_family = AF_UNIX;
+  if (real_bind(dummy, (const struct sockaddr*)&unnamed, (socklen_t)sizeof(sa_family_t)) != 0 ||
+      real_listen(dummy, 1) != 0) {
+    real_close(dummy);
+    return;
+  }
+  if (flags >= 0) (void)fcntl(dummy, F_SETFL, flags & O_NONBLOCK);
+  /* Out of the server's epoll sets while it is still the shared socket, back in as the dummy. */
+  for (int r = 0; r < MAX_REGISTRATIONS; ++r) {
+    if (atomic_load(&registrations[r].state) == 2 && registrations[r].fd == fd)
+      (void)real_epoll_ctl(registrations[r].epfd, EPOLL_CTL_DEL, fd, NULL);
+  }
+  (void)dup2(dummy, fd);
+  if (fd_flags >= 0) (void)fcntl(fd, F_SETFD, fd_flags);
+  real_close(dummy);
+  for (int r = 0; r < MAX_REGISTRATIONS; ++r) {
+    if (atomic_load(&registrations[r].state) == 2 && registrations[r].fd == fd) {
+      struct epoll_event ev = registrations[r].event;
+      (void)real_epoll_ctl(registrations[r].epfd, EPOLL_CTL_ADD, fd, &ev);
+    }
+  }
+}
+
+/* The drain: every descriptor of this process that refers to a shared listening socket (the
+ * adopted ones, the inherited ones, and any copy the server made) is replaced, judged by what it
+ * refers to, so that a number the server has since reused for something else is never touched. */
 static void drain(int signo) {
-  (void)signo;
-  if (atomic_exchange(&drained, 1) != 0) return;
   const int saved = errno;
-  const int high = atomic_load(&adopted_high);
-  for (int i = 0; i < high; ++i) {
-    const int fd = atomic_load(&adopted[i].fd);
-    if (fd < 0) continue;
-    const int flags = fcntl(fd, F_GETFL);
-    const int fd_flags = fcntl(fd, F_GETFD);
-    const int dummy = socket(AF_UNIX, SOCK_STREAM, 0);
-    if (dummy < 0) continue;
-    /* An address of just the family asks the kernel for a fresh abstract name, which nobody knows. */
-    struct sockaddr_un unnamed;
-    memset(&unnamed, 0, sizeof unnamed);
-    unnamed.sun_family = AF_UNIX;
-    if (real_bind(dummy, (const struct sockaddr*)&unnamed, (socklen_t)sizeof(sa_family_t)) != 0 ||
-        real_listen(dummy, 1) != 0) {
-      close(dummy);
-      continue;
-    }
-    if (flags >= 0) (void)fcntl(dummy, F_SETFL, flags & O_NONBLOCK);
-    /* Out of the server's epoll sets while it is still the shared socket, back in as the dummy. */
-    for (int r = 0; r < MAX_REGISTRATIONS; ++r) {
-      if (atomic_load(&registrations[r].state) == 2 && registrations[r].fd == fd)
-        (void)real_epoll_ctl(registrations[r].epfd, EPOLL_CTL_DEL, fd, NULL);
-    }
-    (void)dup2(dummy, fd);
-    if (fd_flags >= 0) (void)fcntl(fd, F_SETFD, fd_flags);
-    close(dummy);
-    for (int r = 0; r < MAX_REGISTRATIONS; ++r) {
-      if (atomic_load(&registrations[r].state) == 2 && registrations[r].fd == fd) {
-        struct epoll_event ev = registrations[r].event;
-        (void)real_epoll_ctl(registrations[r].epfd, EPOLL_CTL_ADD, fd, &ev);
+  if (atomic_exchange(&drained, 1) == 0) {
+    struct rlimit limit;
+    int max_fd = 65536;
+    if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < 1048576)
+      max_fd = (int)limit.rlim_cur;
+    for (int fd = 0; fd < max_fd; ++fd) {
+      if (!is_shared(fd)) continue;
+      if (is_adopted(fd)) {
+        replace_with_dummy(fd);
+      } else {
+        /* Inherited (3, 4, ...) or a copy: not one the server waits on that we know of. */
+        const int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (null_fd >= 0) {
+          (void)dup2(null_fd, fd);
+          real_close(null_fd);
+        }
       }
     }
+    if (main_pid == (long)getpid()) notify("STOPPING=1");
   }
-  for (int i = 0; i < listener_count; ++i) {
-    /* The inherited copies go too, so that only accepted connections keep this generation busy. */
-    const int dummy = open("/dev/null", O_RDONLY);
-    if (dummy >= 0) {
-      (void)dup2(dummy, listeners[i].fd);
-      close(dummy);
+  errno = saved;
+  if (atomic_load(&server_has_action)) {
+    if ((server_action.sa_flags & SA_SIGINFO) != 0) {
+      /* Our handler is installed without SA_SIGINFO: the server's gets no siginfo. */
+      if (server_action.sa_sigaction != NULL) server_action.sa_sigaction(signo, NULL, NULL);
+    } else if (server_action.sa_handler != SIG_IGN && server_action.sa_handler != SIG_DFL) {
+      server_action.sa_handler(signo);
     }
   }
-  if (main_pid == (long)getpid()) notify("STOPPING=1");
-  errno = saved;
+}
+
+/* A server that installs its own handler for the drain signal keeps ours in front of it. */
+int sigaction(int signo, const struct sigaction* act, struct sigaction* old) {
+  if (real_sigaction == NULL) resolve();
+  if (drain_signal <= 0 || signo != drain_signal) return real_sigaction(signo, act, old);
+  if (old != NULL) {
+    if (atomic_load(&server_has_action)) {
+      *old = server_action;
+    } else {
+      memset(old, 0, sizeof *old);
+      old->sa_handler = SIG_DFL;
+    }
+  }
+  if (act != NULL) {
+    atomic_store(&server_has_action, 0);
+    server_action = *act;
+    atomic_store(&server_has_action, 1);
+  }
+  return 0;
 }
 
 static void remember(int fd) {
@@ -286,7 +340,7 @@ int bind(int fd, const struct sockaddr* addr, socklen_t len) {
   if (real_bind == NULL) resolve();
   if (addr != NULL && !atomic_load(&drained)) {
     for (int i = 0; i < listener_count; ++i) {
-      if (!same_address(addr, len, &listeners[i].addr, listeners[i].addr_len)) continue;
+      if (!same_address(addr, len, &listeners[i].addr)) continue;
       int type = 0;
       socklen_t type_len = sizeof type;
       if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &type_len) != 0 || type != SOCK_STREAM) break;
@@ -324,8 +378,19 @@ int accept4(int fd, struct sockaddr* addr, socklen_t* len, int flags) {
 
 int epoll_ctl(int epfd, int op, int fd, struct epoll_event* event) {
   if (real_epoll_ctl == NULL) resolve();
+  if (!is_adopted(fd)) return real_epoll_ctl(epfd, op, fd, event);
+  /* The drain handler reads the table: no drain between the call and its record. */
+  sigset_t block, previous;
+  sigemptyset(&block);
+  if (drain_signal > 0) sigaddset(&block, drain_signal);
+  pthread_sigmask(SIG_BLOCK, &block, &previous);
   const int result = real_epoll_ctl(epfd, op, fd, event);
-  if (result != 0 || !is_adopted(fd)) return result;
+  if (result != 0) {
+    const int failed = errno;
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    errno = failed;
+    return result;
+  }
   const int saved = errno;
   if (op == EPOLL_CTL_ADD || op == EPOLL_CTL_MOD) {
     int slot = -1;
@@ -351,6 +416,7 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event* event) {
         atomic_store(&registrations[r].state, 0);
     }
   }
+  pthread_sigmask(SIG_SETMASK, &previous, NULL);
   errno = saved;
   return result;
 }
@@ -367,6 +433,17 @@ int ppoll(struct pollfd* fds, nfds_t n, const struct timespec* timeout, const si
   for (nfds_t i = 0; i < n && !atomic_load(&ready_sent); ++i)
     if (fds[i].events & POLLIN) note_waiting(fds[i].fd);
   return real_ppoll(fds, n, timeout, mask);
+}
+
+/* What -D_FORTIFY_SOURCE builds call instead of poll() and ppoll() (glibc's bits/poll2.h). */
+int __poll_chk(struct pollfd* fds, nfds_t n, int timeout, size_t fds_len) {
+  (void)fds_len;
+  return poll(fds, n, timeout);
+}
+
+int __ppoll_chk(struct pollfd* fds, nfds_t n, const struct timespec* timeout, const sigset_t* mask, size_t fds_len) {
+  (void)fds_len;
+  return ppoll(fds, n, timeout, mask);
 }
 
 static void note_select(int n, const fd_set* readable) {

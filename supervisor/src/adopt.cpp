@@ -5,7 +5,9 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
+#include <cerrno>
 
 #include <algorithm>
 #include <array>
@@ -57,12 +59,20 @@ Result<bool> has_interpreter(int fd, const std::string& path) {
 Status check_one(const std::string& executable, int depth) {
   struct stat st {};
   if (::stat(executable.c_str(), &st) != 0) return Error::from_errno(executable);
+  if (!S_ISREG(st.st_mode)) return Error::message(fmt::format("{} is not a regular file", executable));
   if ((st.st_mode & (S_ISUID | S_ISGID)) != 0)
     return Error::message(
         fmt::format("{} is set-user-ID or set-group-ID, and the dynamic linker ignores LD_PRELOAD for such programs: "
                     "--adopt-binds cannot work with it",
                     executable));
-  Fd fd(::open(executable.c_str(), O_RDONLY | O_CLOEXEC));
+  // File capabilities put the dynamic linker in secure mode too.
+  if (::getxattr(executable.c_str(), "security.capability", nullptr, 0) > 0)
+    return Error::message(
+        fmt::format("{} has file capabilities (setcap), and the dynamic linker ignores LD_PRELOAD for such programs: "
+                    "--adopt-binds cannot work with it",
+                    executable));
+  // O_NONBLOCK: a FIFO put in the way after the check above must not block the supervisor.
+  Fd fd(::open(executable.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
   if (!fd) return Error::from_errno(executable);
   char head[256] = {};
   const ssize_t n = ::pread(fd.get(), head, sizeof head - 1, 0);
@@ -89,11 +99,12 @@ Status check_one(const std::string& executable, int depth) {
   return {};
 }
 
-// The socket inodes a process holds, from /proc/PID/fd.
-void socket_inodes(pid_t pid, std::set<unsigned long>& out) {
+// The socket inodes a process holds, from /proc/PID/fd. False when they cannot be read (a process
+// that made itself non-dumpable, for one); a process that has just exited holds none.
+bool socket_inodes(pid_t pid, std::set<unsigned long>& out) {
   const std::string dir = fmt::format("/proc/{}/fd", pid);
   DIR* d = ::opendir(dir.c_str());
-  if (d == nullptr) return;
+  if (d == nullptr) return errno == ENOENT;
   while (dirent* e = ::readdir(d)) {
     if (e->d_name[0] == '.') continue;
     char target[64];
@@ -104,6 +115,7 @@ void socket_inodes(pid_t pid, std::set<unsigned long>& out) {
     if (std::sscanf(target, "socket:[%lu]", &inode) == 1) out.insert(inode);
   }
   ::closedir(d);
+  return true;
 }
 
 // The processes of a process group, from /proc/PID/stat (field 5).
@@ -160,13 +172,15 @@ Status check_preloadable(const std::string& executable) {
 }
 
 int adopt_drain_signal() {
-  return SIGRTMAX - 1;
+  // Ignored by default: a process of the generation that lacks the library (a static helper, or
+  // one between its exec and the library's start) is not killed by it.
+  return SIGURG;
 }
 
 int count_connections(pid_t pgid, const std::vector<std::uint16_t>& ports) {
   std::set<unsigned long> inodes;
   for (pid_t pid : group_members(pgid))
-    socket_inodes(pid, inodes);
+    if (!socket_inodes(pid, inodes)) return -1;
   if (inodes.empty()) return 0;
   int count = 0;
   bool read_any = false;

@@ -24,11 +24,13 @@ Result<std::string> find_adopt_library();
 // (the linker ignores LD_PRELOAD for those) is refused with a sentence saying so.
 Status check_preloadable(const std::string& executable);
 
-// The signal that tells the library to close a generation's listeners (SIGRTMAX - 1).
+// The signal that tells the library to close a generation's listeners (SIGURG, which a process
+// without the library ignores).
 int adopt_drain_signal();
 
 // The TCP connections, other than listeners, that the processes of process group `pgid` hold on
-// any of `ports` (local port), from /proc. -1 when /proc cannot be read.
+// any of `ports` (local port), from /proc. -1 when they cannot be counted (/proc/net/tcp, or a
+// member's /proc/PID/fd, cannot be read).
 int count_connections(pid_t pgid, const std::vector<std::uint16_t>& ports);
 
 }  // namespace hotrestart

@@ -532,10 +532,18 @@ void Supervisor::adopt_drain(Generation& g, int signo, std::string_view why) {
     // A moment for the signal to land in every process, then no connection left on our ports.
     if (Clock::now() - since < kAdoptPollInterval) return;
     const int open = count_connections(gen->pid, ports);
+    if (open < 0) {
+      // Not knowing is not "none": the drain timeout decides.
+      gen->connections_timer->stop();
+      log_warn(
+          "generation {} (pid {}): its connections cannot be counted (/proc); it is stopped at the drain "
+          "timeout",
+          n, gen->pid);
+      return;
+    }
     if (open > 0) return;
     gen->connections_timer->stop();
-    log_info("generation {} (pid {}): {}; sending {}", n, gen->pid,
-             open == 0 ? "its connections are done" : "its connections cannot be counted (/proc)", signal_name(signo));
+    log_info("generation {} (pid {}): its connections are done; sending {}", n, gen->pid, signal_name(signo));
     ::kill(gen->pid, signo);
   });
 }
@@ -551,11 +559,12 @@ Supervisor::Generation* Supervisor::find(std::uint64_t number) {
   return it == generations_.end() ? nullptr : it->second.get();
 }
 
-Supervisor::Generation* Supervisor::find_by_sender(pid_t pid) {
+Supervisor::Generation* Supervisor::find_by_sender(pid_t pid, bool by_group) {
   if (pid <= 0) return nullptr;
   // A worker's own processes share its process group unless they made their own; the
-  // parent chain covers those.
-  const pid_t pgid = ::getpgid(pid);
+  // parent chain covers those. (Any process of the session may join a process group, so the
+  // group counts only for senders of our own uid.)
+  const pid_t pgid = by_group ? ::getpgid(pid) : -1;
   pid_t cursor = pid;
   for (int depth = 0; depth < 32 && cursor > 1; ++depth) {
     for (auto& [n, g] : generations_) {
@@ -801,9 +810,9 @@ void Supervisor::on_notify_readable() {
       continue;
     }
     // Membership in a generation's process tree is what counts: a worker may run its helpers as
-    // another user (nginx's workers), and no process outside the tree can be taken for one of
-    // them. Anyone else, of any user, is dropped.
-    Generation* g = find_by_sender(cred->pid);
+    // another user (nginx's workers), found through their parent chain, which no process outside
+    // the tree can fake. Anyone else, of any user, is dropped.
+    Generation* g = find_by_sender(cred->pid, cred->uid == ::geteuid() || cred->uid == 0);
     if (g == nullptr) {
       log_warn("notify: dropped a datagram from pid {} (uid {}), which belongs to no worker generation", cred->pid,
                cred->uid);

@@ -48,7 +48,7 @@ struct RunOptions {
   ReadyMode ready;
   Millis ready_timeout{30'000};
   Millis min_ready{0};
-  int drain_signal = 15;  // SIGTERM
+  int drain_signal = 15;            // SIGTERM
   bool drain_signal_given = false;  // --drain-signal was given: with --adopt-binds, it goes at once.
   Millis drain_timeout{30'000};
   Millis state_timeout{60'000};
@@ -151,7 +151,9 @@ class Supervisor {
   std::string listener_addresses() const;  // "127.0.0.1:8080 or [::1]:8080"
   void cancel_readiness(Generation& g);
   Generation* find(std::uint64_t number);
-  Generation* find_by_sender(pid_t pid);
+  // The generation a notify sender belongs to: its main process, or a process whose parent chain
+  // leads to it, or (`by_group`) a member of its process group.
+  Generation* find_by_sender(pid_t pid, bool by_group = true);
 
   // Crash restarts.
   void schedule_restart(Clock::duration lived);
