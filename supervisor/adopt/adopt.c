@@ -24,12 +24,14 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/select.h>
 #include <sys/socket.h>
@@ -52,6 +54,9 @@ struct listener {
 /* A server descriptor that now refers to an inherited listener. fd -1: free slot. */
 struct adopted {
   _Atomic int fd;
+  /* The blocking mode the server asked for: the shared socket itself is always non-blocking, and
+   * a blocking accept() is emulated (see accept_as_asked). */
+  _Atomic int wants_nonblock;
 };
 
 /* An epoll registration of an adopted descriptor. state: 0 free, 1 being written, 2 valid. */
@@ -93,6 +98,9 @@ static int (*real_select)(int, fd_set*, fd_set*, fd_set*, struct timeval*);
 static int (*real_pselect)(int, fd_set*, fd_set*, fd_set*, const struct timespec*, const sigset_t*);
 static int (*real_close)(int);
 static int (*real_sigaction)(int, const struct sigaction*, struct sigaction*);
+static int (*real_fcntl)(int, int, ...);
+static int (*real_fcntl64)(int, int, ...);
+static int (*real_ioctl)(int, unsigned long, ...);
 
 static void resolve(void) {
   real_bind = (int (*)(int, const struct sockaddr*, socklen_t))dlsym(RTLD_NEXT, "bind");
@@ -107,6 +115,10 @@ static void resolve(void) {
       (int (*)(int, fd_set*, fd_set*, fd_set*, const struct timespec*, const sigset_t*))dlsym(RTLD_NEXT, "pselect");
   real_close = (int (*)(int))dlsym(RTLD_NEXT, "close");
   real_sigaction = (int (*)(int, const struct sigaction*, struct sigaction*))dlsym(RTLD_NEXT, "sigaction");
+  real_fcntl = (int (*)(int, int, ...))dlsym(RTLD_NEXT, "fcntl");
+  real_fcntl64 = (int (*)(int, int, ...))dlsym(RTLD_NEXT, "fcntl64");
+  if (real_fcntl64 == NULL) real_fcntl64 = real_fcntl;
+  real_ioctl = (int (*)(int, unsigned long, ...))dlsym(RTLD_NEXT, "ioctl");
 }
 
 /* One sd_notify datagram; errno is left as it was (this runs inside the server's calls). */
@@ -125,12 +137,17 @@ static void notify(const char* text) {
   errno = saved;
 }
 
-static int is_adopted(int fd) {
-  if (fd < 0) return 0;
+/* The slot of an adopted descriptor, or -1. */
+static int adopted_slot(int fd) {
+  if (fd < 0) return -1;
   const int high = atomic_load(&adopted_high);
   for (int i = 0; i < high; ++i)
-    if (atomic_load(&adopted[i].fd) == fd) return 1;
-  return 0;
+    if (atomic_load(&adopted[i].fd) == fd) return i;
+  return -1;
+}
+
+static int is_adopted(int fd) {
+  return adopted_slot(fd) >= 0;
 }
 
 static void note_waiting(int fd) {
@@ -227,8 +244,8 @@ static int is_shared(int fd) {
 
 /* Puts a listener nobody can reach in place of `fd`, keeping its flags and epoll registrations. */
 static void replace_with_dummy(int fd) {
-  const int flags = fcntl(fd, F_GETFL);
-  const int fd_flags = fcntl(fd, F_GETFD);
+  const int flags = real_fcntl(fd, F_GETFL);
+  const int fd_flags = real_fcntl(fd, F_GETFD);
   const int dummy = socket(AF_UNIX, SOCK_STREAM, 0);
   if (dummy < 0) return;
   /* An address of just the family asks the kernel for a fresh abstract name, which nobody knows. */
@@ -240,14 +257,14 @@ static void replace_with_dummy(int fd) {
     real_close(dummy);
     return;
   }
-  if (flags >= 0) (void)fcntl(dummy, F_SETFL, flags & O_NONBLOCK);
+  if (flags >= 0) (void)real_fcntl(dummy, F_SETFL, flags & O_NONBLOCK);
   /* Out of the server's epoll sets while it is still the shared socket, back in as the dummy. */
   for (int r = 0; r < MAX_REGISTRATIONS; ++r) {
     if (atomic_load(&registrations[r].state) == 2 && registrations[r].fd == fd)
       (void)real_epoll_ctl(registrations[r].epfd, EPOLL_CTL_DEL, fd, NULL);
   }
   (void)dup2(dummy, fd);
-  if (fd_flags >= 0) (void)fcntl(fd, F_SETFD, fd_flags);
+  if (fd_flags >= 0) (void)real_fcntl(fd, F_SETFD, fd_flags);
   real_close(dummy);
   for (int r = 0; r < MAX_REGISTRATIONS; ++r) {
     if (atomic_load(&registrations[r].state) == 2 && registrations[r].fd == fd) {
@@ -313,10 +330,11 @@ int sigaction(int signo, const struct sigaction* act, struct sigaction* old) {
   return 0;
 }
 
-static void remember(int fd) {
+static void remember(int fd, int wants_nonblock) {
   for (int i = 0; i < MAX_ADOPTED; ++i) {
     int expected = -1;
     if (atomic_compare_exchange_strong(&adopted[i].fd, &expected, fd)) {
+      atomic_store(&adopted[i].wants_nonblock, wants_nonblock);
       int high = atomic_load(&adopted_high);
       while (high < i + 1 && !atomic_compare_exchange_weak(&adopted_high, &high, i + 1)) {
       }
@@ -344,13 +362,15 @@ int bind(int fd, const struct sockaddr* addr, socklen_t len) {
       int type = 0;
       socklen_t type_len = sizeof type;
       if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &type_len) != 0 || type != SOCK_STREAM) break;
-      const int flags = fcntl(fd, F_GETFL);
-      const int fd_flags = fcntl(fd, F_GETFD);
+      const int flags = real_fcntl(fd, F_GETFL);
+      const int fd_flags = real_fcntl(fd, F_GETFD);
       if (dup2(listeners[i].fd, fd) < 0) return -1;
-      /* What the server asked of its own socket: blocking or not, close-on-exec or not. */
-      if (flags >= 0 && (flags & O_NONBLOCK) != 0) (void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-      if (fd_flags >= 0) (void)fcntl(fd, F_SETFD, fd_flags);
-      remember(fd);
+      /* The shared socket is non-blocking for every generation; the server's own choice is kept
+       * per descriptor, and so is its close-on-exec choice. */
+      const int shared = real_fcntl(fd, F_GETFL);
+      if (shared >= 0 && (shared & O_NONBLOCK) == 0) (void)real_fcntl(fd, F_SETFL, shared | O_NONBLOCK);
+      if (fd_flags >= 0) (void)real_fcntl(fd, F_SETFD, fd_flags);
+      remember(fd, flags >= 0 && (flags & O_NONBLOCK) != 0);
       return 0;
     }
   }
@@ -364,16 +384,79 @@ int listen(int fd, int backlog) {
   return real_listen(fd, backlog);
 }
 
+/* accept() as the server asked for it: on a descriptor it wants blocking, EAGAIN (another
+ * generation took the connection, or none is there yet) means waiting, as a blocking accept does. */
+static int accept_as_asked(int fd, struct sockaddr* addr, socklen_t* len, int flags, int four) {
+  note_waiting(fd);
+  const int slot = adopted_slot(fd);
+  const socklen_t room = len != NULL ? *len : 0;
+  for (;;) {
+    const int r = four ? real_accept4(fd, addr, len, flags) : real_accept(fd, addr, len);
+    if (r >= 0 || slot < 0 || (errno != EAGAIN && errno != EWOULDBLOCK) || atomic_load(&adopted[slot].wants_nonblock))
+      return r;
+    struct pollfd p = {fd, POLLIN, 0};
+    if (real_poll(&p, 1, -1) < 0 && errno == EINTR) return -1; /* As an interrupted accept. */
+    if (len != NULL) *len = room;
+  }
+}
+
 int accept(int fd, struct sockaddr* addr, socklen_t* len) {
   if (real_accept == NULL) resolve();
-  note_waiting(fd);
-  return real_accept(fd, addr, len);
+  return accept_as_asked(fd, addr, len, 0, 0);
 }
 
 int accept4(int fd, struct sockaddr* addr, socklen_t* len, int flags) {
   if (real_accept4 == NULL) resolve();
-  note_waiting(fd);
-  return real_accept4(fd, addr, len, flags);
+  return accept_as_asked(fd, addr, len, flags, 1);
+}
+
+/* F_GETFL and F_SETFL on an adopted descriptor see and set the server's own blocking mode; the
+ * shared socket stays non-blocking. Everything else goes through as it is. */
+static int fcntl_as_asked(int (*real)(int, int, ...), int fd, int cmd, void* arg) {
+  const int slot = cmd == F_GETFL || cmd == F_SETFL ? adopted_slot(fd) : -1;
+  if (slot < 0 || atomic_load(&drained)) return real(fd, cmd, arg);
+  if (cmd == F_GETFL) {
+    const int flags = real(fd, F_GETFL);
+    if (flags < 0) return flags;
+    return (flags & ~O_NONBLOCK) | (atomic_load(&adopted[slot].wants_nonblock) ? O_NONBLOCK : 0);
+  }
+  const long wanted = (long)arg;
+  atomic_store(&adopted[slot].wants_nonblock, (wanted & O_NONBLOCK) != 0);
+  return real(fd, F_SETFL, wanted | O_NONBLOCK);
+}
+
+int fcntl(int fd, int cmd, ...) {
+  if (real_fcntl == NULL) resolve();
+  va_list ap;
+  va_start(ap, cmd);
+  void* arg = va_arg(ap, void*);
+  va_end(ap);
+  return fcntl_as_asked(real_fcntl, fd, cmd, arg);
+}
+
+int fcntl64(int fd, int cmd, ...) {
+  if (real_fcntl64 == NULL) resolve();
+  va_list ap;
+  va_start(ap, cmd);
+  void* arg = va_arg(ap, void*);
+  va_end(ap);
+  return fcntl_as_asked(real_fcntl64, fd, cmd, arg);
+}
+
+int ioctl(int fd, unsigned long request, ...) {
+  if (real_ioctl == NULL) resolve();
+  va_list ap;
+  va_start(ap, request);
+  void* arg = va_arg(ap, void*);
+  va_end(ap);
+  if (request == FIONBIO && arg != NULL && !atomic_load(&drained)) {
+    const int slot = adopted_slot(fd);
+    if (slot >= 0) {
+      atomic_store(&adopted[slot].wants_nonblock, *(const int*)arg != 0);
+      return 0;
+    }
+  }
+  return real_ioctl(fd, request, arg);
 }
 
 int epoll_ctl(int epfd, int op, int fd, struct epoll_event* event) {

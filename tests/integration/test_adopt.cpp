@@ -266,6 +266,29 @@ TEST_CASE("socket activation: gunicorn takes LISTEN_FDS as it is and upgrades 10
   sup.stop();
 }
 
+TEST_CASE("adopt: a blocking-accept server and Node.js take turns under load: each keeps its own blocking mode") {
+  if (!have(kPython) || !have(kNode)) {
+    MESSAGE("skipped: " << kPython << " or " << kNode << " is not installed");
+    return;
+  }
+  // Node makes its socket non-blocking, and the generations share one listening socket; the
+  // blocking server's accept() must still wait rather than fail with EAGAIN.
+  const std::uint16_t port = free_port();
+  auto command = [&](int n) {
+    if (n % 2 == 1)
+      return std::vector<std::string>{kNode, third_party("node-hello.js"), std::to_string(port), fmt::format("v{}", n)};
+    return std::vector<std::string>{kPython, third_party("blocking-server.py"), std::to_string(port),
+                                    fmt::format("v{}", n)};
+  };
+  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--drain-timeout", "20s"}, command(1));
+  LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, "/"));
+  ten_upgrades(sup, command, {&fresh});
+  const auto versions = fresh.version_counts();
+  CHECK(versions.count("v2") == 1);
+  CHECK(versions.count("v10") == 1);
+  sup.stop();
+}
+
 TEST_CASE("adopt: a request in flight when the old generation drains completes there, then it stops") {
   if (!have(kNode)) {
     MESSAGE("skipped: " << kNode << " is not installed");
