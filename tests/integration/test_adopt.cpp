@@ -342,6 +342,27 @@ TEST_CASE("adopt: a server asking for SO_REUSEPORT gets the supervisor's socket,
   sup.stop();
 }
 
+TEST_CASE("adopt: a server with its own SIGURG handler still drains, and its handler still runs") {
+  if (!have(kPython)) {
+    MESSAGE("skipped: " << kPython << " is not installed");
+    return;
+  }
+  TempDir dir;
+  const std::string urg = dir.file("urg");
+  const std::uint16_t port = free_port();
+  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds"},
+                 {kPython, third_party("reuseport-server.py"), std::to_string(port), "v1", urg});
+  const pid_t old_pid = sup.active_pid();
+  RunResult r = sup.upgrade_to({kPython, third_party("reuseport-server.py"), std::to_string(port), "v2"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+  // The library closed its listener (the drain went on to SIGTERM), and then ran its handler.
+  CHECK(sup.proc().wait_output("generation 1 (pid " + std::to_string(old_pid) + "): its connections are done", 10s));
+  CHECK(wait_until([&] { return !pid_alive(old_pid); }, 10s));
+  CHECK(read_file(urg) == std::optional<std::string>("SIGURG\n"));
+  CHECK(contains(get_body(port, "/"), "version=v2"));
+  sup.stop();
+}
+
 TEST_CASE("adopt: a statically linked server is refused with a sentence, at run and at upgrade") {
   // Debian's ldconfig is statically linked.
   const char* kStatic = "/sbin/ldconfig";
