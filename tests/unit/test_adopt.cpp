@@ -6,9 +6,13 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <string>
 
@@ -73,6 +77,18 @@ TEST_CASE("adopt: dynamically linked programs and scripts can be preloaded; othe
   CHECK(error_of(setuid) == setuid +
                                 " is set-user-ID or set-group-ID, and the dynamic linker ignores LD_PRELOAD for "
                                 "such programs: --adopt-binds cannot work with it");
+
+  // File capabilities (what `setcap cap_net_bind_service+ep` writes: a version 2 vfs_cap_data).
+  const std::string capable = scratch.dir + "/capable-env";
+  REQUIRE(std::system(("cp /usr/bin/env '" + capable + "'").c_str()) == 0);
+  const std::uint32_t cap_data[5] = {0x02000000u | 0x1u /* VFS_CAP_REVISION_2, effective */, 1u << 10, 0, 0, 0};
+  if (::setxattr(capable.c_str(), "security.capability", cap_data, sizeof cap_data, 0) != 0) {
+    MESSAGE("file capabilities not checked: setxattr(security.capability) failed here: " << std::strerror(errno));
+  } else {
+    CHECK(error_of(capable) == capable +
+                                   " has file capabilities (setcap), and the dynamic linker ignores LD_PRELOAD for "
+                                   "such programs: --adopt-binds cannot work with it");
+  }
 }
 
 TEST_CASE("adopt: a process group's connections on a port are counted, listeners and other ports not") {
