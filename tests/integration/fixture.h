@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "testsupport.h"
@@ -160,6 +161,28 @@ class Supervisor {
 inline void require_no_failures(const LoadClient& load, const std::string& what) {
   CHECK_MESSAGE(load.failure_count() == 0, what << ": " << load.summary());
   CHECK_MESSAGE(load.ok_count() > 0, what << ": no request was served: " << load.summary());
+}
+
+inline LoadClient::Config load_config(std::uint16_t port, LoadClient::Mode mode, int threads,
+                                      const std::string& path = "/") {
+  LoadClient::Config c;
+  c.port = port;
+  c.mode = mode;
+  c.threads = threads;
+  c.path = path;
+  return c;
+}
+
+// Waits until `load` has served `more` further requests.
+inline void let_load_run(const LoadClient& load, std::size_t more) {
+  const std::size_t target = load.ok_count() + more;
+  CHECK_MESSAGE(wait_until([&] { return load.ok_count() >= target; }, 15s), "load stalled: " << load.summary());
+}
+
+// GET http://127.0.0.1:PORT/PATH with curl: the body, or "curl failed: " and the error.
+inline std::string http_get(std::uint16_t port, const std::string& path) {
+  RunResult r = run({"curl", "-sS", "--max-time", "5", fmt::format("http://127.0.0.1:{}{}", port, path)}, {}, 10s);
+  return r.exit_code == 0 ? r.out : "curl failed: " + r.err;
 }
 
 inline bool contains(const std::string& haystack, const std::string& needle) {

@@ -58,28 +58,8 @@ int listening_sockets(std::uint16_t port) {
   return count;
 }
 
-// GET http://127.0.0.1:PORT/PATH with curl: the body, or the error.
-std::string get_body(std::uint16_t port, const std::string& path) {
-  RunResult r = run({"curl", "-sS", "--max-time", "5", fmt::format("http://127.0.0.1:{}{}", port, path)}, {}, 10s);
-  return r.exit_code == 0 ? r.out : "curl failed: " + r.err;
-}
-
 std::string listen_arg(std::uint16_t port) {
   return fmt::format("http=tcp://127.0.0.1:{}", port);
-}
-
-LoadClient::Config load_config(std::uint16_t port, LoadClient::Mode mode, const std::string& path) {
-  LoadClient::Config c;
-  c.port = port;
-  c.mode = mode;
-  c.threads = 3;
-  c.path = path;
-  return c;
-}
-
-void let_load_run(const LoadClient& load, std::size_t more) {
-  const std::size_t target = load.ok_count() + more;
-  CHECK_MESSAGE(wait_until([&] { return load.ok_count() >= target; }, 15s), "load stalled: " << load.summary());
 }
 
 // Upgrades `sup` ten times to command(2), command(3), ... under the loads, and checks that no
@@ -160,8 +140,8 @@ TEST_CASE("adopt: python3 -m http.server upgrades 10 times under load with no fa
   auto first = command(1);
   first.insert(first.begin() + 3, std::to_string(port));
   Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--drain-timeout", "20s"}, first);
-  LoadClient keepalive(load_config(port, LoadClient::Mode::KeepAlive, "/v"));
-  LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, "/v"));
+  LoadClient keepalive(load_config(port, LoadClient::Mode::KeepAlive, 3, "/v"));
+  LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, 3, "/v"));
   ten_upgrades(sup,
                [&](int n) {
                  auto c = command(n);
@@ -185,7 +165,7 @@ TEST_CASE("adopt: a Node.js server upgrades 10 times under load with no failed r
   };
   Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--drain-timeout", "20s"}, command(1));
   // Node keeps connections alive and has no drain of its own: clients that ask to close.
-  LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, "/"));
+  LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, 3, "/"));
   ten_upgrades(sup, command, {&fresh});
   const auto versions = fresh.version_counts();
   CHECK(versions.count("v1") == 1);
@@ -233,7 +213,7 @@ http {{
   // Clients that ask to close: on SIGQUIT nginx closes its idle keep-alive connections, and a
   // client that sent its next request on one just then must retry it, as HTTP clients do
   // (docs/operations.md); this load client counts that as a failure.
-  LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, "/"));
+  LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, 3, "/"));
   ten_upgrades(sup, command, {&fresh});
   CHECK(sup.proc().wait_output("closing its listeners and sending SIGQUIT (replaced by generation 11)", 5s));
   CHECK(listening_sockets(port) == 1);
@@ -259,8 +239,8 @@ TEST_CASE("socket activation: gunicorn takes LISTEN_FDS as it is and upgrades 10
   };
   Supervisor sup({"--drain-timeout", "20s"}, command(1));
   const std::uint16_t port = sup.port();
-  LoadClient keepalive(load_config(port, LoadClient::Mode::KeepAlive, "/"));
-  LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, "/"));
+  LoadClient keepalive(load_config(port, LoadClient::Mode::KeepAlive, 3, "/"));
+  LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, 3, "/"));
   ten_upgrades(sup, command, {&keepalive, &fresh}, /*adopt=*/false);
   CHECK(contains(sup.status_or_fail()["generations"][0]["status"].get<std::string>(), "Gunicorn arbiter booted"));
   sup.stop();
@@ -281,7 +261,7 @@ TEST_CASE("adopt: a blocking-accept server and Node.js take turns under load: ea
                                     fmt::format("v{}", n)};
   };
   Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--drain-timeout", "20s"}, command(1));
-  LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, "/"));
+  LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, 3, "/"));
   ten_upgrades(sup, command, {&fresh});
   const auto versions = fresh.version_counts();
   CHECK(versions.count("v2") == 1);
@@ -300,7 +280,7 @@ TEST_CASE("adopt: a request in flight when the old generation drains completes t
   };
   Supervisor sup({"--listen", listen_arg(port), "--adopt-binds"}, command(1));
   const pid_t old_pid = sup.active_pid();
-  LoadClient::Config slow_config = load_config(port, LoadClient::Mode::NewConnection, "/slow");
+  LoadClient::Config slow_config = load_config(port, LoadClient::Mode::NewConnection, 3, "/slow");
   slow_config.threads = 1;
   slow_config.max_requests = 1;
   LoadClient slow(slow_config);
@@ -317,7 +297,7 @@ TEST_CASE("adopt: a request in flight when the old generation drains completes t
   REQUIRE(wait_until([&] { return !pid_alive(old_pid); }, 10s));
   CHECK(sup.proc().wait_output("closing its listeners (replaced by generation 2)", 5s));
   CHECK(sup.proc().wait_output("its connections are done; sending SIGTERM", 5s));
-  CHECK(contains(get_body(port, "/"), "version=v2"));
+  CHECK(contains(http_get(port, "/"), "version=v2"));
   sup.stop();
 }
 
@@ -333,12 +313,12 @@ TEST_CASE("adopt: a server asking for SO_REUSEPORT gets the supervisor's socket,
   };
   Supervisor sup({"--listen", listen_arg(port), "--adopt-binds"}, command(1));
   CHECK(listening_sockets(port) == 1);
-  CHECK(contains(get_body(port, "/"), "version=v1"));
+  CHECK(contains(http_get(port, "/"), "version=v1"));
   RunResult r = sup.upgrade_to(command(2));
   REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
   // Both generations are up during the upgrade; there is still one listening socket.
   CHECK(listening_sockets(port) == 1);
-  CHECK(wait_until([&] { return contains(get_body(port, "/"), "version=v2"); }, 10s));
+  CHECK(wait_until([&] { return contains(http_get(port, "/"), "version=v2"); }, 10s));
   sup.stop();
 }
 
@@ -359,7 +339,7 @@ TEST_CASE("adopt: a server with its own SIGURG handler still drains, and its han
   CHECK(sup.proc().wait_output("generation 1 (pid " + std::to_string(old_pid) + "): its connections are done", 10s));
   CHECK(wait_until([&] { return !pid_alive(old_pid); }, 10s));
   CHECK(read_file(urg) == std::optional<std::string>("SIGURG\n"));
-  CHECK(contains(get_body(port, "/"), "version=v2"));
+  CHECK(contains(http_get(port, "/"), "version=v2"));
   sup.stop();
 }
 
@@ -386,7 +366,7 @@ TEST_CASE("adopt: a statically linked server is refused with a sentence, at run 
   CHECK(u.exit_code == 1);
   CHECK_MESSAGE(contains(u.err, "is statically linked"), u.out << u.err);
   CHECK(sup.active_pid() == old_pid);
-  CHECK(contains(get_body(port, "/"), "version=v1"));
+  CHECK(contains(http_get(port, "/"), "version=v1"));
   sup.stop();
 }
 
@@ -407,6 +387,6 @@ TEST_CASE("adopt: a server that binds another address never reports ready, and t
                                             port)),
                 r.out << r.err);
   CHECK(sup.active_pid() == old_pid);
-  CHECK(contains(get_body(port, "/"), "version=v1"));
+  CHECK(contains(http_get(port, "/"), "version=v1"));
   sup.stop();
 }

@@ -8,18 +8,10 @@ using namespace hotrestart::it;
 
 namespace {
 
-LoadClient::Config load_config(std::uint16_t port, LoadClient::Mode mode) {
-  LoadClient::Config c;
-  c.port = port;
-  c.mode = mode;
-  c.threads = 2;
-  return c;
-}
-
 void check_rollback(const std::vector<std::string>& upgrade_args, const std::string& expected_reason) {
   Supervisor sup({"--ready-timeout", "2s", "--min-ready", "500ms", "--drain-timeout", "5s"}, hello("v1"));
-  LoadClient fresh(load_config(sup.port(), LoadClient::Mode::NewConnection));
-  LoadClient keepalive(load_config(sup.port(), LoadClient::Mode::KeepAlive));
+  LoadClient fresh(load_config(sup.port(), LoadClient::Mode::NewConnection, 2));
+  LoadClient keepalive(load_config(sup.port(), LoadClient::Mode::KeepAlive, 2));
   fresh.start();
   keepalive.start();
   REQUIRE(wait_until([&] { return fresh.ok_count() > 20 && keepalive.ok_count() > 20; }, 10s));
@@ -91,7 +83,7 @@ TEST_CASE("a worker that ignores the drain signal is SIGKILLed after the drain t
 
 TEST_CASE("a crashed worker is restarted and no connect is refused meanwhile") {
   Supervisor sup({}, hello("v1"));
-  LoadClient::Config c = load_config(sup.port(), LoadClient::Mode::NewConnection);
+  LoadClient::Config c = load_config(sup.port(), LoadClient::Mode::NewConnection, 2);
   c.threads = 3;
   LoadClient load(c);
   load.start();

@@ -20,16 +20,10 @@ std::vector<std::string> sdk(std::vector<std::string> args) {
   return args;
 }
 
-// GET http://127.0.0.1:PORT/PATH with curl; the body, or "" with the error in `err`.
-std::string get(std::uint16_t port, const std::string& path) {
-  RunResult r = run({"curl", "-sS", "--max-time", "5", fmt::format("http://127.0.0.1:{}{}", port, path)}, {}, 10s);
-  return r.exit_code == 0 ? r.out : "curl failed: " + r.err;
-}
-
 // The "key=value" fields of a /state answer.
 std::map<std::string, std::string> state_of(std::uint16_t port) {
   std::map<std::string, std::string> out;
-  std::string body = get(port, "/state");
+  std::string body = http_get(port, "/state");
   std::size_t at = 0;
   while (at < body.size()) {
     const auto space = body.find(' ', at);
@@ -59,7 +53,7 @@ void check_old_serves(Supervisor& sup, pid_t old_pid, std::uint16_t port, int en
   CHECK(sup.active_pid() == old_pid);
   CHECK(wait_until([&] { return sup.processes() == std::set<pid_t>{old_pid}; }, 10s));
   CHECK(state_of(port)["entries"] == std::to_string(entries));
-  CHECK(get(port, "/data/key-7") == "value-7");
+  CHECK(http_get(port, "/data/key-7") == "value-7");
 }
 
 // Upgrades, requires success, and waits until the old generation has exited, so that no request
@@ -101,8 +95,8 @@ TEST_CASE("state: upgrades in both directions keep every entry, in the newest sc
   CHECK(st["entries"] == "1000");
   CHECK(st["imported"] == "1");
   CHECK(st["schema"] == "1");
-  CHECK(get(port, "/data/key-999") == "value-999");
-  CHECK(contains(get(port, "/"), "version=v2"));
+  CHECK(http_get(port, "/data/key-999") == "value-999");
+  CHECK(contains(http_get(port, "/"), "version=v2"));
   // The old generation was asked over its channel, and its on_drain callback ran.
   CHECK(sup.proc().wait_output("asked to drain over its channel (replaced by generation 2)", 5s));
   CHECK(sup.proc().wait_output("sdk-worker v1: drained", 5s));
@@ -118,7 +112,7 @@ TEST_CASE("state: upgrades in both directions keep every entry, in the newest sc
   st = state_of(port);
   CHECK(st["entries"] == "1000");
   CHECK(st["schema"] == "1");
-  CHECK(get(port, "/data/key-0") == "value-0");
+  CHECK(http_get(port, "/data/key-0") == "value-0");
 
   json s = sup.status_or_fail();
   const json& t = s["last_transfer"];
@@ -247,7 +241,7 @@ TEST_CASE("state: a streamed section keeps every entry in both directions, and a
   CHECK(st["entries"] == "100000");
   CHECK(st["blob"] == kBlob);
   CHECK(st["schema"] == "1");
-  CHECK(get(port, "/data/key-99999") == "value-99999");
+  CHECK(http_get(port, "/data/key-99999") == "value-99999");
   upgrade_ok(sup, sdk({"--version", "v2b", "--schemas", "1,2", "--stream", "--blob", kBlob}));
   CHECK(state_of(port)["schema"] == "2");
   // Back to schema 1, and from a streamed export to a memfd one.
@@ -257,7 +251,7 @@ TEST_CASE("state: a streamed section keeps every entry in both directions, and a
   CHECK(st["entries"] == "100000");
   CHECK(st["blob"] == kBlob);
   CHECK(st["schema"] == "1");
-  CHECK(get(port, "/data/key-0") == "value-0");
+  CHECK(http_get(port, "/data/key-0") == "value-0");
   json s = sup.status_or_fail();
   const json& t = s["last_transfer"];
   CHECK(t["outcome"] == "done");
@@ -379,7 +373,7 @@ TEST_CASE("state: a worker reported ready before its hello is told why it got no
   // hello: the upgrade goes on without a transfer, and the worker learns why instead of waiting.
   Supervisor sup({"--ready", "delay:100ms"}, sdk({"--fill", "20"}));
   RunResult r = upgrade_ok(sup, sdk({"--version", "v2", "--start-delay-ms", "600"}));
-  REQUIRE(wait_until([&] { return contains(get(sup.port(), "/state"), "reason="); }, 10s));
+  REQUIRE(wait_until([&] { return contains(http_get(sup.port(), "/state"), "reason="); }, 10s));
   auto st = state_of(sup.port());
   CHECK(st["entries"] == "0");
   CHECK(contains(st["reason"], "reported ready (--ready delay:100ms) before it said hello, so no state was moved"));

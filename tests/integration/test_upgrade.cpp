@@ -7,23 +7,7 @@
 
 using namespace hotrestart::it;
 
-namespace {
-
-LoadClient::Config load_config(std::uint16_t port, LoadClient::Mode mode, int threads) {
-  LoadClient::Config c;
-  c.port = port;
-  c.mode = mode;
-  c.threads = threads;
-  return c;
-}
-
-// Waits until `load` has served `more` further requests.
-void let_load_run(const LoadClient& load, std::size_t more) {
-  const std::size_t target = load.ok_count() + more;
-  CHECK_MESSAGE(wait_until([&] { return load.ok_count() >= target; }, 15s), "load stalled: " << load.summary());
-}
-
-}  // namespace
+namespace {}  // namespace
 
 TEST_CASE("20 upgrades under keep-alive and new-connection load: no failed request - old before and new after") {
   Supervisor sup({"--drain-timeout", "10s"}, hello("v1"));

@@ -151,6 +151,29 @@ const Section* find_section(const std::vector<Section>& sections, std::string_vi
   return nullptr;
 }
 
+// Why a section offered serialized (`how`: "serialized" or "streamed") in schema `version` cannot
+// go to its `load`, or "" when it can.
+std::string cannot_load(const Section* section, std::uint32_t version, std::string_view how) {
+  if (section == nullptr) return "offered a section this generation does not import";
+  if (!section->load)
+    return "offered the section " + std::string(how) + ", and this generation imports it only as an arena";
+  if (std::find(section->versions.begin(), section->versions.end(), version) == section->versions.end())
+    return "offered schema version " + std::to_string(version) + ", which this generation cannot read";
+  return {};
+}
+
+// Runs the section's `load`: "" when it returned, otherwise why it failed.
+std::string run_load(const Section& section, std::uint32_t version, std::istream& in) {
+  try {
+    section.load(version, in);
+    return {};
+  } catch (const std::exception& e) {
+    return std::string("its load function failed: ") + e.what();
+  } catch (...) {
+    return "its load function failed with an unknown exception";
+  }
+}
+
 // The newest version both sides know, or 0.
 std::uint32_t negotiate(const std::vector<std::uint32_t>& ours, const std::vector<std::uint32_t>& theirs) {
   std::uint32_t best = 0;
@@ -424,33 +447,25 @@ wire::TransferTotals Worker::Impl::import_from(int peer, const std::vector<wire:
       report({missing->name, false, 0, 0, 0, missing->reason});
       continue;
     }
-    if (auto* arena = std::get_if<wire::ArenaOffer>(&r->message)) {
+    // Each section's result: counted, reported, and kept for imported().
+    const auto section_start = Clock::now();
+    auto finish = [&](const ImportedSection& result) {
       ++totals.sections;
-      const auto section_start = Clock::now();
-      ImportedSection result = import_arena(*arena, std::move(r->fds.at(0)), std::move(r->fds.at(1)));
-      const auto micros = micros_since(section_start);
       if (result.imported) {
         ++totals.done;
         totals.bytes += result.bytes;
       }
-      report({result.name, result.imported, result.version, result.bytes, micros, result.reason});
-      if (auto planned = results.find(arena->offer.name); planned != results.end()) planned->second = result;
+      report({result.name, result.imported, result.version, result.bytes, micros_since(section_start), result.reason});
+      if (auto planned = results.find(result.name); planned != results.end()) planned->second = result;
+    };
+    if (auto* arena = std::get_if<wire::ArenaOffer>(&r->message)) {
+      finish(import_arena(*arena, std::move(r->fds.at(0)), std::move(r->fds.at(1))));
       continue;
     }
     if (auto* streamed = std::get_if<wire::SectionStream>(&r->message)) {
-      ++totals.sections;
-      const auto section_start = Clock::now();
-      ImportedSection result = results.count(streamed->name) == 0
-                                   ? ImportedSection{streamed->name, false, streamed->version, 0,
-                                                     "offered a section this generation does not import"}
-                                   : import_stream(*streamed, std::move(r->fds.at(0)), deadline);
-      const auto micros = micros_since(section_start);
-      if (result.imported) {
-        ++totals.done;
-        totals.bytes += result.bytes;
-      }
-      report({result.name, result.imported, result.version, result.bytes, micros, result.reason});
-      if (auto planned = results.find(streamed->name); planned != results.end()) planned->second = result;
+      finish(results.count(streamed->name) != 0 ? import_stream(*streamed, std::move(r->fds.at(0)), deadline)
+                                                : ImportedSection{streamed->name, false, streamed->version, 0,
+                                                                  "offered a section this generation does not import"});
       continue;
     }
     auto* offer = std::get_if<wire::SectionOffer>(&r->message);
@@ -459,40 +474,19 @@ wire::TransferTotals Worker::Impl::import_from(int peer, const std::vector<wire:
                   " before the snapshot was complete";
       break;
     }
-    ++totals.sections;
-    const auto section_start = Clock::now();
     ImportedSection result{offer->name, false, offer->version, offer->length, {}};
-    const Section* section = find_section(sections, offer->name);
-    auto planned = results.find(offer->name);
-    if (section == nullptr || !section->load || planned == results.end()) {
-      result.reason = section != nullptr && planned != results.end()
-                          ? "offered the section serialized, and this generation imports it only as an arena"
-                          : "offered a section this generation does not import";
-    } else if (std::find(section->versions.begin(), section->versions.end(), offer->version) ==
-               section->versions.end()) {
-      result.reason =
-          "offered schema version " + std::to_string(offer->version) + ", which this generation cannot read";
+    const Section* section = results.count(offer->name) != 0 ? find_section(sections, offer->name) : nullptr;
+    if (result.reason = cannot_load(section, offer->version, "serialized"); !result.reason.empty()) {
+      // Not for `load`.
     } else if (auto mapped = wire::open_section(std::move(r->fds.at(0)), *offer, options.max_section_bytes); !mapped) {
       result.reason = mapped.error().text();
     } else {
       wire::SpanStreamBuf buffer(mapped->payload());
       std::istream in(&buffer);
-      try {
-        section->load(offer->version, in);
-        result.imported = true;
-      } catch (const std::exception& e) {
-        result.reason = std::string("its load function failed: ") + e.what();
-      } catch (...) {
-        result.reason = "its load function failed with an unknown exception";
-      }
+      result.reason = run_load(*section, offer->version, in);
+      result.imported = result.reason.empty();
     }
-    const auto micros = micros_since(section_start);
-    if (result.imported) {
-      ++totals.done;
-      totals.bytes += result.bytes;
-    }
-    report({result.name, result.imported, result.version, result.bytes, micros, result.reason});
-    if (planned != results.end()) planned->second = result;
+    finish(result);
   }
   for (auto& [name, result] : results) {
     if (!result.imported && !cut_short.empty() && result.reason == "the previous generation did not send it") {
@@ -507,34 +501,18 @@ wire::TransferTotals Worker::Impl::import_from(int peer, const std::vector<wire:
 ImportedSection Worker::Impl::import_stream(const wire::SectionStream& offer, Fd sock, Clock::time_point deadline) {
   ImportedSection result{offer.name, false, offer.version, 0, {}};
   const Section* section = find_section(sections, offer.name);
-  if (section == nullptr || !section->load) {
-    // Closing the socket (on return) ends the exporter's `save` at its next write.
-    result.reason = section != nullptr ? "streamed the section, and this generation imports it only as an arena"
-                                       : "offered a section this generation does not import";
-    return result;
-  }
-  if (std::find(section->versions.begin(), section->versions.end(), offer.version) == section->versions.end()) {
-    result.reason = "offered schema version " + std::to_string(offer.version) + ", which this generation cannot read";
-    return result;
-  }
+  // Closing the socket (on return) ends the exporter's `save` at its next write.
+  if (result.reason = cannot_load(section, offer.version, "streamed"); !result.reason.empty()) return result;
   wire::StreamReader reader(sock.get(), deadline, options.max_section_bytes);
   // A stream that fails is an exception in `load`, never a plain end of file that a load reading
   // the istream by hand could take for the end of the section.
   reader.throw_on_error(true);
   std::istream in(&reader);
   in.exceptions(std::ios_base::badbit);
-  bool loaded = false;
-  try {
-    section->load(offer.version, in);
-    loaded = true;
-  } catch (const std::exception& e) {
-    // A load that failed because the stream did (InputArchive throws the reader's error) says so.
-    result.reason = !reader.error().empty() ? "the stream failed: " + reader.error()
-                                            : std::string("its load function failed: ") + e.what();
-  } catch (...) {
-    result.reason = "its load function failed with an unknown exception";
-  }
-  if (loaded) {
+  result.reason = run_load(*section, offer.version, in);
+  // A load that failed because the stream did (InputArchive throws the reader's error) says so.
+  if (!result.reason.empty() && !reader.error().empty()) result.reason = "the stream failed: " + reader.error();
+  if (result.reason.empty()) {
     // What the load left unread is read to the end chunk, so that a section counts as imported only
     // once all of it arrived intact.
     if (auto left = reader.finish(); !left) {
