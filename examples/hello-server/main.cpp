@@ -15,6 +15,8 @@
 #pragma GCC diagnostic pop
 #include <fmt/core.h>
 
+#include <hotrestart/base/address.h>
+
 #include <algorithm>
 #include <charconv>
 #include <csignal>
@@ -154,36 +156,21 @@ int Server::open_inherited(int count) {
   return 0;
 }
 
-// Parses HOST:PORT, where HOST is an IPv4 address or a bracketed IPv6 address.
-bool parse_address(const std::string& spec, sockaddr_storage& out) {
-  auto colon = spec.rfind(':');
-  if (colon == std::string::npos) return false;
-  std::string host = spec.substr(0, colon);
-  const char* first = spec.data() + colon + 1;
-  const char* last = spec.data() + spec.size();
-  unsigned port = 0;
-  auto [end, ec] = std::from_chars(first, last, port);
-  if (first == last || ec != std::errc{} || end != last || port > 65535) return false;
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-    return uv_ip6_addr(host.c_str(), static_cast<int>(port), reinterpret_cast<sockaddr_in6*>(&out)) == 0;
-  }
-  return uv_ip4_addr(host.c_str(), static_cast<int>(port), reinterpret_cast<sockaddr_in*>(&out)) == 0;
-}
-
 int Server::open_configured() {
   if (opts.listen.empty()) {
     fmt::print(stderr, "hello-server: no listening sockets: none inherited through LISTEN_FDS and no --listen given\n");
     return 2;
   }
   for (const std::string& spec : opts.listen) {
-    sockaddr_storage addr{};
-    if (!parse_address(spec, addr)) {
-      fmt::print(stderr, "hello-server: invalid --listen '{}': expected IPV4:PORT or [IPV6]:PORT\n", spec);
+    auto host_port = hotrestart::parse_host_port(spec);
+    auto numeric = host_port ? hotrestart::numeric_address(host_port.value())
+                             : hotrestart::Result<hotrestart::SocketAddress>(host_port.error());
+    if (!numeric) {
+      fmt::print(stderr, "hello-server: invalid --listen '{}': {} (expected IPV4:PORT or [IPV6]:PORT)\n", spec,
+                 numeric.error().text());
       return 2;
     }
-    if (int rc = core.add_listener(spec, http::Transport::kTcp).bind(reinterpret_cast<const sockaddr&>(addr));
-        rc != 0) {
+    if (int rc = core.add_listener(spec, http::Transport::kTcp).bind(*numeric->get()); rc != 0) {
       fmt::print(stderr, "hello-server: cannot bind {}: {}\n", spec, uv_strerror(rc));
       return 1;
     }

@@ -21,6 +21,10 @@
 
 #include <hotrestart/fd.h>
 
+#ifndef HOTRESTART_ADOPT_INSTALLED_DIR
+#define HOTRESTART_ADOPT_INSTALLED_DIR "../lib/hotrestart"
+#endif
+
 namespace hotrestart {
 
 namespace {
@@ -153,7 +157,8 @@ Result<std::string> find_adopt_library() {
   }
   const std::string dir = self_directory();
   std::vector<std::string> tried;
-  for (const char* rel : {"/../lib/", "/../lib/hotrestart/"}) {
+  // Beside the build tree's bin/ (as CMake lays it out), then where `cmake --install` puts it.
+  for (const std::string rel : {"/../lib/", "/" HOTRESTART_ADOPT_INSTALLED_DIR "/"}) {
     std::string candidate = dir + rel + kAdoptLibraryName;
     if (readable_file(candidate)) {
       char resolved[4096];

@@ -8,14 +8,14 @@
 #include <string>
 #include <vector>
 
-#include "result.h"
+#include <hotrestart/base/result.h>
 
 namespace hotrestart {
 
 inline constexpr const char* kAdoptLibraryName = "libhotrestart-adopt.so";
 
 // Where the preload library is: $HOTRESTART_ADOPT_LIBRARY if set, else next to this executable's
-// directory (../lib/ in a build tree, ../lib/hotrestart/ once installed). An error lists where it
+// directory (../lib/ in a build tree, $libdir/hotrestart/ once installed). An error lists where it
 // looked.
 Result<std::string> find_adopt_library();
 

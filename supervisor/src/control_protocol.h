@@ -30,7 +30,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "result.h"
+#include <hotrestart/base/result.h>
 
 namespace hotrestart {
 

@@ -21,8 +21,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <hotrestart/base/result.h>
 #include "control_protocol.h"
-#include "result.h"
 
 namespace hotrestart {
 

@@ -1,10 +1,11 @@
 #include "listen_spec.h"
 
-#include <charconv>
 #include <set>
 
 #include <fmt/format.h>
 #include <sys/un.h>
+
+#include <hotrestart/base/address.h>
 
 namespace hotrestart {
 
@@ -51,30 +52,10 @@ Result<ListenSpec> parse_listen_spec(std::string_view text, std::size_t position
   if (!rest.starts_with("tcp://")) return bad("unknown address kind");
   rest.remove_prefix(6);
 
-  std::string_view host;
-  std::string_view port;
-  if (rest.starts_with("[")) {
-    const auto close = rest.find(']');
-    if (close == std::string_view::npos) return bad("missing ']' after the IPv6 address");
-    host = rest.substr(1, close - 1);
-    rest.remove_prefix(close + 1);
-    if (!rest.starts_with(":")) return bad("missing ':PORT' after the IPv6 address");
-    port = rest.substr(1);
-  } else {
-    const auto colon = rest.rfind(':');
-    if (colon == std::string_view::npos) return bad("missing ':PORT'");
-    host = rest.substr(0, colon);
-    port = rest.substr(colon + 1);
-    if (host.find(':') != std::string_view::npos) return bad("write IPv6 addresses in brackets, like [::1]:8080");
-  }
-  if (host.empty()) return bad("the host is empty (use 0.0.0.0 or [::] for every address)");
-  unsigned value = 0;
-  auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
-  if (port.empty() || ec != std::errc() || end != port.data() + port.size() || value > 65535) {
-    return bad("the port must be a number from 0 to 65535");
-  }
-  spec.host = std::string(host);
-  spec.port = static_cast<std::uint16_t>(value);
+  auto address = parse_host_port(rest);
+  if (!address) return bad(address.error().text());
+  spec.host = std::move(address->host);
+  spec.port = address->port;
   return spec;
 }
 

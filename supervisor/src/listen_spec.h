@@ -9,7 +9,7 @@
 #include <string_view>
 #include <vector>
 
-#include "result.h"
+#include <hotrestart/base/result.h>
 
 namespace hotrestart {
 

@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
+#include <hotrestart/base/result.h>
 #include <hotrestart/fd.h>
 #include "listen_spec.h"
-#include "result.h"
 
 namespace hotrestart {
 

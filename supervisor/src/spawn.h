@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "result.h"
+#include <hotrestart/base/result.h>
 
 namespace hotrestart {
 

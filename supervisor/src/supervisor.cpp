@@ -17,7 +17,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include "channel.h"
+#include <hotrestart/base/text.h>
+#include <hotrestart/wire/channel.h>
+
 #include "log.h"
 #include "notify_message.h"
 #include "signals.h"
@@ -46,16 +48,6 @@ std::string elapsed_text(std::chrono::steady_clock::duration d) {
   return format_duration(std::chrono::duration_cast<Millis>(d));
 }
 
-std::string command_text(const std::vector<std::string>& argv) {
-  std::string out;
-  for (const auto& a : argv) {
-    if (!out.empty()) out += ' ';
-    const bool plain = !a.empty() && a.find_first_of(" \t\n'\"\\$`") == std::string::npos;
-    out += plain ? a : "'" + a + "'";
-  }
-  return out;
-}
-
 // The parent pid of `pid` from /proc/PID/stat ("pid (comm) state ppid ..."); comm may
 // contain spaces and parentheses, so the fields are read after the last ')'.
 pid_t parent_of(pid_t pid) {
@@ -77,18 +69,9 @@ bool is_worker_variable(std::string_view entry) {
   return false;
 }
 
-// Text a worker sent, made safe for logs, events and the operator's terminal: control characters
-// (a newline forging a log line, an escape sequence) become '?'.
-std::string printable(std::string text) {
-  for (char& c : text) {
-    const auto u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u == 0x7f) c = '?';
-  }
-  return text;
-}
-
+// A report a worker sent, made safe for logs and events.
 wire::SectionReport printable(wire::SectionReport r) {
-  r.reason = printable(std::move(r.reason));
+  r.reason = hotrestart::printable(r.reason);
   return r;
 }
 
@@ -323,7 +306,7 @@ Result<Supervisor::Generation*> Supervisor::spawn_generation(const std::vector<s
   Generation* raw = g.get();
   generations_.emplace(number, std::move(g));
   reaper_->watch(raw->pid, [this, number](pid_t, ExitStatus status) { on_leader_exit(number, status); });
-  log_info("generation {} started: pid {}: {}", number, raw->pid, command_text(command));
+  log_info("generation {} started: pid {}: {}", number, raw->pid, shell_words(command));
   start_readiness(*raw);
   return raw;
 }
@@ -612,8 +595,8 @@ void Supervisor::begin_upgrade(std::vector<std::string> command, std::optional<C
   upgrade_->previous = active_;
   if (client) upgrade_->watchers.push_back(*client);
   notify_systemd(fmt::format("RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=upgrading", uv_hrtime() / 1000));
-  log_info("upgrade ({}) to: {}", upgrade_->origin, command_text(upgrade_->command));
-  publish_phase(fmt::format("starting generation {}: {}", next_generation_, command_text(upgrade_->command)));
+  log_info("upgrade ({}) to: {}", upgrade_->origin, shell_words(upgrade_->command));
+  publish_phase(fmt::format("starting generation {}: {}", next_generation_, shell_words(upgrade_->command)));
   auto g = spawn_generation(upgrade_->command);
   if (!g) {
     feed(Input::SpawnFailed, g.error().text());
@@ -952,7 +935,7 @@ void Supervisor::on_hello(Generation& g, const wire::Hello& hello) {
   }
   g.hello = hello;
   log_info("generation {} (pid {}) uses the SDK ({}): imports {} section(s), exports {}", g.number, g.pid,
-           wire::quoted(hello.sdk), hello.imports.size(), hello.exports.size());
+           quote(hello.sdk), hello.imports.size(), hello.exports.size());
   std::vector<std::string> names;
   std::vector<int> fds;
   for (const auto& l : listeners_.listeners()) {

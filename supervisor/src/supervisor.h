@@ -22,10 +22,10 @@
 #include <nlohmann/json.hpp>
 
 #include <hotrestart/fd.h>
+#include <hotrestart/wire/message.h>
 #include "control_server.h"
 #include "duration.h"
 #include "listener_set.h"
-#include "message.h"
 #include "reaper.h"
 #include "upgrade_machine.h"
 #include "uv_handles.h"

@@ -10,8 +10,8 @@
 #include <span>
 #include <string>
 
+#include <hotrestart/wire/message.h>
 #include "fuzz_common.h"
-#include "message.h"
 
 namespace {
 

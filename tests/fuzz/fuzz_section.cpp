@@ -13,8 +13,8 @@
 
 #include <hotrestart/archive.h>
 
+#include <hotrestart/wire/section.h>
 #include "fuzz_common.h"
-#include "section.h"
 
 namespace {
 

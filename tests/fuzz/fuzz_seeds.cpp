@@ -9,10 +9,10 @@
 
 #include <hotrestart/archive.h>
 
+#include <hotrestart/wire/message.h>
+#include <hotrestart/wire/section.h>
+#include <hotrestart/wire/stream.h>
 #include "fuzz_common.h"
-#include "message.h"
-#include "section.h"
-#include "stream.h"
 
 using namespace hotrestart::wire;
 

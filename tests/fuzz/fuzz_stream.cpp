@@ -29,8 +29,8 @@
 #include <hotrestart/archive.h>
 #include <hotrestart/fd.h>
 
+#include <hotrestart/wire/stream.h>
 #include "fuzz_common.h"
-#include "stream.h"
 
 namespace {
 

@@ -51,7 +51,7 @@
 #include <cereal/types/map.hpp>
 #include <cereal/types/string.hpp>
 
-#include "channel.h"
+#include <hotrestart/wire/channel.h>
 
 namespace {
 

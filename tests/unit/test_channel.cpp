@@ -15,9 +15,9 @@
 #include <vector>
 
 #include <hotrestart/fd.h>
-#include "channel.h"
-#include "message.h"
-#include "section.h"
+#include <hotrestart/wire/channel.h>
+#include <hotrestart/wire/message.h>
+#include <hotrestart/wire/section.h>
 
 using namespace hotrestart;
 using namespace hotrestart::wire;

@@ -32,8 +32,8 @@
 
 #include <hotrestart/archive.h>
 #include <hotrestart/fd.h>
-#include "message.h"
-#include "stream.h"
+#include <hotrestart/wire/message.h>
+#include <hotrestart/wire/stream.h>
 
 using namespace hotrestart;
 using namespace hotrestart::wire;

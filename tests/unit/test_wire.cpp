@@ -21,8 +21,8 @@
 
 #include <hotrestart/archive.h>
 #include <hotrestart/fd.h>
-#include "message.h"
-#include "section.h"
+#include <hotrestart/wire/message.h>
+#include <hotrestart/wire/section.h>
 
 using namespace hotrestart;
 using namespace hotrestart::wire;
@@ -216,9 +216,9 @@ TEST_CASE("wire: type names, descriptor counts and names") {
   CHECK_FALSE(valid_name("a/b"));
   CHECK_FALSE(valid_name(std::string("a\0b", 3)));
   CHECK_FALSE(valid_name("caf\xc3\xa9"));
-  CHECK(quoted("x y") == "'x y'");
-  CHECK(quoted("a\n'\\") == "'a\\x0a\\x27\\x5c'");
-  CHECK(quoted(std::string(100, 'z')) == "'" + std::string(64, 'z') + "...'");
+  CHECK(quote("x y") == "'x y'");
+  CHECK(quote("a\n'\\") == "'a\\x0a\\x27\\x5c'");
+  CHECK(quote(std::string(100, 'z')) == "'" + std::string(64, 'z') + "...'");
 }
 
 TEST_CASE("wire: decode checks the frame in the documented order and names each failure") {

@@ -20,8 +20,8 @@
 #include <utility>
 #include <vector>
 
+#include <hotrestart/wire/bytes.h>
 #include "arena_access.h"
-#include "bytes.h"
 
 namespace hotrestart::wire {
 namespace {
@@ -71,7 +71,7 @@ std::uint64_t checksum_blocks(const std::byte* base, const std::vector<Arena::Bl
 
 Result<WrittenArena> write_arena_section(const std::string& name, std::uint32_t version, std::uint64_t sequence,
                                          std::string_view app_header, const Arena::Snapshot& snapshot) {
-  const std::string where = "section " + quoted(name);
+  const std::string where = "section " + quote(name);
   const auto& blocks = detail::ArenaAccess::blocks(snapshot);
   const std::uint64_t reserve = detail::ArenaAccess::reserve(snapshot);
   Fd arena(::fcntl(detail::ArenaAccess::memfd(snapshot).get(), F_DUPFD_CLOEXEC, 0));
@@ -112,7 +112,7 @@ Result<WrittenArena> write_arena_section(const std::string& name, std::uint32_t 
 
 Result<OpenedArena> open_arena_section(Fd header, Fd arena, const ArenaOffer& offer, std::uint64_t max_bytes,
                                        std::shared_ptr<std::atomic<bool>> shared_with) {
-  const std::string where = "section " + quoted(offer.offer.name);
+  const std::string where = "section " + quote(offer.offer.name);
   auto fail = [&](const std::string& what) { return Error::message(where + ": " + what); };
 
   auto mapped = open_section(std::move(header), offer.offer, std::uint64_t{1} << 32);

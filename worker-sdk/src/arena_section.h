@@ -13,9 +13,9 @@
 #include <hotrestart/arena.h>
 #include <hotrestart/fd.h>
 
-#include "message.h"
-#include "result.h"
-#include "section.h"
+#include <hotrestart/base/result.h>
+#include <hotrestart/wire/message.h>
+#include <hotrestart/wire/section.h>
 
 namespace hotrestart::wire {
 

@@ -2,7 +2,7 @@
 
 #include <thread>
 
-#include "channel.h"
+#include <hotrestart/wire/channel.h>
 #include "worker_impl.h"
 
 namespace hotrestart {

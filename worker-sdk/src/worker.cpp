@@ -1,6 +1,4 @@
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
@@ -19,10 +17,12 @@
 #include <istream>
 #include <sstream>
 
+#include <hotrestart/base/address.h>
+
+#include <hotrestart/wire/section.h>
+#include <hotrestart/wire/stream.h>
 #include "arena_access.h"
 #include "arena_section.h"
-#include "section.h"
-#include "stream.h"
 #include "worker_impl.h"
 
 namespace hotrestart {
@@ -81,48 +81,16 @@ Result<wire::Received> receive_until(int fd, std::chrono::steady_clock::time_poi
   }
 }
 
-// "HOST:PORT" or "[V6]:PORT" into a socket address.
-Result<sockaddr_storage> parse_address(const std::string& spec) {
-  sockaddr_storage out{};
-  std::string host;
-  std::string port;
-  if (spec.starts_with('[')) {
-    const auto close = spec.find("]:");
-    if (close == std::string::npos) return Error::message("expected [IPV6]:PORT");
-    host = spec.substr(1, close - 1);
-    port = spec.substr(close + 2);
-  } else {
-    const auto colon = spec.rfind(':');
-    if (colon == std::string::npos) return Error::message("expected HOST:PORT");
-    host = spec.substr(0, colon);
-    port = spec.substr(colon + 1);
-  }
-  int p = -1;
-  if (!parse_int(port, p) || p < 0 || p > 65535) return Error::message("the port must be 0 to 65535");
-  if (host == "localhost") host = "127.0.0.1";
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&out);
-  auto* v6 = reinterpret_cast<sockaddr_in6*>(&out);
-  if (::inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(static_cast<std::uint16_t>(p));
-  } else if (::inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(static_cast<std::uint16_t>(p));
-  } else {
-    return Error::message("'" + host + "' is not a numeric IPv4 or IPv6 address");
-  }
-  return out;
-}
-
 Result<Fd> bind_listener(const std::string& spec) {
-  auto addr = parse_address(spec);
+  auto host_port = parse_host_port(spec);
+  if (!host_port) return host_port.error();
+  auto addr = numeric_address(host_port.value());
   if (!addr) return addr.error();
-  Fd fd(::socket(addr->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  Fd fd(::socket(addr->family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd) return Error::from_errno("socket");
   const int one = 1;
   ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  const socklen_t len = addr->ss_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
-  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr.value()), len) != 0) return Error::from_errno("bind");
+  if (::bind(fd.get(), addr->get(), addr->length) != 0) return Error::from_errno("bind");
   if (::listen(fd.get(), SOMAXCONN) != 0) return Error::from_errno("listen");
   return fd;
 }
@@ -689,7 +657,7 @@ wire::TransferTotals Worker::Impl::export_to(Fd peer, std::uint64_t sequence,
 
 bool Worker::Impl::export_stream(const Section& section, const std::string& name, std::uint32_t version,
                                  std::uint64_t sequence, int link, wire::SectionReport& r, int& link_error) {
-  const std::string where = "section " + wire::quoted(name);
+  const std::string where = "section " + quote(name);
   if (link_error != 0) {
     r.reason = "the link to the next generation failed";
     return false;

@@ -22,9 +22,9 @@
 
 #include <hotrestart/worker.h>
 
-#include "channel.h"
-#include "message.h"
-#include "result.h"
+#include <hotrestart/base/result.h>
+#include <hotrestart/wire/channel.h>
+#include <hotrestart/wire/message.h>
 
 namespace hotrestart {
 

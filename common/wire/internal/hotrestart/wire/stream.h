@@ -24,7 +24,7 @@
 
 #include <hotrestart/fd.h>
 
-#include "result.h"
+#include <hotrestart/base/result.h>
 
 namespace hotrestart::wire {
 

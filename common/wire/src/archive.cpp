@@ -3,8 +3,8 @@
 #include <ios>
 #include <streambuf>
 
-#include "section.h"
-#include "stream.h"
+#include <hotrestart/wire/section.h>
+#include <hotrestart/wire/stream.h>
 
 namespace hotrestart {
 

@@ -1,5 +1,5 @@
-#include "section.h"
-#include "bytes.h"
+#include <hotrestart/wire/bytes.h>
+#include <hotrestart/wire/section.h>
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -81,15 +81,13 @@ Result<ParsedHeader> parse_header(std::span<const std::byte> whole, std::uint64_
   ParsedHeader p;
   p.header_length = header_length;
   p.header.name.assign(reinterpret_cast<const char*>(h + kOffName), name_length);
-  if (!valid_name(p.header.name)) return fail("name " + quoted(p.header.name) + " is not valid");
+  if (!valid_name(p.header.name)) return fail("name " + quote(p.header.name) + " is not valid");
   p.header.version = get<std::uint32_t>(h + kOffVersion);
   p.header.sequence = get<std::uint64_t>(h + kOffSequence);
   p.header.length = get<std::uint64_t>(h + kOffLength);
   p.header.checksum = get<std::uint64_t>(h + kOffChecksum);
 
-  auto named = [&](const std::string& what) {
-    return Error::message("section " + quoted(p.header.name) + ": " + what);
-  };
+  auto named = [&](const std::string& what) { return Error::message("section " + quote(p.header.name) + ": " + what); };
   std::size_t after_header = whole.size() - header_length;
   if (p.header.length != after_header)
     return named("the header gives a payload of " + std::to_string(p.header.length) + " bytes, but " +
@@ -102,7 +100,7 @@ Result<ParsedHeader> parse_header(std::span<const std::byte> whole, std::uint64_
 
 Status check_payload(const SectionHeader& header, std::span<const std::byte> payload) {
   if (XXH3_64bits(payload.data(), payload.size()) != header.checksum)
-    return Error::message("section " + quoted(header.name) + ": payload checksum mismatch");
+    return Error::message("section " + quote(header.name) + ": payload checksum mismatch");
   return {};
 }
 
@@ -265,7 +263,7 @@ Status write_all_at(int fd, const std::string& bytes, off_t at) {
 
 Result<WrittenSection> write_section(const std::string& name, std::uint32_t version, std::uint64_t sequence,
                                      const std::function<void(std::ostream&)>& save, std::uint64_t max_bytes) {
-  const std::string where = "section " + quoted(name);
+  const std::string where = "section " + quote(name);
   if (!valid_name(name)) return Error::message(where + ": the name is not valid");
 
   // The name shows in /proc/PID/fd, which helps whoever looks at a stuck transfer.
@@ -338,7 +336,7 @@ MappedSection::~MappedSection() {
 }
 
 Result<MappedSection> open_section(Fd memfd, const SectionOffer& offer, std::uint64_t max_bytes) {
-  const std::string where = "section " + quoted(offer.name);
+  const std::string where = "section " + quote(offer.name);
   auto fail = [&](const std::string& what) { return Error::message(where + ": " + what); };
 
   // Without these seals the exporter could change the bytes after they were checked.
@@ -383,7 +381,7 @@ Result<MappedSection> open_section(Fd memfd, const SectionOffer& offer, std::uin
   auto mismatch = [&](const char* field, const std::string& offered, const std::string& found) {
     return fail("the offer says " + std::string(field) + " " + offered + " but the memfd holds " + found);
   };
-  if (h.name != offer.name) return mismatch("name", quoted(offer.name), quoted(h.name));
+  if (h.name != offer.name) return mismatch("name", quote(offer.name), quote(h.name));
   if (h.version != offer.version) return mismatch("version", std::to_string(offer.version), std::to_string(h.version));
   if (h.sequence != offer.sequence)
     return mismatch("sequence", std::to_string(offer.sequence), std::to_string(h.sequence));

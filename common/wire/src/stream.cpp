@@ -1,6 +1,6 @@
-#include "stream.h"
-#include "bytes.h"
-#include "message.h"
+#include <hotrestart/wire/bytes.h>
+#include <hotrestart/wire/message.h>
+#include <hotrestart/wire/stream.h>
 
 #include <fcntl.h>
 #include <poll.h>
@@ -310,7 +310,7 @@ bool StreamReader::have_next() {
           get<std::uint64_t>(reinterpret_cast<const std::byte*>(reason.data() + length)))
         return fail("corrupt: " + where + "checksum mismatch");
       reason.resize(length);
-      return fail("the previous generation's save failed: " + quoted(reason));
+      return fail("the previous generation's save failed: " + quote(reason));
     }
     default:
       return fail("corrupt: " + where + "unknown chunk kind " + std::to_string(kind));

@@ -13,7 +13,8 @@
 #include <variant>
 #include <vector>
 
-#include "result.h"
+#include <hotrestart/base/result.h>
+#include <hotrestart/base/text.h>  // quote(), for the errors that name what a peer sent.
 
 namespace hotrestart::wire {
 
@@ -209,9 +210,6 @@ std::size_t fds_expected(const Message& m);
 
 // A valid name: 1-128 bytes of [A-Za-z0-9._:-].
 bool valid_name(std::string_view name);
-// A name or text as an error message shows it: in single quotes, with control, quote, backslash
-// and non-ASCII bytes escaped as \xNN and cut after 64 bytes, so that a peer cannot forge log lines.
-std::string quoted(std::string_view s);
 
 // One datagram: header + body. Fails (naming the field) when the message breaks a limit, so a
 // sender learns of its own mistake instead of the peer refusing it.

@@ -16,8 +16,8 @@
 
 #include <hotrestart/fd.h>
 
-#include "message.h"
-#include "result.h"
+#include <hotrestart/base/result.h>
+#include <hotrestart/wire/message.h>
 
 namespace hotrestart::wire {
 

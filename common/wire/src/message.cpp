@@ -1,5 +1,5 @@
-#include "message.h"
-#include "bytes.h"
+#include <hotrestart/wire/bytes.h>
+#include <hotrestart/wire/message.h>
 
 #include <xxhash.h>
 
@@ -169,7 +169,7 @@ class Checker {
   Error fail(const std::string& what) const { return Error::message(std::string(where_) + ": " + what); }
 
   std::optional<Error> name(const char* what, const std::string& n) const {
-    if (!valid_name(n)) return fail(std::string(what) + " " + quoted(n) + " is not valid");
+    if (!valid_name(n)) return fail(std::string(what) + " " + quote(n) + " is not valid");
     return std::nullopt;
   }
   std::optional<Error> text(const char* field, const std::string& t) const {
@@ -196,10 +196,10 @@ class Checker {
     for (const auto& s : list) {
       if (auto e = name("section name", s.name)) return e;
       if (s.versions.size() > kMaxVersions)
-        return fail("section " + quoted(s.name) + " lists " + std::to_string(s.versions.size()) +
+        return fail("section " + quote(s.name) + " lists " + std::to_string(s.versions.size()) +
                     " versions, more than " + std::to_string(kMaxVersions));
       for (auto v : s.versions)
-        if (v == 0) return fail("section " + quoted(s.name) + " lists version 0 (versions start at 1)");
+        if (v == 0) return fail("section " + quote(s.name) + " lists version 0 (versions start at 1)");
     }
     return std::nullopt;
   }
@@ -380,24 +380,6 @@ std::size_t fds_expected(const Message& m) {
   }
   if (std::holds_alternative<ArenaOffer>(m)) return 2;
   return 0;
-}
-
-std::string quoted(std::string_view s) {
-  constexpr std::size_t kShown = 64;
-  std::string out = "'";
-  for (std::size_t i = 0; i < s.size() && i < kShown; ++i) {
-    auto c = static_cast<unsigned char>(s[i]);
-    if (c < 0x20 || c >= 0x7f || c == '\'' || c == '\\') {
-      constexpr char kHex[] = "0123456789abcdef";
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 0xf];
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  if (s.size() > kShown) out += "...";
-  return out + "'";
 }
 
 bool valid_name(std::string_view name) {
