@@ -16,19 +16,26 @@ void Reaper::watch(pid_t pid, OnExit on_exit) {
 void Reaper::reap() {
   // SIGCHLD coalesces: one delivery may stand for many exits, so loop until none is left.
   while (true) {
-    int wstatus = 0;
-    const pid_t pid = ::waitpid(-1, &wstatus, WNOHANG);
-    if (pid < 0 && errno == EINTR) continue;
-    if (pid <= 0) return;
+    siginfo_t info{};
+    if (::waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) != 0) {
+      if (errno == EINTR) continue;
+      return;  // ECHILD: no children at all.
+    }
+    const pid_t pid = info.si_pid;
+    if (pid <= 0) return;  // Children, but none has exited.
+    const ExitStatus status = ExitStatus::from_siginfo(info);
     auto it = watched_.find(pid);
     if (it == watched_.end()) {
       ++orphans_reaped_;
-      log_debug("reaped pid {} ({})", pid, ExitStatus::from_wait(wstatus).describe());
-      continue;
+      log_debug("reaped pid {} ({})", pid, status.describe());
+    } else {
+      OnExit fn = std::move(it->second);
+      watched_.erase(it);
+      fn(pid, status);  // The child is still a zombie: its pid and group are still its own.
     }
-    OnExit fn = std::move(it->second);
-    watched_.erase(it);
-    fn(pid, ExitStatus::from_wait(wstatus));
+    int wstatus = 0;
+    while (::waitpid(pid, &wstatus, WNOHANG) < 0 && errno == EINTR) {
+    }
   }
 }
 

@@ -3,8 +3,11 @@
 // libuv would reap only the children it spawned; the supervisor spawns its own (see
 // spawn.h) and, as a child subreaper or PID 1, also inherits orphans of its workers.
 // A single owner avoids the classic bug where one waitpid(-1) steals another's status.
-// Pid reuse: a pid is only signalled while it is registered here, i.e. before it has been
-// reaped, and an unreaped child's pid cannot be reused by the kernel.
+//
+// Pid reuse: an exited child is seen first with waitid(WNOWAIT), which leaves it a zombie; its
+// exit callback runs then, and only afterwards is it reaped. So while any callback or any holder
+// of its ChildProcess can still signal it, its pid and the process group it leads are still its
+// own: the kernel cannot give them to another process before the reap.
 #pragma once
 
 #include <sys/types.h>
@@ -24,7 +27,8 @@ class Reaper {
 
   explicit Reaper(uv_loop_t* loop);
 
-  // Registers interest in one child. The callback runs once, on the loop.
+  // Registers interest in one child. The callback runs once, on the loop, while the child is
+  // still a zombie (see above).
   void watch(pid_t pid, OnExit on_exit);
   bool watching(pid_t pid) const { return watched_.count(pid) != 0; }
   void forget(pid_t pid) { watched_.erase(pid); }

@@ -4,6 +4,7 @@
 #include <linux/close_range.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -37,7 +38,73 @@ void write_decimal(char* out, long value) {
   ::_exit(127);
 }
 
+// The child's side of spawn_process, between fork and exec: async-signal-safe calls only.
+[[noreturn]] void exec_in_child(const SpawnRequest& request, int first_free, int error_fd, char* const* argv,
+                                char* const* envp, char* listen_pid) {
+  // Signal dispositions: handlers vanish at exec anyway, but ignored signals (SIGPIPE)
+  // would stay ignored in the worker.
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; ++sig) {
+    if (sig != SIGKILL && sig != SIGSTOP) ::sigaction(sig, &dfl, nullptr);
+  }
+  if (::setpgid(0, 0) != 0) child_fail(error_fd, errno);
+  // Two passes, so that a source fd inside 3..first_free-1 is never overwritten before
+  // it is copied: first lift every source above the range, then place each one.
+  int lifted[1024];
+  const std::size_t n = request.pass_fds.size();
+  if (n > 1024) child_fail(error_fd, EMFILE);
+  for (std::size_t i = 0; i < n; ++i) {
+    lifted[i] = ::fcntl(request.pass_fds[i], F_DUPFD_CLOEXEC, first_free);
+    if (lifted[i] < 0) child_fail(error_fd, errno);
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    // dup2 clears FD_CLOEXEC on the target: exactly these fds survive exec.
+    if (::dup2(lifted[i], 3 + static_cast<int>(i)) < 0) child_fail(error_fd, errno);
+  }
+  // Fds the supervisor itself inherited without close-on-exec (from a shell or a test
+  // harness) must not reach the worker either: mark everything above the passed range.
+  if (::close_range(static_cast<unsigned>(first_free), ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
+    for (int fd = first_free; fd < 65536; ++fd)
+      ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+  }
+  if (request.listen_pid == ListenPid::Set) write_decimal(listen_pid + 11, ::getpid());
+  sigset_t none;
+  ::sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+  ::execve(request.executable.c_str(), argv, envp);
+  child_fail(error_fd, errno);
+}
+
 }  // namespace
+
+ChildProcess::ChildProcess(pid_t pid) : pid_(pid) {
+  // glibc 2.36 has no wrapper for pidfd_open; PIDFD_NONBLOCK is not needed, nothing waits on it.
+  // Its descriptors are close-on-exec (the kernel sets O_CLOEXEC).
+  const long fd = ::syscall(SYS_pidfd_open, pid, 0);
+  if (fd >= 0) pidfd_.reset(static_cast<int>(fd));
+}
+
+void ChildProcess::signal(int signo) const {
+  if (pid_ <= 0) return;
+  if (pidfd_ && ::syscall(SYS_pidfd_send_signal, pidfd_.get(), signo, nullptr, 0) == 0) return;
+  if (pidfd_ && errno != ENOSYS) return;  // ESRCH: it has exited; nothing else is signalled.
+  ::kill(pid_, signo);
+}
+
+void ChildProcess::signal_group(int signo) const {
+  if (pid_ > 0) ::kill(-pid_, signo);
+}
+
+ExitStatus ExitStatus::from_siginfo(const siginfo_t& info) {
+  ExitStatus s;
+  if (info.si_code == CLD_EXITED) {
+    s.code = info.si_status;
+  } else {
+    s.signal = info.si_status;  // CLD_KILLED or CLD_DUMPED.
+  }
+  return s;
+}
 
 ExitStatus ExitStatus::from_wait(int wstatus) {
   ExitStatus s;
@@ -116,42 +183,7 @@ Result<pid_t> spawn_process(const SpawnRequest& request) {
   ::sigfillset(&all);
   ::pthread_sigmask(SIG_SETMASK, &all, &saved);
   const pid_t pid = ::fork();
-  if (pid == 0) {
-    const int error_fd = write_end.get();
-    // Signal dispositions: handlers vanish at exec anyway, but ignored signals (SIGPIPE)
-    // would stay ignored in the worker.
-    struct sigaction dfl {};
-    dfl.sa_handler = SIG_DFL;
-    for (int sig = 1; sig < NSIG; ++sig) {
-      if (sig != SIGKILL && sig != SIGSTOP) ::sigaction(sig, &dfl, nullptr);
-    }
-    if (::setpgid(0, 0) != 0) child_fail(error_fd, errno);
-    // Two passes, so that a source fd inside 3..first_free-1 is never overwritten before
-    // it is copied: first lift every source above the range, then place each one.
-    int lifted[1024];
-    const std::size_t n = request.pass_fds.size();
-    if (n > 1024) child_fail(error_fd, EMFILE);
-    for (std::size_t i = 0; i < n; ++i) {
-      lifted[i] = ::fcntl(request.pass_fds[i], F_DUPFD_CLOEXEC, first_free);
-      if (lifted[i] < 0) child_fail(error_fd, errno);
-    }
-    for (std::size_t i = 0; i < n; ++i) {
-      // dup2 clears FD_CLOEXEC on the target: exactly these fds survive exec.
-      if (::dup2(lifted[i], 3 + static_cast<int>(i)) < 0) child_fail(error_fd, errno);
-    }
-    // Fds the supervisor itself inherited without close-on-exec (from a shell or a test
-    // harness) must not reach the worker either: mark everything above the passed range.
-    if (::close_range(static_cast<unsigned>(first_free), ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
-      for (int fd = first_free; fd < 65536; ++fd)
-        ::fcntl(fd, F_SETFD, FD_CLOEXEC);
-    }
-    if (request.listen_pid == ListenPid::Set) write_decimal(listen_pid.data() + 11, ::getpid());
-    sigset_t none;
-    ::sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
-    ::execve(request.executable.c_str(), argv.data(), envp.data());
-    child_fail(error_fd, errno);
-  }
+  if (pid == 0) exec_in_child(request, first_free, write_end.get(), argv.data(), envp.data(), listen_pid.data());
   const int fork_errno = errno;
   ::pthread_sigmask(SIG_SETMASK, &saved, nullptr);
   if (pid < 0) return Error::from_errno("fork", fork_errno);

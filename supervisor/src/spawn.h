@@ -10,7 +10,10 @@
 #include <string>
 #include <vector>
 
+#include <signal.h>
+
 #include <hotrestart/base/result.h>
+#include <hotrestart/fd.h>
 
 namespace hotrestart {
 
@@ -35,11 +38,40 @@ Result<pid_t> spawn_process(const SpawnRequest& request);
 // does. The result must be an executable regular file.
 Result<std::string> resolve_executable(const std::string& name, const std::string& path_env);
 
-// How a child ended, from a waitpid status.
+// A child this process started and has not reaped yet, and the one way to signal it.
+//
+// Pid reuse: a pid names the child only until it is reaped. The Reaper (reaper.h) is the only
+// caller of waitpid, and it reaps a child only after the child's exit callback has run, so a
+// ChildProcess held by a live generation or probe always names its own process. On top of that,
+// the process itself is signalled through a pidfd where the kernel has them (Linux 5.3 and later),
+// which names that process and no other even after it is gone.
+class ChildProcess {
+ public:
+  ChildProcess() = default;
+  // Takes over `pid`, a child just started and not reaped, and opens its pidfd (close-on-exec).
+  explicit ChildProcess(pid_t pid);
+
+  pid_t pid() const { return pid_; }
+  explicit operator bool() const { return pid_ > 0; }
+
+  // Sends `signo` to the process itself.
+  void signal(int signo) const;
+  // Sends `signo` to its process group, which it leads (spawn_process). No pidfd reaches a group;
+  // the group id stays the leader's until the leader is reaped, which happens only after its exit
+  // callback (see above), so a group signalled from here or from that callback is this one.
+  void signal_group(int signo) const;
+
+ private:
+  pid_t pid_ = 0;
+  Fd pidfd_;  // Empty when the kernel has no pidfd_open: then kill(), safe for the reason above.
+};
+
+// How a child ended, from a waitpid status or a waitid siginfo.
 struct ExitStatus {
   int code = -1;   // exit status, or -1 when killed by a signal.
   int signal = 0;  // terminating signal, or 0.
   static ExitStatus from_wait(int wstatus);
+  static ExitStatus from_siginfo(const siginfo_t& info);
   std::string describe() const;  // "exited with status 3", "was killed by SIGABRT".
   bool success() const { return code == 0; }
 };

@@ -1,0 +1,337 @@
+#include "generation.h"
+
+#include <signal.h>
+
+#include <array>
+#include <cstdlib>
+
+#include <fmt/format.h>
+
+#include <hotrestart/base/text.h>
+
+#include "adopt.h"
+#include "log.h"
+#include "signals.h"
+
+namespace hotrestart {
+namespace {
+
+// --adopt-binds: how often a draining generation's connections are counted.
+constexpr Millis kAdoptPollInterval{100};
+// A failed exec probe is tried again after this long, until the ready deadline.
+constexpr Millis kProbeRetry{250};
+
+std::string elapsed_text(std::chrono::steady_clock::duration d) {
+  return format_duration(std::chrono::duration_cast<Millis>(d));
+}
+
+// kGenerationTransitions[from][to]: the whole table of the generation's lifecycle.
+constexpr auto kGenerationTransitions = [] {
+  std::array<std::array<bool, kGenerationStateCount>, kGenerationStateCount> t{};
+  const auto allow = [&t](GenerationState from, GenerationState to) {
+    t[static_cast<std::size_t>(from)][static_cast<std::size_t>(to)] = true;
+  };
+  allow(GenerationState::Starting, GenerationState::Ready);
+  allow(GenerationState::Starting, GenerationState::Draining);
+  allow(GenerationState::Starting, GenerationState::Exited);
+  allow(GenerationState::Ready, GenerationState::Draining);
+  allow(GenerationState::Ready, GenerationState::Exited);
+  allow(GenerationState::Draining, GenerationState::Exited);
+  return t;
+}();
+
+constexpr std::array<std::string_view, kGenerationStateCount> kGenerationStateNames = {"starting", "ready", "draining",
+                                                                                       "exited"};
+
+// The ports of the TCP listeners ("127.0.0.1:41234", "[::1]:80"); unix: listeners have none, and
+// their connections are not counted.
+std::vector<std::uint16_t> listener_ports(const ListenerSet& listeners) {
+  std::vector<std::uint16_t> ports;
+  for (const auto& l : listeners.listeners()) {
+    const auto colon = l.address.rfind(':');
+    if (l.address.starts_with("unix:") || colon == std::string::npos) continue;
+    const unsigned long port = std::strtoul(l.address.c_str() + colon + 1, nullptr, 10);
+    if (port > 0 && port < 65536) ports.push_back(static_cast<std::uint16_t>(port));
+  }
+  return ports;
+}
+
+std::string listener_addresses(const ListenerSet& listeners) {
+  std::string out;
+  for (const auto& l : listeners.listeners())
+    out += (out.empty() ? "" : " or ") + l.address;
+  return out;
+}
+
+}  // namespace
+
+std::string_view generation_state_name(GenerationState state) {
+  return kGenerationStateNames.at(static_cast<std::size_t>(state));
+}
+
+bool transition_allowed(GenerationState from, GenerationState to) {
+  return kGenerationTransitions[static_cast<std::size_t>(from)][static_cast<std::size_t>(to)];
+}
+
+bool transition_allowed(SdkState from, SdkState to) {
+  return (from == SdkState::None && to == SdkState::Importing) ||
+         (from == SdkState::Importing && to == SdkState::Serving);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start and exit
+
+Result<std::unique_ptr<Generation>> Generation::start(Context& context, Events& events, std::uint64_t number,
+                                                      std::vector<std::string> command) {
+  auto launched = context.launcher.launch(number, command);
+  if (!launched) return launched.error();
+  std::unique_ptr<Generation> g(
+      new Generation(context, events, number, std::move(command), std::move(launched->process)));
+  const std::string label = fmt::format("generation {}", number);
+  Generation* raw = g.get();
+  g->channel_ = std::make_unique<WorkerChannel>(
+      context.loop, std::move(launched->channel), label,
+      WorkerChannel::Handler{
+          [raw](wire::Message& m, std::vector<Fd>& fds) { raw->events_.on_channel_message(*raw, m, fds); },
+          [raw] { raw->events_.on_channel_closed(*raw); },
+          [raw](const std::string& why) { raw->events_.on_channel_broken(*raw, why); }});
+  context.reaper.watch(g->pid(), [self = g->self_](pid_t, ExitStatus status) {
+    if (Generation* gen = *self) gen->on_main_exit(status);
+  });
+  log_info("generation {} started: pid {}: {}", number, g->pid(), shell_words(g->command_));
+  g->restart_readiness();
+  return g;
+}
+
+Generation::Generation(Context& context, Events& events, std::uint64_t number, std::vector<std::string> command,
+                       ChildProcess process)
+    : context_(context),
+      events_(events),
+      number_(number),
+      command_(std::move(command)),
+      process_(std::move(process)),
+      ready_deadline_(context.loop),
+      readiness_timer_(context.loop),
+      kill_timer_(context.loop),
+      connections_timer_(context.loop),
+      channel_grace_(context.loop) {}
+
+Generation::~Generation() {
+  *self_ = nullptr;
+  // A probe still running is ended with the generation; the reaper collects it.
+  if (probe_) probe_.signal_group(SIGKILL);
+}
+
+void Generation::on_main_exit(ExitStatus status) {
+  // Whatever the worker started dies with it (systemd's KillMode=mixed does the same). The main
+  // process is not reaped yet, so its group is still this generation's.
+  kill_all();
+  pause_readiness();
+  kill_timer_.stop();
+  connections_timer_.stop();
+  const GenerationState was = state_;
+  enter(GenerationState::Exited);
+  events_.on_exit(*this, was, status);  // The supervisor destroys the generation here.
+}
+
+void Generation::enter(GenerationState to) {
+  if (!transition_allowed(state_, to)) {
+    log_warn("generation {}: no transition from {} to {}", number_, generation_state_name(state_),
+             generation_state_name(to));
+    return;
+  }
+  state_ = to;
+  if (to == GenerationState::Ready) ready_at_ = Clock::now();
+}
+
+Generation::Clock::duration Generation::served_for() const {
+  return ready_at_ == Clock::time_point{} ? Clock::duration::zero() : Clock::now() - ready_at_;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Readiness
+
+void Generation::restart_readiness() {
+  ready_deadline_.start(context_.options.ready_timeout, [this] {
+    if (state_ == GenerationState::Starting) events_.on_ready_timeout(*this, ready_timeout_reason());
+  });
+  arm_readiness_check();
+}
+
+void Generation::arm_readiness_check() {
+  switch (context_.options.ready.kind) {
+    case ReadyMode::Kind::Notify:
+      break;  // READY=1 arrives on the notify socket, or `ready` on the channel.
+    case ReadyMode::Kind::Delay:
+      readiness_timer_.start(context_.options.ready.delay, [this] { mark_ready(); });
+      break;
+    case ReadyMode::Kind::Exec:
+      start_probe();
+      break;
+  }
+}
+
+void Generation::start_probe() {
+  if (state_ != GenerationState::Starting) return;
+  SpawnRequest request{"/bin/sh",
+                       {"/bin/sh", "-c", context_.options.ready.command},
+                       context_.launcher.probe_environment(pid(), number_),
+                       {},
+                       ListenPid::Omit};
+  auto probe_pid = spawn_process(request);
+  if (!probe_pid) {
+    status_text_ = probe_pid.error().text();
+    readiness_timer_.start(kProbeRetry, [this] { start_probe(); });
+    return;
+  }
+  probe_ = ChildProcess(probe_pid.value());
+  context_.reaper.watch(probe_pid.value(), [self = self_, probe = probe_pid.value()](pid_t, ExitStatus status) {
+    Generation* g = *self;
+    if (g == nullptr || g->probe_.pid() != probe) return;  // Cancelled: the generation moved on.
+    g->probe_ = ChildProcess();
+    if (g->state_ != GenerationState::Starting) return;
+    if (status.success()) {
+      g->mark_ready();
+      return;
+    }
+    g->status_text_ = fmt::format("readiness probe {}", status.describe());
+    g->readiness_timer_.start(kProbeRetry, [g] { g->start_probe(); });
+  });
+}
+
+void Generation::pause_readiness() {
+  ready_deadline_.stop();
+  readiness_timer_.stop();
+  if (probe_) {
+    probe_.signal_group(SIGKILL);
+    probe_ = ChildProcess();  // The reaper still collects it; its callback finds it cancelled.
+  }
+}
+
+void Generation::mark_ready() {
+  if (state_ != GenerationState::Starting) return;
+  enter(GenerationState::Ready);
+  pause_readiness();
+  log_info("generation {} (pid {}) is ready after {}", number_, pid(), elapsed_text(ready_at_ - started_));
+  events_.on_ready(*this);
+}
+
+std::string Generation::ready_timeout_reason() const {
+  const RunOptions& options = context_.options;
+  std::string reason = fmt::format("generation {} was not ready within {} (--ready {})", number_,
+                                   format_duration(options.ready_timeout), options.ready.describe());
+  if (!status_text_.empty()) reason += fmt::format("; last status: {}", status_text_);
+  if (context_.launcher.adopting() && options.ready.kind == ReadyMode::Kind::Notify) {
+    reason += adopt_loaded_
+                  ? fmt::format("; it never waited on a listener given with --listen (does it bind {}?)",
+                                listener_addresses(context_.listeners))
+                  : std::string("; the preload library never loaded in it (does the server clear LD_PRELOAD?)");
+  }
+  return reason;
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the worker reports
+
+void Generation::apply_notify(const NotifyMessage& m, pid_t sender) {
+  for (const auto& p : m.problems)
+    log_warn("notify: generation {}: {}", number_, p);
+  if (m.status) status_text_ = *m.status;
+  if (m.adopt && !adopt_loaded_) {
+    adopt_loaded_ = true;
+    log_debug("generation {}: the preload library is in pid {}", number_, sender);
+  }
+  if (m.stopping && !reported_stopping_) {
+    reported_stopping_ = true;
+    log_info("generation {} (pid {}) reports it is stopping", number_, pid());
+  }
+  if (m.ready && context_.options.ready.kind == ReadyMode::Kind::Notify) mark_ready();
+}
+
+void Generation::accept_hello(wire::Hello hello) {
+  if (!transition_allowed(sdk_, SdkState::Importing)) return;
+  hello_ = std::move(hello);
+  sdk_ = SdkState::Importing;
+}
+
+void Generation::finish_import() {
+  if (transition_allowed(sdk_, SdkState::Serving)) sdk_ = SdkState::Serving;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ending
+
+void Generation::stop(std::string_view why, Ending ending) {
+  if (state_ == GenerationState::Draining || state_ == GenerationState::Exited) return;
+  enter(GenerationState::Draining);
+  pause_readiness();
+  const RunOptions& options = context_.options;
+  // An SDK worker is asked over its channel; any other gets the drain signal, which goes to the
+  // main process only: it decides how to stop its helpers. The final SIGKILL goes to the whole
+  // process group either way.
+  if (ending == Ending::Stop && sdk_ == SdkState::Importing) {
+    // It is still in Worker::start(), where nothing reads the channel: it has served nothing, and
+    // a stop request would wait unread until the drain timeout.
+    log_info("generation {} (pid {}): stopping it at once with SIGKILL ({}; it had not finished its import)", number_,
+             pid(), why);
+    kill_all();
+    return;
+  }
+  const bool asked =
+      sdk_ != SdkState::None && (ending == Ending::Stop ? channel_->send(wire::Stop{}) : channel_->send(wire::Drain{}));
+  if (asked) {
+    log_info("generation {} (pid {}): asked to {} over its channel ({}); SIGKILL after {}", number_, pid(),
+             ending == Ending::Stop ? "stop" : "drain", why, format_duration(options.drain_timeout));
+  } else if (context_.launcher.adopting()) {
+    adopt_drain(why);
+  } else {
+    log_info("generation {} (pid {}): sending {} ({}); SIGKILL after {}", number_, pid(),
+             signal_name(options.drain_signal), why, format_duration(options.drain_timeout));
+    process_.signal(options.drain_signal);
+  }
+  kill_timer_.start(options.drain_timeout, [this] {
+    log_warn("generation {} (pid {}) did not exit within the drain timeout of {}; sending SIGKILL", number_, pid(),
+             format_duration(context_.options.drain_timeout));
+    kill_all();
+  });
+}
+
+void Generation::adopt_drain(std::string_view why) {
+  const RunOptions& options = context_.options;
+  const int signo = options.drain_signal;
+  process_.signal_group(adopt_drain_signal());
+  if (options.drain_signal_given) {
+    // The server drains by itself on the signal the operator named (nginx: SIGQUIT); the library
+    // has closed its listeners as well.
+    log_info("generation {} (pid {}): closing its listeners and sending {} ({}); SIGKILL after {}", number_, pid(),
+             signal_name(signo), why, format_duration(options.drain_timeout));
+    process_.signal(signo);
+    return;
+  }
+  // The library in each of its processes closes the listeners; the connections it accepted are
+  // then served to the end, and only then does the drain signal stop it.
+  log_info("generation {} (pid {}): closing its listeners ({}); {} once its connections are done, SIGKILL after {}",
+           number_, pid(), why, signal_name(signo), format_duration(options.drain_timeout));
+  const auto since = Clock::now();
+  connections_timer_.start_repeating(
+      kAdoptPollInterval, [this, signo, ports = listener_ports(context_.listeners), since] {
+        // A moment for the signal to land in every process, then no connection left on our ports.
+        if (Clock::now() - since < kAdoptPollInterval) return;
+        const int open = count_connections(pid(), ports);
+        if (open < 0) {
+          // Not knowing is not "none": the drain timeout decides.
+          connections_timer_.stop();
+          log_warn(
+              "generation {} (pid {}): its connections cannot be counted (/proc); it is stopped at the drain "
+              "timeout",
+              number_, pid());
+          return;
+        }
+        if (open > 0) return;
+        connections_timer_.stop();
+        log_info("generation {} (pid {}): its connections are done; sending {}", number_, pid(), signal_name(signo));
+        process_.signal(signo);
+      });
+}
+
+}  // namespace hotrestart

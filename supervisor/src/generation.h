@@ -1,0 +1,183 @@
+// Generation: one generation of the worker, from its spawn to its exit: its processes, its
+// readiness check, its channel, its drain and its end.
+//
+// Its lifecycle is one enum with one transition table, checked at every change:
+//
+//   starting ──► ready ──► draining ──► exited
+//       │                     ▲  ▲         ▲
+//       └─────────────────────┘  │         │     (asked to stop before it was ready)
+//       └────────────────────────┼─────────┘     (its main process exited: crash, or done)
+//                 ready ─────────┴─────────┘
+//
+// starting  spawned; its readiness check (--ready notify, exec probe or delay) runs under
+//           --ready-timeout.
+// ready     it reported READY=1 (or the SDK's ready), passed its probe, or waited out its delay.
+// draining  asked to end: the drain signal, or `drain` / `stop` on its channel; SIGKILL to its
+//           whole process group after --drain-timeout.
+// exited    its main process has exited; the supervisor forgets it.
+//
+// An SDK worker's handshake is a second, smaller lifecycle beside it: none (no hello; a worker
+// without the SDK stays here) ──► importing (hello accepted: Worker::start() is importing) ──►
+// serving (import-finished arrived). What the worker reports of itself (STATUS=, STOPPING=1, the
+// preload library's presence) are facts, not states.
+//
+// What the generation means to the supervisor (active, candidate, old) is the supervisor's
+// business: a Generation tells it of readiness, exit and channel messages through Events.
+#pragma once
+
+#include <sys/types.h>
+#include <uv.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <hotrestart/base/result.h>
+#include <hotrestart/fd.h>
+#include <hotrestart/wire/message.h>
+
+#include "listener_set.h"
+#include "notify_message.h"
+#include "reaper.h"
+#include "run_options.h"
+#include "spawn.h"
+#include "uv_handles.h"
+#include "worker_channel.h"
+#include "worker_launcher.h"
+
+namespace hotrestart {
+
+enum class GenerationState : std::uint8_t { Starting, Ready, Draining, Exited };
+inline constexpr std::size_t kGenerationStateCount = 4;
+std::string_view generation_state_name(GenerationState state);
+bool transition_allowed(GenerationState from, GenerationState to);
+
+enum class SdkState : std::uint8_t { None, Importing, Serving };
+inline constexpr std::size_t kSdkStateCount = 3;
+bool transition_allowed(SdkState from, SdkState to);
+
+// How a generation is asked to end. An SDK worker gets `drain` (finish what it serves) or `stop`
+// (it never served, or must go now) on its channel; any other worker gets the drain signal either
+// way. SIGKILL follows --drain-timeout.
+enum class Ending { Drain, Stop };
+
+class Generation {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  // What every generation shares, owned by the supervisor and outliving every generation.
+  struct Context {
+    uv_loop_t* loop;
+    Reaper& reaper;
+    const RunOptions& options;
+    const ListenerSet& listeners;
+    const WorkerLauncher& launcher;
+  };
+
+  // What a generation tells the supervisor. Each call comes from the loop; none destroys the
+  // generation synchronously except on_exit, after which the generation must be destroyed.
+  class Events {
+   public:
+    virtual ~Events() = default;
+    virtual void on_ready(Generation& g) = 0;
+    virtual void on_ready_timeout(Generation& g, const std::string& reason) = 0;
+    // Its main process exited, in state `was` (the process is still a zombie; see reaper.h).
+    virtual void on_exit(Generation& g, GenerationState was, ExitStatus status) = 0;
+    virtual void on_channel_message(Generation& g, wire::Message& message, std::vector<Fd>& fds) = 0;
+    virtual void on_channel_closed(Generation& g) = 0;
+    virtual void on_channel_broken(Generation& g, const std::string& why) = 0;
+  };
+
+  // Starts generation `number` running `command`, and its readiness check.
+  static Result<std::unique_ptr<Generation>> start(Context& context, Events& events, std::uint64_t number,
+                                                   std::vector<std::string> command);
+  ~Generation();
+  Generation(const Generation&) = delete;
+  Generation& operator=(const Generation&) = delete;
+
+  std::uint64_t number() const { return number_; }
+  pid_t pid() const { return process_.pid(); }
+  const std::vector<std::string>& command() const { return command_; }
+  GenerationState state() const { return state_; }
+  Clock::time_point started() const { return started_; }
+  // How long it has served: zero unless it became ready.
+  Clock::duration served_for() const;
+  const std::string& status_text() const { return status_text_; }
+
+  // --- Readiness.
+  // The --ready check itself (notify: nothing to do; delay: a timer; exec: the probe), without the
+  // deadline. The state transfer pauses the check, and the upgrade arms it again afterwards.
+  void arm_readiness_check();
+  // --ready-timeout from now, and the check.
+  void restart_readiness();
+  void pause_readiness();
+  // starting ──► ready, and the supervisor is told. Anything else is ignored.
+  void mark_ready();
+  // Why it was not ready in time, with what it last reported.
+  std::string ready_timeout_reason() const;
+
+  // --- What the worker reports.
+  void apply_notify(const NotifyMessage& message, pid_t sender);
+  void set_status_text(std::string text) { status_text_ = std::move(text); }
+
+  // --- The SDK handshake and the channel.
+  SdkState sdk() const { return sdk_; }
+  // The worker's hello, once accepted (sdk() is not None).
+  const wire::Hello& hello() const { return hello_; }
+  void accept_hello(wire::Hello hello);
+  void finish_import();
+  WorkerChannel& channel() { return *channel_; }
+  const WorkerChannel& channel() const { return *channel_; }
+  // A timer for the supervisor's grace period after the channel closed (see Supervisor).
+  Timer& channel_grace() { return channel_grace_; }
+
+  // --- Ending.
+  // Asks it to end (see Ending); starting or ready ──► draining. `why` goes to the log.
+  void stop(std::string_view why, Ending ending = Ending::Drain);
+  // SIGKILL to its whole process group, now.
+  void kill_all() const { process_.signal_group(SIGKILL); }
+
+ private:
+  Generation(Context& context, Events& events, std::uint64_t number, std::vector<std::string> command,
+             ChildProcess process);
+
+  void enter(GenerationState to);
+  void start_probe();
+  // --adopt-binds: the library closes the generation's listeners; the drain signal follows once
+  // its connections on our ports are done.
+  void adopt_drain(std::string_view why);
+  void on_main_exit(ExitStatus status);
+
+  Context& context_;
+  Events& events_;
+  const std::uint64_t number_;
+  const std::vector<std::string> command_;
+  ChildProcess process_;
+  GenerationState state_ = GenerationState::Starting;
+  SdkState sdk_ = SdkState::None;
+  wire::Hello hello_;
+  Clock::time_point started_ = Clock::now();
+  Clock::time_point ready_at_;
+
+  std::string status_text_;         // The last STATUS= (or the SDK's status line), or a probe's failure.
+  bool reported_stopping_ = false;  // It sent STOPPING=1.
+  bool adopt_loaded_ = false;       // --adopt-binds: the preload library said it is in.
+
+  ChildProcess probe_;  // The running exec readiness probe, if any.
+  std::unique_ptr<WorkerChannel> channel_;
+  Timer ready_deadline_;     // Ready within --ready-timeout.
+  Timer readiness_timer_;    // The delay: mode, and exec-probe retries.
+  Timer kill_timer_;         // SIGKILL at the end of a drain.
+  Timer connections_timer_;  // --adopt-binds drain: polls its connections.
+  Timer channel_grace_;
+
+  // Reaper callbacks can outlive the generation (a probe reaped after the generation is gone);
+  // they hold this and find it null once the generation is destroyed.
+  std::shared_ptr<Generation*> self_ = std::make_shared<Generation*>(this);
+};
+
+}  // namespace hotrestart

@@ -1,0 +1,380 @@
+#include "upgrade_driver.h"
+
+#include <chrono>
+
+#include <fmt/format.h>
+
+#include <hotrestart/base/text.h>
+
+#include "control_protocol.h"
+#include "log.h"
+#include "signals.h"
+
+namespace hotrestart {
+namespace {
+
+using nlohmann::json;
+
+std::int64_t ms_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration_cast<Millis>(std::chrono::steady_clock::now() - t).count();
+}
+
+}  // namespace
+
+struct UpgradeDriver::Upgrade {
+  explicit Upgrade(uv_loop_t* loop) : phase_timer(loop) {}
+  UpgradeMachine machine;
+  std::vector<std::string> command;
+  std::uint64_t generation = 0;  // The new one (0 until spawned).
+  std::uint64_t previous = 0;    // The one it replaces (0 if none was running).
+  std::vector<ClientId> watchers;
+  Timer phase_timer;
+  std::string origin;             // "control" or "SIGUSR2".
+  std::uint64_t waiting_for = 0;  // A draining generation the transfer waits for.
+};
+
+UpgradeDriver::UpgradeDriver(uv_loop_t* loop, const RunOptions& options, ControlServer& control, Host& host)
+    : loop_(loop), options_(options), control_(control), host_(host) {}
+
+UpgradeDriver::~UpgradeDriver() = default;
+
+std::uint64_t UpgradeDriver::candidate() const {
+  return upgrade_ ? upgrade_->generation : 0;
+}
+
+json UpgradeDriver::status_json() const {
+  if (!upgrade_) return nullptr;
+  return {{"generation", upgrade_->generation},
+          {"phase", phase_name(upgrade_->machine.phase())},
+          {"elapsed_ms", ms_since(upgrade_->machine.started())}};
+}
+
+std::string UpgradeDriver::busy_reason() const {
+  return fmt::format("upgrade in progress: generation {} is in phase {} since {} ms; try again when it has finished",
+                     upgrade_->generation, phase_name(upgrade_->machine.phase()),
+                     ms_since(upgrade_->machine.started()));
+}
+
+void UpgradeDriver::forget_watcher(ClientId client) {
+  if (upgrade_) std::erase(upgrade_->watchers, client);
+}
+
+void UpgradeDriver::send_to_watchers(const json& message, AfterSend after) {
+  // A copy: a client that does not read its replies is dropped inside send(), and its watcher
+  // entry with it.
+  const std::vector<ClientId> watchers = upgrade_->watchers;
+  for (ClientId id : watchers)
+    control_.send(id, message, after);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs
+
+void UpgradeDriver::begin(std::vector<std::string> command, std::optional<ClientId> client, std::string origin) {
+  upgrade_ = std::make_unique<Upgrade>(loop_);
+  upgrade_->command = std::move(command);
+  upgrade_->origin = std::move(origin);
+  upgrade_->previous = host_.active_generation();
+  if (client) upgrade_->watchers.push_back(*client);
+  host_.upgrade_started();
+  log_info("upgrade ({}) to: {}", upgrade_->origin, shell_words(upgrade_->command));
+  publish_phase(
+      fmt::format("starting generation {}: {}", host_.next_generation_number(), shell_words(upgrade_->command)));
+  auto g = host_.spawn_generation(upgrade_->command);
+  if (!g) {
+    feed(Input::SpawnFailed, g.error().text());
+    return;
+  }
+  upgrade_->generation = g.value()->number();
+  feed(Input::Spawned);
+}
+
+void UpgradeDriver::feed(Input input, std::string reason) {
+  if (!upgrade_) return;
+  inputs_.emplace_back(input, std::move(reason));
+  if (feeding_) return;  // The loop below takes it once the current action is done.
+  feeding_ = true;
+  while (upgrade_ && !inputs_.empty()) {
+    auto [next, why] = std::move(inputs_.front());
+    inputs_.pop_front();
+    step(next, std::move(why));
+  }
+  inputs_.clear();  // Inputs that arrived after the verdict have nothing left to act on.
+  feeding_ = false;
+}
+
+bool UpgradeDriver::take_hello(const Generation& g) {
+  if (!is_candidate(g) || upgrade_->machine.phase() != Phase::Handshake) return false;
+  feed(Input::Hello);  // StartTransfer: the broker takes it from here.
+  return true;
+}
+
+bool UpgradeDriver::on_generation_exit(std::uint64_t number, pid_t pid, ExitStatus status) {
+  if (!upgrade_) return false;
+  if (upgrade_->waiting_for == number && upgrade_->machine.phase() == Phase::TransferringState) begin_transfer();
+  if (!upgrade_ || upgrade_->generation != number) return false;
+  if (upgrade_->machine.phase() == Phase::RollingBack) {
+    feed(Input::NewGone);
+    return true;
+  }
+  const char* before = upgrade_->machine.phase() == Phase::HealthChecking ? "before cutover" : "before it was ready";
+  feed(Input::NewExited, fmt::format("generation {} (pid {}) {} {}", number, pid, status.describe(), before));
+  return true;
+}
+
+void UpgradeDriver::on_candidate_channel_failed(const std::string& reason) {
+  if (!upgrade_) return;
+  feed(upgrade_->machine.phase() == Phase::Handshake ? Input::Refused : Input::TransferFailed, reason);
+}
+
+void UpgradeDriver::on_section_imported(const wire::SectionReport& report) {
+  const Transfer* t = host_.broker().current();
+  if (!upgrade_ || t == nullptr) return;
+  std::uint64_t bytes = 0;
+  std::size_t ok = 0;
+  for (const auto& r : t->imported) {
+    bytes += r.ok ? r.bytes : 0;
+    ok += r.ok ? 1 : 0;
+  }
+  const auto& m = upgrade_->machine;
+  json event{{"v", kControlProtocolVersion},
+             {"type", "state"},
+             {"phase", phase_name(m.phase())},
+             {"elapsed_ms", ms_since(m.started())},
+             {"generation", t->to},
+             {"from_generation", t->from},
+             {"section", report.name},
+             {"ok", report.ok},
+             {"version", report.version},
+             {"bytes", report.bytes},
+             {"micros", report.micros},
+             {"reason", report.reason},
+             {"sections_done", t->imported.size()},
+             {"sections_imported", ok},
+             {"sections_total", t->plan.size()},
+             {"bytes_done", bytes},
+             {"transfer_ms", ms_since(t->started)}};
+  log_info("upgrade: section {} {}", report.name,
+           report.ok
+               ? fmt::format("imported: schema {}, {} bytes in {} us", report.version, report.bytes, report.micros)
+               : "starts cold: " + report.reason);
+  send_to_watchers(event, AfterSend::KeepOpen);
+}
+
+void UpgradeDriver::on_import_finished(const Generation& g, const wire::TransferTotals& totals) {
+  Transfer* t = host_.broker().current();
+  if (!is_candidate(g) || t == nullptr || upgrade_->machine.phase() != Phase::TransferringState) return;
+  upgrade_->phase_timer.stop();
+  if (auto missing = missing_required_section(options_.state_required, *t)) {
+    t->outcome = *missing;
+    feed(Input::TransferFailed, t->outcome + " (--state-required)");
+    return;
+  }
+  t->outcome = "done";
+  const double secs = static_cast<double>(totals.micros) / 1e6;
+  publish_phase(fmt::format("state transfer finished: {} of {} section(s) imported, {} bytes in {:.3f} s", totals.done,
+                            t->plan.size(), totals.bytes, secs));
+  feed(Input::TransferDone);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Actions
+
+void UpgradeDriver::step(Input input, std::string reason) {
+  const Step step = upgrade_->machine.handle(input, std::move(reason));
+  if (!step.accepted) {
+    log_debug("upgrade: input {} ignored in phase {}", input_name(input), phase_name(upgrade_->machine.phase()));
+    return;
+  }
+  Generation* fresh = host_.generation(upgrade_->generation);
+  switch (step.action) {
+    case Action::None:
+      break;
+    case Action::WaitHandshake:
+      publish_phase(fmt::format(
+          "generation {} (pid {}) started; waiting for its hello (SDK) or for it to report ready (--ready {}, "
+          "timeout {})",
+          upgrade_->generation, fresh ? fresh->pid() : 0, options_.ready.describe(),
+          format_duration(options_.ready_timeout)));
+      break;
+    case Action::StartTransfer:
+      start_transfer();
+      break;
+    case Action::WaitReady:
+      wait_ready(fresh);
+      break;
+    case Action::WaitHealth:
+      wait_health();
+      break;
+    case Action::Promote:
+      promote();
+      break;
+    case Action::DrainOld:
+      drain_old();
+      break;
+    case Action::StopNew:
+      stop_new(fresh);
+      break;
+    case Action::Finish:
+      finish();
+      break;
+  }
+}
+
+void UpgradeDriver::start_transfer() {
+  Generation* fresh = host_.generation(upgrade_->generation);
+  if (fresh == nullptr || fresh->sdk() == SdkState::None) return;
+  // The readiness checks stop while the state moves (WaitReady starts them over); --state-timeout
+  // bounds the transfer, including any wait in begin_transfer().
+  fresh->pause_readiness();
+  upgrade_->phase_timer.start(options_.state_timeout, [this] {
+    feed(Input::Timeout, fmt::format("the state transfer did not finish within {} (--state-timeout)",
+                                     format_duration(options_.state_timeout)));
+  });
+  begin_transfer();
+}
+
+void UpgradeDriver::begin_transfer() {
+  Generation* fresh = host_.generation(upgrade_->generation);
+  if (fresh == nullptr) return;
+  const auto facts = host_.generation_facts();
+  const TransferPlan plan = plan_transfer(facts, upgrade_->previous, fresh->number());
+  if (plan.kind == TransferPlan::Kind::WaitForDrain) {
+    if (upgrade_->waiting_for != plan.generation) {
+      upgrade_->waiting_for = plan.generation;
+      publish_phase(
+          fmt::format("waiting for generation {} to finish draining, so that the changes it still "
+                      "streams to generation {} reach generation {} too",
+                      plan.generation, upgrade_->previous, fresh->number()));
+    }
+    return;
+  }
+  upgrade_->waiting_for = 0;
+  StateBroker& broker = host_.broker();
+  if (auto ok = broker.begin(plan, *fresh, host_.generation(upgrade_->previous)); !ok) {
+    feed(Input::TransferFailed, ok.error().text());
+    return;
+  }
+  const Transfer& t = *broker.transfer();
+  std::string names;
+  for (const auto& p : t.plan)
+    names += (names.empty() ? "" : ", ") + p.name;
+  if (t.plan.empty()) {
+    publish_phase(fmt::format("generation {} imports no state", fresh->number()));
+  } else if (t.from != 0) {
+    publish_phase(fmt::format("moving {} section(s) from generation {} to generation {}: {}", t.plan.size(), t.from,
+                              fresh->number(), names));
+  } else {
+    publish_phase(fmt::format("{}: section(s) {} start cold", t.note, names));
+  }
+}
+
+void UpgradeDriver::wait_ready(Generation* fresh) {
+  publish_phase(fmt::format("waiting for generation {} to report ready (--ready {}, timeout {})", upgrade_->generation,
+                            options_.ready.describe(), format_duration(options_.ready_timeout)));
+  if (fresh == nullptr) return;
+  if (fresh->state() == GenerationState::Ready) {
+    feed(Input::Ready);  // It reported ready (SDK or READY=1) before the transfer ended.
+    return;
+  }
+  // The ready deadline and a delay or exec readiness check were stopped for the transfer; they
+  // start over now, so that the worker is judged on what it does with its state.
+  fresh->restart_readiness();
+}
+
+void UpgradeDriver::wait_health() {
+  if (options_.min_ready.count() == 0) {
+    publish_phase(fmt::format("generation {} is ready", upgrade_->generation));
+    feed(Input::HealthPassed);
+    return;
+  }
+  publish_phase(fmt::format("generation {} is ready; it must stay up for {} (--min-ready)", upgrade_->generation,
+                            format_duration(options_.min_ready)));
+  upgrade_->phase_timer.start(options_.min_ready, [this] { feed(Input::HealthPassed); });
+}
+
+void UpgradeDriver::promote() {
+  upgrade_->previous = host_.active_generation();
+  host_.promote(upgrade_->generation, upgrade_->command);
+  publish_phase(fmt::format("generation {} is now the active generation", upgrade_->generation));
+  feed(Input::Promoted);
+}
+
+void UpgradeDriver::drain_old() {
+  Generation* old = host_.generation(upgrade_->previous);
+  if (old != nullptr) {
+    const std::string how = old->sdk() != SdkState::None ? std::string("a drain request on its channel")
+                                                         : signal_name(options_.drain_signal);
+    publish_phase(fmt::format("draining generation {} (pid {}) with {}; SIGKILL after {}", old->number(), old->pid(),
+                              how, format_duration(options_.drain_timeout)));
+    old->stop("replaced by generation " + std::to_string(upgrade_->generation));
+  } else {
+    publish_phase("no previous generation was running, nothing to drain");
+  }
+  feed(Input::DrainStarted);
+}
+
+void UpgradeDriver::stop_new(Generation* fresh) {
+  publish_phase(fmt::format("rolling back: {}", upgrade_->machine.failure()));
+  if (fresh != nullptr) {
+    fresh->stop("rolled back", Ending::Stop);
+  } else {
+    feed(Input::NewGone);
+  }
+}
+
+void UpgradeDriver::finish() {
+  const auto& m = upgrade_->machine;
+  const bool ok = m.succeeded();
+  host_.upgrade_finished(ok, ok ? std::string() : m.failure());
+  const std::uint64_t active = host_.active_generation();
+  const Generation* serving = host_.generation(active);
+  std::string message;
+  if (ok) {
+    message = fmt::format("generation {} (pid {}) serves", active, serving ? serving->pid() : 0);
+  } else {
+    message = serving != nullptr
+                  ? fmt::format("rolled back: {}; generation {} (pid {}) still serves", m.failure(), serving->number(),
+                                serving->pid())
+                  : fmt::format("rolled back: {}; no generation is serving (a restart is scheduled)", m.failure());
+  }
+  json timeline = json::array();
+  for (const auto& rec : m.timeline()) {
+    timeline.push_back(
+        {{"phase", phase_name(rec.phase)}, {"at_ms", std::chrono::duration_cast<Millis>(rec.at).count()}});
+  }
+  json result{{"v", kControlProtocolVersion},
+              {"type", "result"},
+              {"ok", ok},
+              {"outcome", phase_name(m.phase())},
+              {"generation", ok ? active : upgrade_->generation},
+              {"serving_generation", active},
+              {"serving_pid", serving != nullptr ? serving->pid() : 0},
+              {"elapsed_ms", ms_since(m.started())},
+              {"reason", ok ? "" : m.failure()},
+              {"message", message},
+              {"timeline", timeline}};
+  publish_phase(message);
+  send_to_watchers(result, AfterSend::Close);
+  last_verdict_ = result;
+  last_verdict_.erase("v");
+  last_verdict_.erase("type");
+  upgrade_.reset();
+}
+
+void UpgradeDriver::publish_phase(const std::string& message) {
+  const auto& m = upgrade_->machine;
+  const Generation* fresh = host_.generation(upgrade_->generation);
+  const auto elapsed = ms_since(m.started());
+  json event{{"v", kControlProtocolVersion},
+             {"type", "event"},
+             {"phase", phase_name(m.phase())},
+             {"elapsed_ms", elapsed},
+             {"generation", upgrade_->generation},
+             {"pid", fresh != nullptr ? fresh->pid() : 0},
+             {"message", message}};
+  log_info("upgrade: {} ({} ms): {}", phase_name(m.phase()), elapsed, message);
+  send_to_watchers(event, AfterSend::KeepOpen);
+}
+
+}  // namespace hotrestart

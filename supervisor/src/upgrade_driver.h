@@ -1,0 +1,114 @@
+// UpgradeDriver: carries out the upgrade state machine (upgrade_machine.h) on the loop.
+//
+// Every input of an upgrade (the spawn's outcome, the new worker's hello, readiness and exit, the
+// state transfer's end, the one phase timer, a stop) is fed here; the machine answers with the
+// action for its new phase, which the driver carries out and publishes as an event to the clients
+// that watch the upgrade (`hotrestart upgrade`) and to the log. An action may produce the next
+// input itself (promote, then "promoted"): inputs go through a queue, so that an action always
+// finishes before the next input is handled, and nothing re-enters the machine.
+//
+// What the driver needs of the rest of the supervisor (its generations, the state broker, making
+// a generation the active one) comes through Host, which the Supervisor implements.
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include <hotrestart/base/result.h>
+#include <hotrestart/wire/message.h>
+
+#include "control_server.h"
+#include "generation.h"
+#include "run_options.h"
+#include "state_broker.h"
+#include "upgrade_machine.h"
+#include "uv_handles.h"
+
+namespace hotrestart {
+
+class UpgradeDriver {
+ public:
+  class Host {
+   public:
+    virtual ~Host() = default;
+    virtual Generation* generation(std::uint64_t number) = 0;
+    virtual std::vector<GenerationFacts> generation_facts() const = 0;
+    virtual std::uint64_t active_generation() const = 0;
+    virtual std::uint64_t next_generation_number() const = 0;
+    virtual Result<Generation*> spawn_generation(const std::vector<std::string>& command) = 0;
+    // Makes `generation`, running `command`, the active one (cutover).
+    virtual void promote(std::uint64_t generation, const std::vector<std::string>& command) = 0;
+    virtual StateBroker& broker() = 0;
+    virtual void upgrade_started() = 0;
+    // The verdict: `failure` is empty on success.
+    virtual void upgrade_finished(bool ok, const std::string& failure) = 0;
+  };
+
+  UpgradeDriver(uv_loop_t* loop, const RunOptions& options, ControlServer& control, Host& host);
+  ~UpgradeDriver();
+  UpgradeDriver(const UpgradeDriver&) = delete;
+  UpgradeDriver& operator=(const UpgradeDriver&) = delete;
+
+  bool in_progress() const { return upgrade_ != nullptr; }
+  // The new generation of the upgrade in progress (0: none, or not spawned yet).
+  std::uint64_t candidate() const;
+  bool is_candidate(const Generation& g) const { return in_progress() && candidate() == g.number(); }
+  // {"generation", "phase", "elapsed_ms"} of the upgrade in progress, or null.
+  nlohmann::json status_json() const;
+  // The last verdict (the "result" line without "v" and "type"), or null.
+  const nlohmann::json& last_verdict() const { return last_verdict_; }
+  // Why a second upgrade is refused now.
+  std::string busy_reason() const;
+
+  // Starts an upgrade to `command`; `client` (if any) watches it. `origin`: "control" or "SIGUSR2".
+  void begin(std::vector<std::string> command, std::optional<ClientId> client, std::string origin);
+  void feed(Input input, std::string reason = {});
+  void forget_watcher(ClientId client);
+
+  // --- What happens to the generations, as it concerns the upgrade in progress.
+  // True when the driver takes this hello: the candidate's, in the handshake (the transfer starts).
+  bool take_hello(const Generation& g);
+  // Generation `number` (pid `pid`) has exited and is forgotten already. True when it was the
+  // candidate: then what its exit means is the upgrade's business alone.
+  bool on_generation_exit(std::uint64_t number, pid_t pid, ExitStatus status);
+  // The broker recorded a section the candidate imported.
+  void on_section_imported(const wire::SectionReport& report);
+  // The broker took the candidate's import-finished.
+  void on_import_finished(const Generation& g, const wire::TransferTotals& totals);
+  // The candidate's channel failed (a bad message, or it closed and the worker stayed alive).
+  void on_candidate_channel_failed(const std::string& reason);
+
+ private:
+  struct Upgrade;
+
+  void step(Input input, std::string reason);
+  void start_transfer();
+  void begin_transfer();
+  void wait_ready(Generation* fresh);
+  void wait_health();
+  void promote();
+  void drain_old();
+  void stop_new(Generation* fresh);
+  void finish();
+  void publish_phase(const std::string& message);
+  void send_to_watchers(const nlohmann::json& message, AfterSend after);
+
+  uv_loop_t* loop_;
+  const RunOptions& options_;
+  ControlServer& control_;
+  Host& host_;
+  std::unique_ptr<Upgrade> upgrade_;
+  std::deque<std::pair<Input, std::string>> inputs_;
+  bool feeding_ = false;
+  nlohmann::json last_verdict_;
+};
+
+}  // namespace hotrestart

@@ -1,0 +1,96 @@
+#include "worker_launcher.h"
+
+#include <algorithm>
+#include <string_view>
+
+#include <fmt/format.h>
+
+#include <hotrestart/wire/channel.h>
+
+#include "adopt.h"
+
+extern char** environ;
+
+namespace hotrestart {
+namespace {
+
+bool is_worker_variable(std::string_view entry) {
+  for (std::string_view prefix : {"LISTEN_PID=", "LISTEN_FDS=", "LISTEN_FDNAMES=", "NOTIFY_SOCKET=", "HOTRESTART_"}) {
+    if (entry.starts_with(prefix)) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+WorkerLauncher::WorkerLauncher(const ListenerSet& listeners, std::string notify_path, std::string control_path,
+                               std::string adopt_library)
+    : listeners_(listeners),
+      notify_path_(std::move(notify_path)),
+      control_path_(std::move(control_path)),
+      adopt_library_(std::move(adopt_library)) {
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    if (!is_worker_variable(*e)) base_env_.emplace_back(*e);
+  }
+}
+
+std::vector<std::string> WorkerLauncher::worker_environment(std::uint64_t generation) const {
+  std::vector<std::string> env = base_env_;
+  env.push_back(fmt::format("LISTEN_FDS={}", listeners_.listeners().size()));
+  env.push_back(fmt::format("LISTEN_FDNAMES={}", listeners_.fdnames()));
+  env.push_back(fmt::format("NOTIFY_SOCKET={}", notify_path_));
+  env.push_back(fmt::format("HOTRESTART_GENERATION={}", generation));
+  env.push_back(fmt::format("HOTRESTART_CONTROL={}", control_path_));
+  // The channel comes right after the listeners (see launch).
+  env.push_back(fmt::format("HOTRESTART_CHANNEL_FD={}", 3 + listeners_.listeners().size()));
+  if (adopting()) {
+    // First in LD_PRELOAD, before whatever the operator preloads as well.
+    std::string preload = adopt_library_;
+    for (auto& e : env) {
+      if (e.starts_with("LD_PRELOAD=") && e.size() > 11) {
+        preload += ":" + e.substr(11);
+        e.clear();
+      }
+    }
+    std::erase(env, std::string());
+    env.push_back("LD_PRELOAD=" + preload);
+    env.push_back(fmt::format("HOTRESTART_ADOPT_SIGNAL={}", adopt_drain_signal()));
+  }
+  return env;
+}
+
+std::vector<std::string> WorkerLauncher::probe_environment(pid_t pid, std::uint64_t generation) const {
+  std::vector<std::string> env = base_env_;
+  env.push_back(fmt::format("HOTRESTART_PID={}", pid));
+  env.push_back(fmt::format("HOTRESTART_GENERATION={}", generation));
+  return env;
+}
+
+Result<WorkerLauncher::Launched> WorkerLauncher::launch(std::uint64_t generation,
+                                                        const std::vector<std::string>& command) const {
+  auto env = worker_environment(generation);
+  std::string path_env = "/usr/local/bin:/usr/bin:/bin";
+  for (const auto& e : env) {
+    if (e.starts_with("PATH=")) path_env = e.substr(5);
+  }
+  auto executable = resolve_executable(command.front(), path_env);
+  if (!executable) return executable.error().context("cannot start the worker");
+  if (adopting()) {
+    if (auto ok = check_preloadable(executable.value()); !ok) return ok.error().context("cannot start the worker");
+  }
+  // Every worker gets a channel; a worker without the SDK never reads it. The supervisor's end
+  // stays close-on-exec, so no other worker inherits it.
+  auto channel = wire::seqpacket_pair();
+  if (!channel) return channel.error().context("cannot start the worker: channel");
+  std::vector<int> fds;
+  for (const auto& l : listeners_.listeners())
+    fds.push_back(l.fd.get());
+  fds.push_back(channel->second.get());
+  SpawnRequest request{executable.value(), command, std::move(env), std::move(fds), ListenPid::Set};
+  auto pid = spawn_process(request);
+  if (!pid) return pid.error().context("cannot start the worker");
+  channel->second.reset();  // The worker's end lives on in the worker only.
+  return Launched{ChildProcess(pid.value()), std::move(channel->first)};
+}
+
+}  // namespace hotrestart

@@ -1,0 +1,55 @@
+// WorkerLauncher: how a worker process is started.
+//
+// Its environment is the supervisor's own, less every variable that names a worker's resources
+// (LISTEN_*, NOTIFY_SOCKET, HOTRESTART_*), plus this generation's: LISTEN_FDS and LISTEN_FDNAMES for
+// the listeners at fd 3.., NOTIFY_SOCKET, HOTRESTART_GENERATION, HOTRESTART_CONTROL and
+// HOTRESTART_CHANNEL_FD (the channel, right after the listeners), and with --adopt-binds the preload
+// library first in LD_PRELOAD. spawn_process sets LISTEN_PID to the child's own pid. The executable
+// is resolved and checked before anything is forked, so that a command that cannot run fails with
+// a sentence rather than an exit status.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <hotrestart/base/result.h>
+#include <hotrestart/fd.h>
+
+#include "listener_set.h"
+#include "spawn.h"
+
+namespace hotrestart {
+
+class WorkerLauncher {
+ public:
+  // `adopt_library`: the preload library's absolute path with --adopt-binds, else empty.
+  // The supervisor's environment is read now.
+  WorkerLauncher(const ListenerSet& listeners, std::string notify_path, std::string control_path,
+                 std::string adopt_library);
+
+  struct Launched {
+    ChildProcess process;
+    Fd channel;  // The supervisor's end; the worker's end lives on in the worker only.
+  };
+  Result<Launched> launch(std::uint64_t generation, const std::vector<std::string>& command) const;
+
+  // The environment of an exec readiness probe aimed at the worker `pid` of `generation`.
+  std::vector<std::string> probe_environment(pid_t pid, std::uint64_t generation) const;
+
+  bool adopting() const { return !adopt_library_.empty(); }
+  const std::string& notify_path() const { return notify_path_; }
+
+ private:
+  std::vector<std::string> worker_environment(std::uint64_t generation) const;
+
+  const ListenerSet& listeners_;
+  std::string notify_path_;
+  std::string control_path_;
+  std::string adopt_library_;
+  std::vector<std::string> base_env_;
+};
+
+}  // namespace hotrestart
