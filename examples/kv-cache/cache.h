@@ -7,18 +7,11 @@
 //   schema 2: adds content_type; the v2 binary reads and writes versions 1 and 2 (writing 1 drops
 //             the content types; reading 1 leaves them empty, served as application/octet-stream).
 //
-// Storage: an arena of slabs, as memcached keeps its items. Entries live in 2 MiB pages; each page
-// holds fixed-size chunks of one size class (48 bytes, then about 1.25x per class, up to 1 MiB), and
-// an entry larger than the largest class gets a page of its own. A chunk holds a 24-byte header
-// (stamp, value length, key length, content-type length, and the LRU links as 32-bit chunk ids)
-// followed by the key, the value and, in schema 2, the content type. A chunk id is the page number
-// (16 bits) and the chunk's number in its page (16 bits). The hash index is an open-addressing table
-// of {chunk id, hash} slots (XXH3 of the key, linear probing, backward-shift deletion). Freed chunks
-// go on their class's free list; a page whose chunks are all free goes back to the arena (except the
-// last page of each class). Pages and index are blocks of one hotrestart::Arena per store, and
-// refer to each other by chunk id and offset, never by pointer. Nothing is allocated per entry, and
-// the whole store is a few large blocks: in the same schema the next generation maps them as they
-// are (the "mapped arena" header below); otherwise a snapshot is a few large writes.
+// Storage: an arena of slabs, as memcached keeps its items (slabs.h), and a hash index of the
+// entries (hash_index.h). Pages and index are blocks of one hotrestart::Arena per store, and refer to
+// each other by chunk id and offset, never by pointer. Nothing is allocated per entry, and the whole
+// store is a few large blocks: in the same schema the next generation maps them as they are;
+// otherwise a snapshot is a few large writes.
 //
 // Memory. An entry is charged its whole chunk (Cache::charge), and the least recently used entries
 // are evicted while the charged bytes exceed max_bytes. The pages themselves may hold at most
@@ -29,45 +22,11 @@
 // Limits: keys and content types of at most 65,535 bytes, values below 4 GiB (put throws
 // std::length_error beyond them).
 //
-// Snapshot (a section's payload), in one of two layouts, told apart by the first 8 bytes:
-//   arena   (what save() writes in the cache's own schema): the store as it is, so that loading it
-//           is a few large reads and a check, with no per-entry work and no index to rebuild. All
-//           integers are little-endian, as in cereal's binary archives:
-//             magic: u64 = kArenaMagic, schema: u32, page_bytes: u32, hash: u32 (1 = XXH3-64, low 32
-//             bits), reserved: u32 (0), count: u64 (entries), lru head: u32, lru tail: u32,
-//             classes: u32 n, then n chunk sizes: u32, then n free-list heads: u32,
-//             pages: u32 n, then n records {kind: u32 (size class, kDedicatedPage or kNoPage),
-//                    used: u32 (chunks handed out), bytes: u64 (the page's size)},
-//             the used bytes of every page (used * chunk size), in page order,
-//             index: u64 slot count (a power of two), then the slots {chunk id: u32, hash: u32}.
-//           An import checks it before it swaps anything in: every chunk id in range, every length
-//           within its chunk, the LRU list visiting exactly `count` entries from head to tail without
-//           a cycle, the free lists holding exactly the other chunks handed out, the index holding
-//           each entry exactly once and each where a lookup finds it. The index's hashes are
-//           recomputed from the keys for a sample only (the first 16 entries and one slot in 1024):
-//           all of them would cost a cache miss per entry, and a wrong hash can only hide an entry
-//           from lookups (the section's checksum already guards the bytes; the sample catches a hash
-//           function that changed between builds). An arena of schema 1 loaded by schema 2, or one
-//           with other size classes, is checked the same way and then copied entry by entry; other
-//           page sizes are refused.
-//   mapped arena (what save_mapped() writes, the header of an arena handed over as it is, see
-//           hotrestart/arena.h): the arena layout's fields up to the page records, each record
-//           followed by offset: u64 (its block in the arena; 0 for kNoPage), then the index's
-//           slot count: u64 and offset: u64, and no page or index bytes: they are the arena's
-//           blocks. load_mapped() checks that every offset names a block of at least the record's
-//           size, that no two share one and that every block is used, then runs the same checks
-//           over the pages and the index where they lie.
-//   entries (what save() writes for an older schema, and what kv-cache wrote before the arena):
-//           cereal's binary layout (u64 counts), count: u64, then `count` entries from least to
-//           most recently used, each key: string, value: string, [content_type: string, version 2
-//           only], stamp: u64. An import inserts them one by one. Because both layouts are read, an
-//           upgrade from a build older than the arena keeps the cache; a rollback to such a build
-//           is sent an arena it cannot read, and starts cold.
-//   save() holds the cache's lock while it writes: the old generation stalls its requests for as
-//   long as the section takes to write (docs/benchmarks.md, "State transfer").
-// Delta (one change, published while a transfer is under way):
-//   op: u8 (1 = put, 2 = erase), key: string, then for a put value: string and, in version 2,
-//   content_type: string; then stamp: u64.
+// Snapshot (a section's payload): the arena, mapped-arena and entries layouts are described in
+// snapshot.cpp, beside the code that writes and reads them; an imported arena is checked as
+// arena_checks.h describes before anything is swapped in.
+// Delta (one change, published while a transfer is under way): described in cache.cpp, beside its
+// codec (encode_put_delta, encode_erase_delta, apply_delta).
 //
 // Stamps. Every write carries the CLOCK_MONOTONIC time it was made at, in nanoseconds; that clock
 // is system-wide, so the old and the new generation on one machine agree on it. A change replayed
@@ -176,8 +135,10 @@ enum class WriteResult {
   kRefused,  // `publish` returned false: nothing was changed.
 };
 
+namespace detail {
 template <int Schema>
 class Store;
+}  // namespace detail
 
 template <int Schema>
 class Cache {
@@ -270,7 +231,7 @@ class Cache {
 
   const std::uint64_t max_bytes_;
   mutable std::mutex mutex_;
-  std::unique_ptr<Store<Schema>> store_;
+  std::unique_ptr<detail::Store<Schema>> store_;
   std::uint64_t hits_ = 0;
   std::uint64_t misses_ = 0;
   std::uint64_t deltas_ = 0;

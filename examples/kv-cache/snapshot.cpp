@@ -1,0 +1,626 @@
+// kv-cache's snapshot layouts: writing a store in each and reading it back (see snapshot.h).
+//
+// Snapshot (a section's payload), in one of two layouts, told apart by the first 8 bytes:
+//   arena   (what save() writes in the cache's own schema): the store as it is, so that loading it
+//           is a few large reads and a check, with no per-entry work and no index to rebuild. All
+//           integers are little-endian, as in cereal's binary archives:
+//             magic: u64 = kArenaMagic, schema: u32, page_bytes: u32, hash: u32 (1 = XXH3-64, low 32
+//             bits), reserved: u32 (0), count: u64 (entries), lru head: u32, lru tail: u32,
+//             classes: u32 n, then n chunk sizes: u32, then n free-list heads: u32,
+//             pages: u32 n, then n records {kind: u32 (size class, kDedicatedPage or kNoPage),
+//                    used: u32 (chunks handed out), bytes: u64 (the page's size)},
+//             the used bytes of every page (used * chunk size), in page order,
+//             index: u64 slot count (a power of two), then the slots {chunk id: u32, hash: u32}.
+//           An import checks it before it swaps anything in (arena_checks.h). An arena of schema 1
+//           loaded by schema 2, or one with other size classes, is checked the same way and then
+//           copied entry by entry; other page sizes are refused.
+//   mapped arena (what save_mapped() writes, the header of an arena handed over as it is, see
+//           hotrestart/arena.h): the arena layout's fields up to the page records, each record
+//           followed by offset: u64 (its block in the arena; 0 for kNoPage), then the index's
+//           slot count: u64 and offset: u64, and no page or index bytes: they are the arena's
+//           blocks. load_mapped() checks that every offset names a block of at least the record's
+//           size, that no two share one and that every block is used, then runs the same checks
+//           over the pages and the index where they lie.
+//   entries (what save() writes for an older schema, and what kv-cache wrote before the arena):
+//           cereal's binary layout (u64 counts), count: u64, then `count` entries from least to
+//           most recently used, each key: string, value: string, [content_type: string, version 2
+//           only], stamp: u64. An import inserts them one by one. Because both layouts are read, an
+//           upgrade from a build older than the arena keeps the cache; a rollback to such a build
+//           is sent an arena it cannot read, and starts cold.
+//   save() holds the cache's lock while it writes: the old generation stalls its requests for as
+//   long as the section takes to write (docs/benchmarks.md, "State transfer").
+#include "snapshot.h"
+
+#include <sys/mman.h>
+
+#include <hotrestart/archive.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <bit>
+#include <cstring>
+#include <limits>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "arena_checks.h"
+
+namespace kv::detail {
+
+// Snapshots copy the arena's bytes as they are, and cereal's binary archives are host-endian too:
+// the layouts above are little-endian.
+static_assert(std::endian::native == std::endian::little, "kv-cache's snapshot layouts are little-endian");
+
+namespace {
+
+using hotrestart::ArchiveError;
+
+constexpr std::uint32_t kHashXxh3 = 1;
+// An arena's pages are copied in pieces of this size, each checked while it is in the CPU's cache.
+constexpr std::uint64_t kCopyPiece = 128 * 1024;
+// The entries layout is gathered into a buffer of this size, so that the SDK's stream sees a few
+// large writes rather than five small ones per entry.
+constexpr std::size_t kWriteBuffer = 256 * 1024;
+// Entries are copied and read in batches whose index slots are prefetched together (see
+// HashIndex::prefetch).
+constexpr std::size_t kBatch = 16;
+
+// Faults in, on a thread of its own, the regions a load is about to fill: from the last one
+// backwards, while the loading thread fills them from the first, so that the two meet in the
+// middle. Filling fresh memory costs mostly page faults (the kernel zeroes every page, and a
+// virtual machine may have to back it first), which this spreads over two cores. The destructor
+// stops and joins the thread, so the regions must outlive it.
+class Prefaulter {
+ public:
+  explicit Prefaulter(std::vector<std::span<std::byte>> regions) : regions_(std::move(regions)) {
+    if (regions_.size() > 1) thread_ = std::thread([this] { run(); });
+  }
+  ~Prefaulter() {
+    front_.store(regions_.size(), std::memory_order_relaxed);
+    if (thread_.joinable()) thread_.join();
+  }
+  Prefaulter(const Prefaulter&) = delete;
+  Prefaulter& operator=(const Prefaulter&) = delete;
+
+  // The loading thread is about to fill region `i`: the thread leaves it, and those before it, alone.
+  void reached(std::size_t i) { front_.store(i, std::memory_order_relaxed); }
+
+ private:
+  void run() {
+    for (std::size_t i = regions_.size(); i-- > 0;) {
+      if (i <= front_.load(std::memory_order_relaxed) + 1) return;
+      // Whole pages of the mapping: the regions start on a page (but for a small one under
+      // AddressSanitizer, which then fails harmlessly).
+      const std::span<std::byte> r = regions_[i];
+      const std::size_t length = (r.size() + 4095) / 4096 * 4096;
+      // Only an optimisation: a kernel without MADV_POPULATE_WRITE (before 5.14) says EINVAL.
+      if (length > 0 && ::madvise(r.data(), length, MADV_POPULATE_WRITE) != 0) return;
+    }
+  }
+
+  std::vector<std::span<std::byte>> regions_;
+  std::atomic<std::size_t> front_{0};
+  std::thread thread_;
+};
+
+// What both arena layouts start with, up to the page records; with `offsets` (the mapped
+// layout) each record also gives its block's offset in the arena.
+enum class Offsets { kNo, kYes };
+
+template <int Schema>
+void save_layout(const Store<Schema>& store, hotrestart::OutputArchive& ar, Offsets offsets) {
+  const Slabs& slabs = store.slabs();
+  ar(kArenaMagic, static_cast<std::uint32_t>(Schema), static_cast<std::uint32_t>(kPageBytes), kHashXxh3,
+     std::uint32_t{0}, store.count(), store.head(), store.tail());
+  ar(static_cast<std::uint32_t>(slabs.classes().size()));
+  for (const Slabs::Class& c : slabs.classes())
+    ar(c.size);
+  for (const Slabs::Class& c : slabs.classes())
+    ar(c.free_head);
+  ar(static_cast<std::uint32_t>(slabs.pages().size()));
+  for (const Slabs::Page& p : slabs.pages()) {
+    ar(p.kind, p.used, p.memory.size());
+    if (offsets == Offsets::kYes) {
+      ar(p.kind == kNoPage ? std::uint64_t{0} : store.arena().offset_of(p.memory.data()));
+    }
+  }
+}
+
+// The arena layout, after which the store is unchanged.
+template <int Schema>
+void save_arena(const Store<Schema>& store, hotrestart::OutputArchive& ar) {
+  save_layout(store, ar, Offsets::kNo);
+  for (const Slabs::Page& p : store.slabs().pages()) {
+    if (p.kind != kNoPage) ar(cereal::binary_data(p.memory.data(), p.used * p.chunk));
+  }
+  const HashIndex& index = store.index();
+  ar(index.slot_count());
+  ar(cereal::binary_data(index.block().data(), index.slot_count() * sizeof(Slot)));
+}
+
+// Writes the entries layout through a buffer of kWriteBuffer bytes, so that the stream sees a few
+// large writes.
+class EntryWriter {
+ public:
+  explicit EntryWriter(std::ostream& out) : sink_(*out.rdbuf()), buffer_(kWriteBuffer) {}
+
+  void put_u64(std::uint64_t v) {
+    if (buffer_.size() - used_ < sizeof v) flush();
+    std::memcpy(buffer_.data() + used_, &v, sizeof v);
+    used_ += sizeof v;
+  }
+  void put_string(std::string_view s) {
+    put_u64(s.size());
+    if (s.size() > buffer_.size() - used_) {
+      flush();
+      if (s.size() >= buffer_.size()) return write(s.data(), s.size());
+    }
+    if (!s.empty()) std::memcpy(buffer_.data() + used_, s.data(), s.size());
+    used_ += s.size();
+  }
+  void flush() {
+    write(buffer_.data(), used_);
+    used_ = 0;
+  }
+
+ private:
+  void write(const char* data, std::size_t n) {
+    if (n > 0 && sink_.sputn(data, static_cast<std::streamsize>(n)) != static_cast<std::streamsize>(n)) {
+      throw std::runtime_error("kv-cache: the snapshot stream took fewer bytes than written");
+    }
+  }
+
+  std::streambuf& sink_;
+  std::vector<char> buffer_;
+  std::size_t used_ = 0;
+};
+
+// The entries layout in `version`, least recently used first.
+template <int Schema>
+void save_entries(const Store<Schema>& store, std::ostream& out, std::uint32_t version) {
+  EntryWriter writer(out);
+  writer.put_u64(store.count());
+  for (std::uint32_t id = store.tail(); id != kNil;) {
+    const auto e = store.view(id);
+    writer.put_string(e.key);
+    writer.put_string(e.value);
+    if (version >= 2) writer.put_string(e.type);
+    writer.put_u64(e.stamp);
+    id = e.prev;
+  }
+  writer.flush();
+}
+
+}  // namespace
+
+// Reads an arena (its magic already read) into a new store with a given budget, and checks it whole
+// (arena_checks.h); throws ArchiveError on anything inconsistent. Nothing is allocated or mapped for
+// more than the bytes the archive actually holds.
+//
+// With `mapped` (an arena handed over as it is, and its header in the archive), the page records
+// carry their blocks' offsets and nothing is copied: every offset must name a block of the arena of
+// exactly one page (or the index), every block must be used, and the same checks then run over the
+// pages where they lie. The store takes the arena over.
+template <int Schema>
+class ArenaReader {
+ public:
+  ArenaReader(hotrestart::InputArchive& ar, std::uint64_t max_bytes, hotrestart::Arena* mapped)
+      : ar_(ar), max_bytes_(max_bytes), mapped_(mapped) {}
+
+  std::unique_ptr<Store<Schema>> read() {
+    read_header();
+    read_classes();
+    read_page_records();
+    place_pages();
+    ArenaCheck check(store_->slabs_, Schema >= 2 ? ContentTypes::kAllowed : ContentTypes::kNone);
+    copy_and_check_pages(check);
+    read_index();
+    copy_and_check_index(check);
+    if (!ar_.at_end()) throw ArchiveError("corrupt: bytes left after the arena");
+    store_->max_stamp_ = check.max_stamp();
+    return std::move(store_);
+  }
+
+  // Where the time of read() went: copying bytes into the pages and the index (most of it page
+  // faults, in new memory), and checking them.
+  std::uint64_t copy_ns() const { return copy_ns_; }
+  std::uint64_t check_ns() const { return check_ns_; }
+
+ private:
+  struct Record {
+    std::uint32_t kind = kNoPage;
+    std::uint32_t used = 0;
+    std::uint64_t bytes = 0;
+    std::uint64_t offset = 0;  // In a mapped arena.
+  };
+
+  void read_header() {
+    std::uint32_t schema = 0;
+    std::uint32_t page_bytes = 0;
+    std::uint32_t hash = 0;
+    std::uint32_t reserved = 0;
+    ar_(schema, page_bytes, hash, reserved, count_, head_, tail_);
+    if (schema != Schema) {
+      throw ArchiveError("corrupt: an arena of schema " + std::to_string(schema) + " read as schema " +
+                         std::to_string(Schema));
+    }
+    if (page_bytes != kPageBytes) {
+      throw ArchiveError("the arena's pages are " + std::to_string(page_bytes) + " bytes, this build's " +
+                         std::to_string(kPageBytes));
+    }
+    if (hash != kHashXxh3 || reserved != 0) throw ArchiveError("the arena's index uses an unknown hash function");
+  }
+
+  void read_classes() {
+    std::uint32_t class_count = 0;
+    ar_(class_count);
+    if (class_count == 0 || class_count > kMaxClasses) throw ArchiveError("corrupt: the arena's class count");
+    ar_.check_count(class_count, 2 * sizeof(std::uint32_t));
+    classes_.resize(class_count);
+    for (std::uint32_t k = 0; k < class_count; ++k) {
+      ar_(classes_[k]);
+      // Every chunk holds a header, stays 8-byte aligned, and its number fits in 16 bits.
+      if (classes_[k] % 8 != 0 || classes_[k] <= kChunkHeaderBytes || classes_[k] > kMaxClassChunk ||
+          (k > 0 && classes_[k] <= classes_[k - 1])) {
+        throw ArchiveError("corrupt: the arena's size classes");
+      }
+    }
+    free_heads_.resize(class_count);
+    for (std::uint32_t& f : free_heads_)
+      ar_(f);
+  }
+
+  void read_page_records() {
+    std::uint32_t page_count = 0;
+    ar_(page_count);
+    if (page_count > kMaxPages) throw ArchiveError("corrupt: the arena has too many pages");
+    ar_.check_count(page_count, mapped_ != nullptr ? 24 : 16);
+    records_.resize(page_count);
+    // A class hands chunks out from one page at a time, so every other page of it is full: which
+    // also keeps the pages mapped here in proportion to the bytes that fill them.
+    std::vector<std::uint8_t> has_room(classes_.size());
+    std::uint64_t data = 0;
+    for (Record& r : records_) {
+      ar_(r.kind, r.used, r.bytes);
+      if (mapped_ != nullptr) ar_(r.offset);
+      std::uint64_t present = 0;
+      if (r.kind == kNoPage) {
+        if (r.used != 0 || r.bytes != 0) throw ArchiveError("corrupt: an absent page with contents");
+      } else if (r.kind == kDedicatedPage) {
+        if (r.used != 1 || r.bytes % kDedicatedAlign != 0 || r.bytes == 0 || r.bytes > kMaxDedicatedBytes) {
+          throw ArchiveError("corrupt: a dedicated page's size");
+        }
+        present = r.bytes;
+      } else if (r.kind < classes_.size()) {
+        if (r.bytes != kPageBytes || r.used > kPageBytes / classes_[r.kind]) {
+          throw ArchiveError("corrupt: a page holds more chunks than fit");
+        }
+        if (r.used < kPageBytes / classes_[r.kind] && has_room[r.kind]++ > 0) {
+          throw ArchiveError("corrupt: a size class has two pages that are not full");
+        }
+        present = std::uint64_t{r.used} * classes_[r.kind];
+      } else {
+        throw ArchiveError("corrupt: a page of an unknown size class");
+      }
+      data += present;
+      if (mapped_ == nullptr && data > ar_.remaining()) {
+        throw ArchiveError("truncated: the arena's pages reach past the end of the data");
+      }
+    }
+  }
+
+  // A block of the mapped arena that the header names, which no other page (or the index) uses.
+  Block claim(std::uint64_t offset, std::uint64_t bytes) {
+    std::byte* at = store_->arena_.block_at(offset, bytes);
+    if (at == nullptr) throw ArchiveError("corrupt: a page or the index is not a block of the arena");
+    if (!claimed_.insert(offset).second) throw ArchiveError("corrupt: two pages share a block of the arena");
+    return Block{at, bytes};
+  }
+
+  // The store, with its pages where the records say: claimed in the mapped arena, or mapped anew
+  // for the copies.
+  void place_pages() {
+    store_ = std::make_unique<Store<Schema>>(max_bytes_, classes_, StartIndex::kNone,
+                                             mapped_ != nullptr ? std::move(*mapped_) : hotrestart::Arena());
+    Store<Schema>& s = *store_;
+    s.head_ = head_;
+    s.tail_ = tail_;
+    s.count_ = count_;
+    s.slabs_.restore_page_count(static_cast<std::uint32_t>(records_.size()));
+    for (std::uint32_t p = 0; p < records_.size(); ++p) {
+      const Record& r = records_[p];
+      if (r.kind == kNoPage) {
+        s.slabs_.restore_absent_page(p);
+        continue;
+      }
+      const Block memory = mapped_ != nullptr ? claim(r.offset, r.bytes) : map_block(s.arena_, r.bytes, Populate::kNo);
+      s.slabs_.restore_page(p, memory, r.kind, r.used);
+    }
+    for (std::uint32_t k = 0; k < classes_.size(); ++k)
+      s.slabs_.restore_free_head(k, free_heads_[k]);
+  }
+
+  // The pages' bytes, copied in pieces (unless the arena is mapped), each checked while it is
+  // still in the CPU's cache; then the lists through them.
+  void copy_and_check_pages(ArenaCheck& check) {
+    const auto& pages = store_->slabs_.pages();
+    if (mapped_ != nullptr) {
+      const std::uint64_t t0 = monotonic_ns();
+      for (std::uint32_t p = 0; p < pages.size(); ++p) {
+        if (pages[p].kind != kNoPage) check.check_chunks(p, 0, pages[p].used);
+      }
+      check_ns_ += monotonic_ns() - t0;
+    } else {
+      std::vector<std::span<std::byte>> fill;
+      for (const Slabs::Page& page : pages) {
+        if (page.kind != kNoPage) fill.emplace_back(page.memory.data(), page.used * page.chunk);
+      }
+      Prefaulter prefault(fill);
+      std::size_t filled = 0;
+      for (std::uint32_t p = 0; p < pages.size(); ++p) {
+        if (pages[p].kind == kNoPage) continue;
+        prefault.reached(filled++);
+        copy_and_check_page(check, p);
+      }
+    }
+    const std::uint64_t t0 = monotonic_ns();
+    store_->bytes_ = check.check_lists(head_, tail_, count_);
+    check_ns_ += monotonic_ns() - t0;
+  }
+
+  void copy_and_check_page(ArenaCheck& check, std::uint32_t p) {
+    const Slabs::Page& page = store_->slabs_.pages()[p];
+    const std::uint64_t bytes = page.used * page.chunk;
+    std::uint32_t checked = 0;
+    for (std::uint64_t done = 0; done < bytes;) {
+      const std::uint64_t piece = std::min(kCopyPiece, bytes - done);
+      const std::uint64_t t0 = monotonic_ns();
+      ar_.loadBinary(page.memory.data() + done, piece);
+      const std::uint64_t t1 = monotonic_ns();
+      copy_ns_ += t1 - t0;
+      done += piece;
+      // The chunks whose headers are all there by now.
+      const auto ready = static_cast<std::uint32_t>(
+          done < kChunkHeaderBytes ? 0
+                                   : std::min<std::uint64_t>(page.used, (done - kChunkHeaderBytes) / page.chunk + 1));
+      check.check_chunks(p, checked, done == bytes ? page.used : ready);
+      checked = done == bytes ? page.used : ready;
+      check_ns_ += monotonic_ns() - t1;
+    }
+  }
+
+  // The index's size, and its table: claimed in the mapped arena (the last of its blocks to be
+  // given a use), or mapped anew for the copy.
+  void read_index() {
+    std::uint64_t slot_count = 0;
+    ar_(slot_count);
+    if (slot_count < kMinSlots || slot_count > kMaxSlots || !std::has_single_bit(slot_count)) {
+      throw ArchiveError("corrupt: the index's size");
+    }
+    // The index always keeps a quarter of its slots empty, so that every probe ends.
+    if (count_ > slot_count / 4 * 3) throw ArchiveError("corrupt: the index is too small for the entry count");
+    Block table;
+    if (mapped_ != nullptr) {
+      std::uint64_t offset = 0;
+      ar_(offset);
+      table = claim(offset, slot_count * sizeof(Slot));
+      if (claimed_.size() != store_->arena_.blocks().size()) {
+        throw ArchiveError("corrupt: the arena holds blocks that no page uses");
+      }
+    } else {
+      ar_.check_count(slot_count, sizeof(Slot));
+      table = map_block(store_->arena_, slot_count * sizeof(Slot), Populate::kNo);
+    }
+    store_->index_.adopt(table, slot_count);
+  }
+
+  // The index's slots, copied block by block (unless the arena is mapped), each block checked just
+  // after it is copied.
+  void copy_and_check_index(ArenaCheck& check) {
+    const HashIndex& index = store_->index_;
+    constexpr std::uint64_t kBlockSlots = kPageBytes / sizeof(Slot);
+    const std::uint64_t slot_count = index.slot_count();
+    const std::uint64_t blocks = (slot_count + kBlockSlots - 1) / kBlockSlots;
+    std::vector<std::span<std::byte>> fill;
+    for (std::uint64_t b = 0; b < blocks; ++b) {
+      const std::uint64_t from = b * kBlockSlots;
+      fill.emplace_back(index.block().data() + from * sizeof(Slot),
+                        std::min(kBlockSlots, slot_count - from) * sizeof(Slot));
+    }
+    Prefaulter prefault(mapped_ == nullptr ? fill : std::vector<std::span<std::byte>>{});
+    for (std::uint64_t b = 0; b < blocks; ++b) {
+      prefault.reached(b);
+      const std::uint64_t t0 = monotonic_ns();
+      if (mapped_ == nullptr) ar_.loadBinary(fill[b].data(), fill[b].size());
+      const std::uint64_t t1 = monotonic_ns();
+      copy_ns_ += t1 - t0;
+      check.check_index(index, b * kBlockSlots, b * kBlockSlots + fill[b].size() / sizeof(Slot));
+      check_ns_ += monotonic_ns() - t1;
+    }
+    check.finish_index(index, count_);
+  }
+
+  hotrestart::InputArchive& ar_;
+  const std::uint64_t max_bytes_;
+  hotrestart::Arena* const mapped_;
+  std::uint64_t count_ = 0;
+  std::uint32_t head_ = kNil;
+  std::uint32_t tail_ = kNil;
+  std::vector<std::uint32_t> classes_;
+  std::vector<std::uint32_t> free_heads_;
+  std::vector<Record> records_;
+  std::unique_ptr<Store<Schema>> store_;
+  std::unordered_set<std::uint64_t> claimed_;  // The blocks of a mapped arena already given a use.
+  std::uint64_t copy_ns_ = 0;
+  std::uint64_t check_ns_ = 0;
+};
+
+namespace {
+
+// Copies every entry of `from` into a new store with this build's size classes, least recently
+// used first, so that the order is kept and an importer with a smaller budget keeps the most
+// recently used. For an arena of another schema or of another class table.
+template <int To, int From>
+std::unique_ptr<Store<To>> convert(const Store<From>& from, std::uint64_t max_bytes) {
+  auto to = std::make_unique<Store<To>>(max_bytes, default_classes());
+  to->reserve(std::min<std::uint64_t>(from.count(), max_bytes / kMinChunk + 1));
+  std::array<typename Store<From>::View, kBatch> batch;
+  std::array<std::uint32_t, kBatch> hashes{};
+  for (std::uint32_t id = from.tail(); id != kNil;) {
+    std::size_t n = 0;
+    for (; n < kBatch && id != kNil; ++n) {
+      batch[n] = from.view(id);
+      hashes[n] = hash_of(batch[n].key);
+      to->prefetch(hashes[n]);
+      id = batch[n].prev;
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto& e = batch[i];
+      if (to->find(e.key, hashes[i]) != kNil) throw ArchiveError("corrupt: a key appears twice in the snapshot");
+      to->set(kNil, e.key, e.value, To >= 2 && From >= 2 ? e.type : std::string_view{}, e.stamp, hashes[i]);
+    }
+  }
+  to->note_stamp(from.max_stamp());
+  return to;
+}
+
+// Reads the entries layout (its count already read), inserting entry by entry, in batches whose
+// index slots are prefetched together.
+template <int Schema>
+std::unique_ptr<Store<Schema>> load_entries(hotrestart::InputArchive& ar, std::uint64_t count, std::uint32_t version,
+                                            std::uint64_t max_bytes) {
+  // Every entry takes at least its two (or three) string lengths and its stamp.
+  ar.check_count(count, version >= 2 ? 32 : 24);
+  auto staging = std::make_unique<Store<Schema>>(max_bytes, default_classes());
+  staging->reserve(std::min<std::uint64_t>(count, max_bytes / kMinChunk + 1));
+  struct Entry {
+    std::string key;
+    std::string value;
+    std::string type;
+    std::uint64_t stamp = 0;
+    std::uint32_t hash = 0;
+  };
+  std::array<Entry, kBatch> batch;
+  for (std::uint64_t done = 0; done < count;) {
+    const std::uint64_t n = std::min<std::uint64_t>(kBatch, count - done);
+    for (std::uint64_t i = 0; i < n; ++i) {
+      Entry& e = batch[i];
+      ar(e.key, e.value);
+      if (version >= 2) ar(e.type);
+      ar(e.stamp);
+      if (e.key.size() > kMaxKeyBytes || e.type.size() > kMaxTypeBytes || e.value.size() > UINT32_MAX - kPageBytes) {
+        throw ArchiveError("the snapshot holds an entry larger than this cache stores");
+      }
+      e.hash = hash_of(e.key);
+      staging->prefetch(e.hash);
+    }
+    for (std::uint64_t i = 0; i < n; ++i) {
+      const Entry& e = batch[i];
+      if (staging->find(e.key, e.hash) != kNil) throw ArchiveError("corrupt: a key appears twice in the snapshot");
+      staging->set(kNil, e.key, e.value, e.type, e.stamp, e.hash);
+      staging->note_stamp(e.stamp);
+    }
+    done += n;
+  }
+  return staging;
+}
+
+// An arena in this cache's own schema: taken as it is if it has this build's size classes (and, if
+// mapped, enough address space), else copied entry by entry.
+template <int Schema>
+std::unique_ptr<Store<Schema>> load_own_arena(hotrestart::InputArchive& ar, std::uint64_t max_bytes,
+                                              hotrestart::Arena* mapped, LoadReport& report) {
+  const std::string how = mapped != nullptr ? "mapped arena" : "arena";
+  ArenaReader<Schema> reader(ar, max_bytes, mapped);
+  auto loaded = reader.read();
+  report.copy_micros = reader.copy_ns() / 1000;
+  report.check_micros = reader.check_ns() / 1000;
+  if (mapped != nullptr && loaded->arena_reserve_bytes() < arena_reserve(max_bytes)) {
+    // Another budget's arena (a larger --max-memory, say) could run out of address space here.
+    report.layout = how + " with a smaller reserve, copied entry by entry";
+  } else if (loaded->has_default_classes()) {
+    report.layout = how;
+    loaded->fit_budget();
+    return loaded;
+  } else {
+    report.layout = how + " of other size classes, copied entry by entry";
+  }
+  const std::uint64_t t = monotonic_ns();
+  auto converted = convert<Schema>(*loaded, max_bytes);
+  report.convert_micros = (monotonic_ns() - t) / 1000;
+  return converted;
+}
+
+// A v1 binary's arena, read by schema 2: loaded and checked as it is (no budget: the conversion
+// applies this cache's), then copied entry by entry.
+template <int Schema>
+std::unique_ptr<Store<Schema>> load_schema1_arena(hotrestart::InputArchive& ar, std::uint64_t max_bytes,
+                                                  hotrestart::Arena* mapped, LoadReport& report) {
+  ArenaReader<1> reader(ar, std::numeric_limits<std::uint64_t>::max(), mapped);
+  const auto v1 = reader.read();
+  report.layout = std::string(mapped != nullptr ? "mapped arena" : "arena") + " of schema 1, copied entry by entry";
+  report.copy_micros = reader.copy_ns() / 1000;
+  report.check_micros = reader.check_ns() / 1000;
+  const std::uint64_t t = monotonic_ns();
+  auto converted = convert<Schema>(*v1, max_bytes);
+  report.convert_micros = (monotonic_ns() - t) / 1000;
+  return converted;
+}
+
+}  // namespace
+
+template <int Schema>
+void save_snapshot(const Store<Schema>& store, std::uint32_t version, std::ostream& out) {
+  if (version == static_cast<std::uint32_t>(Schema)) {
+    hotrestart::OutputArchive ar(out);
+    save_arena(store, ar);
+  } else {
+    save_entries(store, out, version);
+  }
+}
+
+template <int Schema>
+hotrestart::Arena::Snapshot save_mapped_snapshot(Store<Schema>& store, std::ostream& out) {
+  hotrestart::OutputArchive ar(out);
+  save_layout(store, ar, Offsets::kYes);
+  ar(store.index().slot_count(), store.arena().offset_of(store.index().block().data()));
+  return store.arena().snapshot();
+}
+
+template <int Schema>
+std::unique_ptr<Store<Schema>> load_snapshot(std::uint32_t version, std::istream& in, std::uint64_t max_bytes,
+                                             hotrestart::Arena* mapped, LoadReport& report) {
+  hotrestart::InputArchive ar(in);
+  std::uint64_t first = 0;
+  ar(first);
+  std::unique_ptr<Store<Schema>> staging;
+  if (first != kArenaMagic) {
+    if (mapped != nullptr) throw ArchiveError("corrupt: a mapped arena's header does not start with its magic");
+    report.layout = "entries";
+    staging = load_entries<Schema>(ar, first, version, max_bytes);
+  } else if (version == static_cast<std::uint32_t>(Schema)) {
+    staging = load_own_arena<Schema>(ar, max_bytes, mapped, report);
+  } else if constexpr (Schema >= 2) {
+    staging = load_schema1_arena<Schema>(ar, max_bytes, mapped, report);
+  }
+  if (!staging) throw ArchiveError("an arena of another schema");
+  if (!ar.at_end()) throw ArchiveError("corrupt: bytes left after the last entry");
+  return staging;
+}
+
+template void save_snapshot(const Store<1>&, std::uint32_t, std::ostream&);
+template void save_snapshot(const Store<2>&, std::uint32_t, std::ostream&);
+template hotrestart::Arena::Snapshot save_mapped_snapshot(Store<1>&, std::ostream&);
+template hotrestart::Arena::Snapshot save_mapped_snapshot(Store<2>&, std::ostream&);
+template std::unique_ptr<Store<1>> load_snapshot(std::uint32_t, std::istream&, std::uint64_t, hotrestart::Arena*,
+                                                 LoadReport&);
+template std::unique_ptr<Store<2>> load_snapshot(std::uint32_t, std::istream&, std::uint64_t, hotrestart::Arena*,
+                                                 LoadReport&);
+
+}  // namespace kv::detail
