@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "http_server.h"
+#include "http_text.h"
 
 namespace {
 
@@ -76,15 +77,9 @@ struct Connection : http::Connection {
 
 // Returns the delay a request for /slow?ms=N asks for, capped at kMaxSlowMs, or 0.
 std::uint64_t slow_delay_ms(std::string_view url) {
-  http_parser_url u{};
-  http_parser_url_init(&u);
-  if (http_parser_parse_url(url.data(), url.size(), 0, &u) != 0) return 0;
-  auto field = [&](int f) -> std::string_view {
-    if ((u.field_set & (1U << f)) == 0) return {};
-    return url.substr(u.field_data[f].off, u.field_data[f].len);
-  };
-  if (field(UF_PATH) != "/slow") return 0;
-  std::string_view query = field(UF_QUERY);
+  const auto target = http::parse_target(url);
+  if (!target || target->path != "/slow") return 0;
+  std::string_view query = target->query;
   while (!query.empty()) {
     auto amp = query.find('&');
     std::string_view param = query.substr(0, amp);
@@ -112,7 +107,7 @@ void Connection::respond() {
 
 void Connection::send(int status, bool keep) {
   keep = keep && !server.core.draining();
-  std::string_view reason = status == 200 ? "OK" : status == 400 ? "Bad Request" : "Request Header Fields Too Large";
+  const std::string_view reason = http::reason_phrase(status);
   std::string text = status == 200 ? server.body : fmt::format("{}\n", reason);
   http::Connection::send(
       fmt::format("HTTP/1.1 {} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{}",
