@@ -1,5 +1,5 @@
 // test-worker: a deliberately misbehaving worker for the hotrestart integration tests.
-// Plain POSIX, no dependencies. Readiness is reported like systemd's sd_notify: the
+// Plain POSIX, and nlohmann-json (header-only) for the fd report. Readiness is reported like systemd's sd_notify: the
 // datagram "READY=1" to the AF_UNIX SOCK_DGRAM socket named by $NOTIFY_SOCKET (a path,
 // or an abstract name when it starts with '@').
 //
@@ -32,6 +32,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 namespace {
 
@@ -123,39 +125,6 @@ void block_sigterm() {
   }
 }
 
-std::string json_string(std::string_view s) {
-  std::string out = "\"";
-  for (char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (u < 0x20 || u == 0x7f) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", u);
-          out += buf;
-        } else {
-          out += c;  // UTF-8 passes through; other bytes are unlikely in fd targets
-        }
-    }
-  }
-  return out + "\"";
-}
-
 // ---------------------------------------------------------------------------------
 
 int mode_fd_report(const std::string& path) {
@@ -190,40 +159,34 @@ int mode_fd_report(const std::string& path) {
   sigset_t blocked;
   sigemptyset(&blocked);
   ::sigprocmask(SIG_BLOCK, nullptr, &blocked);
-  std::string blocked_json = "[", ignored_json = "[";
-  auto add = [](std::string& list, int sig) {
-    if (list.size() > 1) list += ',';
-    list += std::to_string(sig);
-  };
+  std::vector<int> blocked_signals;
+  std::vector<int> ignored_signals;
   for (int s = 1; s < NSIG; ++s) {
-    if (sigismember(&blocked, s) == 1) add(blocked_json, s);
+    if (sigismember(&blocked, s) == 1) blocked_signals.push_back(s);
     struct sigaction sa {};
-    if (::sigaction(s, nullptr, &sa) == 0 && sa.sa_handler == SIG_IGN) add(ignored_json, s);
+    if (::sigaction(s, nullptr, &sa) == 0 && sa.sa_handler == SIG_IGN) ignored_signals.push_back(s);
   }
-  blocked_json += "]";
-  ignored_json += "]";
 
   block_sigterm();
 
   // 2. Report.
-  std::string j = "{\"pid\":" + std::to_string(::getpid()) + ",\"ppid\":" + std::to_string(::getppid());
-  j += ",\"fds\":[";
-  for (std::size_t i = 0; i < fds.size(); ++i) {
-    if (i > 0) j += ",";
-    j += "{\"fd\":" + std::to_string(fds[i].fd) + ",\"target\":" + json_string(fds[i].target) +
-         ",\"cloexec\":" + (fds[i].cloexec ? "true" : "false") + "}";
-  }
-  j += "],\"env\":{";
-  const char* names[] = {
-      "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "HOTRESTART_GENERATION", "HOTRESTART_CHANNEL_FD"};
-  bool first = true;
-  for (const char* name : names) {
-    if (!first) j += ",";
-    first = false;
+  nlohmann::ordered_json fd_list = nlohmann::ordered_json::array();
+  for (const Fd& f : fds)
+    fd_list.push_back({{"fd", f.fd}, {"target", f.target}, {"cloexec", f.cloexec}});
+  nlohmann::ordered_json env = nlohmann::ordered_json::object();
+  for (const char* name : {"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "HOTRESTART_GENERATION",
+                           "HOTRESTART_CHANNEL_FD"}) {
     const char* v = std::getenv(name);
-    j += json_string(name) + ":" + (v != nullptr ? json_string(v) : std::string("null"));
+    env[name] = v != nullptr ? nlohmann::ordered_json(v) : nlohmann::ordered_json(nullptr);
   }
-  j += "},\"blocked_signals\":" + blocked_json + ",\"ignored_signals\":" + ignored_json + "}\n";
+  const nlohmann::ordered_json report = {{"pid", ::getpid()},
+                                         {"ppid", ::getppid()},
+                                         {"fds", fd_list},
+                                         {"env", env},
+                                         {"blocked_signals", blocked_signals},
+                                         {"ignored_signals", ignored_signals}};
+  // An fd target that is not UTF-8 is reported with U+FFFD in place of its bad bytes.
+  const std::string j = report.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
 
   const std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
