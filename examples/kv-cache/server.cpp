@@ -2,6 +2,8 @@
 // generations.
 #include "server.h"
 
+#include <nlohmann/json.hpp>
+
 #include <climits>
 #include <csignal>
 #include <new>
@@ -14,21 +16,6 @@ namespace {
 constexpr std::size_t kMaxContentTypeBytes = 256;
 // A request must arrive whole within this, or it gets 408 and the connection is closed.
 constexpr std::uint64_t kRequestTimeoutMs = 30'000;
-
-std::string json_string(std::string_view s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      out += fmt::format("\\u{:04x}", static_cast<unsigned>(c));
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
-}
 
 }  // namespace
 
@@ -203,20 +190,34 @@ Server::Server(Options o, Cache& c) : opts(std::move(o)), cache(c) {
   }
 }
 
+// One line of JSON; scripts/bench-state and the tests read its fields by name.
 std::string Server::stats_line() const {
   const kv::Stats s = cache.stats();
-  std::string imported = "null";
+  nlohmann::ordered_json imported = nullptr;
   for (const auto& section : worker->imported()) {
     if (section.name != kv::kSectionName) continue;
-    imported = fmt::format(R"({{"imported":{},"version":{},"bytes":{},"reason":{}}})", section.imported,
-                           section.version, section.bytes, json_string(section.reason));
+    imported = {{"imported", section.imported},
+                {"version", section.version},
+                {"bytes", section.bytes},
+                {"reason", section.reason}};
   }
-  return fmt::format(
-      R"({{"version":{},"schema":{},"pid":{},"generation":{},"entries":{},"bytes":{},"max_bytes":{},"hits":{},)"
-      R"("misses":{},"evictions":{},"tombstones":{},"deltas":{},"page_bytes":{},"index_bytes":{},"imported":{}}})"
-      "\n",
-      json_string(opts.label), KV_SCHEMA, pid, worker->generation(), s.entries, s.bytes, cache.max_bytes(), s.hits,
-      s.misses, s.evictions, s.tombstones, s.deltas, s.page_bytes, s.index_bytes, imported);
+  const nlohmann::ordered_json stats = {{"version", opts.label},
+                                        {"schema", KV_SCHEMA},
+                                        {"pid", pid},
+                                        {"generation", worker->generation()},
+                                        {"entries", s.entries},
+                                        {"bytes", s.bytes},
+                                        {"max_bytes", cache.max_bytes()},
+                                        {"hits", s.hits},
+                                        {"misses", s.misses},
+                                        {"evictions", s.evictions},
+                                        {"tombstones", s.tombstones},
+                                        {"deltas", s.deltas},
+                                        {"page_bytes", s.page_bytes},
+                                        {"index_bytes", s.index_bytes},
+                                        {"imported", imported}};
+  // A label or a reason that is not UTF-8 is sent with U+FFFD in place of its bad bytes.
+  return stats.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
 }
 
 int Server::run() {
