@@ -83,7 +83,7 @@ std::vector<std::string> dump(const Cache& cache) {
   return out;
 }
 
-// Hand-made snapshot bytes, in the layout cache.h documents.
+// Hand-made snapshot bytes, in the layout examples/kv-cache/snapshot.cpp documents.
 struct Writer {
   std::ostringstream out;
   hotrestart::OutputArchive ar{out};
@@ -379,7 +379,7 @@ void fill_varied(Cache& cache, int n, std::uint64_t stamp0, int spread = 700) {
     cache.get("key" + std::to_string(i));
 }
 
-// Where the fields of an arena snapshot are, read from the layout cache.h documents: {offset,
+// Where the fields of an arena snapshot are, read from the layout snapshot.cpp documents: {offset,
 // width} of every integer of the header and tables, of every chunk header, and of every index slot.
 std::vector<std::pair<std::size_t, int>> arena_fields(const std::string& b) {
   std::vector<std::pair<std::size_t, int>> f = {{8, 4}, {12, 4}, {16, 4}, {20, 4}, {24, 8}, {32, 4}, {36, 4}, {40, 4}};
