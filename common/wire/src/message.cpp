@@ -3,6 +3,7 @@
 
 #include <xxhash.h>
 
+#include <array>
 #include <bit>
 #include <cereal/archives/binary.hpp>
 #include <cereal/types/string.hpp>
@@ -11,7 +12,10 @@
 #include <exception>
 #include <optional>
 #include <sstream>
+#include <string_view>
 #include <type_traits>
+#include <utility>
+#include <variant>
 
 #include <hotrestart/archive.h>
 
@@ -119,6 +123,82 @@ namespace {
 constexpr char kMagic[4] = {'H', 'R', 'C', '1'};
 constexpr std::size_t kHeaderChecked = 24;  // The header checksum covers bytes 0..23.
 
+// What the catalogue says of each type, in the order of Message's alternatives.
+struct TypeInfo {
+  Type type;
+  std::string_view name;
+  std::uint32_t min_fds;
+  std::uint32_t max_fds;
+};
+constexpr TypeInfo kCatalogue[] = {
+#define HOTRESTART_WIRE_INFO(enumerator, message, number, name, min_fds, max_fds) \
+  {Type::enumerator, name, min_fds, max_fds},
+    HOTRESTART_WIRE_MESSAGES(HOTRESTART_WIRE_INFO)
+#undef HOTRESTART_WIRE_INFO
+};
+
+// The index of a message struct among Message's alternatives.
+template <class M, std::size_t I = 0>
+constexpr std::size_t kIndexOf = [] {
+  if constexpr (std::is_same_v<std::variant_alternative_t<I, Message>, M>)
+    return I;
+  else
+    return kIndexOf<M, I + 1>;
+}();
+
+// Checked while compiling, so that a wrong catalogue line fails the build instead of the channel.
+constexpr bool numbers_rise() {
+  for (std::size_t i = 1; i < std::size(kCatalogue); ++i)
+    if (kCatalogue[i - 1].type >= kCatalogue[i].type) return false;
+  return true;
+}
+constexpr bool names_distinct() {
+  for (std::size_t i = 0; i < std::size(kCatalogue); ++i) {
+    if (kCatalogue[i].name.empty()) return false;
+    for (std::size_t j = 0; j < i; ++j)
+      if (kCatalogue[j].name == kCatalogue[i].name) return false;
+  }
+  return true;
+}
+constexpr bool descriptor_ranges_valid() {
+  for (const TypeInfo& t : kCatalogue)
+    if (t.min_fds > t.max_fds || t.max_fds > kMaxFdsPerMessage) return false;
+  return true;
+}
+static_assert(numbers_rise(), "type numbers must rise down the catalogue, so that each is used once");
+static_assert(names_distinct(), "every message needs a name of its own");
+static_assert(descriptor_ranges_valid(), "a descriptor range must run from fewest to most, at most 253");
+#define HOTRESTART_WIRE_IN_ORDER(enumerator, message, ...)              \
+  static_assert(kCatalogue[kIndexOf<message>].type == Type::enumerator, \
+                "the catalogue line of " #message " is out of step with Message");
+HOTRESTART_WIRE_MESSAGES(HOTRESTART_WIRE_IN_ORDER)
+#undef HOTRESTART_WIRE_IN_ORDER
+
+// The catalogue's index of a type number, if it is one.
+std::optional<std::size_t> index_of(Type t) {
+  for (std::size_t i = 0; i < std::size(kCatalogue); ++i)
+    if (kCatalogue[i].type == t) return i;
+  return std::nullopt;
+}
+
+// Default-constructed messages, one per alternative, for decode() to read a body into.
+template <std::size_t... I>
+constexpr auto empty_messages(std::index_sequence<I...>) {
+  return std::array<Message (*)(), sizeof...(I)>{[] { return Message(std::in_place_index<I>); }...};
+}
+constexpr auto kEmptyMessage = empty_messages(std::make_index_sequence<std::variant_size_v<Message>>());
+
+// How many descriptors a message needs when its catalogue line allows a range.
+std::size_t descriptors_for(const Listeners& m) {
+  return m.names.size();
+}
+std::size_t descriptors_for(const Fds& m) {
+  return m.names.size();
+}
+std::size_t descriptors_for(const BeginImport& m) {
+  return m.from_generation != 0 ? 1 : 0;  // The peer link, when there is a previous generation.
+}
+
 // Checks every field limit of a message; used by encode() (the sender's own mistake) and by
 // decode() (a peer's). The error names the message type and the field.
 class Checker {
@@ -211,78 +291,6 @@ std::optional<Error> check_fields(const Message& m) {
   return std::visit(Checker(type_of(m)), m);
 }
 
-// A default-constructed message of a known type, for decode() to read the body into.
-std::optional<Message> empty_message(Type t) {
-  switch (t) {
-    case Type::Hello:
-      return Hello{};
-    case Type::Ready:
-      return Ready{};
-    case Type::Status:
-      return StatusLine{};
-    case Type::SectionImported:
-      return SectionImported{};
-    case Type::ImportFinished:
-      return ImportFinished{};
-    case Type::SectionExported:
-      return SectionExported{};
-    case Type::ExportFinished:
-      return ExportFinished{};
-    case Type::Welcome:
-      return Welcome{};
-    case Type::Refuse:
-      return Refuse{};
-    case Type::Listeners:
-      return Listeners{};
-    case Type::BeginImport:
-      return BeginImport{};
-    case Type::BeginExport:
-      return BeginExport{};
-    case Type::Drain:
-      return Drain{};
-    case Type::Stop:
-      return Stop{};
-    case Type::SectionOffer:
-      return SectionOffer{};
-    case Type::SectionUnavailable:
-      return SectionUnavailable{};
-    case Type::Fds:
-      return Fds{};
-    case Type::SnapshotEnd:
-      return SnapshotEnd{};
-    case Type::Delta:
-      return Delta{};
-    case Type::DeltaMemfd:
-      return DeltaMemfd{};
-    case Type::ArenaOffer:
-      return ArenaOffer{};
-    case Type::SectionStream:
-      return SectionStream{};
-  }
-  return std::nullopt;
-}
-
-// The descriptor counts a type allows before its body is known: Listeners and Fds carry one per
-// name, BeginImport one or none.
-bool fd_count_allowed(Type t, std::uint32_t count) {
-  switch (t) {
-    case Type::Listeners:
-    case Type::Fds:
-      return count <= kMaxFdsPerMessage;
-    case Type::BeginImport:
-      return count <= 1;
-    case Type::BeginExport:
-    case Type::SectionOffer:
-    case Type::SectionStream:
-    case Type::DeltaMemfd:
-      return count == 1;
-    case Type::ArenaOffer:
-      return count == 2;
-    default:
-      return count == 0;
-  }
-}
-
 std::string bytes(std::size_t n) {
   return std::to_string(n) + (n == 1 ? " byte" : " bytes");
 }
@@ -293,93 +301,24 @@ std::string descriptors(std::size_t n) {
 }  // namespace
 
 std::string_view type_name(Type t) {
-  switch (t) {
-    case Type::Hello:
-      return "hello";
-    case Type::Ready:
-      return "ready";
-    case Type::Status:
-      return "status";
-    case Type::SectionImported:
-      return "section-imported";
-    case Type::ImportFinished:
-      return "import-finished";
-    case Type::SectionExported:
-      return "section-exported";
-    case Type::ExportFinished:
-      return "export-finished";
-    case Type::Welcome:
-      return "welcome";
-    case Type::Refuse:
-      return "refuse";
-    case Type::Listeners:
-      return "listeners";
-    case Type::BeginImport:
-      return "begin-import";
-    case Type::BeginExport:
-      return "begin-export";
-    case Type::Drain:
-      return "drain";
-    case Type::Stop:
-      return "stop";
-    case Type::SectionOffer:
-      return "section-offer";
-    case Type::SectionUnavailable:
-      return "section-unavailable";
-    case Type::Fds:
-      return "fds";
-    case Type::SnapshotEnd:
-      return "snapshot-end";
-    case Type::Delta:
-      return "delta";
-    case Type::DeltaMemfd:
-      return "delta-memfd";
-    case Type::ArenaOffer:
-      return "arena-offer";
-    case Type::SectionStream:
-      return "section-stream";
-  }
-  return "unknown";
+  auto index = index_of(t);
+  return index ? kCatalogue[*index].name : "unknown";
 }
 
 Type type_of(const Message& m) {
-  // The variant's alternatives are listed in the order of the type table.
-  constexpr Type kTypes[] = {Type::Hello,
-                             Type::Ready,
-                             Type::Status,
-                             Type::SectionImported,
-                             Type::ImportFinished,
-                             Type::SectionExported,
-                             Type::ExportFinished,
-                             Type::Welcome,
-                             Type::Refuse,
-                             Type::Listeners,
-                             Type::BeginImport,
-                             Type::BeginExport,
-                             Type::Drain,
-                             Type::Stop,
-                             Type::SectionOffer,
-                             Type::SectionUnavailable,
-                             Type::Fds,
-                             Type::SnapshotEnd,
-                             Type::Delta,
-                             Type::DeltaMemfd,
-                             Type::ArenaOffer,
-                             Type::SectionStream};
-  static_assert(std::size(kTypes) == std::variant_size_v<Message>);
-  return kTypes[m.index()];
+  return kCatalogue[m.index()].type;
 }
 
 std::size_t fds_expected(const Message& m) {
-  if (const auto* l = std::get_if<Listeners>(&m)) return l->names.size();
-  if (const auto* f = std::get_if<Fds>(&m)) return f->names.size();
-  if (const auto* b = std::get_if<BeginImport>(&m)) return b->from_generation != 0 ? 1 : 0;
-  if (std::holds_alternative<BeginExport>(m) || std::holds_alternative<SectionOffer>(m) ||
-      std::holds_alternative<SectionStream>(m) || std::holds_alternative<DeltaMemfd>(m)) {
-    return 1;
-  }
-  if (std::holds_alternative<ArenaOffer>(m)) return 2;
-  return 0;
+  return std::visit(
+      []<class M>(const M& message) -> std::size_t {
+        constexpr TypeInfo info = kCatalogue[kIndexOf<M>];
+        if constexpr (info.min_fds == info.max_fds)
+          return info.min_fds;
+        else
+          return descriptors_for(message);
+      },
+      m);
 }
 
 bool valid_name(std::string_view name) {
@@ -438,7 +377,8 @@ Result<FrameHeader> check_frame(std::span<const std::byte> datagram) {
                 std::to_string(kProtocolVersion));
   auto raw_type = get<std::uint16_t>(h + 6);
   auto type = static_cast<Type>(raw_type);
-  if (!empty_message(type)) return fail("unknown message type " + std::to_string(raw_type));
+  auto index = index_of(type);
+  if (!index) return fail("unknown message type " + std::to_string(raw_type));
   auto body_length = get<std::uint32_t>(h + 8);
   if (body_length > kMaxBody)
     return fail("body length " + std::to_string(body_length) + " is over the limit of " + std::to_string(kMaxBody) +
@@ -449,7 +389,7 @@ Result<FrameHeader> check_frame(std::span<const std::byte> datagram) {
                 std::to_string(after_header) + " bytes after the header");
   if (get<std::uint64_t>(h + 16) != XXH3_64bits(h + kHeaderSize, body_length)) return fail("body checksum mismatch");
   auto fd_count = get<std::uint32_t>(h + 12);
-  if (!fd_count_allowed(type, fd_count))
+  if (fd_count < kCatalogue[*index].min_fds || fd_count > kCatalogue[*index].max_fds)
     return Error::message(std::string(type_name(type)) + ": the header announces " + descriptors(fd_count) +
                           ", which this type of message cannot carry");
   return FrameHeader{type, body_length, fd_count};
@@ -460,7 +400,7 @@ Result<Decoded> decode(std::span<const std::byte> datagram) {
   if (!frame) return frame.error();
   const std::string where(type_name(frame->type));
 
-  Message message = *empty_message(frame->type);
+  Message message = kEmptyMessage[*index_of(frame->type)]();
   try {
     InputArchive ar(datagram.subspan(kHeaderSize));
     std::visit([&](auto& msg) { ar(msg); }, message);

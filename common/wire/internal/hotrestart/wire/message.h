@@ -29,29 +29,42 @@ inline constexpr std::size_t kMaxVersions = 64;
 inline constexpr std::size_t kMaxSections = 256;
 inline constexpr std::size_t kMaxDeltaPayload = 60'000;
 
+// The catalogue: every message of the worker channel, one line each, in type-number order, which
+// is also the order of Message's alternatives. Each line is
+//
+//   X(enumerator of Type, struct, type number, name, fewest descriptors, most descriptors)
+//
+// The descriptor range is what check_frame() allows before the body is decoded. A message whose
+// range is not one number says in message.cpp (descriptors_for) how many its body needs.
+// docs/protocol.md's message table lists the same numbers, names and descriptors.
+#define HOTRESTART_WIRE_MESSAGES(X)                                          \
+  X(Hello, Hello, 1, "hello", 0, 0)                                          \
+  X(Ready, Ready, 2, "ready", 0, 0)                                          \
+  X(Status, StatusLine, 3, "status", 0, 0)                                   \
+  X(SectionImported, SectionImported, 4, "section-imported", 0, 0)           \
+  X(ImportFinished, ImportFinished, 5, "import-finished", 0, 0)              \
+  X(SectionExported, SectionExported, 6, "section-exported", 0, 0)           \
+  X(ExportFinished, ExportFinished, 7, "export-finished", 0, 0)              \
+  X(Welcome, Welcome, 32, "welcome", 0, 0)                                   \
+  X(Refuse, Refuse, 33, "refuse", 0, 0)                                      \
+  X(Listeners, Listeners, 34, "listeners", 0, kMaxFdsPerMessage)             \
+  X(BeginImport, BeginImport, 35, "begin-import", 0, 1)                      \
+  X(BeginExport, BeginExport, 36, "begin-export", 1, 1)                      \
+  X(Drain, Drain, 37, "drain", 0, 0)                                         \
+  X(Stop, Stop, 38, "stop", 0, 0)                                            \
+  X(SectionOffer, SectionOffer, 64, "section-offer", 1, 1)                   \
+  X(SectionUnavailable, SectionUnavailable, 65, "section-unavailable", 0, 0) \
+  X(Fds, Fds, 66, "fds", 0, kMaxFdsPerMessage)                               \
+  X(SnapshotEnd, SnapshotEnd, 67, "snapshot-end", 0, 0)                      \
+  X(Delta, Delta, 68, "delta", 0, 0)                                         \
+  X(DeltaMemfd, DeltaMemfd, 69, "delta-memfd", 1, 1)                         \
+  X(ArenaOffer, ArenaOffer, 70, "arena-offer", 2, 2)                         \
+  X(SectionStream, SectionStream, 71, "section-stream", 1, 1)
+
 enum class Type : std::uint16_t {
-  Hello = 1,
-  Ready = 2,
-  Status = 3,
-  SectionImported = 4,
-  ImportFinished = 5,
-  SectionExported = 6,
-  ExportFinished = 7,
-  Welcome = 32,
-  Refuse = 33,
-  Listeners = 34,
-  BeginImport = 35,
-  BeginExport = 36,
-  Drain = 37,
-  Stop = 38,
-  SectionOffer = 64,
-  SectionUnavailable = 65,
-  Fds = 66,
-  SnapshotEnd = 67,
-  Delta = 68,
-  DeltaMemfd = 69,
-  ArenaOffer = 70,
-  SectionStream = 71,
+#define HOTRESTART_WIRE_ENUMERATOR(enumerator, message, number, ...) enumerator = number,
+  HOTRESTART_WIRE_MESSAGES(HOTRESTART_WIRE_ENUMERATOR)
+#undef HOTRESTART_WIRE_ENUMERATOR
 };
 std::string_view type_name(Type t);
 
@@ -199,13 +212,18 @@ struct SectionStream {
   bool operator==(const SectionStream&) const = default;
 };
 
-using Message = std::variant<Hello, Ready, StatusLine, SectionImported, ImportFinished, SectionExported, ExportFinished,
-                             Welcome, Refuse, Listeners, BeginImport, BeginExport, Drain, Stop, SectionOffer,
-                             SectionUnavailable, Fds, SnapshotEnd, Delta, DeltaMemfd, ArenaOffer, SectionStream>;
+// Drops the leading `void`, which lets the catalogue's expansion put a comma before every struct.
+template <class Void, class... Messages>
+struct CatalogueVariant {
+  using type = std::variant<Messages...>;
+};
+#define HOTRESTART_WIRE_ALTERNATIVE(enumerator, message, ...) , message
+using Message = CatalogueVariant<void HOTRESTART_WIRE_MESSAGES(HOTRESTART_WIRE_ALTERNATIVE)>::type;
+#undef HOTRESTART_WIRE_ALTERNATIVE
 
 Type type_of(const Message& m);
-// How many descriptors a message of this content must carry (names.size() for Listeners and
-// Fds, 1 for SectionOffer, SectionStream, DeltaMemfd and BeginExport, 2 for ArenaOffer, 1 or 0 for BeginImport).
+// How many descriptors a message of this content must carry: the catalogue's number, or for a type
+// that allows a range, what its body asks for (one per name; the peer link when there is one).
 std::size_t fds_expected(const Message& m);
 
 // A valid name: 1-128 bytes of [A-Za-z0-9._:-].
@@ -219,7 +237,7 @@ Result<std::string> encode(const Message& m);
 struct FrameHeader {
   Type type = Type::Hello;
   std::uint32_t body_length = 0;
-  std::uint32_t fd_count = 0;  // Within what the type allows; Listeners and Fds are exact only after decode().
+  std::uint32_t fd_count = 0;  // Within the type's range; exact for its body only after decode().
 };
 // The frame checks alone, in docs/protocol.md's order (size, magic, header checksum, version, type,
 // body length, body checksum, descriptor count allowed for the type), without decoding the body.
