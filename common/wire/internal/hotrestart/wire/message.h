@@ -158,6 +158,9 @@ struct Drain {
 struct Stop {
   bool operator==(const Stop&) const = default;
 };
+// A section in a sealed memfd (section.h). These are also the fields of the section format's
+// header, which open_section() compares with the offer one by one: section.h calls this type
+// SectionHeader there.
 struct SectionOffer {
   std::string name;
   std::uint32_t version = 0;

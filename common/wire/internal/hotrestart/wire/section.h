@@ -26,13 +26,9 @@ namespace hotrestart::wire {
 inline constexpr char kSectionMagic[8] = {'H', 'R', 'S', 'E', 'C', 'T', '0', '1'};
 inline constexpr std::size_t kSectionFixedHeader = 52;  // Plus the name.
 
-struct SectionHeader {
-  std::string name;
-  std::uint32_t version = 0;
-  std::uint64_t sequence = 0;
-  std::uint64_t length = 0;
-  std::uint64_t checksum = 0;
-};
+// The header's fields are exactly those of the offer that announces the section (one struct, so
+// that the two cannot drift apart); their layout in the memfd is the one in docs/protocol.md.
+using SectionHeader = SectionOffer;
 
 // Writes `save`'s output as one section into a new sealed memfd. `max_bytes` bounds the payload;
 // an exporter that writes more fails with an error saying so. If `save` throws, the error names
