@@ -17,6 +17,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <hotrestart/archive.h>
@@ -189,6 +190,47 @@ TEST_CASE("wire: the header layout is the documented one") {
   CHECK(header_sum == XXH3_64bits(datagram.data(), 24));
   CHECK(datagram.substr(kHeaderSize) ==
         body(std::string("s"), std::uint32_t{2}, std::uint64_t{3}, std::uint64_t{4}, std::uint64_t{5}));
+}
+
+TEST_CASE("wire: every type number has the name and descriptor counts of docs/protocol.md's table") {
+  struct Documented {
+    std::uint16_t type;
+    std::string_view name;
+    std::uint32_t min_fds;
+    std::uint32_t max_fds;
+  };
+  const Documented table[] = {
+      {1, "hello", 0, 0},           {2, "ready", 0, 0},
+      {3, "status", 0, 0},          {4, "section-imported", 0, 0},
+      {5, "import-finished", 0, 0}, {6, "section-exported", 0, 0},
+      {7, "export-finished", 0, 0}, {32, "welcome", 0, 0},
+      {33, "refuse", 0, 0},         {34, "listeners", 0, 253},
+      {35, "begin-import", 0, 1},   {36, "begin-export", 1, 1},
+      {37, "drain", 0, 0},          {38, "stop", 0, 0},
+      {64, "section-offer", 1, 1},  {65, "section-unavailable", 0, 0},
+      {66, "fds", 0, 253},          {67, "snapshot-end", 0, 0},
+      {68, "delta", 0, 0},          {69, "delta-memfd", 1, 1},
+      {70, "arena-offer", 2, 2},    {71, "section-stream", 1, 1},
+  };
+  auto allowed = [](std::uint16_t type, std::uint32_t fds) { return check_frame(bytes_of(frame(type, "", fds))).ok(); };
+  std::size_t documented = 0;
+  for (std::uint32_t number = 0; number <= 0xffff; ++number) {
+    auto type = static_cast<std::uint16_t>(number);
+    CAPTURE(number);
+    const auto* row = std::find_if(std::begin(table), std::end(table), [&](const auto& r) { return r.type == type; });
+    if (row == std::end(table)) {
+      CHECK(type_name(static_cast<Type>(type)) == "unknown");
+      continue;
+    }
+    ++documented;
+    CHECK(type_name(static_cast<Type>(type)) == row->name);
+    CHECK(allowed(type, row->min_fds));
+    CHECK(allowed(type, row->max_fds));
+    CHECK_FALSE(allowed(type, row->max_fds + 1));
+    if (row->min_fds > 0) CHECK_FALSE(allowed(type, row->min_fds - 1));
+  }
+  CHECK(documented == std::size(table));
+  CHECK(std::size(table) == std::variant_size_v<Message>);
 }
 
 TEST_CASE("wire: type names, descriptor counts and names") {
