@@ -2,6 +2,8 @@
 
 #include <array>
 #include <cassert>
+#include <cstddef>
+#include <string_view>
 
 namespace hotrestart {
 namespace {
@@ -32,90 +34,47 @@ constexpr auto kAllowed = [] {
   return t;
 }();
 
+// Each enum's names, indexed by enumerator (upgrade_machine.h lists both together).
+#define HOTRESTART_UPGRADE_NAME(enumerator, name) name,
+constexpr std::string_view kPhaseNames[] = {HOTRESTART_UPGRADE_PHASES(HOTRESTART_UPGRADE_NAME)};
+constexpr std::string_view kInputNames[] = {HOTRESTART_UPGRADE_INPUTS(HOTRESTART_UPGRADE_NAME)};
+constexpr std::string_view kActionNames[] = {HOTRESTART_UPGRADE_ACTIONS(HOTRESTART_UPGRADE_NAME)};
+#undef HOTRESTART_UPGRADE_NAME
+
+// The names go into the control protocol and the logs, where an empty or shared one would leave a
+// reader unable to tell two phases (inputs, actions) apart.
+template <std::size_t N>
+constexpr bool named_apart(const std::string_view (&names)[N]) {
+  for (std::size_t i = 0; i < N; ++i) {
+    if (names[i].empty()) return false;
+    for (std::size_t j = 0; j < i; ++j)
+      if (names[j] == names[i]) return false;
+  }
+  return true;
+}
+static_assert(std::size(kPhaseNames) == kPhaseCount && named_apart(kPhaseNames), "every phase needs a name of its own");
+static_assert(named_apart(kInputNames), "every input needs a name of its own");
+static_assert(named_apart(kActionNames), "every action needs a name of its own");
+
+// "?" for a value outside the enum, which only a cast can make.
+template <class Enum, std::size_t N>
+std::string_view name_in(const std::string_view (&names)[N], Enum e) {
+  auto i = static_cast<std::size_t>(e);
+  return i < N ? names[i] : "?";
+}
+
 }  // namespace
 
 std::string_view phase_name(Phase p) {
-  switch (p) {
-    case Phase::Spawning:
-      return "spawning";
-    case Phase::Handshake:
-      return "handshake";
-    case Phase::TransferringState:
-      return "transferring-state";
-    case Phase::Warming:
-      return "warming";
-    case Phase::HealthChecking:
-      return "health-checking";
-    case Phase::Cutover:
-      return "cutover";
-    case Phase::DrainingOld:
-      return "draining-old";
-    case Phase::Done:
-      return "done";
-    case Phase::RollingBack:
-      return "rolling-back";
-    case Phase::RolledBack:
-      return "rolled-back";
-  }
-  return "?";
+  return name_in(kPhaseNames, p);
 }
 
 std::string_view input_name(Input i) {
-  switch (i) {
-    case Input::Spawned:
-      return "spawned";
-    case Input::SpawnFailed:
-      return "spawn-failed";
-    case Input::Hello:
-      return "hello";
-    case Input::Refused:
-      return "refused";
-    case Input::TransferDone:
-      return "transfer-done";
-    case Input::TransferFailed:
-      return "transfer-failed";
-    case Input::Ready:
-      return "ready";
-    case Input::HealthPassed:
-      return "health-passed";
-    case Input::Promoted:
-      return "promoted";
-    case Input::DrainStarted:
-      return "drain-started";
-    case Input::NewExited:
-      return "new-exited";
-    case Input::Timeout:
-      return "timeout";
-    case Input::Cancel:
-      return "cancel";
-    case Input::NewGone:
-      return "new-gone";
-  }
-  return "?";
+  return name_in(kInputNames, i);
 }
 
 std::string_view action_name(Action a) {
-  switch (a) {
-    case Action::None:
-      return "none";
-    case Action::WaitHandshake:
-      return "wait-handshake";
-    case Action::StartTransfer:
-      return "start-transfer";
-    case Action::WaitReady:
-      return "wait-ready";
-    case Action::WaitHealth:
-      return "wait-health";
-    case Action::Promote:
-      return "promote";
-    case Action::DrainOld:
-      return "drain-old";
-    case Action::StopNew:
-      return "stop-new";
-    case Action::Finish:
-      return "finish";
-  }
-  return "?";
+  return name_in(kActionNames, a);
 }
 
 bool is_terminal(Phase p) {

@@ -36,56 +36,65 @@
 
 namespace hotrestart {
 
-enum class Phase : std::uint8_t {
-  Spawning,
-  Handshake,
-  TransferringState,
-  Warming,
-  HealthChecking,
-  Cutover,
-  DrainingOld,
-  Done,
-  RollingBack,
-  RolledBack,
-};
-inline constexpr std::size_t kPhaseCount = 10;
+// The lists below give each enumerator of Phase, Input and Action its name, which the control
+// protocol's events and status JSON (docs/protocol.md) and the log lines use: X(enumerator, name).
+#define HOTRESTART_UPGRADE_ENUMERATOR(enumerator, name) enumerator,
+#define HOTRESTART_UPGRADE_ONE(enumerator, name) +1
+
+#define HOTRESTART_UPGRADE_PHASES(X)         \
+  X(Spawning, "spawning")                    \
+  X(Handshake, "handshake")                  \
+  X(TransferringState, "transferring-state") \
+  X(Warming, "warming")                      \
+  X(HealthChecking, "health-checking")       \
+  X(Cutover, "cutover")                      \
+  X(DrainingOld, "draining-old")             \
+  X(Done, "done")                            \
+  X(RollingBack, "rolling-back")             \
+  X(RolledBack, "rolled-back")
+enum class Phase : std::uint8_t { HOTRESTART_UPGRADE_PHASES(HOTRESTART_UPGRADE_ENUMERATOR) };
+inline constexpr std::size_t kPhaseCount = 0 HOTRESTART_UPGRADE_PHASES(HOTRESTART_UPGRADE_ONE);
 
 std::string_view phase_name(Phase p);
 bool is_terminal(Phase p);
 // True when `from -> to` is in the transition table.
 bool transition_allowed(Phase from, Phase to);
 
-enum class Input : std::uint8_t {
-  Spawned,         // exec succeeded.
-  SpawnFailed,     // exec failed (reason given).
-  Hello,           // an SDK worker said hello; the state transfer begins.
-  Refused,         // the worker's hello was refused (reason given: protocol version).
-  TransferDone,    // the new worker imported what it could, and every required section.
-  TransferFailed,  // a required section could not be imported (reason given).
-  Ready,           // the new worker reported ready.
-  HealthPassed,    // the new worker stayed healthy for the required time.
-  Promoted,        // the supervisor made the new generation the active one.
-  DrainStarted,    // the drain signal was sent to the old generation (or there was none).
-  NewExited,       // the new worker's main process exited (reason given).
-  Timeout,         // the current phase's deadline passed (reason given).
-  Cancel,          // the supervisor is stopping (reason given).
-  NewGone,         // the new generation has fully exited after a rollback.
-};
+// What the supervisor feeds the machine.
+#define HOTRESTART_UPGRADE_INPUTS(X)                                                                              \
+  X(Spawned, "spawned")                /* exec succeeded. */                                                      \
+  X(SpawnFailed, "spawn-failed")       /* exec failed (reason given). */                                          \
+  X(Hello, "hello")                    /* an SDK worker said hello; the state transfer begins. */                 \
+  X(Refused, "refused")                /* the worker's hello was refused (reason given: protocol version). */     \
+  X(TransferDone, "transfer-done")     /* the new worker imported what it could, and every required section. */   \
+  X(TransferFailed, "transfer-failed") /* a required section could not be imported (reason given). */             \
+  X(Ready, "ready")                    /* the new worker reported ready. */                                       \
+  X(HealthPassed, "health-passed")     /* the new worker stayed healthy for the required time. */                 \
+  X(Promoted, "promoted")              /* the supervisor made the new generation the active one. */               \
+  X(DrainStarted, "drain-started")     /* the drain signal was sent to the old generation (or there was none). */ \
+  X(NewExited, "new-exited")           /* the new worker's main process exited (reason given). */                 \
+  X(Timeout, "timeout")                /* the current phase's deadline passed (reason given). */                  \
+  X(Cancel, "cancel")                  /* the supervisor is stopping (reason given). */                           \
+  X(NewGone, "new-gone")               /* the new generation has fully exited after a rollback. */
+enum class Input : std::uint8_t { HOTRESTART_UPGRADE_INPUTS(HOTRESTART_UPGRADE_ENUMERATOR) };
 std::string_view input_name(Input i);
 
 // What the supervisor must do after a transition.
-enum class Action : std::uint8_t {
-  None,
-  WaitHandshake,  // wait for hello or readiness, within the ready deadline.
-  StartTransfer,  // start the state transfer and its deadline, then feed TransferDone/Failed.
-  WaitReady,      // arm the readiness wait and the ready deadline.
-  WaitHealth,     // arm the health window.
-  Promote,        // make the new generation active, then feed Promoted.
-  DrainOld,       // send the drain signal to the previous generation, then feed DrainStarted.
-  StopNew,        // stop the new generation (drain signal, then SIGKILL), then feed NewGone.
-  Finish,         // report the verdict to the requester.
-};
+#define HOTRESTART_UPGRADE_ACTIONS(X)                                                                                \
+  X(None, "none")                                                                                                    \
+  X(WaitHandshake, "wait-handshake") /* wait for hello or readiness, within the ready deadline. */                   \
+  X(StartTransfer, "start-transfer") /* start the state transfer and its deadline, then feed TransferDone/Failed. */ \
+  X(WaitReady, "wait-ready")         /* arm the readiness wait and the ready deadline. */                            \
+  X(WaitHealth, "wait-health")       /* arm the health window. */                                                    \
+  X(Promote, "promote")              /* make the new generation active, then feed Promoted. */                       \
+  X(DrainOld, "drain-old")           /* send the drain signal to the previous generation, then feed DrainStarted. */ \
+  X(StopNew, "stop-new")             /* stop the new generation (drain signal, then SIGKILL), then feed NewGone. */  \
+  X(Finish, "finish")                /* report the verdict to the requester. */
+enum class Action : std::uint8_t { HOTRESTART_UPGRADE_ACTIONS(HOTRESTART_UPGRADE_ENUMERATOR) };
 std::string_view action_name(Action a);
+
+#undef HOTRESTART_UPGRADE_ENUMERATOR
+#undef HOTRESTART_UPGRADE_ONE
 
 struct Step {
   bool accepted = false;  // false: the input was ignored in this phase.

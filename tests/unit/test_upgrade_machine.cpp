@@ -1,6 +1,9 @@
 // The upgrade state machine, with no process and no socket.
 #include <doctest/doctest.h>
 
+#include <string_view>
+#include <utility>
+
 #include "upgrade_machine.h"
 
 using namespace hotrestart;
@@ -170,4 +173,34 @@ TEST_CASE("phase names are the documented ones") {
   CHECK(phase_name(Phase::HealthChecking) == "health-checking");
   CHECK(phase_name(Phase::DrainingOld) == "draining-old");
   CHECK(phase_name(Phase::RolledBack) == "rolled-back");
+}
+
+TEST_CASE("every phase, input and action keeps the name the protocol and the logs use") {
+  // Written out in full, so that an edit to a name list in upgrade_machine.h shows up here.
+  const std::string_view phases[] = {"spawning",        "handshake",  "transferring-state", "warming",
+                                     "health-checking", "cutover",    "draining-old",       "done",
+                                     "rolling-back",    "rolled-back"};
+  REQUIRE(std::size(kAll) == kPhaseCount);
+  for (std::size_t i = 0; i < std::size(kAll); ++i)
+    CHECK(phase_name(kAll[i]) == phases[i]);
+
+  const std::string_view inputs[] = {"spawned",         "spawn-failed", "hello",         "refused",  "transfer-done",
+                                     "transfer-failed", "ready",        "health-passed", "promoted", "drain-started",
+                                     "new-exited",      "timeout",      "cancel",        "new-gone"};
+  REQUIRE(std::size(kInputs) == std::size(inputs));
+  for (std::size_t i = 0; i < std::size(kInputs); ++i)
+    CHECK(input_name(kInputs[i]) == inputs[i]);
+
+  const std::pair<Action, std::string_view> actions[] = {{Action::None, "none"},
+                                                         {Action::WaitHandshake, "wait-handshake"},
+                                                         {Action::StartTransfer, "start-transfer"},
+                                                         {Action::WaitReady, "wait-ready"},
+                                                         {Action::WaitHealth, "wait-health"},
+                                                         {Action::Promote, "promote"},
+                                                         {Action::DrainOld, "drain-old"},
+                                                         {Action::StopNew, "stop-new"},
+                                                         {Action::Finish, "finish"}};
+  for (const auto& [action, name] : actions)
+    CHECK(action_name(action) == name);
+  CHECK(phase_name(static_cast<Phase>(200)) == "?");
 }
