@@ -8,7 +8,16 @@
 
 namespace hotrestart {
 
-enum class LogLevel { Debug, Info, Warning, Error };
+// The levels, least severe first (set_log_level() drops the levels before the one it is given),
+// each with the prefix its lines carry after "hotrestart[PID]: ": X(enumerator, prefix).
+#define HOTRESTART_LOG_LEVELS(X) \
+  X(Debug, "debug: ")            \
+  X(Info, "")                    \
+  X(Warning, "warning: ")        \
+  X(Error, "error: ")
+#define HOTRESTART_LOG_ENUMERATOR(enumerator, prefix) enumerator,
+enum class LogLevel { HOTRESTART_LOG_LEVELS(HOTRESTART_LOG_ENUMERATOR) };
+#undef HOTRESTART_LOG_ENUMERATOR
 
 void set_log_level(LogLevel level);
 void log_line(LogLevel level, std::string_view text);
