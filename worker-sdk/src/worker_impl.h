@@ -1,9 +1,16 @@
-// The inside of hotrestart::Worker, shared by worker.cpp and testing.cpp (the stub supervisor).
+// The inside of hotrestart::Worker, shared by its rooms and by testing.cpp (the stub supervisor).
 //
 // Roles. Every worker may be a *new* generation (it imports in start()) and later an *old* one
 // (it exports when the supervisor sends begin-export, then streams deltas and descriptors to the
 // next generation over the peer link until it exits). The channel to the supervisor and both peer
 // links are SOCK_SEQPACKET sockets; after start() one thread of the SDK's own serves them all.
+//
+// Rooms, one file each:
+//   worker_start.cpp     start() in its modes: the supervised handshake, systemd, standalone, stub.
+//   importer.cpp         the new generation's side of a transfer.
+//   exporter.cpp         the old generation's side of a transfer.
+//   worker_thread.cpp    the SDK thread: the channel, the peer links, and the destructor's flush.
+//   worker.cpp           the public Worker methods.
 #pragma once
 
 #include <atomic>
@@ -25,6 +32,7 @@
 #include <hotrestart/base/result.h>
 #include <hotrestart/wire/channel.h>
 #include <hotrestart/wire/message.h>
+#include "worker_common.h"
 
 namespace hotrestart {
 

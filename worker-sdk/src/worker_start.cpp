@@ -1,0 +1,244 @@
+// Start-up: how start() finds out which mode it runs in and sets the worker up for it. Under the
+// supervisor (HOTRESTART_CHANNEL_FD) it says hello, receives the listeners, imports the previous
+// generation's state and starts the SDK thread; under systemd it takes LISTEN_FDS; by hand, and in
+// the stub, it binds `fallback_listen` itself. It owns the checks of the sections declared, and
+// runs on the application's thread.
+#include <fcntl.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cstdlib>
+#include <string_view>
+
+#include <hotrestart/base/address.h>
+#include "worker_impl.h"
+
+namespace hotrestart {
+namespace {
+
+using sdk::receive_until;
+
+constexpr const char* kSdkName = "hotrestart-worker 0.1";
+
+bool parse_int(std::string_view text, int& out) {
+  const auto* end = text.data() + text.size();
+  auto [ptr, ec] = std::from_chars(text.data(), end, out);
+  return ec == std::errc() && ptr == end;
+}
+
+void set_cloexec(int fd) {
+  const int flags = ::fcntl(fd, F_GETFD);
+  if (flags >= 0) ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+}
+
+Result<Fd> bind_listener(const std::string& spec) {
+  auto host_port = parse_host_port(spec);
+  if (!host_port) return host_port.error();
+  auto addr = numeric_address(host_port.value());
+  if (!addr) return addr.error();
+  Fd fd(::socket(addr->family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return Error::from_errno("socket");
+  const int one = 1;
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (::bind(fd.get(), addr->get(), addr->length) != 0) return Error::from_errno("bind");
+  if (::listen(fd.get(), SOMAXCONN) != 0) return Error::from_errno("listen");
+  return fd;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Start
+
+Status Worker::Impl::check_sections() const {
+  for (std::size_t i = 0; i < sections.size(); ++i) {
+    const Section& s = sections[i];
+    if (!wire::valid_name(s.name) || s.name.size() > 64) {
+      return Error::message("section name '" + s.name + "' is not valid (1-64 of A-Z a-z 0-9 . _ -)");
+    }
+    if (s.versions.empty() || s.versions.size() > wire::kMaxVersions) {
+      return Error::message("section '" + s.name + "' needs 1 to 64 schema versions");
+    }
+    if (std::find(s.versions.begin(), s.versions.end(), 0U) != s.versions.end()) {
+      return Error::message("section '" + s.name + "': schema versions start at 1");
+    }
+    if (!s.save && !s.load && !s.save_arena && !s.load_arena) {
+      return Error::message("section '" + s.name + "' has neither save nor load");
+    }
+    for (std::size_t j = 0; j < i; ++j) {
+      if (sections[j].name == s.name) return Error::message("section '" + s.name + "' is added twice");
+    }
+  }
+  return {};
+}
+
+std::string Worker::Impl::start() {
+  if (started) return "hotrestart::Worker::start() was called twice";
+  started = true;
+  if (auto ok = check_sections(); !ok) return ok.error().text();
+  const auto deadline = Clock::now() + options.start_timeout;
+
+  const char* channel_env = std::getenv("HOTRESTART_CHANNEL_FD");
+  if (channel_env != nullptr) {
+    int fd = -1;
+    if (!parse_int(channel_env, fd) || fd < 3) {
+      return std::string("HOTRESTART_CHANNEL_FD='") + channel_env + "' is not a descriptor number";
+    }
+    ::unsetenv("HOTRESTART_CHANNEL_FD");  // Programs this worker starts must not take it for theirs.
+    mode = Mode::Supervised;
+    if (auto ok = start_supervised(fd, deadline); !ok) return "cannot start under the supervisor: " + ok.error().text();
+    return {};
+  }
+  const char* listen_pid = std::getenv("LISTEN_PID");
+  const char* listen_fds = std::getenv("LISTEN_FDS");
+  int pid = 0;
+  int count = 0;
+  if (listen_pid != nullptr && listen_fds != nullptr && parse_int(listen_pid, pid) && pid == ::getpid() &&
+      parse_int(listen_fds, count) && count > 0) {
+    mode = Mode::Systemd;
+    if (auto ok = start_systemd(count); !ok) return ok.error().text();
+    return {};
+  }
+  mode = Mode::Standalone;
+  if (const char* ns = std::getenv("NOTIFY_SOCKET")) notify_socket = ns;
+  for (const auto& s : sections)
+    imported.push_back({s.name, false, 0, 0, "started without a supervisor"});
+  if (auto ok = start_standalone(); !ok) return ok.error().text();
+  return {};
+}
+
+std::string Worker::Impl::start_stub(std::uint64_t number) {
+  if (started) return "hotrestart::Worker::start() was called twice";
+  started = true;
+  if (auto ok = check_sections(); !ok) return ok.error().text();
+  mode = Mode::Stub;
+  generation = number;
+  for (const auto& s : sections)
+    imported.push_back({s.name, false, 0, 0, "first generation"});
+  if (auto ok = start_standalone(); !ok) return ok.error().text();
+  return {};
+}
+
+Status Worker::Impl::start_standalone() {
+  for (const auto& [name, address] : options.fallback_listen) {
+    auto fd = bind_listener(address);
+    if (!fd) return fd.error().context("listener " + name + " (" + address + ")");
+    listeners.emplace_back(name, std::move(fd).value());
+  }
+  return {};
+}
+
+Status Worker::Impl::start_systemd(int count) {
+  std::vector<std::string> names;
+  if (const char* env = std::getenv("LISTEN_FDNAMES")) {
+    std::string_view rest = env;
+    while (!rest.empty()) {
+      const auto colon = rest.find(':');
+      names.emplace_back(rest.substr(0, colon));
+      rest = colon == std::string_view::npos ? std::string_view{} : rest.substr(colon + 1);
+    }
+  }
+  for (int i = 0; i < count; ++i) {
+    const int fd = 3 + i;
+    set_cloexec(fd);
+    std::string name = i < static_cast<int>(names.size()) && !names[i].empty() ? names[i] : "unknown";
+    listeners.emplace_back(std::move(name), Fd(fd));
+  }
+  for (const char* v : {"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"})
+    ::unsetenv(v);
+  if (const char* ns = std::getenv("NOTIFY_SOCKET")) notify_socket = ns;
+  for (const auto& s : sections)
+    imported.push_back({s.name, false, 0, 0, "no supervisor channel (systemd mode)"});
+  return {};
+}
+
+Status Worker::Impl::start_supervised(int channel_fd, Clock::time_point deadline) {
+  struct stat st {};
+  int type = 0;
+  socklen_t type_len = sizeof type;
+  if (::fstat(channel_fd, &st) != 0 || !S_ISSOCK(st.st_mode) ||
+      ::getsockopt(channel_fd, SOL_SOCKET, SO_TYPE, &type, &type_len) != 0 || type != SOCK_SEQPACKET) {
+    return Error::message("HOTRESTART_CHANNEL_FD=" + std::to_string(channel_fd) + " is not a seqpacket socket");
+  }
+  set_cloexec(channel_fd);
+  channel.reset(channel_fd);
+
+  wire::Hello hello;
+  hello.pid = static_cast<std::int32_t>(::getpid());
+  hello.sdk = kSdkName;
+  for (const auto& s : sections) {
+    if (s.load || s.load_arena) hello.imports.push_back({s.name, s.versions, static_cast<bool>(s.load_arena)});
+    if (s.save || s.save_arena) hello.exports.push_back({s.name, s.versions, static_cast<bool>(s.save_arena)});
+  }
+  if (auto ok = wire::send_message(channel.get(), hello, {}, wire::Blocking::Yes); !ok)
+    return ok.error().context("hello");
+
+  auto welcome_msg = receive_until(channel.get(), deadline, "the supervisor's welcome");
+  if (!welcome_msg) return welcome_msg.error();
+  if (const auto* refuse = std::get_if<wire::Refuse>(&welcome_msg->message)) {
+    return Error::message("the supervisor refused this worker: " + refuse->reason);
+  }
+  const auto* welcome = std::get_if<wire::Welcome>(&welcome_msg->message);
+  if (welcome == nullptr) {
+    return Error::message(std::string("expected welcome, got ") +
+                          std::string(wire::type_name(wire::type_of(welcome_msg->message))));
+  }
+  generation = welcome->generation;
+
+  // The listeners, in batches of at most 253.
+  while (listeners.size() < welcome->listeners) {
+    auto batch = receive_until(channel.get(), deadline, "the listening sockets");
+    if (!batch) return batch.error();
+    const auto* names = std::get_if<wire::Listeners>(&batch->message);
+    if (names == nullptr) return Error::message("expected listeners from the supervisor");
+    if (listeners.size() + names->names.size() > welcome->listeners) {
+      return Error::message("the supervisor sent more listeners than it announced");
+    }
+    for (std::size_t i = 0; i < names->names.size(); ++i) {
+      listeners.emplace_back(names->names[i], std::move(batch->fds[i]));
+    }
+  }
+  // The same sockets were inherited at fd 3.. for workers without the SDK; this worker has its
+  // own copies now, so the inherited ones are closed rather than leaked.
+  const char* listen_pid = std::getenv("LISTEN_PID");
+  const char* listen_fds = std::getenv("LISTEN_FDS");
+  int pid = 0;
+  int count = 0;
+  if (listen_pid != nullptr && listen_fds != nullptr && parse_int(listen_pid, pid) && pid == ::getpid() &&
+      parse_int(listen_fds, count) && count > 0 && 3 + count <= channel_fd) {
+    for (int fd = 3; fd < 3 + count; ++fd)
+      ::close(fd);
+  }
+  for (const char* v : {"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"})
+    ::unsetenv(v);
+
+  auto begin = receive_until(channel.get(), deadline, "the state transfer plan");
+  if (!begin) return begin.error();
+  const auto* plan = std::get_if<wire::BeginImport>(&begin->message);
+  if (plan == nullptr) return Error::message("expected begin-import from the supervisor");
+  wire::TransferTotals totals;
+  if (plan->from_generation == 0) {
+    for (const auto& s : sections) {
+      if (s.load || s.load_arena) {
+        imported.push_back({s.name, false, 0, 0, plan->note.empty() ? "no previous generation" : plan->note});
+      }
+    }
+  } else {
+    peer_in = std::move(begin->fds.at(0));
+    totals = import_from(peer_in.get(), plan->plan, deadline,
+                         [this](const wire::SectionReport& r) { send_channel(wire::SectionImported{r}); });
+  }
+  send_channel(wire::ImportFinished{totals});
+
+  reserve_fd.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  auto efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (efd < 0) return Error::from_errno("eventfd");
+  wake_fd.reset(efd);
+  thread = std::thread([this] { run_thread(); });
+  return {};
+}
+}  // namespace hotrestart
