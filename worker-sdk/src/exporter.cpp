@@ -5,6 +5,7 @@
 // application's save and save_arena there.
 #include <algorithm>
 #include <cerrno>
+#include <optional>
 #include <ostream>
 #include <span>
 #include <sstream>
@@ -49,15 +50,7 @@ wire::TransferTotals Worker::Impl::export_to(Fd peer, std::uint64_t sequence,
                                              const std::vector<wire::SectionVersions>& plan,
                                              const std::function<void(const wire::SectionReport&)>& report) {
   const auto t0 = Clock::now();
-  const int link = peer.get();
-  {
-    std::lock_guard lock(mutex);
-    peer_out = std::move(peer);
-    snapshot_sent = false;
-    streaming.clear();
-    peer_queue.clear();
-    peer_queue_bytes = 0;
-  }
+  const int link = handover.begin_transfer(std::move(peer));
   wire::TransferTotals totals;
   int link_error = 0;  // The errno of the first failed send.
   auto send = [&](const wire::Message& m, std::span<const int> fds) {
@@ -82,10 +75,7 @@ wire::TransferTotals Worker::Impl::export_to(Fd peer, std::uint64_t sequence,
       r.version = v;
       // Streaming starts before the snapshot, so that a change made while `save` runs is in the
       // snapshot, in a delta, or in both (deltas are idempotent), and never in neither.
-      {
-        std::lock_guard lock(mutex);
-        streaming[p.name] = v;
-      }
+      handover.start_streaming(p.name, v);
       const bool as_arena =
           section->save_arena && p.arena && export_arena(*section, p.name, v, sequence, link, r, link_error);
       if (as_arena) {
@@ -120,27 +110,15 @@ wire::TransferTotals Worker::Impl::export_to(Fd peer, std::uint64_t sequence,
   {
     // Descriptors passed for the next generation go with the snapshot. This generation keeps its
     // copies, so that a later upgrade can pass them again if this one rolls back.
-    std::vector<std::string> names;
-    std::vector<int> fds;
-    {
-      std::lock_guard lock(mutex);
-      for (const auto& [name, fd] : passed_fds) {
-        names.push_back(name);
-        fds.push_back(fd.get());
-      }
-    }
-    if (!fds.empty() && link_error == 0) {
-      if (auto ok = wire::send_named_fds(link, wire::Type::Fds, names, fds, wire::Blocking::Yes); !ok) {
+    const auto passed = handover.passed_fds();
+    if (!passed.fds.empty() && link_error == 0) {
+      if (auto ok = wire::send_named_fds(link, wire::Type::Fds, passed.names, passed.fds, wire::Blocking::Yes); !ok) {
         link_error = ok.error().code() != 0 ? ok.error().code() : EIO;
       }
     }
   }
   send(wire::SnapshotEnd{}, {});
-  {
-    std::lock_guard lock(mutex);
-    snapshot_sent = true;
-    if (link_error != 0) next_gone_locked(link_error == EPIPE || link_error == ECONNRESET);
-  }
+  handover.snapshot_sent(link_error != 0 ? std::optional(sdk::link_end_for(link_error)) : std::nullopt);
   totals.micros = micros_since(t0);
   return totals;
 }
@@ -231,11 +209,8 @@ bool Worker::Impl::export_arena(const Section& section, const std::string& name,
     say("section '%s' goes serialized: %s", name.c_str(), r.reason.c_str());
     return false;
   }
-  {
-    // From the send on, the next generation may map the arena, until its process is gone.
-    std::lock_guard lock(mutex);
-    lent_to_next.push_back(std::move(flag));
-  }
+  // From the send on, the next generation may map the arena, until its process is gone.
+  handover.lend_arena(std::move(flag));
   const int fds[2] = {written->header.get(), written->arena.get()};
   if (auto ok = wire::send_message(link, written->offer, fds, wire::Blocking::Yes); !ok) {
     say("the next generation's link failed: %s", ok.error().text().c_str());

@@ -171,12 +171,9 @@ ImportedSection Worker::Impl::import_arena(const wire::ArenaOffer& offer, Fd hea
     result.reason = opened.error().text();
     return result;
   }
-  {
-    // Whatever load_arena does with the arena (keeps it, or drops it and throws), it is the
-    // previous generation's too until that one is gone.
-    std::lock_guard lock(mutex);
-    borrowed_from_previous.push_back(shared_with);
-  }
+  // Whatever load_arena does with the arena (keeps it, or drops it and throws), it is the previous
+  // generation's too until that one is gone.
+  handover.borrow_arena(shared_with);
   wire::SpanStreamBuf buffer(opened->app_header);
   std::istream in(&buffer);
   try {

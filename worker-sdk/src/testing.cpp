@@ -1,3 +1,7 @@
+// The stub supervisor (hotrestart/testing.h). It drives the same rooms an upgrade does, on the
+// caller's threads: start-up (start_stub), the Exporter and the Importer over a real socket pair,
+// and the HandoverState through which deltas and descriptors follow; only the processes, the
+// supervisor and the SDK thread are missing.
 #include <hotrestart/testing.h>
 
 #include <thread>
@@ -40,7 +44,7 @@ std::string StubSupervisor::start_from(Worker& next, Worker& previous) {
   to.peer_in = std::move(pair->first);
   to.import_from(to.peer_in.get(), plan, Worker::Impl::Clock::now() + to.options.start_timeout, [](const auto&) {});
   exporter.join();
-  from.flush_peer_out();
+  from.handover.flush();
   return {};
 }
 
@@ -66,17 +70,13 @@ std::size_t StubSupervisor::pump(Worker& next) {
 
 void StubSupervisor::end_previous(Worker& previous) {
   Worker::Impl& from = testing_access::impl(previous);
-  from.flush_peer_out();
-  std::lock_guard lock(from.mutex);
-  from.next_gone_locked(true);
+  from.handover.flush();
+  from.handover.next_gone(sdk::LinkEnd::PeerClosed);
 }
 
 void StubSupervisor::drain(Worker& worker) {
   Worker::Impl& impl = testing_access::impl(worker);
-  {
-    std::lock_guard lock(impl.mutex);
-    impl.draining = true;
-  }
+  impl.handover.start_draining();
   if (impl.drain_callback) impl.drain_callback();
 }
 

@@ -7,9 +7,7 @@
 
 #include <cstddef>
 #include <cstring>
-#include <ostream>
 
-#include <hotrestart/wire/section.h>
 #include "worker_impl.h"
 
 namespace hotrestart {
@@ -32,9 +30,17 @@ void sd_notify_to(const std::string& path, std::string_view message) {
   ::sendto(fd.get(), message.data(), message.size(), MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&addr), len);
 }
 
-std::size_t message_bytes(const wire::Message& m) {
-  if (const auto* d = std::get_if<wire::Delta>(&m)) return d->payload.size() + d->section.size() + 64;
-  return 256;
+// A queued change or descriptor goes at once in the stub, or on the SDK thread.
+bool after_queueing(Worker::Impl& impl, sdk::QueueOutcome outcome) {
+  switch (outcome) {
+    case sdk::QueueOutcome::Refused:
+      return false;
+    case sdk::QueueOutcome::NothingToSendNow:
+      return true;
+    case sdk::QueueOutcome::Queued:
+      return impl.send_queued();
+  }
+  return false;
 }
 
 }  // namespace
@@ -52,9 +58,6 @@ std::string_view mode_name(Mode mode) {
   }
   return "?";
 }
-
-// ---------------------------------------------------------------------------------------------
-// The public surface
 
 Worker::Worker() : Worker(Options{}) {}
 Worker::Worker(Options options) : impl_(std::make_unique<Impl>(std::move(options))) {}
@@ -125,7 +128,7 @@ const std::vector<ImportedSection>& Worker::imported() const {
 void Worker::ready() {
   switch (impl_->mode) {
     case Mode::Supervised:
-      impl_->send_channel(wire::Ready{});
+      impl_->channel.send(wire::Ready{});
       break;
     case Mode::Systemd:
     case Mode::Standalone:
@@ -138,12 +141,14 @@ void Worker::ready() {
 }
 
 void Worker::status(std::string_view text) {
+  // Bytes below 0x20 become spaces, so that the status stays one line. (printable() from the base
+  // layer would replace DEL too, which this line has always passed on.)
   std::string line(text.substr(0, 256));
   for (char& c : line) {
     if (static_cast<unsigned char>(c) < 0x20) c = ' ';
   }
   if (impl_->mode == Mode::Supervised) {
-    impl_->send_channel(wire::StatusLine{line});
+    impl_->channel.send(wire::StatusLine{line});
   } else if (impl_->mode != Mode::Stub) {
     sd_notify_to(impl_->notify_socket, "STATUS=" + line);
   }
@@ -154,63 +159,13 @@ bool Worker::pass_fd(std::string name, int fd) {
   const int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
   if (copy < 0) return false;
   Fd owned(copy);
-  Impl& impl = *impl_;
-  {
-    std::lock_guard lock(impl.mutex);
-    const bool link_up = impl.peer_out && impl.snapshot_sent;
-    if (impl.mode != Mode::Supervised && impl.mode != Mode::Stub) return false;
-    if (impl.draining && !link_up) return false;  // Nothing will ever receive it.
-    if (!impl.draining) {
-      // Kept for every later transfer too, in case the next generation is rolled back.
-      const int keep = ::fcntl(owned.get(), F_DUPFD_CLOEXEC, 3);
-      if (keep < 0) return false;
-      impl.passed_fds.emplace_back(name, Fd(keep));
-    }
-    if (!link_up) return true;  // Goes with the next transfer.
-    if (impl.peer_queue_bytes + 256 > impl.options.max_queued_bytes) return false;
-    Impl::Outgoing out;
-    out.message = wire::Fds{{std::move(name)}};
-    out.fds.push_back(std::move(owned));
-    out.bytes = 256;
-    impl.peer_queue_bytes += out.bytes;
-    impl.peer_queue.push_back(std::move(out));
-  }
-  if (impl.mode == Mode::Stub) return impl.flush_peer_out();
-  impl.wake();
-  return true;
+  // Only a supervisor or the stub has a next generation to give it to.
+  if (impl_->mode != Mode::Supervised && impl_->mode != Mode::Stub) return false;
+  return after_queueing(*impl_, impl_->handover.queue_fd(std::move(name), std::move(owned)));
 }
 
 bool Worker::publish_delta(std::string_view section, const std::function<std::string(std::uint32_t version)>& encode) {
-  Impl& impl = *impl_;
-  {
-    std::lock_guard lock(impl.mutex);
-    auto it = impl.streaming.find(std::string(section));
-    if (!impl.peer_out || it == impl.streaming.end()) return true;  // No transfer under way: nothing to do.
-    std::string payload = encode(it->second);
-    if (payload.size() > impl.options.max_delta_bytes) return false;
-    Impl::Outgoing out;
-    const std::uint64_t sequence = ++impl.delta_sequence;
-    if (payload.size() <= wire::kMaxDeltaPayload) {
-      out.message = wire::Delta{std::string(section), it->second, sequence, std::move(payload)};
-      out.bytes = message_bytes(out.message);
-    } else {
-      // Too large for one message: it goes as a sealed memfd in the section format, checked on
-      // arrival like a snapshot.
-      auto written = wire::write_section(
-          std::string(section), it->second, sequence, [&](std::ostream& o) { o.write(payload.data(), payload.size()); },
-          payload.size());
-      if (!written) return false;
-      out.message = wire::DeltaMemfd{written->offer};
-      out.fds.push_back(std::move(written->memfd));
-      out.bytes = payload.size() + 256;
-    }
-    if (impl.peer_queue_bytes + out.bytes > impl.options.max_queued_bytes) return false;
-    impl.peer_queue_bytes += out.bytes;
-    impl.peer_queue.push_back(std::move(out));
-  }
-  if (impl.mode == Mode::Stub) return impl.flush_peer_out();
-  impl.wake();
-  return true;
+  return after_queueing(*impl_, impl_->handover.queue_delta(section, encode));
 }
 
 }  // namespace hotrestart

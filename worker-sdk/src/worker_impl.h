@@ -11,17 +11,14 @@
 //   exporter.cpp         the old generation's side of a transfer.
 //   worker_thread.cpp    the SDK thread: the channel, the peer links, and the destructor's flush.
 //   worker.cpp           the public Worker methods.
+//   handover_state.cpp   what is shared with the next and previous generations, under one lock.
+//   supervisor_channel.cpp  the channel to the supervisor, under its own lock.
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
+#include <chrono>
 #include <cstdint>
-#include <deque>
 #include <functional>
-#include <map>
-#include <memory>
-#include <mutex>
-#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -32,15 +29,18 @@
 #include <hotrestart/base/result.h>
 #include <hotrestart/wire/channel.h>
 #include <hotrestart/wire/message.h>
+#include "handover_state.h"
+#include "supervisor_channel.h"
 #include "worker_common.h"
 
 namespace hotrestart {
 
 class Worker::Impl {
  public:
-  using Clock = std::chrono::steady_clock;
+  using Clock = sdk::Clock;
 
-  explicit Impl(Worker::Options o) : options(std::move(o)) {}
+  explicit Impl(Worker::Options o)
+      : options(std::move(o)), handover(options.max_queued_bytes, options.max_delta_bytes) {}
   ~Impl();
 
   // start() in its three real modes, and in the stub's.
@@ -74,24 +74,35 @@ class Worker::Impl {
   // the stream itself); false when not even the offer could be sent.
   bool export_stream(const Section& section, const std::string& name, std::uint32_t version, std::uint64_t sequence,
                      int link, wire::SectionReport& r, int& link_error);
-  // The next generation's link is done with: drops what was queued for it. `peer_closed`: the next
-  // generation closed it (it has exited), rather than a send failing here. Under `mutex`.
-  void next_gone_locked(bool peer_closed);
 
-  // Sends what is queued for the next generation without blocking. Returns false once the peer
-  // link is broken (the next generation is gone), after which nothing more is queued.
-  bool flush_peer_out();
   // Handles one message from the previous generation after start(): a delta or descriptors.
   void on_peer_in(wire::Received received);
   void previous_gone();
+  // After a delta or a descriptor was queued for the next generation: the SDK thread sends it, or
+  // in the stub (which has no SDK thread) this thread does at once. Returns false once the link to
+  // the next generation is broken.
+  bool send_queued();
 
   // The SDK thread (Mode::Supervised): polls the channel, the peer links and a wake-up eventfd.
   void run_thread();
   void wake();
   void on_channel_message(wire::Received received);
-  void send_channel(const wire::Message& m);
 
-  // Fields set before start() and read-only afterwards.
+  // Who owns what. Three kinds of thread reach this object: the application's (the one that calls
+  // start(), and any that call ready, status, pass_fd or publish_delta), the SDK thread
+  // (run_thread, and every callback it runs), and the destructor's, which stops the SDK thread
+  // before it flushes. In Mode::Stub there is no SDK thread: the stub's caller does its work.
+  //
+  // Set before start() returns, and read-only afterwards (the SDK thread is created after them):
+  //   options, sections, the five callbacks, started, mode, generation, notify_socket, wake_fd.
+  // Owned by the application's thread: listeners, received_fds, imported, stub_ready, thread.
+  // Owned by start() until it creates the SDK thread, by the SDK thread afterwards, and by the
+  // destructor once that thread is joined: peer_in, reserve_fd.
+  // Shared, each under its own lock: `handover` (sdk::HandoverState: the next generation's link,
+  // its queue, passed descriptors, the drain flag, lent and borrowed arenas) and `channel`
+  // (sdk::SupervisorChannel: sends from any thread).
+  // Shared, atomic: `quitting`, set by the destructor and read by the SDK thread.
+
   Worker::Options options;
   std::vector<Section> sections;
   std::function<void()> drain_callback;
@@ -103,49 +114,23 @@ class Worker::Impl {
   Mode mode = Mode::Standalone;
   std::uint64_t generation = 0;
 
-  // Owned by the thread that called start() (the application's).
   std::vector<std::pair<std::string, Fd>> listeners;
   std::vector<std::pair<std::string, Fd>> received_fds;
   std::vector<ImportedSection> imported;
   bool stub_ready = false;
 
-  // The channel to the supervisor. Sends come from the application's threads (ready, status)
-  // and from the SDK thread; channel_mutex keeps each message whole and in order.
-  Fd channel;
-  std::mutex channel_mutex;
-  std::string notify_socket;  // Mode::Systemd.
+  sdk::SupervisorChannel channel;
+  std::string notify_socket;  // Mode::Systemd and Mode::Standalone.
 
-  // The previous generation's link, read by the SDK thread after start().
+  // The previous generation's link.
   Fd peer_in;
 
-  // The next generation's link and what waits to go over it. Guarded by `mutex`.
-  std::mutex mutex;
-  struct Outgoing {
-    wire::Message message;
-    std::vector<Fd> fds;
-    std::size_t bytes = 0;
-  };
-  Fd peer_out;
-  bool snapshot_sent = false;                      // Queued messages may go once snapshot-end has.
-  std::map<std::string, std::uint32_t> streaming;  // Section -> negotiated version, while exporting.
-  std::deque<Outgoing> peer_queue;
-  std::size_t peer_queue_bytes = 0;
-  std::uint64_t delta_sequence = 0;
-  std::vector<std::pair<std::string, Fd>> passed_fds;  // Sent with every export.
-  bool draining = false;
-  // Arenas lent to the next generation, and borrowed from the previous one: each flag is set while
-  // the other process may map the arena's memory (see arena.h), and cleared once it is gone.
-  std::vector<std::shared_ptr<std::atomic<bool>>> lent_to_next;
-  std::vector<std::shared_ptr<std::atomic<bool>>> borrowed_from_previous;
-  std::vector<Fd> parked_links;  // Given up on, but kept open while arenas are lent over them.
-  bool peer_backoff = false;     // A send failed for a passing reason; retry shortly.
+  sdk::HandoverState handover;
 
-  // The SDK thread.
-  std::thread thread;
-  Fd wake_fd;     // An eventfd.
-  Fd reserve_fd;  // /dev/null, closed while receiving from the previous generation.
+  std::thread thread;  // The SDK thread (Mode::Supervised).
+  Fd wake_fd;          // An eventfd that wakes the SDK thread's poll.
+  Fd reserve_fd;       // /dev/null, closed while receiving from the previous generation.
   std::atomic<bool> quitting{false};
-  std::atomic<bool> next_gone_notice{false};  // Set by next_gone_locked(); on_next_gone runs after.
 };
 
 }  // namespace hotrestart

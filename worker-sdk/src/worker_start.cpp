@@ -165,7 +165,7 @@ Status Worker::Impl::start_supervised(int channel_fd, Clock::time_point deadline
     return Error::message("HOTRESTART_CHANNEL_FD=" + std::to_string(channel_fd) + " is not a seqpacket socket");
   }
   set_cloexec(channel_fd);
-  channel.reset(channel_fd);
+  channel.adopt(Fd(channel_fd));
 
   wire::Hello hello;
   hello.pid = static_cast<std::int32_t>(::getpid());
@@ -174,10 +174,10 @@ Status Worker::Impl::start_supervised(int channel_fd, Clock::time_point deadline
     if (s.load || s.load_arena) hello.imports.push_back({s.name, s.versions, static_cast<bool>(s.load_arena)});
     if (s.save || s.save_arena) hello.exports.push_back({s.name, s.versions, static_cast<bool>(s.save_arena)});
   }
-  if (auto ok = wire::send_message(channel.get(), hello, {}, wire::Blocking::Yes); !ok)
+  if (auto ok = wire::send_message(channel.fd(), hello, {}, wire::Blocking::Yes); !ok)
     return ok.error().context("hello");
 
-  auto welcome_msg = receive_until(channel.get(), deadline, "the supervisor's welcome");
+  auto welcome_msg = receive_until(channel.fd(), deadline, "the supervisor's welcome");
   if (!welcome_msg) return welcome_msg.error();
   if (const auto* refuse = std::get_if<wire::Refuse>(&welcome_msg->message)) {
     return Error::message("the supervisor refused this worker: " + refuse->reason);
@@ -191,7 +191,7 @@ Status Worker::Impl::start_supervised(int channel_fd, Clock::time_point deadline
 
   // The listeners, in batches of at most 253.
   while (listeners.size() < welcome->listeners) {
-    auto batch = receive_until(channel.get(), deadline, "the listening sockets");
+    auto batch = receive_until(channel.fd(), deadline, "the listening sockets");
     if (!batch) return batch.error();
     const auto* names = std::get_if<wire::Listeners>(&batch->message);
     if (names == nullptr) return Error::message("expected listeners from the supervisor");
@@ -216,7 +216,7 @@ Status Worker::Impl::start_supervised(int channel_fd, Clock::time_point deadline
   for (const char* v : {"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"})
     ::unsetenv(v);
 
-  auto begin = receive_until(channel.get(), deadline, "the state transfer plan");
+  auto begin = receive_until(channel.fd(), deadline, "the state transfer plan");
   if (!begin) return begin.error();
   const auto* plan = std::get_if<wire::BeginImport>(&begin->message);
   if (plan == nullptr) return Error::message("expected begin-import from the supervisor");
@@ -230,9 +230,9 @@ Status Worker::Impl::start_supervised(int channel_fd, Clock::time_point deadline
   } else {
     peer_in = std::move(begin->fds.at(0));
     totals = import_from(peer_in.get(), plan->plan, deadline,
-                         [this](const wire::SectionReport& r) { send_channel(wire::SectionImported{r}); });
+                         [this](const wire::SectionReport& r) { channel.send(wire::SectionImported{r}); });
   }
-  send_channel(wire::ImportFinished{totals});
+  channel.send(wire::ImportFinished{totals});
 
   reserve_fd.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   auto efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
