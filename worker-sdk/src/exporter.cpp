@@ -1,8 +1,6 @@
-// The old generation's side of a state transfer: it writes every section of the supervisor's plan
-// to the next generation's link (as an arena, as a stream, or serialized into a sealed memfd, in
-// the newest schema version both sides know), then the descriptors passed with pass_fd() and
-// snapshot-end. It runs on the SDK thread when the supervisor sends begin-export, and calls the
-// application's save and save_arena there.
+// The old generation's side of a state transfer (see exporter.h).
+#include "exporter.h"
+
 #include <algorithm>
 #include <cerrno>
 #include <optional>
@@ -11,19 +9,61 @@
 #include <sstream>
 
 #include <hotrestart/base/text.h>
+#include <hotrestart/wire/channel.h>
 #include <hotrestart/wire/section.h>
 #include <hotrestart/wire/stream.h>
 #include "arena_access.h"
 #include "arena_section.h"
-#include "worker_impl.h"
 
-namespace hotrestart {
+namespace hotrestart::sdk {
+
+// The next generation's link during one export. Every send blocks. The first failure is kept, and
+// nothing is sent after it: the rest of the plan is reported to the supervisor but not offered.
+class ExportLink {
+ public:
+  explicit ExportLink(int fd) : fd_(fd) {}
+
+  bool failed() const { return error_ != 0; }
+  // What the first failed send said.
+  const std::string& failure() const { return failure_; }
+  // How the link ended, if a send failed.
+  std::optional<LinkEnd> end() const {
+    if (!failed()) return std::nullopt;
+    return link_end_for(error_);
+  }
+
+  // Sends one message unless the link failed already. A failure is logged. Returns whether it went.
+  bool send(const wire::Message& message, std::span<const int> fds) {
+    if (failed()) return false;
+    auto ok = wire::send_message(fd_, message, fds, wire::Blocking::Yes);
+    if (ok) return true;
+    say("the next generation's link failed: %s", ok.error().text().c_str());
+    record(ok.error());
+    return false;
+  }
+
+  // Sends named descriptors unless the link failed already.
+  void send_fds(const HandoverState::PassedFds& passed) {
+    if (passed.fds.empty() || failed()) return;
+    if (auto ok = wire::send_named_fds(fd_, wire::Type::Fds, passed.names, passed.fds, wire::Blocking::Yes); !ok) {
+      record(ok.error());
+    }
+  }
+
+ private:
+  void record(const Error& error) {
+    error_ = error.code() != 0 ? error.code() : EIO;
+    failure_ = error.text();
+  }
+
+  int fd_;
+  int error_ = 0;  // The errno of the first failed send.
+  std::string failure_;
+};
+
 namespace {
 
-using sdk::find_section;
-using sdk::guarded;
-using sdk::micros_since;
-using sdk::say;
+constexpr const char* kLinkFailed = "the link to the next generation failed";
 
 // The newest version both sides know, or 0.
 std::uint32_t negotiate(const std::vector<std::uint32_t>& ours, const std::vector<std::uint32_t>& theirs) {
@@ -43,91 +83,88 @@ std::string versions_text(const std::vector<std::uint32_t>& versions) {
 
 }  // namespace
 
-// ---------------------------------------------------------------------------------------------
-// Export (this generation is the old one)
-
-wire::TransferTotals Worker::Impl::export_to(Fd peer, std::uint64_t sequence,
-                                             const std::vector<wire::SectionVersions>& plan,
-                                             const std::function<void(const wire::SectionReport&)>& report) {
+wire::TransferTotals Exporter::export_to(Fd peer, std::uint64_t sequence,
+                                         const std::vector<wire::SectionVersions>& plan,
+                                         const std::function<void(const wire::SectionReport&)>& report) {
   const auto t0 = Clock::now();
-  const int link = handover.begin_transfer(std::move(peer));
+  ExportLink link(handover_.begin_transfer(std::move(peer)));
   wire::TransferTotals totals;
-  int link_error = 0;  // The errno of the first failed send.
-  auto send = [&](const wire::Message& m, std::span<const int> fds) {
-    if (link_error != 0) return;
-    if (auto ok = wire::send_message(link, m, fds, wire::Blocking::Yes); !ok) {
-      say("the next generation's link failed: %s", ok.error().text().c_str());
-      link_error = ok.error().code() != 0 ? ok.error().code() : EIO;
-    }
-  };
-  for (const auto& p : plan) {
+  for (const auto& planned : plan) {
     ++totals.sections;
-    const auto section_start = Clock::now();
-    wire::SectionReport r{p.name, false, 0, 0, 0, {}};
-    bool told_importer = false;
-    const Section* section = find_section(sections, p.name);
-    if (section == nullptr || (!section->save && !section->save_arena)) {
-      r.reason = "generation " + std::to_string(generation) + " has no section '" + p.name + "' to export";
-    } else if (const auto v = negotiate(section->versions, p.versions); v == 0) {
-      r.reason = "no common schema version: the importer reads " + versions_text(p.versions) +
-                 ", the exporter writes " + versions_text(section->versions);
-    } else {
-      r.version = v;
-      // Streaming starts before the snapshot, so that a change made while `save` runs is in the
-      // snapshot, in a delta, or in both (deltas are idempotent), and never in neither.
-      handover.start_streaming(p.name, v);
-      const bool as_arena =
-          section->save_arena && p.arena && export_arena(*section, p.name, v, sequence, link, r, link_error);
-      if (as_arena) {
-        // Sent, or failed: `r` says which.
-      } else if (!section->save) {
-        if (r.reason.empty()) r.reason = "the section has no snapshot in version " + std::to_string(v);
-      } else if (section->stream) {
-        // The importer hears of a failure from the stream itself.
-        told_importer = export_stream(*section, p.name, v, sequence, link, r, link_error);
-      } else {
-        auto written = wire::write_section(
-            p.name, v, sequence, [&](std::ostream& out) { section->save(v, out); }, std::uint64_t{1} << 46);
-        if (!written) {
-          r.reason = written.error().text();
-        } else {
-          r.ok = true;
-          r.reason.clear();
-          r.bytes = written->offer.length;
-          const int memfd = written->memfd.get();
-          send(written->offer, std::span<const int>(&memfd, 1));
-        }
-      }
-    }
-    r.micros = micros_since(section_start);
-    if (!r.ok && !told_importer) send(wire::SectionUnavailable{r.name, r.reason}, {});
+    const wire::SectionReport r = export_section(planned, sequence, link);
     if (r.ok) {
       ++totals.done;
       totals.bytes += r.bytes;
     }
     report(r);
   }
-  {
-    // Descriptors passed for the next generation go with the snapshot. This generation keeps its
-    // copies, so that a later upgrade can pass them again if this one rolls back.
-    const auto passed = handover.passed_fds();
-    if (!passed.fds.empty() && link_error == 0) {
-      if (auto ok = wire::send_named_fds(link, wire::Type::Fds, passed.names, passed.fds, wire::Blocking::Yes); !ok) {
-        link_error = ok.error().code() != 0 ? ok.error().code() : EIO;
-      }
-    }
-  }
-  send(wire::SnapshotEnd{}, {});
-  handover.snapshot_sent(link_error != 0 ? std::optional(sdk::link_end_for(link_error)) : std::nullopt);
+  // Descriptors passed for the next generation go with the snapshot. This generation keeps its
+  // copies, so that a later upgrade can pass them again if this one rolls back.
+  link.send_fds(handover_.passed_fds());
+  link.send(wire::SnapshotEnd{}, {});
+  handover_.snapshot_sent(link.end());
   totals.micros = micros_since(t0);
   return totals;
 }
 
-bool Worker::Impl::export_stream(const Section& section, const std::string& name, std::uint32_t version,
-                                 std::uint64_t sequence, int link, wire::SectionReport& r, int& link_error) {
+wire::SectionReport Exporter::export_section(const wire::SectionVersions& planned, std::uint64_t sequence,
+                                             ExportLink& link) {
+  const auto section_start = Clock::now();
+  wire::SectionReport r{planned.name, false, 0, 0, 0, {}};
+  bool told_importer = false;
+  const Section* section = find_section(sections_, planned.name);
+  if (section == nullptr || (!section->save && !section->save_arena)) {
+    r.reason = "generation " + std::to_string(generation_) + " has no section '" + planned.name + "' to export";
+  } else if (const auto v = negotiate(section->versions, planned.versions); v == 0) {
+    r.reason = "no common schema version: the importer reads " + versions_text(planned.versions) +
+               ", the exporter writes " + versions_text(section->versions);
+  } else {
+    r.version = v;
+    // Streaming starts before the snapshot, so that a change made while `save` runs is in the
+    // snapshot, in a delta, or in both (deltas are idempotent), and never in neither.
+    handover_.start_streaming(planned.name, v);
+    told_importer = send_snapshot(*section, planned, v, sequence, link, r);
+  }
+  r.micros = micros_since(section_start);
+  if (!r.ok && !told_importer) link.send(wire::SectionUnavailable{r.name, r.reason}, {});
+  return r;
+}
+
+bool Exporter::send_snapshot(const Section& section, const wire::SectionVersions& planned, std::uint32_t version,
+                             std::uint64_t sequence, ExportLink& link, wire::SectionReport& r) {
+  if (section.save_arena && planned.arena && export_arena(section, planned.name, version, sequence, link, r)) {
+    return false;  // Sent, or failed: `r` says which.
+  }
+  if (!section.save) {
+    if (r.reason.empty()) r.reason = "the section has no snapshot in version " + std::to_string(version);
+    return false;
+  }
+  // A streamed section's importer hears of a failure from the stream itself.
+  if (section.stream) return export_stream(section, planned.name, version, sequence, link, r);
+  export_serialized(section, planned.name, version, sequence, link, r);
+  return false;
+}
+
+void Exporter::export_serialized(const Section& section, const std::string& name, std::uint32_t version,
+                                 std::uint64_t sequence, ExportLink& link, wire::SectionReport& r) {
+  auto written = wire::write_section(
+      name, version, sequence, [&](std::ostream& out) { section.save(version, out); }, std::uint64_t{1} << 46);
+  if (!written) {
+    r.reason = written.error().text();
+    return;
+  }
+  r.ok = true;
+  r.reason.clear();
+  r.bytes = written->offer.length;
+  const int memfd = written->memfd.get();
+  link.send(written->offer, std::span<const int>(&memfd, 1));
+}
+
+bool Exporter::export_stream(const Section& section, const std::string& name, std::uint32_t version,
+                             std::uint64_t sequence, ExportLink& link, wire::SectionReport& r) {
   const std::string where = "section " + quote(name);
-  if (link_error != 0) {
-    r.reason = "the link to the next generation failed";
+  if (link.failed()) {
+    r.reason = kLinkFailed;
     return false;
   }
   auto pair = wire::stream_pair();
@@ -141,12 +178,8 @@ bool Worker::Impl::export_stream(const Section& section, const std::string& name
     // exit ends `save` at its next write.
     Fd theirs = std::move(pair->second);
     const int fd = theirs.get();
-    if (auto ok = wire::send_message(link, wire::SectionStream{name, version, sequence}, std::span<const int>(&fd, 1),
-                                     wire::Blocking::Yes);
-        !ok) {
-      say("the next generation's link failed: %s", ok.error().text().c_str());
-      link_error = ok.error().code() != 0 ? ok.error().code() : EIO;
-      r.reason = "the link to the next generation failed";
+    if (!link.send(wire::SectionStream{name, version, sequence}, std::span<const int>(&fd, 1))) {
+      r.reason = kLinkFailed;
       return false;
     }
   }
@@ -180,11 +213,11 @@ bool Worker::Impl::export_stream(const Section& section, const std::string& name
   return true;
 }
 
-bool Worker::Impl::export_arena(const Section& section, const std::string& name, std::uint32_t version,
-                                std::uint64_t sequence, int link, wire::SectionReport& r, int& link_error) {
-  if (link_error != 0) {
+bool Exporter::export_arena(const Section& section, const std::string& name, std::uint32_t version,
+                            std::uint64_t sequence, ExportLink& link, wire::SectionReport& r) {
+  if (link.failed()) {
     // The link already failed: no snapshot (and no remap) for a next generation that cannot get it.
-    r.reason = "the link to the next generation failed";
+    r.reason = kLinkFailed;
     return true;
   }
   std::string header;
@@ -200,22 +233,20 @@ bool Worker::Impl::export_arena(const Section& section, const std::string& name,
     r.reason = called ? "save_arena returned no snapshot" : "save_arena failed";
     return false;
   }
-  auto flag = detail::ArenaAccess::shared_with(snapshot);
+  auto share = detail::ArenaAccess::shared_with(snapshot);
   auto written = wire::write_arena_section(name, version, sequence, header, snapshot);
   if (!written) {
     // Nothing was lent: the arena is this generation's alone again, and `save` may still run.
-    flag->store(false);
+    share->store(false);
     r.reason = written.error().text();
     say("section '%s' goes serialized: %s", name.c_str(), r.reason.c_str());
     return false;
   }
   // From the send on, the next generation may map the arena, until its process is gone.
-  handover.lend_arena(std::move(flag));
+  handover_.lend_arena(std::move(share));
   const int fds[2] = {written->header.get(), written->arena.get()};
-  if (auto ok = wire::send_message(link, written->offer, fds, wire::Blocking::Yes); !ok) {
-    say("the next generation's link failed: %s", ok.error().text().c_str());
-    link_error = ok.error().code() != 0 ? ok.error().code() : EIO;
-    r.reason = ok.error().text();
+  if (!link.send(written->offer, fds)) {
+    r.reason = link.failure();
     return true;
   }
   r.ok = true;
@@ -224,4 +255,4 @@ bool Worker::Impl::export_arena(const Section& section, const std::string& name,
   return true;
 }
 
-}  // namespace hotrestart
+}  // namespace hotrestart::sdk

@@ -1,25 +1,21 @@
-// The new generation's side of a state transfer: it reads the previous generation's link until
-// snapshot-end (or end of file, or the deadline), gives every offered section to its `load` or
-// `load_arena` (serialized in a sealed memfd, streamed over a socket of its own, or as an arena),
-// and keeps the accounting: each planned section ends imported or cold with its reason, each is
-// reported as it is done, and the totals go to the supervisor. It runs on the thread that calls
-// start(), and calls the application's load and load_arena there.
+// The new generation's side of a state transfer (see importer.h).
+#include "importer.h"
+
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <istream>
 #include <map>
+#include <memory>
 
 #include <hotrestart/wire/section.h>
 #include <hotrestart/wire/stream.h>
 #include "arena_section.h"
-#include "worker_impl.h"
 
-namespace hotrestart {
+namespace hotrestart::sdk {
 namespace {
 
-using sdk::find_section;
-using sdk::micros_since;
-using sdk::receive_until;
+constexpr const char* kNotSent = "the previous generation did not send it";
 
 // Why a section offered serialized (`how`: "serialized" or "streamed") in schema `version` cannot
 // go to its `load`, or "" when it can.
@@ -46,91 +42,130 @@ std::string run_load(const Section& section, std::uint32_t version, std::istream
 
 }  // namespace
 
-wire::TransferTotals Worker::Impl::import_from(int peer, const std::vector<wire::SectionVersions>& plan,
-                                               Clock::time_point deadline,
-                                               const std::function<void(const wire::SectionReport&)>& report) {
-  const auto t0 = Clock::now();
-  wire::TransferTotals totals;
-  std::map<std::string, ImportedSection> results;
-  for (const auto& p : plan)
-    results[p.name] = {p.name, false, 0, 0, "the previous generation did not send it"};
-  std::string cut_short;
+// The accounting of one import. Every section of the plan has a result, cold until its offer is
+// imported; each section offered is counted in the totals and reported as it is done; when the
+// snapshot is cut short, the sections never sent say why.
+class ImportLedger {
+ public:
+  ImportLedger(const std::vector<wire::SectionVersions>& plan,
+               const std::function<void(const wire::SectionReport&)>& report)
+      : report_(report) {
+    for (const auto& p : plan)
+      results_[p.name] = {p.name, false, 0, 0, kNotSent};
+  }
+
+  bool planned(const std::string& name) const { return results_.count(name) != 0; }
+
+  // The exporter could not send a section.
+  void unavailable(const wire::SectionUnavailable& missing) {
+    if (auto it = results_.find(missing.name); it != results_.end()) it->second.reason = missing.reason;
+    report_({missing.name, false, 0, 0, 0, missing.reason});
+  }
+
+  // A section offered, whose offer arrived at `started`: counted, reported, and kept for imported().
+  void finish(const ImportedSection& result, Clock::time_point started) {
+    ++totals_.sections;
+    if (result.imported) {
+      ++totals_.done;
+      totals_.bytes += result.bytes;
+    }
+    report_({result.name, result.imported, result.version, result.bytes, micros_since(started), result.reason});
+    if (auto planned = results_.find(result.name); planned != results_.end()) planned->second = result;
+  }
+
+  // The snapshot ended before snapshot-end, for `reason`.
+  void cut_short(std::string reason) { cut_short_ = std::move(reason); }
+
+  // The totals, taking `micros` since the import began.
+  wire::TransferTotals totals(Clock::time_point began) const {
+    wire::TransferTotals totals = totals_;
+    totals.micros = micros_since(began);
+    return totals;
+  }
+
+  // One result for each planned section, in the order of their names.
+  std::vector<ImportedSection> results() const {
+    std::vector<ImportedSection> out;
+    for (auto [name, result] : results_) {
+      if (!result.imported && !cut_short_.empty() && result.reason == kNotSent) result.reason = cut_short_;
+      out.push_back(std::move(result));
+    }
+    return out;
+  }
+
+ private:
+  const std::function<void(const wire::SectionReport&)>& report_;
+  std::map<std::string, ImportedSection> results_;
+  wire::TransferTotals totals_;
+  std::string cut_short_;
+};
+
+ImportOutcome Importer::import_from(int peer, const std::vector<wire::SectionVersions>& plan,
+                                    Clock::time_point deadline,
+                                    const std::function<void(const wire::SectionReport&)>& report) {
+  const auto began = Clock::now();
+  ImportLedger ledger(plan, report);
+  ImportOutcome outcome;
   for (;;) {
     auto r = receive_until(peer, deadline, "the previous generation's snapshot");
     if (!r) {
       const bool closed = r.error().code() == EPIPE || r.error().code() == ECONNRESET;
-      cut_short =
-          closed ? "the previous generation closed the link before its snapshot was complete" : r.error().text();
+      ledger.cut_short(closed ? "the previous generation closed the link before its snapshot was complete"
+                              : r.error().text());
       break;
     }
     if (std::holds_alternative<wire::SnapshotEnd>(r->message)) break;
     if (auto* fds = std::get_if<wire::Fds>(&r->message)) {
       for (std::size_t i = 0; i < fds->names.size(); ++i)
-        received_fds.emplace_back(fds->names[i], std::move(r->fds[i]));
+        outcome.received_fds.emplace_back(fds->names[i], std::move(r->fds[i]));
       continue;
     }
     if (auto* missing = std::get_if<wire::SectionUnavailable>(&r->message)) {
-      if (auto it = results.find(missing->name); it != results.end()) it->second.reason = missing->reason;
-      report({missing->name, false, 0, 0, 0, missing->reason});
+      ledger.unavailable(*missing);
       continue;
     }
-    // Each section's result: counted, reported, and kept for imported().
     const auto section_start = Clock::now();
-    auto finish = [&](const ImportedSection& result) {
-      ++totals.sections;
-      if (result.imported) {
-        ++totals.done;
-        totals.bytes += result.bytes;
-      }
-      report({result.name, result.imported, result.version, result.bytes, micros_since(section_start), result.reason});
-      if (auto planned = results.find(result.name); planned != results.end()) planned->second = result;
-    };
     if (auto* arena = std::get_if<wire::ArenaOffer>(&r->message)) {
-      finish(import_arena(*arena, std::move(r->fds.at(0)), std::move(r->fds.at(1))));
-      continue;
-    }
-    if (auto* streamed = std::get_if<wire::SectionStream>(&r->message)) {
-      finish(results.count(streamed->name) != 0 ? import_stream(*streamed, std::move(r->fds.at(0)), deadline)
-                                                : ImportedSection{streamed->name, false, streamed->version, 0,
-                                                                  "offered a section this generation does not import"});
-      continue;
-    }
-    auto* offer = std::get_if<wire::SectionOffer>(&r->message);
-    if (offer == nullptr) {
-      cut_short = std::string("unexpected ") + std::string(wire::type_name(wire::type_of(r->message))) +
-                  " before the snapshot was complete";
+      ledger.finish(import_arena(*arena, std::move(r->fds.at(0)), std::move(r->fds.at(1))), section_start);
+    } else if (auto* streamed = std::get_if<wire::SectionStream>(&r->message)) {
+      ledger.finish(import_stream(*streamed, std::move(r->fds.at(0)), ledger.planned(streamed->name), deadline),
+                    section_start);
+    } else if (auto* offer = std::get_if<wire::SectionOffer>(&r->message)) {
+      ledger.finish(import_serialized(*offer, std::move(r->fds.at(0)), ledger.planned(offer->name)), section_start);
+    } else {
+      ledger.cut_short(std::string("unexpected ") + std::string(wire::type_name(wire::type_of(r->message))) +
+                       " before the snapshot was complete");
       break;
     }
-    ImportedSection result{offer->name, false, offer->version, offer->length, {}};
-    const Section* section = results.count(offer->name) != 0 ? find_section(sections, offer->name) : nullptr;
-    if (result.reason = cannot_load(section, offer->version, "serialized"); !result.reason.empty()) {
-      // Not for `load`.
-    } else if (auto mapped = wire::open_section(std::move(r->fds.at(0)), *offer, options.max_section_bytes); !mapped) {
-      result.reason = mapped.error().text();
-    } else {
-      wire::SpanStreamBuf buffer(mapped->payload());
-      std::istream in(&buffer);
-      result.reason = run_load(*section, offer->version, in);
-      result.imported = result.reason.empty();
-    }
-    finish(result);
   }
-  for (auto& [name, result] : results) {
-    if (!result.imported && !cut_short.empty() && result.reason == "the previous generation did not send it") {
-      result.reason = cut_short;
-    }
-    imported.push_back(result);
-  }
-  totals.micros = micros_since(t0);
-  return totals;
+  outcome.sections = ledger.results();
+  outcome.totals = ledger.totals(began);
+  return outcome;
 }
 
-ImportedSection Worker::Impl::import_stream(const wire::SectionStream& offer, Fd sock, Clock::time_point deadline) {
+ImportedSection Importer::import_serialized(const wire::SectionOffer& offer, Fd memfd, bool planned) {
+  ImportedSection result{offer.name, false, offer.version, offer.length, {}};
+  const Section* section = planned ? find_section(sections_, offer.name) : nullptr;
+  if (result.reason = cannot_load(section, offer.version, "serialized"); !result.reason.empty()) return result;
+  auto mapped = wire::open_section(std::move(memfd), offer, max_section_bytes_);
+  if (!mapped) {
+    result.reason = mapped.error().text();
+    return result;
+  }
+  wire::SpanStreamBuf buffer(mapped->payload());
+  std::istream in(&buffer);
+  result.reason = run_load(*section, offer.version, in);
+  result.imported = result.reason.empty();
+  return result;
+}
+
+ImportedSection Importer::import_stream(const wire::SectionStream& offer, Fd sock, bool planned,
+                                        Clock::time_point deadline) {
   ImportedSection result{offer.name, false, offer.version, 0, {}};
-  const Section* section = find_section(sections, offer.name);
+  const Section* section = planned ? find_section(sections_, offer.name) : nullptr;
   // Closing the socket (on return) ends the exporter's `save` at its next write.
   if (result.reason = cannot_load(section, offer.version, "streamed"); !result.reason.empty()) return result;
-  wire::StreamReader reader(sock.get(), deadline, options.max_section_bytes);
+  wire::StreamReader reader(sock.get(), deadline, max_section_bytes_);
   // A stream that fails is an exception in `load`, never a plain end of file that a load reading
   // the istream by hand could take for the end of the section.
   reader.throw_on_error(true);
@@ -152,9 +187,9 @@ ImportedSection Worker::Impl::import_stream(const wire::SectionStream& offer, Fd
   return result;
 }
 
-ImportedSection Worker::Impl::import_arena(const wire::ArenaOffer& offer, Fd header, Fd memfd) {
+ImportedSection Importer::import_arena(const wire::ArenaOffer& offer, Fd header, Fd memfd) {
   ImportedSection result{offer.offer.name, false, offer.offer.version, offer.bytes + offer.offer.length, {}};
-  const Section* section = find_section(sections, offer.offer.name);
+  const Section* section = find_section(sections_, offer.offer.name);
   if (section == nullptr || !section->load_arena) {
     result.reason = "offered an arena for a section this generation does not import as one";
     return result;
@@ -164,16 +199,15 @@ ImportedSection Worker::Impl::import_arena(const wire::ArenaOffer& offer, Fd hea
         "offered schema version " + std::to_string(offer.offer.version) + ", which this generation cannot read";
     return result;
   }
-  auto shared_with = std::make_shared<std::atomic<bool>>(true);
-  auto opened =
-      wire::open_arena_section(std::move(header), std::move(memfd), offer, options.max_section_bytes, shared_with);
+  auto share = std::make_shared<std::atomic<bool>>(true);
+  auto opened = wire::open_arena_section(std::move(header), std::move(memfd), offer, max_section_bytes_, share);
   if (!opened) {
     result.reason = opened.error().text();
     return result;
   }
   // Whatever load_arena does with the arena (keeps it, or drops it and throws), it is the previous
   // generation's too until that one is gone.
-  handover.borrow_arena(shared_with);
+  handover_.borrow_arena(share);
   wire::SpanStreamBuf buffer(opened->app_header);
   std::istream in(&buffer);
   try {
@@ -187,4 +221,4 @@ ImportedSection Worker::Impl::import_arena(const wire::ArenaOffer& offer, Fd hea
   return result;
 }
 
-}  // namespace hotrestart
+}  // namespace hotrestart::sdk

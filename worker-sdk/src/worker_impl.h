@@ -7,8 +7,8 @@
 //
 // Rooms, one file each:
 //   worker_start.cpp     start() in its modes: the supervised handshake, systemd, standalone, stub.
-//   importer.cpp         the new generation's side of a transfer.
-//   exporter.cpp         the old generation's side of a transfer.
+//   importer.cpp         the new generation's side of a transfer (class Importer).
+//   exporter.cpp         the old generation's side of a transfer (class Exporter).
 //   worker_thread.cpp    the SDK thread: the channel, the peer links, and the destructor's flush.
 //   worker.cpp           the public Worker methods.
 //   handover_state.cpp   what is shared with the next and previous generations, under one lock.
@@ -43,17 +43,15 @@ class Worker::Impl {
       : options(std::move(o)), handover(options.max_queued_bytes, options.max_delta_bytes) {}
   ~Impl();
 
-  // start() in its three real modes, and in the stub's.
+  // --- Start-up (worker_start.cpp): start() in its three real modes, and in the stub's.
   std::string start();
   std::string start_stub(std::uint64_t generation);
-  Status start_supervised(int channel_fd, Clock::time_point deadline);
-  Status start_systemd(int count);
-  Status start_standalone();
   Status check_sections() const;
 
-  // The new generation's side of a transfer: reads the peer link until snapshot-end (or EOF, or
-  // the deadline), importing every offered section. Fills `imported`. Never fails as a whole: a
-  // section that cannot be imported starts cold, with its reason.
+  // --- The transfer, as the SDK thread and the stub run it.
+  // The new generation's side: reads `peer` until snapshot-end (or EOF, or the deadline),
+  // importing every offered section, and adds to `imported` and `received_fds`. Never fails as a
+  // whole: a section that cannot be imported starts cold, with its reason.
   wire::TransferTotals import_from(int peer, const std::vector<wire::SectionVersions>& plan, Clock::time_point deadline,
                                    const std::function<void(const wire::SectionReport&)>& report);
   // The old generation's side: writes every section of the plan to the peer link, then the passed
@@ -61,20 +59,7 @@ class Worker::Impl {
   wire::TransferTotals export_to(Fd peer, std::uint64_t sequence, const std::vector<wire::SectionVersions>& plan,
                                  const std::function<void(const wire::SectionReport&)>& report);
 
-  // An arena section from the previous generation: checked, mapped, and given to load_arena.
-  ImportedSection import_arena(const wire::ArenaOffer& offer, Fd header, Fd memfd);
-  // Sends a section as an arena if save_arena gives a snapshot. Returns false when it gave none
-  // (the caller then tries `save`); true when it did, with `r` saying whether it went.
-  bool export_arena(const Section& section, const std::string& name, std::uint32_t version, std::uint64_t sequence,
-                    int link, wire::SectionReport& r, int& link_error);
-  // A streamed section from the previous generation, read from `sock` as it arrives.
-  ImportedSection import_stream(const wire::SectionStream& offer, Fd sock, Clock::time_point deadline);
-  // Streams a section to the next generation while `save` writes it. Returns true when the stream
-  // was offered (then `r` says whether it ended well, and the importer heard of a failure through
-  // the stream itself); false when not even the offer could be sent.
-  bool export_stream(const Section& section, const std::string& name, std::uint32_t version, std::uint64_t sequence,
-                     int link, wire::SectionReport& r, int& link_error);
-
+  // --- The SDK thread (worker_thread.cpp).
   // Handles one message from the previous generation after start(): a delta or descriptors.
   void on_peer_in(wire::Received received);
   void previous_gone();
@@ -82,11 +67,6 @@ class Worker::Impl {
   // in the stub (which has no SDK thread) this thread does at once. Returns false once the link to
   // the next generation is broken.
   bool send_queued();
-
-  // The SDK thread (Mode::Supervised): polls the channel, the peer links and a wake-up eventfd.
-  void run_thread();
-  void wake();
-  void on_channel_message(wire::Received received);
 
   // Who owns what. Three kinds of thread reach this object: the application's (the one that calls
   // start(), and any that call ready, status, pass_fd or publish_delta), the SDK thread
@@ -131,6 +111,26 @@ class Worker::Impl {
   Fd wake_fd;          // An eventfd that wakes the SDK thread's poll.
   Fd reserve_fd;       // /dev/null, closed while receiving from the previous generation.
   std::atomic<bool> quitting{false};
+
+ private:
+  // Start-up steps (worker_start.cpp).
+  Status start_supervised(int channel_fd, Clock::time_point deadline);
+  Status start_systemd(int count);
+  Status start_standalone();
+  Result<std::uint32_t> handshake(Clock::time_point deadline);
+  Status receive_listeners(std::uint32_t count, Clock::time_point deadline);
+  Status import_previous(Clock::time_point deadline);
+  Status start_thread();
+
+  // The SDK thread's steps (worker_thread.cpp).
+  void run_thread();
+  void wake();
+  struct PollSet;
+  PollSet poll_set() const;
+  void serve_channel();
+  void on_channel_message(wire::Received received);
+  void serve_previous_generation();
+  void serve_next_generation(short revents);
 };
 
 }  // namespace hotrestart

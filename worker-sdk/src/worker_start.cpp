@@ -15,6 +15,7 @@
 #include <string_view>
 
 #include <hotrestart/base/address.h>
+#include "importer.h"
 #include "worker_impl.h"
 
 namespace hotrestart {
@@ -35,6 +36,26 @@ void set_cloexec(int fd) {
   if (flags >= 0) ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
 }
 
+// How many listening sockets systemd's socket activation passed to this process at fd 3.., or 0
+// when LISTEN_PID and LISTEN_FDS do not say so.
+int systemd_listen_fds() {
+  const char* listen_pid = std::getenv("LISTEN_PID");
+  const char* listen_fds = std::getenv("LISTEN_FDS");
+  int pid = 0;
+  int count = 0;
+  if (listen_pid != nullptr && listen_fds != nullptr && parse_int(listen_pid, pid) && pid == ::getpid() &&
+      parse_int(listen_fds, count) && count > 0) {
+    return count;
+  }
+  return 0;
+}
+
+// Programs this worker starts must not take the listeners for theirs.
+void forget_systemd_environment() {
+  for (const char* v : {"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"})
+    ::unsetenv(v);
+}
+
 Result<Fd> bind_listener(const std::string& spec) {
   auto host_port = parse_host_port(spec);
   if (!host_port) return host_port.error();
@@ -49,10 +70,13 @@ Result<Fd> bind_listener(const std::string& spec) {
   return fd;
 }
 
-}  // namespace
+// Every section starts cold, for `reason`.
+void all_cold(const std::vector<Section>& sections, const std::string& reason, std::vector<ImportedSection>& imported) {
+  for (const auto& s : sections)
+    imported.push_back({s.name, false, 0, 0, reason});
+}
 
-// ---------------------------------------------------------------------------------------------
-// Start
+}  // namespace
 
 Status Worker::Impl::check_sections() const {
   for (std::size_t i = 0; i < sections.size(); ++i) {
@@ -93,20 +117,14 @@ std::string Worker::Impl::start() {
     if (auto ok = start_supervised(fd, deadline); !ok) return "cannot start under the supervisor: " + ok.error().text();
     return {};
   }
-  const char* listen_pid = std::getenv("LISTEN_PID");
-  const char* listen_fds = std::getenv("LISTEN_FDS");
-  int pid = 0;
-  int count = 0;
-  if (listen_pid != nullptr && listen_fds != nullptr && parse_int(listen_pid, pid) && pid == ::getpid() &&
-      parse_int(listen_fds, count) && count > 0) {
+  if (const int count = systemd_listen_fds(); count > 0) {
     mode = Mode::Systemd;
     if (auto ok = start_systemd(count); !ok) return ok.error().text();
     return {};
   }
   mode = Mode::Standalone;
   if (const char* ns = std::getenv("NOTIFY_SOCKET")) notify_socket = ns;
-  for (const auto& s : sections)
-    imported.push_back({s.name, false, 0, 0, "started without a supervisor"});
+  all_cold(sections, "started without a supervisor", imported);
   if (auto ok = start_standalone(); !ok) return ok.error().text();
   return {};
 }
@@ -117,8 +135,7 @@ std::string Worker::Impl::start_stub(std::uint64_t number) {
   if (auto ok = check_sections(); !ok) return ok.error().text();
   mode = Mode::Stub;
   generation = number;
-  for (const auto& s : sections)
-    imported.push_back({s.name, false, 0, 0, "first generation"});
+  all_cold(sections, "first generation", imported);
   if (auto ok = start_standalone(); !ok) return ok.error().text();
   return {};
 }
@@ -148,13 +165,14 @@ Status Worker::Impl::start_systemd(int count) {
     std::string name = i < static_cast<int>(names.size()) && !names[i].empty() ? names[i] : "unknown";
     listeners.emplace_back(std::move(name), Fd(fd));
   }
-  for (const char* v : {"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"})
-    ::unsetenv(v);
+  forget_systemd_environment();
   if (const char* ns = std::getenv("NOTIFY_SOCKET")) notify_socket = ns;
-  for (const auto& s : sections)
-    imported.push_back({s.name, false, 0, 0, "no supervisor channel (systemd mode)"});
+  all_cold(sections, "no supervisor channel (systemd mode)", imported);
   return {};
 }
+
+// ---------------------------------------------------------------------------------------------
+// Under the supervisor
 
 Status Worker::Impl::start_supervised(int channel_fd, Clock::time_point deadline) {
   struct stat st {};
@@ -167,6 +185,23 @@ Status Worker::Impl::start_supervised(int channel_fd, Clock::time_point deadline
   set_cloexec(channel_fd);
   channel.adopt(Fd(channel_fd));
 
+  auto announced = handshake(deadline);
+  if (!announced) return announced.error();
+  if (auto ok = receive_listeners(announced.value(), deadline); !ok) return ok;
+  // The same sockets were inherited at fd 3.. for workers without the SDK; this worker has its
+  // own copies now, so the inherited ones are closed rather than leaked.
+  if (const int count = systemd_listen_fds(); count > 0 && 3 + count <= channel_fd) {
+    for (int fd = 3; fd < 3 + count; ++fd)
+      ::close(fd);
+  }
+  forget_systemd_environment();
+  if (auto ok = import_previous(deadline); !ok) return ok;
+  return start_thread();
+}
+
+// Says hello with the sections this worker imports and exports, and takes the supervisor's
+// welcome: this worker's generation. Returns how many listeners the supervisor announced.
+Result<std::uint32_t> Worker::Impl::handshake(Clock::time_point deadline) {
   wire::Hello hello;
   hello.pid = static_cast<std::int32_t>(::getpid());
   hello.sdk = kSdkName;
@@ -188,34 +223,29 @@ Status Worker::Impl::start_supervised(int channel_fd, Clock::time_point deadline
                           std::string(wire::type_name(wire::type_of(welcome_msg->message))));
   }
   generation = welcome->generation;
+  return welcome->listeners;
+}
 
-  // The listeners, in batches of at most 253.
-  while (listeners.size() < welcome->listeners) {
+// The listeners, in batches of at most 253.
+Status Worker::Impl::receive_listeners(std::uint32_t count, Clock::time_point deadline) {
+  while (listeners.size() < count) {
     auto batch = receive_until(channel.fd(), deadline, "the listening sockets");
     if (!batch) return batch.error();
     const auto* names = std::get_if<wire::Listeners>(&batch->message);
     if (names == nullptr) return Error::message("expected listeners from the supervisor");
-    if (listeners.size() + names->names.size() > welcome->listeners) {
+    if (listeners.size() + names->names.size() > count) {
       return Error::message("the supervisor sent more listeners than it announced");
     }
     for (std::size_t i = 0; i < names->names.size(); ++i) {
       listeners.emplace_back(names->names[i], std::move(batch->fds[i]));
     }
   }
-  // The same sockets were inherited at fd 3.. for workers without the SDK; this worker has its
-  // own copies now, so the inherited ones are closed rather than leaked.
-  const char* listen_pid = std::getenv("LISTEN_PID");
-  const char* listen_fds = std::getenv("LISTEN_FDS");
-  int pid = 0;
-  int count = 0;
-  if (listen_pid != nullptr && listen_fds != nullptr && parse_int(listen_pid, pid) && pid == ::getpid() &&
-      parse_int(listen_fds, count) && count > 0 && 3 + count <= channel_fd) {
-    for (int fd = 3; fd < 3 + count; ++fd)
-      ::close(fd);
-  }
-  for (const char* v : {"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"})
-    ::unsetenv(v);
+  return {};
+}
 
+// Takes the supervisor's plan and imports what the previous generation sends over the peer link
+// attached to it (nothing, for a first generation), reporting each section to the supervisor.
+Status Worker::Impl::import_previous(Clock::time_point deadline) {
   auto begin = receive_until(channel.fd(), deadline, "the state transfer plan");
   if (!begin) return begin.error();
   const auto* plan = std::get_if<wire::BeginImport>(&begin->message);
@@ -233,7 +263,21 @@ Status Worker::Impl::start_supervised(int channel_fd, Clock::time_point deadline
                          [this](const wire::SectionReport& r) { channel.send(wire::SectionImported{r}); });
   }
   channel.send(wire::ImportFinished{totals});
+  return {};
+}
 
+wire::TransferTotals Worker::Impl::import_from(int peer, const std::vector<wire::SectionVersions>& plan,
+                                               Clock::time_point deadline,
+                                               const std::function<void(const wire::SectionReport&)>& report) {
+  auto outcome = sdk::Importer(sections, options.max_section_bytes, handover).import_from(peer, plan, deadline, report);
+  for (auto& fd : outcome.received_fds)
+    received_fds.push_back(std::move(fd));
+  for (auto& section : outcome.sections)
+    imported.push_back(std::move(section));
+  return outcome.totals;
+}
+
+Status Worker::Impl::start_thread() {
   reserve_fd.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   auto efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (efd < 0) return Error::from_errno("eventfd");
@@ -241,4 +285,5 @@ Status Worker::Impl::start_supervised(int channel_fd, Clock::time_point deadline
   thread = std::thread([this] { run_thread(); });
   return {};
 }
+
 }  // namespace hotrestart

@@ -13,69 +13,76 @@
 #include <cstring>
 
 #include <hotrestart/wire/section.h>
+#include "exporter.h"
 #include "worker_impl.h"
 
 namespace hotrestart {
 namespace {
 
-using sdk::find_section;
 using sdk::guarded;
 using sdk::say;
 
+// The section a change from the previous generation is for, or nullptr (and the change is
+// dropped, with a line on stderr) when no section of that name applies changes.
+const Section* section_for_change(const std::vector<Section>& sections, const std::string& name) {
+  const Section* section = sdk::find_section(sections, name);
+  if (section == nullptr || !section->apply_delta) {
+    say("dropped a change to section '%s', which has no apply_delta", name.c_str());
+    return nullptr;
+  }
+  return section;
+}
+
 }  // namespace
 
-// ---------------------------------------------------------------------------------------------
-// After start: the previous generation's deltas and descriptors
+// The descriptors one turn of run_thread() polls, and where each one is in `fds`.
+struct Worker::Impl::PollSet {
+  static constexpr nfds_t kNotPolled = 4;
+  pollfd fds[4] = {};
+  nfds_t count = 0;
+  nfds_t channel_at = kNotPolled;
+  nfds_t previous_at = kNotPolled;
+  nfds_t next_at = kNotPolled;
+  bool backoff = false;  // A send to the next generation waits to be retried.
 
-void Worker::Impl::on_peer_in(wire::Received received) {
-  if (auto* delta = std::get_if<wire::Delta>(&received.message)) {
-    const Section* section = find_section(sections, delta->section);
-    if (section == nullptr || !section->apply_delta) {
-      say("dropped a change to section '%s', which has no apply_delta", delta->section.c_str());
-      return;
-    }
-    guarded("apply_delta", [&] { section->apply_delta(delta->version, delta->payload); });
-    return;
+  nfds_t add(int fd, short events) {
+    fds[count] = {fd, events, 0};
+    return count++;
   }
-  if (auto* large = std::get_if<wire::DeltaMemfd>(&received.message)) {
-    const Section* section = find_section(sections, large->offer.name);
-    if (section == nullptr || !section->apply_delta) {
-      say("dropped a change to section '%s', which has no apply_delta", large->offer.name.c_str());
-      return;
-    }
-    auto mapped = wire::open_section(std::move(received.fds.at(0)), large->offer, options.max_delta_bytes);
-    if (!mapped) {
-      say("section '%s': dropped a change: %s", large->offer.name.c_str(), mapped.error().text().c_str());
-      return;
-    }
-    const auto payload = mapped->payload();
-    guarded("apply_delta", [&] {
-      section->apply_delta(large->offer.version,
-                           std::string_view(reinterpret_cast<const char*>(payload.data()), payload.size()));
-    });
-    return;
-  }
-  if (auto* fds = std::get_if<wire::Fds>(&received.message)) {
-    for (std::size_t i = 0; i < fds->names.size(); ++i) {
-      if (fd_callback) {
-        guarded("on_fd", [&] { fd_callback(fds->names[i], std::move(received.fds[i])); });
-      } else {
-        say("closed descriptor '%s' from the previous generation: no on_fd callback", fds->names[i].c_str());
-      }
-    }
-    return;
-  }
-  say("ignored %s from the previous generation", std::string(wire::type_name(wire::type_of(received.message))).c_str());
+  short revents(nfds_t at) const { return at < count ? fds[at].revents : 0; }
+};
+
+Worker::Impl::PollSet Worker::Impl::poll_set() const {
+  PollSet set;
+  set.add(wake_fd.get(), POLLIN);
+  if (channel.fd() >= 0) set.channel_at = set.add(channel.fd(), POLLIN);
+  if (peer_in) set.previous_at = set.add(peer_in.get(), POLLIN);
+  const auto next = handover.poll_request();
+  set.backoff = next.backoff;
+  if (next.fd >= 0) set.next_at = set.add(next.fd, next.events);
+  return set;
 }
 
-void Worker::Impl::previous_gone() {
-  peer_in.reset();
-  handover.previous_gone();
-  if (previous_gone_callback) guarded("on_previous_gone", previous_gone_callback);
+void Worker::Impl::run_thread() {
+  for (;;) {
+    PollSet set = poll_set();
+    if (::poll(set.fds, set.count, set.backoff ? 10 : -1) < 0) {
+      if (errno == EINTR) continue;
+      say("poll failed: %s", std::strerror(errno));
+      return;
+    }
+    if ((set.fds[0].revents & POLLIN) != 0) {
+      std::uint64_t count = 0;
+      [[maybe_unused]] auto r = ::read(wake_fd.get(), &count, sizeof count);
+    }
+    if (quitting.load()) return;
+    if (set.backoff) handover.retry_after_backoff();
+    if (set.revents(set.channel_at) != 0) serve_channel();
+    if (set.revents(set.previous_at) != 0) serve_previous_generation();
+    serve_next_generation(set.revents(set.next_at));
+    if (handover.take_next_gone_notice() && next_gone_callback) guarded("on_next_gone", next_gone_callback);
+  }
 }
-
-// ---------------------------------------------------------------------------------------------
-// The SDK thread
 
 void Worker::Impl::wake() {
   if (!wake_fd) return;
@@ -87,6 +94,29 @@ bool Worker::Impl::send_queued() {
   if (mode == Mode::Stub) return handover.flush();
   wake();
   return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The supervisor's channel
+
+void Worker::Impl::serve_channel() {
+  auto r = wire::receive_message(channel.fd(), wire::Blocking::No);
+  if (r) {
+    on_channel_message(std::move(r).value());
+    return;
+  }
+  const int code = r.error().code();
+  if (code == EAGAIN) return;
+  // The supervisor is gone, or sent something this SDK cannot trust. Either way the channel is
+  // closed, so that the supervisor sees it and falls back to signals for this worker; the
+  // generation keeps serving meanwhile.
+  if (code != EPIPE && code != ECONNRESET) {
+    say("closing the supervisor channel: %s", r.error().text().c_str());
+    channel.send(wire::Refuse{r.error().text().substr(0, wire::kMaxTextLength)});
+  } else {
+    say("the supervisor channel closed");
+  }
+  channel.close();
 }
 
 void Worker::Impl::on_channel_message(wire::Received received) {
@@ -121,74 +151,82 @@ void Worker::Impl::on_channel_message(wire::Received received) {
       received.message);
 }
 
-void Worker::Impl::run_thread() {
-  for (;;) {
-    pollfd fds[4];
-    nfds_t n = 0;
-    fds[n++] = {wake_fd.get(), POLLIN, 0};
-    const nfds_t channel_at = channel.fd() >= 0 ? n : 99;
-    if (channel.fd() >= 0) fds[n++] = {channel.fd(), POLLIN, 0};
-    const nfds_t peer_in_at = peer_in ? n : 99;
-    if (peer_in) fds[n++] = {peer_in.get(), POLLIN, 0};
-    nfds_t peer_out_at = 99;
-    const auto next = handover.poll_request();
-    const bool backoff = next.backoff;
-    if (next.fd >= 0) {
-      peer_out_at = n;
-      fds[n++] = {next.fd, next.events, 0};
-    }
-    if (::poll(fds, n, backoff ? 10 : -1) < 0) {
-      if (errno == EINTR) continue;
-      say("poll failed: %s", std::strerror(errno));
+wire::TransferTotals Worker::Impl::export_to(Fd peer, std::uint64_t sequence,
+                                             const std::vector<wire::SectionVersions>& plan,
+                                             const std::function<void(const wire::SectionReport&)>& report) {
+  return sdk::Exporter(sections, generation, handover).export_to(std::move(peer), sequence, plan, report);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The previous generation's link: its deltas and descriptors after start()
+
+void Worker::Impl::serve_previous_generation() {
+  // A spare descriptor is given up for the receive, so that a process at its fd limit still takes
+  // the memfd of a large change (the kernel would drop it, and the change with it).
+  reserve_fd.reset();
+  auto r = wire::receive_message(peer_in.get(), wire::Blocking::No);
+  reserve_fd.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (r) {
+    on_peer_in(std::move(r).value());
+  } else if (r.error().code() == EPIPE || r.error().code() == ECONNRESET) {
+    previous_gone();
+  } else if (r.error().code() != EAGAIN) {
+    // One bad message (truncated descriptors at the fd limit, say) costs that message, not the
+    // link: the previous generation goes on streaming the changes it acknowledges.
+    say("dropped a message from the previous generation: %s", r.error().text().c_str());
+  }
+}
+
+void Worker::Impl::on_peer_in(wire::Received received) {
+  if (auto* delta = std::get_if<wire::Delta>(&received.message)) {
+    const Section* section = section_for_change(sections, delta->section);
+    if (section == nullptr) return;
+    guarded("apply_delta", [&] { section->apply_delta(delta->version, delta->payload); });
+    return;
+  }
+  if (auto* large = std::get_if<wire::DeltaMemfd>(&received.message)) {
+    const Section* section = section_for_change(sections, large->offer.name);
+    if (section == nullptr) return;
+    auto mapped = wire::open_section(std::move(received.fds.at(0)), large->offer, options.max_delta_bytes);
+    if (!mapped) {
+      say("section '%s': dropped a change: %s", large->offer.name.c_str(), mapped.error().text().c_str());
       return;
     }
-    if ((fds[0].revents & POLLIN) != 0) {
-      std::uint64_t count = 0;
-      [[maybe_unused]] auto r = ::read(wake_fd.get(), &count, sizeof count);
-    }
-    if (quitting.load()) return;
-    if (backoff) handover.retry_after_backoff();
-    if (channel_at != 99 && fds[channel_at].revents != 0) {
-      auto r = wire::receive_message(channel.fd(), wire::Blocking::No);
-      if (r) {
-        on_channel_message(std::move(r).value());
-      } else if (r.error().code() != EAGAIN) {
-        // The supervisor is gone, or sent something this SDK cannot trust. Either way the channel
-        // is closed, so that the supervisor sees it and falls back to signals for this worker;
-        // the generation keeps serving meanwhile.
-        const int code = r.error().code();
-        if (code != EPIPE && code != ECONNRESET) {
-          say("closing the supervisor channel: %s", r.error().text().c_str());
-          channel.send(wire::Refuse{r.error().text().substr(0, wire::kMaxTextLength)});
-        } else {
-          say("the supervisor channel closed");
-        }
-        channel.close();
+    const auto payload = mapped->payload();
+    guarded("apply_delta", [&] {
+      section->apply_delta(large->offer.version,
+                           std::string_view(reinterpret_cast<const char*>(payload.data()), payload.size()));
+    });
+    return;
+  }
+  if (auto* fds = std::get_if<wire::Fds>(&received.message)) {
+    for (std::size_t i = 0; i < fds->names.size(); ++i) {
+      if (fd_callback) {
+        guarded("on_fd", [&] { fd_callback(fds->names[i], std::move(received.fds[i])); });
+      } else {
+        say("closed descriptor '%s' from the previous generation: no on_fd callback", fds->names[i].c_str());
       }
     }
-    if (peer_in_at != 99 && fds[peer_in_at].revents != 0) {
-      // A spare descriptor is given up for the receive, so that a process at its fd limit still
-      // takes the memfd of a large change (the kernel would drop it, and the change with it).
-      reserve_fd.reset();
-      auto r = wire::receive_message(peer_in.get(), wire::Blocking::No);
-      reserve_fd.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-      if (r) {
-        on_peer_in(std::move(r).value());
-      } else if (r.error().code() == EPIPE || r.error().code() == ECONNRESET) {
-        previous_gone();
-      } else if (r.error().code() != EAGAIN) {
-        // One bad message (truncated descriptors at the fd limit, say) costs that message, not the
-        // link: the previous generation goes on streaming the changes it acknowledges.
-        say("dropped a message from the previous generation: %s", r.error().text().c_str());
-      }
-    }
-    if (peer_out_at != 99 && (fds[peer_out_at].revents & (POLLHUP | POLLERR)) != 0) {
-      // The next generation is gone (rolled back, or crashed): nothing more can be handed over.
-      handover.next_gone(sdk::LinkEnd::PeerClosed);
-    } else if (peer_out_at != 99 && fds[peer_out_at].revents != 0) {
-      handover.flush();
-    }
-    if (handover.take_next_gone_notice() && next_gone_callback) guarded("on_next_gone", next_gone_callback);
+    return;
+  }
+  say("ignored %s from the previous generation", std::string(wire::type_name(wire::type_of(received.message))).c_str());
+}
+
+void Worker::Impl::previous_gone() {
+  peer_in.reset();
+  handover.previous_gone();
+  if (previous_gone_callback) guarded("on_previous_gone", previous_gone_callback);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The next generation's link: what waits for it, and its end
+
+void Worker::Impl::serve_next_generation(short revents) {
+  if ((revents & (POLLHUP | POLLERR)) != 0) {
+    // The next generation is gone (rolled back, or crashed): nothing more can be handed over.
+    handover.next_gone(sdk::LinkEnd::PeerClosed);
+  } else if (revents != 0) {
+    handover.flush();
   }
 }
 
