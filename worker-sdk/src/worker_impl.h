@@ -48,7 +48,8 @@ class Worker::Impl {
   std::string start_stub(std::uint64_t generation);
   Status check_sections() const;
 
-  // --- The transfer, as the SDK thread and the stub run it.
+  // --- The transfer, as the SDK thread and the stub run it (import_from is in worker_start.cpp,
+  // export_to in worker_thread.cpp; the work is the Importer's and the Exporter's).
   // The new generation's side: reads `peer` until snapshot-end (or EOF, or the deadline),
   // importing every offered section, and adds to `imported` and `received_fds`. Never fails as a
   // whole: a section that cannot be imported starts cold, with its reason.
@@ -71,7 +72,8 @@ class Worker::Impl {
   // Who owns what. Three kinds of thread reach this object: the application's (the one that calls
   // start(), and any that call ready, status, pass_fd or publish_delta), the SDK thread
   // (run_thread, and every callback it runs), and the destructor's, which stops the SDK thread
-  // before it flushes. In Mode::Stub there is no SDK thread: the stub's caller does its work.
+  // before it flushes. In Mode::Stub there is no SDK thread: the stub's caller does its work, and
+  // start_from() runs the previous worker's export on a thread of its own, as its process would.
   //
   // Set before start() returns, and read-only afterwards (the SDK thread is created after them):
   //   options, sections, the five callbacks, started, mode, generation, notify_socket, wake_fd.
@@ -80,7 +82,8 @@ class Worker::Impl {
   // destructor once that thread is joined: peer_in, reserve_fd.
   // Shared, each under its own lock: `handover` (sdk::HandoverState: the next generation's link,
   // its queue, passed descriptors, the drain flag, lent and borrowed arenas) and `channel`
-  // (sdk::SupervisorChannel: sends from any thread).
+  // (sdk::SupervisorChannel: sends from any thread; after start() only the SDK thread
+  // receives from it and closes it).
   // Shared, atomic: `quitting`, set by the destructor and read by the SDK thread.
 
   Worker::Options options;
