@@ -3,6 +3,7 @@
 #include "handover_state.h"
 
 #include <fcntl.h>
+#include <poll.h>
 
 #include <algorithm>
 #include <cerrno>

@@ -15,10 +15,10 @@
 //    load_arena sees it (borrow_arena), and cleared only once the other process is gone: its link
 //    closed (next_gone(LinkEnd::PeerClosed), previous_gone()).
 //  - A link over which an arena was lent is never closed while the process lives: given up on
-//    after a failed send, it is parked; at exit it is left for the kernel to close.
+//    after a failed send, it is parked; at exit it is left for the kernel to close. (A new
+//    transfer closes the link of an earlier one, assuming that the earlier next generation is
+//    gone by then; see begin_transfer.)
 #pragma once
-
-#include <poll.h>
 
 #include <atomic>
 #include <cstddef>
@@ -67,14 +67,16 @@ class HandoverState {
   // --- The export, on the SDK thread (in the stub, on its exporter thread).
 
   // Takes `link` as the next generation's for a new transfer and forgets what was streamed or
-  // queued for an earlier one. Returns the descriptor, for the exporter's own blocking sends.
+  // queued for an earlier one. Returns the descriptor, for the exporter's own blocking sends. An
+  // earlier link still held is closed, not parked, even when arenas were lent over it: this relies
+  // on the supervisor beginning a transfer only once the earlier next generation is gone.
   int begin_transfer(Fd link);
   // From here on publish_delta() queues changes to `section`, encoded in `version`.
   void start_streaming(const std::string& section, std::uint32_t version);
   void lend_arena(ArenaShare share);
   struct PassedFds {
     std::vector<std::string> names;
-    std::vector<int> fds;  // Still owned here, and open while the process lives.
+    std::vector<int> fds;  // Still owned here: never closed before the HandoverState is destroyed.
   };
   // The descriptors pass_fd() kept for every transfer.
   PassedFds passed_fds() const;

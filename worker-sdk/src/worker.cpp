@@ -30,7 +30,8 @@ void sd_notify_to(const std::string& path, std::string_view message) {
   ::sendto(fd.get(), message.data(), message.size(), MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&addr), len);
 }
 
-// A queued change or descriptor goes at once in the stub, or on the SDK thread.
+// What publish_delta() and pass_fd() return for `outcome`. A queued message is sent at once in the
+// stub, and by the SDK thread otherwise.
 bool after_queueing(Worker::Impl& impl, sdk::QueueOutcome outcome) {
   switch (outcome) {
     case sdk::QueueOutcome::Refused:
