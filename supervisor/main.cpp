@@ -109,7 +109,7 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
                 "socket instead, reports READY=1 when the server first waits on it, and closes it on drain, so "
                 "that the drain signal follows only once the server's connections are done");
   run->add_option("--log-level", f.log_level, "debug, info, warning or error")
-      ->check(CLI::IsMember({"debug", "info", "warning", "error"}))
+      ->check(CLI::IsMember(log_level_names()))
       ->capture_default_str();
   // The command line after `--` is split off before CLI11 sees argv (see split_command_line), so
   // that a worker's own flags, such as --version, are never taken for ours.
@@ -141,13 +141,6 @@ Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vect
   options.adopt_binds = f.adopt_binds;
   options.command = std::move(command);
   return options;
-}
-
-LogLevel log_level(const std::string& name) {
-  return name == "debug"     ? LogLevel::Debug
-         : name == "warning" ? LogLevel::Warning
-         : name == "error"   ? LogLevel::Error
-                             : LogLevel::Info;
 }
 
 // ---- upgrade, status, stop
@@ -236,7 +229,7 @@ int main(int argc, char** argv) {
   if (run->parsed()) {
     auto options = run_options(run_flags, *run, std::move(tail));
     if (!options) return usage_error(options.error().text());
-    set_log_level(log_level(run_flags.log_level));
+    set_log_level(log_level_named(run_flags.log_level).value_or(LogLevel::Info));
     Supervisor supervisor(std::move(options).value());
     return supervisor.run();
   }

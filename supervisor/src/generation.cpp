@@ -2,7 +2,6 @@
 
 #include <signal.h>
 
-#include <array>
 #include <cstdlib>
 
 #include <fmt/format.h>
@@ -10,6 +9,7 @@
 #include <hotrestart/base/text.h>
 
 #include "adopt.h"
+#include "lifecycle.h"
 #include "log.h"
 #include "signals.h"
 
@@ -25,23 +25,21 @@ std::string elapsed_text(std::chrono::steady_clock::duration d) {
   return format_duration(std::chrono::duration_cast<Millis>(d));
 }
 
-// kGenerationTransitions[from][to]: the whole table of the generation's lifecycle.
-constexpr auto kGenerationTransitions = [] {
-  std::array<std::array<bool, kGenerationStateCount>, kGenerationStateCount> t{};
-  const auto allow = [&t](GenerationState from, GenerationState to) {
-    t[static_cast<std::size_t>(from)][static_cast<std::size_t>(to)] = true;
-  };
-  allow(GenerationState::Starting, GenerationState::Ready);
-  allow(GenerationState::Starting, GenerationState::Draining);
-  allow(GenerationState::Starting, GenerationState::Exited);
-  allow(GenerationState::Ready, GenerationState::Draining);
-  allow(GenerationState::Ready, GenerationState::Exited);
-  allow(GenerationState::Draining, GenerationState::Exited);
-  return t;
-}();
+// The whole table of a generation's lifecycle (generation.h draws it).
+constexpr TransitionTable<GenerationState, kGenerationStateCount> kLifecycle = {
+    {GenerationState::Starting, GenerationState::Ready},  {GenerationState::Starting, GenerationState::Draining},
+    {GenerationState::Starting, GenerationState::Exited}, {GenerationState::Ready, GenerationState::Draining},
+    {GenerationState::Ready, GenerationState::Exited},    {GenerationState::Draining, GenerationState::Exited},
+};
+constexpr TransitionTable<SdkState, kSdkStateCount> kHandshake = {
+    {SdkState::None, SdkState::Importing},
+    {SdkState::Importing, SdkState::Serving},
+};
 
-constexpr std::array<std::string_view, kGenerationStateCount> kGenerationStateNames = {"starting", "ready", "draining",
-                                                                                       "exited"};
+// The names `status` shows.
+constexpr std::string_view kStateNames[] = {"starting", "ready", "draining", "exited"};
+static_assert(std::size(kStateNames) == kGenerationStateCount && named_apart(kStateNames),
+              "every generation state needs a name of its own");
 
 // The ports of the TCP listeners ("127.0.0.1:41234", "[::1]:80"); unix: listeners have none, and
 // their connections are not counted.
@@ -66,16 +64,15 @@ std::string listener_addresses(const ListenerSet& listeners) {
 }  // namespace
 
 std::string_view generation_state_name(GenerationState state) {
-  return kGenerationStateNames.at(static_cast<std::size_t>(state));
+  return name_in(kStateNames, state);
 }
 
 bool transition_allowed(GenerationState from, GenerationState to) {
-  return kGenerationTransitions[static_cast<std::size_t>(from)][static_cast<std::size_t>(to)];
+  return kLifecycle.allows(from, to);
 }
 
 bool transition_allowed(SdkState from, SdkState to) {
-  return (from == SdkState::None && to == SdkState::Importing) ||
-         (from == SdkState::Importing && to == SdkState::Serving);
+  return kHandshake.allows(from, to);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,14 +11,28 @@ namespace {
 
 LogLevel g_level = LogLevel::Info;
 
-#define HOTRESTART_LOG_PREFIX(enumerator, prefix) prefix,
+#define HOTRESTART_LOG_PREFIX(enumerator, name, prefix) prefix,
+#define HOTRESTART_LOG_NAME(enumerator, name, prefix) name,
 constexpr std::string_view kPrefixes[] = {HOTRESTART_LOG_LEVELS(HOTRESTART_LOG_PREFIX)};
+constexpr std::string_view kNames[] = {HOTRESTART_LOG_LEVELS(HOTRESTART_LOG_NAME)};
 #undef HOTRESTART_LOG_PREFIX
+#undef HOTRESTART_LOG_NAME
 
 }  // namespace
 
 void set_log_level(LogLevel level) {
   g_level = level;
+}
+
+std::optional<LogLevel> log_level_named(std::string_view name) {
+  for (std::size_t i = 0; i < std::size(kNames); ++i) {
+    if (kNames[i] == name) return static_cast<LogLevel>(i);
+  }
+  return std::nullopt;
+}
+
+std::vector<std::string> log_level_names() {
+  return {std::begin(kNames), std::end(kNames)};
 }
 
 void log_line(LogLevel level, std::string_view text) {

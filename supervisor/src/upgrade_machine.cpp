@@ -1,5 +1,7 @@
 #include "upgrade_machine.h"
 
+#include "lifecycle.h"
+
 #include <array>
 #include <cassert>
 #include <cstddef>
@@ -8,31 +10,24 @@
 namespace hotrestart {
 namespace {
 
-constexpr std::size_t idx(Phase p) {
-  return static_cast<std::size_t>(p);
-}
-
-// kAllowed[from][to]: the whole transition table. Rolling back is reachable from every
-// phase before cutover and from none after it.
-constexpr auto kAllowed = [] {
-  std::array<std::array<bool, kPhaseCount>, kPhaseCount> t{};
-  const auto allow = [&t](Phase from, Phase to) { t[idx(from)][idx(to)] = true; };
-  allow(Phase::Spawning, Phase::Handshake);
-  allow(Phase::Spawning, Phase::RollingBack);
-  allow(Phase::Handshake, Phase::TransferringState);
-  allow(Phase::Handshake, Phase::HealthChecking);  // A worker without the SDK reported ready.
-  allow(Phase::Handshake, Phase::RollingBack);
-  allow(Phase::TransferringState, Phase::Warming);
-  allow(Phase::TransferringState, Phase::RollingBack);
-  allow(Phase::Warming, Phase::HealthChecking);
-  allow(Phase::Warming, Phase::RollingBack);
-  allow(Phase::HealthChecking, Phase::Cutover);
-  allow(Phase::HealthChecking, Phase::RollingBack);
-  allow(Phase::Cutover, Phase::DrainingOld);
-  allow(Phase::DrainingOld, Phase::Done);
-  allow(Phase::RollingBack, Phase::RolledBack);
-  return t;
-}();
+// The whole transition table. Rolling back is reachable from every phase before cutover and from
+// none after it.
+constexpr TransitionTable<Phase, kPhaseCount> kAllowed = {
+    {Phase::Spawning, Phase::Handshake},
+    {Phase::Spawning, Phase::RollingBack},
+    {Phase::Handshake, Phase::TransferringState},
+    {Phase::Handshake, Phase::HealthChecking},  // A worker without the SDK reported ready.
+    {Phase::Handshake, Phase::RollingBack},
+    {Phase::TransferringState, Phase::Warming},
+    {Phase::TransferringState, Phase::RollingBack},
+    {Phase::Warming, Phase::HealthChecking},
+    {Phase::Warming, Phase::RollingBack},
+    {Phase::HealthChecking, Phase::Cutover},
+    {Phase::HealthChecking, Phase::RollingBack},
+    {Phase::Cutover, Phase::DrainingOld},
+    {Phase::DrainingOld, Phase::Done},
+    {Phase::RollingBack, Phase::RolledBack},
+};
 
 // Each enum's names, indexed by enumerator (upgrade_machine.h lists both together).
 #define HOTRESTART_UPGRADE_NAME(enumerator, name) name,
@@ -41,27 +36,9 @@ constexpr std::string_view kInputNames[] = {HOTRESTART_UPGRADE_INPUTS(HOTRESTART
 constexpr std::string_view kActionNames[] = {HOTRESTART_UPGRADE_ACTIONS(HOTRESTART_UPGRADE_NAME)};
 #undef HOTRESTART_UPGRADE_NAME
 
-// The names go into the control protocol and the logs, where an empty or shared one would leave a
-// reader unable to tell two phases (inputs, actions) apart.
-template <std::size_t N>
-constexpr bool named_apart(const std::string_view (&names)[N]) {
-  for (std::size_t i = 0; i < N; ++i) {
-    if (names[i].empty()) return false;
-    for (std::size_t j = 0; j < i; ++j)
-      if (names[j] == names[i]) return false;
-  }
-  return true;
-}
 static_assert(std::size(kPhaseNames) == kPhaseCount && named_apart(kPhaseNames), "every phase needs a name of its own");
 static_assert(named_apart(kInputNames), "every input needs a name of its own");
 static_assert(named_apart(kActionNames), "every action needs a name of its own");
-
-// "?" for a value outside the enum, which only a cast can make.
-template <class Enum, std::size_t N>
-std::string_view name_in(const std::string_view (&names)[N], Enum e) {
-  auto i = static_cast<std::size_t>(e);
-  return i < N ? names[i] : "?";
-}
 
 }  // namespace
 
@@ -82,7 +59,7 @@ bool is_terminal(Phase p) {
 }
 
 bool transition_allowed(Phase from, Phase to) {
-  return kAllowed[idx(from)][idx(to)];
+  return kAllowed.allows(from, to);
 }
 
 UpgradeMachine::UpgradeMachine(Clock::time_point started) : started_(started) {
