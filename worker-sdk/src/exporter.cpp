@@ -100,7 +100,7 @@ wire::TransferTotals Exporter::export_to(Fd peer, std::uint64_t sequence,
   }
   // Descriptors passed for the next generation go with the snapshot. This generation keeps its
   // copies, so that a later upgrade can pass them again if this one rolls back.
-  link.send_fds(handover_.passed_fds());
+  link.send_fds(handover_.take_passed_fds_for_snapshot());
   link.send(wire::SnapshotEnd{}, {});
   handover_.snapshot_sent(link.end());
   totals.micros = micros_since(t0);

@@ -38,6 +38,8 @@ int HandoverState::begin_transfer(Fd link) {
   std::lock_guard lock(mutex_);
   const int fd = link.get();
   next_link_ = std::move(link);
+  ++link_number_;
+  passed_fds_taken_ = false;
   snapshot_sent_ = false;
   streaming_.clear();
   forget_queue_locked();
@@ -54,9 +56,10 @@ void HandoverState::lend_arena(ArenaShare share) {
   lent_to_next_.push_back(std::move(share));
 }
 
-HandoverState::PassedFds HandoverState::passed_fds() const {
+HandoverState::PassedFds HandoverState::take_passed_fds_for_snapshot() {
   PassedFds passed;
   std::lock_guard lock(mutex_);
+  passed_fds_taken_ = true;
   for (const auto& [name, fd] : passed_fds_) {
     passed.names.push_back(name);
     passed.fds.push_back(fd.get());
@@ -101,15 +104,17 @@ QueueOutcome HandoverState::queue_delta(std::string_view section,
 
 QueueOutcome HandoverState::queue_fd(std::string name, Fd fd) {
   std::lock_guard lock(mutex_);
-  const bool link_up = next_link_ && snapshot_sent_;
-  if (draining_ && !link_up) return QueueOutcome::Refused;  // Nothing will ever receive it.
+  const bool link = static_cast<bool>(next_link_);
+  if (draining_ && !link) return QueueOutcome::Refused;  // Nothing will ever receive it.
   if (!draining_) {
     // Kept for every later transfer too, in case the next generation is rolled back.
     const int keep = ::fcntl(fd.get(), F_DUPFD_CLOEXEC, 3);
     if (keep < 0) return QueueOutcome::Refused;
     passed_fds_.emplace_back(name, Fd(keep));
   }
-  if (!link_up) return QueueOutcome::NothingToSendNow;  // Goes with the next transfer.
+  // Without a transfer it goes with the next one; in a transfer whose snapshot has not taken the
+  // kept descriptors yet, it goes with the snapshot. Otherwise it follows the snapshot, queued.
+  if (!link || (!passed_fds_taken_ && !draining_)) return QueueOutcome::NothingToSendNow;
   Outgoing out;
   out.message = wire::Fds{{std::move(name)}};
   out.fds.push_back(std::move(fd));
@@ -189,6 +194,13 @@ void HandoverState::next_gone(LinkEnd how) {
   next_gone_locked(how);
 }
 
+void HandoverState::link_hung_up(std::uint64_t link) {
+  std::lock_guard lock(mutex_);
+  // The poll that saw the hang-up ran before the channel's messages of the same turn were served,
+  // and a begin-export among them replaces the link: its revents are then the earlier link's.
+  if (next_link_ && link == link_number_) next_gone_locked(LinkEnd::PeerClosed);
+}
+
 void HandoverState::next_gone_locked(LinkEnd how) {
   Fd link = std::move(next_link_);
   streaming_.clear();
@@ -220,6 +232,7 @@ HandoverState::PollRequest HandoverState::poll_request() const {
   request.backoff = backoff_;
   if (next_link_) {
     request.fd = next_link_.get();
+    request.link = link_number_;
     // POLLOUT only while something waits, so that an idle link does not spin.
     const bool waiting = !queue_.empty() && snapshot_sent_ && !backoff_;
     request.events = static_cast<short>(waiting ? POLLOUT : 0);

@@ -78,8 +78,9 @@ class HandoverState {
     std::vector<std::string> names;
     std::vector<int> fds;  // Still owned here: never closed before the HandoverState is destroyed.
   };
-  // The descriptors pass_fd() kept for every transfer.
-  PassedFds passed_fds() const;
+  // The descriptors pass_fd() kept for every transfer, which go with this transfer's snapshot; one
+  // passed from here on follows the snapshot in the queue instead.
+  PassedFds take_passed_fds_for_snapshot();
   // Snapshot-end went (or the link failed on the way, `link_end` says how): queued messages may
   // follow.
   void snapshot_sent(std::optional<LinkEnd> link_end);
@@ -89,7 +90,7 @@ class HandoverState {
   // Queues a change to `section` if a transfer of it is under way. `encode` runs under the lock.
   QueueOutcome queue_delta(std::string_view section, const std::function<std::string(std::uint32_t version)>& encode);
   // Keeps a copy of `fd` for every later transfer (before the drain) and queues it for a next
-  // generation that has its snapshot already.
+  // generation whose snapshot has taken the kept ones already.
   QueueOutcome queue_fd(std::string name, Fd fd);
   void start_draining();
 
@@ -112,9 +113,13 @@ class HandoverState {
   struct PollRequest {
     int fd = -1;
     short events = 0;
-    bool backoff = false;  // Poll with a short timeout, then retry_after_backoff().
+    bool backoff = false;    // Poll with a short timeout, then retry_after_backoff().
+    std::uint64_t link = 0;  // Which link `fd` was: each transfer's gets a new number.
   };
   PollRequest poll_request() const;
+  // poll() saw `link` (PollRequest::link) hang up: the next generation closed it. A link replaced
+  // since it was polled (a new transfer began meanwhile) is left alone.
+  void link_hung_up(std::uint64_t link);
   // Whether the next generation went away since the last call (on_next_gone is owed).
   bool take_next_gone_notice() { return next_gone_notice_.exchange(false); }
 
@@ -141,6 +146,8 @@ class HandoverState {
 
   mutable std::mutex mutex_;
   Fd next_link_;
+  std::uint64_t link_number_ = 0;  // Counts the transfers' links (PollRequest::link).
+  bool passed_fds_taken_ = false;  // This transfer's snapshot has taken passed_fds_.
   bool snapshot_sent_ = false;
   std::map<std::string, std::uint32_t> streaming_;  // Section -> negotiated version, while exporting.
   std::deque<Outgoing> queue_;

@@ -133,7 +133,7 @@ class Worker::Impl {
   void serve_channel();
   void on_channel_message(wire::Received received);
   void serve_previous_generation();
-  void serve_next_generation(short revents);
+  void serve_next_generation(short revents, std::uint64_t link);
 };
 
 }  // namespace hotrestart

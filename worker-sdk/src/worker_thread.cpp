@@ -43,7 +43,8 @@ struct Worker::Impl::PollSet {
   nfds_t channel_at = kNotPolled;
   nfds_t previous_at = kNotPolled;
   nfds_t next_at = kNotPolled;
-  bool backoff = false;  // A send to the next generation waits to be retried.
+  std::uint64_t next_link = 0;  // Which link to the next generation was polled (HandoverState).
+  bool backoff = false;         // A send to the next generation waits to be retried.
 
   nfds_t add(int fd, short events) {
     fds[count] = {fd, events, 0};
@@ -60,6 +61,7 @@ Worker::Impl::PollSet Worker::Impl::poll_set() const {
   const auto next = handover.poll_request();
   set.backoff = next.backoff;
   if (next.fd >= 0) set.next_at = set.add(next.fd, next.events);
+  set.next_link = next.link;
   return set;
 }
 
@@ -79,7 +81,7 @@ void Worker::Impl::run_thread() {
     if (set.backoff) handover.retry_after_backoff();
     if (set.revents(set.channel_at) != 0) serve_channel();
     if (set.revents(set.previous_at) != 0) serve_previous_generation();
-    serve_next_generation(set.revents(set.next_at));
+    serve_next_generation(set.revents(set.next_at), set.next_link);
     if (handover.take_next_gone_notice() && next_gone_callback) guarded("on_next_gone", next_gone_callback);
   }
 }
@@ -221,10 +223,10 @@ void Worker::Impl::previous_gone() {
 // ---------------------------------------------------------------------------------------------
 // The next generation's link: what waits for it, and its end
 
-void Worker::Impl::serve_next_generation(short revents) {
+void Worker::Impl::serve_next_generation(short revents, std::uint64_t link) {
   if ((revents & (POLLHUP | POLLERR)) != 0) {
     // The next generation is gone (rolled back, or crashed): nothing more can be handed over.
-    handover.next_gone(sdk::LinkEnd::PeerClosed);
+    handover.link_hung_up(link);
   } else if (revents != 0) {
     handover.flush();
   }
