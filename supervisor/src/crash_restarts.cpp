@@ -1,3 +1,4 @@
+// The delay before a crash restart (see crash_restarts.h).
 #include "crash_restarts.h"
 
 #include <algorithm>

@@ -1,3 +1,5 @@
+// One generation of the worker from spawn to exit: its lifecycle table, readiness, reports and
+// ending (see generation.h).
 #include "generation.h"
 
 #include <signal.h>

@@ -1,3 +1,5 @@
+// The notify socket: receiving sd_notify datagrams and finding the generation that sent each
+// (see notify_socket.h).
 #include "notify_socket.h"
 
 #include <sys/socket.h>

@@ -1,3 +1,4 @@
+// `hotrestart run`'s options: --ready and the control socket's default place (see run_options.h).
 #include "run_options.h"
 
 #include <sys/stat.h>

@@ -1,3 +1,5 @@
+// The state broker: planning a transfer, starting it over the peer link, and the section reports
+// (see state_broker.h).
 #include "state_broker.h"
 
 #include <algorithm>

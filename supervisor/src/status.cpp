@@ -1,3 +1,4 @@
+// Counters, the last error, and the pieces of `hotrestart status` (see status.h).
 #include "status.h"
 
 #include "log.h"

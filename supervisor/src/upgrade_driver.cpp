@@ -1,3 +1,5 @@
+// The upgrade driver: the queue of inputs, the machine's actions, and the events they publish
+// (see upgrade_driver.h).
 #include "upgrade_driver.h"
 
 #include <chrono>

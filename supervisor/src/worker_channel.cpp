@@ -1,3 +1,4 @@
+// The supervisor's end of a worker's channel (see worker_channel.h).
 #include "worker_channel.h"
 
 #include <cerrno>

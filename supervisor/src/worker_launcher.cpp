@@ -1,3 +1,4 @@
+// A worker's environment, descriptors and exec (see worker_launcher.h).
 #include "worker_launcher.h"
 
 #include <algorithm>

@@ -1,3 +1,4 @@
+// The HOST:PORT parser and numeric socket addresses (see address.h).
 #include <hotrestart/base/address.h>
 
 #include <arpa/inet.h>

@@ -1,3 +1,4 @@
+// One sd_notify datagram to a NOTIFY_SOCKET path (see sd_notify.h).
 #include <hotrestart/base/sd_notify.h>
 
 #include <sys/socket.h>

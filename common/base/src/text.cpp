@@ -1,3 +1,4 @@
+// Text made safe to show: quote(), printable(), shell_words() (see text.h).
 #include <hotrestart/base/text.h>
 
 namespace hotrestart {
