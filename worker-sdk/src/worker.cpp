@@ -2,33 +2,13 @@
 // rooms (see worker_impl.h). The registration methods run before start(); ready, status, pass_fd
 // and publish_delta may run on any of the application's threads afterwards.
 #include <fcntl.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 
-#include <cstddef>
-#include <cstring>
+#include <hotrestart/base/sd_notify.h>
 
 #include "worker_impl.h"
 
 namespace hotrestart {
 namespace {
-
-// A datagram in systemd's notify format to `path` ('@' = abstract namespace).
-void sd_notify_to(const std::string& path, std::string_view message) {
-  sockaddr_un addr{};
-  if (path.empty() || path.size() >= sizeof addr.sun_path) return;
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, path.data(), path.size());
-  auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size());
-  if (addr.sun_path[0] == '@') {
-    addr.sun_path[0] = '\0';
-  } else {
-    ++len;
-  }
-  Fd fd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-  if (!fd) return;
-  ::sendto(fd.get(), message.data(), message.size(), MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&addr), len);
-}
 
 // What publish_delta() and pass_fd() return for `outcome`. A queued message is sent at once in the
 // stub, and by the SDK thread otherwise.
@@ -133,7 +113,7 @@ void Worker::ready() {
       break;
     case Mode::Systemd:
     case Mode::Standalone:
-      sd_notify_to(impl_->notify_socket, "READY=1");
+      (void)sd_notify_to(impl_->notify_socket, "READY=1");  // Nobody to tell when it fails.
       break;
     case Mode::Stub:
       impl_->stub_ready = true;
@@ -151,7 +131,7 @@ void Worker::status(std::string_view text) {
   if (impl_->mode == Mode::Supervised) {
     impl_->channel.send(wire::StatusLine{line});
   } else if (impl_->mode != Mode::Stub) {
-    sd_notify_to(impl_->notify_socket, "STATUS=" + line);
+    (void)sd_notify_to(impl_->notify_socket, "STATUS=" + line);
   }
 }
 
