@@ -317,7 +317,7 @@ TEST_CASE("state: a worker speaking another channel protocol version is refused 
   sup.stop();
 }
 
-TEST_CASE("state: a worker that sends garbage on its channel is refused; the supervisor carries on") {
+TEST_CASE("state: a worker that sends garbage on its channel is refused, and the supervisor carries on") {
   Supervisor sup({}, sdk({"--fill", "8"}));
   const pid_t old_pid = sup.active_pid();
   RunResult r = sup.upgrade_to(sdk({"--raw-garbage"}));

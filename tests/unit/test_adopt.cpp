@@ -47,7 +47,7 @@ std::string error_of(const std::string& executable) {
 
 }  // namespace
 
-TEST_CASE("adopt: dynamically linked programs and scripts can be preloaded; others are refused with the reason") {
+TEST_CASE("adopt: dynamically linked programs and scripts can be preloaded, and others are refused with the reason") {
   CHECK(error_of("/usr/bin/env") == "");
   CHECK(error_of("/bin/sh") == "");
   Scratch scratch;
