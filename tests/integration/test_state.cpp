@@ -333,9 +333,21 @@ TEST_CASE("state: a worker that sends garbage on its channel is refused, and the
 TEST_CASE("state: SDK upgrades leave no descriptor, process or generation behind") {
   Supervisor sup({}, sdk({"--fill", "100", "--pass-fds", "3"}));
   upgrade_ok(sup, sdk({"--version", "v2", "--pass-fds", "3"}));
+  // The old generation drains after upgrade_ok returns, and the supervisor holds its channel until
+  // it has exited: descriptors are counted once the active generation is the only one left.
+  auto only_active = [&] {
+    return wait_until(
+        [&] {
+          auto s = sup.status();
+          return s && (*s)["generations"].size() == 1;
+        },
+        10s);
+  };
+  REQUIRE(only_active());
   const std::size_t fds_before = list_fds(sup.pid()).size();
   for (int i = 3; i <= 7; ++i)
     upgrade_ok(sup, sdk({"--version", fmt::format("v{}", i), "--pass-fds", "3"}));
+  REQUIRE(only_active());
   CHECK(list_fds(sup.pid()).size() == fds_before);
   CHECK(sup.processes().size() == 1);
   json s = sup.status_or_fail();
