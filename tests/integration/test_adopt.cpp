@@ -220,7 +220,7 @@ http {{
   sup.stop();
 }
 
-TEST_CASE("socket activation: gunicorn takes LISTEN_FDS as it is and upgrades 10 times under load") {
+TEST_CASE("adopt: gunicorn needs no --adopt-binds: it takes LISTEN_FDS as it is and upgrades 10 times under load") {
   if (!have(kGunicorn)) {
     MESSAGE("skipped: " << kGunicorn << " is not installed (scripts/install-deps installs gunicorn)");
     return;
