@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include <hotrestart/fd.h>
+#include "log.h"
 #include "signals.h"
 
 namespace hotrestart {
@@ -87,9 +88,15 @@ ChildProcess::ChildProcess(pid_t pid) : pid_(pid) {
 
 void ChildProcess::signal(int signo) const {
   if (pid_ <= 0) return;
-  if (pidfd_ && ::syscall(SYS_pidfd_send_signal, pidfd_.get(), signo, nullptr, 0) == 0) return;
-  if (pidfd_ && errno != ENOSYS) return;  // ESRCH: it has exited; nothing else is signalled.
-  ::kill(pid_, signo);
+  if (pidfd_) {
+    if (::syscall(SYS_pidfd_send_signal, pidfd_.get(), signo, nullptr, 0) == 0) return;
+    if (errno == ESRCH) return;  // It has exited already: there is nothing to signal.
+    // Any other failure (a sandbox that refuses pidfd_send_signal, say) falls back to kill(), which
+    // is safe for as long as the child is unreaped (see spawn.h).
+  }
+  if (::kill(pid_, signo) != 0 && errno != ESRCH) {
+    log_warn("cannot send {} to pid {}: {}", signal_name(signo), pid_, std::strerror(errno));
+  }
 }
 
 void ChildProcess::signal_group(int signo) const {

@@ -43,8 +43,9 @@ Result<std::string> resolve_executable(const std::string& name, const std::strin
 // Pid reuse: a pid names the child only until it is reaped. The Reaper (reaper.h) is the only
 // caller of waitpid, and it reaps a child only after the child's exit callback has run, so a
 // ChildProcess held by a live generation or probe always names its own process. On top of that,
-// the process itself is signalled through a pidfd where the kernel has them (Linux 5.3 and later),
-// which names that process and no other even after it is gone.
+// the process itself is signalled through a pidfd where the kernel gives one (Linux 5.3 and later,
+// unless a sandbox refuses it), which names that process and no other even after it is gone;
+// otherwise with kill(), which the rule above keeps safe.
 class ChildProcess {
  public:
   ChildProcess() = default;
@@ -63,7 +64,7 @@ class ChildProcess {
 
  private:
   pid_t pid_ = 0;
-  Fd pidfd_;  // Empty when the kernel has no pidfd_open: then kill(), safe for the reason above.
+  Fd pidfd_;  // Empty when pidfd_open failed: then kill(), safe for the reason above.
 };
 
 // How a child ended, from a waitpid status or a waitid siginfo.

@@ -342,6 +342,9 @@ void Supervisor::upgrade_finished(bool ok, const std::string& failure) {
     ++counters_.upgrades_rolled_back;
     last_error_.note(fmt::format("upgrade rolled back: {}", failure));
   }
+}
+
+void Supervisor::upgrade_reported() {
   systemd_.notify(fmt::format("READY=1\nSTATUS=generation {} serving", active_));
 }
 
@@ -436,6 +439,9 @@ void Supervisor::begin_stop(bool now) {
   stopping_ = true;
   systemd_.notify("STOPPING=1");
   restart_timer_->stop();
+  // Handled before feed() returns (this is a loop callback, not an action of the driver): the
+  // candidate is stopped as a rolled-back one (an importing SDK worker at once) before the loop
+  // below would ask it to drain.
   upgrade_->feed(Input::Cancel, "the supervisor is stopping");
   for (auto& [n, g] : generations_) {
     if (now) {

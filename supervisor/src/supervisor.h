@@ -99,6 +99,7 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   StateBroker& broker() override { return broker_; }
   void upgrade_started() override;
   void upgrade_finished(bool ok, const std::string& failure) override;
+  void upgrade_reported() override;
 
   // Crash restarts.
   void schedule_restart(Clock::duration served_for);

@@ -362,6 +362,7 @@ void UpgradeDriver::finish() {
   last_verdict_.erase("v");
   last_verdict_.erase("type");
   upgrade_.reset();
+  host_.upgrade_reported();
 }
 
 void UpgradeDriver::publish_phase(const std::string& message) {

@@ -48,8 +48,10 @@ class UpgradeDriver {
     virtual void promote(std::uint64_t generation, const std::vector<std::string>& command) = 0;
     virtual StateBroker& broker() = 0;
     virtual void upgrade_started() = 0;
-    // The verdict: `failure` is empty on success.
+    // The verdict, before it is published: `failure` is empty on success.
     virtual void upgrade_finished(bool ok, const std::string& failure) = 0;
+    // The verdict has been published to the log and the watching clients.
+    virtual void upgrade_reported() = 0;
   };
 
   UpgradeDriver(uv_loop_t* loop, const RunOptions& options, ControlServer& control, Host& host);
@@ -70,6 +72,8 @@ class UpgradeDriver {
 
   // Starts an upgrade to `command`; `client` (if any) watches it. `origin`: "control" or "SIGUSR2".
   void begin(std::vector<std::string> command, std::optional<ClientId> client, std::string origin);
+  // Called from outside the driver's own actions (a loop callback), the input and every input its
+  // action produces are handled before feed() returns; from inside an action, it is queued.
   void feed(Input input, std::string reason = {});
   void forget_watcher(ClientId client);
 

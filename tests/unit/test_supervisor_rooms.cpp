@@ -264,11 +264,13 @@ class DriverBench final : public Generation::Events, public UpgradeDriver::Host 
   StateBroker& broker() override { return broker_; }
   void upgrade_started() override {}
   void upgrade_finished(bool ok, const std::string& failure) override { verdicts.emplace_back(ok, failure); }
+  void upgrade_reported() override { ++reports; }
 
   bool fail_spawn = false;
   bool feed_inside_promote = false;
   std::string phase_after_nested_feed;
   std::vector<std::pair<bool, std::string>> verdicts;
+  int reports = 0;
 
  private:
   uv_loop_t loop_{};
@@ -296,6 +298,7 @@ TEST_CASE("upgrade driver: an exec failure rolls back at once with the reason, a
   CHECK_FALSE(bench.verdicts[0].first);
   CHECK(bench.verdicts[0].second == "exec /nonexistent: No such file or directory");
   CHECK(bench.driver().last_verdict().value("outcome", "") == "rolled-back");
+  CHECK(bench.reports == 1);
   bench.fail_spawn = false;
   bench.driver().begin({"/bin/sleep", "30"}, std::nullopt, "control");
   CHECK(bench.driver().in_progress());
