@@ -1,3 +1,4 @@
+// examples-http: the connection lifecycle both example servers share (see http_server.h).
 #include "http_server.h"
 
 #include <csignal>

@@ -1,5 +1,6 @@
-// kv-cache's store: an LRU cache of byte strings bounded by memory, free of I/O, that carries
-// itself to the next generation through the worker SDK (snapshots and deltas).
+// kv-cache's cache: an LRU cache of byte strings bounded by memory, free of I/O, that carries itself
+// to the next generation through the worker SDK (snapshots and deltas). The Cache holds the lock,
+// the stamps, the tombstones and the deltas; its entries are in a Store (store.h).
 //
 // Schemas. The schema is a template parameter, so that one library holds both and one test binary
 // can check v1 against v2; a server binary uses Cache<KV_SCHEMA>.

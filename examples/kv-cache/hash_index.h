@@ -1,7 +1,9 @@
 // kv-cache's hash index: an open-addressing table of {chunk id, hash} slots, in one block of the
-// store's arena (XXH3 of the key, linear probing, backward-shift deletion). Every walk along a probe
-// run, from a hash's home slot to the slot it stops at, goes through probe(). The index keeps at
-// least a quarter of its slots empty, so that every probe ends.
+// store's arena (XXH3 of the key, linear probing, backward-shift deletion). Every walk from a hash's
+// home slot to the slot it stops at goes through probe(). Linear probing is also what remove()'s
+// backward shift, prefetch() and the checks of a loaded index (arena_checks.cpp) assume, and the
+// index travels in snapshots as it is (snapshot.cpp): another probe scheme is another snapshot
+// format. The index keeps at least a quarter of its slots empty, so that every probe ends.
 #pragma once
 
 #include <xxhash.h>

@@ -1,3 +1,5 @@
+// --adopt-binds on the supervisor's side: finding the preload library, checking that a program can
+// preload it, and counting a draining generation's connections (see adopt.h).
 #include "adopt.h"
 
 #include <dirent.h>

@@ -1,3 +1,4 @@
+// The CLI's side of the control protocol: `hotrestart upgrade`, `status` and `stop` (see client.h).
 #include "client.h"
 
 #include <poll.h>

@@ -1,3 +1,5 @@
+// The control protocol's codec: bounded lines, JSON with a depth limit, requests (see
+// control_protocol.h).
 #include "control_protocol.h"
 
 #include <fmt/format.h>

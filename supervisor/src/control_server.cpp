@@ -1,3 +1,5 @@
+// The control socket on the loop: accepting, checking the peer's uid, reading one request (see
+// control_server.h).
 #include "control_server.h"
 
 #include <sys/socket.h>

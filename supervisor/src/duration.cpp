@@ -1,3 +1,4 @@
+// Durations as written on the command line (see duration.h).
 #include "duration.h"
 
 #include <charconv>

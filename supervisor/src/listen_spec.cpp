@@ -1,3 +1,4 @@
+// --listen as operators write it (see listen_spec.h).
 #include "listen_spec.h"
 
 #include <set>

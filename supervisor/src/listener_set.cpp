@@ -1,3 +1,4 @@
+// The listening sockets, bound or adopted once and held for life (see listener_set.h).
 #include "listener_set.h"
 
 #include <arpa/inet.h>

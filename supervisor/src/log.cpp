@@ -1,3 +1,4 @@
+// The supervisor's log lines on stderr (see log.h).
 #include "log.h"
 
 #include <unistd.h>

@@ -1,3 +1,4 @@
+// The sd_notify datagram format, parsed (see notify_message.h).
 #include "notify_message.h"
 
 #include <charconv>

@@ -1,3 +1,4 @@
+// The one place that calls waitpid (see reaper.h).
 #include "reaper.h"
 
 #include <signal.h>

@@ -1,3 +1,4 @@
+// Signal names and numbers (see signals.h).
 #include "signals.h"
 
 #include <charconv>

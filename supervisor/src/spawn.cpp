@@ -1,3 +1,4 @@
+// Starting processes (fork and exec, the exec-error pipe) and signalling them (see spawn.h).
 #include "spawn.h"
 
 #include <fcntl.h>

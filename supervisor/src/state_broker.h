@@ -1,5 +1,6 @@
 // The state broker: during an upgrade, it moves the old generation's state sections to the new
-// one (docs/protocol.md, "Worker channel"; docs/architecture.md, "State transfer").
+// one (docs/protocol.md, "Worker channel"; docs/architecture.md, "The worker channel and the state
+// broker").
 //
 // The supervisor is never on the data path: it creates a peer link (a seqpacket pair), sends one
 // end to the old generation with begin-export and the other to the new one with begin-import, and

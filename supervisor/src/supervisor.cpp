@@ -1,3 +1,5 @@
+// The coordinator: what each event means for the generations, the upgrade, a crash restart or a stop
+// (see supervisor.h).
 #include "supervisor.h"
 
 #include <signal.h>
@@ -20,7 +22,8 @@ namespace {
 
 using nlohmann::json;
 
-// How long a candidate whose channel closed may stay alive before that counts as a failure.
+// How long a candidate whose channel closed may stay alive before that counts as a failure (one
+// that rolls back in the handshake or the state transfer; later, the worker no longer needs it).
 constexpr Millis kChannelGrace{1000};
 
 std::string notify_path_for(const std::string& control_path) {

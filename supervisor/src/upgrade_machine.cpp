@@ -1,3 +1,4 @@
+// The upgrade state machine's tables and rules (see upgrade_machine.h).
 #include "upgrade_machine.h"
 
 #include "lifecycle.h"

@@ -1,3 +1,4 @@
+// The owners of libuv handles (see uv_handles.h).
 #include "uv_handles.h"
 
 namespace hotrestart {

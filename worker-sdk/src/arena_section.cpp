@@ -1,3 +1,5 @@
+// An arena's wire form: writing the offer and checking an offered arena before it is mapped (see
+// arena_section.h).
 #include "arena_section.h"
 
 #include <fcntl.h>

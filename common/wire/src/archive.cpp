@@ -1,3 +1,4 @@
+// InputArchive: the cereal archive that never trusts a length it reads (see hotrestart/archive.h).
 #include <hotrestart/archive.h>
 
 #include <ios>

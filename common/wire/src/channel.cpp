@@ -1,3 +1,4 @@
+// Sending and receiving channel messages with their descriptors on a seqpacket socket (see channel.h).
 #include <hotrestart/wire/channel.h>
 
 #include <fcntl.h>

@@ -1,3 +1,4 @@
+// The worker channel's frame codec: encode, check and decode one datagram (see message.h).
 #include <hotrestart/wire/bytes.h>
 #include <hotrestart/wire/message.h>
 

@@ -1,3 +1,5 @@
+// Sections in sealed memfds: writing one while the checksum is computed, and checking one before
+// anything reads it (see section.h).
 #include <hotrestart/wire/bytes.h>
 #include <hotrestart/wire/section.h>
 

@@ -1,3 +1,5 @@
+// Streamed sections: the chunk writer and the reader that hands out only chunks known to be whole
+// (see stream.h).
 #include <hotrestart/wire/bytes.h>
 #include <hotrestart/wire/message.h>
 #include <hotrestart/wire/stream.h>

@@ -1,6 +1,6 @@
 // Error values that name what failed and why.
 //
-// Every fallible call in the supervisor returns a Result<T>. Its error text names the
+// Every fallible call in the supervisor, the SDK and the wire codec returns a Result<T>. Its error text names the
 // operation first ("bind 127.0.0.1:8080: Address already in use"), so that a log line or a
 // CLI message explains itself without a stack trace. Error policy: in the handoff path every
 // error ends in a rollback of the new generation; nothing here throws across the event loop.
