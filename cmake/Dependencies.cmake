@@ -2,7 +2,7 @@
 # are Debian packages (scripts/lib.sh installs them; docs/dependencies.md says why each is used).
 #
 #   SDK (always)      cereal, libxxhash, Threads
-#   supervisor        libuv, fmt, nlohmann-json, CLI11
+#   supervisor        libuv, fmt, nlohmann-json, CLI11, nettle
 #   examples          libuv, fmt, CLI11, nlohmann-json, libhttp-parser, libsystemd (hello-server only)
 #   tests             doctest (and what the parts above need)
 find_package(PkgConfig REQUIRED)
@@ -10,6 +10,10 @@ find_package(Threads REQUIRED)
 find_package(cereal REQUIRED)
 pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
 
+if(HOTRESTART_SUPERVISOR)
+  # SHA-256 of releases' executables.
+  pkg_check_modules(NETTLE REQUIRED IMPORTED_TARGET nettle)
+endif()
 if(HOTRESTART_SUPERVISOR OR HOTRESTART_EXAMPLES)
   pkg_check_modules(LIBUV REQUIRED IMPORTED_TARGET libuv)
   find_package(fmt REQUIRED)

@@ -30,7 +30,7 @@ HR_SUP_PID=""  # Set by hr_sup_start.
 HR_DEPS=(
   build-essential cmake pkg-config
   libuv1-dev libcereal-dev libcli11-dev doctest-dev libfmt-dev nlohmann-json3-dev
-  libxxhash-dev libhttp-parser-dev libsystemd-dev
+  libxxhash-dev libhttp-parser-dev libsystemd-dev nettle-dev
   clang libclang-rt-14-dev
   wrk curl
   python3 nodejs nginx-light gunicorn
@@ -222,7 +222,8 @@ hr_sup_start() {
   local control="$1" log="$2"
   shift 2
   hr_need_bins hotrestart
-  "$HR_BIN/hotrestart" run --control "$control" "$@" </dev/null >>"$log" 2>&1 &
+  # The release history goes beside the control socket, never into the user's own state directory.
+  "$HR_BIN/hotrestart" run --control "$control" --state-dir "${control%.sock}.state" "$@" </dev/null >>"$log" 2>&1 &
   HR_SUP_PID=$!
   if ! hr_wait_for "hr_sup_ready '$control'" "${HR_SUP_START_TIMEOUT:-15}"; then
     hr_warn "supervisor pid $HR_SUP_PID did not report a ready generation; its log:"

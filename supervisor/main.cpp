@@ -60,6 +60,7 @@ struct RunFlags {
   std::string drain_signal = "SIGTERM";
   std::string drain_timeout = "30s";
   std::string state_timeout = "60s";
+  std::string state_dir;
   std::vector<std::string> state_required;
   bool adopt_binds = false;
   std::string log_level = "info";
@@ -99,6 +100,11 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
                   "How long the state transfer from the old generation to an SDK worker may take")
       ->check(duration_check())
       ->capture_default_str();
+  run->add_option("--state-dir", f.state_dir,
+                  "Where the release history is kept, across restarts of the supervisor (default: "
+                  "$STATE_DIRECTORY/NAME under systemd's StateDirectory=, /var/lib/hotrestart/NAME for root, else "
+                  "${XDG_STATE_HOME:-~/.local/state}/hotrestart/NAME)")
+      ->type_name("DIR");
   run->add_option("--state-required", f.state_required,
                   "A state section that must be imported, repeatable: if it cannot be, the upgrade rolls back "
                   "(other sections just start cold)")
@@ -137,6 +143,7 @@ Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vect
   options.drain_signal = parse_signal(f.drain_signal).value();
   options.drain_signal_given = run.get_option("--drain-signal")->count() > 0;
   options.state_timeout = parse_duration(f.state_timeout).value();
+  options.state_dir = f.state_dir;
   options.state_required = f.state_required;
   options.adopt_binds = f.adopt_binds;
   options.command = std::move(command);
@@ -163,11 +170,41 @@ CLI::App* add_upgrade_command(CLI::App& app, UpgradeFlags& f) {
   return upgrade;
 }
 
+struct RollbackFlags {
+  CommonOptions common;
+  std::uint64_t to = 0;
+  bool json = false;
+};
+
+CLI::App* add_rollback_command(CLI::App& app, RollbackFlags& f) {
+  auto* rollback = app.add_subcommand(
+      "rollback",
+      "Run an earlier release again, as an upgrade to it, and wait for the verdict:\n  hotrestart rollback [--to N]\n"
+      "It runs the very executable that release ran, even if the file on disk was replaced or deleted since; "
+      "a downgrade keeps the state as an upgrade does.");
+  add_common(rollback, f.common);
+  rollback
+      ->add_option("--to", f.to,
+                   "The release to go back to (default: the last one before the active one that "
+                   "served; see `hotrestart history`)")
+      ->check(CLI::PositiveNumber)
+      ->type_name("N");
+  rollback->add_flag("--json", f.json, "Print one JSON event per line");
+  return rollback;
+}
+
 struct QueryFlags {
   CommonOptions common;
-  bool json = false;     // status
+  bool json = false;     // status, history
   bool no_wait = false;  // stop
 };
+
+CLI::App* add_history_command(CLI::App& app, QueryFlags& f) {
+  auto* history = app.add_subcommand("history", "List the releases: what each ran, who asked, and how it ended");
+  add_common(history, f.common);
+  history->add_flag("--json", f.json, "Print the history as JSON");
+  return history;
+}
 
 CLI::App* add_status_command(CLI::App& app, QueryFlags& f) {
   auto* status = app.add_subcommand("status", "Show listeners, generations, counters and the last error");
@@ -207,15 +244,19 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.footer(
       "Exit codes: run: 0 stopped on request, 1 could not start, 2 usage error.\n"
-      "upgrade: 0 new generation serves, 1 rolled back (old one still serves), 2 usage error or\n"
-      "no supervisor reachable, 3 refused (another upgrade in progress, or stopping).\n"
+      "upgrade, rollback: 0 new generation serves, 1 rolled back (old one still serves), 2 usage error or\n"
+      "no supervisor reachable, 3 refused (another upgrade in progress, stopping, or no release to run).\n"
       "Signals to `run`: SIGUSR2 upgrade (same command), SIGTERM/SIGINT graceful stop, SIGQUIT stop now.");
   RunFlags run_flags;
   UpgradeFlags upgrade_flags;
   QueryFlags status_flags;
   QueryFlags stop_flags;
+  QueryFlags history_flags;
+  RollbackFlags rollback_flags;
   auto* run = add_run_command(app, run_flags);
   auto* upgrade = add_upgrade_command(app, upgrade_flags);
+  auto* rollback = add_rollback_command(app, rollback_flags);
+  auto* history = add_history_command(app, history_flags);
   auto* status = add_status_command(app, status_flags);
   auto* stop = add_stop_command(app, stop_flags);
 
@@ -243,6 +284,14 @@ int main(int argc, char** argv) {
                           upgrade_flags.json ? Output::Json : Output::Human);
   }
   if (!tail.empty()) return usage_error("only run and upgrade take a command line after --");
+  if (rollback->parsed()) {
+    return client_rollback(rollback_flags.common.control_path(),
+                           rollback_flags.to == 0 ? std::nullopt : std::optional<std::uint64_t>(rollback_flags.to),
+                           rollback_flags.json ? Output::Json : Output::Human);
+  }
+  if (history->parsed()) {
+    return client_history(history_flags.common.control_path(), history_flags.json ? Output::Json : Output::Human);
+  }
   if (status->parsed()) {
     return client_status(status_flags.common.control_path(), status_flags.json ? Output::Json : Output::Human);
   }

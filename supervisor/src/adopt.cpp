@@ -62,46 +62,47 @@ Result<bool> has_interpreter(int fd, const std::string& path) {
   return false;
 }
 
-Status check_one(const std::string& executable, int depth) {
+// `name` is how messages call the file (its path, where `executable` is /proc/self/fd/N).
+Status check_one(const std::string& executable, const std::string& name, int depth) {
   struct stat st {};
-  if (::stat(executable.c_str(), &st) != 0) return Error::from_errno(executable);
-  if (!S_ISREG(st.st_mode)) return Error::message(fmt::format("{} is not a regular file", executable));
+  if (::stat(executable.c_str(), &st) != 0) return Error::from_errno(name);
+  if (!S_ISREG(st.st_mode)) return Error::message(fmt::format("{} is not a regular file", name));
   if ((st.st_mode & (S_ISUID | S_ISGID)) != 0)
     return Error::message(
         fmt::format("{} is set-user-ID or set-group-ID, and the dynamic linker ignores LD_PRELOAD for such programs: "
                     "--adopt-binds cannot work with it",
-                    executable));
+                    name));
   // File capabilities put the dynamic linker in secure mode too.
   if (::getxattr(executable.c_str(), "security.capability", nullptr, 0) > 0)
     return Error::message(
         fmt::format("{} has file capabilities (setcap), and the dynamic linker ignores LD_PRELOAD for such programs: "
                     "--adopt-binds cannot work with it",
-                    executable));
+                    name));
   // O_NONBLOCK: a FIFO put in the way after the check above must not block the supervisor.
   Fd fd(::open(executable.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
-  if (!fd) return Error::from_errno(executable);
+  if (!fd) return Error::from_errno(name);
   char head[256] = {};
   const ssize_t n = ::pread(fd.get(), head, sizeof head - 1, 0);
   if (n >= 2 && head[0] == '#' && head[1] == '!') {
-    if (depth > 0) return Error::message(fmt::format("{}: an interpreter that is itself a script", executable));
+    if (depth > 0) return Error::message(fmt::format("{}: an interpreter that is itself a script", name));
     // "#!/usr/bin/env python3" or "#!/bin/sh -e": the interpreter is what gets preloaded.
     std::string first(head + 2, static_cast<std::size_t>(n - 2));
     first = first.substr(0, first.find('\n'));
     std::istringstream line(first);
     std::string interpreter;
     line >> interpreter;
-    if (interpreter.empty()) return Error::message(fmt::format("{}: a script with no interpreter", executable));
-    return check_one(interpreter, depth + 1);
+    if (interpreter.empty()) return Error::message(fmt::format("{}: a script with no interpreter", name));
+    return check_one(interpreter, interpreter, depth + 1);
   }
   if (n < 4 || std::memcmp(head, ELFMAG, SELFMAG) != 0)
-    return Error::message(fmt::format("{}: neither an ELF executable nor a script", executable));
-  auto dynamic = has_interpreter(fd.get(), executable);
+    return Error::message(fmt::format("{}: neither an ELF executable nor a script", name));
+  auto dynamic = has_interpreter(fd.get(), name);
   if (!dynamic) return dynamic.error();
   if (!dynamic.value())
     return Error::message(fmt::format(
         "{} is statically linked, so no library can be preloaded into it: --adopt-binds needs a dynamically "
         "linked server (or give the server the sockets itself: LISTEN_FDS, or the worker SDK)",
-        executable));
+        name));
   return {};
 }
 
@@ -174,8 +175,8 @@ Result<std::string> find_adopt_library() {
                   kAdoptLibraryName, tried[0], tried[1]));
 }
 
-Status check_preloadable(const std::string& executable) {
-  return check_one(executable, 0);
+Status check_preloadable(const std::string& executable, const std::string& shown_as) {
+  return check_one(executable, shown_as.empty() ? executable : shown_as, 0);
 }
 
 int adopt_drain_signal() {

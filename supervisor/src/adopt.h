@@ -22,7 +22,8 @@ Result<std::string> find_adopt_library();
 // Whether the dynamic linker will preload a library into `executable`: a script is judged by its
 // interpreter; a statically linked program (no PT_INTERP) or a set-user-ID or set-group-ID one
 // (the linker ignores LD_PRELOAD for those) is refused with a sentence saying so.
-Status check_preloadable(const std::string& executable);
+// `shown_as` names the file in the error when `executable` is a /proc/self/fd path.
+Status check_preloadable(const std::string& executable, const std::string& shown_as = {});
 
 // The signal that tells the library to close a generation's listeners (SIGURG, which a process
 // without the library ignores).

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <memory>
 #include <variant>
 
@@ -116,12 +117,17 @@ class LineSource {
   std::string error_;
 };
 
+// The exit code of a protocol error answer: a request the supervisor refused for the state it is in
+// is "refused"; anything else is the request's fault.
+int exit_code_of_error(const json& answer) {
+  const std::string code = answer.value("code", "");
+  return code == "busy" || code == "stopping" || code == "unavailable" ? kExitRefused : kExitUsage;
+}
+
 // Maps a protocol error answer to the exit code and message.
 int report_error_answer(const json& answer) {
-  const std::string code = answer.value("code", "");
   say_error(answer.value("error", "the supervisor refused the request"));
-  if (code == "busy" || code == "stopping") return kExitRefused;
-  return kExitUsage;
+  return exit_code_of_error(answer);
 }
 
 Result<Fd> open_and_send(const std::string& path, const json& request) {
@@ -272,26 +278,31 @@ std::variant<Exchange, int> ask(const std::string& path, const json& request) {
   return ex;
 }
 
-}  // namespace
-
-int client_status(const std::string& control_path, Output output) {
-  auto reply = ask(control_path, json{{"v", kControlProtocolVersion}, {"cmd", "status"}});
+// Asks one question (`cmd` with no arguments) and prints the answer as JSON or through `print`.
+int ask_and_print(const std::string& control_path, std::string_view cmd, Output output, void (*print)(const json&)) {
+  auto reply = ask(control_path, json{{"v", kControlProtocolVersion}, {"cmd", cmd}});
   if (auto* code = std::get_if<int>(&reply)) return *code;
   json& answer = std::get<Exchange>(reply).first;
   if (output == Output::Json) {
     answer.erase("type");
     fmt::print("{}\n", answer.dump(2));
   } else {
-    print_status(answer);
+    print(answer);
   }
   return kExitOk;
 }
 
-int client_upgrade(const std::string& control_path, std::optional<std::string> exec,
-                   std::optional<std::vector<std::string>> command, Output output) {
-  json request{{"v", kControlProtocolVersion}, {"cmd", "upgrade"}};
-  if (exec) request["exec"] = *exec;
-  if (command) request["command"] = *command;
+}  // namespace
+
+int client_status(const std::string& control_path, Output output) {
+  return ask_and_print(control_path, "status", output, print_status);
+}
+
+namespace {
+
+// Sends an upgrade or a rollback and follows it to its verdict, printing each event. `what` names
+// it in the last line ("upgrade", "rollback").
+int follow_deployment(const std::string& control_path, const json& request, Output output, std::string_view what) {
   auto fd = open_and_send(control_path, request);
   if (!fd) {
     say_error(fd.error().text());
@@ -309,9 +320,7 @@ int client_upgrade(const std::string& control_path, std::optional<std::string> e
     const std::string type = answer->value("type", "");
     if (output == Output::Json) fmt::print("{}\n", answer->dump());
     if (type == "error") {
-      if (output == Output::Json)
-        return answer->value("code", "") == "busy" || answer->value("code", "") == "stopping" ? kExitRefused
-                                                                                              : kExitUsage;
+      if (output == Output::Json) return exit_code_of_error(*answer);
       return report_error_answer(*answer);
     }
     if (type == "event" && output == Output::Human) {
@@ -324,9 +333,9 @@ int client_upgrade(const std::string& control_path, std::optional<std::string> e
       if (output == Output::Human) {
         const auto elapsed = format_duration(std::chrono::milliseconds(answer->value("elapsed_ms", 0)));
         if (ok) {
-          fmt::print("upgrade succeeded in {}: {}\n", elapsed, answer->value("message", ""));
+          fmt::print("{} succeeded in {}: {}\n", what, elapsed, answer->value("message", ""));
         } else {
-          fmt::print(stderr, "hotrestart: upgrade failed after {}: {}\n", elapsed, answer->value("message", ""));
+          fmt::print(stderr, "hotrestart: {} failed after {}: {}\n", what, elapsed, answer->value("message", ""));
         }
       }
       std::fflush(stdout);
@@ -334,6 +343,61 @@ int client_upgrade(const std::string& control_path, std::optional<std::string> e
     }
     std::fflush(stdout);
   }
+}
+
+// "2026-12-06 14:03:07", local time.
+std::string time_text(std::int64_t ms) {
+  if (ms <= 0) return "-";
+  const std::time_t t = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  ::localtime_r(&t, &tm);
+  char out[32];
+  std::strftime(out, sizeof out, "%Y-%m-%d %H:%M:%S", &tm);
+  return out;
+}
+
+void print_history(const json& h) {
+  const auto active = h.value("active_release", std::uint64_t{0});
+  const auto& state = h.value("state", json::object());
+  fmt::print("releases in {}{}\n", state.value("dir", ""),
+             state.value("persistent", false) ? "" : " (not written: kept in memory only)");
+  if (state.contains("error") && state["error"].is_string()) {
+    fmt::print("  write error: {}\n", state["error"].get<std::string>());
+  }
+  fmt::print("{:>3} {:<1} {:<19}  {:<11} {:<11}  {:<12}  {}\n", "#", "", "started", "origin", "outcome", "sha256",
+             "command");
+  for (const auto& r : h.value("releases", json::array())) {
+    std::string command;
+    for (const auto& a : r.value("command", json::array()))
+      command += (command.empty() ? "" : " ") + a.get<std::string>();
+    const auto number = r.value("number", std::uint64_t{0});
+    std::string origin = r.value("origin", "");
+    if (r.value("rollback_of", std::uint64_t{0}) != 0) origin += fmt::format(" {}", r.value("rollback_of", 0));
+    fmt::print("{:>3} {:<1} {:<19}  {:<11} {:<11}  {:<12}  {}\n", number, number == active ? "*" : "",
+               time_text(r.value("started_ms", std::int64_t{0})), origin, r.value("outcome", ""),
+               r.value("sha256", "").substr(0, 12), command);
+    if (!r.value("reason", "").empty()) fmt::print("{:>6}{}\n", "", r.value("reason", ""));
+  }
+}
+
+}  // namespace
+
+int client_upgrade(const std::string& control_path, std::optional<std::string> exec,
+                   std::optional<std::vector<std::string>> command, Output output) {
+  json request{{"v", kControlProtocolVersion}, {"cmd", "upgrade"}};
+  if (exec) request["exec"] = *exec;
+  if (command) request["command"] = *command;
+  return follow_deployment(control_path, request, output, "upgrade");
+}
+
+int client_rollback(const std::string& control_path, std::optional<std::uint64_t> to, Output output) {
+  json request{{"v", kControlProtocolVersion}, {"cmd", "rollback"}};
+  if (to) request["to"] = *to;
+  return follow_deployment(control_path, request, output, "rollback");
+}
+
+int client_history(const std::string& control_path, Output output) {
+  return ask_and_print(control_path, "history", output, print_history);
 }
 
 int client_stop(const std::string& control_path, bool wait) {

@@ -87,6 +87,16 @@ std::variant<ControlRequest, ControlRequestError> decode_control_request(const j
     request.command = ControlRequest::Command::ShowStatus;
   } else if (name == "stop") {
     request.command = ControlRequest::Command::Stop;
+  } else if (name == "history") {
+    request.command = ControlRequest::Command::History;
+  } else if (name == "rollback") {
+    request.command = ControlRequest::Command::Rollback;
+    if (const auto to = j.find("to"); to != j.end()) {
+      if (!to->is_number_unsigned() || to->get<std::uint64_t>() == 0) {
+        return bad("\"to\" must be a release number (a positive integer)");
+      }
+      request.to = to->get<std::uint64_t>();
+    }
   } else if (name == "upgrade") {
     request.command = ControlRequest::Command::Upgrade;
     if (const auto e = j.find("exec"); e != j.end()) {
@@ -110,7 +120,8 @@ std::variant<ControlRequest, ControlRequestError> decode_control_request(const j
     }
     if (request.exec && request.argv) return bad("give \"exec\" or \"command\", not both");
   } else {
-    return bad(fmt::format("unknown command '{}' (expected status, upgrade or stop)", name.substr(0, 64)));
+    return bad(
+        fmt::format("unknown command '{}' (expected status, upgrade, rollback, history or stop)", name.substr(0, 64)));
   }
   return request;
 }

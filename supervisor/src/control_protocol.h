@@ -10,15 +10,20 @@
 //             {"v":1,"cmd":"upgrade"}                        same command line
 //             {"v":1,"cmd":"upgrade","exec":"/path"}         new executable, same arguments
 //             {"v":1,"cmd":"upgrade","command":["prog","arg"]}  new command line
+//             {"v":1,"cmd":"rollback"}                       the last good release before the active one
+//             {"v":1,"cmd":"rollback","to":N}                release N
+//             {"v":1,"cmd":"history"}                        the releases
 //             {"v":1,"cmd":"stop"}                           graceful stop
 //   answers   {"v":1,"type":"status", ...}                   see Supervisor::status_json
+//             {"v":1,"type":"history","releases":[...],...}  see docs/protocol.md
 //             {"v":1,"type":"event","phase":"warming",...}   upgrade progress, zero or more
 //             {"v":1,"type":"result","ok":true|false,...}    upgrade verdict, last line
 //             {"v":1,"type":"stopping","pid":N}              stop accepted; closes at exit
 //             {"v":1,"type":"error","code":"...","error":"sentence"}
 //
 // Error codes: "bad-request" (malformed, oversized, unknown field values), "version"
-// (unsupported "v"), "busy" (an upgrade is in progress), "stopping", "forbidden" (peer uid).
+// (unsupported "v"), "busy" (an upgrade is in progress), "stopping", "forbidden" (peer uid),
+// "unavailable" (a rollback whose release cannot be run again, or no release to go back to).
 #pragma once
 
 #include <cstddef>
@@ -62,10 +67,14 @@ class LineReader {
 Result<nlohmann::json> parse_control_line(std::string_view line);
 
 struct ControlRequest {
-  enum class Command { ShowStatus, Upgrade, Stop };
+  enum class Command { ShowStatus, Upgrade, Rollback, History, Stop };
   Command command = Command::ShowStatus;
   std::optional<std::string> exec;               // upgrade: new executable
   std::optional<std::vector<std::string>> argv;  // upgrade: new command line
+  std::optional<std::uint64_t> to;               // rollback: the release to run again
+  // Who sent it (SO_PEERCRED), filled in by the control server; -1 when unknown.
+  std::int64_t peer_uid = -1;
+  std::int64_t peer_pid = -1;
 };
 
 // Validates a request object. Errors carry the protocol error code in `code()`-free form:

@@ -20,6 +20,8 @@ namespace hotrestart {
 struct ControlServer::Client {
   ClientId id = 0;
   uv_pipe_t* pipe = nullptr;
+  std::int64_t peer_uid = -1;  // SO_PEERCRED, read at accept.
+  std::int64_t peer_pid = -1;
   LineReader reader;
   std::unique_ptr<Timer> deadline;
   bool request_seen = false;
@@ -148,6 +150,8 @@ void ControlServer::on_connection() {
     return;
   }
 
+  c.peer_uid = cred.uid;
+  c.peer_pid = cred.pid;
   const ClientId id = c.id;
   c.deadline->start(limits_.request_deadline, [this, id] {
     send(id, control_error("bad-request", "no complete request arrived in time"), AfterSend::Close);
@@ -197,7 +201,10 @@ void ControlServer::on_read(Client& c, ssize_t n, const uv_buf_t* buf) {
     send(c.id, control_error(err->code, err->message), AfterSend::Close);
     return;
   }
-  on_request_(c.id, std::get<ControlRequest>(decoded));
+  auto& request = std::get<ControlRequest>(decoded);
+  request.peer_uid = c.peer_uid;
+  request.peer_pid = c.peer_pid;
+  on_request_(c.id, request);
 }
 
 void ControlServer::send(ClientId id, const nlohmann::json& message, AfterSend after) {

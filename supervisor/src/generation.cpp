@@ -81,11 +81,10 @@ bool transition_allowed(SdkState from, SdkState to) {
 // Start and exit
 
 Result<std::unique_ptr<Generation>> Generation::start(Context& context, Events& events, std::uint64_t number,
-                                                      std::vector<std::string> command) {
-  auto launched = context.launcher.launch(number, command);
+                                                      Plan plan) {
+  auto launched = context.launcher.launch(number, plan.command, *plan.image);
   if (!launched) return launched.error();
-  std::unique_ptr<Generation> g(
-      new Generation(context, events, number, std::move(command), std::move(launched->process)));
+  std::unique_ptr<Generation> g(new Generation(context, events, number, std::move(plan), std::move(launched->process)));
   const std::string label = fmt::format("generation {}", number);
   Generation* raw = g.get();
   g->channel_ = std::make_unique<WorkerChannel>(
@@ -97,17 +96,16 @@ Result<std::unique_ptr<Generation>> Generation::start(Context& context, Events& 
   context.reaper.watch(g->pid(), [self = g->self_](pid_t, ExitStatus status) {
     if (Generation* gen = *self) gen->on_main_exit(status);
   });
-  log_info("generation {} started: pid {}: {}", number, g->pid(), shell_words(g->command_));
+  log_info("generation {} started: pid {}: {}", number, g->pid(), shell_words(g->command()));
   g->restart_readiness();
   return g;
 }
 
-Generation::Generation(Context& context, Events& events, std::uint64_t number, std::vector<std::string> command,
-                       ChildProcess process)
+Generation::Generation(Context& context, Events& events, std::uint64_t number, Plan plan, ChildProcess process)
     : context_(context),
       events_(events),
       number_(number),
-      command_(std::move(command)),
+      plan_(std::move(plan)),
       process_(std::move(process)),
       ready_deadline_(context.loop),
       readiness_timer_(context.loop),

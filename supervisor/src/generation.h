@@ -40,6 +40,7 @@
 #include <hotrestart/fd.h>
 #include <hotrestart/wire/message.h>
 
+#include "executable.h"
 #include "listener_set.h"
 #include "notify_message.h"
 #include "reaper.h"
@@ -92,16 +93,23 @@ class Generation {
     virtual void on_channel_broken(Generation& g, const std::string& why) = 0;
   };
 
-  // Starts generation `number` running `command`, and its readiness check.
-  static Result<std::unique_ptr<Generation>> start(Context& context, Events& events, std::uint64_t number,
-                                                   std::vector<std::string> command);
+  // What a generation runs: release `release`'s command, from `image` (its executable, opened).
+  struct Plan {
+    std::uint64_t release = 0;
+    std::vector<std::string> command;
+    std::shared_ptr<const ExecutableImage> image;
+  };
+  // Starts generation `number` running `plan`, and its readiness check.
+  static Result<std::unique_ptr<Generation>> start(Context& context, Events& events, std::uint64_t number, Plan plan);
   ~Generation();
   Generation(const Generation&) = delete;
   Generation& operator=(const Generation&) = delete;
 
   std::uint64_t number() const { return number_; }
   pid_t pid() const { return process_.pid(); }
-  const std::vector<std::string>& command() const { return command_; }
+  const std::vector<std::string>& command() const { return plan_.command; }
+  std::uint64_t release() const { return plan_.release; }
+  const std::shared_ptr<const ExecutableImage>& image() const { return plan_.image; }
   GenerationState state() const { return state_; }
   Clock::time_point started() const { return started_; }
   // How long it has served: zero unless it became ready.
@@ -142,8 +150,7 @@ class Generation {
   void kill_all() const { process_.signal_group(SIGKILL); }
 
  private:
-  Generation(Context& context, Events& events, std::uint64_t number, std::vector<std::string> command,
-             ChildProcess process);
+  Generation(Context& context, Events& events, std::uint64_t number, Plan plan, ChildProcess process);
 
   void enter(GenerationState to);
   void start_probe();
@@ -155,7 +162,7 @@ class Generation {
   Context& context_;
   Events& events_;
   const std::uint64_t number_;
-  const std::vector<std::string> command_;
+  const Plan plan_;
   ChildProcess process_;
   GenerationState state_ = GenerationState::Starting;
   SdkState sdk_ = SdkState::None;

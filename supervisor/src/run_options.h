@@ -27,6 +27,7 @@ Result<ReadyMode> parse_ready_mode(std::string_view text);
 struct RunOptions {
   std::string name = "default";
   std::string control_path;
+  std::string state_dir;  // Empty: default_state_dir(name).
   std::vector<ListenSpec> listen;
   ReadyMode ready;
   Millis ready_timeout{30'000};

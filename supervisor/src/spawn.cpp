@@ -60,6 +60,10 @@ void write_decimal(char* out, long value) {
     lifted[i] = ::fcntl(request.pass_fds[i], F_DUPFD_CLOEXEC, first_free);
     if (lifted[i] < 0) child_fail(error_fd, errno);
   }
+  // The executable's descriptor, likewise out of the way of the placed ones (and still
+  // close-on-exec: execveat runs a compiled program from it all the same).
+  const int exec_fd = request.executable_fd >= 0 ? ::fcntl(request.executable_fd, F_DUPFD_CLOEXEC, first_free) : -1;
+  if (request.executable_fd >= 0 && exec_fd < 0) child_fail(error_fd, errno);
   for (std::size_t i = 0; i < n; ++i) {
     // dup2 clears FD_CLOEXEC on the target: exactly these fds survive exec.
     if (::dup2(lifted[i], 3 + static_cast<int>(i)) < 0) child_fail(error_fd, errno);
@@ -74,7 +78,11 @@ void write_decimal(char* out, long value) {
   sigset_t none;
   ::sigemptyset(&none);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
-  ::execve(request.executable.c_str(), argv, envp);
+  if (exec_fd >= 0) {
+    ::execveat(exec_fd, "", argv, envp, AT_EMPTY_PATH);
+  } else {
+    ::execve(request.executable.c_str(), argv, envp);
+  }
   child_fail(error_fd, errno);
 }
 

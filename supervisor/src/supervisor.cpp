@@ -100,6 +100,9 @@ Status Supervisor::start() {
     adopt_library = std::move(library).value();
   }
   if (auto ok = open_control_socket(); !ok) return ok.error();
+  if (options_.state_dir.empty()) options_.state_dir = default_state_dir(options_.name);
+  releases_ = std::make_unique<ReleaseStore>(&loop_, options_.state_dir);
+  if (auto ok = releases_->open(); !ok) return ok.error();
 
   bool activated = false;
   auto listeners = ListenerSet::adopt_or_bind(options_.listen, &activated);
@@ -135,10 +138,14 @@ Status Supervisor::start() {
   for (const auto& l : listeners_.listeners()) {
     log_info("listener {} on {}{}", l.spec.name, l.address, l.adopted ? " (from socket activation)" : "");
   }
-  current_command_ = options_.command;
-  auto first = spawn_generation(current_command_);
-  if (!first) return first.error();
+  const std::uint64_t release = record_release({options_.command, ReleaseOrigin::Run, -1, -1, 0, nullptr});
+  auto first = spawn_generation(release);
+  if (!first) {
+    end_release(release, ReleaseOutcome::Stopped, first.error().text());
+    return first.error();
+  }
   active_ = first.value()->number();
+  current_ = {release, first.value()->command(), first.value()->image()};
   log_info("supervisor pid {} started generation {} (pid {}); control socket {}", ::getpid(), active_,
            first.value()->pid(), options_.control_path);
   return {};
@@ -164,14 +171,25 @@ Generation* Supervisor::find(std::uint64_t number) {
 // ---------------------------------------------------------------------------------------------
 // Generations
 
-Result<Generation*> Supervisor::spawn_generation(const std::vector<std::string>& command) {
+Result<Generation*> Supervisor::start_generation(Generation::Plan plan) {
   const std::uint64_t number = next_generation_;
-  auto g = Generation::start(*context_, *this, number, command);
+  const std::uint64_t release = plan.release;
+  auto g = Generation::start(*context_, *this, number, std::move(plan));
   if (!g) return g.error();
   ++next_generation_;
   Generation* raw = g.value().get();
   generations_.emplace(number, std::move(g).value());
+  if (Release* r = releases_->history().find(release)) {
+    r->generation = number;
+    releases_->save();
+  }
   return raw;
+}
+
+Result<Generation*> Supervisor::spawn_generation(std::uint64_t release) {
+  auto plan = plan_for(release);
+  if (!plan) return plan.error();
+  return start_generation(std::move(plan).value());
 }
 
 std::vector<GenerationFacts> Supervisor::generation_facts() const {
@@ -187,6 +205,12 @@ void Supervisor::on_ready(Generation& g) {
     return;
   }
   if (g.number() == active_) {
+    // The first generation of `run` (or a crash restart's, of a release that never served yet).
+    if (const Release* r = releases_->history().find(g.release());
+        r != nullptr && r->outcome == ReleaseOutcome::Starting) {
+      releases_->history().set_outcome(g.release(), ReleaseOutcome::Serving, {}, wall_clock_ms());
+      releases_->save();
+    }
     systemd_.ready_once(fmt::format("READY=1\nSTATUS=generation {} serving\nMAINPID={}", g.number(), ::getpid()));
   }
 }
@@ -326,24 +350,36 @@ void Supervisor::channel_failed(Generation& g, const std::string& reason) {
 // ---------------------------------------------------------------------------------------------
 // Upgrades (the driver's host)
 
-void Supervisor::promote(std::uint64_t generation, const std::vector<std::string>& command) {
+void Supervisor::promote(std::uint64_t generation) {
+  const Generation* g = find(generation);
+  if (g == nullptr) return;
+  const std::uint64_t previous = current_.release;
   active_ = generation;
-  current_command_ = command;
+  current_ = {g->release(), g->command(), g->image()};
   // The new generation replaces whatever crash restart was pending.
   restart_timer_->stop();
   restart_backoff_.reset();
+  ReleaseHistory& history = releases_->history();
+  history.set_outcome(current_.release, ReleaseOutcome::Serving, {}, wall_clock_ms());
+  if (previous != current_.release) {
+    history.set_outcome(previous, ReleaseOutcome::Retired, fmt::format("replaced by release {}", current_.release),
+                        wall_clock_ms());
+  }
+  releases_->trim_pins(current_.release);
+  releases_->save();
 }
 
 void Supervisor::upgrade_started() {
   systemd_.notify(fmt::format("RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=upgrading", uv_hrtime() / 1000));
 }
 
-void Supervisor::upgrade_finished(bool ok, const std::string& failure) {
+void Supervisor::upgrade_finished(std::uint64_t release, bool ok, const std::string& failure) {
   if (ok) {
     ++counters_.upgrades_done;
   } else {
     ++counters_.upgrades_rolled_back;
     last_error_.note(fmt::format("upgrade rolled back: {}", failure));
+    end_release(release, ReleaseOutcome::RolledBack, failure);
   }
 }
 
@@ -363,7 +399,8 @@ void Supervisor::schedule_restart(Clock::duration served_for) {
 
 void Supervisor::restart_now() {
   if (stopping_ || active_ != 0) return;
-  auto g = spawn_generation(current_command_);
+  // The release that crashed, from the executable it ran (not whatever its path holds now).
+  auto g = start_generation(current_);
   if (!g) {
     ++counters_.crashes;
     last_error_.note(g.error().text());
@@ -372,6 +409,10 @@ void Supervisor::restart_now() {
   }
   ++counters_.restarts;
   active_ = g.value()->number();
+  if (Release* r = releases_->history().find(current_.release)) {
+    ++r->restarts;
+    releases_->save();
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -388,7 +429,11 @@ void Supervisor::on_request(ClientId client, const ControlRequest& request) {
       stop_waiters_.push_back(client);
       begin_stop(false);
       return;
-    case ControlRequest::Command::Upgrade: {
+    case ControlRequest::Command::History:
+      control_->send(client, history_json(), AfterSend::Close);
+      return;
+    case ControlRequest::Command::Upgrade:
+    case ControlRequest::Command::Rollback: {
       if (stopping_) {
         control_->send(client, control_error("stopping", "the supervisor is stopping; no upgrade can start"),
                        AfterSend::Close);
@@ -398,13 +443,58 @@ void Supervisor::on_request(ClientId client, const ControlRequest& request) {
         control_->send(client, control_error("busy", upgrade_->busy_reason()), AfterSend::Close);
         return;
       }
-      std::vector<std::string> command = current_command_;
-      if (request.exec) command.front() = *request.exec;
-      if (request.argv) command = *request.argv;
-      upgrade_->begin(std::move(command), client, "control");
+      if (request.command == ControlRequest::Command::Rollback) {
+        on_rollback_request(client, request);
+      } else {
+        on_upgrade_request(client, request);
+      }
       return;
     }
   }
+}
+
+void Supervisor::on_upgrade_request(ClientId client, const ControlRequest& request) {
+  std::vector<std::string> command = current_.command;
+  if (request.exec) command.front() = *request.exec;
+  if (request.argv) command = *request.argv;
+  upgrade_->begin({std::move(command), ReleaseOrigin::Upgrade, request.peer_uid, request.peer_pid, 0, nullptr}, client);
+}
+
+void Supervisor::on_rollback_request(ClientId client, const ControlRequest& request) {
+  const ReleaseHistory& history = releases_->history();
+  const Release* target = nullptr;
+  if (request.to) {
+    target = history.find(*request.to);
+    if (target == nullptr) {
+      control_->send(client,
+                     control_error("unavailable", fmt::format("release {} is not in the history (see `hotrestart "
+                                                              "history`)",
+                                                              *request.to)),
+                     AfterSend::Close);
+      return;
+    }
+  } else {
+    target = history.last_good_before(current_.release);
+    if (target == nullptr) {
+      control_->send(client,
+                     control_error("unavailable", fmt::format("no release before release {} served: there is nothing "
+                                                              "to roll back to (see `hotrestart history`)",
+                                                              current_.release)),
+                     AfterSend::Close);
+      return;
+    }
+  }
+  auto image = image_to_run_again(*target);
+  if (!image) {
+    control_->send(client,
+                   control_error("unavailable", fmt::format("release {} cannot be run again: {}", target->number,
+                                                            image.error().text())),
+                   AfterSend::Close);
+    return;
+  }
+  upgrade_->begin({target->command, ReleaseOrigin::Rollback, request.peer_uid, request.peer_pid, target->number,
+                   std::move(image).value()},
+                  client);
 }
 
 void Supervisor::on_signal(int signo) {
@@ -424,7 +514,7 @@ void Supervisor::on_signal(int signo) {
         log_warn("SIGUSR2 ignored: an upgrade is already in progress");
         break;
       }
-      upgrade_->begin(current_command_, std::nullopt, "SIGUSR2");
+      upgrade_->begin({current_.command, ReleaseOrigin::Signal, -1, -1, 0, nullptr}, std::nullopt);
       break;
     case SIGHUP:
       log_warn("SIGHUP ignored: configuration reload is not available; use SIGUSR2 or `hotrestart upgrade`");
@@ -458,8 +548,86 @@ void Supervisor::begin_stop(bool now) {
 
 void Supervisor::maybe_finish_stop() {
   if (!stopping_ || !generations_.empty() || upgrade_->in_progress()) return;
+  end_release(current_.release, ReleaseOutcome::Stopped, "the supervisor stopped");
   log_info("stopped: every generation has exited");
   uv_stop(&loop_);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Releases
+
+std::uint64_t Supervisor::record_release(const UpgradeRequest& request) {
+  Release r;
+  r.command = request.command;
+  r.origin = request.origin;
+  r.uid = request.uid;
+  r.pid = request.pid;
+  r.rollback_of = request.rollback_of;
+  r.started_ms = wall_clock_ms();
+  const std::uint64_t number = releases_->history().add(std::move(r)).number;
+  if (request.image) {
+    Release& added = *releases_->history().find(number);
+    added.executable = request.image->path();
+    added.sha256 = request.image->sha256();
+    added.interpreter = request.image->interpreter();
+    added.interpreter_sha256 = request.image->interpreter_sha256();
+    releases_->pin(number, request.image);
+  }
+  releases_->save();
+  return number;
+}
+
+Result<Generation::Plan> Supervisor::plan_for(std::uint64_t number) {
+  Release* r = releases_->history().find(number);
+  if (r == nullptr) return Error::message(fmt::format("release {} is not in the history", number));
+  std::shared_ptr<const ExecutableImage> image = releases_->pinned(number);
+  if (!image) {
+    auto path = launcher_->resolve(r->command);
+    if (!path) return path.error();
+    auto opened = ExecutableImage::open(path.value());
+    if (!opened) return opened.error().context("cannot start the worker");
+    image = releases_->pin(number, std::make_shared<const ExecutableImage>(std::move(opened).value()));
+    r->executable = image->path();
+    r->sha256 = image->sha256();
+    r->interpreter = image->interpreter();
+    r->interpreter_sha256 = image->interpreter_sha256();
+    releases_->save();
+  }
+  return Generation::Plan{number, r->command, std::move(image)};
+}
+
+Result<std::shared_ptr<const ExecutableImage>> Supervisor::image_to_run_again(const Release& r) const {
+  if (auto pinned = releases_->pinned(r.number)) {
+    if (auto same = pinned->unchanged(); !same) return same.error();
+    return pinned;
+  }
+  if (r.executable.empty()) return Error::message("it never started, so its executable is unknown");
+  auto opened = ExecutableImage::open(r.executable);
+  if (!opened) return opened.error().context("its executable cannot be opened");
+  if (opened->sha256() != r.sha256) {
+    return Error::message(
+        fmt::format("{} has changed since it ran (sha256 {} then, {} now), and this supervisor "
+                    "holds no copy of the file that ran",
+                    r.executable, r.sha256.substr(0, 12), opened->sha256().substr(0, 12)));
+  }
+  return std::make_shared<const ExecutableImage>(std::move(opened).value());
+}
+
+void Supervisor::end_release(std::uint64_t number, ReleaseOutcome outcome, std::string reason) {
+  if (releases_ && releases_->history().set_outcome(number, outcome, std::move(reason), wall_clock_ms())) {
+    releases_->save();
+  }
+}
+
+json Supervisor::history_json() const {
+  json list = json::array();
+  for (const auto& r : releases_->history().releases())
+    list.push_back(r.to_json());
+  return {{"v", kControlProtocolVersion},
+          {"type", "history"},
+          {"active_release", current_.release},
+          {"state", releases_->status_json()},
+          {"releases", list}};
 }
 
 json Supervisor::status_json() const {
@@ -480,7 +648,9 @@ json Supervisor::status_json() const {
               {"listeners", listeners_json(listeners_)},
               {"active_generation", active_},
               {"generations", generations},
-              {"command", current_command_},
+              {"command", current_.command},
+              {"release", current_.release},
+              {"releases", releases_->status_json()},
               {"ready", ready_json(options_)},
               {"drain", drain_json(options_)},
               {"adopt_binds", launcher_->adopting()},

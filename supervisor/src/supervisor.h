@@ -11,6 +11,7 @@
 //   Generation      generation.h       one generation: readiness, channel, drain, end
 //   UpgradeDriver   upgrade_driver.h   the upgrade state machine's actions and events
 //   StateBroker     state_broker.h     the state transfer from the old generation to the new
+//   ReleaseStore    release_store.h    the release history on disk, and executables kept for rollback
 //   RestartBackoff  crash_restarts.h   the delay between crash restarts
 //   status.h                           counters, the last error, and status's pieces
 //
@@ -38,6 +39,7 @@
 #include "listener_set.h"
 #include "notify_socket.h"
 #include "reaper.h"
+#include "release_store.h"
 #include "run_options.h"
 #include "state_broker.h"
 #include "status.h"
@@ -94,11 +96,21 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   std::vector<GenerationFacts> generation_facts() const override;
   std::uint64_t active_generation() const override { return active_; }
   std::uint64_t next_generation_number() const override { return next_generation_; }
-  Result<Generation*> spawn_generation(const std::vector<std::string>& command) override;
-  void promote(std::uint64_t generation, const std::vector<std::string>& command) override;
+  std::uint64_t record_release(const UpgradeRequest& request) override;
+  Result<Generation*> spawn_generation(std::uint64_t release) override;
+  void promote(std::uint64_t generation) override;
   StateBroker& broker() override { return broker_; }
   void upgrade_started() override;
-  void upgrade_finished(bool ok, const std::string& failure) override;
+  void upgrade_finished(std::uint64_t release, bool ok, const std::string& failure) override;
+
+  // Releases.
+  // What release `number` runs: its command, and its executable, opened from its path the first
+  // time (and recorded in the history), or as kept since.
+  Result<Generation::Plan> plan_for(std::uint64_t number);
+  Result<Generation*> start_generation(Generation::Plan plan);
+  // The executable to run release `r` again with, exactly as it ran, or why it cannot be.
+  Result<std::shared_ptr<const ExecutableImage>> image_to_run_again(const Release& r) const;
+  void end_release(std::uint64_t number, ReleaseOutcome outcome, std::string reason);
   void upgrade_reported() override;
 
   // Crash restarts.
@@ -107,6 +119,9 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
 
   // Requests and signals.
   void on_request(ClientId client, const ControlRequest& request);
+  void on_upgrade_request(ClientId client, const ControlRequest& request);
+  void on_rollback_request(ClientId client, const ControlRequest& request);
+  nlohmann::json history_json() const;
   void on_signal(int signo);
   void begin_stop(bool now);
   void maybe_finish_stop();
@@ -128,9 +143,10 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   std::map<std::uint64_t, std::unique_ptr<Generation>> generations_;
   std::uint64_t active_ = 0;  // The generation that serves (0 while none does).
   std::uint64_t next_generation_ = 1;
-  std::vector<std::string> current_command_;  // What the active generation runs, and a restart runs.
+  Generation::Plan current_;  // What the active generation runs, and what a crash restart runs again.
   std::unique_ptr<UpgradeDriver> upgrade_;
   StateBroker broker_;
+  std::unique_ptr<ReleaseStore> releases_;
 
   std::unique_ptr<Timer> restart_timer_;
   RestartBackoff restart_backoff_;

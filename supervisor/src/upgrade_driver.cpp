@@ -27,11 +27,12 @@ struct UpgradeDriver::Upgrade {
   explicit Upgrade(uv_loop_t* loop) : phase_timer(loop) {}
   UpgradeMachine machine;
   std::vector<std::string> command;
+  std::uint64_t release = 0;     // The release it brings in.
   std::uint64_t generation = 0;  // The new one (0 until spawned).
   std::uint64_t previous = 0;    // The one it replaces (0 if none was running).
   std::vector<ClientId> watchers;
   Timer phase_timer;
-  std::string origin;             // "control" or "SIGUSR2".
+  std::string origin;             // For the log: "control", "SIGUSR2", "rollback to release N".
   std::uint64_t waiting_for = 0;  // A draining generation the transfer waits for.
 };
 
@@ -47,6 +48,7 @@ std::uint64_t UpgradeDriver::candidate() const {
 json UpgradeDriver::status_json() const {
   if (!upgrade_) return nullptr;
   return {{"generation", upgrade_->generation},
+          {"release", upgrade_->release},
           {"phase", phase_name(upgrade_->machine.phase())},
           {"elapsed_ms", ms_since(upgrade_->machine.started())}};
 }
@@ -72,17 +74,28 @@ void UpgradeDriver::send_to_watchers(const json& message, AfterSend after) {
 // ---------------------------------------------------------------------------------------------
 // Inputs
 
-void UpgradeDriver::begin(std::vector<std::string> command, std::optional<ClientId> client, std::string origin) {
+void UpgradeDriver::begin(UpgradeRequest request, std::optional<ClientId> client) {
   upgrade_ = std::make_unique<Upgrade>(loop_);
-  upgrade_->command = std::move(command);
-  upgrade_->origin = std::move(origin);
+  upgrade_->command = request.command;
+  switch (request.origin) {
+    case ReleaseOrigin::Signal:
+      upgrade_->origin = "SIGUSR2";
+      break;
+    case ReleaseOrigin::Rollback:
+      upgrade_->origin = fmt::format("rollback to release {}", request.rollback_of);
+      break;
+    default:
+      upgrade_->origin = "control";
+      break;
+  }
   upgrade_->previous = host_.active_generation();
+  upgrade_->release = host_.record_release(request);
   if (client) upgrade_->watchers.push_back(*client);
   host_.upgrade_started();
   log_info("upgrade ({}) to: {}", upgrade_->origin, shell_words(upgrade_->command));
-  publish_phase(
-      fmt::format("starting generation {}: {}", host_.next_generation_number(), shell_words(upgrade_->command)));
-  auto g = host_.spawn_generation(upgrade_->command);
+  publish_phase(fmt::format("starting generation {} (release {}): {}", host_.next_generation_number(),
+                            upgrade_->release, shell_words(upgrade_->command)));
+  auto g = host_.spawn_generation(upgrade_->release);
   if (!g) {
     feed(Input::SpawnFailed, g.error().text());
     return;
@@ -297,7 +310,7 @@ void UpgradeDriver::wait_health() {
 
 void UpgradeDriver::promote() {
   upgrade_->previous = host_.active_generation();
-  host_.promote(upgrade_->generation, upgrade_->command);
+  host_.promote(upgrade_->generation);
   publish_phase(fmt::format("generation {} is now the active generation", upgrade_->generation));
   feed(Input::Promoted);
 }
@@ -328,7 +341,7 @@ void UpgradeDriver::stop_new(Generation* fresh) {
 void UpgradeDriver::finish() {
   const auto& m = upgrade_->machine;
   const bool ok = m.succeeded();
-  host_.upgrade_finished(ok, ok ? std::string() : m.failure());
+  host_.upgrade_finished(upgrade_->release, ok, ok ? std::string() : m.failure());
   const std::uint64_t active = host_.active_generation();
   const Generation* serving = host_.generation(active);
   std::string message;
@@ -350,6 +363,7 @@ void UpgradeDriver::finish() {
               {"ok", ok},
               {"outcome", phase_name(m.phase())},
               {"generation", ok ? active : upgrade_->generation},
+              {"release", upgrade_->release},
               {"serving_generation", active},
               {"serving_pid", serving != nullptr ? serving->pid() : 0},
               {"elapsed_ms", ms_since(m.started())},

@@ -26,13 +26,26 @@
 #include <hotrestart/wire/message.h>
 
 #include "control_server.h"
+#include "executable.h"
 #include "generation.h"
+#include "releases.h"
 #include "run_options.h"
 #include "state_broker.h"
 #include "upgrade_machine.h"
 #include "uv_handles.h"
 
 namespace hotrestart {
+
+// What an upgrade brings in: a command line, who asked for it, and, for a rollback, the release it
+// runs again with that release's executable already opened.
+struct UpgradeRequest {
+  std::vector<std::string> command;
+  ReleaseOrigin origin = ReleaseOrigin::Upgrade;
+  std::int64_t uid = -1;  // Who asked (the control socket's peer), when known.
+  std::int64_t pid = -1;
+  std::uint64_t rollback_of = 0;
+  std::shared_ptr<const ExecutableImage> image;  // Null: opened from the command's path at spawn.
+};
 
 class UpgradeDriver {
  public:
@@ -43,13 +56,15 @@ class UpgradeDriver {
     virtual std::vector<GenerationFacts> generation_facts() const = 0;
     virtual std::uint64_t active_generation() const = 0;
     virtual std::uint64_t next_generation_number() const = 0;
-    virtual Result<Generation*> spawn_generation(const std::vector<std::string>& command) = 0;
-    // Makes `generation`, running `command`, the active one (cutover).
-    virtual void promote(std::uint64_t generation, const std::vector<std::string>& command) = 0;
+    // Records the release `request` brings in (starting), and returns its number.
+    virtual std::uint64_t record_release(const UpgradeRequest& request) = 0;
+    virtual Result<Generation*> spawn_generation(std::uint64_t release) = 0;
+    // Makes `generation` the active one (cutover).
+    virtual void promote(std::uint64_t generation) = 0;
     virtual StateBroker& broker() = 0;
     virtual void upgrade_started() = 0;
-    // The verdict, before it is published: `failure` is empty on success.
-    virtual void upgrade_finished(bool ok, const std::string& failure) = 0;
+    // The verdict on `release`, before it is published: `failure` is empty on success.
+    virtual void upgrade_finished(std::uint64_t release, bool ok, const std::string& failure) = 0;
     // The verdict has been published to the log and the watching clients.
     virtual void upgrade_reported() = 0;
   };
@@ -70,8 +85,8 @@ class UpgradeDriver {
   // Why a second upgrade is refused now.
   std::string busy_reason() const;
 
-  // Starts an upgrade to `command`; `client` (if any) watches it. `origin`: "control" or "SIGUSR2".
-  void begin(std::vector<std::string> command, std::optional<ClientId> client, std::string origin);
+  // Starts the upgrade `request`; `client` (if any) watches it.
+  void begin(UpgradeRequest request, std::optional<ClientId> client);
   // Called from outside the driver's own actions (a loop callback), the input and every input its
   // action produces are handled before feed() returns; from inside an action, it is queued.
   void feed(Input input, std::string reason = {});

@@ -67,18 +67,26 @@ std::vector<std::string> WorkerLauncher::probe_environment(pid_t pid, std::uint6
   return env;
 }
 
-Result<WorkerLauncher::Launched> WorkerLauncher::launch(std::uint64_t generation,
-                                                        const std::vector<std::string>& command) const {
-  auto env = worker_environment(generation);
+Result<std::string> WorkerLauncher::resolve(const std::vector<std::string>& command) const {
   std::string path_env = "/usr/local/bin:/usr/bin:/bin";
-  for (const auto& e : env) {
+  for (const auto& e : base_env_) {
     if (e.starts_with("PATH=")) path_env = e.substr(5);
   }
   auto executable = resolve_executable(command.front(), path_env);
   if (!executable) return executable.error().context("cannot start the worker");
+  return executable;
+}
+
+Result<WorkerLauncher::Launched> WorkerLauncher::launch(std::uint64_t generation,
+                                                        const std::vector<std::string>& command,
+                                                        const ExecutableImage& image) const {
+  const bool from_fd = image.kind() == ExecutableImage::Kind::Program;
   if (adopting()) {
-    if (auto ok = check_preloadable(executable.value()); !ok) return ok.error().context("cannot start the worker");
+    // The file that will run: the open one for a program (its path may hold another by now).
+    const std::string file = from_fd ? fmt::format("/proc/self/fd/{}", image.fd()) : image.path();
+    if (auto ok = check_preloadable(file, image.path()); !ok) return ok.error().context("cannot start the worker");
   }
+  auto env = worker_environment(generation);
   // Every worker gets a channel; a worker without the SDK never reads it. The supervisor's end
   // stays close-on-exec, so no other worker inherits it.
   auto channel = wire::seqpacket_pair();
@@ -87,7 +95,8 @@ Result<WorkerLauncher::Launched> WorkerLauncher::launch(std::uint64_t generation
   for (const auto& l : listeners_.listeners())
     fds.push_back(l.fd.get());
   fds.push_back(channel->second.get());
-  SpawnRequest request{executable.value(), command, std::move(env), std::move(fds), ListenPid::Set};
+  SpawnRequest request{image.path(),   command,        std::move(env),
+                       std::move(fds), ListenPid::Set, from_fd ? image.fd() : -1};
   auto pid = spawn_process(request);
   if (!pid) return pid.error().context("cannot start the worker");
   channel->second.reset();  // The worker's end lives on in the worker only.

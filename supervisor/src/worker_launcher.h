@@ -5,8 +5,9 @@
 // the listeners at fd 3.., NOTIFY_SOCKET, HOTRESTART_GENERATION, HOTRESTART_CONTROL and
 // HOTRESTART_CHANNEL_FD (the channel, right after the listeners), and with --adopt-binds the preload
 // library first in LD_PRELOAD. spawn_process sets LISTEN_PID to the child's own pid. The executable
-// is resolved and checked before anything is forked, so that a command that cannot run fails with
-// a sentence rather than an exit status.
+// is resolved and opened (ExecutableImage) before anything is forked, so that a command that cannot
+// run fails with a sentence rather than an exit status, and a compiled program runs from the very
+// file that was opened and hashed.
 #pragma once
 
 #include <sys/types.h>
@@ -18,6 +19,7 @@
 #include <hotrestart/base/result.h>
 #include <hotrestart/fd.h>
 
+#include "executable.h"
 #include "listener_set.h"
 #include "spawn.h"
 
@@ -34,7 +36,11 @@ class WorkerLauncher {
     ChildProcess process;
     Fd channel;  // The supervisor's end; the worker's end lives on in the worker only.
   };
-  Result<Launched> launch(std::uint64_t generation, const std::vector<std::string>& command) const;
+  // The executable `command` names, found as exec would in the workers' PATH.
+  Result<std::string> resolve(const std::vector<std::string>& command) const;
+  // Starts generation `generation` running `command` from `image` (see ExecutableImage).
+  Result<Launched> launch(std::uint64_t generation, const std::vector<std::string>& command,
+                          const ExecutableImage& image) const;
 
   // The environment of an exec readiness probe aimed at the worker `pid` of `generation`.
   std::vector<std::string> probe_environment(pid_t pid, std::uint64_t generation) const;

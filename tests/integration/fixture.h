@@ -48,6 +48,10 @@ class Supervisor {
     if (run_args.empty() || std::find(run_args.begin(), run_args.end(), "--listen") == run_args.end()) {
       argv.insert(argv.end(), {"--listen", "http=tcp://127.0.0.1:0"});
     }
+    // Each supervisor keeps its release history in its own directory, never in the user's.
+    if (std::find(run_args.begin(), run_args.end(), "--state-dir") == run_args.end()) {
+      argv.insert(argv.end(), {"--state-dir", dir_.file("state")});
+    }
     argv.insert(argv.end(), run_args.begin(), run_args.end());
     argv.push_back("--");
     argv.insert(argv.end(), command.begin(), command.end());

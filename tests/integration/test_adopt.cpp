@@ -351,8 +351,8 @@ TEST_CASE("adopt: a statically linked server is refused with a sentence, at run 
     return;
   }
   TempDir dir;
-  RunResult r = run({hotrestart_bin(), "run", "--control", dir.file("ctl.sock"), "--listen", "http=tcp://127.0.0.1:0",
-                     "--adopt-binds", "--", kStatic},
+  RunResult r = run({hotrestart_bin(), "run", "--control", dir.file("ctl.sock"), "--state-dir", dir.file("state"),
+                     "--listen", "http=tcp://127.0.0.1:0", "--adopt-binds", "--", kStatic},
                     {}, 20s);
   CHECK(r.exit_code == 1);
   CHECK_MESSAGE(contains(r.err, "/sbin/ldconfig is statically linked, so no library can be preloaded into it"), r.err);

@@ -243,21 +243,21 @@ TEST_CASE("run refuses bad flags and unusable addresses with a clear message") {
   // A port already taken: exit 1 naming the listener and the address.
   Supervisor first({}, hello("v1"));
   TempDir d;
-  RunResult taken = run({hotrestart_bin(), "run", "--control", d.file("c.sock"), "--listen",
-                         fmt::format("web=tcp://127.0.0.1:{}", first.port()), "--", hello_bin()},
+  RunResult taken = run({hotrestart_bin(), "run", "--control", d.file("c.sock"), "--state-dir", d.file("c.state"),
+                         "--listen", fmt::format("web=tcp://127.0.0.1:{}", first.port()), "--", hello_bin()},
                         {}, 10s);
   CHECK(taken.exit_code == 1);
   CHECK(
       contains(taken.err, fmt::format("listener web: bind tcp://127.0.0.1:{}: Address already in use", first.port())));
   // A second supervisor on the same control socket is refused before it binds anything.
-  RunResult twin =
-      run({hotrestart_bin(), "run", "--control", first.control(), "--listen", "tcp://127.0.0.1:0", "--", hello_bin()},
-          {}, 10s);
+  RunResult twin = run({hotrestart_bin(), "run", "--control", first.control(), "--state-dir", d.file("t.state"),
+                        "--listen", "tcp://127.0.0.1:0", "--", hello_bin()},
+                       {}, 10s);
   CHECK(twin.exit_code == 1);
   CHECK(contains(twin.err, "another supervisor is already running"));
   // The first command that cannot start at all is an error at `run`.
-  RunResult missing = run({hotrestart_bin(), "run", "--control", d.file("m.sock"), "--listen", "tcp://127.0.0.1:0",
-                           "--", "/nonexistent/server"},
+  RunResult missing = run({hotrestart_bin(), "run", "--control", d.file("m.sock"), "--state-dir", d.file("m.state"),
+                           "--listen", "tcp://127.0.0.1:0", "--", "/nonexistent/server"},
                           {}, 10s);
   CHECK(missing.exit_code == 1);
   CHECK(contains(missing.err, "/nonexistent/server: No such file or directory"));

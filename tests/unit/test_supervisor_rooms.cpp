@@ -245,15 +245,23 @@ class DriverBench final : public Generation::Events, public UpgradeDriver::Host 
   std::vector<GenerationFacts> generation_facts() const override { return {}; }
   std::uint64_t active_generation() const override { return active_; }
   std::uint64_t next_generation_number() const override { return next_; }
-  Result<Generation*> spawn_generation(const std::vector<std::string>& command) override {
+  std::uint64_t record_release(const UpgradeRequest& request) override {
+    commands_.push_back(request.command);
+    return commands_.size();
+  }
+  Result<Generation*> spawn_generation(std::uint64_t release) override {
     if (fail_spawn) return Error::message("exec /nonexistent: No such file or directory");
-    auto g = Generation::start(*context_, *this, next_, command);
+    const auto& command = commands_.at(release - 1);
+    auto image = ExecutableImage::open(command.front());
+    if (!image) return image.error();
+    auto g = Generation::start(*context_, *this, next_,
+                               {release, command, std::make_shared<const ExecutableImage>(std::move(image).value())});
     if (!g) return g.error();
     Generation* raw = g.value().get();
     generations_.emplace(next_++, std::move(g).value());
     return raw;
   }
-  void promote(std::uint64_t generation, const std::vector<std::string>&) override {
+  void promote(std::uint64_t generation) override {
     active_ = generation;
     if (feed_inside_promote) {
       // An input produced while an action runs: it must wait for the action to finish.
@@ -263,7 +271,9 @@ class DriverBench final : public Generation::Events, public UpgradeDriver::Host 
   }
   StateBroker& broker() override { return broker_; }
   void upgrade_started() override {}
-  void upgrade_finished(bool ok, const std::string& failure) override { verdicts.emplace_back(ok, failure); }
+  void upgrade_finished(std::uint64_t, bool ok, const std::string& failure) override {
+    verdicts.emplace_back(ok, failure);
+  }
   void upgrade_reported() override { ++reports; }
 
   bool fail_spawn = false;
@@ -284,15 +294,22 @@ class DriverBench final : public Generation::Events, public UpgradeDriver::Host 
   std::map<std::uint64_t, std::unique_ptr<Generation>> generations_;
   std::uint64_t active_ = 0;
   std::uint64_t next_ = 1;
+  std::vector<std::vector<std::string>> commands_;  // Release N's command is commands_[N - 1].
   std::unique_ptr<UpgradeDriver> driver_;
 };
+
+UpgradeRequest request_for(std::vector<std::string> command) {
+  UpgradeRequest request;
+  request.command = std::move(command);
+  return request;
+}
 
 }  // namespace
 
 TEST_CASE("upgrade driver: an exec failure rolls back at once with the reason, and the next upgrade can start") {
   DriverBench bench;
   bench.fail_spawn = true;
-  bench.driver().begin({"/nonexistent"}, std::nullopt, "control");
+  bench.driver().begin(request_for({"/nonexistent"}), std::nullopt);
   CHECK_FALSE(bench.driver().in_progress());
   REQUIRE(bench.verdicts.size() == 1);
   CHECK_FALSE(bench.verdicts[0].first);
@@ -300,7 +317,7 @@ TEST_CASE("upgrade driver: an exec failure rolls back at once with the reason, a
   CHECK(bench.driver().last_verdict().value("outcome", "") == "rolled-back");
   CHECK(bench.reports == 1);
   bench.fail_spawn = false;
-  bench.driver().begin({"/bin/sleep", "30"}, std::nullopt, "control");
+  bench.driver().begin(request_for({"/bin/sleep", "30"}), std::nullopt);
   CHECK(bench.driver().in_progress());
   CHECK(bench.driver().status_json().value("phase", "") == "handshake");
 }
@@ -308,7 +325,7 @@ TEST_CASE("upgrade driver: an exec failure rolls back at once with the reason, a
 TEST_CASE("upgrade driver: an input fed while an action runs waits for it, and nothing re-enters the machine") {
   DriverBench bench;
   bench.feed_inside_promote = true;
-  bench.driver().begin({"/bin/sleep", "30"}, std::nullopt, "control");
+  bench.driver().begin(request_for({"/bin/sleep", "30"}), std::nullopt);
   REQUIRE(bench.driver().candidate() == 1);
   bench.driver().feed(Input::Ready);  // No SDK: straight to health-checking, then (no --min-ready) cutover.
   // Inside promote() the nested "promoted" was only queued: the machine was still at cutover.
