@@ -51,14 +51,18 @@ void write_decimal(char* out, long value) {
     if (sig != SIGKILL && sig != SIGSTOP) ::sigaction(sig, &dfl, nullptr);
   }
   if (::setpgid(0, 0) != 0) child_fail(error_fd, errno);
-  // Two passes, so that a source fd inside 3..first_free-1 is never overwritten before
-  // it is copied: first lift every source above the range, then place each one.
+  // Two passes, so that a source fd inside 2..first_free-1 is never overwritten before
+  // it is copied: first lift every source (stderr's too) above the range, then place each one.
   int lifted[1024];
   const std::size_t n = request.pass_fds.size();
   if (n > 1024) child_fail(error_fd, EMFILE);
   for (std::size_t i = 0; i < n; ++i) {
     lifted[i] = ::fcntl(request.pass_fds[i], F_DUPFD_CLOEXEC, first_free);
     if (lifted[i] < 0) child_fail(error_fd, errno);
+  }
+  if (request.stderr_fd >= 0) {
+    const int lifted_stderr = ::fcntl(request.stderr_fd, F_DUPFD_CLOEXEC, first_free);
+    if (lifted_stderr < 0 || ::dup2(lifted_stderr, STDERR_FILENO) < 0) child_fail(error_fd, errno);
   }
   // The executable's descriptor, likewise out of the way of the placed ones (and still
   // close-on-exec: execveat runs a compiled program from it all the same).

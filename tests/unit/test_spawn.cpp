@@ -21,6 +21,17 @@ std::string read_file(const std::string& path) {
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
+struct Pipe {
+  Fd read;
+  Fd write;
+};
+
+Pipe close_on_exec_pipe() {
+  int ends[2];
+  REQUIRE(::pipe2(ends, O_CLOEXEC) == 0);
+  return {Fd(ends[0]), Fd(ends[1])};
+}
+
 int wait_child(pid_t pid) {
   int status = 0;
   while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
@@ -35,17 +46,14 @@ TEST_CASE("the child gets the passed fds at 3.. and LISTEN_PID is its own pid an
   REQUIRE(::mkdtemp(dir_template) != nullptr);
   const std::string out = std::string(dir_template) + "/out";
   // Two pipes stand in for listeners; a third close-on-exec fd must not be inherited.
-  int a[2];
-  int b[2];
-  REQUIRE(::pipe2(a, O_CLOEXEC) == 0);
-  REQUIRE(::pipe2(b, O_CLOEXEC) == 0);
-  Fd a0(a[0]), a1(a[1]), b0(b[0]), b1(b[1]);
+  const Pipe a = close_on_exec_pipe();
+  const Pipe b = close_on_exec_pipe();
   SpawnRequest req;
   req.executable = "/bin/sh";
-  // Passing b1 then a0 checks that order, not fd number, decides the placement.
+  // Passing b's write end, then a's read end, checks that order, not fd number, decides the placement.
   req.argv = {"/bin/sh", "-c", "echo \"$$ $LISTEN_PID\" > " + out + "; exec ls /proc/self/fd >> " + out};
   req.env = {"PATH=/usr/bin:/bin"};
-  req.pass_fds = {b1.get(), a0.get()};
+  req.pass_fds = {b.write.get(), a.read.get()};
   req.listen_pid = ListenPid::Set;
   auto pid = spawn_process(req);
   REQUIRE(pid.ok());
@@ -66,6 +74,33 @@ TEST_CASE("the child gets the passed fds at 3.. and LISTEN_PID is its own pid an
   CHECK(count == 6);
   ::unlink(out.c_str());
   ::rmdir(dir_template);
+}
+
+TEST_CASE("the child's stderr is the descriptor the request gives, and its other fds stay in place") {
+  Pipe out = close_on_exec_pipe();
+  Pipe listener = close_on_exec_pipe();
+  SpawnRequest req;
+  req.executable = "/bin/sh";
+  req.argv = {"/bin/sh", "-c", "echo to-stderr >&2; echo to-fd-3 >&3"};
+  req.env = {"PATH=/usr/bin:/bin"};
+  req.pass_fds = {listener.write.get()};
+  req.stderr_fd = out.write.get();
+  auto pid = spawn_process(req);
+  REQUIRE(pid.ok());
+  // The child's copies are the only write ends left, so both pipes reach end of file when it exits.
+  out.write.reset();
+  listener.write.reset();
+  const int status = wait_child(pid.value());
+  CHECK(WIFEXITED(status));
+  const auto read_all = [](int fd) {
+    std::string text;
+    char buffer[256];
+    for (ssize_t n; (n = ::read(fd, buffer, sizeof buffer)) > 0;)
+      text.append(buffer, static_cast<std::size_t>(n));
+    return text;
+  };
+  CHECK(read_all(out.read.get()) == "to-stderr\n");
+  CHECK(read_all(listener.read.get()) == "to-fd-3\n");
 }
 
 TEST_CASE("exec failure is an error naming the program and not a crash") {
