@@ -22,6 +22,11 @@ namespace {
 constexpr Millis kAdoptPollInterval{100};
 // A failed exec probe is tried again after this long, until the ready deadline.
 constexpr Millis kProbeRetry{250};
+// How long the supervisor waits, after a main process exited, for its stderr to reach end of file
+// before it acts on the exit. The last lines are often still in the pipe when the exit is seen;
+// a helper that escaped the process group's SIGKILL and holds the pipe open cannot delay a verdict
+// or a crash restart for longer than this.
+constexpr Millis kOutputGrace{200};
 
 std::string elapsed_text(std::chrono::steady_clock::duration d) {
   return format_duration(std::chrono::duration_cast<Millis>(d));
@@ -93,6 +98,7 @@ Result<std::unique_ptr<Generation>> Generation::start(Context& context, Events& 
           [raw](wire::Message& m, std::vector<Fd>& fds) { raw->events_.on_channel_message(*raw, m, fds); },
           [raw] { raw->events_.on_channel_closed(*raw); },
           [raw](const std::string& why) { raw->events_.on_channel_broken(*raw, why); }});
+  g->output_ = std::make_unique<WorkerOutput>(context.loop, std::move(launched->output), number, g->pid());
   context.reaper.watch(g->pid(), [self = g->self_](pid_t, ExitStatus status) {
     if (Generation* gen = *self) gen->on_main_exit(status);
   });
@@ -126,9 +132,15 @@ void Generation::on_main_exit(ExitStatus status) {
   pause_readiness();
   kill_timer_.stop();
   connections_timer_.stop();
+  channel_grace_.stop();
+  // Nothing it queued on its channel is acted on any more: a dead worker's hello or ready must not
+  // move an upgrade along while its output ends.
+  channel_->close();
   const GenerationState was = state_;
   enter(GenerationState::Exited);
-  events_.on_exit(*this, was, status);  // The supervisor destroys the generation here.
+  // The reaper reaps the main process as soon as this returns; the supervisor hears of the exit
+  // once the output has ended, from the loop, and destroys the generation then.
+  output_->when_ended(kOutputGrace, [this, was, status] { events_.on_exit(*this, was, status); });
 }
 
 void Generation::enter(GenerationState to) {
@@ -231,6 +243,9 @@ std::string Generation::ready_timeout_reason() const {
 // What the worker reports
 
 void Generation::apply_notify(const NotifyMessage& m, pid_t sender) {
+  // Its processes are gone: a datagram now was sent before it died, or by a stranger who was given
+  // its reaped pid; neither says anything about this generation any more.
+  if (state_ == GenerationState::Exited) return;
   for (const auto& p : m.problems)
     log_warn("notify: generation {}: {}", number_, p);
   if (m.status) status_text_ = *m.status;

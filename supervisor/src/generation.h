@@ -14,7 +14,9 @@
 // ready     it reported READY=1 (or the SDK's ready), passed its probe, or waited out its delay.
 // draining  asked to end: the drain signal, or `drain` / `stop` on its channel; SIGKILL to its
 //           whole process group after --drain-timeout.
-// exited    its main process has exited; the supervisor forgets it.
+// exited    its main process has exited (and the rest of its process group was killed). The
+//           supervisor is told once its output has ended too (worker_output.h: end of file, or a
+//           short grace), so that what it said last is in the verdict, and then forgets it.
 //
 // An SDK worker's handshake is a second, smaller lifecycle beside it: none (no hello; a worker
 // without the SDK stays here) ──► importing (hello accepted: Worker::start() is importing) ──►
@@ -49,6 +51,7 @@
 #include "uv_handles.h"
 #include "worker_channel.h"
 #include "worker_launcher.h"
+#include "worker_output.h"
 
 namespace hotrestart {
 
@@ -86,7 +89,8 @@ class Generation {
     virtual ~Events() = default;
     virtual void on_ready(Generation& g) = 0;
     virtual void on_ready_timeout(Generation& g, const std::string& reason) = 0;
-    // Its main process exited, in state `was` (the process is still a zombie; see reaper.h).
+    // Its main process exited, in state `was`, and its output has ended (its tail is complete).
+    // The process may have been reaped by now: nothing may signal its pid or its group any more.
     virtual void on_exit(Generation& g, GenerationState was, ExitStatus status) = 0;
     virtual void on_channel_message(Generation& g, wire::Message& message, std::vector<Fd>& fds) = 0;
     virtual void on_channel_closed(Generation& g) = 0;
@@ -115,6 +119,8 @@ class Generation {
   // How long it has served: zero unless it became ready.
   Clock::duration served_for() const;
   const std::string& status_text() const { return status_text_; }
+  // Its stderr: the tail of what it wrote.
+  const WorkerOutput& output() const { return *output_; }
 
   // --- Readiness.
   // The --ready check itself (notify: nothing to do; delay: a timer; exec: the probe), without the
@@ -146,8 +152,11 @@ class Generation {
   // --- Ending.
   // Asks it to end (see Ending); starting or ready ──► draining. `why` goes to the log.
   void stop(std::string_view why, Ending ending = Ending::Drain);
-  // SIGKILL to its whole process group, now.
-  void kill_all() const { process_.signal_group(SIGKILL); }
+  // SIGKILL to its whole process group, now; nothing once it has exited (the group was killed
+  // then, and its id may belong to others once the main process is reaped).
+  void kill_all() const {
+    if (state_ != GenerationState::Exited) process_.signal_group(SIGKILL);
+  }
 
  private:
   Generation(Context& context, Events& events, std::uint64_t number, Plan plan, ChildProcess process);
@@ -176,6 +185,7 @@ class Generation {
 
   ChildProcess probe_;  // The running exec readiness probe, if any.
   std::unique_ptr<WorkerChannel> channel_;
+  std::unique_ptr<WorkerOutput> output_;
   Timer ready_deadline_;     // Ready within --ready-timeout.
   Timer readiness_timer_;    // The delay: mode, and exec-probe retries.
   Timer kill_timer_;         // SIGKILL at the end of a drain.

@@ -1,8 +1,11 @@
 // A worker's environment, descriptors and exec (see worker_launcher.h).
 #include "worker_launcher.h"
 
+#include <fcntl.h>
+
 #include <algorithm>
 #include <string_view>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -20,6 +23,17 @@ bool is_worker_variable(std::string_view entry) {
     if (entry.starts_with(prefix)) return true;
   }
   return false;
+}
+
+// A worker's stderr: {read end, write end}, both close-on-exec (spawn_process makes the write end
+// the child's fd 2). Only the read end is non-blocking: the worker's stderr blocks as a program
+// expects, so that a worker that writes faster than the supervisor reads waits, and loses nothing.
+Result<std::pair<Fd, Fd>> output_pipe() {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) return Error::from_errno("pipe2");
+  std::pair<Fd, Fd> ends{Fd(fds[0]), Fd(fds[1])};
+  if (::fcntl(ends.first.get(), F_SETFL, O_NONBLOCK) != 0) return Error::from_errno("fcntl O_NONBLOCK");
+  return ends;
 }
 
 }  // namespace
@@ -91,16 +105,22 @@ Result<WorkerLauncher::Launched> WorkerLauncher::launch(std::uint64_t generation
   // stays close-on-exec, so no other worker inherits it.
   auto channel = wire::seqpacket_pair();
   if (!channel) return channel.error().context("cannot start the worker: channel");
+  auto output = output_pipe();
+  if (!output) return output.error().context("cannot start the worker: stderr pipe");
   std::vector<int> fds;
   for (const auto& l : listeners_.listeners())
     fds.push_back(l.fd.get());
   fds.push_back(channel->second.get());
   SpawnRequest request{image.path(),   command,        std::move(env),
                        std::move(fds), ListenPid::Set, from_fd ? image.fd() : -1};
+  request.stderr_fd = output->second.get();
   auto pid = spawn_process(request);
   if (!pid) return pid.error().context("cannot start the worker");
-  channel->second.reset();  // The worker's end lives on in the worker only.
-  return Launched{ChildProcess(pid.value()), std::move(channel->first)};
+  // The worker's ends live on in the worker only; the supervisor holding the pipe's write end
+  // would keep it from ever reaching end of file.
+  channel->second.reset();
+  output->second.reset();
+  return Launched{ChildProcess(pid.value()), std::move(channel->first), std::move(output->first)};
 }
 
 }  // namespace hotrestart

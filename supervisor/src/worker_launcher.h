@@ -4,10 +4,11 @@
 // (LISTEN_*, NOTIFY_SOCKET, HOTRESTART_*), plus this generation's: LISTEN_FDS and LISTEN_FDNAMES for
 // the listeners at fd 3.., NOTIFY_SOCKET, HOTRESTART_GENERATION, HOTRESTART_CONTROL and
 // HOTRESTART_CHANNEL_FD (the channel, right after the listeners), and with --adopt-binds the preload
-// library first in LD_PRELOAD. spawn_process sets LISTEN_PID to the child's own pid. The executable
-// is resolved and opened (ExecutableImage) before anything is forked, so that a command that cannot
-// run fails with a sentence rather than an exit status, and a compiled program runs from the very
-// file that was opened and hashed.
+// library first in LD_PRELOAD. spawn_process sets LISTEN_PID to the child's own pid. Its stderr is
+// a pipe whose read end the supervisor keeps (worker_output.h); stdin and stdout are the
+// supervisor's. The executable is resolved and opened (ExecutableImage) before anything is forked,
+// so that a command that cannot run fails with a sentence rather than an exit status, and a
+// compiled program runs from the very file that was opened and hashed.
 #pragma once
 
 #include <sys/types.h>
@@ -35,6 +36,7 @@ class WorkerLauncher {
   struct Launched {
     ChildProcess process;
     Fd channel;  // The supervisor's end; the worker's end lives on in the worker only.
+    Fd output;   // The read end of the worker's stderr, non-blocking.
   };
   // The executable `command` names, found as exec would in the workers' PATH.
   Result<std::string> resolve(const std::vector<std::string>& command) const;

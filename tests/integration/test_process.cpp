@@ -82,6 +82,12 @@ TEST_CASE("a worker inherits exactly stdio, its listeners and its channel, with 
   }
   // 3, 4, 5: the listeners; 6: the worker channel (which a worker without the SDK ignores).
   CHECK(fds == std::vector<int>{0, 1, 2, 3, 4, 5, 6});
+  // 2: its stderr, a pipe whose read end the supervisor holds, close-on-exec.
+  const std::string stderr_pipe = report["fds"][2]["target"];
+  CHECK(stderr_pipe.starts_with("pipe:["));
+  const auto supervisor_fds_now = list_fds(sup.pid());
+  CHECK(std::any_of(supervisor_fds_now.begin(), supervisor_fds_now.end(),
+                    [&](const FdInfo& f) { return f.target == stderr_pipe && f.cloexec; }));
   CHECK(report["env"]["LISTEN_FDS"] == "3");
   CHECK(report["env"]["LISTEN_FDNAMES"] == "http:admin:v6");
   CHECK(report["env"]["LISTEN_PID"] == std::to_string(worker));
@@ -129,7 +135,9 @@ TEST_CASE("a worker inherits exactly stdio, its listeners and its channel, with 
   }
   CHECK(second_listeners == listener_inodes);
   CHECK(wait_until([&] { return !pid_alive(worker); }, 10s));
-  CHECK(list_fds(sup.pid()).size() == supervisor_fds);
+  // The supervisor lets go of a generation's channel and stderr pipe once its exit is handled,
+  // which may come a moment after the process is gone.
+  CHECK(wait_until([&] { return list_fds(sup.pid()).size() == supervisor_fds; }, 5s));
   sup.stop();
   // The unix listener's file goes away with the supervisor.
   CHECK_FALSE(read_file(unix_path).has_value());
