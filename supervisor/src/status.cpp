@@ -46,7 +46,8 @@ json generation_json(const Generation& g, std::string_view role) {
           {"age_ms", ms_since(g.started())},
           {"command", g.command()},
           {"sdk", g.sdk() != SdkState::None},
-          {"status", g.status_text()}};
+          {"status", g.status_text()},
+          {"last_output", g.output().tail().lines()}};
 }
 
 json ready_json(const RunOptions& options) {

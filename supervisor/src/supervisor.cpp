@@ -15,6 +15,7 @@
 
 #include "adopt.h"
 #include "log.h"
+#include "output_lines.h"
 #include "signals.h"
 
 namespace hotrestart {
@@ -220,7 +221,7 @@ void Supervisor::on_ready_timeout(Generation& g, const std::string& reason) {
     upgrade_->feed(Input::Timeout, reason);
     return;
   }
-  last_error_.note(reason + "; stopping it");
+  last_error_.note(with_last_output(reason + "; stopping it", g.output().tail().lines()));
   g.stop("not ready in time", Ending::Stop);
 }
 
@@ -228,14 +229,16 @@ void Supervisor::on_exit(Generation& g, GenerationState was, ExitStatus status) 
   const std::uint64_t number = g.number();
   const pid_t pid = g.pid();
   const auto served_for = g.served_for();
+  const auto last_output = g.output().tail().lines();
   generations_.erase(number);  // `g` is gone from here on.
-  if (upgrade_->on_generation_exit(number, pid, status)) {
+  if (upgrade_->on_generation_exit(number, pid, status, last_output)) {
     // The candidate: its exit is the upgrade's business.
   } else if (number == active_) {
     active_ = 0;
     if (!stopping_) {
       ++counters_.crashes;
-      last_error_.note(fmt::format("generation {} (pid {}) {}", number, pid, status.describe()));
+      last_error_.note(
+          with_last_output(fmt::format("generation {} (pid {}) {}", number, pid, status.describe()), last_output));
       schedule_restart(served_for);
     }
   } else if (was == GenerationState::Draining) {

@@ -10,6 +10,7 @@
 
 #include "control_protocol.h"
 #include "log.h"
+#include "output_lines.h"
 #include "signals.h"
 
 namespace hotrestart {
@@ -19,6 +20,12 @@ using nlohmann::json;
 
 std::int64_t ms_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration_cast<Millis>(std::chrono::steady_clock::now() - t).count();
+}
+
+// Inputs that fail the upgrade because of what the new worker did or did not do while it lives,
+// whose reason therefore ends with what it said last (an exit's reason gets it where it is built).
+bool blames_living_candidate(Input input) {
+  return input == Input::Timeout || input == Input::Refused || input == Input::TransferFailed;
 }
 
 }  // namespace
@@ -34,6 +41,9 @@ struct UpgradeDriver::Upgrade {
   Timer phase_timer;
   std::string origin;             // For the log: "control", "SIGUSR2", "rollback to release N".
   std::uint64_t waiting_for = 0;  // A draining generation the transfer waits for.
+  // The new generation's last output when it failed, and once more when it has exited: what the
+  // rollback's events and the result show.
+  std::vector<std::string> last_output;
 };
 
 UpgradeDriver::UpgradeDriver(uv_loop_t* loop, const RunOptions& options, ControlServer& control, Host& host)
@@ -124,16 +134,20 @@ bool UpgradeDriver::take_hello(const Generation& g) {
   return true;
 }
 
-bool UpgradeDriver::on_generation_exit(std::uint64_t number, pid_t pid, ExitStatus status) {
+bool UpgradeDriver::on_generation_exit(std::uint64_t number, pid_t pid, ExitStatus status,
+                                       const std::vector<std::string>& last_output) {
   if (!upgrade_) return false;
   if (upgrade_->waiting_for == number && upgrade_->machine.phase() == Phase::TransferringState) begin_transfer();
   if (!upgrade_ || upgrade_->generation != number) return false;
+  upgrade_->last_output = last_output;
   if (upgrade_->machine.phase() == Phase::RollingBack) {
     feed(Input::NewGone);
     return true;
   }
   const char* before = upgrade_->machine.phase() == Phase::HealthChecking ? "before cutover" : "before it was ready";
-  feed(Input::NewExited, fmt::format("generation {} (pid {}) {} {}", number, pid, status.describe(), before));
+  feed(Input::NewExited,
+       with_last_output(fmt::format("generation {} (pid {}) {} {}", number, pid, status.describe(), before),
+                        last_output));
   return true;
 }
 
@@ -196,12 +210,16 @@ void UpgradeDriver::on_import_finished(const Generation& g, const wire::Transfer
 // Actions
 
 void UpgradeDriver::step(Input input, std::string reason) {
+  Generation* fresh = host_.generation(upgrade_->generation);
+  if (fresh != nullptr && blames_living_candidate(input)) {
+    upgrade_->last_output = fresh->output().tail().lines();
+    reason = with_last_output(std::move(reason), upgrade_->last_output);
+  }
   const Step step = upgrade_->machine.handle(input, std::move(reason));
   if (!step.accepted) {
     log_debug("upgrade: input {} ignored in phase {}", input_name(input), phase_name(upgrade_->machine.phase()));
     return;
   }
-  Generation* fresh = host_.generation(upgrade_->generation);
   switch (step.action) {
     case Action::None:
       break;
@@ -368,6 +386,7 @@ void UpgradeDriver::finish() {
               {"serving_pid", serving != nullptr ? serving->pid() : 0},
               {"elapsed_ms", ms_since(m.started())},
               {"reason", ok ? "" : m.failure()},
+              {"last_output", ok ? json::array() : json(upgrade_->last_output)},
               {"message", message},
               {"timeline", timeline}};
   publish_phase(message);
@@ -390,6 +409,7 @@ void UpgradeDriver::publish_phase(const std::string& message) {
              {"generation", upgrade_->generation},
              {"pid", fresh != nullptr ? fresh->pid() : 0},
              {"message", message}};
+  if (m.phase() == Phase::RollingBack || m.phase() == Phase::RolledBack) event["last_output"] = upgrade_->last_output;
   log_info("upgrade: {} ({} ms): {}", phase_name(m.phase()), elapsed, message);
   send_to_watchers(event, AfterSend::KeepOpen);
 }

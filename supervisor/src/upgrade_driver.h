@@ -95,9 +95,11 @@ class UpgradeDriver {
   // --- What happens to the generations, as it concerns the upgrade in progress.
   // True when the driver takes this hello: the candidate's, in the handshake (the transfer starts).
   bool take_hello(const Generation& g);
-  // Generation `number` (pid `pid`) has exited and is forgotten already. True when it was the
-  // candidate: then what its exit means is the upgrade's business alone.
-  bool on_generation_exit(std::uint64_t number, pid_t pid, ExitStatus status);
+  // Generation `number` (pid `pid`) has exited and is forgotten already; `last_output` is the
+  // complete tail of its output. True when it was the candidate: then what its exit means is the
+  // upgrade's business alone.
+  bool on_generation_exit(std::uint64_t number, pid_t pid, ExitStatus status,
+                          const std::vector<std::string>& last_output);
   // The broker recorded a section the candidate imported.
   void on_section_imported(const wire::SectionReport& report);
   // The broker took the candidate's import-finished.
