@@ -366,7 +366,7 @@ Child Child::spawn(std::vector<std::string> argv, SpawnOptions opts) {
   const pid_t parent = ::getpid();
   const char* cwd = opts.cwd.empty() ? nullptr : opts.cwd.c_str();
   const int stdout_fd = opts.capture_stdout ? out_w.get() : -1;
-  const int stderr_fd = opts.capture_stderr ? serr_w.get() : -1;
+  const int stderr_fd = opts.capture_stderr ? serr_w.get() : opts.stderr_to;
 
   pid_t pid = ::fork();
   if (pid < 0) throw std::runtime_error("fork: " + errno_text(errno));

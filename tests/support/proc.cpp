@@ -238,6 +238,15 @@ std::optional<pid_t> parent_of(pid_t pid) {
   return st->ppid;
 }
 
+std::optional<long> rss_kib(pid_t pid) {
+  if (pid <= 0) return std::nullopt;
+  auto content = read_file(proc_path(pid, "status"));
+  if (!content) return std::nullopt;
+  const auto at = content->find("\nVmRSS:");
+  if (at == std::string::npos) return std::nullopt;
+  return std::strtol(content->c_str() + at + 7, nullptr, 10);
+}
+
 std::map<std::string, std::string> environ_of(pid_t pid) {
   std::map<std::string, std::string> env;
   auto content = read_file(proc_path(pid, "environ"));

@@ -67,6 +67,9 @@ struct SpawnOptions {
   // test process. stdin is always /dev/null.
   bool capture_stdout = true;
   bool capture_stderr = true;
+  // Without capture_stderr: a descriptor of this process that becomes the child's stderr
+  // (-1: inherited).
+  int stderr_to = -1;
 
   // Run as this uid/gid (setgroups({gid}) + setgid + setuid in the child). Setting
   // only uid uses the gid of that uid's passwd entry when one exists.
@@ -279,6 +282,8 @@ bool pid_alive(pid_t pid);
 // State letter from /proc/PID/stat, nullopt if the process does not exist.
 std::optional<char> process_state(pid_t pid);
 std::optional<pid_t> parent_of(pid_t pid);
+// Resident memory (VmRSS in /proc/PID/status), in KiB; nullopt if the process is gone.
+std::optional<long> rss_kib(pid_t pid);
 // /proc/PID/environ: the environment the process was exec'ed with.
 std::map<std::string, std::string> environ_of(pid_t pid);
 // /proc/PID/cmdline split on NUL (empty if unreadable).

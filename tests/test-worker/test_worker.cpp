@@ -13,6 +13,14 @@
 //   fd-report PATH               before opening anything, list /proc/self/fd, then write
 //                                a JSON report to PATH (via PATH.tmp + rename), READY,
 //                                wait for SIGTERM, exit 0
+//   say-and-exit CODE TEXT       write TEXT and a newline to stderr, then exit with CODE,
+//                                without READY
+//   leave-helper CODE TEXT       start a helper in a session of its own (out of reach of a
+//                                SIGKILL to this process group) that holds stderr open for 60 s,
+//                                then say-and-exit CODE TEXT
+//   flood-stderr MB LINES PATH   READY; on SIGUSR1 write MB megabytes to stderr without a
+//                                newline, a newline, LINES short lines one write each, and
+//                                "flood done"; then create PATH, wait for SIGTERM, exit 0
 // Unknown mode or bad arguments: message on stderr, exit 64.
 #include <dirent.h>
 #include <fcntl.h>
@@ -22,6 +30,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstddef>
@@ -110,6 +119,16 @@ void block_sigterm() {
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
   ::sigprocmask(SIG_BLOCK, &set, nullptr);
+}
+
+// Writes all of `text` to stderr, blocking as a program's stderr does.
+void write_stderr(std::string_view text) {
+  while (!text.empty()) {
+    const ssize_t n = ::write(2, text.data(), text.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    text.remove_prefix(static_cast<std::size_t>(n));
+  }
 }
 
 [[noreturn]] void wait_sigterm_and_exit() {
@@ -288,6 +307,60 @@ int mode_ignore_drain() {
   }
 }
 
+[[noreturn]] void say_and_exit(int code, const std::string& text) {
+  write_stderr(text + "\n");
+  std::exit(code);
+}
+
+int mode_leave_helper(int code, const std::string& text) {
+  // The helper says when it has left this process group, so that the SIGKILL to the group that
+  // follows this process's exit cannot catch it before.
+  int left[2];
+  if (::pipe2(left, O_CLOEXEC) != 0) {
+    log(std::string("pipe2: ") + std::strerror(errno));
+    return 1;
+  }
+  const pid_t helper = ::fork();
+  if (helper < 0) {
+    log(std::string("fork: ") + std::strerror(errno));
+    return 1;
+  }
+  if (helper == 0) {
+    ::setsid();
+    ::close(left[1]);
+    sleep_ms(60'000);
+    ::_exit(0);
+  }
+  ::close(left[1]);
+  char ignored = 0;
+  while (::read(left[0], &ignored, 1) < 0 && errno == EINTR) {
+  }
+  say_and_exit(code, text);
+}
+
+int mode_flood_stderr(long long megabytes, long long lines, const std::string& done_path) {
+  block_sigterm();
+  sigset_t go;
+  sigemptyset(&go);
+  sigaddset(&go, SIGUSR1);
+  ::sigprocmask(SIG_BLOCK, &go, nullptr);
+  notify_ready();
+  int sig = 0;
+  while (::sigwait(&go, &sig) != 0 || sig != SIGUSR1) {
+  }
+  const std::string block(64 * 1024, 'x');
+  for (long long left = megabytes * 1024 * 1024; left > 0; left -= static_cast<long long>(block.size())) {
+    write_stderr(std::string_view(block).substr(0, static_cast<std::size_t>(std::min<long long>(left, block.size()))));
+  }
+  write_stderr("\n");
+  for (long long i = 0; i < lines; ++i)
+    write_stderr("line " + std::to_string(i) + "\n");
+  write_stderr("flood done\n");
+  const int fd = ::open(done_path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  if (fd >= 0) ::close(fd);
+  wait_sigterm_and_exit();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -330,6 +403,24 @@ int main(int argc, char** argv) {
       return kUsage;
     }
     return mode_fd_report(argv[2]);
+  }
+  if (mode == "say-and-exit" || mode == "leave-helper") {
+    long long code = 0;
+    if (argc != 4 || !parse_int(argv[2], code) || code < 0 || code > 255) {
+      std::fprintf(stderr, "test-worker: usage: %s CODE TEXT\n", argv[1]);
+      return kUsage;
+    }
+    if (mode == "leave-helper") return mode_leave_helper(static_cast<int>(code), argv[3]);
+    say_and_exit(static_cast<int>(code), argv[3]);
+  }
+  if (mode == "flood-stderr") {
+    long long megabytes = 0;
+    long long lines = 0;
+    if (argc != 5 || !parse_int(argv[2], megabytes) || !parse_int(argv[3], lines) || megabytes < 0 || lines < 0) {
+      std::fprintf(stderr, "test-worker: usage: flood-stderr MB LINES PATH\n");
+      return kUsage;
+    }
+    return mode_flood_stderr(megabytes, lines, argv[4]);
   }
   std::fprintf(stderr, "test-worker: unknown mode '%s'\n", argv[1]);
   return kUsage;
