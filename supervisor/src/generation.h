@@ -1,5 +1,5 @@
 // Generation: one generation of the worker, from its spawn to its exit: its processes, its
-// readiness check, its channel, its drain and its end.
+// readiness check, its channel, its stderr (worker_output.h), its drain and its end.
 //
 // Its lifecycle is one enum with one transition table, checked at every change:
 //
