@@ -111,9 +111,9 @@ Result<WorkerLauncher::Launched> WorkerLauncher::launch(std::uint64_t generation
   for (const auto& l : listeners_.listeners())
     fds.push_back(l.fd.get());
   fds.push_back(channel->second.get());
-  SpawnRequest request{image.path(),   command,        std::move(env),
-                       std::move(fds), ListenPid::Set, from_fd ? image.fd() : -1};
+  SpawnRequest request{image.path(), command, std::move(env), std::move(fds), ListenPid::Set};
   request.stderr_fd = output->second.get();
+  request.executable_fd = from_fd ? image.fd() : -1;
   auto pid = spawn_process(request);
   if (!pid) return pid.error().context("cannot start the worker");
   // The worker's ends live on in the worker only; the supervisor holding the pipe's write end
