@@ -62,6 +62,11 @@ struct RunFlags {
   std::string state_timeout = "60s";
   std::string state_dir;
   std::vector<std::string> state_required;
+  std::string watch_window = "30s";
+  std::string watchdog = "0s";
+  std::string health;
+  std::string health_interval = "2s";
+  int health_failures = 3;
   bool adopt_binds = false;
   std::string log_level = "info";
 };
@@ -109,6 +114,35 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
                   "A state section that must be imported, repeatable: if it cannot be, the upgrade rolls back "
                   "(other sections just start cold)")
       ->type_name("NAME");
+  run->add_option("--watch-window", f.watch_window,
+                  "After a cutover, how long the new release is watched: if it crashes, misses its --watchdog or "
+                  "fails --health within this time, the previous release is brought back automatically (0s: never)")
+      ->check(duration_check())
+      ->capture_default_str();
+  run->add_option("--watchdog", f.watchdog,
+                  "Once ready, a worker must send WATCHDOG=1 to NOTIFY_SOCKET at least this often (it gets "
+                  "WATCHDOG_USEC, as under systemd); one that stops is killed, or reverted in the watch window "
+                  "(0s: no watchdog)")
+      ->check(duration_check())
+      ->capture_default_str();
+  run->add_option("--health", f.health,
+                  "exec:CMD, run every --health-interval once a worker is ready, with $HOTRESTART_PID set to it; "
+                  "--health-failures failures in a row make it unhealthy (reverted in the watch window, shown by "
+                  "`status --check` after it). Aim it at the worker itself, never at a shared --listen port")
+      ->type_name("exec:CMD")
+      ->check(CLI::Validator(
+          [](std::string& v) {
+            auto c = parse_health_command(v);
+            return c ? std::string() : c.error().text();
+          },
+          "exec:CMD"));
+  run->add_option("--health-interval", f.health_interval,
+                  "How often --health runs; a check that has not exited by the next one has failed")
+      ->check(duration_check())
+      ->capture_default_str();
+  run->add_option("--health-failures", f.health_failures, "How many --health failures in a row make a worker unhealthy")
+      ->check(CLI::Range(1, 100))
+      ->capture_default_str();
   run->add_flag("--adopt-binds", f.adopt_binds,
                 "For servers that bind their own port and know nothing of hotrestart: preload a library "
                 "(libhotrestart-adopt.so) that hands the server's bind() of a --listen address the supervisor's "
@@ -145,6 +179,12 @@ Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vect
   options.state_timeout = parse_duration(f.state_timeout).value();
   options.state_dir = f.state_dir;
   options.state_required = f.state_required;
+  options.watch_window = parse_duration(f.watch_window).value();
+  options.watchdog = parse_duration(f.watchdog).value();
+  if (!f.health.empty()) options.health.command = parse_health_command(f.health).value();
+  options.health.interval = parse_duration(f.health_interval).value();
+  if (options.health.interval.count() == 0) return Error::message("--health-interval must be longer than 0s");
+  options.health.failures = f.health_failures;
   options.adopt_binds = f.adopt_binds;
   options.command = std::move(command);
   return options;
@@ -156,7 +196,15 @@ struct UpgradeFlags {
   CommonOptions common;
   std::string exec;
   bool json = false;
+  bool wait = false;
+  bool force = false;
 };
+
+void add_wait_flag(CLI::App* app, bool& wait) {
+  app->add_flag("--wait", wait,
+                "After a successful cutover, stay through the watch window (run --watch-window) and exit 1 if the "
+                "release is reverted in it, 0 once it has served through it");
+}
 
 CLI::App* add_upgrade_command(CLI::App& app, UpgradeFlags& f) {
   auto* upgrade = app.add_subcommand(
@@ -167,6 +215,9 @@ CLI::App* add_upgrade_command(CLI::App& app, UpgradeFlags& f) {
   add_common(upgrade, f.common);
   upgrade->add_option("--exec", f.exec, "New executable; the arguments stay the same");
   upgrade->add_flag("--json", f.json, "Print one JSON event per line");
+  add_wait_flag(upgrade, f.wait);
+  upgrade->add_flag("--force", f.force,
+                    "Deploy even an executable (same SHA-256) whose release was reverted, which is refused otherwise");
   return upgrade;
 }
 
@@ -174,6 +225,7 @@ struct RollbackFlags {
   CommonOptions common;
   std::uint64_t to = 0;
   bool json = false;
+  bool wait = false;
 };
 
 CLI::App* add_rollback_command(CLI::App& app, RollbackFlags& f) {
@@ -190,12 +242,14 @@ CLI::App* add_rollback_command(CLI::App& app, RollbackFlags& f) {
       ->check(CLI::PositiveNumber)
       ->type_name("N");
   rollback->add_flag("--json", f.json, "Print one JSON event per line");
+  add_wait_flag(rollback, f.wait);
   return rollback;
 }
 
 struct QueryFlags {
   CommonOptions common;
   bool json = false;     // status, history
+  bool check = false;    // status
   bool no_wait = false;  // stop
 };
 
@@ -210,6 +264,11 @@ CLI::App* add_status_command(CLI::App& app, QueryFlags& f) {
   auto* status = app.add_subcommand("status", "Show listeners, generations, counters and the last error");
   add_common(status, f.common);
   status->add_flag("--json", f.json, "Print the status as JSON");
+  status->add_flag("--check", f.check,
+                   "Print one line saying whether the service is up, and exit with it: 0 a generation is ready and "
+                   "healthy, 4 none is, 5 the worker is crash-looping, 6 a release was just reverted, 7 the active "
+                   "generation fails --health or missed --watchdog (2: no supervisor answered). For probes, such "
+                   "as Kubernetes' exec probes");
   return status;
 }
 
@@ -244,8 +303,10 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.footer(
       "Exit codes: run: 0 stopped on request, 1 could not start, 2 usage error.\n"
-      "upgrade, rollback: 0 new generation serves, 1 rolled back (old one still serves), 2 usage error or\n"
-      "no supervisor reachable, 3 refused (another upgrade in progress, stopping, or no release to run).\n"
+      "upgrade, rollback: 0 new generation serves, 1 rolled back (old one still serves) or, with --wait,\n"
+      "reverted in its watch window, 2 usage error or no supervisor reachable, 3 refused (another upgrade in\n"
+      "progress, stopping, a reverted executable without --force, or no release to run).\n"
+      "status --check: 0 serving, 4 nothing serves, 5 crash-looping, 6 just reverted, 7 unhealthy.\n"
       "Signals to `run`: SIGUSR2 upgrade (same command), SIGTERM/SIGINT graceful stop, SIGQUIT stop now.");
   RunFlags run_flags;
   UpgradeFlags upgrade_flags;
@@ -280,20 +341,22 @@ int main(int argc, char** argv) {
     std::optional<std::vector<std::string>> command;
     if (!upgrade_flags.exec.empty()) exec = upgrade_flags.exec;
     if (!tail.empty()) command = std::move(tail);
-    return client_upgrade(upgrade_flags.common.control_path(), exec, command,
-                          upgrade_flags.json ? Output::Json : Output::Human);
+    return client_upgrade(
+        upgrade_flags.common.control_path(), exec, command,
+        Deploy{upgrade_flags.json ? Output::Json : Output::Human, upgrade_flags.wait, upgrade_flags.force});
   }
   if (!tail.empty()) return usage_error("only run and upgrade take a command line after --");
   if (rollback->parsed()) {
     return client_rollback(rollback_flags.common.control_path(),
                            rollback_flags.to == 0 ? std::nullopt : std::optional<std::uint64_t>(rollback_flags.to),
-                           rollback_flags.json ? Output::Json : Output::Human);
+                           Deploy{rollback_flags.json ? Output::Json : Output::Human, rollback_flags.wait, false});
   }
   if (history->parsed()) {
     return client_history(history_flags.common.control_path(), history_flags.json ? Output::Json : Output::Human);
   }
   if (status->parsed()) {
-    return client_status(status_flags.common.control_path(), status_flags.json ? Output::Json : Output::Human);
+    return client_status(status_flags.common.control_path(), status_flags.json ? Output::Json : Output::Human,
+                         status_flags.check);
   }
   if (stop->parsed()) return client_stop(stop_flags.common.control_path(), !stop_flags.no_wait);
   return kExitUsage;

@@ -121,7 +121,8 @@ class LineSource {
 // is "refused"; anything else is the request's fault.
 int exit_code_of_error(const json& answer) {
   const std::string code = answer.value("code", "");
-  return code == "busy" || code == "stopping" || code == "unavailable" ? kExitRefused : kExitUsage;
+  return code == "busy" || code == "stopping" || code == "unavailable" || code == "reverted" ? kExitRefused
+                                                                                             : kExitUsage;
 }
 
 // Maps a protocol error answer to the exit code and message.
@@ -294,8 +295,24 @@ int ask_and_print(const std::string& control_path, std::string_view cmd, Output 
 
 }  // namespace
 
-int client_status(const std::string& control_path, Output output) {
-  return ask_and_print(control_path, "status", output, print_status);
+int client_status(const std::string& control_path, Output output, bool check) {
+  if (!check) return ask_and_print(control_path, "status", output, print_status);
+  auto reply = ask(control_path, json{{"v", kControlProtocolVersion}, {"cmd", "status"}});
+  if (auto* code = std::get_if<int>(&reply)) return *code;
+  const json health = std::get<Exchange>(reply).first.value("health", json::object());
+  const std::string state = health.value("state", "");
+  const std::string reason = health.value("reason", "");
+  int code = kExitNotServing;
+  if (state == "serving") code = kExitOk;
+  if (state == "crash-looping") code = kExitCrashLooping;
+  if (state == "reverted") code = kExitReverted;
+  if (state == "unhealthy") code = kExitUnhealthy;
+  if (output == Output::Json) {
+    fmt::print("{}\n", health.dump());
+  } else {
+    fmt::print("{}{}\n", state.empty() ? "unknown" : state, reason.empty() ? "" : ": " + reason);
+  }
+  return code;
 }
 
 namespace {
@@ -303,6 +320,7 @@ namespace {
 // Sends an upgrade or a rollback and follows it to its verdict, printing each event. `what` names
 // it in the last line ("upgrade", "rollback").
 int follow_deployment(const std::string& control_path, const json& request, Output output, std::string_view what) {
+  bool watching = false;  // The verdict came, and the watch window runs (`--wait`).
   auto fd = open_and_send(control_path, request);
   if (!fd) {
     say_error(fd.error().text());
@@ -328,8 +346,21 @@ int follow_deployment(const std::string& control_path, const json& request, Outp
                  answer->value("phase", ""), answer->value("message", ""));
     }
     if (type == "state" && output == Output::Human) print_state_progress(*answer);
+    if (type == "watch") {
+      const bool ok = answer->value("ok", false);
+      if (output == Output::Human) {
+        if (ok) {
+          fmt::print("{}\n", answer->value("message", ""));
+        } else {
+          fmt::print(stderr, "hotrestart: {}\n", answer->value("message", ""));
+        }
+      }
+      std::fflush(stdout);
+      return ok ? kExitOk : kExitRolledBack;
+    }
     if (type == "result") {
       const bool ok = answer->value("ok", false);
+      watching = ok && request.value("wait", false) && answer->value("watch_window_ms", 0) > 0;
       if (output == Output::Human) {
         const auto elapsed = format_duration(std::chrono::milliseconds(answer->value("elapsed_ms", 0)));
         if (ok) {
@@ -338,8 +369,12 @@ int follow_deployment(const std::string& control_path, const json& request, Outp
           fmt::print(stderr, "hotrestart: {} failed after {}: {}\n", what, elapsed, answer->value("message", ""));
         }
       }
+      if (watching && output == Output::Human) {
+        fmt::print("watching release {} for {} (--watch-window)...\n", answer->value("release", 0),
+                   format_duration(std::chrono::milliseconds(answer->value("watch_window_ms", 0))));
+      }
       std::fflush(stdout);
-      return ok ? kExitOk : kExitRolledBack;
+      if (!watching) return ok ? kExitOk : kExitRolledBack;
     }
     std::fflush(stdout);
   }
@@ -383,17 +418,20 @@ void print_history(const json& h) {
 }  // namespace
 
 int client_upgrade(const std::string& control_path, std::optional<std::string> exec,
-                   std::optional<std::vector<std::string>> command, Output output) {
+                   std::optional<std::vector<std::string>> command, const Deploy& deploy) {
   json request{{"v", kControlProtocolVersion}, {"cmd", "upgrade"}};
   if (exec) request["exec"] = *exec;
   if (command) request["command"] = *command;
-  return follow_deployment(control_path, request, output, "upgrade");
+  if (deploy.wait) request["wait"] = true;
+  if (deploy.force) request["force"] = true;
+  return follow_deployment(control_path, request, deploy.output, "upgrade");
 }
 
-int client_rollback(const std::string& control_path, std::optional<std::uint64_t> to, Output output) {
+int client_rollback(const std::string& control_path, std::optional<std::uint64_t> to, const Deploy& deploy) {
   json request{{"v", kControlProtocolVersion}, {"cmd", "rollback"}};
   if (to) request["to"] = *to;
-  return follow_deployment(control_path, request, output, "rollback");
+  if (deploy.wait) request["wait"] = true;
+  return follow_deployment(control_path, request, deploy.output, "rollback");
 }
 
 int client_history(const std::string& control_path, Output output) {

@@ -13,14 +13,28 @@ inline constexpr int kExitOk = 0;
 inline constexpr int kExitRolledBack = 1;  // upgrade: rolled back; the old generation serves
 inline constexpr int kExitUsage = 2;       // usage error, or no supervisor reachable
 inline constexpr int kExitRefused = 3;     // upgrade, rollback: refused (another upgrade in progress, stopping,
-                                           // or, for a rollback, no release that can run)
+                                           // a reverted executable without --force, or, for a rollback, no
+                                           // release that can run)
+// status --check, when the service is not up (0 when it is):
+inline constexpr int kExitNotServing = 4;    // no generation is ready (or the supervisor is stopping)
+inline constexpr int kExitCrashLooping = 5;  // the worker crashed and is being restarted
+inline constexpr int kExitReverted = 6;      // a release was just reverted (for the watch window, at least 10 s)
+inline constexpr int kExitUnhealthy = 7;     // the active generation fails --health or missed --watchdog
 
 enum class Output { Human, Json };
 
-int client_status(const std::string& control_path, Output output);
+// How to follow an upgrade or a rollback.
+struct Deploy {
+  Output output = Output::Human;
+  bool wait = false;   // Through the watch window: exit 1 if the release is reverted in it.
+  bool force = false;  // upgrade: even to an executable that was reverted.
+};
+
+// `check`: exit with the code above that says whether the service is up (status --check).
+int client_status(const std::string& control_path, Output output, bool check = false);
 int client_upgrade(const std::string& control_path, std::optional<std::string> exec,
-                   std::optional<std::vector<std::string>> command, Output output);
-int client_rollback(const std::string& control_path, std::optional<std::uint64_t> to, Output output);
+                   std::optional<std::vector<std::string>> command, const Deploy& deploy);
+int client_rollback(const std::string& control_path, std::optional<std::uint64_t> to, const Deploy& deploy);
 int client_history(const std::string& control_path, Output output);
 int client_stop(const std::string& control_path, bool wait);
 

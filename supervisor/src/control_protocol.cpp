@@ -83,6 +83,14 @@ std::variant<ControlRequest, ControlRequestError> decode_control_request(const j
   if (cmd == j.end() || !cmd->is_string()) return bad("the request has no \"cmd\" string");
   ControlRequest request;
   const auto& name = cmd->get_ref<const std::string&>();
+  // An optional boolean field; false when absent.
+  const auto flag = [&](const char* field, bool& out) -> std::optional<ControlRequestError> {
+    const auto f = j.find(field);
+    if (f == j.end()) return std::nullopt;
+    if (!f->is_boolean()) return bad(fmt::format("\"{}\" must be true or false", field));
+    out = f->get<bool>();
+    return std::nullopt;
+  };
   if (name == "status") {
     request.command = ControlRequest::Command::ShowStatus;
   } else if (name == "stop") {
@@ -97,6 +105,7 @@ std::variant<ControlRequest, ControlRequestError> decode_control_request(const j
       }
       request.to = to->get<std::uint64_t>();
     }
+    if (auto e = flag("wait", request.wait)) return *e;
   } else if (name == "upgrade") {
     request.command = ControlRequest::Command::Upgrade;
     if (const auto e = j.find("exec"); e != j.end()) {
@@ -119,6 +128,8 @@ std::variant<ControlRequest, ControlRequestError> decode_control_request(const j
       request.argv = std::move(argv);
     }
     if (request.exec && request.argv) return bad("give \"exec\" or \"command\", not both");
+    if (auto e = flag("wait", request.wait)) return *e;
+    if (auto e = flag("force", request.force)) return *e;
   } else {
     return bad(
         fmt::format("unknown command '{}' (expected status, upgrade, rollback, history or stop)", name.substr(0, 64)));

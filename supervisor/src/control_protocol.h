@@ -17,13 +17,15 @@
 //   answers   {"v":1,"type":"status", ...}                   see Supervisor::status_json
 //             {"v":1,"type":"history","releases":[...],...}  see docs/protocol.md
 //             {"v":1,"type":"event","phase":"warming",...}   upgrade progress, zero or more
-//             {"v":1,"type":"result","ok":true|false,...}    upgrade verdict, last line
+//             {"v":1,"type":"result","ok":true|false,...}    upgrade verdict, last line (but see "wait")
+//             {"v":1,"type":"watch","ok":...,"outcome":...}  with "wait": how the watch window ended
 //             {"v":1,"type":"stopping","pid":N}              stop accepted; closes at exit
 //             {"v":1,"type":"error","code":"...","error":"sentence"}
 //
 // Error codes: "bad-request" (malformed, oversized, unknown field values), "version"
 // (unsupported "v"), "busy" (an upgrade is in progress), "stopping", "forbidden" (peer uid),
-// "unavailable" (a rollback whose release cannot be run again, or no release to go back to).
+// "unavailable" (a rollback whose release cannot be run again, or no release to go back to),
+// "reverted" (an upgrade to an executable that was reverted, without "force").
 #pragma once
 
 #include <cstddef>
@@ -72,6 +74,8 @@ struct ControlRequest {
   std::optional<std::string> exec;               // upgrade: new executable
   std::optional<std::vector<std::string>> argv;  // upgrade: new command line
   std::optional<std::uint64_t> to;               // rollback: the release to run again
+  bool wait = false;                             // upgrade, rollback: stay through the watch window and hear its end.
+  bool force = false;                            // upgrade: even to an executable that was reverted.
   // Who sent it (SO_PEERCRED), filled in by the control server; -1 when unknown.
   std::int64_t peer_uid = -1;
   std::int64_t peer_pid = -1;

@@ -117,7 +117,15 @@ Generation::Generation(Context& context, Events& events, std::uint64_t number, P
       readiness_timer_(context.loop),
       kill_timer_(context.loop),
       connections_timer_(context.loop),
-      channel_grace_(context.loop) {}
+      channel_grace_(context.loop) {
+  health_ = std::make_unique<HealthWatch>(
+      context.loop, context.reaper, context.options,
+      [this] { return context_.launcher.probe_environment(pid(), number_); },
+      [this](HealthFailure kind, const std::string& reason) {
+        log_warn("generation {} (pid {}): {}", number_, pid(), reason);
+        events_.on_unhealthy(*this, kind, reason);
+      });
+}
 
 Generation::~Generation() {
   *self_ = nullptr;
@@ -150,7 +158,12 @@ void Generation::enter(GenerationState to) {
     return;
   }
   state_ = to;
-  if (to == GenerationState::Ready) ready_at_ = Clock::now();
+  if (to == GenerationState::Ready) {
+    ready_at_ = Clock::now();
+    health_->start();
+  } else {
+    health_->stop();
+  }
 }
 
 Generation::Clock::duration Generation::served_for() const {
@@ -257,6 +270,7 @@ void Generation::apply_notify(const NotifyMessage& m, pid_t sender) {
     reported_stopping_ = true;
     log_info("generation {} (pid {}) reports it is stopping", number_, pid());
   }
+  if (m.watchdog) health_->pet();
   if (m.ready && context_.options.ready.kind == ReadyMode::Kind::Notify) mark_ready();
 }
 

@@ -12,6 +12,7 @@
 // starting  spawned; its readiness check (--ready notify, exec probe or delay) runs under
 //           --ready-timeout.
 // ready     it reported READY=1 (or the SDK's ready), passed its probe, or waited out its delay.
+//           From here until it drains, its watchdog and health check run (health_watch.h).
 // draining  asked to end: the drain signal, or `drain` / `stop` on its channel; SIGKILL to its
 //           whole process group after --drain-timeout.
 // exited    its main process has exited (and the rest of its process group was killed). The
@@ -43,6 +44,7 @@
 #include <hotrestart/wire/message.h>
 
 #include "executable.h"
+#include "health_watch.h"
 #include "listener_set.h"
 #include "notify_message.h"
 #include "reaper.h"
@@ -95,6 +97,9 @@ class Generation {
     virtual void on_channel_message(Generation& g, wire::Message& message, std::vector<Fd>& fds) = 0;
     virtual void on_channel_closed(Generation& g) = 0;
     virtual void on_channel_broken(Generation& g, const std::string& why) = 0;
+    // Once ready, it missed its watchdog or failed its health check (health_watch.h); reported once
+    // per check.
+    virtual void on_unhealthy(Generation& g, HealthFailure kind, const std::string& reason) = 0;
   };
 
   // What a generation runs: release `release`'s command, from `image` (its executable, opened).
@@ -121,6 +126,8 @@ class Generation {
   const std::string& status_text() const { return status_text_; }
   // Its stderr: the tail of what it wrote.
   const WorkerOutput& output() const { return *output_; }
+  // Its watchdog and health check, which run while it is ready.
+  const HealthWatch& health() const { return *health_; }
 
   // --- Readiness.
   // The --ready check itself (notify: nothing to do; delay: a timer; exec: the probe), without the
@@ -186,6 +193,7 @@ class Generation {
   ChildProcess probe_;  // The running exec readiness probe, if any.
   std::unique_ptr<WorkerChannel> channel_;
   std::unique_ptr<WorkerOutput> output_;
+  std::unique_ptr<HealthWatch> health_;
   Timer ready_deadline_;     // Ready within --ready-timeout.
   Timer readiness_timer_;    // The delay: mode, and exec-probe retries.
   Timer kill_timer_;         // SIGKILL at the end of a drain.

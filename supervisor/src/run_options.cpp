@@ -42,6 +42,56 @@ Result<ReadyMode> parse_ready_mode(std::string_view text) {
   return Error::message(fmt::format("invalid --ready '{}' (expected notify, exec:COMMAND or delay:DURATION)", text));
 }
 
+Result<std::string> parse_health_command(std::string_view text) {
+  if (!text.starts_with("exec:")) {
+    return Error::message(fmt::format("invalid --health '{}' (expected exec:COMMAND)", text));
+  }
+  std::string command(text.substr(5));
+  if (command.empty()) return Error::message("--health exec: needs a command, like exec:'curl -fs http://...'");
+  return command;
+}
+
+std::string HealthCheck::describe() const {
+  if (command.empty()) return "none";
+  return fmt::format("exec:{} every {}, {} failures in a row", command, format_duration(interval), failures);
+}
+
+namespace {
+
+// True when `command` names `port` after a colon, not followed by another digit: ":8080" in
+// "curl http://127.0.0.1:8080/health", but not in ":80801".
+bool names_port(std::string_view command, std::uint16_t port) {
+  const std::string needle = fmt::format(":{}", port);
+  for (auto at = command.find(needle); at != std::string_view::npos; at = command.find(needle, at + 1)) {
+    const auto end = at + needle.size();
+    if (end == command.size() || command[end] < '0' || command[end] > '9') return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::vector<std::string> shared_port_probe_warnings(const RunOptions& options) {
+  std::vector<std::string> warnings;
+  const auto check = [&](std::string_view flag, const std::string& command) {
+    for (const auto& l : options.listen) {
+      const bool shared = l.kind == ListenSpec::Kind::Tcp
+                              ? l.port != 0 && names_port(command, l.port)
+                              : !l.path.empty() && command.find(l.path) != std::string::npos;
+      if (!shared) continue;
+      warnings.push_back(fmt::format(
+          "{} exec:{} looks aimed at {}, which the supervisor shares between generations: it may reach the old "
+          "generation and pass while the new one does not serve. Aim it at the worker itself (a port or path of "
+          "its own, or $HOTRESTART_PID); see docs/operations.md, \"Readiness\"",
+          flag, command, l.text));
+      return;
+    }
+  };
+  if (options.ready.kind == ReadyMode::Kind::Exec) check("--ready", options.ready.command);
+  if (!options.health.command.empty()) check("--health", options.health.command);
+  return warnings;
+}
+
 std::string default_control_path(const std::string& name) {
   const char* xdg = std::getenv("XDG_RUNTIME_DIR");
   if (xdg != nullptr && xdg[0] == '/') return fmt::format("{}/hotrestart/{}.sock", xdg, name);

@@ -3,6 +3,7 @@
 // control socket's directory.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -24,6 +25,18 @@ struct ReadyMode {
 };
 Result<ReadyMode> parse_ready_mode(std::string_view text);
 
+// A periodic check that a ready generation goes on serving (--health exec:CMD): CMD runs every
+// `interval` with $HOTRESTART_PID set to the worker, and `failures` failures in a row (a non-zero
+// exit, or no exit within the interval) make the generation unhealthy.
+struct HealthCheck {
+  std::string command;  // Empty: no health check.
+  Millis interval{2'000};
+  int failures = 3;
+  std::string describe() const;
+};
+// "exec:CMD" -> the command.
+Result<std::string> parse_health_command(std::string_view text);
+
 struct RunOptions {
   std::string name = "default";
   std::string control_path;
@@ -37,9 +50,19 @@ struct RunOptions {
   Millis drain_timeout{30'000};
   Millis state_timeout{60'000};
   std::vector<std::string> state_required;  // Sections whose import failure rolls back.
-  bool adopt_binds = false;                 // Preload libhotrestart-adopt into every worker.
+  // After a cutover, how long the new release is watched: if it crashes, misses its watchdog or
+  // fails its health check within this time, the previous release comes back (0: never).
+  Millis watch_window{30'000};
+  Millis watchdog{0};  // WATCHDOG=1 at least this often once ready (0: no watchdog).
+  HealthCheck health;
+  bool adopt_binds = false;  // Preload libhotrestart-adopt into every worker.
   std::vector<std::string> command;
 };
+
+// Why an exec probe (--ready or --health) looks aimed at a listening address the supervisor shares
+// between generations, where it may reach the old generation instead of the one it checks: one
+// sentence per probe that does, to print as a warning at start.
+std::vector<std::string> shared_port_probe_warnings(const RunOptions& options);
 
 // Exit codes of `hotrestart run`.
 inline constexpr int kRunExitOk = 0;      // stopped on request

@@ -86,7 +86,8 @@ TransferPlan plan_transfer(std::span<const GenerationFacts> generations, std::ui
   if (!old->sdk || !old->channel_open) {
     return {TransferPlan::Kind::Cold, 0, fmt::format("generation {} does not use the SDK", old->number)};
   }
-  if (old->state != GenerationState::Ready) {
+  // A draining source is one a revert named: it still holds its state until it exits.
+  if (old->state != GenerationState::Ready && old->state != GenerationState::Draining) {
     return {TransferPlan::Kind::Cold, 0, fmt::format("generation {} is not serving", old->number)};
   }
   return {TransferPlan::Kind::FromSource, old->number, {}};

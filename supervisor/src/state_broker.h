@@ -73,7 +73,8 @@ struct TransferPlan {
 // A generation still draining into the source streams changes to it that the source would not
 // pass on after its snapshot, so the transfer waits until that generation has exited (its drain
 // is bounded by --drain-timeout): none of the changes it acknowledged is lost. Then the source
-// exports if it speaks the SDK, has its channel and is serving; otherwise the new one starts cold.
+// exports if it speaks the SDK, has its channel and is serving (or draining: a revert takes the state
+// from the previous generation while it drains); otherwise the new one starts cold.
 TransferPlan plan_transfer(std::span<const GenerationFacts> generations, std::uint64_t source, std::uint64_t fresh);
 
 // Applies --state-required to a transfer whose import has finished: why the first required section

@@ -16,7 +16,8 @@ json Counters::to_json() const {
   return {{"upgrades_done", upgrades_done},
           {"upgrades_rolled_back", upgrades_rolled_back},
           {"crashes", crashes},
-          {"restarts", restarts}};
+          {"restarts", restarts},
+          {"reverts", reverts}};
 }
 
 void LastError::note(std::string message) {
@@ -47,6 +48,7 @@ json generation_json(const Generation& g, std::string_view role) {
           {"command", g.command()},
           {"sdk", g.sdk() != SdkState::None},
           {"status", g.status_text()},
+          {"health", g.health().to_json()},
           {"last_output", g.output().tail().lines()}};
 }
 

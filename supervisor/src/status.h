@@ -21,6 +21,7 @@ struct Counters {
   std::uint64_t upgrades_rolled_back = 0;
   std::uint64_t crashes = 0;
   std::uint64_t restarts = 0;
+  std::uint64_t reverts = 0;  // Releases reverted in their watch window.
   nlohmann::json to_json() const;
 };
 

@@ -131,6 +131,10 @@ Status Supervisor::start() {
   }
   launcher_ =
       std::make_unique<WorkerLauncher>(listeners_, notify_->path(), options_.control_path, std::move(adopt_library));
+  launcher_->set_watchdog(options_.watchdog);
+  watch_ = std::make_unique<ReleaseWatch>(&loop_, *control_);
+  for (const auto& warning : shared_port_probe_warnings(options_))
+    log_warn("{}", warning);
   context_ =
       std::make_unique<Generation::Context>(Generation::Context{&loop_, *reaper_, options_, listeners_, *launcher_});
   UpgradeDriver::Host& host = *this;  // (A private base: converted here, where it is accessible.)
@@ -159,6 +163,7 @@ Status Supervisor::open_control_socket() {
       &loop_, [this](ClientId id, const ControlRequest& r) { on_request(id, r); },
       [this](ClientId id) {
         if (upgrade_) upgrade_->forget_watcher(id);
+        if (watch_) watch_->forget_waiter(id);
         std::erase(stop_waiters_, id);
       });
   return control_->listen(options_.control_path);
@@ -237,9 +242,17 @@ void Supervisor::on_exit(Generation& g, GenerationState was, ExitStatus status) 
     active_ = 0;
     if (!stopping_) {
       ++counters_.crashes;
-      last_error_.note(
-          with_last_output(fmt::format("generation {} (pid {}) {}", number, pid, status.describe()), last_output));
-      schedule_restart(served_for);
+      std::string what =
+          with_last_output(fmt::format("generation {} (pid {}) {}", number, pid, status.describe()), last_output);
+      last_error_.note(what);
+      crash_reason_ = what;
+      if (watch_->covers(number)) {
+        // In its watch window: the previous release comes back instead of this one again.
+        const std::string noted = watch_->noted_failure();
+        revert(noted.empty() ? what : noted);
+      } else {
+        schedule_restart(served_for);
+      }
     }
   } else if (was == GenerationState::Draining) {
     log_info("generation {} (pid {}) {} after draining", number, pid, status.describe());
@@ -344,6 +357,28 @@ void Supervisor::on_channel_broken(Generation& g, const std::string& why) {
   channel_failed(g, fmt::format("generation {} sent a bad channel message: {}", g.number(), why));
 }
 
+void Supervisor::on_unhealthy(Generation& g, HealthFailure kind, const std::string& reason) {
+  const std::string what = fmt::format("generation {} (pid {}): {}", g.number(), g.pid(), reason);
+  if (upgrade_->is_candidate(g)) {
+    upgrade_->feed(Input::Timeout, what);
+    return;
+  }
+  if (g.number() != active_) return;  // A draining generation is on its way out already.
+  if (kind == HealthFailure::Watchdog) {
+    // Hung, as far as anyone can tell: killed, as systemd does. Its exit then reverts (in its watch
+    // window) or restarts it, as a crash would.
+    if (watch_->covers(g.number())) watch_->note_failure(what);
+    last_error_.note(what + "; killing it");
+    g.kill_all();
+    return;
+  }
+  if (watch_->covers(g.number())) {
+    revert(what);
+    return;
+  }
+  last_error_.note(what + "; `hotrestart status --check` fails until it passes again");
+}
+
 void Supervisor::channel_failed(Generation& g, const std::string& reason) {
   log_warn("{}; closing its channel", reason);
   g.channel().refuse_and_close(reason);
@@ -357,6 +392,8 @@ void Supervisor::promote(std::uint64_t generation) {
   const Generation* g = find(generation);
   if (g == nullptr) return;
   const std::uint64_t previous = current_.release;
+  replaced_release_ = previous;
+  replaced_generation_ = active_;
   active_ = generation;
   current_ = {g->release(), g->command(), g->image()};
   // The new generation replaces whatever crash restart was pending.
@@ -373,17 +410,61 @@ void Supervisor::promote(std::uint64_t generation) {
 }
 
 void Supervisor::upgrade_started() {
+  // The release on watch is not the newest any more: whatever this upgrade brings is judged instead.
+  watch_->end(ReleaseWatch::Ending::Superseded, "a newer upgrade began");
   systemd_.notify(fmt::format("RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=upgrading", uv_hrtime() / 1000));
 }
 
-void Supervisor::upgrade_finished(std::uint64_t release, bool ok, const std::string& failure) {
-  if (ok) {
-    ++counters_.upgrades_done;
-  } else {
+bool Supervisor::upgrade_finished(std::uint64_t release, bool ok, const std::string& failure) {
+  const Release* r = releases_->history().find(release);
+  const bool reverting = r != nullptr && r->origin == ReleaseOrigin::Revert;
+  if (reverting) reverting_ = false;
+  if (!ok) {
     ++counters_.upgrades_rolled_back;
     last_error_.note(fmt::format("upgrade rolled back: {}", failure));
     end_release(release, ReleaseOutcome::RolledBack, failure);
+    if (reverting && active_ == 0 && !stopping_) {
+      // The revert's generation failed, and nothing serves: the previous release is restarted as a
+      // crashed one would be, from its own executable; never the release that was reverted.
+      if (auto plan = plan_for(release); plan) {
+        current_ = std::move(plan).value();
+        schedule_restart(Clock::duration::zero());
+      }
+    }
+    return false;
   }
+  ++counters_.upgrades_done;
+  // A revert is not watched: the release it would go back to is the one that just failed.
+  if (reverting || replaced_release_ == 0 || replaced_release_ == release) return false;
+  const ReleaseWatch::Watched watched{release, active_, replaced_release_, replaced_generation_};
+  return watch_->start(watched, options_.watch_window, [] {});
+}
+
+void Supervisor::revert(const std::string& reason) {
+  const ReleaseWatch::Watched w = watch_->watched();
+  ++counters_.reverts;
+  last_revert_ = Clock::now();
+  revert_reason_ = fmt::format("release {} was reverted: {}", w.release, reason);
+  reverting_ = true;
+  end_release(w.release, ReleaseOutcome::Reverted, reason);
+  last_error_.note(fmt::format("release {} reverted in its watch window: {}", w.release, reason));
+  watch_->end(ReleaseWatch::Ending::Reverted, reason);
+  const Release* previous = releases_->history().find(w.previous_release);
+  auto image = previous != nullptr ? image_to_run_again(*previous)
+                                   : Result<std::shared_ptr<const ExecutableImage>>(Error::message(
+                                         fmt::format("release {} is not in the history any more", w.previous_release)));
+  if (!image) {
+    last_error_.note(fmt::format("release {} cannot come back: {}; release {} is restarted instead", w.previous_release,
+                                 image.error().text(), w.release));
+    if (active_ == 0) schedule_restart(Clock::duration::zero());
+    return;
+  }
+  // The state comes from whoever still holds it: the reverted generation if it still runs (a failed
+  // health check), else the previous one if it is still draining (it may still hold what it had).
+  const std::uint64_t state_from = active_ != 0 ? active_ : find(w.previous_generation) ? w.previous_generation : 0;
+  UpgradeRequest request{previous->command, ReleaseOrigin::Revert, -1, -1, previous->number, std::move(image).value()};
+  request.state_from = state_from;
+  upgrade_->begin(std::move(request), std::nullopt);
 }
 
 void Supervisor::upgrade_reported() {
@@ -402,6 +483,10 @@ void Supervisor::schedule_restart(Clock::duration served_for) {
 
 void Supervisor::restart_now() {
   if (stopping_ || active_ != 0) return;
+  if (const Release* r = releases_->history().find(current_.release);
+      r != nullptr && r->outcome == ReleaseOutcome::Reverted) {
+    return;  // Never again by itself: a revert brings the previous release back instead.
+  }
   // The release that crashed, from the executable it ran (not whatever its path holds now).
   auto g = start_generation(current_);
   if (!g) {
@@ -412,6 +497,7 @@ void Supervisor::restart_now() {
   }
   ++counters_.restarts;
   active_ = g.value()->number();
+  restarted_generation_ = active_;
   if (Release* r = releases_->history().find(current_.release)) {
     ++r->restarts;
     releases_->save();
@@ -460,7 +546,32 @@ void Supervisor::on_upgrade_request(ClientId client, const ControlRequest& reque
   std::vector<std::string> command = current_.command;
   if (request.exec) command.front() = *request.exec;
   if (request.argv) command = *request.argv;
-  upgrade_->begin({std::move(command), ReleaseOrigin::Upgrade, request.peer_uid, request.peer_pid, 0, nullptr}, client);
+  UpgradeRequest upgrade{std::move(command), ReleaseOrigin::Upgrade, request.peer_uid, request.peer_pid, 0, nullptr};
+  upgrade.wait = request.wait;
+  if (!request.force) {
+    // The executable is opened (and hashed) here rather than at spawn, to compare it with the
+    // releases that were reverted; the spawn then runs this very file.
+    auto path = launcher_->resolve(upgrade.command);
+    auto image = path ? ExecutableImage::open(path.value()) : Result<ExecutableImage>(path.error());
+    if (image) {
+      for (const auto& r : releases_->history().releases()) {
+        if (r.outcome != ReleaseOutcome::Reverted || r.sha256 != image->sha256() ||
+            r.interpreter_sha256 != image->interpreter_sha256()) {
+          continue;
+        }
+        control_->send(
+            client,
+            control_error("reverted", fmt::format("release {} ran this executable ({}, sha256 {}) and was "
+                                                  "reverted: {}; upgrade with --force to run it again",
+                                                  r.number, image->path(), image->sha256().substr(0, 12), r.reason)),
+            AfterSend::Close);
+        return;
+      }
+      upgrade.image = std::make_shared<const ExecutableImage>(std::move(image).value());
+    }
+    // A command that cannot be opened fails at spawn, with the upgrade's usual verdict.
+  }
+  upgrade_->begin(std::move(upgrade), client);
 }
 
 void Supervisor::on_rollback_request(ClientId client, const ControlRequest& request) {
@@ -495,9 +606,10 @@ void Supervisor::on_rollback_request(ClientId client, const ControlRequest& requ
                    AfterSend::Close);
     return;
   }
-  upgrade_->begin({target->command, ReleaseOrigin::Rollback, request.peer_uid, request.peer_pid, target->number,
-                   std::move(image).value()},
-                  client);
+  UpgradeRequest rollback{target->command,  ReleaseOrigin::Rollback, request.peer_uid,
+                          request.peer_pid, target->number,          std::move(image).value()};
+  rollback.wait = request.wait;
+  upgrade_->begin(std::move(rollback), client);
 }
 
 void Supervisor::on_signal(int signo) {
@@ -534,6 +646,7 @@ void Supervisor::begin_stop(bool now) {
   }
   stopping_ = true;
   systemd_.notify("STOPPING=1");
+  watch_->end(ReleaseWatch::Ending::Stopped, "the supervisor is stopping");
   restart_timer_->stop();
   // Handled before feed() returns (this is a loop callback, not an action of the driver): the
   // candidate is stopped as a rolled-back one (an importing SDK worker at once) before the loop
@@ -633,6 +746,33 @@ json Supervisor::history_json() const {
           {"releases", list}};
 }
 
+json Supervisor::health_json() const {
+  // In the order `status --check` reports them: the first that applies wins.
+  const auto verdict = [](const char* state, std::string reason) {
+    return json{{"state", state}, {"ok", std::string_view(state) == "serving"}, {"reason", std::move(reason)}};
+  };
+  if (stopping_) return verdict("not-serving", "the supervisor is stopping");
+  const Generation* active = active_ != 0 ? generations_.at(active_).get() : nullptr;
+  const bool restarting =
+      active != nullptr && active->number() == restarted_generation_ && active->state() == GenerationState::Starting;
+  if (restart_timer_->active() || restarting) {
+    return verdict("crash-looping", fmt::format("the worker crashed and is being restarted ({} crash(es) so far): {}",
+                                                counters_.crashes, crash_reason_));
+  }
+  // A revert is news for a while after it began (at least 10 s, so that a probe sees it), and for
+  // as long as the previous release takes to come back.
+  const auto news_for = std::max<Clock::duration>(options_.watch_window, std::chrono::seconds(10));
+  if (!revert_reason_.empty() && (reverting_ || Clock::now() - last_revert_ < news_for)) {
+    return verdict("reverted", revert_reason_);
+  }
+  if (active == nullptr || active->state() != GenerationState::Ready) {
+    return verdict("not-serving",
+                   active == nullptr ? "no generation is running" : "the active generation is not ready yet");
+  }
+  if (!active->health().healthy()) return verdict("unhealthy", active->health().to_json().dump());
+  return verdict("serving", "");
+}
+
 json Supervisor::status_json() const {
   json generations = json::array();
   for (const auto& [n, g] : generations_) {
@@ -658,6 +798,8 @@ json Supervisor::status_json() const {
               {"drain", drain_json(options_)},
               {"adopt_binds", launcher_->adopting()},
               {"upgrade", upgrade_->status_json()},
+              {"health", health_json()},
+              {"watch", watch_->status_json()},
               {"last_upgrade", verdict.is_null() ? json(nullptr) : verdict},
               {"last_transfer", transfer ? transfer->to_json() : json(nullptr)},
               {"state", state_json(options_)},

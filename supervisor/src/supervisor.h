@@ -12,6 +12,8 @@
 //   UpgradeDriver   upgrade_driver.h   the upgrade state machine's actions and events
 //   StateBroker     state_broker.h     the state transfer from the old generation to the new
 //   ReleaseStore    release_store.h    the release history on disk, and executables kept for rollback
+//   ReleaseWatch    release_watch.h    the watch window after a cutover, and who waits for its end
+//   HealthWatch     health_watch.h     (in each Generation) its watchdog and health check
 //   RestartBackoff  crash_restarts.h   the delay between crash restarts
 //   status.h                           counters, the last error, and status's pieces
 //
@@ -40,6 +42,7 @@
 #include "notify_socket.h"
 #include "reaper.h"
 #include "release_store.h"
+#include "release_watch.h"
 #include "run_options.h"
 #include "state_broker.h"
 #include "status.h"
@@ -88,6 +91,7 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   void on_channel_message(Generation& g, wire::Message& message, std::vector<Fd>& fds) override;
   void on_channel_closed(Generation& g) override;
   void on_channel_broken(Generation& g, const std::string& why) override;
+  void on_unhealthy(Generation& g, HealthFailure kind, const std::string& reason) override;
   void on_hello(Generation& g, const wire::Hello& hello);
   void channel_failed(Generation& g, const std::string& reason);
 
@@ -101,7 +105,8 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   void promote(std::uint64_t generation) override;
   StateBroker& broker() override { return broker_; }
   void upgrade_started() override;
-  void upgrade_finished(std::uint64_t release, bool ok, const std::string& failure) override;
+  bool upgrade_finished(std::uint64_t release, bool ok, const std::string& failure) override;
+  void wait_for_watch(ClientId client) override { watch_->add_waiter(client); }
 
   // Releases.
   // What release `number` runs: its command, and its executable, opened from its path the first
@@ -112,6 +117,9 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   Result<std::shared_ptr<const ExecutableImage>> image_to_run_again(const Release& r) const;
   void end_release(std::uint64_t number, ReleaseOutcome outcome, std::string reason);
   void upgrade_reported() override;
+
+  // The watch window: brings the previous release back, for `reason`.
+  void revert(const std::string& reason);
 
   // Crash restarts.
   void schedule_restart(Clock::duration served_for);
@@ -126,6 +134,8 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   void begin_stop(bool now);
   void maybe_finish_stop();
   nlohmann::json status_json() const;
+  // {"state", "ok", "reason"}: whether the service is up, as `status --check` reports it.
+  nlohmann::json health_json() const;
 
   RunOptions options_;
   uv_loop_t loop_{};
@@ -147,6 +157,16 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   std::unique_ptr<UpgradeDriver> upgrade_;
   StateBroker broker_;
   std::unique_ptr<ReleaseStore> releases_;
+  std::unique_ptr<ReleaseWatch> watch_;
+  // What the last cutover replaced: the release and generation a revert brings back.
+  std::uint64_t replaced_release_ = 0;
+  std::uint64_t replaced_generation_ = 0;
+  // What `status --check` reports (health_json).
+  Clock::time_point last_revert_{};         // When the last revert began.
+  std::string revert_reason_;               // Why ("" if none yet).
+  bool reverting_ = false;                  // The revert's upgrade is under way.
+  std::string crash_reason_;                // The last crash of the active generation.
+  std::uint64_t restarted_generation_ = 0;  // The last generation a crash restart started.
 
   std::unique_ptr<Timer> restart_timer_;
   RestartBackoff restart_backoff_;

@@ -38,6 +38,7 @@ struct UpgradeDriver::Upgrade {
   std::uint64_t generation = 0;  // The new one (0 until spawned).
   std::uint64_t previous = 0;    // The one it replaces (0 if none was running).
   std::vector<ClientId> watchers;
+  bool wait = false;  // The watchers stay through the watch window (`upgrade --wait`).
   Timer phase_timer;
   std::string origin;             // For the log: "control", "SIGUSR2", "rollback to release N".
   std::uint64_t waiting_for = 0;  // A draining generation the transfer waits for.
@@ -94,11 +95,15 @@ void UpgradeDriver::begin(UpgradeRequest request, std::optional<ClientId> client
     case ReleaseOrigin::Rollback:
       upgrade_->origin = fmt::format("rollback to release {}", request.rollback_of);
       break;
+    case ReleaseOrigin::Revert:
+      upgrade_->origin = fmt::format("revert to release {}", request.rollback_of);
+      break;
     default:
       upgrade_->origin = "control";
       break;
   }
-  upgrade_->previous = host_.active_generation();
+  upgrade_->previous = request.state_from != 0 ? request.state_from : host_.active_generation();
+  upgrade_->wait = request.wait;
   upgrade_->release = host_.record_release(request);
   if (client) upgrade_->watchers.push_back(*client);
   host_.upgrade_started();
@@ -359,7 +364,7 @@ void UpgradeDriver::stop_new(Generation* fresh) {
 void UpgradeDriver::finish() {
   const auto& m = upgrade_->machine;
   const bool ok = m.succeeded();
-  host_.upgrade_finished(upgrade_->release, ok, ok ? std::string() : m.failure());
+  const bool watched = host_.upgrade_finished(upgrade_->release, ok, ok ? std::string() : m.failure());
   const std::uint64_t active = host_.active_generation();
   const Generation* serving = host_.generation(active);
   std::string message;
@@ -388,9 +393,17 @@ void UpgradeDriver::finish() {
               {"reason", ok ? "" : m.failure()},
               {"last_output", ok ? json::array() : json(upgrade_->last_output)},
               {"message", message},
+              {"watch_window_ms", watched ? options_.watch_window.count() : 0},
               {"timeline", timeline}};
   publish_phase(message);
-  send_to_watchers(result, AfterSend::Close);
+  if (watched && upgrade_->wait) {
+    // The requester hears the watch's end too; the watch closes its connection then.
+    send_to_watchers(result, AfterSend::KeepOpen);
+    for (ClientId id : upgrade_->watchers)
+      host_.wait_for_watch(id);
+  } else {
+    send_to_watchers(result, AfterSend::Close);
+  }
   last_verdict_ = result;
   last_verdict_.erase("v");
   last_verdict_.erase("type");

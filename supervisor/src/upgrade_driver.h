@@ -45,6 +45,10 @@ struct UpgradeRequest {
   std::int64_t pid = -1;
   std::uint64_t rollback_of = 0;
   std::shared_ptr<const ExecutableImage> image;  // Null: opened from the command's path at spawn.
+  // The generation the state comes from (0: the active one). A revert after the active generation
+  // crashed names the previous one, which may still be alive and draining.
+  std::uint64_t state_from = 0;
+  bool wait = false;  // `upgrade --wait`: the requester stays connected through the watch window.
 };
 
 class UpgradeDriver {
@@ -63,8 +67,11 @@ class UpgradeDriver {
     virtual void promote(std::uint64_t generation) = 0;
     virtual StateBroker& broker() = 0;
     virtual void upgrade_started() = 0;
-    // The verdict on `release`, before it is published: `failure` is empty on success.
-    virtual void upgrade_finished(std::uint64_t release, bool ok, const std::string& failure) = 0;
+    // The verdict on `release`, before it is published: `failure` is empty on success. Returns true
+    // when the release, now serving, is watched (--watch-window).
+    virtual bool upgrade_finished(std::uint64_t release, bool ok, const std::string& failure) = 0;
+    // `client` asked to wait (`upgrade --wait`): it hears how the watch of the new release ends.
+    virtual void wait_for_watch(ClientId client) = 0;
     // The verdict has been published to the log and the watching clients.
     virtual void upgrade_reported() = 0;
   };

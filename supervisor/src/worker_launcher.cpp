@@ -19,7 +19,8 @@ namespace hotrestart {
 namespace {
 
 bool is_worker_variable(std::string_view entry) {
-  for (std::string_view prefix : {"LISTEN_PID=", "LISTEN_FDS=", "LISTEN_FDNAMES=", "NOTIFY_SOCKET=", "HOTRESTART_"}) {
+  for (std::string_view prefix : {"LISTEN_PID=", "LISTEN_FDS=", "LISTEN_FDNAMES=", "NOTIFY_SOCKET=", "WATCHDOG_USEC=",
+                                  "WATCHDOG_PID=", "HOTRESTART_"}) {
     if (entry.starts_with(prefix)) return true;
   }
   return false;
@@ -58,6 +59,8 @@ std::vector<std::string> WorkerLauncher::worker_environment(std::uint64_t genera
   env.push_back(fmt::format("HOTRESTART_CONTROL={}", control_path_));
   // The channel comes right after the listeners (see launch).
   env.push_back(fmt::format("HOTRESTART_CHANNEL_FD={}", 3 + listeners_.listeners().size()));
+  // As systemd's WatchdogSec= does, so that sd_watchdog_enabled() and its like find it.
+  if (watchdog_.count() > 0) env.push_back(fmt::format("WATCHDOG_USEC={}", watchdog_.count() * 1000));
   if (adopting()) {
     // First in LD_PRELOAD, before whatever the operator preloads as well.
     std::string preload = adopt_library_;

@@ -20,6 +20,7 @@
 #include <hotrestart/base/result.h>
 #include <hotrestart/fd.h>
 
+#include "duration.h"
 #include "executable.h"
 #include "listener_set.h"
 #include "spawn.h"
@@ -44,6 +45,9 @@ class WorkerLauncher {
   Result<Launched> launch(std::uint64_t generation, const std::vector<std::string>& command,
                           const ExecutableImage& image) const;
 
+  // --watchdog: workers get WATCHDOG_USEC (0: none).
+  void set_watchdog(Millis every) { watchdog_ = every; }
+
   // The environment of an exec readiness probe aimed at the worker `pid` of `generation`.
   std::vector<std::string> probe_environment(pid_t pid, std::uint64_t generation) const;
 
@@ -57,6 +61,7 @@ class WorkerLauncher {
   std::string notify_path_;
   std::string control_path_;
   std::string adopt_library_;
+  Millis watchdog_{0};
   std::vector<std::string> base_env_;
 };
 

@@ -177,6 +177,26 @@ inline LoadClient::Config load_config(std::uint16_t port, LoadClient::Mode mode,
   return c;
 }
 
+// Keep-alive and new-connection clients together, as most tests that count failed requests use
+// them: started at once, and checked together at the end.
+struct MixedLoad {
+  LoadClient keepalive;
+  LoadClient fresh;
+  MixedLoad(std::uint16_t port, int threads_each)
+      : keepalive(load_config(port, LoadClient::Mode::KeepAlive, threads_each)),
+        fresh(load_config(port, LoadClient::Mode::NewConnection, threads_each)) {
+    keepalive.start();
+    fresh.start();
+  }
+  // Stops both, and checks that each served requests and none failed.
+  void finish() {
+    keepalive.stop();
+    fresh.stop();
+    require_no_failures(keepalive, "keep-alive clients");
+    require_no_failures(fresh, "new-connection clients");
+  }
+};
+
 // Waits until `load` has served `more` further requests.
 inline void let_load_run(const LoadClient& load, std::size_t more) {
   const std::size_t target = load.ok_count() + more;

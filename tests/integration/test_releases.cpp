@@ -8,49 +8,9 @@
 #include <fstream>
 
 #include "fixture.h"
+#include "releases_support.h"
 
 using namespace hotrestart::it;
-
-namespace {
-
-// sha256sum of a file (or of /proc/PID/exe: the bytes a process runs).
-std::string sha256_of(const std::string& path) {
-  RunResult r = run({"sha256sum", path}, {}, 20s);
-  REQUIRE_MESSAGE(r.exit_code == 0, "sha256sum " << path << ": " << r.err);
-  return r.out.substr(0, 64);
-}
-
-std::string running_sha256(pid_t pid) {
-  return sha256_of(fmt::format("/proc/{}/exe", pid));
-}
-
-// A copy of hello-server at `path`, made different from every other copy by `tag` (bytes appended
-// after the ELF image change its hash, not its behaviour). Written aside and renamed over the path,
-// as deploy tools replace a binary.
-void install_hello(const std::string& path, const std::string& tag) {
-  const std::string temp = path + ".new";
-  std::filesystem::copy_file(hello_bin(), temp, std::filesystem::copy_options::overwrite_existing);
-  std::ofstream(temp, std::ios::app | std::ios::binary) << tag;
-  std::filesystem::permissions(temp, std::filesystem::perms::owner_all);
-  std::filesystem::rename(temp, path);
-}
-
-json history(Supervisor& sup) {
-  RunResult r = sup.cli({"history", "--json"}, 10s);
-  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
-  return json::parse(r.out);
-}
-
-const json& release(const json& h, std::uint64_t number) {
-  for (const auto& r : h["releases"]) {
-    if (r["number"] == number) return r;
-  }
-  FAIL("release " << number << " is not in the history: " << h.dump());
-  static json none;
-  return none;
-}
-
-}  // namespace
 
 TEST_CASE("releases: history says what each release ran, who asked, and how it ended, across supervisor restarts") {
   TempDir bins;
@@ -121,10 +81,9 @@ TEST_CASE(
   const std::string sha_one = sha256_of(srv);
   Supervisor sup({"--drain-timeout", "10s"}, {srv, "--version", "v1"});
   const std::uint16_t port = sup.port();
-  LoadClient keepalive(load_config(port, LoadClient::Mode::KeepAlive, 2));
-  LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, 2));
-  keepalive.start();
-  fresh.start();
+  MixedLoad load(port, 2);
+  LoadClient& keepalive = load.keepalive;
+  LoadClient& fresh = load.fresh;
   let_load_run(keepalive, 50);
 
   install_hello(srv, "two");  // The file on disk is another one now.
@@ -154,10 +113,7 @@ TEST_CASE(
   CHECK(running_sha256(sup.active_pid()) == sha_two);
   CHECK(contains(http_get(port, "/"), "version=v2"));
   let_load_run(fresh, 50);
-  keepalive.stop();
-  fresh.stop();
-  require_no_failures(keepalive, "keep-alive clients");
-  require_no_failures(fresh, "new-connection clients");
+  load.finish();
   sup.stop();
 }
 
@@ -197,9 +153,13 @@ TEST_CASE(
   const std::string other = bins.file("other");
   install_hello(other, "two");
   REQUIRE(sup.upgrade_to({other, "--version", "v2"}).exit_code == 0);
+  // Not while release 1's generation still drains: a running executable cannot be opened for
+  // writing (ETXTBSY).
+  REQUIRE(wait_until([&] { return sup.status_or_fail()["generations"].size() == 1; }, 30s));
   {
     std::ofstream rewrite(srv, std::ios::binary | std::ios::trunc);
     rewrite << "#!/bin/sh\nexit 1\n";
+    REQUIRE_MESSAGE(rewrite.flush().good(), "cannot rewrite " << srv);
   }
   RunResult gone = sup.cli({"rollback", "--to", "1"}, 10s);
   CHECK(gone.exit_code == 3);
@@ -254,10 +214,9 @@ TEST_CASE("rollback: kv-cache v2 back to v1 keeps every entry, with no failed re
   };
   for (int i = 0; i < 40; ++i)
     REQUIRE(put(fmt::format("k{}", i), fmt::format("v1-{}", i)) == "204");
-  LoadClient keepalive(load_config(port, LoadClient::Mode::KeepAlive, 2));
-  LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, 2));
-  keepalive.start();
-  fresh.start();
+  MixedLoad load(port, 2);
+  LoadClient& keepalive = load.keepalive;
+  LoadClient& fresh = load.fresh;
   let_load_run(keepalive, 50);
 
   RunResult up = sup.upgrade_to(kv("v2"));
@@ -279,9 +238,6 @@ TEST_CASE("rollback: kv-cache v2 back to v1 keeps every entry, with no failed re
   CHECK(release(h, 3)["outcome"] == "serving");
   CHECK(running_sha256(sup.active_pid()) == sha256_of(bin_path("kv-cache-v1")));
   let_load_run(keepalive, 50);
-  keepalive.stop();
-  fresh.stop();
-  require_no_failures(keepalive, "keep-alive clients");
-  require_no_failures(fresh, "new-connection clients");
+  load.finish();
   sup.stop();
 }

@@ -21,6 +21,9 @@
 //   flood-stderr MB LINES PATH   READY; on SIGUSR1 write MB megabytes to stderr without a
 //                                newline, a newline, LINES short lines one write each, and
 //                                "flood done"; then create PATH, wait for SIGTERM, exit 0
+//   watchdog PET_FOR_MS          READY, then WATCHDOG=1 every quarter of $WATCHDOG_USEC (at most
+//                                100 ms apart) for PET_FOR_MS (negative: for ever), then silent;
+//                                SIGTERM exits 0
 // Unknown mode or bad arguments: message on stderr, exit 64.
 #include <dirent.h>
 #include <fcntl.h>
@@ -64,9 +67,9 @@ std::string env_or(const char* name, const char* fallback) {
   return v != nullptr ? std::string(v) : std::string(fallback);
 }
 
-// sd_notify-style "READY=1". The receiver learns our pid from SCM_CREDENTIALS
-// (SO_PASSCRED), which the kernel attaches for the sending process.
-bool notify_ready() {
+// sd_notify-style "READY=1" (or another message). The receiver learns our pid from
+// SCM_CREDENTIALS (SO_PASSCRED), which the kernel attaches for the sending process.
+bool notify(std::string_view message) {
   const char* path = std::getenv("NOTIFY_SOCKET");
   if (path == nullptr || *path == '\0') {
     log("NOTIFY_SOCKET not set; not sending READY=1");
@@ -88,10 +91,9 @@ bool notify_ready() {
     log(std::string("socket: ") + std::strerror(errno));
     return false;
   }
-  static constexpr char kMsg[] = "READY=1";
   ssize_t n;
   do {
-    n = ::sendto(fd, kMsg, sizeof kMsg - 1, MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&sa), salen);
+    n = ::sendto(fd, message.data(), message.size(), MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&sa), salen);
   } while (n < 0 && errno == EINTR);
   const int err = errno;
   ::close(fd);
@@ -100,6 +102,10 @@ bool notify_ready() {
     return false;
   }
   return true;
+}
+
+bool notify_ready() {
+  return notify("READY=1");
 }
 
 void sleep_ms(long long ms) {
@@ -363,6 +369,33 @@ int mode_flood_stderr(long long megabytes, long long lines, const std::string& d
 
 }  // namespace
 
+// READY, then WATCHDOG=1 every quarter of $WATCHDOG_USEC (at most every 100 ms) for `pet_for_ms`
+// (negative: for ever), then nothing more: hung, as far as a watchdog can tell. SIGTERM exits 0.
+int mode_watchdog(long long pet_for_ms) {
+  block_sigterm();
+  long long every_ms = 100;
+  long long usec = 0;
+  if (parse_int(env_or("WATCHDOG_USEC", ""), usec) && usec > 0) every_ms = std::min(every_ms, usec / 4000);
+  if (every_ms < 1) every_ms = 1;
+  notify_ready();
+  timespec start{};
+  ::clock_gettime(CLOCK_MONOTONIC, &start);
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  for (;;) {
+    timespec now{};
+    ::clock_gettime(CLOCK_MONOTONIC, &now);
+    const long long elapsed = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+    if (pet_for_ms < 0 || elapsed < pet_for_ms) notify("WATCHDOG=1");
+    const timespec wait{static_cast<time_t>(every_ms / 1000), static_cast<long>((every_ms % 1000) * 1000000)};
+    if (::sigtimedwait(&set, nullptr, &wait) == SIGTERM) {
+      log("SIGTERM, exiting 0");
+      return 0;
+    }
+  }
+}
+
 int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr, "usage: test-worker MODE [ARGS]\n");
@@ -393,6 +426,14 @@ int main(int argc, char** argv) {
     log("ready; aborting in " + std::to_string(delay) + " ms");
     sleep_ms(delay);
     std::abort();
+  }
+  if (mode == "watchdog") {
+    long long pet_for = 0;
+    if (argc != 3 || !parse_int(argv[2], pet_for)) {
+      std::fprintf(stderr, "test-worker: usage: watchdog PET_FOR_MS (negative: for ever)\n");
+      return kUsage;
+    }
+    return mode_watchdog(pet_for);
   }
   if (mode == "ignore-drain") {
     return mode_ignore_drain();

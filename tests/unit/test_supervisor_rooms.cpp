@@ -81,13 +81,19 @@ TEST_CASE("state broker plan: the new generation starts cold, and the note says 
     gens[0] = facts(1, true, GenerationState::Ready, false);
     CHECK(plan_transfer(gens, 1, 2).note == "generation 1 does not use the SDK");
   }
-  SUBCASE("the previous generation is not serving") {
-    for (GenerationState s : {GenerationState::Starting, GenerationState::Draining}) {
-      const std::vector<GenerationFacts> gens = {facts(1, true, s), facts(2, true, GenerationState::Starting)};
-      const TransferPlan plan = plan_transfer(gens, 1, 2);
-      CHECK(plan.kind == TransferPlan::Kind::Cold);
-      CHECK(plan.note == "generation 1 is not serving");
-    }
+  SUBCASE("the previous generation is not serving yet") {
+    const std::vector<GenerationFacts> gens = {facts(1, true, GenerationState::Starting),
+                                               facts(2, true, GenerationState::Starting)};
+    const TransferPlan plan = plan_transfer(gens, 1, 2);
+    CHECK(plan.kind == TransferPlan::Kind::Cold);
+    CHECK(plan.note == "generation 1 is not serving");
+  }
+  SUBCASE("a draining source (a revert's) still holds its state") {
+    const std::vector<GenerationFacts> gens = {facts(1, true, GenerationState::Draining),
+                                               facts(3, true, GenerationState::Starting)};
+    const TransferPlan plan = plan_transfer(gens, 1, 3);
+    CHECK(plan.kind == TransferPlan::Kind::FromSource);
+    CHECK(plan.generation == 1);
   }
 }
 
@@ -236,6 +242,7 @@ class DriverBench final : public Generation::Events, public UpgradeDriver::Host 
   void on_channel_message(Generation&, wire::Message&, std::vector<Fd>&) override {}
   void on_channel_closed(Generation&) override {}
   void on_channel_broken(Generation&, const std::string&) override {}
+  void on_unhealthy(Generation&, HealthFailure, const std::string&) override {}
 
   // UpgradeDriver::Host
   Generation* generation(std::uint64_t n) override {
@@ -271,9 +278,11 @@ class DriverBench final : public Generation::Events, public UpgradeDriver::Host 
   }
   StateBroker& broker() override { return broker_; }
   void upgrade_started() override {}
-  void upgrade_finished(std::uint64_t, bool ok, const std::string& failure) override {
+  bool upgrade_finished(std::uint64_t, bool ok, const std::string& failure) override {
     verdicts.emplace_back(ok, failure);
+    return false;
   }
+  void wait_for_watch(ClientId) override {}
   void upgrade_reported() override { ++reports; }
 
   bool fail_spawn = false;

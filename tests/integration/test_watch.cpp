@@ -1,0 +1,194 @@
+// The watch window after a cutover, under a real supervisor: a release that crashes, fails its
+// health check or stops sending WATCHDOG=1 soon after it took over is reverted to the previous
+// release automatically, under load and without a failed request; `upgrade --wait` reports it;
+// the reverted release is never restarted and is refused without --force; and `status --check`
+// says in its exit code whether the service is up.
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "fixture.h"
+#include "releases_support.h"
+
+using namespace hotrestart::it;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Waits until release `number` is the active one and its generation is ready; returns how long
+// that took.
+Clock::duration wait_for_active_release(Supervisor& sup, std::uint64_t number, std::chrono::milliseconds limit) {
+  const auto start = Clock::now();
+  const bool back = wait_until(
+      [&] {
+        auto s = sup.status();
+        return s && (*s)["release"] == number && sup.active_state() == "ready";
+      },
+      limit, 10ms);
+  REQUIRE_MESSAGE(back, "release " << number << " never became the active one: " << sup.status_or_fail().dump());
+  return Clock::now() - start;
+}
+
+int check_exit(Supervisor& sup, std::string* out = nullptr) {
+  RunResult r = sup.cli({"status", "--check"}, 10s);
+  if (out != nullptr) *out = r.out + r.err;
+  return r.exit_code;
+}
+
+}  // namespace
+
+TEST_CASE("watch window: with default flags a release that crashes 200 ms after READY is reverted, not restarted") {
+  TempDir bins;
+  const std::string srv = bins.file("srv");
+  install_hello(srv, "one");
+  const std::string sha_one = sha256_of(srv);
+  Supervisor sup({}, {srv, "--version", "v1"});
+  const std::uint16_t port = sup.port();
+  MixedLoad load(port, 2);
+  LoadClient& keepalive = load.keepalive;
+  LoadClient& fresh = load.fresh;
+  let_load_run(keepalive, 50);
+
+  // The cutover succeeds (the verdict says so); then the crash, and --wait's exit says what became
+  // of the release.
+  RunResult up = sup.cli({"upgrade", "--wait", "--", test_worker_bin(), "crash-after-ready", "200"}, 60s);
+  const auto crashed_at = Clock::now();
+  CHECK_MESSAGE(up.exit_code == 1, up.out << up.err);
+  CHECK_MESSAGE(contains(up.out, "upgrade succeeded"), up.out);
+  CHECK_MESSAGE(contains(up.out, "watching release 2"), up.out);
+  CHECK_MESSAGE(contains(up.err, "release 2 reverted"), up.err);
+  CHECK_MESSAGE(contains(up.err, "SIGABRT"), up.err);
+
+  // Release 1 comes back as release 3, from its own bytes.
+  wait_for_active_release(sup, 3, 15s);
+  const auto back_after = Clock::now() - crashed_at;
+  MESSAGE("release 1 served again " << std::chrono::duration_cast<std::chrono::milliseconds>(back_after).count()
+                                    << " ms after upgrade --wait reported the revert");
+  CHECK(running_sha256(sup.active_pid()) == sha_one);
+  CHECK(contains(http_get(port, "/"), "version=v1"));
+  let_load_run(fresh, 50);
+  let_load_run(keepalive, 50);
+
+  json h = history(sup);
+  CHECK(release(h, 2)["outcome"] == "reverted");
+  CHECK_MESSAGE(contains(release(h, 2)["reason"].get<std::string>(), "SIGABRT"), h.dump());
+  CHECK(release(h, 2)["restarts"] == 0);
+  CHECK(release(h, 3)["origin"] == "revert");
+  CHECK(release(h, 3)["rollback_of"] == 1);
+  CHECK(release(h, 3)["outcome"] == "serving");
+  CHECK(release(h, 3)["sha256"] == sha_one);
+  RunResult human = sup.cli({"history"}, 10s);
+  CHECK(contains(human.out, "reverted"));
+
+  // The revert is news for `status --check`, and the bad release never ran again by itself.
+  std::string said;
+  CHECK(check_exit(sup, &said) == 6);
+  CHECK_MESSAGE(contains(said, "reverted"), said);
+  json s = sup.status_or_fail();
+  CHECK(s["counters"]["restarts"] == 0);
+  CHECK(s["counters"]["reverts"] == 1);
+
+  // The same executable again is refused without --force.
+  RunResult again = sup.cli({"upgrade", "--", test_worker_bin(), "crash-after-ready", "200"}, 30s);
+  CHECK(again.exit_code == 3);
+  CHECK_MESSAGE(contains(again.err, "was reverted"), again.err);
+  CHECK_MESSAGE(contains(again.err, "--force"), again.err);
+  CHECK(sup.status_or_fail()["release"] == 3);
+  load.finish();
+  sup.stop();
+}
+
+TEST_CASE("watch window: a health check that starts failing after cutover reverts, under load") {
+  TempDir bins;
+  const std::string srv = bins.file("srv");
+  install_hello(srv, "one");
+  const std::string flag = bins.file("unhealthy");
+  // The probe fails for generation N once the file flag.N exists.
+  Supervisor sup({"--health", fmt::format("exec:! test -e {}.$HOTRESTART_GENERATION", flag), "--health-interval",
+                  "100ms", "--health-failures", "3"},
+                 {srv, "--version", "v1"});
+  const std::uint16_t port = sup.port();
+  MixedLoad load(port, 2);
+  LoadClient& keepalive = load.keepalive;
+  LoadClient& fresh = load.fresh;
+  let_load_run(keepalive, 50);
+
+  RunResult up = sup.upgrade_to({srv, "--version", "v2"});
+  REQUIRE_MESSAGE(up.exit_code == 0, up.out << up.err);
+  CHECK(contains(http_get(port, "/"), "version=v2"));
+  CHECK(check_exit(sup) == 0);
+  let_load_run(fresh, 50);
+
+  std::ofstream(flag + ".2") << "sick\n";
+  wait_for_active_release(sup, 3, 15s);
+  CHECK(contains(http_get(port, "/"), "version=v1"));
+  json h = history(sup);
+  CHECK(release(h, 2)["outcome"] == "reverted");
+  const std::string reason = release(h, 2)["reason"].get<std::string>();
+  CHECK_MESSAGE(contains(reason, "failed 3 times in a row"), reason);
+  CHECK(release(h, 3)["origin"] == "revert");
+  let_load_run(keepalive, 50);
+  let_load_run(fresh, 50);
+  load.finish();
+  sup.stop();
+}
+
+TEST_CASE("watch window: a worker that stops sending WATCHDOG=1 is killed and reverted") {
+  Supervisor sup({"--watchdog", "300ms"}, {test_worker_bin(), "watchdog", "-1"});
+  const pid_t first = sup.active_pid();
+  // It pets for 400 ms after READY, then falls silent: a hang, as far as its watchdog can tell.
+  RunResult up = sup.cli({"upgrade", "--wait", "--", test_worker_bin(), "watchdog", "400"}, 60s);
+  CHECK_MESSAGE(up.exit_code == 1, up.out << up.err);
+  CHECK_MESSAGE(contains(up.err, "no WATCHDOG=1"), up.err);
+  wait_for_active_release(sup, 3, 15s);
+  CHECK(sup.active_pid() != first);  // Started again: the first generation drained at the cutover.
+  json h = history(sup);
+  CHECK(release(h, 2)["outcome"] == "reverted");
+  CHECK(contains(release(h, 2)["reason"].get<std::string>(), "--watchdog 300ms"));
+  // The reverted generation was killed, and the one that came back keeps its watchdog fed.
+  const json s = sup.status_or_fail();
+  CHECK(s["generations"].size() == 1);
+  CHECK(s["generations"][0]["health"]["healthy"] == true);
+  sup.stop();
+}
+
+TEST_CASE("status --check: 0 serving, 4 nothing serves, 5 crash-looping, 7 unhealthy, 2 no supervisor") {
+  TempDir bins;
+  SUBCASE("serving, then unhealthy after the watch window, then serving again") {
+    const std::string flag = bins.file("sick");
+    Supervisor sup({"--watch-window", "0s", "--health", fmt::format("exec:! test -e {}", flag), "--health-interval",
+                    "100ms", "--health-failures", "2"},
+                   hello("v1"));
+    CHECK(check_exit(sup) == 0);
+    std::ofstream(flag) << "sick\n";
+    std::string said;
+    CHECK(wait_until([&] { return check_exit(sup, &said) == 7; }, 10s));
+    CHECK_MESSAGE(contains(said, "unhealthy"), said);
+    CHECK(sup.status_or_fail()["release"] == 1);  // Outside a watch window nothing is reverted.
+    std::filesystem::remove(flag);
+    CHECK(wait_until([&] { return check_exit(sup) == 0; }, 10s));
+    sup.stop();
+  }
+  SUBCASE("nothing serves while the first generation is not ready") {
+    Supervisor sup({"--ready-timeout", "60s"}, {test_worker_bin(), "no-ready"}, false);
+    REQUIRE(wait_until([&] { return sup.status().has_value(); }, 10s));
+    std::string said;
+    CHECK(check_exit(sup, &said) == 4);
+    CHECK_MESSAGE(contains(said, "not-serving"), said);
+    sup.stop();
+  }
+  SUBCASE("crash-looping") {
+    Supervisor sup({}, {test_worker_bin(), "crash-after-ready", "50"}, false);
+    std::string said;
+    CHECK(wait_until([&] { return check_exit(sup, &said) == 5; }, 10s));
+    CHECK_MESSAGE(contains(said, "crash-looping"), said);
+    sup.stop();
+  }
+  SUBCASE("no supervisor") {
+    RunResult r = run({hotrestart_bin(), "status", "--check", "--control", bins.file("nobody.sock")}, {}, 10s);
+    CHECK(r.exit_code == 2);
+  }
+}
