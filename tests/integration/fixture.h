@@ -41,10 +41,12 @@ class Supervisor {
  public:
   // Starts `hotrestart run --control DIR/ctl.sock RUN_ARGS -- COMMAND` and waits until a
   // generation is ready (unless `wait_ready` is false).
+  // `prefix` goes before `hotrestart run` (a program that execs the rest, such as `unshare -m`).
   Supervisor(std::vector<std::string> run_args, std::vector<std::string> command, bool wait_ready = true,
-             SpawnOptions options = {})
+             SpawnOptions options = {}, std::vector<std::string> prefix = {})
       : control_(dir_.file("ctl.sock")) {
-    std::vector<std::string> argv = {hotrestart_bin(), "run", "--control", control_};
+    std::vector<std::string> argv = std::move(prefix);
+    argv.insert(argv.end(), {hotrestart_bin(), "run", "--control", control_});
     if (run_args.empty() || std::find(run_args.begin(), run_args.end(), "--listen") == run_args.end()) {
       argv.insert(argv.end(), {"--listen", "http=tcp://127.0.0.1:0"});
     }

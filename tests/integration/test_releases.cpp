@@ -175,8 +175,15 @@ TEST_CASE("releases: a state directory that cannot be written never gets in the 
   Supervisor sup({"--state-dir", state}, hello("v1"));
   // The history file's place taken by a directory: every write of it fails.
   const std::string file = state + "/releases.json";
-  std::filesystem::remove(file);
-  std::filesystem::create_directories(file + "/in-the-way");
+  // A write still under way (off the loop) may put the file back between the two steps: again then.
+  REQUIRE(wait_until(
+      [&] {
+        std::error_code ec;
+        std::filesystem::remove(file, ec);
+        std::filesystem::create_directories(file + "/in-the-way", ec);
+        return !ec && std::filesystem::is_directory(file);
+      },
+      10s));
   RunResult up = sup.upgrade_to(hello("v2"));
   CHECK_MESSAGE(up.exit_code == 0, up.out << up.err);
   CHECK(contains(http_get(sup.port(), "/"), "version=v2"));
@@ -199,6 +206,45 @@ TEST_CASE("releases: a state directory that cannot be written never gets in the 
       },
       10s));
   CHECK(json::parse(*read_file(file))["releases"].size() == 3);
+  sup.stop();
+}
+
+TEST_CASE("releases: a state directory on a full tmpfs never gets in the way of serving or upgrading") {
+  if (::geteuid() != 0) {
+    MESSAGE("skipped: mounting a tmpfs needs root");
+    return;
+  }
+  TempDir bins;
+  const std::string mount = bins.file("small");
+  std::filesystem::create_directories(mount);
+  // In a mount namespace of the supervisor's own: a 64 KiB tmpfs, its state directory made, then
+  // filled to the last byte, before the supervisor starts.
+  const std::string setup = fmt::format(
+      "mount -t tmpfs -o size=64k tmpfs {0} && mkdir {0}/state && (dd if=/dev/zero of={0}/fill bs=4k || true) "
+      "2>/dev/null && exec \"$@\"",
+      mount);
+  Supervisor sup({"--state-dir", mount + "/state"}, hello("v1"), true, {},
+                 {"unshare", "--mount", "--propagation", "private", "sh", "-c", setup, "sh"});
+  const std::uint16_t port = sup.port();
+  MixedLoad load(port, 2);
+  let_load_run(load.keepalive, 50);
+  REQUIRE(wait_until(
+      [&] {
+        auto s = sup.status();
+        return s && (*s)["releases"]["error"].is_string();
+      },
+      10s));
+  const std::string error = sup.status_or_fail()["releases"]["error"].get<std::string>();
+  CHECK_MESSAGE(contains(error, "No space left on device"), error);
+  RunResult up = sup.upgrade_to(hello("v2"));
+  CHECK_MESSAGE(up.exit_code == 0, up.out << up.err);
+  CHECK(contains(http_get(port, "/"), "version=v2"));
+  RunResult h = sup.cli({"history"}, 10s);
+  CHECK(h.exit_code == 0);
+  CHECK_MESSAGE(contains(h.out, "write error: "), h.out);
+  CHECK(history(sup)["releases"].size() == 2);
+  let_load_run(load.fresh, 50);
+  load.finish();
   sup.stop();
 }
 
