@@ -1,9 +1,10 @@
-// Parsing of everything an operator types: durations, signals, listen addresses, --ready.
+// Parsing of everything an operator types: durations, signals, listen addresses, --ready, --hold.
 #include <doctest/doctest.h>
 
 #include <csignal>
 
 #include "duration.h"
+#include "hold.h"
 #include "listen_spec.h"
 #include "signals.h"
 #include "supervisor.h"
@@ -37,6 +38,21 @@ TEST_CASE("durations print in their shortest exact form") {
   CHECK(format_duration(3600000ms) == "1h");
   CHECK(format_duration(90000ms) == "90s");
   CHECK(format_duration(90500ms) == "1m30s");
+}
+
+TEST_CASE("--hold takes a duration of at least 1ms, or manual") {
+  const Hold timed = parse_hold("30s").value();
+  CHECK(timed.kind == HoldKind::Timed);
+  CHECK(timed.duration == 30000ms);
+  CHECK(timed.describe() == "30s");
+  CHECK(parse_hold("500ms").value().duration == 500ms);
+  CHECK(parse_hold("manual").value().kind == HoldKind::Manual);
+  CHECK(parse_hold("manual").value().describe() == "manual");
+  CHECK_FALSE(Hold{}.holds());
+  CHECK(parse_hold("0s").error().text().find("at least 1ms") != std::string::npos);
+  CHECK(parse_hold("30").error().text().find("unit is missing") != std::string::npos);
+  CHECK(parse_hold("forever").error().text().find("manual") != std::string::npos);
+  CHECK(parse_hold("200h").error().text().find("longer than a week") != std::string::npos);
 }
 
 TEST_CASE("signals by name or short name or number") {
