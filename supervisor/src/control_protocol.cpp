@@ -70,6 +70,27 @@ Result<json> parse_control_line(std::string_view line) {
   return j;
 }
 
+namespace {
+
+// An upgrade's or a rollback's "hold": a number of milliseconds (1 to a week), or "manual". Absent:
+// no hold.
+std::optional<std::string> decode_hold(const json& j, Hold& hold) {
+  const auto h = j.find("hold");
+  if (h == j.end()) return std::nullopt;
+  if (h->is_string() && h->get_ref<const std::string&>() == "manual") {
+    hold = Hold{HoldKind::Manual, Millis(0)};
+    return std::nullopt;
+  }
+  if (!h->is_number_unsigned() || h->get<std::uint64_t>() == 0 ||
+      h->get<std::uint64_t>() > static_cast<std::uint64_t>(kMaxHold.count())) {
+    return fmt::format("\"hold\" must be \"manual\" or a number of milliseconds from 1 to {}", kMaxHold.count());
+  }
+  hold = Hold{HoldKind::Timed, Millis(h->get<std::int64_t>())};
+  return std::nullopt;
+}
+
+}  // namespace
+
 std::variant<ControlRequest, ControlRequestError> decode_control_request(const json& j) {
   const auto bad = [](std::string message) { return ControlRequestError{"bad-request", std::move(message)}; };
   const auto v = j.find("v");
@@ -97,6 +118,10 @@ std::variant<ControlRequest, ControlRequestError> decode_control_request(const j
     request.command = ControlRequest::Command::Stop;
   } else if (name == "history") {
     request.command = ControlRequest::Command::History;
+  } else if (name == "promote") {
+    request.command = ControlRequest::Command::Promote;
+  } else if (name == "abort") {
+    request.command = ControlRequest::Command::Abort;
   } else if (name == "rollback") {
     request.command = ControlRequest::Command::Rollback;
     if (const auto to = j.find("to"); to != j.end()) {
@@ -106,6 +131,7 @@ std::variant<ControlRequest, ControlRequestError> decode_control_request(const j
       request.to = to->get<std::uint64_t>();
     }
     if (auto e = flag("wait", request.wait)) return *e;
+    if (auto error = decode_hold(j, request.hold)) return bad(*error);
   } else if (name == "upgrade") {
     request.command = ControlRequest::Command::Upgrade;
     if (const auto e = j.find("exec"); e != j.end()) {
@@ -130,9 +156,10 @@ std::variant<ControlRequest, ControlRequestError> decode_control_request(const j
     if (request.exec && request.argv) return bad("give \"exec\" or \"command\", not both");
     if (auto e = flag("wait", request.wait)) return *e;
     if (auto e = flag("force", request.force)) return *e;
+    if (auto error = decode_hold(j, request.hold)) return bad(*error);
   } else {
-    return bad(
-        fmt::format("unknown command '{}' (expected status, upgrade, rollback, history or stop)", name.substr(0, 64)));
+    return bad(fmt::format("unknown command '{}' (expected status, upgrade, rollback, promote, abort, history or stop)",
+                           name.substr(0, 64)));
   }
   return request;
 }

@@ -10,8 +10,12 @@
 //             {"v":1,"cmd":"upgrade"}                        same command line
 //             {"v":1,"cmd":"upgrade","exec":"/path"}         new executable, same arguments
 //             {"v":1,"cmd":"upgrade","command":["prog","arg"]}  new command line
+//             {"v":1,"cmd":"upgrade","hold":30000}           both serve for 30 s before cutover
+//             {"v":1,"cmd":"upgrade","hold":"manual"}        both serve until promote or abort
 //             {"v":1,"cmd":"rollback"}                       the last good release before the active one
-//             {"v":1,"cmd":"rollback","to":N}                release N
+//             {"v":1,"cmd":"rollback","to":N}                release N (takes "hold" too)
+//             {"v":1,"cmd":"promote"}                        end the hold now: cutover
+//             {"v":1,"cmd":"abort"}                          end the hold now: rollback
 //             {"v":1,"cmd":"history"}                        the releases
 //             {"v":1,"cmd":"stop"}                           graceful stop
 //   answers   {"v":1,"type":"status", ...}                   see Supervisor::status_json
@@ -20,12 +24,14 @@
 //             {"v":1,"type":"result","ok":true|false,...}    upgrade verdict, last line (but see "wait")
 //             {"v":1,"type":"watch","ok":...,"outcome":...}  with "wait": how the watch window ended
 //             {"v":1,"type":"stopping","pid":N}              stop accepted; closes at exit
+//             {"v":1,"type":"ok","outcome":"done",...}       promote, abort: the verdict of the hold
 //             {"v":1,"type":"error","code":"...","error":"sentence"}
 //
 // Error codes: "bad-request" (malformed, oversized, unknown field values), "version"
 // (unsupported "v"), "busy" (an upgrade is in progress), "stopping", "forbidden" (peer uid),
-// "unavailable" (a rollback whose release cannot be run again, or no release to go back to),
-// "reverted" (an upgrade to an executable that was reverted, without "force").
+// "unavailable" (a rollback whose release cannot be run again, or no release to go back to; a
+// promote or abort when no upgrade is holding), "reverted" (an upgrade to an executable that was
+// reverted, without "force").
 #pragma once
 
 #include <cstddef>
@@ -38,6 +44,8 @@
 #include <nlohmann/json.hpp>
 
 #include <hotrestart/base/result.h>
+
+#include "hold.h"
 
 namespace hotrestart {
 
@@ -69,11 +77,12 @@ class LineReader {
 Result<nlohmann::json> parse_control_line(std::string_view line);
 
 struct ControlRequest {
-  enum class Command { ShowStatus, Upgrade, Rollback, History, Stop };
+  enum class Command { ShowStatus, Upgrade, Rollback, History, Stop, Promote, Abort };
   Command command = Command::ShowStatus;
   std::optional<std::string> exec;               // upgrade: new executable
   std::optional<std::vector<std::string>> argv;  // upgrade: new command line
   std::optional<std::uint64_t> to;               // rollback: the release to run again
+  Hold hold;                                     // upgrade, rollback: both generations serve a while
   bool wait = false;                             // upgrade, rollback: stay through the watch window and hear its end.
   bool force = false;                            // upgrade: even to an executable that was reverted.
   // Who sent it (SO_PEERCRED), filled in by the control server; -1 when unknown.

@@ -143,7 +143,7 @@ Status Supervisor::start() {
   for (const auto& l : listeners_.listeners()) {
     log_info("listener {} on {}{}", l.spec.name, l.address, l.adopted ? " (from socket activation)" : "");
   }
-  const std::uint64_t release = record_release({options_.command, ReleaseOrigin::Run, -1, -1, 0, nullptr});
+  const std::uint64_t release = record_release({options_.command, ReleaseOrigin::Run, -1, -1, 0, nullptr, {}});
   auto first = spawn_generation(release);
   if (!first) {
     end_release(release, ReleaseOutcome::Stopped, first.error().text());
@@ -521,6 +521,14 @@ void Supervisor::on_request(ClientId client, const ControlRequest& request) {
     case ControlRequest::Command::History:
       control_->send(client, history_json(), AfterSend::Close);
       return;
+    case ControlRequest::Command::Promote:
+    case ControlRequest::Command::Abort: {
+      const Input input = request.command == ControlRequest::Command::Promote ? Input::Promote : Input::Abort;
+      if (auto why = upgrade_->end_hold(input, client, request.peer_uid, request.peer_pid)) {
+        control_->send(client, control_error("unavailable", *why), AfterSend::Close);
+      }
+      return;
+    }
     case ControlRequest::Command::Upgrade:
     case ControlRequest::Command::Rollback: {
       if (stopping_) {
@@ -548,6 +556,7 @@ void Supervisor::on_upgrade_request(ClientId client, const ControlRequest& reque
   if (request.argv) command = *request.argv;
   UpgradeRequest upgrade{std::move(command), ReleaseOrigin::Upgrade, request.peer_uid, request.peer_pid, 0, nullptr};
   upgrade.wait = request.wait;
+  upgrade.hold = request.hold;
   if (!request.force) {
     // The executable is opened (and hashed) here rather than at spawn, to compare it with the
     // releases that were reverted; the spawn then runs this very file.
@@ -609,6 +618,7 @@ void Supervisor::on_rollback_request(ClientId client, const ControlRequest& requ
   UpgradeRequest rollback{target->command,  ReleaseOrigin::Rollback, request.peer_uid,
                           request.peer_pid, target->number,          std::move(image).value()};
   rollback.wait = request.wait;
+  rollback.hold = request.hold;
   upgrade_->begin(std::move(rollback), client);
 }
 
@@ -629,7 +639,8 @@ void Supervisor::on_signal(int signo) {
         log_warn("SIGUSR2 ignored: an upgrade is already in progress");
         break;
       }
-      upgrade_->begin({current_.command, ReleaseOrigin::Signal, -1, -1, 0, nullptr}, std::nullopt);
+      // SIGUSR2 upgrades never hold: a signal carries no --hold, and no client follows it.
+      upgrade_->begin({current_.command, ReleaseOrigin::Signal, -1, -1, 0, nullptr, {}}, std::nullopt);
       break;
     case SIGHUP:
       log_warn("SIGHUP ignored: configuration reload is not available; use SIGUSR2 or `hotrestart upgrade`");

@@ -3,6 +3,7 @@
 #include "upgrade_driver.h"
 
 #include <chrono>
+#include <ctime>
 
 #include <fmt/format.h>
 
@@ -11,6 +12,7 @@
 #include "control_protocol.h"
 #include "log.h"
 #include "output_lines.h"
+#include "release_store.h"
 #include "signals.h"
 
 namespace hotrestart {
@@ -28,17 +30,31 @@ bool blames_living_candidate(Input input) {
   return input == Input::Timeout || input == Input::Refused || input == Input::TransferFailed;
 }
 
+// "14:03:07", the supervisor's local time of a wall clock instant in milliseconds since the epoch.
+std::string time_of_day(std::int64_t ms) {
+  const auto t = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  ::localtime_r(&t, &tm);
+  char out[16];
+  std::strftime(out, sizeof out, "%H:%M:%S", &tm);
+  return out;
+}
+
 }  // namespace
 
 struct UpgradeDriver::Upgrade {
-  explicit Upgrade(uv_loop_t* loop) : phase_timer(loop) {}
+  Upgrade(uv_loop_t* loop, Hold h) : machine(h.kind), hold(h), phase_timer(loop) {}
   UpgradeMachine machine;
+  Hold hold;
+  std::int64_t hold_ends_ms = 0;  // A timed hold in progress: when it ends (wall clock), else 0.
   std::vector<std::string> command;
   std::uint64_t release = 0;     // The release it brings in.
   std::uint64_t generation = 0;  // The new one (0 until spawned).
   std::uint64_t previous = 0;    // The one it replaces (0 if none was running).
   std::vector<ClientId> watchers;
   bool wait = false;  // The watchers stay through the watch window (`upgrade --wait`).
+  // The clients that ended the hold (`promote`, `abort`): each is answered with the verdict.
+  std::vector<ClientId> enders;
   Timer phase_timer;
   std::string origin;             // For the log: "control", "SIGUSR2", "rollback to release N".
   std::uint64_t waiting_for = 0;  // A draining generation the transfer waits for.
@@ -61,17 +77,54 @@ json UpgradeDriver::status_json() const {
   return {{"generation", upgrade_->generation},
           {"release", upgrade_->release},
           {"phase", phase_name(upgrade_->machine.phase())},
-          {"elapsed_ms", ms_since(upgrade_->machine.started())}};
+          {"elapsed_ms", ms_since(upgrade_->machine.started())},
+          {"hold", hold_json()}};
+}
+
+json UpgradeDriver::hold_json() const {
+  const Hold& hold = upgrade_->hold;
+  if (!hold.holds()) return nullptr;
+  const bool timed = hold.kind == HoldKind::Timed;
+  const bool holding = upgrade_->machine.phase() == Phase::Holding;
+  return {{"mode", timed ? "timed" : "manual"},
+          {"duration_ms", timed ? json(hold.duration.count()) : json(nullptr)},
+          {"holding", holding},
+          {"ends_at_ms", timed && holding ? json(upgrade_->hold_ends_ms) : json(nullptr)}};
 }
 
 std::string UpgradeDriver::busy_reason() const {
-  return fmt::format("upgrade in progress: generation {} is in phase {} since {} ms; try again when it has finished",
-                     upgrade_->generation, phase_name(upgrade_->machine.phase()),
-                     ms_since(upgrade_->machine.started()));
+  const bool holding = upgrade_->machine.phase() == Phase::Holding;
+  return fmt::format("upgrade in progress: generation {} is in phase {} since {} ms; try again when it has finished{}",
+                     upgrade_->generation, phase_name(upgrade_->machine.phase()), ms_since(upgrade_->machine.started()),
+                     holding ? " (end the hold with `hotrestart promote` or `hotrestart abort`)" : "");
 }
 
 void UpgradeDriver::forget_watcher(ClientId client) {
-  if (upgrade_) std::erase(upgrade_->watchers, client);
+  if (!upgrade_) return;
+  std::erase(upgrade_->watchers, client);
+  std::erase(upgrade_->enders, client);
+}
+
+std::optional<std::string> UpgradeDriver::end_hold(Input input, ClientId client, std::int64_t uid, std::int64_t pid) {
+  const std::string_view command = input == Input::Promote ? "promote" : "abort";
+  if (!upgrade_) return fmt::format("no upgrade is in progress, so there is no hold to {}", command);
+  const Phase phase = upgrade_->machine.phase();
+  if (phase != Phase::Holding) {
+    const char* why = !upgrade_->hold.holds()       ? " (it was started without --hold)"
+                      : phase == Phase::RollingBack ? " (it is rolling back)"
+                                                    : " yet (it holds once the new generation is healthy)";
+    return fmt::format("the upgrade to generation {} is in phase {}, not holding: there is no hold to {}{}",
+                       upgrade_->generation, phase_name(phase), command, why);
+  }
+  const std::string who = fmt::format("`hotrestart {}` (uid {}, pid {})", command, uid, pid);
+  upgrade_->enders.push_back(client);
+  if (input == Input::Promote) {
+    publish_phase(fmt::format("promoted by {}", who));
+    feed(Input::Promote);
+  } else {
+    feed(Input::Abort, "aborted by " + who);
+  }
+  return std::nullopt;
 }
 
 void UpgradeDriver::send_to_watchers(const json& message, AfterSend after) {
@@ -86,7 +139,7 @@ void UpgradeDriver::send_to_watchers(const json& message, AfterSend after) {
 // Inputs
 
 void UpgradeDriver::begin(UpgradeRequest request, std::optional<ClientId> client) {
-  upgrade_ = std::make_unique<Upgrade>(loop_);
+  upgrade_ = std::make_unique<Upgrade>(loop_, request.hold);
   upgrade_->command = request.command;
   switch (request.origin) {
     case ReleaseOrigin::Signal:
@@ -149,7 +202,10 @@ bool UpgradeDriver::on_generation_exit(std::uint64_t number, pid_t pid, ExitStat
     feed(Input::NewGone);
     return true;
   }
-  const char* before = upgrade_->machine.phase() == Phase::HealthChecking ? "before cutover" : "before it was ready";
+  const Phase phase = upgrade_->machine.phase();
+  const char* before = phase == Phase::Holding          ? "during the hold"
+                       : phase == Phase::HealthChecking ? "before cutover"
+                                                        : "before it was ready";
   feed(Input::NewExited,
        with_last_output(fmt::format("generation {} (pid {}) {} {}", number, pid, status.describe(), before),
                         last_output));
@@ -244,6 +300,9 @@ void UpgradeDriver::step(Input input, std::string reason) {
     case Action::WaitHealth:
       wait_health();
       break;
+    case Action::Hold:
+      hold();
+      break;
     case Action::Promote:
       promote();
       break;
@@ -331,6 +390,35 @@ void UpgradeDriver::wait_health() {
   upgrade_->phase_timer.start(options_.min_ready, [this] { feed(Input::HealthPassed); });
 }
 
+void UpgradeDriver::hold() {
+  const std::uint64_t number = upgrade_->generation;
+  const Generation* fresh = host_.generation(number);
+  const Generation* old = host_.generation(host_.active_generation());
+  const pid_t pid = fresh != nullptr ? fresh->pid() : 0;
+  const std::string serving =
+      old != nullptr
+          ? fmt::format("generations {} (pid {}) and {} (pid {}) both serve", old->number(), old->pid(), number, pid)
+          : fmt::format("generation {} (pid {}) serves alone (no previous generation is running)", number, pid);
+  const std::string ends =
+      fmt::format("`hotrestart promote` (generation {} takes over) or `hotrestart abort` (generation {} stops{})",
+                  number, number, old != nullptr ? fmt::format(", generation {} serves on", old->number()) : "");
+  if (upgrade_->hold.kind != HoldKind::Timed) {
+    publish_phase(fmt::format("{} until the hold is ended with {}", serving, ends));
+    return;
+  }
+  const Millis duration = upgrade_->hold.duration;
+  upgrade_->hold_ends_ms = wall_clock_ms() + duration.count();
+  upgrade_->phase_timer.start(duration, [this, duration] {
+    // An abort or a failure ended the hold already, and the rollback may still be under way.
+    if (upgrade_->machine.phase() != Phase::Holding) return;
+    publish_phase(fmt::format("the hold of {} is over and generation {} stayed up", format_duration(duration),
+                              upgrade_->generation));
+    feed(Input::HoldEnded);
+  });
+  publish_phase(fmt::format("{} for {}, until {}; then generation {} is promoted. End the hold now with {}", serving,
+                            format_duration(duration), time_of_day(upgrade_->hold_ends_ms), number, ends));
+}
+
 void UpgradeDriver::promote() {
   upgrade_->previous = host_.active_generation();
   host_.promote(upgrade_->generation);
@@ -404,6 +492,16 @@ void UpgradeDriver::finish() {
   } else {
     send_to_watchers(result, AfterSend::Close);
   }
+  // Whoever ended the hold hears the verdict too: for `abort`, once the new generation is gone.
+  for (ClientId id : std::vector<ClientId>(upgrade_->enders)) {
+    control_.send(id,
+                  json{{"v", kControlProtocolVersion},
+                       {"type", "ok"},
+                       {"outcome", phase_name(m.phase())},
+                       {"serving_generation", active},
+                       {"message", message}},
+                  AfterSend::Close);
+  }
   last_verdict_ = result;
   last_verdict_.erase("v");
   last_verdict_.erase("type");
@@ -423,6 +521,7 @@ void UpgradeDriver::publish_phase(const std::string& message) {
              {"pid", fresh != nullptr ? fresh->pid() : 0},
              {"message", message}};
   if (m.phase() == Phase::RollingBack || m.phase() == Phase::RolledBack) event["last_output"] = upgrade_->last_output;
+  if (m.phase() == Phase::Holding) event["hold"] = hold_json();
   log_info("upgrade: {} ({} ms): {}", phase_name(m.phase()), elapsed, message);
   send_to_watchers(event, AfterSend::KeepOpen);
 }

@@ -28,6 +28,7 @@
 #include "control_server.h"
 #include "executable.h"
 #include "generation.h"
+#include "hold.h"
 #include "releases.h"
 #include "run_options.h"
 #include "state_broker.h"
@@ -45,6 +46,7 @@ struct UpgradeRequest {
   std::int64_t pid = -1;
   std::uint64_t rollback_of = 0;
   std::shared_ptr<const ExecutableImage> image;  // Null: opened from the command's path at spawn.
+  Hold hold;  // Both generations serve for a while before cutover (never for SIGUSR2).
   // The generation the state comes from (0: the active one). A revert after the active generation
   // crashed names the previous one, which may still be alive and draining.
   std::uint64_t state_from = 0;
@@ -85,7 +87,7 @@ class UpgradeDriver {
   // The new generation of the upgrade in progress (0: none, or not spawned yet).
   std::uint64_t candidate() const;
   bool is_candidate(const Generation& g) const { return in_progress() && candidate() == g.number(); }
-  // {"generation", "phase", "elapsed_ms"} of the upgrade in progress, or null.
+  // {"generation", "release", "phase", "elapsed_ms", "hold"} of the upgrade in progress, or null.
   nlohmann::json status_json() const;
   // The last verdict (the "result" line without "v" and "type"), or null.
   const nlohmann::json& last_verdict() const { return last_verdict_; }
@@ -98,6 +100,10 @@ class UpgradeDriver {
   // action produces are handled before feed() returns; from inside an action, it is queued.
   void feed(Input input, std::string reason = {});
   void forget_watcher(ClientId client);
+  // `hotrestart promote` (Input::Promote) or `abort` (Input::Abort) from `client`, whose peer is
+  // uid `uid`, pid `pid`: ends the hold with a cutover or a rollback, and answers the client with the
+  // verdict. Returns why it cannot when no upgrade is holding; then nothing has changed.
+  std::optional<std::string> end_hold(Input input, ClientId client, std::int64_t uid, std::int64_t pid);
 
   // --- What happens to the generations, as it concerns the upgrade in progress.
   // True when the driver takes this hello: the candidate's, in the handshake (the transfer starts).
@@ -122,6 +128,8 @@ class UpgradeDriver {
   void begin_transfer();
   void wait_ready(Generation* fresh);
   void wait_health();
+  void hold();
+  nlohmann::json hold_json() const;
   void promote();
   void drain_old();
   void stop_new(Generation* fresh);

@@ -24,7 +24,10 @@ constexpr TransitionTable<Phase, kPhaseCount> kAllowed = {
     {Phase::Warming, Phase::HealthChecking},
     {Phase::Warming, Phase::RollingBack},
     {Phase::HealthChecking, Phase::Cutover},
+    {Phase::HealthChecking, Phase::Holding},  // The upgrade asked for a hold.
     {Phase::HealthChecking, Phase::RollingBack},
+    {Phase::Holding, Phase::Cutover},
+    {Phase::Holding, Phase::RollingBack},
     {Phase::Cutover, Phase::DrainingOld},
     {Phase::DrainingOld, Phase::Done},
     {Phase::RollingBack, Phase::RolledBack},
@@ -63,7 +66,9 @@ bool transition_allowed(Phase from, Phase to) {
   return kAllowed.allows(from, to);
 }
 
-UpgradeMachine::UpgradeMachine(Clock::time_point started) : started_(started) {
+UpgradeMachine::UpgradeMachine(Clock::time_point started) : UpgradeMachine(HoldKind::None, started) {}
+
+UpgradeMachine::UpgradeMachine(HoldKind hold, Clock::time_point started) : started_(started), hold_(hold) {
   timeline_.push_back({Phase::Spawning, Clock::duration::zero()});
 }
 
@@ -78,12 +83,15 @@ void UpgradeMachine::enter(Phase to, Clock::time_point now) {
 }
 
 Step UpgradeMachine::handle(Input input, std::string reason, Clock::time_point now) {
-  // (phase, input) -> (next phase, action). Anything not listed is ignored.
+  // (phase, input) -> (next phase, action), for the upgrades `when` names. Anything not listed is
+  // ignored.
+  enum class When : std::uint8_t { Always, Unheld, Held, TimedHold };
   struct Rule {
     Phase from;
     Input input;
     Phase to;
     Action action;
+    When when = When::Always;
   };
   static constexpr Rule kRules[] = {
       {Phase::Spawning, Input::Spawned, Phase::Handshake, Action::WaitHandshake},
@@ -104,16 +112,36 @@ Step UpgradeMachine::handle(Input input, std::string reason, Clock::time_point n
       {Phase::Warming, Input::NewExited, Phase::RollingBack, Action::StopNew},
       {Phase::Warming, Input::Timeout, Phase::RollingBack, Action::StopNew},
       {Phase::Warming, Input::Cancel, Phase::RollingBack, Action::StopNew},
-      {Phase::HealthChecking, Input::HealthPassed, Phase::Cutover, Action::Promote},
+      {Phase::HealthChecking, Input::HealthPassed, Phase::Cutover, Action::Promote, When::Unheld},
+      {Phase::HealthChecking, Input::HealthPassed, Phase::Holding, Action::Hold, When::Held},
       {Phase::HealthChecking, Input::NewExited, Phase::RollingBack, Action::StopNew},
       {Phase::HealthChecking, Input::Timeout, Phase::RollingBack, Action::StopNew},
       {Phase::HealthChecking, Input::Cancel, Phase::RollingBack, Action::StopNew},
+      // A manual hold has no timer: only `promote` ends it with a cutover.
+      {Phase::Holding, Input::HoldEnded, Phase::Cutover, Action::Promote, When::TimedHold},
+      {Phase::Holding, Input::Promote, Phase::Cutover, Action::Promote},
+      {Phase::Holding, Input::Abort, Phase::RollingBack, Action::StopNew},
+      {Phase::Holding, Input::NewExited, Phase::RollingBack, Action::StopNew},
+      {Phase::Holding, Input::Cancel, Phase::RollingBack, Action::StopNew},
       {Phase::Cutover, Input::Promoted, Phase::DrainingOld, Action::DrainOld},
       {Phase::DrainingOld, Input::DrainStarted, Phase::Done, Action::Finish},
       {Phase::RollingBack, Input::NewGone, Phase::RolledBack, Action::Finish},
   };
+  const auto applies = [this](When when) {
+    switch (when) {
+      case When::Unheld:
+        return hold_ == HoldKind::None;
+      case When::Held:
+        return hold_ != HoldKind::None;
+      case When::TimedHold:
+        return hold_ == HoldKind::Timed;
+      case When::Always:
+        break;
+    }
+    return true;
+  };
   for (const auto& rule : kRules) {
-    if (rule.from != phase_ || rule.input != input) continue;
+    if (rule.from != phase_ || rule.input != input || !applies(rule.when)) continue;
     if (rule.to == Phase::RollingBack && failure_.empty()) {
       failure_ = reason.empty() ? std::string(input_name(input)) : std::move(reason);
     }

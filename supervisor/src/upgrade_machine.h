@@ -1,11 +1,10 @@
 // The upgrade lifecycle, as one enum and one transition table.
 //
-//   spawning ──► handshake ──► transferring-state ──► warming ──► health-checking ──► cutover
-//       │            │  └──────────────(no SDK: ready)──────────────────►│              │
-//       │            │              │                     │             │         draining-old
-//       └────────────┴──────────────┴─────────────────────┴─────────────┴──► rolling-back   │
-//                                                                               │          done
-//                                                                          rolled-back
+//   spawning ──► handshake ──► transferring-state ──► warming ──► health-checking ──► cutover ──► draining-old ──► done
+//       │            │  └──(no SDK: ready)───────────────────────────►│     │            ▲
+//       │            │              │                     │           │     └──► holding ┘ (--hold)
+//       │            │              │                     │           │             │
+//       └────────────┴──────────────┴─────────────────────┴───────────┴─────────────┴──► rolling-back ──► rolled-back
 //
 // spawning            the new generation's process is being started (exec errors end here).
 // handshake           waiting for the new worker's first word: an SDK worker's hello on its
@@ -15,6 +14,8 @@
 // warming             waiting for the *new* worker to report ready (READY=1, exec probe or delay);
 //                     never a probe of the shared port, which the old generation also serves.
 // health-checking  the new worker must stay alive for --min-ready before it is trusted.
+// holding          only for an upgrade with a hold (hold.h): both generations serve, until the
+//                  hold's time passes or `promote` (cutover), or `abort` or a failure (rollback).
 // cutover          the new generation becomes the active one.
 // draining-old     the old generation has been told to drain (drain signal sent).
 // done             the verdict: the new generation serves. The old one drains on its own.
@@ -22,7 +23,8 @@
 // rolled-back      the verdict: the new generation is gone, the old one serves.
 //
 // The machine is pure: the supervisor feeds it inputs (from the exec pipe, the notify
-// socket, its one phase timer and the child reaper) and carries out the action it returns.
+// socket, its one phase timer, the child reaper and, to end a hold, the control socket) and
+// carries out the action it returns.
 // Every transition is checked against the table; an input that makes no sense in the
 // current phase is ignored and reported, never acted upon.
 #pragma once
@@ -33,6 +35,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "hold.h"
 
 namespace hotrestart {
 
@@ -47,6 +51,7 @@ namespace hotrestart {
   X(TransferringState, "transferring-state") \
   X(Warming, "warming")                      \
   X(HealthChecking, "health-checking")       \
+  X(Holding, "holding")                      \
   X(Cutover, "cutover")                      \
   X(DrainingOld, "draining-old")             \
   X(Done, "done")                            \
@@ -75,7 +80,10 @@ bool transition_allowed(Phase from, Phase to);
   X(NewExited, "new-exited")           /* the new worker's main process exited (reason given). */                 \
   X(Timeout, "timeout")                /* the current phase's deadline passed (reason given). */                  \
   X(Cancel, "cancel")                  /* the supervisor is stopping (reason given). */                           \
-  X(NewGone, "new-gone")               /* the new generation has fully exited after a rollback. */
+  X(NewGone, "new-gone")               /* the new generation has fully exited after a rollback. */                \
+  X(HoldEnded, "hold-ended")           /* a timed hold's time has passed with the new worker healthy. */          \
+  X(Promote, "promote")                /* `hotrestart promote`: end the hold with a cutover. */                   \
+  X(Abort, "abort")                    /* `hotrestart abort`: end the hold with a rollback (reason given). */
 enum class Input : std::uint8_t { HOTRESTART_UPGRADE_INPUTS(HOTRESTART_UPGRADE_ENUMERATOR) };
 std::string_view input_name(Input i);
 
@@ -86,6 +94,7 @@ std::string_view input_name(Input i);
   X(StartTransfer, "start-transfer") /* start the state transfer and its deadline, then feed TransferDone/Failed. */ \
   X(WaitReady, "wait-ready")         /* arm the readiness wait and the ready deadline. */                            \
   X(WaitHealth, "wait-health")       /* arm the health window. */                                                    \
+  X(Hold, "hold")                    /* announce that both generations serve; arm a timed hold's timer. */           \
   X(Promote, "promote")              /* make the new generation active, then feed Promoted. */                       \
   X(DrainOld, "drain-old")           /* send the drain signal to the previous generation, then feed DrainStarted. */ \
   X(StopNew, "stop-new")             /* stop the new generation (drain signal, then SIGKILL), then feed NewGone. */  \
@@ -112,6 +121,8 @@ class UpgradeMachine {
   using Clock = std::chrono::steady_clock;
 
   explicit UpgradeMachine(Clock::time_point started = Clock::now());
+  // An upgrade that holds (HoldKind::Timed or Manual) passes through `holding` before cutover.
+  explicit UpgradeMachine(HoldKind hold, Clock::time_point started = Clock::now());
 
   Step handle(Input input, std::string reason = {}, Clock::time_point now = Clock::now());
 
@@ -129,6 +140,7 @@ class UpgradeMachine {
   void enter(Phase to, Clock::time_point now);
 
   Clock::time_point started_;
+  HoldKind hold_ = HoldKind::None;
   Phase phase_ = Phase::Spawning;
   std::string failure_;
   std::vector<PhaseRecord> timeline_;

@@ -65,6 +65,18 @@ TEST_CASE("control requests: the valid forms") {
   auto c =
       std::get<ControlRequest>(decode_control_request(json::parse(R"({"v":1,"cmd":"upgrade","command":["a","b"]})")));
   CHECK(c.argv->size() == 2);
+  CHECK_FALSE(c.hold.holds());
+  auto held = std::get<ControlRequest>(decode_control_request(json::parse(R"({"v":1,"cmd":"upgrade","hold":30000})")));
+  CHECK(held.hold.kind == HoldKind::Timed);
+  CHECK(held.hold.duration.count() == 30000);
+  auto manual =
+      std::get<ControlRequest>(decode_control_request(json::parse(R"({"v":1,"cmd":"rollback","hold":"manual"})")));
+  CHECK(manual.command == ControlRequest::Command::Rollback);
+  CHECK(manual.hold.kind == HoldKind::Manual);
+  CHECK(std::get<ControlRequest>(decode_control_request(json::parse(R"({"v":1,"cmd":"promote"})"))).command ==
+        ControlRequest::Command::Promote);
+  CHECK(std::get<ControlRequest>(decode_control_request(json::parse(R"({"v":1,"cmd":"abort"})"))).command ==
+        ControlRequest::Command::Abort);
 }
 
 TEST_CASE("control requests: every malformed field is named") {
@@ -83,6 +95,11 @@ TEST_CASE("control requests: every malformed field is named") {
   CHECK(err(R"({"v":1,"cmd":"upgrade","command":[1]})").message.find("only strings") != std::string::npos);
   CHECK(err(R"({"v":1,"cmd":"upgrade","command":["a"],"exec":"b"})").message.find("not both") != std::string::npos);
   CHECK(err(R"({"v":1,"cmd":"upgrade","command":["a\u0000b"]})").message.find("NUL") != std::string::npos);
+  for (const char* hold : {R"({"v":1,"cmd":"upgrade","hold":0})", R"({"v":1,"cmd":"upgrade","hold":-5})",
+                           R"({"v":1,"cmd":"upgrade","hold":1.5})", R"({"v":1,"cmd":"upgrade","hold":"30s"})",
+                           R"({"v":1,"cmd":"upgrade","hold":604800001})", R"({"v":1,"cmd":"rollback","hold":true})"}) {
+    CHECK_MESSAGE(err(hold).message.find("\"hold\" must be") != std::string::npos, hold);
+  }
 }
 
 TEST_CASE("replies survive invalid UTF-8 from a hostile peer") {

@@ -10,17 +10,19 @@ using namespace hotrestart;
 
 namespace {
 
-constexpr Phase kAll[] = {Phase::Spawning,       Phase::Handshake, Phase::TransferringState, Phase::Warming,
-                          Phase::HealthChecking, Phase::Cutover,   Phase::DrainingOld,       Phase::Done,
-                          Phase::RollingBack,    Phase::RolledBack};
+constexpr Phase kAll[] = {Phase::Spawning,       Phase::Handshake,   Phase::TransferringState, Phase::Warming,
+                          Phase::HealthChecking, Phase::Holding,     Phase::Cutover,           Phase::DrainingOld,
+                          Phase::Done,           Phase::RollingBack, Phase::RolledBack};
 constexpr Input kInputs[] = {Input::Spawned,      Input::SpawnFailed,    Input::Hello,     Input::Refused,
                              Input::TransferDone, Input::TransferFailed, Input::Ready,     Input::HealthPassed,
                              Input::Promoted,     Input::DrainStarted,   Input::NewExited, Input::Timeout,
-                             Input::Cancel,       Input::NewGone};
+                             Input::Cancel,       Input::NewGone,        Input::HoldEnded, Input::Promote,
+                             Input::Abort};
+constexpr HoldKind kHolds[] = {HoldKind::Timed, HoldKind::Manual};
 
-// Drives a fresh machine through `inputs`, requiring each to be accepted.
-UpgradeMachine drive(std::initializer_list<Input> inputs) {
-  UpgradeMachine m;
+// Drives a fresh machine (holding as `hold` says) through `inputs`, requiring each to be accepted.
+UpgradeMachine drive(std::initializer_list<Input> inputs, HoldKind hold = HoldKind::None) {
+  UpgradeMachine m(hold);
   for (Input i : inputs)
     REQUIRE(m.handle(i, "because").accepted);
   return m;
@@ -100,6 +102,83 @@ TEST_CASE("every failure before cutover rolls back and keeps the first reason") 
   }
 }
 
+TEST_CASE("a held upgrade serves from holding between health-checking and cutover") {
+  for (HoldKind hold : kHolds) {
+    UpgradeMachine m = drive({Input::Spawned, Input::Ready}, hold);
+    const Step held = m.handle(Input::HealthPassed);
+    CHECK(held.accepted);
+    CHECK(held.action == Action::Hold);
+    CHECK(m.phase() == Phase::Holding);
+    CHECK_FALSE(m.past_cutover());
+    CHECK(m.handle(Input::Promote).action == Action::Promote);
+    CHECK(m.phase() == Phase::Cutover);
+    CHECK(m.handle(Input::Promoted).action == Action::DrainOld);
+    CHECK(m.handle(Input::DrainStarted).action == Action::Finish);
+    CHECK(m.succeeded());
+    CHECK(m.failure().empty());
+    CHECK(m.timeline().at(3).phase == Phase::Holding);
+  }
+}
+
+TEST_CASE("a timed hold ends by itself in cutover and a manual hold only by promote") {
+  UpgradeMachine timed = drive({Input::Spawned, Input::Ready, Input::HealthPassed}, HoldKind::Timed);
+  const Step s = timed.handle(Input::HoldEnded);
+  CHECK(s.accepted);
+  CHECK(s.action == Action::Promote);
+  CHECK(timed.phase() == Phase::Cutover);
+
+  // A manual hold has no timer, so a hold-ended cannot come from it and moves nothing.
+  UpgradeMachine manual = drive({Input::Spawned, Input::Ready, Input::HealthPassed}, HoldKind::Manual);
+  CHECK_FALSE(manual.handle(Input::HoldEnded).accepted);
+  CHECK(manual.phase() == Phase::Holding);
+}
+
+TEST_CASE("abort, an exit of the new worker or a stop during the hold rolls back with its reason") {
+  for (HoldKind hold : kHolds) {
+    for (Input failure : {Input::Abort, Input::NewExited, Input::Cancel}) {
+      UpgradeMachine m =
+          drive({Input::Spawned, Input::Hello, Input::TransferDone, Input::Ready, Input::HealthPassed}, hold);
+      REQUIRE(m.phase() == Phase::Holding);
+      const Step step = m.handle(failure, "aborted by `hotrestart abort` (uid 1000, pid 1234)");
+      CHECK(step.accepted);
+      CHECK(step.action == Action::StopNew);
+      CHECK(m.phase() == Phase::RollingBack);
+      // The hold is over: neither a late promote nor the hold's end brings the new generation back.
+      CHECK_FALSE(m.handle(Input::Promote).accepted);
+      CHECK_FALSE(m.handle(Input::HoldEnded).accepted);
+      CHECK(m.handle(Input::NewGone).action == Action::Finish);
+      CHECK(m.phase() == Phase::RolledBack);
+      CHECK(m.failure() == "aborted by `hotrestart abort` (uid 1000, pid 1234)");
+    }
+  }
+}
+
+TEST_CASE("the hold's inputs move nothing outside the hold, and a hold takes no timeout") {
+  // Without a hold, health-passed goes straight to the cutover, and promote and abort mean nothing.
+  UpgradeMachine plain = drive({Input::Spawned, Input::Ready});
+  for (Input i : {Input::HoldEnded, Input::Promote, Input::Abort})
+    CHECK_FALSE(plain.handle(i, "x").accepted);
+  CHECK(plain.handle(Input::HealthPassed).action == Action::Promote);
+  CHECK(plain.phase() == Phase::Cutover);
+
+  // With one, they wait for the hold: a promote or an abort before it is not remembered.
+  for (HoldKind hold : kHolds) {
+    UpgradeMachine m(hold);
+    for (Input step : {Input::Spawned, Input::Ready}) {
+      for (Input i : {Input::HoldEnded, Input::Promote, Input::Abort})
+        CHECK_FALSE(m.handle(i, "x").accepted);
+      REQUIRE(m.handle(step).accepted);
+    }
+    for (Input i : {Input::HoldEnded, Input::Promote, Input::Abort})
+      CHECK_FALSE(m.handle(i, "x").accepted);
+    REQUIRE(m.handle(Input::HealthPassed).accepted);
+    // The hold has its own end; the phase deadlines belong to the phases before it.
+    CHECK_FALSE(m.handle(Input::Timeout, "x").accepted);
+    CHECK_FALSE(m.handle(Input::Ready).accepted);
+    CHECK(m.phase() == Phase::Holding);
+  }
+}
+
 TEST_CASE("nothing rolls back after cutover") {
   UpgradeMachine m = drive({Input::Spawned, Input::Ready, Input::HealthPassed});
   for (Input i : {Input::NewExited, Input::Timeout, Input::Cancel, Input::SpawnFailed}) {
@@ -138,17 +217,9 @@ TEST_CASE("inputs out of order are ignored and not acted upon") {
 TEST_CASE("every transition the machine makes is in the table and the table has no way back") {
   // Exhaustive: from every reachable phase, every input either is ignored or moves along
   // an allowed edge.
-  const std::initializer_list<Input> paths[] = {{},
-                                                {Input::Spawned},
-                                                {Input::Spawned, Input::Hello},
-                                                {Input::Spawned, Input::Hello, Input::TransferDone},
-                                                {Input::Spawned, Input::Ready},
-                                                {Input::Spawned, Input::Ready, Input::HealthPassed},
-                                                {Input::Spawned, Input::Ready, Input::HealthPassed, Input::Promoted},
-                                                {Input::Cancel}};
-  for (const auto& path : paths) {
+  const auto check_from = [](std::initializer_list<Input> path, HoldKind hold) {
     for (Input i : kInputs) {
-      UpgradeMachine m = drive(path);
+      UpgradeMachine m = drive(path, hold);
       const Phase before = m.phase();
       const Step s = m.handle(i, "x");
       if (s.accepted)
@@ -156,6 +227,24 @@ TEST_CASE("every transition the machine makes is in the table and the table has 
       else
         CHECK(m.phase() == before);
     }
+  };
+  // The same inputs lead to the cutover without a hold, and to the hold with one.
+  const std::initializer_list<Input> paths[] = {{},
+                                                {Input::Spawned},
+                                                {Input::Spawned, Input::Hello},
+                                                {Input::Spawned, Input::Hello, Input::TransferDone},
+                                                {Input::Spawned, Input::Ready},
+                                                {Input::Spawned, Input::Ready, Input::HealthPassed},
+                                                {Input::Cancel}};
+  for (HoldKind hold : {HoldKind::None, HoldKind::Timed, HoldKind::Manual}) {
+    for (const auto& path : paths)
+      check_from(path, hold);
+  }
+  check_from({Input::Spawned, Input::Ready, Input::HealthPassed, Input::Promoted}, HoldKind::None);
+  // A held upgrade reaches the cutover from the hold, by a promote.
+  for (HoldKind hold : kHolds) {
+    check_from({Input::Spawned, Input::Ready, Input::HealthPassed, Input::Promote}, hold);
+    check_from({Input::Spawned, Input::Ready, Input::HealthPassed, Input::Promote, Input::Promoted}, hold);
   }
   for (Phase p : kAll) {
     CHECK_FALSE(transition_allowed(p, Phase::Spawning));
@@ -164,6 +253,8 @@ TEST_CASE("every transition the machine makes is in the table and the table has 
   }
   CHECK_FALSE(transition_allowed(Phase::Cutover, Phase::RollingBack));
   CHECK_FALSE(transition_allowed(Phase::DrainingOld, Phase::RollingBack));
+  CHECK_FALSE(transition_allowed(Phase::Holding, Phase::HealthChecking));
+  CHECK_FALSE(transition_allowed(Phase::Warming, Phase::Holding));
 }
 
 TEST_CASE("phase names are the documented ones") {
@@ -177,16 +268,17 @@ TEST_CASE("phase names are the documented ones") {
 
 TEST_CASE("every phase, input and action keeps the name the protocol and the logs use") {
   // Written out in full, so that an edit to a name list in upgrade_machine.h shows up here.
-  const std::string_view phases[] = {"spawning",        "handshake",  "transferring-state", "warming",
-                                     "health-checking", "cutover",    "draining-old",       "done",
-                                     "rolling-back",    "rolled-back"};
+  const std::string_view phases[] = {"spawning",   "handshake", "transferring-state", "warming", "health-checking",
+                                     "holding",    "cutover",   "draining-old",       "done",    "rolling-back",
+                                     "rolled-back"};
   REQUIRE(std::size(kAll) == kPhaseCount);
   for (std::size_t i = 0; i < std::size(kAll); ++i)
     CHECK(phase_name(kAll[i]) == phases[i]);
 
   const std::string_view inputs[] = {"spawned",         "spawn-failed", "hello",         "refused",  "transfer-done",
                                      "transfer-failed", "ready",        "health-passed", "promoted", "drain-started",
-                                     "new-exited",      "timeout",      "cancel",        "new-gone"};
+                                     "new-exited",      "timeout",      "cancel",        "new-gone", "hold-ended",
+                                     "promote",         "abort"};
   REQUIRE(std::size(kInputs) == std::size(inputs));
   for (std::size_t i = 0; i < std::size(kInputs); ++i)
     CHECK(input_name(kInputs[i]) == inputs[i]);
@@ -196,6 +288,7 @@ TEST_CASE("every phase, input and action keeps the name the protocol and the log
                                                          {Action::StartTransfer, "start-transfer"},
                                                          {Action::WaitReady, "wait-ready"},
                                                          {Action::WaitHealth, "wait-health"},
+                                                         {Action::Hold, "hold"},
                                                          {Action::Promote, "promote"},
                                                          {Action::DrainOld, "drain-old"},
                                                          {Action::StopNew, "stop-new"},
