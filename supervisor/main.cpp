@@ -10,6 +10,7 @@
 
 #include "src/client.h"
 #include "src/duration.h"
+#include "src/hold.h"
 #include "src/listen_spec.h"
 #include "src/log.h"
 #include "src/run_options.h"
@@ -47,6 +48,27 @@ CLI::Validator duration_check() {
         return d ? std::string() : d.error().text();
       },
       "DURATION");
+}
+
+// --hold on upgrade and rollback: a duration or "manual".
+void add_hold_option(CLI::App* app, std::string& hold) {
+  app->add_option("--hold", hold,
+                  "Canary hold: once the new generation is healthy, keep both generations serving (the kernel hands "
+                  "each new connection to whichever one accepts first) for this long, then promote the new one; "
+                  "'manual' holds until `hotrestart promote`. `hotrestart promote` ends a hold early with the "
+                  "cutover, `hotrestart abort` with a rollback in which the old generation was never drained. The "
+                  "command stays attached through the hold: 0 promoted, 1 aborted or failed")
+      ->check(CLI::Validator(
+          [](std::string& v) {
+            auto h = parse_hold(v);
+            return h ? std::string() : h.error().text();
+          },
+          "DURATION|manual"));
+}
+
+// The hold the flag asked for (checked by CLI11 already), or none.
+Hold hold_flag(const std::string& text) {
+  return text.empty() ? Hold{} : parse_hold(text).value();
 }
 
 // ---- run
@@ -195,6 +217,7 @@ Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vect
 struct UpgradeFlags {
   CommonOptions common;
   std::string exec;
+  std::string hold;
   bool json = false;
   bool wait = false;
   bool force = false;
@@ -214,6 +237,7 @@ CLI::App* add_upgrade_command(CLI::App& app, UpgradeFlags& f) {
       "up a binary replaced on disk), --exec swaps only the executable, -- COMMAND replaces the command line");
   add_common(upgrade, f.common);
   upgrade->add_option("--exec", f.exec, "New executable; the arguments stay the same");
+  add_hold_option(upgrade, f.hold);
   upgrade->add_flag("--json", f.json, "Print one JSON event per line");
   add_wait_flag(upgrade, f.wait);
   upgrade->add_flag("--force", f.force,
@@ -224,6 +248,7 @@ CLI::App* add_upgrade_command(CLI::App& app, UpgradeFlags& f) {
 struct RollbackFlags {
   CommonOptions common;
   std::uint64_t to = 0;
+  std::string hold;
   bool json = false;
   bool wait = false;
 };
@@ -241,9 +266,24 @@ CLI::App* add_rollback_command(CLI::App& app, RollbackFlags& f) {
                    "served; see `hotrestart history`)")
       ->check(CLI::PositiveNumber)
       ->type_name("N");
+  add_hold_option(rollback, f.hold);
   rollback->add_flag("--json", f.json, "Print one JSON event per line");
   add_wait_flag(rollback, f.wait);
   return rollback;
+}
+
+// promote and abort: the two ways to end a canary hold (upgrade --hold) before its time.
+CLI::App* add_end_hold_command(CLI::App& app, CommonOptions& common, const std::string& name) {
+  const bool promote = name == "promote";
+  auto* command = app.add_subcommand(
+      name, promote ? "End the hold of an `upgrade --hold` now with the cutover: the new generation becomes the "
+                      "active one and the old one drains. Exits 0 once done, 3 when no upgrade is holding."
+                    : "End the hold of an `upgrade --hold` now with a rollback: the new generation is stopped and the "
+                      "old one, which was never told to drain, serves on alone. Exits 0 once the new generation has "
+                      "exited, 3 when no upgrade is holding. The upgrade's verdict (and the release history) says who "
+                      "aborted it.");
+  add_common(command, common);
+  return command;
 }
 
 struct QueryFlags {
@@ -303,9 +343,10 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.footer(
       "Exit codes: run: 0 stopped on request, 1 could not start, 2 usage error.\n"
-      "upgrade, rollback: 0 new generation serves, 1 rolled back (old one still serves) or, with --wait,\n"
-      "reverted in its watch window, 2 usage error or no supervisor reachable, 3 refused (another upgrade in\n"
-      "progress, stopping, a reverted executable without --force, or no release to run).\n"
+      "upgrade, rollback: 0 new generation serves, 1 rolled back (old one still serves; also after\n"
+      "`hotrestart abort`) or, with --wait, reverted in its watch window, 2 usage error or no supervisor\n"
+      "reachable, 3 refused (another upgrade in progress, stopping, a reverted executable without --force,\n"
+      "or no release to run). promote, abort: 0 done, 3 no upgrade is holding.\n"
       "status --check: 0 serving, 4 nothing serves, 5 crash-looping, 6 just reverted, 7 unhealthy.\n"
       "Signals to `run`: SIGUSR2 upgrade (same command), SIGTERM/SIGINT graceful stop, SIGQUIT stop now.");
   RunFlags run_flags;
@@ -314,9 +355,13 @@ int main(int argc, char** argv) {
   QueryFlags stop_flags;
   QueryFlags history_flags;
   RollbackFlags rollback_flags;
+  CommonOptions promote_flags;
+  CommonOptions abort_flags;
   auto* run = add_run_command(app, run_flags);
   auto* upgrade = add_upgrade_command(app, upgrade_flags);
   auto* rollback = add_rollback_command(app, rollback_flags);
+  auto* promote_command = add_end_hold_command(app, promote_flags, "promote");
+  auto* abort_command = add_end_hold_command(app, abort_flags, "abort");
   auto* history = add_history_command(app, history_flags);
   auto* status = add_status_command(app, status_flags);
   auto* stop = add_stop_command(app, stop_flags);
@@ -341,16 +386,19 @@ int main(int argc, char** argv) {
     std::optional<std::vector<std::string>> command;
     if (!upgrade_flags.exec.empty()) exec = upgrade_flags.exec;
     if (!tail.empty()) command = std::move(tail);
-    return client_upgrade(
-        upgrade_flags.common.control_path(), exec, command,
-        Deploy{upgrade_flags.json ? Output::Json : Output::Human, upgrade_flags.wait, upgrade_flags.force});
+    return client_upgrade(upgrade_flags.common.control_path(), exec, command,
+                          Deploy{upgrade_flags.json ? Output::Json : Output::Human, upgrade_flags.wait,
+                                 upgrade_flags.force, hold_flag(upgrade_flags.hold)});
   }
   if (!tail.empty()) return usage_error("only run and upgrade take a command line after --");
   if (rollback->parsed()) {
     return client_rollback(rollback_flags.common.control_path(),
                            rollback_flags.to == 0 ? std::nullopt : std::optional<std::uint64_t>(rollback_flags.to),
-                           Deploy{rollback_flags.json ? Output::Json : Output::Human, rollback_flags.wait, false});
+                           Deploy{rollback_flags.json ? Output::Json : Output::Human, rollback_flags.wait, false,
+                                  hold_flag(rollback_flags.hold)});
   }
+  if (promote_command->parsed()) return client_end_hold(promote_flags.control_path(), "promote");
+  if (abort_command->parsed()) return client_end_hold(abort_flags.control_path(), "abort");
   if (history->parsed()) {
     return client_history(history_flags.common.control_path(), history_flags.json ? Output::Json : Output::Human);
   }

@@ -1,4 +1,4 @@
-// The CLI's side of the control protocol: `hotrestart upgrade`, `status` and `stop` (see client.h).
+// The CLI's side of the control protocol: `hotrestart upgrade`, `status`, `stop` and the others (see client.h).
 #include "client.h"
 
 #include <poll.h>
@@ -189,6 +189,35 @@ void print_state_progress(const json& e) {
              "state", bar, what, bytes_text(static_cast<double>(e.value("bytes_done", std::uint64_t{0}))));
 }
 
+// "2026-12-06 14:03:07", local time.
+std::string time_text(std::int64_t ms) {
+  if (ms <= 0) return "-";
+  const std::time_t t = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  ::localtime_r(&t, &tm);
+  char out[32];
+  std::strftime(out, sizeof out, "%Y-%m-%d %H:%M:%S", &tm);
+  return out;
+}
+
+// The hold of the upgrade in progress, if it asked for one.
+void print_hold(const json& hold) {
+  if (!hold.is_object()) return;
+  const bool holding = hold.value("holding", false);
+  const auto ends = hold.value("ends_at_ms", json());
+  if (hold.value("mode", "") == "manual") {
+    fmt::print("hold:        manual; {}\n", holding ? "both generations serve until `hotrestart promote` or `abort`"
+                                                    : "it begins once the new generation is healthy");
+  } else if (holding && ends.is_number()) {
+    fmt::print("hold:        {}; both generations serve until {} (`hotrestart promote` or `abort` ends it now)\n",
+               format_duration(std::chrono::milliseconds(hold.value("duration_ms", 0))),
+               time_text(ends.get<std::int64_t>()));
+  } else {
+    fmt::print("hold:        {}; it begins once the new generation is healthy\n",
+               format_duration(std::chrono::milliseconds(hold.value("duration_ms", 0))));
+  }
+}
+
 }  // namespace
 
 void print_status(const json& s) {
@@ -215,6 +244,7 @@ void print_status(const json& s) {
   if (!s["upgrade"].is_null()) {
     fmt::print("upgrade:     in progress: generation {} in phase {} for {} ms\n", s["upgrade"].value("generation", 0),
                s["upgrade"].value("phase", ""), s["upgrade"].value("elapsed_ms", 0));
+    print_hold(s["upgrade"].value("hold", json()));
   }
   const auto& c = s["counters"];
   fmt::print("upgrades:    {} done, {} rolled back; crashes: {} ({} restarts)\n", c.value("upgrades_done", 0),
@@ -258,9 +288,11 @@ struct Exchange {
   json first;
 };
 
-// Sends `request` and reads the first answer within 10 s. On failure (no supervisor, no
-// answer, an error answer) it prints why and returns the exit code instead.
-std::variant<Exchange, int> ask(const std::string& path, const json& request) {
+// Sends `request` and reads the first answer within `timeout` (nullopt: as long as the supervisor
+// takes). On failure (no supervisor, no answer, an error answer) it prints why and returns the exit
+// code instead.
+std::variant<Exchange, int> ask(const std::string& path, const json& request,
+                                std::optional<std::chrono::milliseconds> timeout = std::chrono::milliseconds(10'000)) {
   auto fd = open_and_send(path, request);
   if (!fd) {
     say_error(fd.error().text());
@@ -268,7 +300,7 @@ std::variant<Exchange, int> ask(const std::string& path, const json& request) {
   }
   Exchange ex{std::move(fd).value(), nullptr, {}};
   ex.source = std::make_unique<LineSource>(ex.fd.get());
-  auto answer = ex.source->next(std::chrono::milliseconds(10'000));
+  auto answer = ex.source->next(timeout);
   if (!answer) {
     say_error(ex.source->error().empty() ? "the supervisor closed the connection without an answer"
                                          : ex.source->error());
@@ -380,17 +412,6 @@ int follow_deployment(const std::string& control_path, const json& request, Outp
   }
 }
 
-// "2026-12-06 14:03:07", local time.
-std::string time_text(std::int64_t ms) {
-  if (ms <= 0) return "-";
-  const std::time_t t = static_cast<std::time_t>(ms / 1000);
-  std::tm tm{};
-  ::localtime_r(&t, &tm);
-  char out[32];
-  std::strftime(out, sizeof out, "%Y-%m-%d %H:%M:%S", &tm);
-  return out;
-}
-
 void print_history(const json& h) {
   const auto active = h.value("active_release", std::uint64_t{0});
   const auto& state = h.value("state", json::object());
@@ -415,6 +436,12 @@ void print_history(const json& h) {
   }
 }
 
+// The request's "hold" field (docs/protocol.md): milliseconds, or "manual".
+void add_hold(json& request, const Hold& hold) {
+  if (hold.kind == HoldKind::Timed) request["hold"] = hold.duration.count();
+  if (hold.kind == HoldKind::Manual) request["hold"] = "manual";
+}
+
 }  // namespace
 
 int client_upgrade(const std::string& control_path, std::optional<std::string> exec,
@@ -424,6 +451,7 @@ int client_upgrade(const std::string& control_path, std::optional<std::string> e
   if (command) request["command"] = *command;
   if (deploy.wait) request["wait"] = true;
   if (deploy.force) request["force"] = true;
+  add_hold(request, deploy.hold);
   return follow_deployment(control_path, request, deploy.output, "upgrade");
 }
 
@@ -431,7 +459,19 @@ int client_rollback(const std::string& control_path, std::optional<std::uint64_t
   json request{{"v", kControlProtocolVersion}, {"cmd", "rollback"}};
   if (to) request["to"] = *to;
   if (deploy.wait) request["wait"] = true;
+  add_hold(request, deploy.hold);
   return follow_deployment(control_path, request, deploy.output, "rollback");
+}
+
+int client_end_hold(const std::string& control_path, std::string_view command) {
+  // The answer comes with the verdict: at once for a promotion, once the new generation has exited
+  // for an abort, which the supervisor's --drain-timeout bounds.
+  auto reply = ask(control_path, json{{"v", kControlProtocolVersion}, {"cmd", command}}, std::nullopt);
+  if (auto* code = std::get_if<int>(&reply)) return *code;
+  // An abort's verdict says already that it rolled back, and who asked.
+  const std::string message = std::get<Exchange>(reply).first.value("message", "");
+  fmt::print("{}{}\n", command == "promote" ? "promoted: " : "", message);
+  return kExitOk;
 }
 
 int client_history(const std::string& control_path, Output output) {

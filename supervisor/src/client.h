@@ -1,10 +1,13 @@
-// The client side of the control protocol: `hotrestart upgrade | status | stop`.
+// The client side of the control protocol: `hotrestart upgrade | rollback | promote | abort | history | status |
+// stop`.
 #pragma once
 
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "hold.h"
 
 namespace hotrestart {
 
@@ -14,7 +17,7 @@ inline constexpr int kExitRolledBack = 1;  // upgrade: rolled back; the old gene
 inline constexpr int kExitUsage = 2;       // usage error, or no supervisor reachable
 inline constexpr int kExitRefused = 3;     // upgrade, rollback: refused (another upgrade in progress, stopping,
                                            // a reverted executable without --force, or, for a rollback, no
-                                           // release that can run)
+                                           // release that can run); promote, abort: no upgrade is holding
 // status --check, when the service is not up (0 when it is):
 inline constexpr int kExitNotServing = 4;    // no generation is ready (or the supervisor is stopping)
 inline constexpr int kExitCrashLooping = 5;  // the worker crashed and is being restarted
@@ -28,6 +31,7 @@ struct Deploy {
   Output output = Output::Human;
   bool wait = false;   // Through the watch window: exit 1 if the release is reverted in it.
   bool force = false;  // upgrade: even to an executable that was reverted.
+  Hold hold;           // Both generations serve for a while before the cutover.
 };
 
 // `check`: exit with the code above that says whether the service is up (status --check).
@@ -35,6 +39,8 @@ int client_status(const std::string& control_path, Output output, bool check = f
 int client_upgrade(const std::string& control_path, std::optional<std::string> exec,
                    std::optional<std::vector<std::string>> command, const Deploy& deploy);
 int client_rollback(const std::string& control_path, std::optional<std::uint64_t> to, const Deploy& deploy);
+// `promote` or `abort` (`command`): ends the hold of the upgrade in progress and prints the verdict.
+int client_end_hold(const std::string& control_path, std::string_view command);
 int client_history(const std::string& control_path, Output output);
 int client_stop(const std::string& control_path, bool wait);
 
