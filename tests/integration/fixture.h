@@ -9,6 +9,7 @@
 #include <chrono>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -213,6 +214,34 @@ inline std::string http_get(std::uint16_t port, const std::string& path) {
 
 inline bool contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
+}
+
+// The JSON objects of `--json` output, one a line (a line that is not JSON is passed over).
+inline std::vector<json> json_lines(const std::string& text) {
+  std::vector<json> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    json j = json::parse(line, nullptr, false);
+    if (!j.is_discarded()) out.push_back(std::move(j));
+  }
+  return out;
+}
+
+// `hotrestart history --json`.
+inline json history(Supervisor& sup) {
+  RunResult r = sup.cli({"history", "--json"}, 10s);
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  return json::parse(r.out);
+}
+
+// Release `number` of a history.
+inline const json& release(const json& h, std::uint64_t number) {
+  for (const auto& r : h["releases"]) {
+    if (r["number"] == number) return r;
+  }
+  FAIL("release " << number << " is not in the history: " << h.dump());
+  static json none;
+  return none;
 }
 
 }  // namespace hotrestart::it

@@ -1,5 +1,5 @@
 // Helpers for the tests of releases: copies of hello-server that differ in their bytes, their
-// hashes, and the history as `hotrestart history --json` gives it.
+// hashes (the history itself is read with fixture.h's history() and release()).
 #pragma once
 
 #include <fmt/format.h>
@@ -32,21 +32,6 @@ inline void install_hello(const std::string& path, const std::string& tag) {
   std::ofstream(temp, std::ios::app | std::ios::binary) << tag;
   std::filesystem::permissions(temp, std::filesystem::perms::owner_all);
   std::filesystem::rename(temp, path);
-}
-
-inline json history(Supervisor& sup) {
-  RunResult r = sup.cli({"history", "--json"}, 10s);
-  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
-  return json::parse(r.out);
-}
-
-inline const json& release(const json& h, std::uint64_t number) {
-  for (const auto& r : h["releases"]) {
-    if (r["number"] == number) return r;
-  }
-  FAIL("release " << number << " is not in the history: " << h.dump());
-  static json none;
-  return none;
 }
 
 }  // namespace hotrestart::it

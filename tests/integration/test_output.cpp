@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <sstream>
 
 #include <fmt/format.h>
 
@@ -23,16 +22,6 @@ namespace {
 pid_t number_after(const std::string& text, const std::string& marker) {
   const auto at = text.find(marker);
   return at == std::string::npos ? 0 : static_cast<pid_t>(std::atol(text.c_str() + at + marker.size()));
-}
-
-std::vector<json> json_lines(const std::string& text) {
-  std::vector<json> out;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) {
-    json j = json::parse(line, nullptr, false);
-    if (!j.is_discarded()) out.push_back(std::move(j));
-  }
-  return out;
 }
 
 bool exists(const std::string& path) {

@@ -152,13 +152,7 @@ TEST_CASE("upgrade --json prints one JSON event per line ending with the verdict
   Supervisor sup({}, hello("v1"));
   RunResult r = sup.upgrade({"--json", "--", hello_bin(), "--version", "v2"});
   REQUIRE(r.exit_code == 0);
-  std::vector<json> lines;
-  std::size_t start = 0;
-  while (start < r.out.size()) {
-    const auto end = r.out.find('\n', start);
-    lines.push_back(json::parse(r.out.substr(start, end - start)));
-    start = end + 1;
-  }
+  const std::vector<json> lines = json_lines(r.out);
   REQUIRE(lines.size() >= 6);
   std::vector<std::string> phases;
   for (const auto& l : lines) {
