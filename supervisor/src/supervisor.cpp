@@ -360,7 +360,7 @@ void Supervisor::on_channel_broken(Generation& g, const std::string& why) {
 void Supervisor::on_unhealthy(Generation& g, HealthFailure kind, const std::string& reason) {
   const std::string what = fmt::format("generation {} (pid {}): {}", g.number(), g.pid(), reason);
   if (upgrade_->is_candidate(g)) {
-    upgrade_->feed(Input::Timeout, what);
+    upgrade_->feed(Input::Unhealthy, what);
     return;
   }
   if (g.number() != active_) return;  // A draining generation is on its way out already.

@@ -27,7 +27,8 @@ std::int64_t ms_since(std::chrono::steady_clock::time_point t) {
 // Inputs that fail the upgrade because of what the new worker did or did not do while it lives,
 // whose reason therefore ends with what it said last (an exit's reason gets it where it is built).
 bool blames_living_candidate(Input input) {
-  return input == Input::Timeout || input == Input::Refused || input == Input::TransferFailed;
+  return input == Input::Timeout || input == Input::Refused || input == Input::TransferFailed ||
+         input == Input::Unhealthy;
 }
 
 // "14:03:07", the supervisor's local time of a wall clock instant in milliseconds since the epoch.

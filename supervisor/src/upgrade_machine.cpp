@@ -115,6 +115,7 @@ Step UpgradeMachine::handle(Input input, std::string reason, Clock::time_point n
       {Phase::HealthChecking, Input::HealthPassed, Phase::Cutover, Action::Promote, When::Unheld},
       {Phase::HealthChecking, Input::HealthPassed, Phase::Holding, Action::Hold, When::Held},
       {Phase::HealthChecking, Input::NewExited, Phase::RollingBack, Action::StopNew},
+      {Phase::HealthChecking, Input::Unhealthy, Phase::RollingBack, Action::StopNew},
       {Phase::HealthChecking, Input::Timeout, Phase::RollingBack, Action::StopNew},
       {Phase::HealthChecking, Input::Cancel, Phase::RollingBack, Action::StopNew},
       // A manual hold has no timer: only `promote` ends it with a cutover.
@@ -122,6 +123,7 @@ Step UpgradeMachine::handle(Input input, std::string reason, Clock::time_point n
       {Phase::Holding, Input::Promote, Phase::Cutover, Action::Promote},
       {Phase::Holding, Input::Abort, Phase::RollingBack, Action::StopNew},
       {Phase::Holding, Input::NewExited, Phase::RollingBack, Action::StopNew},
+      {Phase::Holding, Input::Unhealthy, Phase::RollingBack, Action::StopNew},
       {Phase::Holding, Input::Cancel, Phase::RollingBack, Action::StopNew},
       {Phase::Cutover, Input::Promoted, Phase::DrainingOld, Action::DrainOld},
       {Phase::DrainingOld, Input::DrainStarted, Phase::Done, Action::Finish},

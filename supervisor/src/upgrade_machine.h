@@ -83,7 +83,8 @@ bool transition_allowed(Phase from, Phase to);
   X(NewGone, "new-gone")               /* the new generation has fully exited after a rollback. */                \
   X(HoldEnded, "hold-ended")           /* a timed hold's time has passed with the new worker healthy. */          \
   X(Promote, "promote")                /* `hotrestart promote`: end the hold with a cutover. */                   \
-  X(Abort, "abort")                    /* `hotrestart abort`: end the hold with a rollback (reason given). */
+  X(Abort, "abort")                    /* `hotrestart abort`: end the hold with a rollback (reason given). */     \
+  X(Unhealthy, "unhealthy")            /* the ready new worker missed its watchdog or failed --health. */
 enum class Input : std::uint8_t { HOTRESTART_UPGRADE_INPUTS(HOTRESTART_UPGRADE_ENUMERATOR) };
 std::string_view input_name(Input i);
 

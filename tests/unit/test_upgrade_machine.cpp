@@ -17,7 +17,7 @@ constexpr Input kInputs[] = {Input::Spawned,      Input::SpawnFailed,    Input::
                              Input::TransferDone, Input::TransferFailed, Input::Ready,     Input::HealthPassed,
                              Input::Promoted,     Input::DrainStarted,   Input::NewExited, Input::Timeout,
                              Input::Cancel,       Input::NewGone,        Input::HoldEnded, Input::Promote,
-                             Input::Abort};
+                             Input::Abort,        Input::Unhealthy};
 constexpr HoldKind kHolds[] = {HoldKind::Timed, HoldKind::Manual};
 
 // Drives a fresh machine (holding as `hold` says) through `inputs`, requiring each to be accepted.
@@ -86,6 +86,7 @@ TEST_CASE("every failure before cutover rolls back and keeps the first reason") 
       {{Input::Spawned, Input::Ready}, Input::NewExited},
       {{Input::Spawned, Input::Ready}, Input::Timeout},
       {{Input::Spawned, Input::Ready}, Input::Cancel},
+      {{Input::Spawned, Input::Ready}, Input::Unhealthy},
   };
   for (const auto& c : cases) {
     UpgradeMachine m = drive(c.before);
@@ -135,7 +136,7 @@ TEST_CASE("a timed hold ends by itself in cutover and a manual hold only by prom
 
 TEST_CASE("abort, an exit of the new worker or a stop during the hold rolls back with its reason") {
   for (HoldKind hold : kHolds) {
-    for (Input failure : {Input::Abort, Input::NewExited, Input::Cancel}) {
+    for (Input failure : {Input::Abort, Input::NewExited, Input::Cancel, Input::Unhealthy}) {
       UpgradeMachine m =
           drive({Input::Spawned, Input::Hello, Input::TransferDone, Input::Ready, Input::HealthPassed}, hold);
       REQUIRE(m.phase() == Phase::Holding);
