@@ -27,6 +27,17 @@ using nlohmann::json;
 // that rolls back in the handshake or the state transfer; later, the worker no longer needs it).
 constexpr Millis kChannelGrace{1000};
 
+// An upgrade (or rollback) as the control request `request` asks for it: who asked, --wait, --hold.
+UpgradeRequest requested_by(const ControlRequest& request, ReleaseOrigin origin) {
+  UpgradeRequest upgrade;
+  upgrade.origin = origin;
+  upgrade.uid = request.peer_uid;
+  upgrade.pid = request.peer_pid;
+  upgrade.wait = request.wait;
+  upgrade.hold = request.hold;
+  return upgrade;
+}
+
 std::string notify_path_for(const std::string& control_path) {
   std::string base = control_path;
   if (base.ends_with(".sock")) base.resize(base.size() - 5);
@@ -462,7 +473,11 @@ void Supervisor::revert(const std::string& reason) {
   // The state comes from whoever still holds it: the reverted generation if it still runs (a failed
   // health check), else the previous one if it is still draining (it may still hold what it had).
   const std::uint64_t state_from = active_ != 0 ? active_ : find(w.previous_generation) ? w.previous_generation : 0;
-  UpgradeRequest request{previous->command, ReleaseOrigin::Revert, -1, -1, previous->number, std::move(image).value()};
+  UpgradeRequest request;
+  request.command = previous->command;
+  request.origin = ReleaseOrigin::Revert;
+  request.rollback_of = previous->number;
+  request.image = std::move(image).value();
   request.state_from = state_from;
   upgrade_->begin(std::move(request), std::nullopt);
 }
@@ -554,9 +569,8 @@ void Supervisor::on_upgrade_request(ClientId client, const ControlRequest& reque
   std::vector<std::string> command = current_.command;
   if (request.exec) command.front() = *request.exec;
   if (request.argv) command = *request.argv;
-  UpgradeRequest upgrade{std::move(command), ReleaseOrigin::Upgrade, request.peer_uid, request.peer_pid, 0, nullptr};
-  upgrade.wait = request.wait;
-  upgrade.hold = request.hold;
+  UpgradeRequest upgrade = requested_by(request, ReleaseOrigin::Upgrade);
+  upgrade.command = std::move(command);
   if (!request.force) {
     // The executable is opened (and hashed) here rather than at spawn, to compare it with the
     // releases that were reverted; the spawn then runs this very file.
@@ -615,10 +629,10 @@ void Supervisor::on_rollback_request(ClientId client, const ControlRequest& requ
                    AfterSend::Close);
     return;
   }
-  UpgradeRequest rollback{target->command,  ReleaseOrigin::Rollback, request.peer_uid,
-                          request.peer_pid, target->number,          std::move(image).value()};
-  rollback.wait = request.wait;
-  rollback.hold = request.hold;
+  UpgradeRequest rollback = requested_by(request, ReleaseOrigin::Rollback);
+  rollback.command = target->command;
+  rollback.rollback_of = target->number;
+  rollback.image = std::move(image).value();
   upgrade_->begin(std::move(rollback), client);
 }
 
