@@ -279,7 +279,7 @@ TEST_CASE("every phase, input and action keeps the name the protocol and the log
   const std::string_view inputs[] = {"spawned",         "spawn-failed", "hello",         "refused",  "transfer-done",
                                      "transfer-failed", "ready",        "health-passed", "promoted", "drain-started",
                                      "new-exited",      "timeout",      "cancel",        "new-gone", "hold-ended",
-                                     "promote",         "abort"};
+                                     "promote",         "abort",        "unhealthy"};
   REQUIRE(std::size(kInputs) == std::size(inputs));
   for (std::size_t i = 0; i < std::size(kInputs); ++i)
     CHECK(input_name(kInputs[i]) == inputs[i]);
