@@ -157,7 +157,7 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
             auto c = parse_health_command(v);
             return c ? std::string() : c.error().text();
           },
-          "exec:CMD"));
+          ""));
   run->add_option("--health-interval", f.health_interval,
                   "How often --health runs; a check that has not exited by the next one has failed")
       ->check(duration_check())
@@ -194,6 +194,7 @@ Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vect
   if (!mode) return mode.error();
   options.ready = mode.value();
   options.ready_timeout = parse_duration(f.ready_timeout).value();
+  if (options.ready_timeout.count() == 0) return Error::message("--ready-timeout must be longer than 0s");
   options.min_ready = parse_duration(f.min_ready).value();
   options.drain_timeout = parse_duration(f.drain_timeout).value();
   options.drain_signal = parse_signal(f.drain_signal).value();
@@ -213,6 +214,16 @@ Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vect
 }
 
 // ---- upgrade, status, stop
+
+// A relative path to a program ("./server-v2", "bin/server") means this command's working
+// directory, not the supervisor's, which may be anywhere; a bare name is looked up in the workers'
+// PATH, as before.
+std::string from_here(const std::string& program) {
+  if (program.empty() || program.front() == '/' || program.find('/') == std::string::npos) return program;
+  char cwd[4096];
+  if (::getcwd(cwd, sizeof cwd) == nullptr) return program;
+  return std::string(cwd) + "/" + program;
+}
 
 struct UpgradeFlags {
   CommonOptions common;
@@ -264,7 +275,14 @@ CLI::App* add_rollback_command(CLI::App& app, RollbackFlags& f) {
       ->add_option("--to", f.to,
                    "The release to go back to (default: the last one before the active one that "
                    "served; see `hotrestart history`)")
-      ->check(CLI::PositiveNumber)
+      ->check(CLI::Validator(
+          [](std::string& v) {
+            return v.find_first_not_of("0123456789") == std::string::npos &&
+                           v.find_first_not_of('0') != std::string::npos
+                       ? std::string()
+                       : "must be a release number (1, 2, ...; see `hotrestart history`), not '" + v + "'";
+          },
+          ""))
       ->type_name("N");
   add_hold_option(rollback, f.hold);
   rollback->add_flag("--json", f.json, "Print one JSON event per line");
@@ -384,8 +402,11 @@ int main(int argc, char** argv) {
     if (!upgrade_flags.exec.empty() && !tail.empty()) return usage_error("give --exec or -- COMMAND, not both");
     std::optional<std::string> exec;
     std::optional<std::vector<std::string>> command;
-    if (!upgrade_flags.exec.empty()) exec = upgrade_flags.exec;
-    if (!tail.empty()) command = std::move(tail);
+    if (!upgrade_flags.exec.empty()) exec = from_here(upgrade_flags.exec);
+    if (!tail.empty()) {
+      tail.front() = from_here(tail.front());
+      command = std::move(tail);
+    }
     return client_upgrade(upgrade_flags.common.control_path(), exec, command,
                           Deploy{upgrade_flags.json ? Output::Json : Output::Human, upgrade_flags.wait,
                                  upgrade_flags.force, hold_flag(upgrade_flags.hold)});

@@ -247,8 +247,22 @@ void print_status(const json& s) {
     print_hold(s["upgrade"].value("hold", json()));
   }
   const auto& c = s["counters"];
-  fmt::print("upgrades:    {} done, {} rolled back; crashes: {} ({} restarts)\n", c.value("upgrades_done", 0),
-             c.value("upgrades_rolled_back", 0), c.value("crashes", 0), c.value("restarts", 0));
+  fmt::print("upgrades:    {} done, {} rolled back, {} reverted; crashes: {} ({} restarts)\n",
+             c.value("upgrades_done", 0), c.value("upgrades_rolled_back", 0), c.value("reverts", 0),
+             c.value("crashes", 0), c.value("restarts", 0));
+  fmt::print("release:     {}", s.value("release", 0));
+  if (const auto& w = s.value("watch", json()); w.is_object()) {
+    fmt::print(", watched for {} more (release {} comes back if it fails)",
+               format_duration(std::chrono::milliseconds(w.value("ends_in_ms", 0))), w.value("previous_release", 0));
+  }
+  fmt::print("\n");
+  if (const auto& h = s.value("health", json()); h.is_object()) {
+    fmt::print("health:      {}{}\n", h.value("state", ""),
+               h.value("reason", "").empty() ? "" : ": " + h.value("reason", ""));
+  }
+  if (const auto& r = s.value("releases", json()); r.is_object() && r.value("error", json()).is_string()) {
+    fmt::print("history:     not written to {}: {}\n", r.value("dir", ""), r["error"].get<std::string>());
+  }
   if (!s["last_upgrade"].is_null()) {
     const auto& u = s["last_upgrade"];
     fmt::print("last upgrade: {} in {} ms: {}\n", u.value("outcome", ""), u.value("elapsed_ms", 0),

@@ -103,6 +103,16 @@ void HealthWatch::probe_ended(bool ok, const std::string& what) {
                                                 options_.health.command, failures_in_a_row_, what));
 }
 
+std::string HealthWatch::problem() const {
+  if (watchdog_failed_)
+    return fmt::format("it sent no WATCHDOG=1 within --watchdog {}", format_duration(options_.watchdog));
+  if (failures_in_a_row_ >= options_.health.failures) {
+    return fmt::format("--health exec:{} failed {} times in a row (last: {})", options_.health.command,
+                       failures_in_a_row_, last_failure_);
+  }
+  return {};
+}
+
 json HealthWatch::to_json() const {
   json j{{"healthy", healthy()}};
   if (options_.watchdog.count() > 0) {

@@ -54,6 +54,8 @@ class HealthWatch {
 
   // True while neither check has failed (or the health check passed again since).
   bool healthy() const { return !watchdog_failed_ && failures_in_a_row_ < options_.health.failures; }
+  // Why it is not healthy, as a sentence ("" while it is).
+  std::string problem() const;
   // {"healthy", "watchdog_ms", "last_watchdog_ms_ago", "health", "failures_in_a_row", "last_failure"}.
   nlohmann::json to_json() const;
 

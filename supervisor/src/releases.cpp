@@ -163,8 +163,12 @@ bool ReleaseHistory::set_outcome(std::uint64_t number, ReleaseOutcome outcome, s
 }
 
 const Release* ReleaseHistory::last_good_before(std::uint64_t active) const {
+  const Release* current = find(active);
   for (auto it = releases_.rbegin(); it != releases_.rend(); ++it) {
-    if (it->number < active && it->served()) return &*it;
+    if (it->number >= active || !it->served()) continue;
+    // Going back to what serves already changes nothing: further back, then.
+    if (current != nullptr && it->runs_the_same_as(*current)) continue;
+    return &*it;
   }
   return nullptr;
 }

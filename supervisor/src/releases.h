@@ -64,6 +64,10 @@ struct Release {
 
   // It served, and was not reverted for failing: a release to go back to.
   bool served() const { return serving_ms != 0 && outcome != ReleaseOutcome::Reverted; }
+  // The same command line from the same bytes (executable and interpreter).
+  bool runs_the_same_as(const Release& other) const {
+    return command == other.command && sha256 == other.sha256 && interpreter_sha256 == other.interpreter_sha256;
+  }
   nlohmann::json to_json() const;
 };
 
@@ -80,7 +84,7 @@ class ReleaseHistory {
   // false), recording the reason and the end time for an outcome that ends it.
   bool set_outcome(std::uint64_t number, ReleaseOutcome outcome, std::string reason, std::int64_t now_ms);
   // The release `rollback` goes back to by default: the newest one older than `active` that served
-  // (and so was neither rolled back nor reverted), or null.
+  // (and so was neither rolled back nor reverted) and runs something else than `active`, or null.
   const Release* last_good_before(std::uint64_t active) const;
 
   const std::deque<Release>& releases() const { return releases_; }

@@ -82,7 +82,7 @@ std::vector<std::string> shared_port_probe_warnings(const RunOptions& options) {
       warnings.push_back(fmt::format(
           "{} exec:{} looks aimed at {}, which the supervisor shares between generations: it may reach the old "
           "generation and pass while the new one does not serve. Aim it at the worker itself (a port or path of "
-          "its own, or $HOTRESTART_PID); see docs/operations.md, \"Readiness\"",
+          "its own, or $HOTRESTART_PID); see `--ready` in docs/operations.md",
           flag, command, l.text));
       return;
     }

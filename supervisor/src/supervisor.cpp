@@ -162,6 +162,7 @@ Status Supervisor::start() {
   }
   active_ = first.value()->number();
   current_ = {release, first.value()->command(), first.value()->image()};
+  last_proven_release_ = release;
   log_info("supervisor pid {} started generation {} (pid {}); control socket {}", ::getpid(), active_,
            first.value()->pid(), options_.control_path);
   return {};
@@ -445,10 +446,20 @@ bool Supervisor::upgrade_finished(std::uint64_t release, bool ok, const std::str
     return false;
   }
   ++counters_.upgrades_done;
-  // A revert is not watched: the release it would go back to is the one that just failed.
-  if (reverting || replaced_release_ == 0 || replaced_release_ == release) return false;
-  const ReleaseWatch::Watched watched{release, active_, replaced_release_, replaced_generation_};
-  return watch_->start(watched, options_.watch_window, [] {});
+  // A revert is not watched: the release it would go back to is the one that just failed. It runs
+  // the proven release again, and is proven as that one was.
+  const std::uint64_t back_to = last_proven_release_ != 0 ? last_proven_release_ : replaced_release_;
+  if (reverting || back_to == 0 || back_to == release) {
+    last_proven_release_ = release;
+    return false;
+  }
+  // Back to the last release that served through its watch window (or had none), not to one whose
+  // window a newer upgrade cut short.
+  const ReleaseWatch::Watched watched{release, active_, back_to, replaced_generation_};
+  const bool watching =
+      watch_->start(watched, options_.watch_window, [this, release] { last_proven_release_ = release; });
+  if (!watching) last_proven_release_ = release;
+  return watching;
 }
 
 void Supervisor::revert(const std::string& reason) {
@@ -577,16 +588,23 @@ void Supervisor::on_upgrade_request(ClientId client, const ControlRequest& reque
     auto path = launcher_->resolve(upgrade.command);
     auto image = path ? ExecutableImage::open(path.value()) : Result<ExecutableImage>(path.error());
     if (image) {
-      for (const auto& r : releases_->history().releases()) {
-        if (r.outcome != ReleaseOutcome::Reverted || r.sha256 != image->sha256() ||
-            r.interpreter_sha256 != image->interpreter_sha256()) {
-          continue;
-        }
+      // What the upgrade would run, as a release: the same command line from the same bytes as a
+      // reverted one is refused, unless that is what serves now (a revert brought it back).
+      Release wanted;
+      wanted.command = upgrade.command;
+      wanted.sha256 = image->sha256();
+      wanted.interpreter_sha256 = image->interpreter_sha256();
+      const Release* active = releases_->history().find(current_.release);
+      const auto& all = releases_->history().releases();
+      for (auto r = all.rbegin(); r != all.rend(); ++r) {
+        if (r->outcome != ReleaseOutcome::Reverted || !r->runs_the_same_as(wanted)) continue;
+        if (active != nullptr && active->runs_the_same_as(wanted)) break;
         control_->send(
             client,
-            control_error("reverted", fmt::format("release {} ran this executable ({}, sha256 {}) and was "
-                                                  "reverted: {}; upgrade with --force to run it again",
-                                                  r.number, image->path(), image->sha256().substr(0, 12), r.reason)),
+            control_error("reverted", fmt::format("release {} ran this command line from the same "
+                                                  "executable ({}, sha256 {}) and was reverted: {}; "
+                                                  "upgrade with --force to run it again",
+                                                  r->number, image->path(), image->sha256().substr(0, 12), r->reason)),
             AfterSend::Close);
         return;
       }
@@ -602,12 +620,22 @@ void Supervisor::on_rollback_request(ClientId client, const ControlRequest& requ
   const Release* target = nullptr;
   if (request.to) {
     target = history.find(*request.to);
+    std::string why;
     if (target == nullptr) {
-      control_->send(client,
-                     control_error("unavailable", fmt::format("release {} is not in the history (see `hotrestart "
-                                                              "history`)",
-                                                              *request.to)),
-                     AfterSend::Close);
+      why = fmt::format("release {} is not in the history (see `hotrestart history`)", *request.to);
+    } else if (!target->served()) {
+      // Back is where things worked: a release that never served, or failed in its watch window, is
+      // deployed again deliberately, as an upgrade.
+      why = fmt::format(
+          "release {} {}: roll back only to a release that served; to run it again, use "
+          "`hotrestart upgrade --force -- {}`",
+          target->number,
+          target->outcome == ReleaseOutcome::Reverted ? "was reverted (" + target->reason + ")"
+                                                      : std::string("never served"),
+          shell_words(target->command));
+    }
+    if (!why.empty()) {
+      control_->send(client, control_error("unavailable", why), AfterSend::Close);
       return;
     }
   } else {
@@ -744,7 +772,12 @@ Result<std::shared_ptr<const ExecutableImage>> Supervisor::image_to_run_again(co
   }
   if (r.executable.empty()) return Error::message("it never started, so its executable is unknown");
   auto opened = ExecutableImage::open(r.executable);
-  if (!opened) return opened.error().context("its executable cannot be opened");
+  if (!opened) {
+    return opened.error().context(fmt::format(
+        "the supervisor keeps the executables of the last {} releases that served (and of those it ran since it "
+        "started) only, and this one's cannot be opened",
+        ReleaseStore::kPinned));
+  }
   if (opened->sha256() != r.sha256) {
     return Error::message(
         fmt::format("{} has changed since it ran (sha256 {} then, {} now), and this supervisor "
@@ -778,8 +811,10 @@ json Supervisor::health_json() const {
   };
   if (stopping_) return verdict("not-serving", "the supervisor is stopping");
   const Generation* active = active_ != 0 ? generations_.at(active_).get() : nullptr;
+  // A crash restart is still recovering until it has served as long as the backoff calls healthy.
   const bool restarting =
-      active != nullptr && active->number() == restarted_generation_ && active->state() == GenerationState::Starting;
+      active != nullptr && active->number() == restarted_generation_ &&
+      (active->state() == GenerationState::Starting || active->served_for() < RestartBackoff::kHealthy);
   if (restart_timer_->active() || restarting) {
     return verdict("crash-looping", fmt::format("the worker crashed and is being restarted ({} crash(es) so far): {}",
                                                 counters_.crashes, crash_reason_));
@@ -794,7 +829,7 @@ json Supervisor::health_json() const {
     return verdict("not-serving",
                    active == nullptr ? "no generation is running" : "the active generation is not ready yet");
   }
-  if (!active->health().healthy()) return verdict("unhealthy", active->health().to_json().dump());
+  if (!active->health().healthy()) return verdict("unhealthy", active->health().problem());
   return verdict("serving", "");
 }
 

@@ -160,6 +160,9 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   std::unique_ptr<ReleaseWatch> watch_;
   // What the last cutover replaced: the release and generation a revert brings back.
   std::uint64_t replaced_release_ = 0;
+  // The last release that served through its watch window (or was not watched): what a revert
+  // brings back.
+  std::uint64_t last_proven_release_ = 0;
   std::uint64_t replaced_generation_ = 0;
   // What `status --check` reports (health_json).
   Clock::time_point last_revert_{};         // When the last revert began.

@@ -460,10 +460,9 @@ void UpgradeDriver::finish() {
   if (ok) {
     message = fmt::format("generation {} (pid {}) serves", active, serving ? serving->pid() : 0);
   } else {
-    message = serving != nullptr
-                  ? fmt::format("rolled back: {}; generation {} (pid {}) still serves", m.failure(), serving->number(),
-                                serving->pid())
-                  : fmt::format("rolled back: {}; no generation is serving (a restart is scheduled)", m.failure());
+    message = serving != nullptr ? fmt::format("rolled back: {}; generation {} (pid {}) still serves", m.failure(),
+                                               serving->number(), serving->pid())
+                                 : fmt::format("rolled back: {}; no generation is serving now", m.failure());
   }
   json timeline = json::array();
   for (const auto& rec : m.timeline()) {

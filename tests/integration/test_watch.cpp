@@ -154,6 +154,15 @@ TEST_CASE("watch window: a worker that stops sending WATCHDOG=1 is killed and re
   const json s = sup.status_or_fail();
   CHECK(s["generations"].size() == 1);
   CHECK(s["generations"][0]["health"]["healthy"] == true);
+
+  // The same executable with the command line that serves is no reverted release: upgraded to
+  // without --force. Going back to the reverted one is refused: that is a deliberate upgrade.
+  RunResult same = sup.upgrade();
+  CHECK_MESSAGE(same.exit_code == 0, same.out << same.err);
+  RunResult back = sup.cli({"rollback", "--to", "2"}, 10s);
+  CHECK(back.exit_code == 3);
+  CHECK_MESSAGE(contains(back.err, "release 2 was reverted"), back.err);
+  CHECK_MESSAGE(contains(back.err, "hotrestart upgrade --force --"), back.err);
   sup.stop();
 }
 
@@ -193,4 +202,19 @@ TEST_CASE("status --check: 0 serving, 4 nothing serves, 5 crash-looping, 7 unhea
     RunResult r = run({hotrestart_bin(), "status", "--check", "--control", bins.file("nobody.sock")}, {}, 10s);
     CHECK(r.exit_code == 2);
   }
+}
+
+TEST_CASE("watch window: a revert goes back to the last release that served through its window") {
+  Supervisor sup({}, hello("v1"));
+  // v2 takes over, and before its window ends v3 does: v2 never proved itself.
+  REQUIRE(sup.upgrade_to(hello("v2")).exit_code == 0);
+  RunResult up = sup.cli({"upgrade", "--wait", "--", test_worker_bin(), "crash-after-ready", "200"}, 60s);
+  CHECK_MESSAGE(up.exit_code == 1, up.out << up.err);
+  CHECK_MESSAGE(contains(up.err, "release 1 comes back"), up.err);
+  wait_for_active_release(sup, 4, 15s);
+  CHECK(contains(http_get(sup.port(), "/"), "version=v1"));
+  json h = history(sup);
+  CHECK(release(h, 4)["origin"] == "revert");
+  CHECK(release(h, 4)["rollback_of"] == 1);
+  sup.stop();
 }

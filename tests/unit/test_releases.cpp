@@ -98,6 +98,24 @@ TEST_CASE("releases: numbers keep growing, only the last 50 are kept, and rollba
   CHECK(h.last_good_before(11) == nullptr);
 }
 
+TEST_CASE("releases: rollback skips a release that runs what the active one runs") {
+  ReleaseHistory h;
+  const auto serve = [&](std::vector<std::string> command, std::string sha) {
+    Release r = release_of(std::move(command));
+    r.sha256 = std::move(sha);
+    const auto n = h.add(std::move(r)).number;
+    h.set_outcome(n, ReleaseOutcome::Serving, {}, 1);
+    return n;
+  };
+  serve({"./srv", "v1"}, "aaa");
+  serve({"./srv", "v2"}, "aaa");
+  const auto again = serve({"./srv", "v1"}, "aaa");  // v1 came back (a rollback or a revert).
+  // Going back from the second v1 lands on v2, not on the first v1 (nothing would change).
+  CHECK(h.last_good_before(again)->number == 2);
+  const auto rebuilt = serve({"./srv", "v2"}, "bbb");  // Other bytes: a release of its own.
+  CHECK(h.last_good_before(rebuilt)->number == again);
+}
+
 TEST_CASE("releases: the history file round-trips, and a bad one is refused with the field it names") {
   ReleaseHistory h;
   auto& r = h.add(release_of({"/srv/app", "--port", "80"}));
