@@ -83,6 +83,7 @@ Supervisor::~Supervisor() {
   signals_.clear();
   reaper_.reset();
   restart_timer_.reset();
+  watch_.reset();
   // Let every close callback run, so that the loop can be closed with nothing in it.
   uv_run(&loop_, UV_RUN_DEFAULT);
   uv_loop_close(&loop_);
