@@ -51,8 +51,9 @@ void write_decimal(char* out, long value) {
     if (sig != SIGKILL && sig != SIGSTOP) ::sigaction(sig, &dfl, nullptr);
   }
   if (::setpgid(0, 0) != 0) child_fail(error_fd, errno);
-  // Two passes, so that a source fd inside 2..first_free-1 is never overwritten before
-  // it is copied: first lift every source (stderr's too) above the range, then place each one.
+  // Two passes, so that a source fd inside 0..first_free-1 is never overwritten before
+  // it is copied: first lift every source (the standard streams' too) above the range, then place
+  // each one.
   int lifted[1024];
   const std::size_t n = request.pass_fds.size();
   if (n > 1024) child_fail(error_fd, EMFILE);
@@ -60,9 +61,15 @@ void write_decimal(char* out, long value) {
     lifted[i] = ::fcntl(request.pass_fds[i], F_DUPFD_CLOEXEC, first_free);
     if (lifted[i] < 0) child_fail(error_fd, errno);
   }
-  if (request.stderr_fd >= 0) {
-    const int lifted_stderr = ::fcntl(request.stderr_fd, F_DUPFD_CLOEXEC, first_free);
-    if (lifted_stderr < 0 || ::dup2(lifted_stderr, STDERR_FILENO) < 0) child_fail(error_fd, errno);
+  const int stdio[3] = {request.stdin_fd, request.stdout_fd, request.stderr_fd};
+  int lifted_stdio[3] = {-1, -1, -1};
+  for (int i = 0; i < 3; ++i) {
+    if (stdio[i] < 0) continue;
+    lifted_stdio[i] = ::fcntl(stdio[i], F_DUPFD_CLOEXEC, first_free);
+    if (lifted_stdio[i] < 0) child_fail(error_fd, errno);
+  }
+  for (int i = 0; i < 3; ++i) {
+    if (lifted_stdio[i] >= 0 && ::dup2(lifted_stdio[i], i) < 0) child_fail(error_fd, errno);
   }
   // The executable's descriptor, likewise out of the way of the placed ones (and still
   // close-on-exec: execveat runs a compiled program from it all the same).

@@ -25,6 +25,8 @@ struct SpawnRequest {
   std::vector<std::string> env;            // "NAME=value" entries, complete.
   std::vector<int> pass_fds;               // Become fds 3, 4, ... in the child, in this order.
   ListenPid listen_pid = ListenPid::Omit;  // Adds LISTEN_PID=<the child's pid>.
+  int stdin_fd = -1;                       // Becomes fd 0 in the child; -1: it keeps the supervisor's.
+  int stdout_fd = -1;                      // Becomes fd 1 in the child; -1: it keeps the supervisor's.
   int stderr_fd = -1;                      // Becomes fd 2 in the child; -1: it keeps the supervisor's.
   int executable_fd = -1;  // If set: a compiled program, exec'd from this open file (execveat), not from the path.
 };

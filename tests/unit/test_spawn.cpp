@@ -32,6 +32,15 @@ Pipe close_on_exec_pipe() {
   return {Fd(ends[0]), Fd(ends[1])};
 }
 
+// Everything a pipe's read end gives until end of file.
+std::string read_all(int fd) {
+  std::string text;
+  char buffer[256];
+  for (ssize_t n; (n = ::read(fd, buffer, sizeof buffer)) > 0;)
+    text.append(buffer, static_cast<std::size_t>(n));
+  return text;
+}
+
 int wait_child(pid_t pid) {
   int status = 0;
   while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
@@ -92,15 +101,28 @@ TEST_CASE("the child's stderr is the descriptor the request gives, and its other
   listener.write.reset();
   const int status = wait_child(pid.value());
   CHECK(WIFEXITED(status));
-  const auto read_all = [](int fd) {
-    std::string text;
-    char buffer[256];
-    for (ssize_t n; (n = ::read(fd, buffer, sizeof buffer)) > 0;)
-      text.append(buffer, static_cast<std::size_t>(n));
-    return text;
-  };
   CHECK(read_all(out.read.get()) == "to-stderr\n");
   CHECK(read_all(listener.read.get()) == "to-fd-3\n");
+}
+
+TEST_CASE("the child's stdin and stdout are the descriptors the request gives, and may be one pipe with stderr") {
+  Pipe out = close_on_exec_pipe();
+  Pipe in = close_on_exec_pipe();
+  REQUIRE(::write(in.write.get(), "from-stdin\n", 11) == 11);
+  in.write.reset();
+  SpawnRequest req;
+  req.executable = "/bin/sh";
+  req.argv = {"/bin/sh", "-c", "read line; echo \"out:$line\"; echo err >&2"};
+  req.env = {"PATH=/usr/bin:/bin"};
+  req.stdin_fd = in.read.get();
+  req.stdout_fd = out.write.get();
+  req.stderr_fd = out.write.get();
+  auto pid = spawn_process(req);
+  REQUIRE(pid.ok());
+  out.write.reset();
+  const int status = wait_child(pid.value());
+  CHECK(WIFEXITED(status));
+  CHECK(read_all(out.read.get()) == "out:from-stdin\nerr\n");
 }
 
 TEST_CASE("exec failure is an error naming the program and not a crash") {
