@@ -74,6 +74,12 @@ std::vector<std::string> OutputTail::lines() const {
 // The tail in a reason
 
 std::string with_last_output(std::string reason, const std::vector<std::string>& lines) {
+  const std::string quoted = last_lines_text(lines);
+  if (quoted.empty()) return reason;
+  return reason + "; its last output: \"" + quoted + "\"";
+}
+
+std::string last_lines_text(const std::vector<std::string>& lines) {
   constexpr std::string_view kSeparator = " | ";
   constexpr std::string_view kCut = "...";
   // The newest lines that fit, counted from the end.
@@ -85,7 +91,6 @@ std::string with_last_output(std::string reason, const std::vector<std::string>&
     bytes += more;
     ++taken;
   }
-  if (taken == 0) return reason;
   std::string quoted;
   for (std::size_t i = lines.size() - taken; i < lines.size(); ++i) {
     if (!quoted.empty()) quoted += kSeparator;
@@ -93,7 +98,7 @@ std::string with_last_output(std::string reason, const std::vector<std::string>&
   }
   // Only a newest line that is longer than the whole budget by itself is cut.
   if (quoted.size() > kReasonBytes) quoted = quoted.substr(0, kReasonBytes - kCut.size()) + std::string(kCut);
-  return reason + "; its last output: \"" + quoted + "\"";
+  return quoted;
 }
 
 }  // namespace hotrestart

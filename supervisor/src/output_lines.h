@@ -66,5 +66,7 @@ class OutputTail {
 inline constexpr std::size_t kReasonLines = 5;
 inline constexpr std::size_t kReasonBytes = 1024;
 std::string with_last_output(std::string reason, const std::vector<std::string>& lines);
+// The newest of `lines` joined as with_last_output quotes them ("a | b"), or "" when there are none.
+std::string last_lines_text(const std::vector<std::string>& lines);
 
 }  // namespace hotrestart

@@ -1,8 +1,6 @@
 // A worker's environment, descriptors and exec (see worker_launcher.h).
 #include "worker_launcher.h"
 
-#include <fcntl.h>
-
 #include <algorithm>
 #include <string_view>
 #include <utility>
@@ -12,6 +10,7 @@
 #include <hotrestart/wire/channel.h>
 
 #include "adopt.h"
+#include "worker_output.h"
 
 extern char** environ;
 
@@ -24,17 +23,6 @@ bool is_worker_variable(std::string_view entry) {
     if (entry.starts_with(prefix)) return true;
   }
   return false;
-}
-
-// A worker's stderr: {read end, write end}, both close-on-exec (spawn_process makes the write end
-// the child's fd 2). Only the read end is non-blocking: the worker's stderr blocks as a program
-// expects, so that a worker that writes faster than the supervisor reads waits, and loses nothing.
-Result<std::pair<Fd, Fd>> output_pipe() {
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) return Error::from_errno("pipe2");
-  std::pair<Fd, Fd> ends{Fd(fds[0]), Fd(fds[1])};
-  if (::fcntl(ends.first.get(), F_SETFL, O_NONBLOCK) != 0) return Error::from_errno("fcntl O_NONBLOCK");
-  return ends;
 }
 
 }  // namespace
@@ -108,7 +96,7 @@ Result<WorkerLauncher::Launched> WorkerLauncher::launch(std::uint64_t generation
   // stays close-on-exec, so no other worker inherits it.
   auto channel = wire::seqpacket_pair();
   if (!channel) return channel.error().context("cannot start the worker: channel");
-  auto output = output_pipe();
+  auto output = WorkerOutput::open_pipe();
   if (!output) return output.error().context("cannot start the worker: stderr pipe");
   std::vector<int> fds;
   for (const auto& l : listeners_.listeners())

@@ -2,6 +2,7 @@
 // (see worker_output.h).
 #include "worker_output.h"
 
+#include <fcntl.h>
 #include <limits.h>
 #include <unistd.h>
 
@@ -12,17 +13,24 @@
 #include "log.h"
 
 namespace hotrestart {
-namespace {
+static_assert(WorkerOutput::kMaxPrefix + kMaxLinePiece + 1 <= PIPE_BUF,
+              "a relayed line must fit one atomic write to a pipe");
 
-// "gen" and "[", a generation number and a pid of at most 20 digits each, and "]: ".
-constexpr std::size_t kMaxPrefix = 3 + 20 + 1 + 20 + 3;
-static_assert(kMaxPrefix + kMaxLinePiece + 1 <= PIPE_BUF, "a relayed line must fit one atomic write to a pipe");
-
-}  // namespace
+Result<std::pair<Fd, Fd>> WorkerOutput::open_pipe() {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) return Error::from_errno("pipe2");
+  std::pair<Fd, Fd> ends{Fd(fds[0]), Fd(fds[1])};
+  if (::fcntl(ends.first.get(), F_SETFL, O_NONBLOCK) != 0) return Error::from_errno("fcntl O_NONBLOCK");
+  return ends;
+}
 
 WorkerOutput::WorkerOutput(uv_loop_t* loop, Fd read_end, std::uint64_t generation, pid_t pid)
-    : label_(fmt::format("generation {} (pid {})", generation, pid)),
-      prefix_(fmt::format("gen{}[{}]: ", generation, pid)),
+    : WorkerOutput(loop, std::move(read_end), fmt::format("generation {} (pid {})", generation, pid),
+                   fmt::format("gen{}[{}]: ", generation, pid)) {}
+
+WorkerOutput::WorkerOutput(uv_loop_t* loop, Fd read_end, std::string label, std::string prefix)
+    : label_(std::move(label)),
+      prefix_(std::move(prefix)),
       read_end_(std::move(read_end)),
       grace_(loop),
       relay_([this](std::string_view line) { relay(line); }) {

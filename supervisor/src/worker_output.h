@@ -1,6 +1,7 @@
 // WorkerOutput: one generation's stderr, read on the loop, relayed line by line to the
 // supervisor's own stderr with the generation's prefix ("gen3[1234]: ", its number and main pid),
-// and kept as the tail that verdicts, status and crash notes quote (output_lines.h).
+// and kept as the tail that verdicts, status and crash notes quote (output_lines.h). A preflight
+// check's stdout and stderr (preflight.h) come through one of these too, with its own prefix.
 //
 // The worker's fd 2 is the write end of a pipe (worker_launcher.cpp); the supervisor holds the read
 // end, close-on-exec and non-blocking. Helpers the worker starts inherit fd 2, so their lines come
@@ -19,7 +20,9 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 
+#include <hotrestart/base/result.h>
 #include <hotrestart/fd.h>
 
 #include "duration.h"
@@ -32,10 +35,21 @@ class WorkerOutput {
  public:
   static constexpr int kReadsPerWakeup = 4;
   static constexpr std::size_t kReadSize = 16 * 1024;
+  // "gen" and "[", a generation number and a pid of at most 20 digits each, and "]: ".
+  static constexpr std::size_t kMaxPrefix = 3 + 20 + 1 + 20 + 3;
+
+  // A pipe for a child's output: {read end, write end}, both close-on-exec (spawn_process makes the
+  // write end the child's fd 2, or 1 and 2). Only the read end is non-blocking: the child's writes
+  // block as a program expects, so that a child that writes faster than the supervisor reads
+  // waits, and loses nothing.
+  static Result<std::pair<Fd, Fd>> open_pipe();
 
   // `read_end`: the pipe's read end, non-blocking; `generation` and `pid` (its main process) make
   // the prefix.
   WorkerOutput(uv_loop_t* loop, Fd read_end, std::uint64_t generation, pid_t pid);
+  // Another process's output: `label` names it in the log ("preflight (pid 1234)"), `prefix` goes
+  // before each relayed line (at most kMaxPrefix bytes).
+  WorkerOutput(uv_loop_t* loop, Fd read_end, std::string label, std::string prefix);
   ~WorkerOutput();
   WorkerOutput(const WorkerOutput&) = delete;
   WorkerOutput& operator=(const WorkerOutput&) = delete;
