@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include <hotrestart/base/text.h>
 #include <hotrestart/wire/channel.h>
 
 #include "adopt.h"
@@ -69,6 +70,16 @@ std::vector<std::string> WorkerLauncher::probe_environment(pid_t pid, std::uint6
   std::vector<std::string> env = base_env_;
   env.push_back(fmt::format("HOTRESTART_PID={}", pid));
   env.push_back(fmt::format("HOTRESTART_GENERATION={}", generation));
+  return env;
+}
+
+std::vector<std::string> WorkerLauncher::preflight_environment(const std::vector<std::string>& command,
+                                                               const std::string& executable,
+                                                               std::uint64_t release) const {
+  std::vector<std::string> env = base_env_;
+  env.push_back("HOTRESTART_COMMAND=" + shell_words(command));
+  env.push_back("HOTRESTART_EXECUTABLE=" + executable);
+  env.push_back(fmt::format("HOTRESTART_RELEASE={}", release));
   return env;
 }
 

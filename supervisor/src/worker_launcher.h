@@ -50,6 +50,11 @@ class WorkerLauncher {
 
   // The environment of an exec readiness probe aimed at the worker `pid` of `generation`.
   std::vector<std::string> probe_environment(pid_t pid, std::uint64_t generation) const;
+  // The environment of the preflight check (preflight.h) of release `release`, which would run
+  // `command` from `executable`: HOTRESTART_COMMAND (shell-quoted), HOTRESTART_EXECUTABLE and
+  // HOTRESTART_RELEASE beside the supervisor's own, as a probe's.
+  std::vector<std::string> preflight_environment(const std::vector<std::string>& command, const std::string& executable,
+                                                 std::uint64_t release) const;
 
   bool adopting() const { return !adopt_library_.empty(); }
   const std::string& notify_path() const { return notify_path_; }
