@@ -161,6 +161,15 @@ std::variant<ControlRequest, ControlRequestError> decode_control_request(const j
     return bad(fmt::format("unknown command '{}' (expected status, upgrade, rollback, promote, abort, history or stop)",
                            name.substr(0, 64)));
   }
+  const bool deploys =
+      request.command == ControlRequest::Command::Upgrade || request.command == ControlRequest::Command::Rollback;
+  if (const auto p = j.find("preflight"); deploys && p != j.end()) {
+    if (!p->is_string()) return bad("\"preflight\" must be a string (empty: no check for this upgrade)");
+    if (p->get_ref<const std::string&>().find('\0') != std::string::npos) {
+      return bad("\"preflight\" must not contain NUL bytes");
+    }
+    request.preflight = p->get<std::string>();
+  }
   return request;
 }
 

@@ -12,6 +12,8 @@
 //             {"v":1,"cmd":"upgrade","command":["prog","arg"]}  new command line
 //             {"v":1,"cmd":"upgrade","hold":30000}           both serve for 30 s before cutover
 //             {"v":1,"cmd":"upgrade","hold":"manual"}        both serve until promote or abort
+//             {"v":1,"cmd":"upgrade","preflight":"CMD"}      CMD checks it first ("": no check);
+//                                                            with any of the above, and with rollback
 //             {"v":1,"cmd":"rollback"}                       the last good release before the active one
 //             {"v":1,"cmd":"rollback","to":N}                release N (takes "hold" too)
 //             {"v":1,"cmd":"promote"}                        end the hold now: cutover
@@ -85,6 +87,7 @@ struct ControlRequest {
   Hold hold;                                     // upgrade, rollback: both generations serve a while
   bool wait = false;                             // upgrade, rollback: stay through the watch window and hear its end.
   bool force = false;                            // upgrade: even to an executable that was reverted.
+  std::optional<std::string> preflight;          // upgrade, rollback: the check instead of run's ("": none)
   // Who sent it (SO_PEERCRED), filled in by the control server; -1 when unknown.
   std::int64_t peer_uid = -1;
   std::int64_t peer_pid = -1;

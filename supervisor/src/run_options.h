@@ -56,6 +56,8 @@ struct RunOptions {
   Millis watchdog{0};  // WATCHDOG=1 at least this often once ready (0: no watchdog).
   HealthCheck health;
   bool adopt_binds = false;  // Preload libhotrestart-adopt into every worker.
+  std::string preflight;     // Run with /bin/sh -c before each release is spawned (preflight.h).
+  Millis preflight_timeout{60'000};
   std::vector<std::string> command;
 };
 

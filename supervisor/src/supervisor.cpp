@@ -27,7 +27,13 @@ using nlohmann::json;
 // that rolls back in the handshake or the state transfer; later, the worker no longer needs it).
 constexpr Millis kChannelGrace{1000};
 
-// An upgrade (or rollback) as the control request `request` asks for it: who asked, --wait, --hold.
+// Why an upgrade cannot begin while `run --preflight` still checks the first release: there is no
+// generation yet to upgrade from.
+constexpr const char* kFirstPreflightBusy =
+    "the first release's preflight check is still running; try again once its generation has started";
+
+// An upgrade (or rollback) as the control request `request` asks for it: who asked, --wait, --hold,
+// --preflight.
 UpgradeRequest requested_by(const ControlRequest& request, ReleaseOrigin origin) {
   UpgradeRequest upgrade;
   upgrade.origin = origin;
@@ -35,6 +41,7 @@ UpgradeRequest requested_by(const ControlRequest& request, ReleaseOrigin origin)
   upgrade.pid = request.peer_pid;
   upgrade.wait = request.wait;
   upgrade.hold = request.hold;
+  upgrade.preflight = request.preflight;
   return upgrade;
 }
 
@@ -78,6 +85,7 @@ Supervisor::~Supervisor() {
   // Generations first: they use the reaper, the launcher and the loop.
   generations_.clear();
   upgrade_.reset();
+  first_preflight_.reset();
   control_.reset();
   notify_.reset();
   signals_.clear();
@@ -156,6 +164,22 @@ Status Supervisor::start() {
     log_info("listener {} on {}{}", l.spec.name, l.address, l.adopted ? " (from socket activation)" : "");
   }
   const std::uint64_t release = record_release({options_.command, ReleaseOrigin::Run, -1, -1, 0, nullptr, {}});
+  current_.release = release;
+  if (options_.preflight.empty()) return start_first_generation(release);
+  // The first release is checked like any other before it is spawned; the loop runs meanwhile, so
+  // that status answers (with no generation yet).
+  auto check = start_preflight(release, options_.preflight, [this, release](PreflightOutcome outcome) {
+    on_first_preflight(release, std::move(outcome));
+  });
+  if (!check) {
+    end_release(release, ReleaseOutcome::Stopped, check.error().text());
+    return check.error();
+  }
+  first_preflight_ = std::move(check).value();
+  return {};
+}
+
+Status Supervisor::start_first_generation(std::uint64_t release) {
   auto first = spawn_generation(release);
   if (!first) {
     end_release(release, ReleaseOutcome::Stopped, first.error().text());
@@ -167,6 +191,23 @@ Status Supervisor::start() {
   log_info("supervisor pid {} started generation {} (pid {}); control socket {}", ::getpid(), active_,
            first.value()->pid(), options_.control_path);
   return {};
+}
+
+void Supervisor::on_first_preflight(std::uint64_t release, PreflightOutcome outcome) {
+  const pid_t pid = first_preflight_->pid();
+  first_preflight_.reset();  // Its last act was to call this.
+  if (outcome.passed) {
+    log_info("preflight (pid {}) passed in {}", pid, format_duration(outcome.took));
+    auto started = start_first_generation(release);
+    if (started) return;
+    log_error("{}", started.error().text());
+  } else {
+    end_release(release, ReleaseOutcome::Stopped, outcome.reason);
+    log_error("{}; nothing was started", outcome.reason);
+  }
+  exit_code_ = kRunExitFailed;
+  stopping_ = true;
+  uv_stop(&loop_);
 }
 
 Status Supervisor::open_control_socket() {
@@ -209,6 +250,17 @@ Result<Generation*> Supervisor::spawn_generation(std::uint64_t release) {
   auto plan = plan_for(release);
   if (!plan) return plan.error();
   return start_generation(std::move(plan).value());
+}
+
+Result<std::unique_ptr<PreflightCheck>> Supervisor::start_preflight(std::uint64_t release, const std::string& check,
+                                                                    PreflightCheck::Done done) {
+  // The executable is found and opened (and kept for the spawn) first, so that the check is told
+  // the file that will run.
+  auto plan = plan_for(release);
+  if (!plan) return plan.error();
+  return PreflightCheck::start({&loop_, *reaper_, options_.preflight_timeout}, check,
+                               launcher_->preflight_environment(plan->command, plan->image->path(), release),
+                               std::move(done));
 }
 
 std::vector<GenerationFacts> Supervisor::generation_facts() const {
@@ -491,6 +543,9 @@ void Supervisor::revert(const std::string& reason) {
   request.rollback_of = previous->number;
   request.image = std::move(image).value();
   request.state_from = state_from;
+  // No preflight check: the release coming back passed its own and served until now, and a revert
+  // must not wait on (or be stopped by) a check.
+  request.preflight = "";
   upgrade_->begin(std::move(request), std::nullopt);
 }
 
@@ -565,6 +620,10 @@ void Supervisor::on_request(ClientId client, const ControlRequest& request) {
       }
       if (upgrade_->in_progress()) {
         control_->send(client, control_error("busy", upgrade_->busy_reason()), AfterSend::Close);
+        return;
+      }
+      if (first_preflight_) {
+        control_->send(client, control_error("busy", kFirstPreflightBusy), AfterSend::Close);
         return;
       }
       if (request.command == ControlRequest::Command::Rollback) {
@@ -678,6 +737,10 @@ void Supervisor::on_signal(int signo) {
       break;
     case SIGUSR2:
       if (stopping_) break;
+      if (first_preflight_) {
+        log_warn("SIGUSR2 ignored: {}", kFirstPreflightBusy);
+        break;
+      }
       if (upgrade_->in_progress()) {
         log_warn("SIGUSR2 ignored: an upgrade is already in progress");
         break;
@@ -702,6 +765,7 @@ void Supervisor::begin_stop(bool now) {
   systemd_.notify("STOPPING=1");
   watch_->end(ReleaseWatch::Ending::Stopped, "the supervisor is stopping");
   restart_timer_->stop();
+  first_preflight_.reset();  // Killed: its release never starts.
   // Handled before feed() returns (this is a loop callback, not an action of the driver): the
   // candidate is stopped as a rolled-back one (an importing SDK worker at once) before the loop
   // below would ask it to drain.

@@ -40,6 +40,7 @@
 #include "generation.h"
 #include "listener_set.h"
 #include "notify_socket.h"
+#include "preflight.h"
 #include "reaper.h"
 #include "release_store.h"
 #include "release_watch.h"
@@ -81,6 +82,9 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   using Clock = std::chrono::steady_clock;
 
   Status start();
+  Status start_first_generation(std::uint64_t release);
+  // The first release's preflight check has ended: its generation starts, or `run` exits 1.
+  void on_first_preflight(std::uint64_t release, PreflightOutcome outcome);
   Status open_control_socket();
   Generation* find(std::uint64_t number);
 
@@ -102,6 +106,8 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   std::uint64_t next_generation_number() const override { return next_generation_; }
   std::uint64_t record_release(const UpgradeRequest& request) override;
   Result<Generation*> spawn_generation(std::uint64_t release) override;
+  Result<std::unique_ptr<PreflightCheck>> start_preflight(std::uint64_t release, const std::string& check,
+                                                          PreflightCheck::Done done) override;
   void promote(std::uint64_t generation) override;
   StateBroker& broker() override { return broker_; }
   void upgrade_started() override;
@@ -155,6 +161,7 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   std::uint64_t next_generation_ = 1;
   Generation::Plan current_;  // What the active generation runs, and what a crash restart runs again.
   std::unique_ptr<UpgradeDriver> upgrade_;
+  std::unique_ptr<PreflightCheck> first_preflight_;  // `run --preflight`: the check of the first release.
   StateBroker broker_;
   std::unique_ptr<ReleaseStore> releases_;
   std::unique_ptr<ReleaseWatch> watch_;

@@ -44,7 +44,7 @@ std::string time_of_day(std::int64_t ms) {
 }  // namespace
 
 struct UpgradeDriver::Upgrade {
-  Upgrade(uv_loop_t* loop, Hold h) : machine(h.kind), hold(h), phase_timer(loop) {}
+  Upgrade(uv_loop_t* loop, Phase first, Hold h) : machine(first, h.kind), hold(h), phase_timer(loop) {}
   UpgradeMachine machine;
   Hold hold;
   std::int64_t hold_ends_ms = 0;  // A timed hold in progress: when it ends (wall clock), else 0.
@@ -62,6 +62,7 @@ struct UpgradeDriver::Upgrade {
   // The new generation's last output when it failed, and once more when it has exited: what the
   // rollback's events and the result show.
   std::vector<std::string> last_output;
+  std::unique_ptr<PreflightCheck> preflight;  // The check, from its start until the upgrade ends.
 };
 
 UpgradeDriver::UpgradeDriver(uv_loop_t* loop, const RunOptions& options, ControlServer& control, Host& host)
@@ -75,11 +76,15 @@ std::uint64_t UpgradeDriver::candidate() const {
 
 json UpgradeDriver::status_json() const {
   if (!upgrade_) return nullptr;
-  return {{"generation", upgrade_->generation},
-          {"release", upgrade_->release},
-          {"phase", phase_name(upgrade_->machine.phase())},
-          {"elapsed_ms", ms_since(upgrade_->machine.started())},
-          {"hold", hold_json()}};
+  json status{{"generation", upgrade_->generation},
+              {"release", upgrade_->release},
+              {"phase", phase_name(upgrade_->machine.phase())},
+              {"elapsed_ms", ms_since(upgrade_->machine.started())},
+              {"hold", hold_json()}};
+  if (upgrade_->machine.phase() == Phase::Preflight && upgrade_->preflight) {
+    status["preflight_pid"] = upgrade_->preflight->pid();
+  }
+  return status;
 }
 
 json UpgradeDriver::hold_json() const {
@@ -94,6 +99,10 @@ json UpgradeDriver::hold_json() const {
 }
 
 std::string UpgradeDriver::busy_reason() const {
+  if (upgrade_->generation == 0) {
+    return fmt::format("upgrade in progress: release {} is in phase {} since {} ms; try again when it has finished",
+                       upgrade_->release, phase_name(upgrade_->machine.phase()), ms_since(upgrade_->machine.started()));
+  }
   const bool holding = upgrade_->machine.phase() == Phase::Holding;
   return fmt::format("upgrade in progress: generation {} is in phase {} since {} ms; try again when it has finished{}",
                      upgrade_->generation, phase_name(upgrade_->machine.phase()), ms_since(upgrade_->machine.started()),
@@ -140,7 +149,8 @@ void UpgradeDriver::send_to_watchers(const json& message, AfterSend after) {
 // Inputs
 
 void UpgradeDriver::begin(UpgradeRequest request, std::optional<ClientId> client) {
-  upgrade_ = std::make_unique<Upgrade>(loop_, request.hold);
+  const std::string check = request.preflight.value_or(options_.preflight);
+  upgrade_ = std::make_unique<Upgrade>(loop_, check.empty() ? Phase::Spawning : Phase::Preflight, request.hold);
   upgrade_->command = request.command;
   switch (request.origin) {
     case ReleaseOrigin::Signal:
@@ -162,6 +172,41 @@ void UpgradeDriver::begin(UpgradeRequest request, std::optional<ClientId> client
   if (client) upgrade_->watchers.push_back(*client);
   host_.upgrade_started();
   log_info("upgrade ({}) to: {}", upgrade_->origin, shell_words(upgrade_->command));
+  if (check.empty()) {
+    spawn();
+  } else {
+    run_preflight(check);
+  }
+}
+
+void UpgradeDriver::run_preflight(const std::string& check) {
+  auto started = host_.start_preflight(upgrade_->release, check,
+                                       [this](PreflightOutcome outcome) { on_preflight_done(std::move(outcome)); });
+  if (!started) {
+    feed(Input::SpawnFailed, started.error().text());
+    return;
+  }
+  upgrade_->preflight = std::move(started).value();
+  publish_phase(fmt::format("checking release {} before anything is started: preflight (pid {}): {} (timeout {})",
+                            upgrade_->release, upgrade_->preflight->pid(), check,
+                            format_duration(options_.preflight_timeout)));
+}
+
+void UpgradeDriver::on_preflight_done(PreflightOutcome outcome) {
+  if (!upgrade_ || upgrade_->machine.phase() != Phase::Preflight) return;
+  const pid_t pid = upgrade_->preflight ? upgrade_->preflight->pid() : 0;
+  if (outcome.passed) {
+    publish_phase(fmt::format("preflight (pid {}) passed in {}", pid, format_duration(outcome.took)));
+    feed(Input::PreflightPassed);
+    return;
+  }
+  upgrade_->last_output = std::move(outcome.last_output);
+  publish_phase(
+      fmt::format("preflight (pid {}) failed after {}; nothing was started", pid, format_duration(outcome.took)));
+  feed(Input::PreflightFailed, std::move(outcome.reason));
+}
+
+void UpgradeDriver::spawn() {
   publish_phase(fmt::format("starting generation {} (release {}): {}", host_.next_generation_number(),
                             upgrade_->release, shell_words(upgrade_->command)));
   auto g = host_.spawn_generation(upgrade_->release);
@@ -284,6 +329,9 @@ void UpgradeDriver::step(Input input, std::string reason) {
   }
   switch (step.action) {
     case Action::None:
+      break;
+    case Action::Spawn:
+      spawn();
       break;
     case Action::WaitHandshake:
       publish_phase(fmt::format(

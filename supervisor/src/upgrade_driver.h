@@ -1,13 +1,13 @@
 // UpgradeDriver: carries out the upgrade state machine (upgrade_machine.h) on the loop.
 //
-// Every input of an upgrade (the spawn's outcome, the new worker's hello, readiness and exit, the
+// Every input of an upgrade (a preflight's and the spawn's outcome, the new worker's hello, readiness and exit, the
 // state transfer's end, the one phase timer, a stop) is fed here; the machine answers with the
 // action for its new phase, which the driver carries out and publishes as an event to the clients
 // that watch the upgrade (`hotrestart upgrade`) and to the log. An action may produce the next
 // input itself (promote, then "promoted"): inputs go through a queue, so that an action always
 // finishes before the next input is handled, and nothing re-enters the machine.
 //
-// What the driver needs of the rest of the supervisor (its generations, the state broker, making
+// What the driver needs of the rest of the supervisor (a preflight check, its generations, the state broker, making
 // a generation the active one) comes through Host, which the Supervisor implements.
 #pragma once
 
@@ -29,6 +29,7 @@
 #include "executable.h"
 #include "generation.h"
 #include "hold.h"
+#include "preflight.h"
 #include "releases.h"
 #include "run_options.h"
 #include "state_broker.h"
@@ -51,6 +52,9 @@ struct UpgradeRequest {
   // crashed names the previous one, which may still be alive and draining.
   std::uint64_t state_from = 0;
   bool wait = false;  // `upgrade --wait`: the requester stays connected through the watch window.
+  // The check to run before anything is spawned (preflight.h): nullopt, the one `run` was given
+  // (--preflight); "", none.
+  std::optional<std::string> preflight = std::nullopt;
 };
 
 class UpgradeDriver {
@@ -65,6 +69,10 @@ class UpgradeDriver {
     // Records the release `request` brings in (starting), and returns its number.
     virtual std::uint64_t record_release(const UpgradeRequest& request) = 0;
     virtual Result<Generation*> spawn_generation(std::uint64_t release) = 0;
+    // Starts `check`, the preflight of release `release`; `done` tells its outcome, from the loop.
+    // An error says that the release's executable cannot be found or opened, as spawning it would.
+    virtual Result<std::unique_ptr<PreflightCheck>> start_preflight(std::uint64_t release, const std::string& check,
+                                                                    PreflightCheck::Done done) = 0;
     // Makes `generation` the active one (cutover).
     virtual void promote(std::uint64_t generation) = 0;
     virtual StateBroker& broker() = 0;
@@ -87,7 +95,8 @@ class UpgradeDriver {
   // The new generation of the upgrade in progress (0: none, or not spawned yet).
   std::uint64_t candidate() const;
   bool is_candidate(const Generation& g) const { return in_progress() && candidate() == g.number(); }
-  // {"generation", "release", "phase", "elapsed_ms", "hold"} of the upgrade in progress, or null.
+  // {"generation", "release", "phase", "elapsed_ms", "hold"} of the upgrade in progress (and
+  // "preflight_pid" while its check runs), or null.
   nlohmann::json status_json() const;
   // The last verdict (the "result" line without "v" and "type"), or null.
   const nlohmann::json& last_verdict() const { return last_verdict_; }
@@ -124,6 +133,9 @@ class UpgradeDriver {
   struct Upgrade;
 
   void step(Input input, std::string reason);
+  void run_preflight(const std::string& check);
+  void on_preflight_done(PreflightOutcome outcome);
+  void spawn();
   void start_transfer();
   void begin_transfer();
   void wait_ready(Generation* fresh);

@@ -12,8 +12,10 @@ namespace hotrestart {
 namespace {
 
 // The whole transition table. Rolling back is reachable from every phase before cutover and from
-// none after it.
+// none after it; a failed preflight is rolled back at once, since nothing was started.
 constexpr TransitionTable<Phase, kPhaseCount> kAllowed = {
+    {Phase::Preflight, Phase::Spawning},
+    {Phase::Preflight, Phase::RolledBack},
     {Phase::Spawning, Phase::Handshake},
     {Phase::Spawning, Phase::RollingBack},
     {Phase::Handshake, Phase::TransferringState},
@@ -66,10 +68,15 @@ bool transition_allowed(Phase from, Phase to) {
   return kAllowed.allows(from, to);
 }
 
-UpgradeMachine::UpgradeMachine(Clock::time_point started) : UpgradeMachine(HoldKind::None, started) {}
+UpgradeMachine::UpgradeMachine(Clock::time_point started) : UpgradeMachine(Phase::Spawning, HoldKind::None, started) {}
 
-UpgradeMachine::UpgradeMachine(HoldKind hold, Clock::time_point started) : started_(started), hold_(hold) {
-  timeline_.push_back({Phase::Spawning, Clock::duration::zero()});
+UpgradeMachine::UpgradeMachine(HoldKind hold, Clock::time_point started)
+    : UpgradeMachine(Phase::Spawning, hold, started) {}
+
+UpgradeMachine::UpgradeMachine(Phase first, HoldKind hold, Clock::time_point started)
+    : started_(started), hold_(hold), phase_(first) {
+  assert(first == Phase::Spawning || first == Phase::Preflight);
+  timeline_.push_back({first, Clock::duration::zero()});
 }
 
 bool UpgradeMachine::past_cutover() const {
@@ -94,6 +101,11 @@ Step UpgradeMachine::handle(Input input, std::string reason, Clock::time_point n
     When when = When::Always;
   };
   static constexpr Rule kRules[] = {
+      {Phase::Preflight, Input::PreflightPassed, Phase::Spawning, Action::Spawn},
+      {Phase::Preflight, Input::PreflightFailed, Phase::RolledBack, Action::Finish},
+      // The executable cannot be found or opened: what spawning it would have said.
+      {Phase::Preflight, Input::SpawnFailed, Phase::RolledBack, Action::Finish},
+      {Phase::Preflight, Input::Cancel, Phase::RolledBack, Action::Finish},
       {Phase::Spawning, Input::Spawned, Phase::Handshake, Action::WaitHandshake},
       {Phase::Spawning, Input::SpawnFailed, Phase::RollingBack, Action::StopNew},
       {Phase::Spawning, Input::Cancel, Phase::RollingBack, Action::StopNew},
@@ -144,7 +156,8 @@ Step UpgradeMachine::handle(Input input, std::string reason, Clock::time_point n
   };
   for (const auto& rule : kRules) {
     if (rule.from != phase_ || rule.input != input || !applies(rule.when)) continue;
-    if (rule.to == Phase::RollingBack && failure_.empty()) {
+    const bool fails = rule.to == Phase::RollingBack || rule.to == Phase::RolledBack;
+    if (fails && failure_.empty()) {
       failure_ = reason.empty() ? std::string(input_name(input)) : std::move(reason);
     }
     enter(rule.to, now);

@@ -1,11 +1,17 @@
 // The upgrade lifecycle, as one enum and one transition table.
 //
-//   spawning ──► handshake ──► transferring-state ──► warming ──► health-checking ──► cutover ──► draining-old ──► done
-//       │            │  └──(no SDK: ready)───────────────────────────►│     │            ▲
-//       │            │              │                     │           │     └──► holding ┘ (--hold)
-//       │            │              │                     │           │             │
-//       └────────────┴──────────────┴─────────────────────┴───────────┴─────────────┴──► rolling-back ──► rolled-back
+//   preflight ──► spawning ──► handshake ──► transferring-state ──► warming ──► health-checking ──► cutover ──►
+//   draining-old ──► done
+//       │            │            │  └──(no SDK: ready)───────────────────────────►│     │            ▲
+//       │            │            │              │                     │           │     └──► holding ┘ (--hold)
+//       │            │            │              │                     │           │             │
+//       │            └────────────┴──────────────┴─────────────────────┴───────────┴─────────────┴──► rolling-back ──►
+//       rolled-back └──────────────────────────────────────(nothing to
+//       stop)─────────────────────────────────────────────────────► rolled-back
 //
+// preflight           the operator's check (--preflight) runs before anything is spawned; only an
+//                     upgrade that has one starts here, every other starts in spawning. Its failure
+//                     ends the upgrade at once: there is no new generation to stop.
 // spawning            the new generation's process is being started (exec errors end here).
 // handshake           waiting for the new worker's first word: an SDK worker's hello on its
 //                     channel, or, from a worker without the SDK, its readiness (which then
@@ -46,6 +52,7 @@ namespace hotrestart {
 #define HOTRESTART_UPGRADE_ONE(enumerator, name) +1
 
 #define HOTRESTART_UPGRADE_PHASES(X)         \
+  X(Preflight, "preflight")                  \
   X(Spawning, "spawning")                    \
   X(Handshake, "handshake")                  \
   X(TransferringState, "transferring-state") \
@@ -66,31 +73,34 @@ bool is_terminal(Phase p);
 bool transition_allowed(Phase from, Phase to);
 
 // What the supervisor feeds the machine.
-#define HOTRESTART_UPGRADE_INPUTS(X)                                                                              \
-  X(Spawned, "spawned")                /* exec succeeded. */                                                      \
-  X(SpawnFailed, "spawn-failed")       /* exec failed (reason given). */                                          \
-  X(Hello, "hello")                    /* an SDK worker said hello; the state transfer begins. */                 \
-  X(Refused, "refused")                /* the worker's hello was refused (reason given: protocol version). */     \
-  X(TransferDone, "transfer-done")     /* the new worker imported what it could, and every required section. */   \
-  X(TransferFailed, "transfer-failed") /* a required section could not be imported (reason given). */             \
-  X(Ready, "ready")                    /* the new worker reported ready. */                                       \
-  X(HealthPassed, "health-passed")     /* the new worker stayed healthy for the required time. */                 \
-  X(Promoted, "promoted")              /* the supervisor made the new generation the active one. */               \
-  X(DrainStarted, "drain-started")     /* the drain signal was sent to the old generation (or there was none). */ \
-  X(NewExited, "new-exited")           /* the new worker's main process exited (reason given). */                 \
-  X(Timeout, "timeout")                /* the current phase's deadline passed (reason given). */                  \
-  X(Cancel, "cancel")                  /* the supervisor is stopping (reason given). */                           \
-  X(NewGone, "new-gone")               /* the new generation has fully exited after a rollback. */                \
-  X(HoldEnded, "hold-ended")           /* a timed hold's time has passed with the new worker healthy. */          \
-  X(Promote, "promote")                /* `hotrestart promote`: end the hold with a cutover. */                   \
-  X(Abort, "abort")                    /* `hotrestart abort`: end the hold with a rollback (reason given). */     \
-  X(Unhealthy, "unhealthy")            /* the ready new worker missed its watchdog or failed --health. */
+#define HOTRESTART_UPGRADE_INPUTS(X)                                                                                \
+  X(PreflightPassed, "preflight-passed") /* the preflight check exited 0. */                                        \
+  X(PreflightFailed, "preflight-failed") /* it failed, timed out or could not run (reason given). */                \
+  X(Spawned, "spawned")                  /* exec succeeded. */                                                      \
+  X(SpawnFailed, "spawn-failed")         /* exec failed (reason given). */                                          \
+  X(Hello, "hello")                      /* an SDK worker said hello; the state transfer begins. */                 \
+  X(Refused, "refused")                  /* the worker's hello was refused (reason given: protocol version). */     \
+  X(TransferDone, "transfer-done")       /* the new worker imported what it could, and every required section. */   \
+  X(TransferFailed, "transfer-failed")   /* a required section could not be imported (reason given). */             \
+  X(Ready, "ready")                      /* the new worker reported ready. */                                       \
+  X(HealthPassed, "health-passed")       /* the new worker stayed healthy for the required time. */                 \
+  X(Promoted, "promoted")                /* the supervisor made the new generation the active one. */               \
+  X(DrainStarted, "drain-started")       /* the drain signal was sent to the old generation (or there was none). */ \
+  X(NewExited, "new-exited")             /* the new worker's main process exited (reason given). */                 \
+  X(Timeout, "timeout")                  /* the current phase's deadline passed (reason given). */                  \
+  X(Cancel, "cancel")                    /* the supervisor is stopping (reason given). */                           \
+  X(NewGone, "new-gone")                 /* the new generation has fully exited after a rollback. */                \
+  X(HoldEnded, "hold-ended")             /* a timed hold's time has passed with the new worker healthy. */          \
+  X(Promote, "promote")                  /* `hotrestart promote`: end the hold with a cutover. */                   \
+  X(Abort, "abort")                      /* `hotrestart abort`: end the hold with a rollback (reason given). */     \
+  X(Unhealthy, "unhealthy")              /* the ready new worker missed its watchdog or failed --health. */
 enum class Input : std::uint8_t { HOTRESTART_UPGRADE_INPUTS(HOTRESTART_UPGRADE_ENUMERATOR) };
 std::string_view input_name(Input i);
 
 // What the supervisor must do after a transition.
 #define HOTRESTART_UPGRADE_ACTIONS(X)                                                                                \
   X(None, "none")                                                                                                    \
+  X(Spawn, "spawn")                  /* start the new generation, then feed Spawned or SpawnFailed. */               \
   X(WaitHandshake, "wait-handshake") /* wait for hello or readiness, within the ready deadline. */                   \
   X(StartTransfer, "start-transfer") /* start the state transfer and its deadline, then feed TransferDone/Failed. */ \
   X(WaitReady, "wait-ready")         /* arm the readiness wait and the ready deadline. */                            \
@@ -124,6 +134,8 @@ class UpgradeMachine {
   explicit UpgradeMachine(Clock::time_point started = Clock::now());
   // An upgrade that holds (HoldKind::Timed or Manual) passes through `holding` before cutover.
   explicit UpgradeMachine(HoldKind hold, Clock::time_point started = Clock::now());
+  // `first` is Phase::Preflight for an upgrade with a preflight check, else Phase::Spawning.
+  explicit UpgradeMachine(Phase first, HoldKind hold = HoldKind::None, Clock::time_point started = Clock::now());
 
   Step handle(Input input, std::string reason = {}, Clock::time_point now = Clock::now());
 

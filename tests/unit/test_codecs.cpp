@@ -77,6 +77,28 @@ TEST_CASE("control requests: the valid forms") {
         ControlRequest::Command::Promote);
   CHECK(std::get<ControlRequest>(decode_control_request(json::parse(R"({"v":1,"cmd":"abort"})"))).command ==
         ControlRequest::Command::Abort);
+  CHECK_FALSE(c.preflight.has_value());
+}
+
+TEST_CASE("control requests: an upgrade or a rollback may bring its own preflight check, or none") {
+  using nlohmann::json;
+  const auto request = [](const char* text) {
+    return std::get<ControlRequest>(decode_control_request(json::parse(text)));
+  };
+  CHECK(request(R"({"v":1,"cmd":"upgrade","preflight":"nginx -t"})").preflight == "nginx -t");
+  CHECK(request(R"({"v":1,"cmd":"upgrade","preflight":""})").preflight == "");
+  const auto rollback = request(R"({"v":1,"cmd":"rollback","to":3,"preflight":"true"})");
+  CHECK(rollback.command == ControlRequest::Command::Rollback);
+  CHECK(rollback.preflight == "true");
+  // Only deployments run a check: elsewhere the field is unknown, and ignored like any other.
+  CHECK_FALSE(request(R"({"v":1,"cmd":"status","preflight":5})").preflight.has_value());
+  const auto err = [](const char* text) {
+    return std::get<ControlRequestError>(decode_control_request(json::parse(text)));
+  };
+  CHECK(err(R"({"v":1,"cmd":"upgrade","preflight":5})").message.find("\"preflight\" must be a string") !=
+        std::string::npos);
+  CHECK(err(R"({"v":1,"cmd":"rollback","preflight":["x"]})").code == "bad-request");
+  CHECK(err(R"({"v":1,"cmd":"upgrade","preflight":"a\u0000b"})").message.find("NUL") != std::string::npos);
 }
 
 TEST_CASE("control requests: every malformed field is named") {

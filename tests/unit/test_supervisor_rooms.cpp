@@ -6,7 +6,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -17,11 +19,13 @@
 #include "crash_restarts.h"
 #include "generation.h"
 #include "notify_socket.h"
+#include "preflight.h"
 #include "state_broker.h"
 #include "upgrade_driver.h"
 
 using namespace hotrestart;
 using namespace std::chrono_literals;
+using nlohmann::json;
 
 namespace {
 
@@ -234,6 +238,20 @@ class DriverBench final : public Generation::Events, public UpgradeDriver::Host 
   }
 
   UpgradeDriver& driver() { return *driver_; }
+  RunOptions& options() { return options_; }
+
+  // Runs the loop until `done` holds, for `deadline` at most; false when it never did.
+  bool run_until(const std::function<bool()>& done, std::chrono::milliseconds deadline) {
+    bool expired = false;
+    Timer guard(&loop_);
+    guard.start(deadline, [&] { expired = true; });
+    // Some conditions (a process reaped by another parent) come with no event on this loop.
+    Timer poll(&loop_);
+    poll.start_repeating(10ms, [] {});
+    while (!done() && !expired)
+      uv_run(&loop_, UV_RUN_ONCE);
+    return done();
+  }
 
   // Generation::Events
   void on_ready(Generation&) override {}
@@ -257,6 +275,7 @@ class DriverBench final : public Generation::Events, public UpgradeDriver::Host 
     return commands_.size();
   }
   Result<Generation*> spawn_generation(std::uint64_t release) override {
+    ++spawns;
     if (fail_spawn) return Error::message("exec /nonexistent: No such file or directory");
     const auto& command = commands_.at(release - 1);
     auto image = ExecutableImage::open(command.front());
@@ -267,6 +286,12 @@ class DriverBench final : public Generation::Events, public UpgradeDriver::Host 
     Generation* raw = g.value().get();
     generations_.emplace(next_++, std::move(g).value());
     return raw;
+  }
+  Result<std::unique_ptr<PreflightCheck>> start_preflight(std::uint64_t release, const std::string& check,
+                                                          PreflightCheck::Done done) override {
+    const auto& command = commands_.at(release - 1);
+    return PreflightCheck::start({&loop_, *reaper_, options_.preflight_timeout}, check,
+                                 launcher_->preflight_environment(command, command.front(), release), std::move(done));
   }
   void promote(std::uint64_t generation) override {
     active_ = generation;
@@ -286,6 +311,7 @@ class DriverBench final : public Generation::Events, public UpgradeDriver::Host 
   void upgrade_reported() override { ++reports; }
 
   bool fail_spawn = false;
+  int spawns = 0;
   bool feed_inside_promote = false;
   std::string phase_after_nested_feed;
   std::vector<std::pair<bool, std::string>> verdicts;
@@ -307,10 +333,16 @@ class DriverBench final : public Generation::Events, public UpgradeDriver::Host 
   std::unique_ptr<UpgradeDriver> driver_;
 };
 
-UpgradeRequest request_for(std::vector<std::string> command) {
+UpgradeRequest request_for(std::vector<std::string> command, std::optional<std::string> preflight = std::nullopt) {
   UpgradeRequest request;
   request.command = std::move(command);
+  request.preflight = std::move(preflight);
   return request;
+}
+
+// True once `pid` is gone and reaped (a zombie still answers kill()).
+bool reaped(pid_t pid) {
+  return ::kill(pid, 0) != 0 && errno == ESRCH;
 }
 
 }  // namespace
@@ -344,4 +376,69 @@ TEST_CASE("upgrade driver: an input fed while an action runs waits for it, and n
   CHECK(bench.verdicts[0].first);
   CHECK(bench.driver().last_verdict().value("outcome", "") == "done");
   CHECK(bench.active_generation() == 1);
+}
+
+TEST_CASE("upgrade driver: a failed preflight ends the upgrade with its output, and nothing is spawned") {
+  DriverBench bench;
+  bench.driver().begin(request_for({"/bin/sleep", "30"}, "echo checking; echo 'bad directive' >&2; exit 3"),
+                       std::nullopt);
+  // The check runs on the loop: the upgrade waits in its first phase meanwhile.
+  REQUIRE(bench.driver().in_progress());
+  const json status = bench.driver().status_json();
+  CHECK(status.value("phase", "") == "preflight");
+  CHECK(status.value("generation", -1) == 0);
+  const pid_t pid = status.value("preflight_pid", 0);
+  CHECK(pid > 0);
+  REQUIRE(bench.run_until([&] { return !bench.driver().in_progress(); }, 10s));
+  CHECK(bench.spawns == 0);
+  REQUIRE(bench.verdicts.size() == 1);
+  CHECK_FALSE(bench.verdicts[0].first);
+  CHECK(bench.verdicts[0].second == "preflight failed (exit status 3): checking | bad directive");
+  const json& verdict = bench.driver().last_verdict();
+  CHECK(verdict.value("outcome", "") == "rolled-back");
+  CHECK(verdict["last_output"] == json::array({"checking", "bad directive"}));
+  std::vector<std::string> phases;
+  for (const auto& record : verdict["timeline"])
+    phases.push_back(record.value("phase", ""));
+  CHECK(phases == std::vector<std::string>{"preflight", "rolled-back"});
+  CHECK(bench.run_until([&] { return reaped(pid); }, 5s));
+  // The next upgrade, with a check that passes, goes on to spawn.
+  bench.driver().begin(request_for({"/bin/sleep", "30"}, "test \"$HOTRESTART_RELEASE\" = 2"), std::nullopt);
+  REQUIRE(bench.run_until([&] { return bench.driver().status_json().value("phase", "") == "handshake"; }, 10s));
+  CHECK(bench.spawns == 1);
+  CHECK(bench.driver().candidate() == 1);
+}
+
+TEST_CASE("upgrade driver: a preflight past its timeout is killed with its process group and fails naming it") {
+  DriverBench bench;
+  bench.options().preflight_timeout = 300ms;
+  // The shell's child (the sleep) is in its group and must go with it.
+  bench.driver().begin(request_for({"/bin/sleep", "30"}, "sleep 30 & wait"), std::nullopt);
+  const pid_t pid = bench.driver().status_json().value("preflight_pid", 0);
+  REQUIRE(pid > 0);
+  REQUIRE(bench.run_until([&] { return !bench.driver().in_progress(); }, 10s));
+  REQUIRE(bench.verdicts.size() == 1);
+  CHECK(bench.verdicts[0].second ==
+        "preflight failed (timed out after 300ms, --preflight-timeout; its process group was killed) with no output");
+  CHECK(bench.spawns == 0);
+  CHECK(bench.run_until([&] { return ::kill(-pid, 0) != 0; }, 5s));  // Nothing is left in its group.
+}
+
+TEST_CASE("upgrade driver: a stop during the preflight ends the upgrade at once and kills the check") {
+  DriverBench bench;
+  // A run's check applies when the request brings none.
+  bench.options().preflight = "sleep 30";
+  bench.driver().begin(request_for({"/bin/sleep", "30"}), std::nullopt);
+  const pid_t pid = bench.driver().status_json().value("preflight_pid", 0);
+  REQUIRE(pid > 0);
+  bench.driver().feed(Input::Cancel, "the supervisor is stopping");
+  CHECK_FALSE(bench.driver().in_progress());
+  REQUIRE(bench.verdicts.size() == 1);
+  CHECK(bench.verdicts[0].second == "the supervisor is stopping");
+  CHECK(bench.run_until([&] { return reaped(pid); }, 5s));
+  CHECK(bench.spawns == 0);
+  // An empty check in the request means none, whatever the run's is.
+  bench.driver().begin(request_for({"/bin/sleep", "30"}, ""), std::nullopt);
+  CHECK(bench.driver().status_json().value("phase", "") == "handshake");
+  CHECK(bench.spawns == 1);
 }

@@ -10,14 +10,14 @@ using namespace hotrestart;
 
 namespace {
 
-constexpr Phase kAll[] = {Phase::Spawning,       Phase::Handshake,   Phase::TransferringState, Phase::Warming,
-                          Phase::HealthChecking, Phase::Holding,     Phase::Cutover,           Phase::DrainingOld,
-                          Phase::Done,           Phase::RollingBack, Phase::RolledBack};
-constexpr Input kInputs[] = {Input::Spawned,      Input::SpawnFailed,    Input::Hello,     Input::Refused,
-                             Input::TransferDone, Input::TransferFailed, Input::Ready,     Input::HealthPassed,
-                             Input::Promoted,     Input::DrainStarted,   Input::NewExited, Input::Timeout,
-                             Input::Cancel,       Input::NewGone,        Input::HoldEnded, Input::Promote,
-                             Input::Abort,        Input::Unhealthy};
+constexpr Phase kAll[] = {Phase::Preflight,   Phase::Spawning,       Phase::Handshake,   Phase::TransferringState,
+                          Phase::Warming,     Phase::HealthChecking, Phase::Holding,     Phase::Cutover,
+                          Phase::DrainingOld, Phase::Done,           Phase::RollingBack, Phase::RolledBack};
+constexpr Input kInputs[] = {Input::PreflightPassed, Input::PreflightFailed, Input::Spawned,      Input::SpawnFailed,
+                             Input::Hello,           Input::Refused,         Input::TransferDone, Input::TransferFailed,
+                             Input::Ready,           Input::HealthPassed,    Input::Promoted,     Input::DrainStarted,
+                             Input::NewExited,       Input::Timeout,         Input::Cancel,       Input::NewGone,
+                             Input::HoldEnded,       Input::Promote,         Input::Abort,        Input::Unhealthy};
 constexpr HoldKind kHolds[] = {HoldKind::Timed, HoldKind::Manual};
 
 // Drives a fresh machine (holding as `hold` says) through `inputs`, requiring each to be accepted.
@@ -215,9 +215,76 @@ TEST_CASE("inputs out of order are ignored and not acted upon") {
   CHECK_FALSE(m.handle(Input::Ready).accepted);  // a second READY=1 changes nothing
 }
 
+TEST_CASE("an upgrade with a preflight check starts in preflight and spawns only once it passed") {
+  UpgradeMachine m(Phase::Preflight);
+  CHECK(m.phase() == Phase::Preflight);
+  REQUIRE(m.timeline().size() == 1);
+  CHECK(m.timeline().front().phase == Phase::Preflight);
+  // Nothing of a new generation can happen before it exists.
+  for (Input i : {Input::Spawned, Input::Hello, Input::Ready, Input::NewExited, Input::Timeout, Input::NewGone}) {
+    CHECK_FALSE(m.handle(i, "early").accepted);
+    CHECK(m.phase() == Phase::Preflight);
+  }
+  const Step passed = m.handle(Input::PreflightPassed);
+  CHECK(passed.accepted);
+  CHECK(passed.action == Action::Spawn);
+  CHECK(m.phase() == Phase::Spawning);
+  CHECK_FALSE(m.handle(Input::PreflightFailed, "late").accepted);  // the check is over
+  CHECK(m.handle(Input::Spawned).action == Action::WaitHandshake);
+  CHECK(m.handle(Input::Ready).action == Action::WaitHealth);
+  CHECK(m.handle(Input::HealthPassed).action == Action::Promote);
+  CHECK(m.handle(Input::Promoted).action == Action::DrainOld);
+  CHECK(m.handle(Input::DrainStarted).action == Action::Finish);
+  CHECK(m.succeeded());
+  CHECK(m.timeline().size() == 7);
+}
+
+TEST_CASE("a failed preflight, an executable that cannot be found, or a stop ends the upgrade with nothing to stop") {
+  for (Input failure : {Input::PreflightFailed, Input::SpawnFailed, Input::Cancel}) {
+    UpgradeMachine m(Phase::Preflight);
+    const Step step = m.handle(failure, "preflight failed (exit status 1): bad directive");
+    CHECK(step.accepted);
+    // Straight to the verdict: no generation was started, so there is none to stop.
+    CHECK(step.action == Action::Finish);
+    CHECK(m.phase() == Phase::RolledBack);
+    CHECK(m.finished());
+    CHECK_FALSE(m.succeeded());
+    CHECK(m.failure() == "preflight failed (exit status 1): bad directive");
+    CHECK_FALSE(m.handle(Input::PreflightPassed).accepted);
+    REQUIRE(m.timeline().size() == 2);
+    CHECK(m.timeline().back().phase == Phase::RolledBack);
+  }
+  // Without a reason, the input names itself.
+  UpgradeMachine m(Phase::Preflight);
+  m.handle(Input::PreflightFailed);
+  CHECK(m.failure() == "preflight-failed");
+}
+
+TEST_CASE("an upgrade without a preflight check never sees the preflight inputs") {
+  UpgradeMachine m;
+  CHECK(m.phase() == Phase::Spawning);
+  CHECK_FALSE(m.handle(Input::PreflightPassed).accepted);
+  CHECK_FALSE(m.handle(Input::PreflightFailed, "x").accepted);
+  CHECK(m.phase() == Phase::Spawning);
+  CHECK(m.failure().empty());
+  for (Phase p : kAll)
+    CHECK_FALSE(transition_allowed(p, Phase::Preflight));
+}
+
 TEST_CASE("every transition the machine makes is in the table and the table has no way back") {
   // Exhaustive: from every reachable phase, every input either is ignored or moves along
   // an allowed edge.
+  // An upgrade with a preflight check starts in preflight, held or not.
+  for (HoldKind hold : {HoldKind::None, HoldKind::Timed, HoldKind::Manual}) {
+    for (Input i : kInputs) {
+      UpgradeMachine m(Phase::Preflight, hold);
+      const Step s = m.handle(i, "x");
+      if (s.accepted)
+        CHECK(transition_allowed(Phase::Preflight, s.phase));
+      else
+        CHECK(m.phase() == Phase::Preflight);
+    }
+  }
   const auto check_from = [](std::initializer_list<Input> path, HoldKind hold) {
     for (Input i : kInputs) {
       UpgradeMachine m = drive(path, hold);
@@ -248,7 +315,8 @@ TEST_CASE("every transition the machine makes is in the table and the table has 
     check_from({Input::Spawned, Input::Ready, Input::HealthPassed, Input::Promote, Input::Promoted}, hold);
   }
   for (Phase p : kAll) {
-    CHECK_FALSE(transition_allowed(p, Phase::Spawning));
+    // Spawning is entered only from the preflight, which nothing enters: an upgrade starts there.
+    CHECK(transition_allowed(p, Phase::Spawning) == (p == Phase::Preflight));
     CHECK_FALSE(transition_allowed(Phase::Done, p));
     CHECK_FALSE(transition_allowed(Phase::RolledBack, p));
   }
@@ -259,6 +327,7 @@ TEST_CASE("every transition the machine makes is in the table and the table has 
 }
 
 TEST_CASE("phase names are the documented ones") {
+  CHECK(phase_name(Phase::Preflight) == "preflight");
   CHECK(phase_name(Phase::Handshake) == "handshake");
   CHECK(phase_name(Phase::TransferringState) == "transferring-state");
   CHECK(phase_name(Phase::Warming) == "warming");
@@ -269,22 +338,24 @@ TEST_CASE("phase names are the documented ones") {
 
 TEST_CASE("every phase, input and action keeps the name the protocol and the logs use") {
   // Written out in full, so that an edit to a name list in upgrade_machine.h shows up here.
-  const std::string_view phases[] = {"spawning",   "handshake", "transferring-state", "warming", "health-checking",
-                                     "holding",    "cutover",   "draining-old",       "done",    "rolling-back",
-                                     "rolled-back"};
+  const std::string_view phases[] = {"preflight",       "spawning",   "handshake", "transferring-state", "warming",
+                                     "health-checking", "holding",    "cutover",   "draining-old",       "done",
+                                     "rolling-back",    "rolled-back"};
   REQUIRE(std::size(kAll) == kPhaseCount);
   for (std::size_t i = 0; i < std::size(kAll); ++i)
     CHECK(phase_name(kAll[i]) == phases[i]);
 
-  const std::string_view inputs[] = {"spawned",         "spawn-failed", "hello",         "refused",  "transfer-done",
-                                     "transfer-failed", "ready",        "health-passed", "promoted", "drain-started",
-                                     "new-exited",      "timeout",      "cancel",        "new-gone", "hold-ended",
-                                     "promote",         "abort",        "unhealthy"};
+  const std::string_view inputs[] = {
+      "preflight-passed", "preflight-failed", "spawned",         "spawn-failed", "hello",
+      "refused",          "transfer-done",    "transfer-failed", "ready",        "health-passed",
+      "promoted",         "drain-started",    "new-exited",      "timeout",      "cancel",
+      "new-gone",         "hold-ended",       "promote",         "abort",        "unhealthy"};
   REQUIRE(std::size(kInputs) == std::size(inputs));
   for (std::size_t i = 0; i < std::size(kInputs); ++i)
     CHECK(input_name(kInputs[i]) == inputs[i]);
 
   const std::pair<Action, std::string_view> actions[] = {{Action::None, "none"},
+                                                         {Action::Spawn, "spawn"},
                                                          {Action::WaitHandshake, "wait-handshake"},
                                                          {Action::StartTransfer, "start-transfer"},
                                                          {Action::WaitReady, "wait-ready"},
