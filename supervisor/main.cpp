@@ -90,6 +90,8 @@ struct RunFlags {
   std::string health_interval = "2s";
   int health_failures = 3;
   bool adopt_binds = false;
+  std::string preflight;
+  std::string preflight_timeout = "60s";
   std::string log_level = "info";
 };
 
@@ -170,6 +172,16 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
                 "(libhotrestart-adopt.so) that hands the server's bind() of a --listen address the supervisor's "
                 "socket instead, reports READY=1 when the server first waits on it, and closes it on drain, so "
                 "that the drain signal follows only once the server's connections are done");
+  run->add_option("--preflight", f.preflight,
+                  "A check run with /bin/sh -c before each release is started (the first, every upgrade, SIGUSR2, "
+                  "rollback; not crash restarts or reverts), e.g. 'nginx -t -c /etc/nginx/nginx.conf'. "
+                  "$HOTRESTART_COMMAND, $HOTRESTART_EXECUTABLE and $HOTRESTART_RELEASE describe the new release. If "
+                  "it fails, nothing is started: the deployment fails (run exits 1) with its output")
+      ->type_name("CMD");
+  run->add_option("--preflight-timeout", f.preflight_timeout,
+                  "How long the preflight check may take; past it its process group is killed and it fails")
+      ->check(duration_check())
+      ->capture_default_str();
   run->add_option("--log-level", f.log_level, "debug, info, warning or error")
       ->check(CLI::IsMember(log_level_names()))
       ->capture_default_str();
@@ -209,6 +221,8 @@ Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vect
   if (options.health.interval.count() == 0) return Error::message("--health-interval must be longer than 0s");
   options.health.failures = f.health_failures;
   options.adopt_binds = f.adopt_binds;
+  options.preflight = f.preflight;
+  options.preflight_timeout = parse_duration(f.preflight_timeout).value();
   options.command = std::move(command);
   return options;
 }
@@ -229,10 +243,19 @@ struct UpgradeFlags {
   CommonOptions common;
   std::string exec;
   std::string hold;
+  std::string preflight;
   bool json = false;
   bool wait = false;
   bool force = false;
 };
+
+constexpr const char* kPreflightOverride =
+    "The check to run before this deployment instead of the one `run --preflight` gave ('' for none)";
+
+// The flag's value when it was given (an empty one included), else nullopt.
+std::optional<std::string> given(const CLI::App& command, const char* flag, const std::string& value) {
+  return command.get_option(flag)->count() > 0 ? std::optional<std::string>(value) : std::nullopt;
+}
 
 void add_wait_flag(CLI::App* app, bool& wait) {
   app->add_flag("--wait", wait,
@@ -249,6 +272,7 @@ CLI::App* add_upgrade_command(CLI::App& app, UpgradeFlags& f) {
   add_common(upgrade, f.common);
   upgrade->add_option("--exec", f.exec, "New executable; the arguments stay the same");
   add_hold_option(upgrade, f.hold);
+  upgrade->add_option("--preflight", f.preflight, kPreflightOverride)->type_name("CMD");
   upgrade->add_flag("--json", f.json, "Print one JSON event per line");
   add_wait_flag(upgrade, f.wait);
   upgrade->add_flag("--force", f.force,
@@ -260,6 +284,7 @@ struct RollbackFlags {
   CommonOptions common;
   std::uint64_t to = 0;
   std::string hold;
+  std::string preflight;
   bool json = false;
   bool wait = false;
 };
@@ -285,6 +310,7 @@ CLI::App* add_rollback_command(CLI::App& app, RollbackFlags& f) {
           ""))
       ->type_name("N");
   add_hold_option(rollback, f.hold);
+  rollback->add_option("--preflight", f.preflight, kPreflightOverride)->type_name("CMD");
   rollback->add_flag("--json", f.json, "Print one JSON event per line");
   add_wait_flag(rollback, f.wait);
   return rollback;
@@ -360,11 +386,11 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", kVersion);
   app.require_subcommand(1);
   app.footer(
-      "Exit codes: run: 0 stopped on request, 1 could not start, 2 usage error.\n"
-      "upgrade, rollback: 0 new generation serves, 1 rolled back (old one still serves; also after\n"
-      "`hotrestart abort`) or, with --wait, reverted in its watch window, 2 usage error or no supervisor\n"
-      "reachable, 3 refused (another upgrade in progress, stopping, a reverted executable without --force,\n"
-      "or no release to run). promote, abort: 0 done, 3 no upgrade is holding.\n"
+      "Exit codes: run: 0 stopped on request, 1 could not start (or its preflight failed), 2 usage error.\n"
+      "upgrade, rollback: 0 new generation serves, 1 rolled back or its preflight failed (old one still serves;\n"
+      "also after `hotrestart abort`) or, with --wait, reverted in its watch window, 2 usage error or no\n"
+      "supervisor reachable, 3 refused (another upgrade in progress, stopping, a reverted executable without\n"
+      "--force, or no release to run). promote, abort: 0 done, 3 no upgrade is holding.\n"
       "status --check: 0 serving, 4 nothing serves, 5 crash-looping, 6 just reverted, 7 unhealthy.\n"
       "Signals to `run`: SIGUSR2 upgrade (same command), SIGTERM/SIGINT graceful stop, SIGQUIT stop now.");
   RunFlags run_flags;
@@ -407,16 +433,18 @@ int main(int argc, char** argv) {
       tail.front() = from_here(tail.front());
       command = std::move(tail);
     }
-    return client_upgrade(upgrade_flags.common.control_path(), exec, command,
-                          Deploy{upgrade_flags.json ? Output::Json : Output::Human, upgrade_flags.wait,
-                                 upgrade_flags.force, hold_flag(upgrade_flags.hold)});
+    return client_upgrade(
+        upgrade_flags.common.control_path(), exec, command,
+        Deploy{upgrade_flags.json ? Output::Json : Output::Human, upgrade_flags.wait, upgrade_flags.force,
+               hold_flag(upgrade_flags.hold), given(*upgrade, "--preflight", upgrade_flags.preflight)});
   }
   if (!tail.empty()) return usage_error("only run and upgrade take a command line after --");
   if (rollback->parsed()) {
-    return client_rollback(rollback_flags.common.control_path(),
-                           rollback_flags.to == 0 ? std::nullopt : std::optional<std::uint64_t>(rollback_flags.to),
-                           Deploy{rollback_flags.json ? Output::Json : Output::Human, rollback_flags.wait, false,
-                                  hold_flag(rollback_flags.hold)});
+    return client_rollback(
+        rollback_flags.common.control_path(),
+        rollback_flags.to == 0 ? std::nullopt : std::optional<std::uint64_t>(rollback_flags.to),
+        Deploy{rollback_flags.json ? Output::Json : Output::Human, rollback_flags.wait, false,
+               hold_flag(rollback_flags.hold), given(*rollback, "--preflight", rollback_flags.preflight)});
   }
   if (promote_command->parsed()) return client_end_hold(promote_flags.control_path(), "promote");
   if (abort_command->parsed()) return client_end_hold(abort_flags.control_path(), "abort");

@@ -466,6 +466,7 @@ int client_upgrade(const std::string& control_path, std::optional<std::string> e
   if (deploy.wait) request["wait"] = true;
   if (deploy.force) request["force"] = true;
   add_hold(request, deploy.hold);
+  if (deploy.preflight) request["preflight"] = *deploy.preflight;
   return follow_deployment(control_path, request, deploy.output, "upgrade");
 }
 
@@ -474,6 +475,7 @@ int client_rollback(const std::string& control_path, std::optional<std::uint64_t
   if (to) request["to"] = *to;
   if (deploy.wait) request["wait"] = true;
   add_hold(request, deploy.hold);
+  if (deploy.preflight) request["preflight"] = *deploy.preflight;
   return follow_deployment(control_path, request, deploy.output, "rollback");
 }
 

@@ -32,6 +32,8 @@ struct Deploy {
   bool wait = false;   // Through the watch window: exit 1 if the release is reverted in it.
   bool force = false;  // upgrade: even to an executable that was reverted.
   Hold hold;           // Both generations serve for a while before the cutover.
+  // The check for this deployment instead of the one `run` was given ("": none; nullopt: run's).
+  std::optional<std::string> preflight = std::nullopt;
 };
 
 // `check`: exit with the code above that says whether the service is up (status --check).
