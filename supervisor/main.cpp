@@ -298,8 +298,8 @@ CLI::App* add_rollback_command(CLI::App& app, RollbackFlags& f) {
   add_common(rollback, f.common);
   rollback
       ->add_option("--to", f.to,
-                   "The release to go back to (default: the last one before the active one that "
-                   "served; see `hotrestart history`)")
+                   "The release to go back to, one that served (default: the last one before the active one "
+                   "that served and runs something else; see `hotrestart history`)")
       ->check(CLI::Validator(
           [](std::string& v) {
             return v.find_first_not_of("0123456789") == std::string::npos &&
