@@ -32,19 +32,6 @@ constexpr Millis kChannelGrace{1000};
 constexpr const char* kFirstPreflightBusy =
     "the first release's preflight check is still running; try again once its generation has started";
 
-// An upgrade (or rollback) as the control request `request` asks for it: who asked, --wait, --hold,
-// --preflight.
-UpgradeRequest requested_by(const ControlRequest& request, ReleaseOrigin origin) {
-  UpgradeRequest upgrade;
-  upgrade.origin = origin;
-  upgrade.uid = request.peer_uid;
-  upgrade.pid = request.peer_pid;
-  upgrade.wait = request.wait;
-  upgrade.hold = request.hold;
-  upgrade.preflight = request.preflight;
-  return upgrade;
-}
-
 std::string notify_path_for(const std::string& control_path) {
   std::string base = control_path;
   if (base.ends_with(".sock")) base.resize(base.size() - 5);
@@ -515,40 +502,6 @@ bool Supervisor::upgrade_finished(std::uint64_t release, bool ok, const std::str
   return watching;
 }
 
-void Supervisor::revert(const std::string& reason) {
-  const ReleaseWatch::Watched w = watch_->watched();
-  ++counters_.reverts;
-  last_revert_ = Clock::now();
-  revert_reason_ = fmt::format("release {} was reverted: {}", w.release, reason);
-  reverting_ = true;
-  end_release(w.release, ReleaseOutcome::Reverted, reason);
-  last_error_.note(fmt::format("release {} reverted in its watch window: {}", w.release, reason));
-  watch_->end(ReleaseWatch::Ending::Reverted, reason);
-  const Release* previous = releases_->history().find(w.previous_release);
-  auto image = previous != nullptr ? image_to_run_again(*previous)
-                                   : Result<std::shared_ptr<const ExecutableImage>>(Error::message(
-                                         fmt::format("release {} is not in the history any more", w.previous_release)));
-  if (!image) {
-    last_error_.note(fmt::format("release {} cannot come back: {}; release {} is restarted instead", w.previous_release,
-                                 image.error().text(), w.release));
-    if (active_ == 0) schedule_restart(Clock::duration::zero());
-    return;
-  }
-  // The state comes from whoever still holds it: the reverted generation if it still runs (a failed
-  // health check), else the previous one if it is still draining (it may still hold what it had).
-  const std::uint64_t state_from = active_ != 0 ? active_ : find(w.previous_generation) ? w.previous_generation : 0;
-  UpgradeRequest request;
-  request.command = previous->command;
-  request.origin = ReleaseOrigin::Revert;
-  request.rollback_of = previous->number;
-  request.image = std::move(image).value();
-  request.state_from = state_from;
-  // No preflight check: the release coming back passed its own and served until now, and a revert
-  // must not wait on (or be stopped by) a check.
-  request.preflight = "";
-  upgrade_->begin(std::move(request), std::nullopt);
-}
-
 void Supervisor::upgrade_reported() {
   systemd_.notify(fmt::format("READY=1\nSTATUS=generation {} serving", active_));
 }
@@ -636,94 +589,6 @@ void Supervisor::on_request(ClientId client, const ControlRequest& request) {
   }
 }
 
-void Supervisor::on_upgrade_request(ClientId client, const ControlRequest& request) {
-  std::vector<std::string> command = current_.command;
-  if (request.exec) command.front() = *request.exec;
-  if (request.argv) command = *request.argv;
-  UpgradeRequest upgrade = requested_by(request, ReleaseOrigin::Upgrade);
-  upgrade.command = std::move(command);
-  if (!request.force) {
-    // The executable is opened (and hashed) here rather than at spawn, to compare it with the
-    // releases that were reverted; the spawn then runs this very file.
-    auto path = launcher_->resolve(upgrade.command);
-    auto image = path ? ExecutableImage::open(path.value()) : Result<ExecutableImage>(path.error());
-    if (image) {
-      // What the upgrade would run, as a release: the same command line from the same bytes as a
-      // reverted one is refused, unless that is what serves now (a revert brought it back).
-      Release wanted;
-      wanted.command = upgrade.command;
-      wanted.sha256 = image->sha256();
-      wanted.interpreter_sha256 = image->interpreter_sha256();
-      const Release* active = releases_->history().find(current_.release);
-      const auto& all = releases_->history().releases();
-      for (auto r = all.rbegin(); r != all.rend(); ++r) {
-        if (r->outcome != ReleaseOutcome::Reverted || !r->runs_the_same_as(wanted)) continue;
-        if (active != nullptr && active->runs_the_same_as(wanted)) break;
-        control_->send(
-            client,
-            control_error("reverted", fmt::format("release {} ran this command line from the same "
-                                                  "executable ({}, sha256 {}) and was reverted: {}; "
-                                                  "upgrade with --force to run it again",
-                                                  r->number, image->path(), image->sha256().substr(0, 12), r->reason)),
-            AfterSend::Close);
-        return;
-      }
-      upgrade.image = std::make_shared<const ExecutableImage>(std::move(image).value());
-    }
-    // A command that cannot be opened fails at spawn, with the upgrade's usual verdict.
-  }
-  upgrade_->begin(std::move(upgrade), client);
-}
-
-void Supervisor::on_rollback_request(ClientId client, const ControlRequest& request) {
-  const ReleaseHistory& history = releases_->history();
-  const Release* target = nullptr;
-  if (request.to) {
-    target = history.find(*request.to);
-    std::string why;
-    if (target == nullptr) {
-      why = fmt::format("release {} is not in the history (see `hotrestart history`)", *request.to);
-    } else if (!target->served()) {
-      // Back is where things worked: a release that never served, or failed in its watch window, is
-      // deployed again deliberately, as an upgrade.
-      why = fmt::format(
-          "release {} {}: roll back only to a release that served; to run it again, use "
-          "`hotrestart upgrade --force -- {}`",
-          target->number,
-          target->outcome == ReleaseOutcome::Reverted ? "was reverted (" + target->reason + ")"
-                                                      : std::string("never served"),
-          shell_words(target->command));
-    }
-    if (!why.empty()) {
-      control_->send(client, control_error("unavailable", why), AfterSend::Close);
-      return;
-    }
-  } else {
-    target = history.last_good_before(current_.release);
-    if (target == nullptr) {
-      control_->send(client,
-                     control_error("unavailable", fmt::format("no release before release {} served: there is nothing "
-                                                              "to roll back to (see `hotrestart history`)",
-                                                              current_.release)),
-                     AfterSend::Close);
-      return;
-    }
-  }
-  auto image = image_to_run_again(*target);
-  if (!image) {
-    control_->send(client,
-                   control_error("unavailable", fmt::format("release {} cannot be run again: {}", target->number,
-                                                            image.error().text())),
-                   AfterSend::Close);
-    return;
-  }
-  UpgradeRequest rollback = requested_by(request, ReleaseOrigin::Rollback);
-  rollback.command = target->command;
-  rollback.rollback_of = target->number;
-  rollback.image = std::move(image).value();
-  upgrade_->begin(std::move(rollback), client);
-}
-
 void Supervisor::on_signal(int signo) {
   switch (signo) {
     case SIGTERM:
@@ -785,117 +650,6 @@ void Supervisor::maybe_finish_stop() {
   end_release(current_.release, ReleaseOutcome::Stopped, "the supervisor stopped");
   log_info("stopped: every generation has exited");
   uv_stop(&loop_);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Releases
-
-std::uint64_t Supervisor::record_release(const UpgradeRequest& request) {
-  Release r;
-  r.command = request.command;
-  r.origin = request.origin;
-  r.uid = request.uid;
-  r.pid = request.pid;
-  r.rollback_of = request.rollback_of;
-  r.started_ms = wall_clock_ms();
-  const std::uint64_t number = releases_->history().add(std::move(r)).number;
-  if (request.image) {
-    Release& added = *releases_->history().find(number);
-    added.executable = request.image->path();
-    added.sha256 = request.image->sha256();
-    added.interpreter = request.image->interpreter();
-    added.interpreter_sha256 = request.image->interpreter_sha256();
-    releases_->pin(number, request.image);
-  }
-  releases_->save();
-  return number;
-}
-
-Result<Generation::Plan> Supervisor::plan_for(std::uint64_t number) {
-  Release* r = releases_->history().find(number);
-  if (r == nullptr) return Error::message(fmt::format("release {} is not in the history", number));
-  std::shared_ptr<const ExecutableImage> image = releases_->pinned(number);
-  if (!image) {
-    auto path = launcher_->resolve(r->command);
-    if (!path) return path.error();
-    auto opened = ExecutableImage::open(path.value());
-    if (!opened) return opened.error().context("cannot start the worker");
-    image = releases_->pin(number, std::make_shared<const ExecutableImage>(std::move(opened).value()));
-    r->executable = image->path();
-    r->sha256 = image->sha256();
-    r->interpreter = image->interpreter();
-    r->interpreter_sha256 = image->interpreter_sha256();
-    releases_->save();
-  }
-  return Generation::Plan{number, r->command, std::move(image)};
-}
-
-Result<std::shared_ptr<const ExecutableImage>> Supervisor::image_to_run_again(const Release& r) const {
-  if (auto pinned = releases_->pinned(r.number)) {
-    if (auto same = pinned->unchanged(); !same) return same.error();
-    return pinned;
-  }
-  if (r.executable.empty()) return Error::message("it never started, so its executable is unknown");
-  auto opened = ExecutableImage::open(r.executable);
-  if (!opened) {
-    return opened.error().context(fmt::format(
-        "the supervisor keeps the executables of the last {} releases that served (and of those it ran since it "
-        "started) only, and this one's cannot be opened",
-        ReleaseStore::kPinned));
-  }
-  if (opened->sha256() != r.sha256) {
-    return Error::message(
-        fmt::format("{} has changed since it ran (sha256 {} then, {} now), and this supervisor "
-                    "holds no copy of the file that ran",
-                    r.executable, r.sha256.substr(0, 12), opened->sha256().substr(0, 12)));
-  }
-  return std::make_shared<const ExecutableImage>(std::move(opened).value());
-}
-
-void Supervisor::end_release(std::uint64_t number, ReleaseOutcome outcome, std::string reason) {
-  if (releases_ && releases_->history().set_outcome(number, outcome, std::move(reason), wall_clock_ms())) {
-    releases_->save();
-  }
-}
-
-json Supervisor::history_json() const {
-  json list = json::array();
-  for (const auto& r : releases_->history().releases())
-    list.push_back(r.to_json());
-  return {{"v", kControlProtocolVersion},
-          {"type", "history"},
-          {"active_release", current_.release},
-          {"state", releases_->status_json()},
-          {"releases", list}};
-}
-
-json Supervisor::health_json() const {
-  // In the order `status --check` reports them: the first that applies wins.
-  const auto verdict = [](const char* state, std::string reason) {
-    return json{{"state", state}, {"ok", std::string_view(state) == "serving"}, {"reason", std::move(reason)}};
-  };
-  if (stopping_) return verdict("not-serving", "the supervisor is stopping");
-  const Generation* active = active_ != 0 ? generations_.at(active_).get() : nullptr;
-  // A crash restart is still recovering until it has served as long as the backoff calls healthy.
-  const bool restarting =
-      active != nullptr && active->number() == restarted_generation_ &&
-      (active->state() == GenerationState::Starting || active->served_for() < RestartBackoff::kHealthy);
-  if (restart_timer_->active() || restarting) {
-    return verdict("crash-looping", fmt::format("the worker crashed and is being restarted ({} crash(es) so far): {}",
-                                                counters_.crashes, crash_reason_));
-  }
-  // A revert is news for a while after it began (at least 10 s, so that a probe sees it), and for
-  // as long as the previous release takes to come back.
-  const auto news_for = std::max<Clock::duration>(options_.watch_window, std::chrono::seconds(10));
-  if (!revert_reason_.empty() && (reverting_ || Clock::now() - last_revert_ < news_for)) {
-    return verdict("reverted", revert_reason_);
-  }
-  if (active == nullptr || active->state() != GenerationState::Ready) {
-    return verdict("not-serving",
-                   active == nullptr ? "no generation is running" : "the active generation is not ready yet");
-  }
-  if (!active->health().healthy()) return verdict("unhealthy", active->health().problem());
-  return verdict("serving", "");
 }
 
 json Supervisor::status_json() const {
