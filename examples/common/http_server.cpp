@@ -375,6 +375,18 @@ void Server::stop() {
   finish();
 }
 
+bool Server::reopen() {
+  if (!finished_ || !connections_.empty()) return false;
+  listeners_.clear();
+  signals_.clear();
+  uv_timer_init(&loop_, &grace_timer_);
+  grace_timer_.data = this;
+  draining_ = false;
+  grace_expired_ = false;
+  finished_ = false;
+  return true;
+}
+
 void Server::expire_grace() {
   grace_expired_ = true;
   for (auto& entry : connections_)

@@ -208,6 +208,10 @@ class Server {
   void drain(std::uint64_t idle_grace_ms);
   // Closes the listeners and every connection at once.
   void stop();
+  // After a drain or stop has finished and uv_run has returned: forgets the closed listeners and
+  // signal handlers, so that the server can be given listeners and run again (a resumed
+  // generation). Returns false (and changes nothing) if it has not finished.
+  bool reopen();
 
   [[nodiscard]] bool draining() const { return draining_; }
   [[nodiscard]] bool finished() const { return finished_; }

@@ -158,7 +158,9 @@ int main(int argc, char** argv) {
     // joins its thread, so no callback outlives the server), then the server, then the cache.
     Cache cache(opts.max_memory);
     Server server(opts, cache);
-    hotrestart::Worker worker({.fallback_listen = {{"http", opts.listen}}});
+    // Resumable: after its drain, this generation waits (its cache kept) in case a revert brings it
+    // back, rather than have the release start again from nothing.
+    hotrestart::Worker worker({.fallback_listen = {{"http", opts.listen}}, .resumable = true});
     server.worker = &worker;
     connect_worker(worker, cache, server, opts);
     if (auto error = worker.start(); !error.empty()) {
@@ -172,7 +174,12 @@ int main(int argc, char** argv) {
     // Before READY, so that a benchmark's first generation serves a full cache; a later generation
     // that imported the state keeps only what came over.
     if (!from_previous && opts.prefill > 0) prefill(cache, server, opts);
-    return server.run();
+    int rc = server.run();
+    while (rc == 0 && worker.wait_for_resume()) {
+      server.log("resumed: serving again with {} entries", cache.stats().entries);
+      rc = server.resume();
+    }
+    return rc;
   } catch (const std::exception& e) {
     fmt::print(stderr, "kv-cache {}: {}\n", opts.label, e.what());
     return 1;

@@ -257,8 +257,17 @@ int Server::run() {
   worker->status(fmt::format("kv-cache {} serving, schema {}", opts.label, KV_SCHEMA));
   log("serving (mode {}, generation {})", hotrestart::mode_name(worker->mode()), worker->generation());
   uv_run(&core.loop(), UV_RUN_DEFAULT);
-  log("exiting: {}", stats_line());
+  log("drained: {}", stats_line());
   return 0;
+}
+
+int Server::resume() {
+  if (!core.reopen()) {
+    log("cannot serve again: the last drain has not finished");
+    return 1;
+  }
+  handoff = Handoff::kUnknown;
+  return run();
 }
 
 // Connections the previous generation handed over: served like accepted ones.

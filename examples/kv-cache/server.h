@@ -98,6 +98,8 @@ struct Server : http::Application {
   std::unique_ptr<http::Connection> make_connection() override { return std::make_unique<Connection>(*this); }
   bool hand_off(http::Connection& conn) override;
   int run();
+  // After wait_for_resume() returned true: serves again on the listeners the SDK got back.
+  int resume();
   void adopt_passed();
   void start_drain(const char* why);
   void stop_now();

@@ -12,6 +12,12 @@
  *   nobody can connect to (an abstract Unix socket), re-registered in the server's epoll sets
  *   under the same events, so the server stops taking connections from the shared socket without
  *   noticing, and finishes those it has. The shared socket itself is never shut down.
+ * - Parking and resume: the supervisor may park a generation instead (sigqueue of
+ *   HOTRESTART_ADOPT_CONTROL_SIGNAL with value 1 to each of its processes): the adopted listeners
+ *   become unreachable ones as in the drain, but the inherited sockets are kept, so that a resume
+ *   (value 2) can put the shared sockets back in place; the main process then says READY=1. Only
+ *   a queued signal from the supervisor's pid (HOTRESTART_SUPERVISOR_PID) is taken as a command;
+ *   the drain signal afterwards ends a parked generation as it ends any other.
  *
  * Written in C with no allocation after start-up, because it runs inside any process, and the
  * drain runs in a signal handler (only async-signal-safe calls: socket, bind, listen, dup2, fcntl,
@@ -54,6 +60,7 @@ struct listener {
 /* A server descriptor that now refers to an inherited listener. fd -1: free slot. */
 struct adopted {
   _Atomic int fd;
+  _Atomic int listener; /* Which of `listeners` it refers to (what a resume puts back). */
   /* The blocking mode the server asked for: the shared socket itself is always non-blocking, and
    * a blocking accept() is emulated (see accept_as_asked). */
   _Atomic int wants_nonblock;
@@ -72,6 +79,13 @@ static int listener_count;
 static struct adopted adopted[MAX_ADOPTED];
 static struct registration registrations[MAX_REGISTRATIONS];
 static int drain_signal;
+static int control_signal; /* Park and resume commands, from the supervisor only. */
+static long supervisor_pid;
+/* The server's own handler for the control signal, if it installs one: it runs after ours. */
+static struct sigaction server_control_action;
+static _Atomic int server_has_control_action;
+static _Atomic int parked;
+static _Atomic int closed; /* The drain closed every shared socket for good. */
 /* The server's own handler for the drain signal, if it installs one: ours runs first, then it. */
 static struct sigaction server_action;
 static _Atomic int server_has_action;
@@ -86,6 +100,7 @@ static long main_pid;            /* The generation's main process (LISTEN_PID); 
 static _Atomic int adopted_high; /* Slots of `adopted` ever used: the scans stop there. */
 
 static void drain(int signo);
+static void control(int signo, siginfo_t* info, void* context);
 
 static int (*real_bind)(int, const struct sockaddr*, socklen_t);
 static int (*real_listen)(int, int);
@@ -179,8 +194,10 @@ static int same_address(const struct sockaddr* a, socklen_t a_len, const struct 
 
 __attribute__((constructor)) static void adopt_init(void) {
   resolve();
-  for (int i = 0; i < MAX_ADOPTED; ++i)
+  for (int i = 0; i < MAX_ADOPTED; ++i) {
     atomic_store(&adopted[i].fd, -1);
+    atomic_store(&adopted[i].listener, -1);
+  }
 
   const char* sock = getenv("NOTIFY_SOCKET");
   if (sock != NULL && (sock[0] == '/' || sock[0] == '@') && strlen(sock) < sizeof notify_addr.sun_path) {
@@ -215,14 +232,31 @@ __attribute__((constructor)) static void adopt_init(void) {
     ++listener_count;
   }
   const char* signo = getenv("HOTRESTART_ADOPT_SIGNAL");
+  const char* control_signo = getenv("HOTRESTART_ADOPT_CONTROL_SIGNAL");
+  const char* supervisor = getenv("HOTRESTART_SUPERVISOR_PID");
   drain_signal = signo != NULL ? (int)strtol(signo, NULL, 10) : 0;
-  if (drain_signal > 0 && drain_signal < NSIG) {
-    struct sigaction sa;
+  if (drain_signal <= 0 || drain_signal >= NSIG) drain_signal = 0;
+  control_signal = control_signo != NULL ? (int)strtol(control_signo, NULL, 10) : 0;
+  supervisor_pid = supervisor != NULL ? strtol(supervisor, NULL, 10) : 0;
+  if (control_signal <= 0 || control_signal >= NSIG || control_signal == drain_signal || supervisor_pid <= 0)
+    control_signal = 0;
+  /* Each handler runs with the other blocked: both rewrite the same descriptors. */
+  struct sigaction sa;
+  if (drain_signal > 0) {
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = drain;
     sa.sa_flags = SA_RESTART;
     sigemptyset(&sa.sa_mask);
+    if (control_signal > 0) sigaddset(&sa.sa_mask, control_signal);
     (void)real_sigaction(drain_signal, &sa, NULL);
+  }
+  if (control_signal > 0) {
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = control;
+    sa.sa_flags = SA_RESTART | SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    if (drain_signal > 0) sigaddset(&sa.sa_mask, drain_signal);
+    (void)real_sigaction(control_signal, &sa, NULL);
   }
   /* Tells the supervisor the library is in: a generation that never says this was not preloaded.
    * Only the generation's main process says it (LISTEN_PID is its pid): short-lived helpers, such
@@ -242,10 +276,28 @@ static int is_shared(int fd) {
   return 0;
 }
 
+/* Puts the socket `with` in place of `fd`, keeping fd's close-on-exec flag and its epoll
+ * registrations (under the same events). */
+static void put_in_place(int fd, int with) {
+  const int fd_flags = real_fcntl(fd, F_GETFD);
+  /* Out of the server's epoll sets as the socket it was, back in as the new one. */
+  for (int r = 0; r < MAX_REGISTRATIONS; ++r) {
+    if (atomic_load(&registrations[r].state) == 2 && registrations[r].fd == fd)
+      (void)real_epoll_ctl(registrations[r].epfd, EPOLL_CTL_DEL, fd, NULL);
+  }
+  (void)dup2(with, fd);
+  if (fd_flags >= 0) (void)real_fcntl(fd, F_SETFD, fd_flags);
+  for (int r = 0; r < MAX_REGISTRATIONS; ++r) {
+    if (atomic_load(&registrations[r].state) == 2 && registrations[r].fd == fd) {
+      struct epoll_event ev = registrations[r].event;
+      (void)real_epoll_ctl(registrations[r].epfd, EPOLL_CTL_ADD, fd, &ev);
+    }
+  }
+}
+
 /* Puts a listener nobody can reach in place of `fd`, keeping its flags and epoll registrations. */
 static void replace_with_dummy(int fd) {
   const int flags = real_fcntl(fd, F_GETFL);
-  const int fd_flags = real_fcntl(fd, F_GETFD);
   const int dummy = socket(AF_UNIX, SOCK_STREAM, 0);
   if (dummy < 0) return;
   /* An address of just the family asks the kernel for a fresh abstract name, which nobody knows. */
@@ -258,20 +310,53 @@ static void replace_with_dummy(int fd) {
     return;
   }
   if (flags >= 0) (void)real_fcntl(dummy, F_SETFL, flags & O_NONBLOCK);
-  /* Out of the server's epoll sets while it is still the shared socket, back in as the dummy. */
-  for (int r = 0; r < MAX_REGISTRATIONS; ++r) {
-    if (atomic_load(&registrations[r].state) == 2 && registrations[r].fd == fd)
-      (void)real_epoll_ctl(registrations[r].epfd, EPOLL_CTL_DEL, fd, NULL);
-  }
-  (void)dup2(dummy, fd);
-  if (fd_flags >= 0) (void)real_fcntl(fd, F_SETFD, fd_flags);
+  put_in_place(fd, dummy);
   real_close(dummy);
-  for (int r = 0; r < MAX_REGISTRATIONS; ++r) {
-    if (atomic_load(&registrations[r].state) == 2 && registrations[r].fd == fd) {
-      struct epoll_event ev = registrations[r].event;
-      (void)real_epoll_ctl(registrations[r].epfd, EPOLL_CTL_ADD, fd, &ev);
-    }
+}
+
+/* Parking: the adopted listeners become unreachable, the inherited ones stay for a resume. */
+static void park(void) {
+  if (atomic_load(&closed) || atomic_exchange(&parked, 1) != 0) return;
+  atomic_store(&drained, 1);
+  const int high = atomic_load(&adopted_high);
+  for (int i = 0; i < high; ++i) {
+    const int fd = atomic_load(&adopted[i].fd);
+    if (fd >= 0 && is_shared(fd)) replace_with_dummy(fd);
   }
+}
+
+/* Resume: every adopted descriptor is the shared socket again, as it was before the park. */
+static void resume(void) {
+  if (atomic_load(&closed) || atomic_load(&parked) == 0) return;
+  const int high = atomic_load(&adopted_high);
+  for (int i = 0; i < high; ++i) {
+    const int fd = atomic_load(&adopted[i].fd);
+    const int l = atomic_load(&adopted[i].listener);
+    if (fd >= 0 && l >= 0 && l < listener_count && !is_shared(fd)) put_in_place(fd, listeners[l].fd);
+  }
+  atomic_store(&drained, 0);
+  atomic_store(&parked, 0);
+  if (main_pid == (long)getpid()) notify("READY=1");
+}
+
+/* Runs the server's own handler for `signo` after ours, if it installed one. */
+static void chain(const struct sigaction* action, _Atomic int* has, int signo, siginfo_t* info, void* context) {
+  if (!atomic_load(has)) return;
+  if ((action->sa_flags & SA_SIGINFO) != 0) {
+    if (action->sa_sigaction != NULL) action->sa_sigaction(signo, info, context);
+  } else if (action->sa_handler != SIG_IGN && action->sa_handler != SIG_DFL) {
+    action->sa_handler(signo);
+  }
+}
+
+static void control(int signo, siginfo_t* info, void* context) {
+  const int saved = errno;
+  if (info != NULL && info->si_code == SI_QUEUE && supervisor_pid > 0 && (long)info->si_pid == supervisor_pid) {
+    if (info->si_value.sival_int == 1) park();
+    if (info->si_value.sival_int == 2) resume();
+  }
+  errno = saved;
+  chain(&server_control_action, &server_has_control_action, signo, info, context);
 }
 
 /* The drain: every descriptor of this process that refers to a shared listening socket (the
@@ -279,7 +364,9 @@ static void replace_with_dummy(int fd) {
  * refers to, so that a number the server has since reused for something else is never touched. */
 static void drain(int signo) {
   const int saved = errno;
-  if (atomic_exchange(&drained, 1) == 0) {
+  if (atomic_exchange(&closed, 1) == 0) {
+    atomic_store(&drained, 1);
+    atomic_store(&parked, 0);
     struct rlimit limit;
     int max_fd = 65536;
     if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < 1048576)
@@ -300,41 +387,45 @@ static void drain(int signo) {
     if (main_pid == (long)getpid()) notify("STOPPING=1");
   }
   errno = saved;
-  if (atomic_load(&server_has_action)) {
-    if ((server_action.sa_flags & SA_SIGINFO) != 0) {
-      /* Our handler is installed without SA_SIGINFO: the server's gets no siginfo. */
-      if (server_action.sa_sigaction != NULL) server_action.sa_sigaction(signo, NULL, NULL);
-    } else if (server_action.sa_handler != SIG_IGN && server_action.sa_handler != SIG_DFL) {
-      server_action.sa_handler(signo);
-    }
-  }
+  /* Our handler is installed without SA_SIGINFO: the server's gets no siginfo. */
+  chain(&server_action, &server_has_action, signo, NULL, NULL);
 }
 
 /* A server that installs its own handler for the drain signal keeps ours in front of it. */
-int sigaction(int signo, const struct sigaction* act, struct sigaction* old) {
-  if (real_sigaction == NULL) resolve();
-  if (drain_signal <= 0 || signo != drain_signal) return real_sigaction(signo, act, old);
+/* Records the server's handler for one of our signals in `saved`, and answers with it. */
+static int keep_server_action(const struct sigaction* act, struct sigaction* old, struct sigaction* saved,
+                              _Atomic int* has) {
   if (old != NULL) {
-    if (atomic_load(&server_has_action)) {
-      *old = server_action;
+    if (atomic_load(has)) {
+      *old = *saved;
     } else {
       memset(old, 0, sizeof *old);
       old->sa_handler = SIG_DFL;
     }
   }
   if (act != NULL) {
-    atomic_store(&server_has_action, 0);
-    server_action = *act;
-    atomic_store(&server_has_action, 1);
+    atomic_store(has, 0);
+    *saved = *act;
+    atomic_store(has, 1);
   }
   return 0;
 }
 
-static void remember(int fd, int wants_nonblock) {
+int sigaction(int signo, const struct sigaction* act, struct sigaction* old) {
+  if (real_sigaction == NULL) resolve();
+  if (drain_signal > 0 && signo == drain_signal)
+    return keep_server_action(act, old, &server_action, &server_has_action);
+  if (control_signal > 0 && signo == control_signal)
+    return keep_server_action(act, old, &server_control_action, &server_has_control_action);
+  return real_sigaction(signo, act, old);
+}
+
+static void remember(int fd, int wants_nonblock, int listener) {
   for (int i = 0; i < MAX_ADOPTED; ++i) {
     int expected = -1;
     if (atomic_compare_exchange_strong(&adopted[i].fd, &expected, fd)) {
       atomic_store(&adopted[i].wants_nonblock, wants_nonblock);
+      atomic_store(&adopted[i].listener, listener);
       int high = atomic_load(&adopted_high);
       while (high < i + 1 && !atomic_compare_exchange_weak(&adopted_high, &high, i + 1)) {
       }
@@ -370,7 +461,7 @@ int bind(int fd, const struct sockaddr* addr, socklen_t len) {
       const int shared = real_fcntl(fd, F_GETFL);
       if (shared >= 0 && (shared & O_NONBLOCK) == 0) (void)real_fcntl(fd, F_SETFL, shared | O_NONBLOCK);
       if (fd_flags >= 0) (void)real_fcntl(fd, F_SETFD, fd_flags);
-      remember(fd, flags >= 0 && (flags & O_NONBLOCK) != 0);
+      remember(fd, flags >= 0 && (flags & O_NONBLOCK) != 0, i);
       return 0;
     }
   }
@@ -466,6 +557,7 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event* event) {
   sigset_t block, previous;
   sigemptyset(&block);
   if (drain_signal > 0) sigaddset(&block, drain_signal);
+  if (control_signal > 0) sigaddset(&block, control_signal);
   pthread_sigmask(SIG_BLOCK, &block, &previous);
   const int result = real_epoll_ctl(epfd, op, fd, event);
   if (result != 0) {

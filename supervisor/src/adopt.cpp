@@ -185,6 +185,21 @@ int adopt_drain_signal() {
   return SIGURG;
 }
 
+int adopt_control_signal() {
+  return SIGCONT;
+}
+
+int send_adopt_command(pid_t pgid, AdoptCommand command) {
+  // A process group cannot be sent a queued signal as one: each member is sent its own.
+  int sent = 0;
+  for (pid_t pid : group_members(pgid)) {
+    union sigval value {};
+    value.sival_int = static_cast<int>(command);
+    if (::sigqueue(pid, adopt_control_signal(), value) == 0) ++sent;
+  }
+  return sent;
+}
+
 int count_connections(pid_t pgid, const std::vector<std::uint16_t>& ports) {
   std::set<unsigned long> inodes;
   for (pid_t pid : group_members(pgid))

@@ -29,6 +29,14 @@ Status check_preloadable(const std::string& executable, const std::string& shown
 // without the library ignores).
 int adopt_drain_signal();
 
+// The signal that carries the supervisor's park and resume commands to the library (SIGCONT, which
+// changes nothing for a process that is not stopped). The library takes it as a command only when
+// it is queued (sigqueue) by the supervisor's pid, with one of these values.
+int adopt_control_signal();
+enum class AdoptCommand : int { Park = 1, Resume = 2 };
+// Queues `command` to every process of process group `pgid`; returns how many took it.
+int send_adopt_command(pid_t pgid, AdoptCommand command);
+
 // The TCP connections, other than listeners, that the processes of process group `pgid` hold on
 // any of `ports` (local port), from /proc. -1 when they cannot be counted (/proc/net/tcp, or a
 // member's /proc/PID/fd, cannot be read).

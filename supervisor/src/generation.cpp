@@ -37,6 +37,7 @@ constexpr TransitionTable<GenerationState, kGenerationStateCount> kLifecycle = {
     {GenerationState::Starting, GenerationState::Ready},  {GenerationState::Starting, GenerationState::Draining},
     {GenerationState::Starting, GenerationState::Exited}, {GenerationState::Ready, GenerationState::Draining},
     {GenerationState::Ready, GenerationState::Exited},    {GenerationState::Draining, GenerationState::Exited},
+    {GenerationState::Draining, GenerationState::Ready},
 };
 constexpr TransitionTable<SdkState, kSdkStateCount> kHandshake = {
     {SdkState::None, SdkState::Importing},
@@ -271,7 +272,11 @@ void Generation::apply_notify(const NotifyMessage& m, pid_t sender) {
     log_info("generation {} (pid {}) reports it is stopping", number_, pid());
   }
   if (m.watchdog) health_->pet();
-  if (m.ready && context_.options.ready.kind == ReadyMode::Kind::Notify) mark_ready();
+  if (m.ready && resuming()) {
+    mark_resumed();  // --adopt-binds: the library has put the listeners back.
+  } else if (m.ready && context_.options.ready.kind == ReadyMode::Kind::Notify) {
+    mark_ready();
+  }
 }
 
 void Generation::accept_hello(wire::Hello hello) {
@@ -287,10 +292,11 @@ void Generation::finish_import() {
 // ---------------------------------------------------------------------------------------------
 // Ending
 
-void Generation::stop(std::string_view why, Ending ending) {
+void Generation::stop(std::string_view why, Ending ending, Millis park) {
   if (state_ == GenerationState::Draining || state_ == GenerationState::Exited) return;
   enter(GenerationState::Draining);
   pause_readiness();
+  parked_ = false;
   const RunOptions& options = context_.options;
   // An SDK worker is asked over its channel; any other gets the drain signal, which goes to the
   // main process only: it decides how to stop its helpers. The final SIGKILL goes to the whole
@@ -303,11 +309,34 @@ void Generation::stop(std::string_view why, Ending ending) {
     kill_all();
     return;
   }
+  const bool park_it = ending == Ending::Drain && park > Millis{0} && resumable();
   const bool asked =
-      sdk_ != SdkState::None && (ending == Ending::Stop ? channel_->send(wire::Stop{}) : channel_->send(wire::Drain{}));
+      sdk_ != SdkState::None &&
+      (ending == Ending::Stop ? channel_->send(wire::Stop{})
+                              : channel_->send(wire::Drain{static_cast<std::uint64_t>(park_it ? park.count() : 0)}));
+  if (asked && park_it) {
+    parked_ = true;
+    log_info(
+        "generation {} (pid {}): asked to drain over its channel ({}), then to stay parked for {} in case it is "
+        "resumed; SIGKILL {} after that",
+        number_, pid(), why, format_duration(park), format_duration(options.drain_timeout));
+    arm_kill_timer(park + options.drain_timeout);
+    return;
+  }
   if (asked) {
     log_info("generation {} (pid {}): asked to {} over its channel ({}); SIGKILL after {}", number_, pid(),
              ending == Ending::Stop ? "stop" : "drain", why, format_duration(options.drain_timeout));
+  } else if (context_.launcher.adopting() && park_it && send_adopt_command(pid(), AdoptCommand::Park) > 0) {
+    // The library in each of its processes closes the adopted listeners and keeps the inherited
+    // sockets for a resume; the server itself is not told: it goes on serving the connections it
+    // has, and gets its drain signal only when the parking ends (unpark).
+    parked_ = true;
+    log_info(
+        "generation {} (pid {}): closing its listeners ({}), then parked for {} in case it is resumed; its "
+        "drain follows the parking",
+        number_, pid(), why, format_duration(park));
+    arm_kill_timer(park + options.drain_timeout);
+    return;
   } else if (context_.launcher.adopting()) {
     adopt_drain(why);
   } else {
@@ -315,11 +344,75 @@ void Generation::stop(std::string_view why, Ending ending) {
              signal_name(options.drain_signal), why, format_duration(options.drain_timeout));
     process_.signal(options.drain_signal);
   }
-  kill_timer_.start(options.drain_timeout, [this] {
+  arm_kill_timer(options.drain_timeout);
+}
+
+void Generation::arm_kill_timer(Millis after) {
+  kill_timer_.start(after, [this] {
     log_warn("generation {} (pid {}) did not exit within the drain timeout of {}; sending SIGKILL", number_, pid(),
              format_duration(context_.options.drain_timeout));
     kill_all();
   });
+}
+
+void Generation::unpark(std::string_view why) {
+  if (!parked()) return;
+  parked_ = false;
+  resuming_ = false;
+  ready_deadline_.stop();
+  if (sdk_ == SdkState::None) {
+    // --adopt-binds: the drain it was spared; the library's drain signal ends the parking too.
+    adopt_drain(why);
+  } else if (!channel_->send(wire::Drain{0})) {
+    log_warn("generation {} (pid {}): cannot end its parking over its channel; SIGKILL after {}", number_, pid(),
+             format_duration(context_.options.drain_timeout));
+  } else {
+    log_info("generation {} (pid {}): parking ended ({}); it exits once drained, SIGKILL after {}", number_, pid(), why,
+             format_duration(context_.options.drain_timeout));
+  }
+  arm_kill_timer(context_.options.drain_timeout);
+}
+
+bool Generation::resume(const std::vector<std::string>& names, const std::vector<int>& fds) {
+  if (!parked() || resuming_) return false;
+  if (sdk_ == SdkState::None) {
+    // --adopt-binds: the library puts the shared sockets back, and says READY=1.
+    if (send_adopt_command(pid(), AdoptCommand::Resume) == 0) return false;
+  } else {
+    if (!channel_->send(wire::Resume{static_cast<std::uint32_t>(names.size())})) return false;
+    if (auto sent = channel_->send_listeners(names, fds); !sent) {
+      log_warn("generation {} (pid {}): cannot send its listeners to resume it: {}", number_, pid(),
+               sent.error().text());
+      return false;
+    }
+  }
+  resuming_ = true;
+  // Its drain's SIGKILL waits while it comes back; the deadline is --ready-timeout, as for a start.
+  kill_timer_.stop();
+  ready_deadline_.start(context_.options.ready_timeout, [this] {
+    if (!resuming()) return;
+    events_.on_ready_timeout(*this, fmt::format("generation {} was not serving again within {} of being resumed",
+                                                number_, format_duration(context_.options.ready_timeout)));
+  });
+  log_info("generation {} (pid {}): resumed, with its listeners; waiting for it to serve again", number_, pid());
+  return true;
+}
+
+void Generation::mark_resumed() {
+  if (!resuming()) return;
+  resuming_ = false;
+  parked_ = false;
+  ready_deadline_.stop();
+  enter(GenerationState::Ready);
+  log_info("generation {} (pid {}) serves again", number_, pid());
+  events_.on_ready(*this);
+}
+
+void Generation::abandon_resume(std::string_view why) {
+  if (!resuming()) return;
+  resuming_ = false;
+  parked_ = true;  // So that unpark() ends it: a resume it took late is drained again.
+  unpark(why);
 }
 
 void Generation::adopt_drain(std::string_view why) {

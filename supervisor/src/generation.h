@@ -4,17 +4,20 @@
 // Its lifecycle is one enum with one transition table, checked at every change:
 //
 //   starting ──► ready ──► draining ──► exited
-//       │                     ▲  ▲         ▲
-//       └─────────────────────┘  │         │     (asked to stop before it was ready)
-//       └────────────────────────┼─────────┘     (its main process exited: crash, or done)
-//                 ready ─────────┴─────────┘
+//       │          ▲          ▲  ▲         ▲
+//       └──────────┼──────────┘  │         │     (asked to stop before it was ready)
+//       └──────────┼─────────────┼─────────┘     (its main process exited: crash, or done)
+//                  │  ready ─────┴─────────┘
+//                  └── draining                  (a parked SDK worker resumed, and ready again)
 //
 // starting  spawned; its readiness check (--ready notify, exec probe or delay) runs under
 //           --ready-timeout.
 // ready     it reported READY=1 (or the SDK's ready), passed its probe, or waited out its delay.
 //           From here until it drains, its watchdog and health check run (health_watch.h).
 // draining  asked to end: the drain signal, or `drain` / `stop` on its channel; SIGKILL to its
-//           whole process group after --drain-timeout.
+//           whole process group after --drain-timeout. A resumable SDK worker may be *parked*: it
+//           drains, then stays alive for a given time (the next release's watch window), and can
+//           be *resumed* (`resume` with its listeners); its `ready` then takes it back to ready.
 // exited    its main process has exited (and the rest of its process group was killed). The
 //           supervisor is told once its output has ended too (worker_output.h: end of file, or a
 //           short grace), so that what it said last is in the verdict, and then forgets it.
@@ -157,8 +160,32 @@ class Generation {
   Timer& channel_grace() { return channel_grace_; }
 
   // --- Ending.
-  // Asks it to end (see Ending); starting or ready ──► draining. `why` goes to the log.
-  void stop(std::string_view why, Ending ending = Ending::Drain);
+  // Asks it to end (see Ending); starting or ready ──► draining. `why` goes to the log. With
+  // `park` > 0, a resumable worker (resumable()) is asked to stay alive for that long after its
+  // drain, in case it is resumed; SIGKILL then follows --drain-timeout after the parking ends.
+  void stop(std::string_view why, Ending ending = Ending::Drain, Millis park = Millis{0});
+  // An SDK worker that said it can be resumed after its drain (Worker::Options::resumable), or a
+  // server under --adopt-binds whose preload library said it is in (and no SDK, and no
+  // --drain-signal).
+  bool resumable() const {
+    // With --drain-signal the server drains by itself at once, so nothing would be left to resume.
+    return sdk_ == SdkState::Serving ? hello_.resumable
+                                     : sdk_ == SdkState::None && context_.launcher.adopting() && adopt_loaded_ &&
+                                           !context_.options.drain_signal_given;
+  }
+  // Parked: draining, alive, and able to be resumed.
+  bool parked() const { return parked_ && state_ == GenerationState::Draining; }
+  // Ends its parking: it exits once drained; SIGKILL after --drain-timeout from now.
+  void unpark(std::string_view why);
+  // Takes a parked generation back into service: sends `resume` with the listeners; its `ready`
+  // (mark_resumed) then makes it ready, or on_ready_timeout follows --ready-timeout. False (and
+  // nothing sent) when it is not parked or its channel is gone.
+  bool resume(const std::vector<std::string>& names, const std::vector<int>& fds);
+  bool resuming() const { return resuming_ && state_ == GenerationState::Draining; }
+  // Its `ready` after resume(): draining ──► ready, and the supervisor is told (on_ready).
+  void mark_resumed();
+  // Gives up a resume that did not complete: it drains again and exits.
+  void abandon_resume(std::string_view why);
   // SIGKILL to its whole process group, now; nothing once it has exited (the group was killed
   // then, and its id may belong to others once the main process is reaped).
   void kill_all() const {
@@ -173,6 +200,7 @@ class Generation {
   // --adopt-binds: the library closes the generation's listeners; the drain signal follows once
   // its connections on our ports are done.
   void adopt_drain(std::string_view why);
+  void arm_kill_timer(Millis after);
   void on_main_exit(ExitStatus status);
 
   Context& context_;
@@ -189,6 +217,8 @@ class Generation {
   std::string status_text_;         // The last STATUS= (or the SDK's status line), or a probe's failure.
   bool reported_stopping_ = false;  // It sent STOPPING=1.
   bool adopt_loaded_ = false;       // --adopt-binds: the preload library said it is in.
+  bool parked_ = false;             // Asked to drain with a parking time that has not ended.
+  bool resuming_ = false;           // Sent `resume`; its `ready` has not arrived yet.
 
   ChildProcess probe_;  // The running exec readiness probe, if any.
   std::unique_ptr<WorkerChannel> channel_;

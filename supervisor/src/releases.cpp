@@ -22,9 +22,14 @@ static_assert(std::size(kOriginNames) == kReleaseOriginCount && named_apart(kOri
               "every release origin needs a name of its own");
 
 constexpr TransitionTable<ReleaseOutcome, kReleaseOutcomeCount> kOutcomes = {
-    {ReleaseOutcome::Starting, ReleaseOutcome::Serving}, {ReleaseOutcome::Starting, ReleaseOutcome::RolledBack},
-    {ReleaseOutcome::Starting, ReleaseOutcome::Stopped}, {ReleaseOutcome::Serving, ReleaseOutcome::Retired},
-    {ReleaseOutcome::Serving, ReleaseOutcome::Reverted}, {ReleaseOutcome::Serving, ReleaseOutcome::Stopped},
+    {ReleaseOutcome::Starting, ReleaseOutcome::Serving},
+    {ReleaseOutcome::Starting, ReleaseOutcome::RolledBack},
+    {ReleaseOutcome::Starting, ReleaseOutcome::Stopped},
+    {ReleaseOutcome::Serving, ReleaseOutcome::Retired},
+    {ReleaseOutcome::Serving, ReleaseOutcome::Reverted},
+    {ReleaseOutcome::Serving, ReleaseOutcome::Stopped},
+    // A revert resumed the release's parked generation.
+    {ReleaseOutcome::Retired, ReleaseOutcome::Serving},
 };
 
 // Limits on what a history file may hold: it is read back at start-up and could have been edited,
@@ -156,6 +161,7 @@ bool ReleaseHistory::set_outcome(std::uint64_t number, ReleaseOutcome outcome, s
   if (!reason.empty()) r->reason = std::move(reason);
   if (outcome == ReleaseOutcome::Serving) {
     r->serving_ms = now_ms;
+    r->ended_ms = 0;
   } else {
     r->ended_ms = now_ms;
   }

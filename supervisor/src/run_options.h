@@ -53,6 +53,8 @@ struct RunOptions {
   // After a cutover, how long the new release is watched: if it crashes, misses its watchdog or
   // fails its health check within this time, the previous release comes back (0: never).
   Millis watch_window{30'000};
+  // Keep the generation a cutover replaced parked through the watch window, for a revert to resume.
+  bool park = true;
   Millis watchdog{0};  // WATCHDOG=1 at least this often once ready (0: no watchdog).
   HealthCheck health;
   bool adopt_binds = false;  // Preload libhotrestart-adopt into every worker.

@@ -43,6 +43,7 @@ json generation_json(const Generation& g, std::string_view role) {
   return {{"generation", g.number()},
           {"pid", g.pid()},
           {"state", generation_state_name(g.state())},
+          {"parked", g.parked()},
           {"role", role},
           {"age_ms", ms_since(g.started())},
           {"command", g.command()},

@@ -258,6 +258,10 @@ std::vector<GenerationFacts> Supervisor::generation_facts() const {
 }
 
 void Supervisor::on_ready(Generation& g) {
+  if (g.number() == resuming_) {
+    finish_resume(g);
+    return;
+  }
   if (upgrade_->is_candidate(g)) {
     upgrade_->feed(Input::Ready);
     return;
@@ -274,6 +278,10 @@ void Supervisor::on_ready(Generation& g) {
 }
 
 void Supervisor::on_ready_timeout(Generation& g, const std::string& reason) {
+  if (g.number() == resuming_) {
+    resume_failed(&g, reason);
+    return;
+  }
   if (upgrade_->is_candidate(g)) {
     upgrade_->feed(Input::Timeout, reason);
     return;
@@ -306,6 +314,10 @@ void Supervisor::on_exit(Generation& g, GenerationState was, ExitStatus status) 
         schedule_restart(served_for);
       }
     }
+  } else if (number == resuming_) {
+    resume_failed(nullptr, with_last_output(fmt::format("generation {} (pid {}) {} while it was being resumed", number,
+                                                        pid, status.describe()),
+                                            last_output));
   } else if (was == GenerationState::Draining) {
     log_info("generation {} (pid {}) {} after draining", number, pid, status.describe());
   }
@@ -332,7 +344,13 @@ void Supervisor::on_channel_message(Generation& g, wire::Message& message, std::
         if constexpr (std::is_same_v<T, wire::Hello>) {
           on_hello(g, m);
         } else if constexpr (std::is_same_v<T, wire::Ready>) {
-          if (options_.ready.kind == ReadyMode::Kind::Notify) g.mark_ready();
+          // A resumed generation says it serves again with `ready`, whatever --ready says: its
+          // readiness was checked when it started.
+          if (g.resuming()) {
+            g.mark_resumed();
+          } else if (options_.ready.kind == ReadyMode::Kind::Notify) {
+            g.mark_ready();
+          }
         } else if constexpr (std::is_same_v<T, wire::StatusLine>) {
           g.set_status_text(printable(m.text.substr(0, 256)));
         } else if constexpr (std::is_same_v<T, wire::SectionImported>) {
@@ -461,16 +479,23 @@ void Supervisor::promote(std::uint64_t generation) {
   releases_->save();
 }
 
-void Supervisor::upgrade_started() {
+void Supervisor::upgrade_started(std::uint64_t state_from) {
   // The release on watch is not the newest any more: whatever this upgrade brings is judged instead.
   watch_->end(ReleaseWatch::Ending::Superseded, "a newer upgrade began");
+  // Nothing will resume a parked generation now; the one the state comes from stays until the
+  // upgrade ends, so that it is there to export.
+  unpark_all("an upgrade began", state_from);
   systemd_.notify(fmt::format("RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=upgrading", uv_hrtime() / 1000));
 }
 
 bool Supervisor::upgrade_finished(std::uint64_t release, bool ok, const std::string& failure) {
   const Release* r = releases_->history().find(release);
   const bool reverting = r != nullptr && r->origin == ReleaseOrigin::Revert;
-  if (reverting) reverting_ = false;
+  if (reverting) {
+    reverting_ = false;
+    // The generation a cold revert took the state from has given it: it may go.
+    unpark_all("the revert that took its state ended");
+  }
   if (!ok) {
     ++counters_.upgrades_rolled_back;
     last_error_.note(fmt::format("upgrade rolled back: {}", failure));
@@ -496,8 +521,10 @@ bool Supervisor::upgrade_finished(std::uint64_t release, bool ok, const std::str
   // Back to the last release that served through its watch window (or had none), not to one whose
   // window a newer upgrade cut short.
   const ReleaseWatch::Watched watched{release, active_, back_to, replaced_generation_};
-  const bool watching =
-      watch_->start(watched, options_.watch_window, [this, release] { last_proven_release_ = release; });
+  const bool watching = watch_->start(watched, options_.watch_window, [this, release] {
+    last_proven_release_ = release;
+    unpark_all(fmt::format("release {} served through its watch window", release));
+  });
   if (!watching) last_proven_release_ = release;
   return watching;
 }
@@ -575,6 +602,14 @@ void Supervisor::on_request(ClientId client, const ControlRequest& request) {
         control_->send(client, control_error("busy", upgrade_->busy_reason()), AfterSend::Close);
         return;
       }
+      if (resuming_ != 0) {
+        control_->send(client,
+                       control_error("busy", fmt::format("generation {} is being resumed by a revert; try again "
+                                                         "once it serves (see `hotrestart status`)",
+                                                         resuming_)),
+                       AfterSend::Close);
+        return;
+      }
       if (first_preflight_) {
         control_->send(client, control_error("busy", kFirstPreflightBusy), AfterSend::Close);
         return;
@@ -606,8 +641,9 @@ void Supervisor::on_signal(int signo) {
         log_warn("SIGUSR2 ignored: {}", kFirstPreflightBusy);
         break;
       }
-      if (upgrade_->in_progress()) {
-        log_warn("SIGUSR2 ignored: an upgrade is already in progress");
+      if (upgrade_->in_progress() || resuming_ != 0) {
+        log_warn("SIGUSR2 ignored: {}",
+                 resuming_ != 0 ? "a revert is resuming the previous generation" : "an upgrade is already in progress");
         break;
       }
       // SIGUSR2 upgrades never hold: a signal carries no --hold, and no client follows it.
@@ -635,6 +671,8 @@ void Supervisor::begin_stop(bool now) {
   // candidate is stopped as a rolled-back one (an importing SDK worker at once) before the loop
   // below would ask it to drain.
   upgrade_->feed(Input::Cancel, "the supervisor is stopping");
+  resuming_ = 0;
+  unpark_all("the supervisor is stopping");
   for (auto& [n, g] : generations_) {
     if (now) {
       g->kill_all();

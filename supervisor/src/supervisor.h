@@ -110,7 +110,8 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
                                                           PreflightCheck::Done done) override;
   void promote(std::uint64_t generation) override;
   StateBroker& broker() override { return broker_; }
-  void upgrade_started() override;
+  void upgrade_started(std::uint64_t state_from) override;
+  Millis park_for(const Generation& old) override;
   bool upgrade_finished(std::uint64_t release, bool ok, const std::string& failure) override;
   void wait_for_watch(ClientId client) override { watch_->add_waiter(client); }
 
@@ -124,8 +125,16 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   void end_release(std::uint64_t number, ReleaseOutcome outcome, std::string reason);
   void upgrade_reported() override;
 
-  // The watch window: brings the previous release back, for `reason`.
+  // The watch window: brings the previous release back, for `reason`: its parked generation if it
+  // can (resume_parked), else a new generation of it (revert_cold).
   void revert(const std::string& reason);
+  bool resume_parked(const ReleaseWatch::Watched& w);
+  void revert_cold(const ReleaseWatch::Watched& w);
+  // The resumed generation serves again, or could not come back (`why`).
+  void finish_resume(Generation& g);
+  void resume_failed(Generation* g, const std::string& why);
+  // Ends the parking of every parked generation but `keep`.
+  void unpark_all(std::string_view why, std::uint64_t keep = 0);
 
   // Crash restarts.
   void schedule_restart(Clock::duration served_for);
@@ -172,9 +181,12 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   std::uint64_t last_proven_release_ = 0;
   std::uint64_t replaced_generation_ = 0;
   // What `status --check` reports (health_json).
-  Clock::time_point last_revert_{};         // When the last revert began.
-  std::string revert_reason_;               // Why ("" if none yet).
-  bool reverting_ = false;                  // The revert's upgrade is under way.
+  Clock::time_point last_revert_{};  // When the last revert began.
+  std::string revert_reason_;        // Why ("" if none yet).
+  bool reverting_ = false;           // The revert (its upgrade, or a resume) is under way.
+  // The parked generation a revert is resuming (0: none), and the watch it reverts.
+  std::uint64_t resuming_ = 0;
+  ReleaseWatch::Watched resume_of_;
   std::string crash_reason_;                // The last crash of the active generation.
   std::uint64_t restarted_generation_ = 0;  // The last generation a crash restart started.
 

@@ -8,6 +8,8 @@
 
 #include <hotrestart/base/text.h>
 
+#include "log.h"
+
 namespace hotrestart {
 namespace {
 
@@ -135,6 +137,86 @@ void Supervisor::revert(const std::string& reason) {
   end_release(w.release, ReleaseOutcome::Reverted, reason);
   last_error_.note(fmt::format("release {} reverted in its watch window: {}", w.release, reason));
   watch_->end(ReleaseWatch::Ending::Reverted, reason);
+  if (!resume_parked(w)) revert_cold(w);
+}
+
+bool Supervisor::resume_parked(const ReleaseWatch::Watched& w) {
+  Generation* back = find(w.previous_generation);
+  if (back == nullptr || !back->parked() || back->release() != w.previous_release) return false;
+  // Resuming loses what the reverted generation was told since the cutover; it is taken only when
+  // that generation is gone (a crash, a missed watchdog) or holds no state of the SDK's. Otherwise a
+  // new generation of the previous release imports the state from it (revert_cold).
+  if (const Generation* failing = find(w.generation);
+      failing != nullptr && failing->state() != GenerationState::Exited && failing->sdk() != SdkState::None &&
+      !failing->hello().exports.empty()) {
+    log_info(
+        "release {} comes back as a new generation rather than by resuming generation {}: generation {} is "
+        "still running and holds state written since the cutover",
+        w.previous_release, back->number(), w.generation);
+    return false;
+  }
+  std::vector<std::string> names;
+  std::vector<int> fds;
+  for (const auto& l : listeners_.listeners()) {
+    names.push_back(l.spec.name);
+    fds.push_back(l.fd.get());
+  }
+  if (!back->resume(names, fds)) return false;
+  resuming_ = back->number();
+  resume_of_ = w;
+  return true;
+}
+
+void Supervisor::finish_resume(Generation& g) {
+  const ReleaseWatch::Watched w = resume_of_;
+  resuming_ = 0;
+  reverting_ = false;
+  active_ = g.number();
+  current_ = {g.release(), g.command(), g.image()};
+  restart_timer_->stop();
+  const auto since = std::chrono::duration_cast<Millis>(Clock::now() - last_revert_);
+  releases_->history().set_outcome(
+      g.release(), ReleaseOutcome::Serving,
+      fmt::format("serves again: its generation {} was resumed after release {} was reverted", g.number(), w.release),
+      wall_clock_ms());
+  releases_->save();
+  log_info("revert: generation {} (pid {}) of release {} serves again, {} after the revert began", g.number(), g.pid(),
+           g.release(), format_duration(since));
+  if (Generation* failing = find(w.generation); failing != nullptr) failing->stop("reverted", Ending::Drain);
+  systemd_.notify(
+      fmt::format("READY=1\nSTATUS=generation {} serving again (release {} reverted)", g.number(), w.release));
+}
+
+void Supervisor::resume_failed(Generation* g, const std::string& why) {
+  const ReleaseWatch::Watched w = resume_of_;
+  resuming_ = 0;
+  last_error_.note(fmt::format("generation {} could not be resumed: {}; release {} starts again instead",
+                               w.previous_generation, why, w.previous_release));
+  // A resume it takes late must not leave it serving unseen: it drains again (and can still export
+  // its state to the new generation meanwhile).
+  if (g != nullptr) g->abandon_resume("its resume did not complete in time");
+  if (stopping_) return;
+  revert_cold(w);
+}
+
+void Supervisor::unpark_all(std::string_view why, std::uint64_t keep) {
+  for (auto& [n, g] : generations_) {
+    if (n != keep && n != resuming_ && g->parked()) g->unpark(why);
+  }
+}
+
+Millis Supervisor::park_for(const Generation& old) {
+  // Parked only where a revert would bring it back: it runs the release a revert goes back to, and
+  // the new release will be watched.
+  const std::uint64_t back_to = last_proven_release_ != 0 ? last_proven_release_ : replaced_release_;
+  if (!options_.park || options_.watch_window <= Millis{0} || reverting_ || !old.resumable() ||
+      old.release() != back_to || back_to == current_.release) {
+    return Millis{0};
+  }
+  return options_.watch_window;
+}
+
+void Supervisor::revert_cold(const ReleaseWatch::Watched& w) {
   const Release* previous = releases_->history().find(w.previous_release);
   auto image = previous != nullptr ? image_to_run_again(*previous)
                                    : Result<std::shared_ptr<const ExecutableImage>>(Error::message(

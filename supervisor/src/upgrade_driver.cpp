@@ -170,7 +170,7 @@ void UpgradeDriver::begin(UpgradeRequest request, std::optional<ClientId> client
   upgrade_->wait = request.wait;
   upgrade_->release = host_.record_release(request);
   if (client) upgrade_->watchers.push_back(*client);
-  host_.upgrade_started();
+  host_.upgrade_started(upgrade_->previous);
   log_info("upgrade ({}) to: {}", upgrade_->origin, shell_words(upgrade_->command));
   if (check.empty()) {
     spawn();
@@ -482,7 +482,7 @@ void UpgradeDriver::drain_old() {
                                                          : signal_name(options_.drain_signal);
     publish_phase(fmt::format("draining generation {} (pid {}) with {}; SIGKILL after {}", old->number(), old->pid(),
                               how, format_duration(options_.drain_timeout)));
-    old->stop("replaced by generation " + std::to_string(upgrade_->generation));
+    old->stop("replaced by generation " + std::to_string(upgrade_->generation), Ending::Drain, host_.park_for(*old));
   } else {
     publish_phase("no previous generation was running, nothing to drain");
   }

@@ -76,7 +76,11 @@ class UpgradeDriver {
     // Makes `generation` the active one (cutover).
     virtual void promote(std::uint64_t generation) = 0;
     virtual StateBroker& broker() = 0;
-    virtual void upgrade_started() = 0;
+    // An upgrade began; its state comes from generation `state_from` (0: none).
+    virtual void upgrade_started(std::uint64_t state_from) = 0;
+    // How long the generation the cutover replaced stays parked after its drain, so that a revert
+    // in the new release's watch window can resume it (0: it drains and exits).
+    virtual Millis park_for(const Generation& old) = 0;
     // The verdict on `release`, before it is published: `failure` is empty on success. Returns true
     // when the release, now serving, is watched (--watch-window).
     virtual bool upgrade_finished(std::uint64_t release, bool ok, const std::string& failure) = 0;

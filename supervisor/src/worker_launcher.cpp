@@ -62,6 +62,8 @@ std::vector<std::string> WorkerLauncher::worker_environment(std::uint64_t genera
     std::erase(env, std::string());
     env.push_back("LD_PRELOAD=" + preload);
     env.push_back(fmt::format("HOTRESTART_ADOPT_SIGNAL={}", adopt_drain_signal()));
+    env.push_back(fmt::format("HOTRESTART_ADOPT_CONTROL_SIGNAL={}", adopt_control_signal()));
+    env.push_back(fmt::format("HOTRESTART_SUPERVISOR_PID={}", ::getpid()));
   }
   return env;
 }

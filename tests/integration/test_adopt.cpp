@@ -65,7 +65,8 @@ std::string listen_arg(std::uint16_t port) {
 // Upgrades `sup` ten times to command(2), command(3), ... under the loads, and checks that no
 // request failed and that every response came from the generation that should have served it
 // (its version, "vN" for generation N, is in every body): the old one before the upgrade began,
-// the new one once the old one had exited.
+// the new one once the old one had exited. The runs use --no-park, so that each old generation
+// exits once drained rather than wait parked through the watch window.
 void ten_upgrades(Supervisor& sup, const std::function<std::vector<std::string>(int)>& command,
                   const std::vector<LoadClient*>& loads, bool adopt = true) {
   struct Mark {
@@ -139,7 +140,7 @@ TEST_CASE("adopt: python3 -m http.server upgrades 10 times under load with no fa
   const std::uint16_t port = free_port();
   auto first = command(1);
   first.insert(first.begin() + 3, std::to_string(port));
-  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--drain-timeout", "20s"}, first);
+  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--no-park", "--drain-timeout", "20s"}, first);
   LoadClient keepalive(load_config(port, LoadClient::Mode::KeepAlive, 3, "/v"));
   LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, 3, "/v"));
   ten_upgrades(sup,
@@ -163,7 +164,7 @@ TEST_CASE("adopt: a Node.js server upgrades 10 times under load with no failed r
   auto command = [&](int n) {
     return std::vector<std::string>{kNode, third_party("node-hello.js"), std::to_string(port), fmt::format("v{}", n)};
   };
-  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--drain-timeout", "20s"}, command(1));
+  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--no-park", "--drain-timeout", "20s"}, command(1));
   // Node keeps connections alive and has no drain of its own: clients that ask to close.
   LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, 3, "/"));
   ten_upgrades(sup, command, {&fresh});
@@ -260,7 +261,7 @@ TEST_CASE("adopt: a blocking-accept server and Node.js take turns under load: ea
     return std::vector<std::string>{kPython, third_party("blocking-server.py"), std::to_string(port),
                                     fmt::format("v{}", n)};
   };
-  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--drain-timeout", "20s"}, command(1));
+  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--no-park", "--drain-timeout", "20s"}, command(1));
   LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, 3, "/"));
   ten_upgrades(sup, command, {&fresh});
   const auto versions = fresh.version_counts();
@@ -278,7 +279,8 @@ TEST_CASE("adopt: a request in flight when the old generation drains completes t
   auto command = [&](int n) {
     return std::vector<std::string>{kNode, third_party("node-hello.js"), std::to_string(port), fmt::format("v{}", n)};
   };
-  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds"}, command(1));
+  // --no-park: the old generation drains and exits rather than waits parked through the watch window.
+  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--no-park"}, command(1));
   const pid_t old_pid = sup.active_pid();
   LoadClient::Config slow_config = load_config(port, LoadClient::Mode::NewConnection, 3, "/slow");
   slow_config.threads = 1;
@@ -330,7 +332,7 @@ TEST_CASE("adopt: a server with its own SIGURG handler still drains, and its han
   TempDir dir;
   const std::string urg = dir.file("urg");
   const std::uint16_t port = free_port();
-  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds"},
+  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--no-park"},
                  {kPython, third_party("reuseport-server.py"), std::to_string(port), "v1", urg});
   const pid_t old_pid = sup.active_pid();
   RunResult r = sup.upgrade_to({kPython, third_party("reuseport-server.py"), std::to_string(port), "v2"});
@@ -388,5 +390,50 @@ TEST_CASE("adopt: a server that binds another address never reports ready, and t
                 r.out << r.err);
   CHECK(sup.active_pid() == old_pid);
   CHECK(contains(http_get(port, "/"), "version=v1"));
+  sup.stop();
+}
+
+TEST_CASE("adopt: a revert resumes the parked old generation: the same Node.js process serves again, under load") {
+  if (!have(kNode)) {
+    MESSAGE("skipped: " << kNode << " is not installed");
+    return;
+  }
+  const std::uint16_t port = free_port();
+  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--drain-timeout", "20s"},
+                 {kNode, third_party("node-hello.js"), std::to_string(port), "v1"});
+  const pid_t v1_pid = sup.active_pid();
+  MixedLoad load(port, 2);
+  let_load_run(load.keepalive, 50);
+
+  // The old generation is parked at the cutover (its listeners closed by the library, the server
+  // itself untold), then resumed when release 2 crashes in its watch window.
+  RunResult up = sup.cli({"upgrade", "--wait", "--", test_worker_bin(), "crash-after-ready", "200"}, 60s);
+  CHECK_MESSAGE(up.exit_code == 1, up.out << up.err);
+  CHECK_MESSAGE(contains(up.err, "release 2 reverted"), up.err);
+  CHECK(sup.proc().wait_output("then parked for 30s in case it is resumed", 5s));
+  REQUIRE_MESSAGE(wait_until(
+                      [&] {
+                        auto s = sup.status();
+                        return s && (*s)["release"] == 1 && sup.active_state() == "ready";
+                      },
+                      15s, 10ms),
+                  sup.status_or_fail().dump());
+  CHECK(sup.active_pid() == v1_pid);
+  CHECK(sup.proc().wait_output(fmt::format("generation 1 (pid {}) serves again", v1_pid), 5s));
+  // Every answer from here on comes from that process, on new connections as on old ones.
+  for (int i = 0; i < 5; ++i)
+    CHECK(contains(http_get(port, "/"), fmt::format("version=v1 pid={}", v1_pid)));
+  let_load_run(load.fresh, 50);
+  let_load_run(load.keepalive, 50);
+  json h = history(sup);
+  CHECK_MESSAGE(h["releases"].size() == 2, h.dump());
+  CHECK(release(h, 1)["outcome"] == "serving");
+  CHECK(release(h, 2)["outcome"] == "reverted");
+
+  // It upgrades again as usual afterwards: the resumed listeners drain like the first ones did.
+  RunResult next = sup.upgrade_to({kNode, third_party("node-hello.js"), std::to_string(port), "v3"});
+  REQUIRE_MESSAGE(next.exit_code == 0, next.out << next.err);
+  CHECK(contains(http_get(port, "/"), "version=v3"));
+  load.finish();
   sup.stop();
 }

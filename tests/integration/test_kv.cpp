@@ -116,7 +116,9 @@ class HttpConnection {
 }  // namespace
 
 TEST_CASE("kv: every acknowledged write survives upgrades in both directions under continuous writes") {
-  Supervisor sup({"--state-required", "cache", "--drain-timeout", "10s"}, kv("v1"));
+  // --no-park: each old generation exits once drained (its changes all sent), rather than wait
+  // parked through the watch window.
+  Supervisor sup({"--state-required", "cache", "--drain-timeout", "10s", "--no-park"}, kv("v1"));
   const std::uint16_t port = sup.port();
 
   constexpr int kWriters = 4;
@@ -183,7 +185,7 @@ TEST_CASE("kv: every acknowledged write survives upgrades in both directions und
 }
 
 TEST_CASE("kv: keep-alive clients ride through upgrades on the same connection") {
-  Supervisor sup({"--drain-timeout", "10s"}, kv("v1"));
+  Supervisor sup({"--drain-timeout", "10s", "--no-park"}, kv("v1"));  // Each old generation exits once drained.
   LoadClient::Config cfg;
   cfg.port = sup.port();
   cfg.mode = LoadClient::Mode::KeepAlive;

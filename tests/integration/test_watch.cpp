@@ -218,3 +218,104 @@ TEST_CASE("watch window: a revert goes back to the last release that served thro
   CHECK(release(h, 4)["rollback_of"] == 1);
   sup.stop();
 }
+
+namespace {
+
+std::vector<std::string> kv(const std::string& build) {
+  return {bin_path("kv-cache-" + build)};
+}
+
+// PUT /kv/KEY with curl: the HTTP status.
+std::string put(std::uint16_t port, const std::string& key, const std::string& value) {
+  RunResult r = run({"curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT",
+                     "--data-binary", value, fmt::format("http://127.0.0.1:{}/kv/{}", port, key)},
+                    {}, 10s);
+  return r.out;
+}
+
+}  // namespace
+
+TEST_CASE("watch window: a crash after cutover resumes the previous generation itself, its cache and pid intact") {
+  Supervisor sup({"--drain-timeout", "10s"}, kv("v1"));
+  const std::uint16_t port = sup.port();
+  for (int i = 0; i < 40; ++i)
+    REQUIRE(put(port, fmt::format("k{}", i), fmt::format("v1-{}", i)) == "204");
+  const pid_t v1_pid = sup.active_pid();
+  MixedLoad load(port, 2);
+  LoadClient& keepalive = load.keepalive;
+  LoadClient& fresh = load.fresh;
+  let_load_run(keepalive, 50);
+
+  // Generation 1 drains at the cutover, then waits parked through release 2's watch window.
+  RunResult up = sup.cli({"upgrade", "--wait", "--", test_worker_bin(), "crash-after-ready", "200"}, 60s);
+  const auto reverted_at = Clock::now();
+  CHECK_MESSAGE(up.exit_code == 1, up.out << up.err);
+  CHECK_MESSAGE(contains(up.err, "release 2 reverted"), up.err);
+
+  // Release 1 serves again from the very process that served it: no new release, no new start.
+  wait_for_active_release(sup, 1, 15s);
+  const auto back_after = Clock::now() - reverted_at;
+  MESSAGE("generation 1 served again " << std::chrono::duration_cast<std::chrono::milliseconds>(back_after).count()
+                                       << " ms after upgrade --wait reported the revert");
+  CHECK(back_after < std::chrono::seconds(5));
+  json s = sup.status_or_fail();
+  CHECK(s["active_generation"] == 1);
+  CHECK(sup.active_pid() == v1_pid);
+  CHECK(s["counters"]["reverts"] == 1);
+  CHECK(s["counters"]["restarts"] == 0);
+  for (int i = 0; i < 40; ++i)
+    CHECK(http_get(port, fmt::format("/kv/k{}", i)) == fmt::format("v1-{}", i));
+  CHECK(put(port, "after", "resumed") == "204");
+  CHECK(http_get(port, "/kv/after") == "resumed");
+  let_load_run(fresh, 50);
+  let_load_run(keepalive, 50);
+
+  json h = history(sup);
+  CHECK_MESSAGE(h["releases"].size() == 2, h.dump());
+  CHECK(release(h, 2)["outcome"] == "reverted");
+  CHECK(release(h, 1)["outcome"] == "serving");
+  CHECK_MESSAGE(contains(release(h, 1)["reason"].get<std::string>(), "resumed"), h.dump());
+  CHECK(sup.proc().wait_output("generation 1 (pid " + std::to_string(v1_pid) + ") serves again", 5s));
+
+  // The resumed generation upgrades like any other: its state goes to the next one.
+  RunResult next = sup.upgrade_to(kv("v2"));
+  REQUIRE_MESSAGE(next.exit_code == 0, next.out << next.err);
+  CHECK(contains(next.out, "state transfer finished: 1 of 1 section(s) imported"));
+  CHECK(http_get(port, "/kv/k7") == "v1-7");
+  CHECK(http_get(port, "/kv/after") == "resumed");
+  load.finish();
+  sup.stop();
+}
+
+TEST_CASE("watch window: a failing release that holds newer state is not undone by a resume") {
+  // kv-cache v2 takes writes after the cutover, then fails its health check: resuming generation 1
+  // would lose them, so release 1 starts again and imports the state from generation 2.
+  TempDir dir;
+  const std::string flag = dir.file("unhealthy");
+  Supervisor sup({"--health", fmt::format("exec:! test -e {}.$HOTRESTART_GENERATION", flag), "--health-interval",
+                  "100ms", "--health-failures", "3", "--drain-timeout", "10s"},
+                 kv("v1"));
+  const std::uint16_t port = sup.port();
+  for (int i = 0; i < 20; ++i)
+    REQUIRE(put(port, fmt::format("k{}", i), fmt::format("v1-{}", i)) == "204");
+  RunResult up = sup.upgrade_to(kv("v2"));
+  REQUIRE_MESSAGE(up.exit_code == 0, up.out << up.err);
+  for (int i = 20; i < 30; ++i)
+    REQUIRE(put(port, fmt::format("k{}", i), fmt::format("v2-{}", i)) == "204");
+  json parked = sup.status_or_fail();
+  bool one_parked = false;
+  for (const auto& g : parked["generations"])
+    one_parked = one_parked || (g["generation"] == 1 && g["parked"] == true);
+  CHECK_MESSAGE(one_parked, parked.dump());
+
+  std::ofstream(flag + ".2") << "sick\n";
+  wait_for_active_release(sup, 3, 20s);
+  CHECK(sup.status_or_fail()["active_generation"] == 3);
+  for (int i = 0; i < 30; ++i)
+    CHECK(http_get(port, fmt::format("/kv/k{}", i)) == fmt::format("{}-{}", i < 20 ? "v1" : "v2", i));
+  CHECK(sup.proc().wait_output("still running and holds state written since the cutover", 5s));
+  json h = history(sup);
+  CHECK(release(h, 3)["origin"] == "revert");
+  CHECK(release(h, 3)["rollback_of"] == 1);
+  sup.stop();
+}

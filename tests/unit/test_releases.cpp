@@ -62,7 +62,9 @@ TEST_CASE("releases: outcomes move only along the table") {
   CHECK(transition_allowed(O::Serving, O::Reverted));
   CHECK(transition_allowed(O::Serving, O::Stopped));
   CHECK_FALSE(transition_allowed(O::RolledBack, O::Serving));
-  CHECK_FALSE(transition_allowed(O::Retired, O::Serving));
+  // A revert that resumes a retired release's parked generation makes it serve again.
+  CHECK(transition_allowed(O::Retired, O::Serving));
+  CHECK_FALSE(transition_allowed(O::Retired, O::Reverted));
   CHECK_FALSE(transition_allowed(O::Starting, O::Retired));
   CHECK(release_outcome_name(O::RolledBack) == "rolled-back");
   CHECK(release_origin_name(ReleaseOrigin::Signal) == "SIGUSR2");

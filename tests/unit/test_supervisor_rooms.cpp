@@ -40,9 +40,9 @@ GenerationFacts facts(std::uint64_t n, bool sdk, GenerationState state, bool cha
 
 TEST_CASE("generation lifecycle: the table allows exactly the documented transitions") {
   using S = GenerationState;
-  const std::vector<std::pair<S, S>> allowed = {{S::Starting, S::Ready},  {S::Starting, S::Draining},
-                                                {S::Starting, S::Exited}, {S::Ready, S::Draining},
-                                                {S::Ready, S::Exited},    {S::Draining, S::Exited}};
+  const std::vector<std::pair<S, S>> allowed = {
+      {S::Starting, S::Ready}, {S::Starting, S::Draining}, {S::Starting, S::Exited}, {S::Ready, S::Draining},
+      {S::Ready, S::Exited},   {S::Draining, S::Exited},   {S::Draining, S::Ready}};
   for (S from : kStates) {
     for (S to : kStates) {
       const bool expected = std::find(allowed.begin(), allowed.end(), std::pair{from, to}) != allowed.end();
@@ -302,7 +302,8 @@ class DriverBench final : public Generation::Events, public UpgradeDriver::Host 
     }
   }
   StateBroker& broker() override { return broker_; }
-  void upgrade_started() override {}
+  void upgrade_started(std::uint64_t) override {}
+  Millis park_for(const Generation&) override { return Millis{0}; }
   bool upgrade_finished(std::uint64_t, bool ok, const std::string& failure) override {
     verdicts.emplace_back(ok, failure);
     return false;

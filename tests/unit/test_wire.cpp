@@ -95,7 +95,9 @@ std::vector<Message> one_of_each() {
       BeginImport{0, {}, "no previous generation speaks the SDK"},
       BeginExport{8, plan},
       Drain{},
+      Drain{30'000},
       Stop{},
+      Resume{3},
       SectionOffer{"sessions", 3, 99, 1 << 20, 0x0123456789abcdefULL},
       SectionUnavailable{"cache.v2", "no common version"},
       Fds{{"conn:1", "conn:2"}},
@@ -179,7 +181,7 @@ TEST_CASE("wire: the header layout is the documented one") {
   std::memcpy(&fd_count, datagram.data() + 12, 4);
   std::memcpy(&body_sum, datagram.data() + 16, 8);
   std::memcpy(&header_sum, datagram.data() + 24, 8);
-  CHECK(version == 3);
+  CHECK(version == 4);
   CHECK(version == kProtocolVersion);
   CHECK(type == 64);
   CHECK(fd_count == 1);
@@ -200,17 +202,29 @@ TEST_CASE("wire: every type number has the name and descriptor counts of docs/pr
     std::uint32_t max_fds;
   };
   const Documented table[] = {
-      {1, "hello", 0, 0},           {2, "ready", 0, 0},
-      {3, "status", 0, 0},          {4, "section-imported", 0, 0},
-      {5, "import-finished", 0, 0}, {6, "section-exported", 0, 0},
-      {7, "export-finished", 0, 0}, {32, "welcome", 0, 0},
-      {33, "refuse", 0, 0},         {34, "listeners", 0, 253},
-      {35, "begin-import", 0, 1},   {36, "begin-export", 1, 1},
-      {37, "drain", 0, 0},          {38, "stop", 0, 0},
-      {64, "section-offer", 1, 1},  {65, "section-unavailable", 0, 0},
-      {66, "fds", 0, 253},          {67, "snapshot-end", 0, 0},
-      {68, "delta", 0, 0},          {69, "delta-memfd", 1, 1},
-      {70, "arena-offer", 2, 2},    {71, "section-stream", 1, 1},
+      {1, "hello", 0, 0},
+      {2, "ready", 0, 0},
+      {3, "status", 0, 0},
+      {4, "section-imported", 0, 0},
+      {5, "import-finished", 0, 0},
+      {6, "section-exported", 0, 0},
+      {7, "export-finished", 0, 0},
+      {32, "welcome", 0, 0},
+      {33, "refuse", 0, 0},
+      {34, "listeners", 0, 253},
+      {35, "begin-import", 0, 1},
+      {36, "begin-export", 1, 1},
+      {37, "drain", 0, 0},
+      {38, "stop", 0, 0},
+      {39, "resume", 0, 0},
+      {64, "section-offer", 1, 1},
+      {65, "section-unavailable", 0, 0},
+      {66, "fds", 0, 253},
+      {67, "snapshot-end", 0, 0},
+      {68, "delta", 0, 0},
+      {69, "delta-memfd", 1, 1},
+      {70, "arena-offer", 2, 2},
+      {71, "section-stream", 1, 1},
   };
   auto allowed = [](std::uint16_t type, std::uint32_t fds) { return check_frame(bytes_of(frame(type, "", fds))).ok(); };
   std::size_t documented = 0;
@@ -284,13 +298,13 @@ TEST_CASE("wire: decode checks the frame in the documented order and names each 
   bad = good;
   put<std::uint16_t>(bad, 4, 2);  // The previous version (before streamed sections).
   fix_header_checksum(bad);
-  CHECK(decode_error(bad) == "channel frame: protocol version 2, but this side speaks version 3");
+  CHECK(decode_error(bad) == "channel frame: protocol version 2, but this side speaks version 4");
   put<std::uint16_t>(bad, 4, 1);
   fix_header_checksum(bad);
-  CHECK(decode_error(bad) == "channel frame: protocol version 1, but this side speaks version 3");
+  CHECK(decode_error(bad) == "channel frame: protocol version 1, but this side speaks version 4");
   put<std::uint16_t>(bad, 6, 99);  // A bad version is reported before a bad type.
   fix_header_checksum(bad);
-  CHECK(decode_error(bad) == "channel frame: protocol version 1, but this side speaks version 3");
+  CHECK(decode_error(bad) == "channel frame: protocol version 1, but this side speaks version 4");
 
   CHECK(decode_error(frame(99, "")) == "channel frame: unknown message type 99");
   CHECK(decode_error(frame(0, "")) == "channel frame: unknown message type 0");
@@ -345,7 +359,7 @@ TEST_CASE("wire: decode checks bodies: exact length, limits, names, counts") {
         "listeners: listener name 'x y' is not valid");
   CHECK(decode_error(frame(hello, body(std::uint16_t{1}, std::uint16_t{1}, std::int32_t{9}, std::string("sdk"),
                                        std::uint64_t{1}, std::string("x y"), std::vector<std::uint32_t>{1}, false,
-                                       std::uint64_t{0}))) == "hello: section name 'x y' is not valid");
+                                       std::uint64_t{0}, false))) == "hello: section name 'x y' is not valid");
   CHECK(decode_error(
             frame(static_cast<std::uint16_t>(Type::SectionUnavailable), body(std::string(""), std::string("why")))) ==
         "section-unavailable: section name '' is not valid");
@@ -395,7 +409,7 @@ TEST_CASE("wire: encode refuses messages that break a limit, naming the field") 
   CHECK(encode_error(Delta{"", 1, 1, ""}) == "delta: section name '' is not valid");
   // Every list within its limit, but the body over 64 KiB.
   std::vector<SectionVersions> big(256, {std::string(128, 'n'), std::vector<std::uint32_t>(64, 1)});
-  CHECK(encode_error(Hello{1, 1, 1, "sdk", big, {}}) == "hello: the body is 102691 bytes, more than 65536");
+  CHECK(encode_error(Hello{1, 1, 1, "sdk", big, {}}) == "hello: the body is 102692 bytes, more than 65536");
 }
 
 TEST_CASE("archive: values written by cereal's BinaryOutputArchive read back, from spans and streams") {

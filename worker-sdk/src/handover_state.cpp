@@ -134,6 +134,11 @@ void HandoverState::start_draining() {
   draining_ = true;
 }
 
+void HandoverState::stop_draining() {
+  std::lock_guard lock(mutex_);
+  draining_ = false;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The previous generation's side
 

@@ -93,6 +93,8 @@ class HandoverState {
   // generation whose snapshot has taken the kept ones already.
   QueueOutcome queue_fd(std::string name, Fd fd);
   void start_draining();
+  // A resume undid the drain: descriptors passed from here on are kept for later transfers again.
+  void stop_draining();
 
   // --- The previous generation's side.
 

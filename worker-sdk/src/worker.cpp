@@ -121,6 +121,24 @@ void Worker::ready() {
   }
 }
 
+bool Worker::wait_for_resume() {
+  if (impl_->mode != Mode::Supervised) return false;
+  auto& parking = impl_->parking;
+  std::unique_lock lock(parking.mutex);
+  while (parking.waiting()) {
+    if (parking.changed.wait_until(lock, parking.until) == std::cv_status::timeout && parking.waiting() &&
+        sdk::Clock::now() >= parking.until) {
+      parking.state = Impl::Parking::State::Active;
+      parking.listeners.clear();
+    }
+  }
+  if (parking.state != Impl::Parking::State::Resumed) return false;
+  parking.state = Impl::Parking::State::Active;
+  impl_->listeners = std::move(parking.listeners);
+  parking.listeners.clear();
+  return true;
+}
+
 void Worker::status(std::string_view text) {
   // Bytes below 0x20 become spaces, so that the status stays one line. (printable() from the base
   // layer would replace DEL too, which this line has always passed on.)

@@ -17,8 +17,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <utility>
@@ -110,6 +112,25 @@ class Worker::Impl {
 
   sdk::HandoverState handover;
 
+  // Parking (Options::resumable): the SDK thread moves it on `drain`, `resume` and `listeners`;
+  // wait_for_resume() waits on it on the application's thread.
+  struct Parking {
+    enum class State {
+      Active,    // Not parked: wait_for_resume() returns false.
+      Parked,    // Drained, waiting for `resume` until `until`.
+      Resuming,  // `resume` came; its `listeners` are arriving.
+      Resumed,   // Every listener came: wait_for_resume() returns true.
+    };
+    std::mutex mutex;
+    std::condition_variable changed;
+    State state = State::Active;
+    Clock::time_point until;
+    std::uint32_t expected = 0;
+    std::vector<std::pair<std::string, Fd>> listeners;
+    bool waiting() const { return state == State::Parked || state == State::Resuming; }
+  };
+  Parking parking;
+
   std::thread thread;  // The SDK thread (Mode::Supervised).
   Fd wake_fd;          // An eventfd that wakes the SDK thread's poll.
   Fd reserve_fd;       // /dev/null, closed while receiving from the previous generation.
@@ -132,6 +153,11 @@ class Worker::Impl {
   PollSet poll_set() const;
   void serve_channel();
   void on_channel_message(wire::Received received);
+  // `drain` and `resume` with its `listeners` (Parking).
+  void on_drain(const wire::Drain& drain);
+  void on_resume(const wire::Resume& resume);
+  void on_resumed_listeners(const wire::Listeners& names, std::vector<Fd>& fds);
+  void end_parking();
   void serve_previous_generation();
   void serve_next_generation(short revents, std::uint64_t link);
 };

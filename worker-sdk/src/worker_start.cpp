@@ -205,6 +205,7 @@ Result<std::uint32_t> Worker::Impl::handshake(Clock::time_point deadline) {
   wire::Hello hello;
   hello.pid = static_cast<std::int32_t>(::getpid());
   hello.sdk = kSdkName;
+  hello.resumable = options.resumable;
   for (const auto& s : sections) {
     if (s.load || s.load_arena) hello.imports.push_back({s.name, s.versions, static_cast<bool>(s.load_arena)});
     if (s.save || s.save_arena) hello.exports.push_back({s.name, s.versions, static_cast<bool>(s.save_arena)});

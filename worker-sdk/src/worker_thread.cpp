@@ -22,6 +22,10 @@ namespace {
 using sdk::guarded;
 using sdk::say;
 
+// A parked worker waits this long past the parking time it was given, so that a supervisor's late
+// resume (or end of parking) still finds it.
+constexpr std::chrono::seconds kParkingSlack{1};
+
 // The section a change from the previous generation is for, or nullptr (and the change is
 // dropped, with a line on stderr) when no section of that name applies changes.
 const Section* section_for_change(const std::vector<Section>& sections, const std::string& name) {
@@ -119,6 +123,8 @@ void Worker::Impl::serve_channel() {
     say("the supervisor channel closed");
   }
   channel.close();
+  // Nothing can resume this generation any more.
+  end_parking();
 }
 
 void Worker::Impl::on_channel_message(wire::Received received) {
@@ -126,12 +132,11 @@ void Worker::Impl::on_channel_message(wire::Received received) {
       [&](auto& m) {
         using T = std::decay_t<decltype(m)>;
         if constexpr (std::is_same_v<T, wire::Drain>) {
-          handover.start_draining();
-          if (drain_callback) {
-            guarded("on_drain", drain_callback);
-          } else {
-            ::kill(::getpid(), SIGTERM);
-          }
+          on_drain(m);
+        } else if constexpr (std::is_same_v<T, wire::Resume>) {
+          on_resume(m);
+        } else if constexpr (std::is_same_v<T, wire::Listeners>) {
+          on_resumed_listeners(m, received.fds);
         } else if constexpr (std::is_same_v<T, wire::Stop>) {
           if (stop_callback) {
             guarded("on_stop", stop_callback);
@@ -151,6 +156,83 @@ void Worker::Impl::on_channel_message(wire::Received received) {
         }
       },
       received.message);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parking and resume (Options::resumable)
+
+void Worker::Impl::on_drain(const wire::Drain& drain) {
+  {
+    std::lock_guard lock(parking.mutex);
+    if (parking.waiting()) {
+      // Drained already: a new parking time, or (0) the end of the parking.
+      if (drain.park_ms == 0) {
+        parking.state = Parking::State::Active;
+        parking.listeners.clear();
+      } else {
+        parking.until = Clock::now() + std::chrono::milliseconds(drain.park_ms) + kParkingSlack;
+      }
+      parking.changed.notify_all();
+      return;
+    }
+    if (drain.park_ms > 0 && options.resumable) {
+      parking.state = Parking::State::Parked;
+      parking.until = Clock::now() + std::chrono::milliseconds(drain.park_ms) + kParkingSlack;
+    } else {
+      parking.state = Parking::State::Active;
+    }
+  }
+  handover.start_draining();
+  if (drain_callback) {
+    guarded("on_drain", drain_callback);
+  } else {
+    ::kill(::getpid(), SIGTERM);
+  }
+}
+
+void Worker::Impl::on_resume(const wire::Resume& resume) {
+  std::lock_guard lock(parking.mutex);
+  if (parking.state != Parking::State::Parked) {
+    say("ignored resume from the supervisor: this generation is not parked");
+    return;
+  }
+  parking.state = Parking::State::Resuming;
+  parking.expected = resume.listeners;
+  parking.listeners.clear();
+  if (resume.listeners == 0) {
+    parking.state = Parking::State::Resumed;
+    handover.stop_draining();
+    parking.changed.notify_all();
+  }
+}
+
+void Worker::Impl::on_resumed_listeners(const wire::Listeners& names, std::vector<Fd>& fds) {
+  std::lock_guard lock(parking.mutex);
+  if (parking.state != Parking::State::Resuming) {
+    say("ignored listeners from the supervisor: no resume is under way");
+    return;  // `fds` close with the message.
+  }
+  if (parking.listeners.size() + names.names.size() > parking.expected) {
+    say("the supervisor sent more listeners than its resume announced; this generation stays parked");
+    parking.state = Parking::State::Parked;
+    parking.listeners.clear();
+    return;
+  }
+  for (std::size_t i = 0; i < names.names.size(); ++i)
+    parking.listeners.emplace_back(names.names[i], std::move(fds[i]));
+  if (parking.listeners.size() == parking.expected) {
+    parking.state = Parking::State::Resumed;
+    handover.stop_draining();
+    parking.changed.notify_all();
+  }
+}
+
+void Worker::Impl::end_parking() {
+  std::lock_guard lock(parking.mutex);
+  if (!parking.waiting()) return;
+  parking.state = Parking::State::Active;
+  parking.listeners.clear();
+  parking.changed.notify_all();
 }
 
 wire::TransferTotals Worker::Impl::export_to(Fd peer, std::uint64_t sequence,

@@ -42,7 +42,7 @@ void serialize(Ar& ar, TransferTotals& t) {
 }
 template <class Ar>
 void serialize(Ar& ar, Hello& m) {
-  ar(m.min_version, m.max_version, m.pid, m.sdk, m.imports, m.exports);
+  ar(m.min_version, m.max_version, m.pid, m.sdk, m.imports, m.exports, m.resumable);
 }
 template <class Ar>
 void serialize(Ar& ar, StatusLine& m) {
@@ -67,6 +67,14 @@ void serialize(Ar& ar, ExportFinished& m) {
 template <class Ar>
 void serialize(Ar& ar, Welcome& m) {
   ar(m.version, m.generation, m.listeners);
+}
+template <class Ar>
+void serialize(Ar& ar, Drain& m) {
+  ar(m.park_ms);
+}
+template <class Ar>
+void serialize(Ar& ar, Resume& m) {
+  ar(m.listeners);
 }
 template <class Ar>
 void serialize(Ar& ar, Refuse& m) {
@@ -113,7 +121,7 @@ template <class Ar>
 void serialize(Ar& ar, SectionStream& m) {
   ar(m.name, m.version, m.sequence);
 }
-// Ready, Drain, Stop and SnapshotEnd have no body.
+// Ready, Stop and SnapshotEnd have no body.
 template <class M>
 concept NoFields = std::is_empty_v<M>;
 template <class Ar, NoFields M>

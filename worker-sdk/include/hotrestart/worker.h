@@ -114,6 +114,11 @@ class Worker {
     // The largest single change publish_delta() sends (one larger is refused). Changes over
     // 60,000 bytes travel in a sealed memfd instead of inside a message.
     std::size_t max_delta_bytes = std::size_t{16} << 20;
+    // The application can be taken back into service after its drain: it calls wait_for_resume()
+    // when its drain is done, before it exits. The supervisor then keeps this generation parked
+    // (alive, serving nothing, its state kept) through the next release's watch window, and a
+    // revert in that window resumes it in milliseconds instead of starting the release again.
+    bool resumable = false;
   };
 
   Worker();
@@ -159,8 +164,19 @@ class Worker {
   Fd take_fd(std::string_view name);
   const std::vector<ImportedSection>& imported() const;
 
-  // Tells the supervisor that this generation serves. Under systemd: sd_notify READY=1.
+  // Tells the supervisor that this generation serves (again, after wait_for_resume() returned
+  // true). Under systemd: sd_notify READY=1.
   void ready();
+
+  // With Options::resumable, once the drain is done (listeners closed, connections finished or
+  // handed over): blocks while the supervisor may still bring this generation back. Returns true
+  // when it does: the listeners are back (listener(), take_listener()), publish_delta() and
+  // pass_fd() work as before the drain; open the listeners, then call ready(). Returns false, at
+  // once when this generation was not parked, when the application should exit: the parking ended
+  // (the new release proved itself, or the supervisor stops or is gone). The state stays as the
+  // application left it; changes the next generation accepted since are not in it. Call it from the
+  // application's thread, not from a callback.
+  [[nodiscard]] bool wait_for_resume();
   // A short status line for `hotrestart status` (at most 256 bytes are kept).
   void status(std::string_view text);
 

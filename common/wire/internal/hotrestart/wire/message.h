@@ -18,7 +18,7 @@
 
 namespace hotrestart::wire {
 
-inline constexpr std::uint16_t kProtocolVersion = 3;
+inline constexpr std::uint16_t kProtocolVersion = 4;
 inline constexpr std::size_t kHeaderSize = 32;
 inline constexpr std::size_t kMaxBody = 64 * 1024;
 inline constexpr std::size_t kMaxDatagram = kHeaderSize + kMaxBody;
@@ -52,6 +52,7 @@ inline constexpr std::size_t kMaxDeltaPayload = 60'000;
   X(BeginExport, BeginExport, 36, "begin-export", 1, 1)                      \
   X(Drain, Drain, 37, "drain", 0, 0)                                         \
   X(Stop, Stop, 38, "stop", 0, 0)                                            \
+  X(Resume, Resume, 39, "resume", 0, 0)                                      \
   X(SectionOffer, SectionOffer, 64, "section-offer", 1, 1)                   \
   X(SectionUnavailable, SectionUnavailable, 65, "section-unavailable", 0, 0) \
   X(Fds, Fds, 66, "fds", 0, kMaxFdsPerMessage)                               \
@@ -100,6 +101,9 @@ struct Hello {
   std::string sdk;
   std::vector<SectionVersions> imports;
   std::vector<SectionVersions> exports;
+  // The application can be brought back after its drain (Worker::Options::resumable): asked to
+  // drain with a parking time, it waits for `resume` or for the end of that time before it exits.
+  bool resumable = false;
   bool operator==(const Hello&) const = default;
 };
 struct Ready {
@@ -152,8 +156,18 @@ struct BeginExport {
   std::vector<SectionVersions> plan;
   bool operator==(const BeginExport&) const = default;
 };
+// park_ms > 0 (only to a worker whose hello said `resumable`): after its drain the worker stays
+// alive, serving nothing, for that long, in case the supervisor resumes it; 0: drain and exit. A
+// second `drain` with 0 to a parked worker ends its parking.
 struct Drain {
+  std::uint64_t park_ms = 0;
   bool operator==(const Drain&) const = default;
+};
+// Takes a parked (draining) worker back into service: `listeners` messages with this many
+// listening sockets follow, as after `welcome`; the worker answers `ready` once it serves again.
+struct Resume {
+  std::uint32_t listeners = 0;
+  bool operator==(const Resume&) const = default;
 };
 struct Stop {
   bool operator==(const Stop&) const = default;
