@@ -485,8 +485,10 @@ static int accept_as_asked(int fd, struct sockaddr* addr, socklen_t* len, int fl
     const int r = four ? real_accept4(fd, addr, len, flags) : real_accept(fd, addr, len);
     if (r >= 0 || slot < 0 || (errno != EAGAIN && errno != EWOULDBLOCK) || atomic_load(&adopted[slot].wants_nonblock))
       return r;
+    /* A bounded wait, so that a descriptor a resume has made the shared socket again (while this
+     * waited on the unreachable one a park put there) is accepted from within half a second. */
     struct pollfd p = {fd, POLLIN, 0};
-    if (real_poll(&p, 1, -1) < 0 && errno == EINTR) return -1; /* As an interrupted accept. */
+    if (real_poll(&p, 1, 500) < 0 && errno == EINTR) return -1; /* As an interrupted accept. */
     if (len != NULL) *len = room;
   }
 }
