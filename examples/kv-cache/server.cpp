@@ -257,7 +257,9 @@ int Server::run() {
   worker->status(fmt::format("kv-cache {} serving, schema {}", opts.label, KV_SCHEMA));
   log("serving (mode {}, generation {})", hotrestart::mode_name(worker->mode()), worker->generation());
   uv_run(&core.loop(), UV_RUN_DEFAULT);
-  log("drained: {}", stats_line());
+  std::string stats = stats_line();
+  stats.pop_back();  // Its newline: log() ends the line itself.
+  log("drained: {}", stats);
   return 0;
 }
 

@@ -237,8 +237,10 @@ void print_status(const json& s) {
     std::string cmd;
     for (const auto& a : g.value("command", json::array()))
       cmd += (cmd.empty() ? "" : " ") + a.get<std::string>();
-    fmt::print("  #{:<4} pid {:<8} {:<9} {:<10} age {:<8} {}\n", g.value("generation", 0), g.value("pid", 0),
-               g.value("state", ""), g.value("role", ""), age_text(g.value("age_ms", std::int64_t{0})), cmd);
+    // A parked generation is draining, but waits to be resumed rather than to exit.
+    const std::string state = g.value("parked", false) ? "parked" : g.value("state", "");
+    fmt::print("  #{:<4} pid {:<8} {:<9} {:<10} age {:<8} {}\n", g.value("generation", 0), g.value("pid", 0), state,
+               g.value("role", ""), age_text(g.value("age_ms", std::int64_t{0})), cmd);
     if (!g.value("status", "").empty()) fmt::print("        status: {}\n", g.value("status", ""));
   }
   if (!s["upgrade"].is_null()) {

@@ -511,6 +511,8 @@ bool Supervisor::upgrade_finished(std::uint64_t release, bool ok, const std::str
     return false;
   }
   ++counters_.upgrades_done;
+  // A release deployed after a revert is what serves now: the revert is no longer news.
+  if (!reverting) revert_reason_.clear();
   // A revert is not watched: the release it would go back to is the one that just failed. It runs
   // the proven release again, and is proven as that one was.
   const std::uint64_t back_to = last_proven_release_ != 0 ? last_proven_release_ : replaced_release_;

@@ -478,11 +478,19 @@ void UpgradeDriver::promote() {
 void UpgradeDriver::drain_old() {
   Generation* old = host_.generation(upgrade_->previous);
   if (old != nullptr) {
-    const std::string how = old->sdk() != SdkState::None ? std::string("a drain request on its channel")
-                                                         : signal_name(options_.drain_signal);
-    publish_phase(fmt::format("draining generation {} (pid {}) with {}; SIGKILL after {}", old->number(), old->pid(),
-                              how, format_duration(options_.drain_timeout)));
-    old->stop("replaced by generation " + std::to_string(upgrade_->generation), Ending::Drain, host_.park_for(*old));
+    const Millis park = host_.park_for(*old);
+    if (park > Millis{0}) {
+      publish_phase(
+          fmt::format("draining generation {} (pid {}), then keeping it parked for {} so that a revert can "
+                      "resume it (run --no-park: it exits once drained)",
+                      old->number(), old->pid(), format_duration(park)));
+    } else {
+      const std::string how = old->sdk() != SdkState::None ? std::string("a drain request on its channel")
+                                                           : signal_name(options_.drain_signal);
+      publish_phase(fmt::format("draining generation {} (pid {}) with {}; SIGKILL after {}", old->number(), old->pid(),
+                                how, format_duration(options_.drain_timeout)));
+    }
+    old->stop("replaced by generation " + std::to_string(upgrade_->generation), Ending::Drain, park);
   } else {
     publish_phase("no previous generation was running, nothing to drain");
   }

@@ -250,6 +250,7 @@ TEST_CASE("watch window: a crash after cutover resumes the previous generation i
   RunResult up = sup.cli({"upgrade", "--wait", "--", test_worker_bin(), "crash-after-ready", "200"}, 60s);
   const auto reverted_at = Clock::now();
   CHECK_MESSAGE(up.exit_code == 1, up.out << up.err);
+  CHECK_MESSAGE(contains(up.out, "then keeping it parked for 30s"), up.out);
   CHECK_MESSAGE(contains(up.err, "release 2 reverted"), up.err);
 
   // Release 1 serves again from the very process that served it: no new release, no new start.
@@ -283,6 +284,9 @@ TEST_CASE("watch window: a crash after cutover resumes the previous generation i
   CHECK(contains(next.out, "state transfer finished: 1 of 1 section(s) imported"));
   CHECK(http_get(port, "/kv/k7") == "v1-7");
   CHECK(http_get(port, "/kv/after") == "resumed");
+  // A release that deployed after the revert serves: the revert is no longer news for probes.
+  std::string said;
+  CHECK_MESSAGE(check_exit(sup, &said) == 0, said);
   load.finish();
   sup.stop();
 }
@@ -307,6 +311,8 @@ TEST_CASE("watch window: a failing release that holds newer state is not undone 
   for (const auto& g : parked["generations"])
     one_parked = one_parked || (g["generation"] == 1 && g["parked"] == true);
   CHECK_MESSAGE(one_parked, parked.dump());
+  RunResult text = sup.cli({"status"}, 10s);
+  CHECK_MESSAGE(contains(text.out, "parked"), text.out);
 
   std::ofstream(flag + ".2") << "sick\n";
   wait_for_active_release(sup, 3, 20s);
