@@ -421,3 +421,27 @@ TEST_CASE("state: more than 253 descriptors reach the next generation, close-on-
   CHECK(memfds == 0);
   sup.stop();
 }
+
+TEST_CASE("state: a resumable SDK worker parks after its drain and serves again when a revert resumes it") {
+  // The parking and the resume on the SDK's two threads, with a worker that uses plain system
+  // calls (this test also runs under ThreadSanitizer).
+  Supervisor sup({"--drain-timeout", "10s"}, sdk({"--resumable", "--fill", "12"}));
+  const std::uint16_t port = sup.port();
+  const pid_t v1_pid = sup.active_pid();
+  RunResult up = sup.cli({"upgrade", "--wait", "--", test_worker_bin(), "crash-after-ready", "200"}, 60s);
+  CHECK_MESSAGE(up.exit_code == 1, up.out << up.err);
+  CHECK(sup.proc().wait_output("sdk-worker v1: drained", 10s));
+  CHECK(sup.proc().wait_output("sdk-worker v1: resumed", 10s));
+  REQUIRE_MESSAGE(wait_until([&] { return sup.active_pid() == v1_pid && sup.active_state() == "ready"; }, 15s),
+                  sup.status_or_fail().dump());
+  check_old_serves(sup, v1_pid, port, 12);
+  CHECK(contains(http_get(port, "/"), fmt::format("pid={}", v1_pid)));
+
+  // Resumed, it drains and exports like any generation: the next upgrade takes its state, and the
+  // parking that follows ends with the supervisor (a stop ends it at once).
+  RunResult next = sup.upgrade_to(sdk({"--version", "v2"}));
+  REQUIRE_MESSAGE(next.exit_code == 0, next.out << next.err);
+  CHECK(state_of(port)["entries"] == "12");
+  sup.stop();
+  CHECK_FALSE(pid_alive(v1_pid));
+}

@@ -22,6 +22,8 @@
 //   --export-delay-ms N    the exporter takes N ms before it writes anything
 //   --drain-delay-ms N     keep serving N ms after the drain request before exiting
 //   --stream               send the sections over a stream (Section::stream) instead of a memfd
+//   --resumable            Options::resumable: after its drain, wait_for_resume(), and serve
+//                          again when it returns true
 //   --blob BYTES           also keep a section "blob" of BYTES bytes (a pattern the first
 //                          generation writes), in memory the process fills before start(), and
 //                          that `load` reads straight into and then checks; /state says blob=N,
@@ -70,6 +72,7 @@ struct Flags {
   long export_delay_ms = 0;
   long drain_delay_ms = 0;
   bool stream = false;
+  bool resumable = false;
   std::uint64_t blob = 0;
 };
 
@@ -123,6 +126,8 @@ Flags parse(int argc, char** argv) {
       f.drain_delay_ms = std::stol(value());
     } else if (a == "--stream") {
       f.stream = true;
+    } else if (a == "--resumable") {
+      f.resumable = true;
     } else if (a == "--blob") {
       f.blob = std::stoull(value());
     } else {
@@ -310,7 +315,7 @@ int main(int argc, char** argv) {
   ::signal(SIGPIPE, SIG_IGN);
 
   if (f.start_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(f.start_delay_ms));
-  hotrestart::Worker worker({.fallback_listen = {{"http", "127.0.0.1:0"}}});
+  hotrestart::Worker worker({.fallback_listen = {{"http", "127.0.0.1:0"}}, .resumable = f.resumable});
   worker.add_section({.name = "data",
                       .versions = f.schemas,
                       .save = [&f](std::uint32_t v, std::ostream& out) { save(f, v, out); },
@@ -369,27 +374,33 @@ int main(int argc, char** argv) {
                  s.imported ? ("imported, schema " + std::to_string(s.version)).c_str() : s.reason.c_str());
   }
 
-  hotrestart::Fd listener = worker.take_listener("http");
-  if (!listener) {
-    std::fprintf(stderr, "sdk-worker: no listener named http\n");
-    return 1;
-  }
-  // Non-blocking, because another generation may accept the connection poll() announced.
-  ::fcntl(listener.get(), F_SETFL, ::fcntl(listener.get(), F_GETFL) | O_NONBLOCK);
-  worker.ready();
   auto now_ms = [] {
     return static_cast<long>(
         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
             .count());
   };
-  while (drain_at_ms.load() == 0 || now_ms() < drain_at_ms.load() + f.drain_delay_ms) {
-    pollfd p{listener.get(), POLLIN, 0};
-    if (::poll(&p, 1, 50) <= 0) continue;
-    hotrestart::Fd conn(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
-    if (conn) serve_one(conn.get(), f, worker);
+  // Serves until the drain (and, resumed, again until the next one).
+  for (;;) {
+    hotrestart::Fd listener = worker.take_listener("http");
+    if (!listener) {
+      std::fprintf(stderr, "sdk-worker: no listener named http\n");
+      return 1;
+    }
+    // Non-blocking, because another generation may accept the connection poll() announced.
+    ::fcntl(listener.get(), F_SETFL, ::fcntl(listener.get(), F_GETFL) | O_NONBLOCK);
+    drain_at_ms = 0;
+    worker.ready();
+    while (drain_at_ms.load() == 0 || now_ms() < drain_at_ms.load() + f.drain_delay_ms) {
+      pollfd p{listener.get(), POLLIN, 0};
+      if (::poll(&p, 1, 50) <= 0) continue;
+      hotrestart::Fd conn(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      if (conn) serve_one(conn.get(), f, worker);
+    }
+    // Draining: close this generation's copy of the listener (never shutdown()).
+    listener.reset();
+    std::fprintf(stderr, "sdk-worker %s: drained\n", f.version.c_str());
+    if (!worker.wait_for_resume()) break;
+    std::fprintf(stderr, "sdk-worker %s: resumed\n", f.version.c_str());
   }
-  // Draining: close this generation's copy of the listener (never shutdown()) and exit.
-  listener.reset();
-  std::fprintf(stderr, "sdk-worker %s: drained\n", f.version.c_str());
   return 0;
 }
