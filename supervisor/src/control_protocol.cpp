@@ -2,7 +2,13 @@
 // control_protocol.h).
 #include "control_protocol.h"
 
+#include <set>
+#include <string>
+#include <vector>
+
 #include <fmt/format.h>
+
+#include <hotrestart/base/text.h>
 
 namespace hotrestart {
 
@@ -11,10 +17,16 @@ using nlohmann::json;
 bool LineReader::feed(std::string_view bytes) {
   if (overflowed_) return false;
   buffer_.append(bytes);
-  // Any unterminated tail longer than the limit can never become a valid line.
-  const auto last_newline = buffer_.rfind('\n');
-  const std::size_t tail = last_newline == std::string::npos ? buffer_.size() : buffer_.size() - last_newline - 1;
-  if (tail > max_line_) {
+  // Every line, complete or not, is held to the limit as soon as its bytes arrive: a complete one
+  // that came with its newline in the same read is refused at once too, not left to a deadline.
+  std::size_t start = 0;
+  for (auto newline = buffer_.find('\n'); newline != std::string::npos; newline = buffer_.find('\n', start)) {
+    if (newline - start > max_line_) break;
+    start = newline + 1;
+  }
+  const auto newline = buffer_.find('\n', start);
+  const std::size_t length = (newline == std::string::npos ? buffer_.size() : newline) - start;
+  if (length > max_line_) {
     overflowed_ = true;
     buffer_.clear();
     return false;
@@ -64,8 +76,27 @@ Result<json> parse_control_line(std::string_view line) {
       --depth;
     }
   }
-  json j = json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
+  // A key twice in one object is refused rather than resolved (the parser would keep the last):
+  // another reader of the same line (a proxy, an audit log) may keep the first, and then the two
+  // would act on different requests.
+  std::vector<std::set<std::string>> keys;  // One set per object being parsed.
+  std::string duplicate;
+  const json::parser_callback_t check_keys = [&](int, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::object_start) {
+      keys.emplace_back();
+    } else if (event == json::parse_event_t::object_end && !keys.empty()) {
+      keys.pop_back();
+    } else if (event == json::parse_event_t::key && !keys.empty() && parsed.is_string() &&
+               !keys.back().insert(parsed.get<std::string>()).second && duplicate.empty()) {
+      duplicate = parsed.get<std::string>();
+    }
+    return true;
+  };
+  json j = json::parse(line.begin(), line.end(), check_keys, /*allow_exceptions=*/false);
   if (j.is_discarded()) return Error::message("message is not valid JSON");
+  if (!duplicate.empty()) {
+    return Error::message(fmt::format("message has the key {} twice in one object", quote(duplicate)));
+  }
   if (!j.is_object()) return Error::message("message is not a JSON object");
   return j;
 }

@@ -77,6 +77,13 @@ TEST_CASE("control: garbage and oversized and deeply nested and wrong-version re
       {"[1,2,3]\n", "bad-request", "not a JSON object"},
       {std::string(100, '[') + "\n", "bad-request", "nests deeper"},
       {std::string(70000, 'x'), "bad-request", "over the 65536-byte limit"},
+      // A whole line over the limit, newline and all, is refused at once too (not at the deadline).
+      {std::string(70000, 'x') + "\n", "bad-request", "over the 65536-byte limit"},
+      {std::string(131000, ' ') + "\n", "bad-request", "over the 65536-byte limit"},
+      // A key given twice would mean one command to this reader and another to the next.
+      {R"({"v":1,"cmd":"status","cmd":"stop"})"
+       "\n",
+       "bad-request", "the key 'cmd' twice"},
       {R"({"v":99,"cmd":"status"})"
        "\n",
        "version", "speaks version 1"},

@@ -43,6 +43,11 @@ TEST_CASE("line reader: lines and partial lines within the size bound") {
   CHECK_FALSE(r.feed(std::string(17, 'x')));
   CHECK(r.overflowed());
   CHECK_FALSE(r.feed("ok\n"));  // stays failed
+
+  // A complete line over the limit that arrived with its newline in one read fails as well.
+  LineReader whole(16);
+  CHECK_FALSE(whole.feed(std::string(20, 'y') + "\n"));
+  CHECK(whole.overflowed());
 }
 
 TEST_CASE("control lines: depth then syntax then type are checked before use") {
@@ -53,6 +58,12 @@ TEST_CASE("control lines: depth then syntax then type are checked before use") {
   CHECK(parse_control_line(std::string(50, '[')).error().text().find("nests deeper") != std::string::npos);
   // Brackets inside strings do not count as nesting.
   CHECK(parse_control_line(R"({"v":1,"cmd":"[[[[[[[[[[[[[[[["})").ok());
+  // A key twice in one object is refused, at any depth; the same key in two objects is not.
+  CHECK(parse_control_line(R"({"v":1,"cmd":"status","cmd":"stop"})").error().text() ==
+        "message has the key 'cmd' twice in one object");
+  CHECK(parse_control_line(R"({"v":1,"cmd":"upgrade","hold":{"a":1,"a":2}})").error().text() ==
+        "message has the key 'a' twice in one object");
+  CHECK(parse_control_line(R"({"v":1,"cmd":"x","o":{"v":1},"p":[{"v":2},{"v":3}]})").ok());
 }
 
 TEST_CASE("control requests: the valid forms") {
