@@ -7,6 +7,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -116,10 +117,26 @@ void ControlServer::on_connection() {
     close_pipe(pipe);
     return;
   }
+  // At the cap, the connection that has waited longest without sending a request makes room: idle
+  // connections cannot lock `status` or `stop` out, however many are opened. Only when every
+  // connection holds a request in progress is the new one turned away, with a line that says so.
+  bool turn_away = false;
   if (clients_.size() >= limits_.max_clients) {
-    log_warn("control: refusing a connection: {} clients are already connected", clients_.size());
-    close_pipe(pipe);
-    return;
+    const auto idle = std::find_if(clients_.begin(), clients_.end(), [](const auto& entry) {
+      return !entry.second->request_seen && !entry.second->closing;
+    });
+    if (idle != clients_.end()) {
+      log_warn("control: {} clients are connected; disconnecting the one idle longest to make room", clients_.size());
+      send(idle->first,
+           control_error("busy",
+                         "too many control connections: this one had sent no request and made room for a "
+                         "newer one"),
+           AfterSend::Close);
+    } else {
+      log_warn("control: turning a connection away: {} clients are connected, each with a request in progress",
+               clients_.size());
+      turn_away = true;
+    }
   }
   auto client = std::make_unique<Client>();
   client->id = next_id_++;
@@ -150,6 +167,13 @@ void ControlServer::on_connection() {
     return;
   }
 
+  if (turn_away) {
+    send(c.id,
+         control_error("busy", fmt::format("too many control connections: {} requests are in progress; try again",
+                                           limits_.max_clients)),
+         AfterSend::Close);
+    return;
+  }
   c.peer_uid = cred.uid;
   c.peer_pid = cred.pid;
   const ClientId id = c.id;

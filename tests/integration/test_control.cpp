@@ -109,16 +109,16 @@ TEST_CASE("control: garbage and oversized and deeply nested and wrong-version re
     CHECK(sup.status().has_value());
   }
 
-  // More connections than the limit: the extra ones are closed, status still answers.
+  auto cut = silent.read_to_eof(10s);
+  REQUIRE_MESSAGE(cut.has_value(), "a silent client was never disconnected");
+  CHECK(contains(*cut, "no complete request arrived in time"));
+
+  // More connections than the limit: the idle ones make room, status still answers.
   std::vector<std::unique_ptr<RawClient>> crowd;
   for (int i = 0; i < 80; ++i)
     crowd.push_back(std::make_unique<RawClient>(sup.control()));
   CHECK(wait_until([&] { return sup.status().has_value(); }, 10s));
   crowd.clear();
-
-  auto cut = silent.read_to_eof(10s);
-  REQUIRE_MESSAGE(cut.has_value(), "a silent client was never disconnected");
-  CHECK(contains(*cut, "no complete request arrived in time"));
 
   // The worker served throughout and the supervisor is unharmed.
   RunResult curl = run({"curl", "-fsS", fmt::format("http://127.0.0.1:{}/", sup.port())}, {}, 10s);
@@ -170,4 +170,27 @@ TEST_CASE("client commands without a supervisor exit 2 with a hint") {
       run({hotrestart_bin(), "upgrade", "--control", d.file("none.sock"), "--exec", "/x", "--", "/y"}, {}, 10s);
   CHECK(both.exit_code == 2);
   CHECK(contains(both.err, "not both"));
+}
+
+TEST_CASE("control: 200 idle connections never lock status or stop out, and each one cut off is told why") {
+  Supervisor sup({}, hello("v1"));
+  std::vector<std::unique_ptr<RawClient>> idle;
+  for (int i = 0; i < 200; ++i) {
+    idle.push_back(std::make_unique<RawClient>(sup.control()));
+    REQUIRE(idle.back()->connected());
+  }
+  // The oldest idle ones made room for the newer ones, with a "busy" line rather than a reset.
+  auto first = idle.front()->read_to_eof(5s);
+  REQUIRE_MESSAGE(first.has_value(), "the oldest idle connection was never disconnected");
+  json j = first_line(*first);
+  CHECK(j["code"] == "busy");
+  CHECK(contains(j["error"].get<std::string>(), "made room for a newer one"));
+
+  // While the newest 64 still wait, status and stop get through.
+  RunResult status = sup.cli({"status"}, 10s);
+  CHECK_MESSAGE(status.exit_code == 0, status.out << status.err);
+  CHECK(contains(status.out, "generations:"));
+  RunResult stop = sup.cli({"stop"}, 30s);
+  CHECK_MESSAGE(stop.exit_code == 0, stop.out << stop.err);
+  CHECK(sup.proc().wait_for(30s).has_value());
 }
