@@ -86,6 +86,7 @@ struct RunFlags {
   std::vector<std::string> state_required;
   std::string watch_window = "30s";
   bool no_park = false;
+  int max_draining = 3;
   std::string watchdog = "0s";
   std::string health;
   std::string health_interval = "2s";
@@ -148,6 +149,11 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
                 "Let the generation a cutover replaces exit once drained, rather than keep it parked (drained, "
                 "alive, its state kept) through the watch window so that a revert resumes it in milliseconds; a "
                 "revert then starts the previous release again");
+  run->add_option("--max-draining", f.max_draining,
+                  "The most old generations that may drain (or wait parked) at once; when an upgrade would make one "
+                  "more, the oldest is killed, so that upgrades in quick succession cannot pile up processes")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
   run->add_option("--watchdog", f.watchdog,
                   "Once ready, a worker must send WATCHDOG=1 to NOTIFY_SOCKET at least this often (it gets "
                   "WATCHDOG_USEC, as under systemd); one that stops is killed, or reverted in the watch window "
@@ -221,6 +227,7 @@ Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vect
   options.state_required = f.state_required;
   options.watch_window = parse_duration(f.watch_window).value();
   options.park = !f.no_park;
+  options.max_draining = f.max_draining;
   options.watchdog = parse_duration(f.watchdog).value();
   if (!f.health.empty()) options.health.command = parse_health_command(f.health).value();
   options.health.interval = parse_duration(f.health_interval).value();

@@ -55,6 +55,8 @@ struct RunOptions {
   Millis watch_window{30'000};
   // Keep the generation a cutover replaced parked through the watch window, for a revert to resume.
   bool park = true;
+  // The most generations that may drain (or be parked) at once; past it the oldest is killed.
+  int max_draining = 3;
   Millis watchdog{0};  // WATCHDOG=1 at least this often once ready (0: no watchdog).
   HealthCheck health;
   bool adopt_binds = false;  // Preload libhotrestart-adopt into every worker.

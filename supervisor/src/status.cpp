@@ -17,7 +17,8 @@ json Counters::to_json() const {
           {"upgrades_rolled_back", upgrades_rolled_back},
           {"crashes", crashes},
           {"restarts", restarts},
-          {"reverts", reverts}};
+          {"reverts", reverts},
+          {"draining_stopped", draining_stopped}};
 }
 
 void LastError::note(std::string message) {

@@ -21,7 +21,8 @@ struct Counters {
   std::uint64_t upgrades_rolled_back = 0;
   std::uint64_t crashes = 0;
   std::uint64_t restarts = 0;
-  std::uint64_t reverts = 0;  // Releases reverted in their watch window.
+  std::uint64_t reverts = 0;           // Releases reverted in their watch window.
+  std::uint64_t draining_stopped = 0;  // Draining generations stopped early by --max-draining.
   nlohmann::json to_json() const;
 };
 

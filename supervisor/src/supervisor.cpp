@@ -296,6 +296,7 @@ void Supervisor::on_exit(Generation& g, GenerationState was, ExitStatus status) 
   const auto served_for = g.served_for();
   const auto last_output = g.output().tail().lines();
   generations_.erase(number);  // `g` is gone from here on.
+  draining_killed_.erase(number);
   if (upgrade_->on_generation_exit(number, pid, status, last_output)) {
     // The candidate: its exit is the upgrade's business.
   } else if (number == active_) {
@@ -511,6 +512,7 @@ bool Supervisor::upgrade_finished(std::uint64_t release, bool ok, const std::str
     return false;
   }
   ++counters_.upgrades_done;
+  limit_draining();
   // A release deployed after a revert is what serves now: the revert is no longer news.
   if (!reverting) revert_reason_.clear();
   // A revert is not watched: the release it would go back to is the one that just failed. It runs
@@ -529,6 +531,26 @@ bool Supervisor::upgrade_finished(std::uint64_t release, bool ok, const std::str
   });
   if (!watching) last_proven_release_ = release;
   return watching;
+}
+
+void Supervisor::limit_draining() {
+  std::vector<Generation*> draining;  // Oldest first: the map is ordered by number.
+  for (auto& [n, g] : generations_) {
+    if (g->state() == GenerationState::Draining && n != resuming_ && draining_killed_.count(n) == 0) {
+      draining.push_back(g.get());
+    }
+  }
+  const auto limit = static_cast<std::size_t>(options_.max_draining);
+  for (std::size_t i = 0; i + limit < draining.size(); ++i) {
+    Generation& g = *draining[i];
+    ++counters_.draining_stopped;
+    log_warn(
+        "generation {} (pid {}): killed before the end of its drain: {} generations are draining, more than "
+        "--max-draining {}",
+        g.number(), g.pid(), draining.size(), limit);
+    draining_killed_.insert(g.number());
+    g.kill_all();
+  }
 }
 
 void Supervisor::upgrade_reported() {

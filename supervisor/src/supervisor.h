@@ -30,6 +30,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -133,6 +134,8 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   // The resumed generation serves again, or could not come back (`why`).
   void finish_resume(Generation& g);
   void resume_failed(Generation* g, const std::string& why);
+  // --max-draining: kills the oldest draining generations past the limit.
+  void limit_draining();
   // Ends the parking of every parked generation but `keep`.
   void unpark_all(std::string_view why, std::uint64_t keep = 0);
 
@@ -186,6 +189,8 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   bool reverting_ = false;           // The revert (its upgrade, or a resume) is under way.
   // The parked generation a revert is resuming (0: none), and the watch it reverts.
   std::uint64_t resuming_ = 0;
+  // Draining generations --max-draining has killed, until they are gone.
+  std::set<std::uint64_t> draining_killed_;
   ReleaseWatch::Watched resume_of_;
   std::string crash_reason_;                // The last crash of the active generation.
   std::uint64_t restarted_generation_ = 0;  // The last generation a crash restart started.

@@ -1,7 +1,14 @@
 // The core promise: upgrades under load refuse no connection and fail no request.
-#include <fmt/format.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
 
 #include <future>
+#include <set>
+
+#include <fmt/format.h>
+
+#include <hotrestart/fd.h>
 
 #include "fixture.h"
 
@@ -165,5 +172,64 @@ TEST_CASE("upgrade --json prints one JSON event per line ending with the verdict
   CHECK(lines.back()["type"] == "result");
   CHECK(lines.back()["ok"] == true);
   CHECK(lines.back()["serving_generation"] == 2);
+  sup.stop();
+}
+
+namespace {
+
+// A keep-alive connection that has had one answer and stays open, idle: a draining hello-server
+// keeps it (and so stays alive) for its --idle-grace.
+class IdleKeepAlive {
+ public:
+  explicit IdleKeepAlive(std::uint16_t port) : fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd_.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    const std::string request = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    REQUIRE(::send(fd_.get(), request.data(), request.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(request.size()));
+    pollfd p{fd_.get(), POLLIN, 0};
+    REQUIRE(::poll(&p, 1, 5000) == 1);
+    char buf[4096];
+    REQUIRE(::recv(fd_.get(), buf, sizeof buf, 0) > 0);
+  }
+
+ private:
+  hotrestart::Fd fd_;
+};
+
+// hello-server that keeps an idle connection for a minute into its drain.
+std::vector<std::string> idle_hello(const std::string& version) {
+  std::vector<std::string> command = hello(version);
+  command.insert(command.end(), {"--idle-grace", "60000"});
+  return command;
+}
+
+}  // namespace
+
+TEST_CASE("upgrade: --max-draining bounds the generations left draining by upgrades in quick succession") {
+  Supervisor sup({"--max-draining", "2", "--drain-timeout", "60s"}, idle_hello("v1"));
+  std::vector<std::unique_ptr<IdleKeepAlive>> idle;
+  for (int n = 2; n <= 6; ++n) {
+    // Each generation keeps an idle client through its drain.
+    idle.push_back(std::make_unique<IdleKeepAlive>(sup.port()));
+    RunResult r = sup.upgrade_to(idle_hello(fmt::format("v{}", n)));
+    REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+  }
+  // Generations 1 to 3 were killed as 4 and 5 began to drain; 4 and 5 drain on.
+  CHECK(wait_until([&] { return sup.status_or_fail()["generations"].size() == 3; }, 10s));
+  json s = sup.status_or_fail();
+  CHECK(s["counters"]["draining_stopped"] == 3);
+  std::set<std::uint64_t> alive;
+  for (const auto& g : s["generations"])
+    alive.insert(g["generation"].get<std::uint64_t>());
+  CHECK(alive == std::set<std::uint64_t>{4, 5, 6});
+  CHECK(
+      sup.proc().wait_output("killed before the end of its drain: 3 generations are draining, more than "
+                             "--max-draining 2",
+                             5s));
+  CHECK(contains(http_get(sup.port(), "/"), "version=v6"));
+  idle.clear();  // Their connections closed, the draining generations finish at once.
   sup.stop();
 }
