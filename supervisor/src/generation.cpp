@@ -285,6 +285,21 @@ void Generation::accept_hello(wire::Hello hello) {
   sdk_ = SdkState::Importing;
 }
 
+bool Generation::send_listeners(const wire::Message& announce) {
+  if (!channel_->send(announce)) return false;
+  std::vector<std::string> names;
+  std::vector<int> fds;
+  for (const auto& l : context_.listeners.listeners()) {
+    names.push_back(l.spec.name);
+    fds.push_back(l.fd.get());
+  }
+  if (auto sent = channel_->send_listeners(names, fds); !sent) {
+    log_warn("generation {}: cannot send its listeners: {}", number_, sent.error().text());
+    return false;
+  }
+  return true;
+}
+
 void Generation::finish_import() {
   if (transition_allowed(sdk_, SdkState::Serving)) sdk_ = SdkState::Serving;
 }
@@ -373,19 +388,12 @@ void Generation::unpark(std::string_view why) {
   arm_kill_timer(context_.options.drain_timeout);
 }
 
-bool Generation::resume(const std::vector<std::string>& names, const std::vector<int>& fds) {
+bool Generation::resume() {
   if (!parked() || resuming_) return false;
-  if (sdk_ == SdkState::None) {
-    // --adopt-binds: the library puts the shared sockets back, and says READY=1.
-    if (send_adopt_command(pid(), AdoptCommand::Resume) == 0) return false;
-  } else {
-    if (!channel_->send(wire::Resume{static_cast<std::uint32_t>(names.size())})) return false;
-    if (auto sent = channel_->send_listeners(names, fds); !sent) {
-      log_warn("generation {} (pid {}): cannot send its listeners to resume it: {}", number_, pid(),
-               sent.error().text());
-      return false;
-    }
-  }
+  // --adopt-binds: the library puts the shared sockets back, and says READY=1.
+  const bool told = sdk_ == SdkState::None ? send_adopt_command(pid(), AdoptCommand::Resume) > 0
+                                           : send_listeners(wire::Resume{listener_count()});
+  if (!told) return false;
   resuming_ = true;
   // Its drain's SIGKILL waits while it comes back; the deadline is --ready-timeout, as for a start.
   kill_timer_.stop();

@@ -153,6 +153,10 @@ class Generation {
   // The worker's hello, once accepted (sdk() is not None).
   const wire::Hello& hello() const { return hello_; }
   void accept_hello(wire::Hello hello);
+  // Sends `announce` (`welcome` or `resume`, which say how many listeners follow), then every
+  // listening socket, named. False, with a warning in the log, if the worker does not take them.
+  bool send_listeners(const wire::Message& announce);
+  std::uint32_t listener_count() const { return static_cast<std::uint32_t>(context_.listeners.listeners().size()); }
   void finish_import();
   WorkerChannel& channel() { return *channel_; }
   const WorkerChannel& channel() const { return *channel_; }
@@ -177,10 +181,10 @@ class Generation {
   bool parked() const { return parked_ && state_ == GenerationState::Draining; }
   // Ends its parking: it exits once drained; SIGKILL after --drain-timeout from now.
   void unpark(std::string_view why);
-  // Takes a parked generation back into service: sends `resume` with the listeners; its `ready`
-  // (mark_resumed) then makes it ready, or on_ready_timeout follows --ready-timeout. False (and
-  // nothing sent) when it is not parked or its channel is gone.
-  bool resume(const std::vector<std::string>& names, const std::vector<int>& fds);
+  // Takes a parked generation back into service: sends `resume` with the listeners (under
+  // --adopt-binds, the library's resume command); its `ready` (mark_resumed) then makes it ready,
+  // or on_ready_timeout follows --ready-timeout. False when it is not parked or cannot be told.
+  bool resume();
   bool resuming() const { return resuming_ && state_ == GenerationState::Draining; }
   // Its `ready` after resume(): draining ──► ready, and the supervisor is told (on_ready).
   void mark_resumed();

@@ -388,20 +388,7 @@ void Supervisor::on_hello(Generation& g, const wire::Hello& hello) {
   g.accept_hello(hello);
   log_info("generation {} (pid {}) uses the SDK ({}): imports {} section(s), exports {}", g.number(), g.pid(),
            quote(hello.sdk), hello.imports.size(), hello.exports.size());
-  std::vector<std::string> names;
-  std::vector<int> fds;
-  for (const auto& l : listeners_.listeners()) {
-    names.push_back(l.spec.name);
-    fds.push_back(l.fd.get());
-  }
-  bool sent =
-      g.channel().send(wire::Welcome{wire::kProtocolVersion, g.number(), static_cast<std::uint32_t>(names.size())});
-  if (sent) {
-    auto ok = g.channel().send_listeners(names, fds);
-    if (!ok) log_warn("generation {}: cannot send its listeners: {}", g.number(), ok.error().text());
-    sent = ok.ok();
-  }
-  if (!sent) {
+  if (!g.send_listeners(wire::Welcome{wire::kProtocolVersion, g.number(), g.listener_count()})) {
     channel_failed(g, fmt::format("generation {} does not read its channel", g.number()));
     return;
   }
@@ -517,7 +504,7 @@ bool Supervisor::upgrade_finished(std::uint64_t release, bool ok, const std::str
   if (!reverting) revert_reason_.clear();
   // A revert is not watched: the release it would go back to is the one that just failed. It runs
   // the proven release again, and is proven as that one was.
-  const std::uint64_t back_to = last_proven_release_ != 0 ? last_proven_release_ : replaced_release_;
+  const std::uint64_t back_to = revert_target();
   if (reverting || back_to == 0 || back_to == release) {
     last_proven_release_ = release;
     return false;

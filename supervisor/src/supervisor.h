@@ -126,6 +126,9 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   void end_release(std::uint64_t number, ReleaseOutcome outcome, std::string reason);
   void upgrade_reported() override;
 
+  // The release a revert in the next watch window brings back: the last one that served through its
+  // own window (or had none), else the one the last cutover replaced.
+  std::uint64_t revert_target() const { return last_proven_release_ != 0 ? last_proven_release_ : replaced_release_; }
   // The watch window: brings the previous release back, for `reason`: its parked generation if it
   // can (resume_parked), else a new generation of it (revert_cold).
   void revert(const std::string& reason);

@@ -155,13 +155,7 @@ bool Supervisor::resume_parked(const ReleaseWatch::Watched& w) {
         w.previous_release, back->number(), w.generation);
     return false;
   }
-  std::vector<std::string> names;
-  std::vector<int> fds;
-  for (const auto& l : listeners_.listeners()) {
-    names.push_back(l.spec.name);
-    fds.push_back(l.fd.get());
-  }
-  if (!back->resume(names, fds)) return false;
+  if (!back->resume()) return false;
   resuming_ = back->number();
   resume_of_ = w;
   return true;
@@ -208,7 +202,7 @@ void Supervisor::unpark_all(std::string_view why, std::uint64_t keep) {
 Millis Supervisor::park_for(const Generation& old) {
   // Parked only where a revert would bring it back: it runs the release a revert goes back to, and
   // the new release will be watched.
-  const std::uint64_t back_to = last_proven_release_ != 0 ? last_proven_release_ : replaced_release_;
+  const std::uint64_t back_to = revert_target();
   if (!options_.park || options_.watch_window <= Millis{0} || reverting_ || !old.resumable() ||
       old.release() != back_to || back_to == current_.release) {
     return Millis{0};
