@@ -23,6 +23,8 @@
 
 #include <hotrestart/fd.h>
 
+#include "process_table.h"
+
 #ifndef HOTRESTART_ADOPT_INSTALLED_DIR
 #define HOTRESTART_ADOPT_INSTALLED_DIR "../lib/hotrestart"
 #endif
@@ -128,24 +130,8 @@ bool socket_inodes(pid_t pid, std::set<unsigned long>& out) {
 // The processes of a process group, from /proc/PID/stat (field 5).
 std::vector<pid_t> group_members(pid_t pgid) {
   std::vector<pid_t> out;
-  DIR* d = ::opendir("/proc");
-  if (d == nullptr) return out;
-  while (dirent* e = ::readdir(d)) {
-    char* end = nullptr;
-    const long pid = std::strtol(e->d_name, &end, 10);
-    if (end == e->d_name || *end != '\0' || pid <= 0) continue;
-    std::ifstream stat(fmt::format("/proc/{}/stat", pid));
-    std::string text;
-    std::getline(stat, text);
-    // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses; the last ')' ends it.
-    const auto close = text.rfind(')');
-    if (close == std::string::npos) continue;
-    std::istringstream rest(text.substr(close + 1));
-    char state = 0;
-    long ppid = 0, pgrp = 0;
-    if (rest >> state >> ppid >> pgrp && pgrp == pgid) out.push_back(static_cast<pid_t>(pid));
-  }
-  ::closedir(d);
+  for (const auto& [pid, entry] : read_process_table())
+    if (entry.pgid == pgid) out.push_back(pid);
   return out;
 }
 
@@ -189,10 +175,12 @@ int adopt_control_signal() {
   return SIGCONT;
 }
 
-int send_adopt_command(pid_t pgid, AdoptCommand command) {
+int send_adopt_command(pid_t pgid, AdoptCommand command, const std::vector<pid_t>& also) {
   // A process group cannot be sent a queued signal as one: each member is sent its own.
   int sent = 0;
-  for (pid_t pid : group_members(pgid)) {
+  std::vector<pid_t> pids = group_members(pgid);
+  pids.insert(pids.end(), also.begin(), also.end());
+  for (pid_t pid : pids) {
     union sigval value {};
     value.sival_int = static_cast<int>(command);
     if (::sigqueue(pid, adopt_control_signal(), value) == 0) ++sent;

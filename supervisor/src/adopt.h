@@ -34,8 +34,9 @@ int adopt_drain_signal();
 // it is queued (sigqueue) by the supervisor's pid, with one of these values.
 int adopt_control_signal();
 enum class AdoptCommand : int { Park = 1, Resume = 2 };
-// Queues `command` to every process of process group `pgid`; returns how many took it.
-int send_adopt_command(pid_t pgid, AdoptCommand command);
+// Queues `command` to every process of process group `pgid`, and to each of `also` (its processes
+// that left the group); returns how many took it.
+int send_adopt_command(pid_t pgid, AdoptCommand command, const std::vector<pid_t>& also = {});
 
 // The TCP connections, other than listeners, that the processes of process group `pgid` hold on
 // any of `ports` (local port), from /proc. -1 when they cannot be counted (/proc/net/tcp, or a

@@ -77,7 +77,7 @@ class LineSource {
   std::optional<json> next(std::optional<std::chrono::milliseconds> timeout) {
     while (true) {
       if (auto line = reader_.next_line()) {
-        auto parsed = parse_control_line(*line);
+        auto parsed = parse_control_line(*line, kControlMaxAnswer);
         if (!parsed) {
           error_ = "the supervisor sent an unreadable answer: " + parsed.error().text();
           return std::nullopt;
@@ -85,7 +85,7 @@ class LineSource {
         return std::move(parsed).value();
       }
       if (reader_.overflowed()) {
-        error_ = "the supervisor sent an answer over the size limit";
+        error_ = fmt::format("the supervisor sent an answer over {} MiB", kControlMaxAnswer >> 20);
         return std::nullopt;
       }
       pollfd p{fd_, POLLIN, 0};
@@ -96,7 +96,7 @@ class LineSource {
         error_ = "timed out waiting for the supervisor";
         return std::nullopt;
       }
-      char buf[16 * 1024];
+      char buf[64 * 1024];
       const ssize_t n = ::read(fd_, buf, sizeof buf);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
@@ -112,7 +112,7 @@ class LineSource {
 
  private:
   int fd_;
-  LineReader reader_;
+  LineReader reader_{kControlMaxAnswer};
   bool eof_ = false;
   std::string error_;
 };
@@ -242,7 +242,15 @@ void print_status(const json& s) {
     fmt::print("  #{:<4} pid {:<8} {:<9} {:<10} age {:<8} {}\n", g.value("generation", 0), g.value("pid", 0), state,
                g.value("role", ""), age_text(g.value("age_ms", std::int64_t{0})), cmd);
     if (!g.value("status", "").empty()) fmt::print("        status: {}\n", g.value("status", ""));
+    std::string escaped;
+    for (const auto& p : g.value("escaped", json::array()))
+      escaped += fmt::format("{}pid {} (group {})", escaped.empty() ? "" : ", ", p.value("pid", 0), p.value("pgid", 0));
+    if (!escaped.empty()) fmt::print("        outside its process group: {}\n", escaped);
   }
+  std::string strays;
+  for (const auto& p : s.value("strays", json::array()))
+    strays += fmt::format("{}{}", strays.empty() ? "" : ", ", p.get<long long>());
+  if (!strays.empty()) fmt::print("strays:      pids {} (orphans of no known generation; ended at stop)\n", strays);
   if (!s["upgrade"].is_null()) {
     fmt::print("upgrade:     in progress: generation {} in phase {} for {} ms\n", s["upgrade"].value("generation", 0),
                s["upgrade"].value("phase", ""), s["upgrade"].value("elapsed_ms", 0));

@@ -2,6 +2,7 @@
 // control_protocol.h).
 #include "control_protocol.h"
 
+#include <algorithm>
 #include <set>
 #include <string>
 #include <vector>
@@ -16,19 +17,22 @@ using nlohmann::json;
 
 bool LineReader::feed(std::string_view bytes) {
   if (overflowed_) return false;
+  const std::size_t from = buffer_.size();
   buffer_.append(bytes);
   // Every line, complete or not, is held to the limit as soon as its bytes arrive: a complete one
   // that came with its newline in the same read is refused at once too, not left to a deadline.
-  std::size_t start = 0;
-  for (auto newline = buffer_.find('\n'); newline != std::string::npos; newline = buffer_.find('\n', start)) {
-    if (newline - start > max_line_) break;
-    start = newline + 1;
+  // Only the new bytes are searched, so that a long answer read in pieces costs linear time.
+  for (auto newline = buffer_.find('\n', from); newline != std::string::npos;
+       newline = buffer_.find('\n', newline + 1)) {
+    if (newline - tail_start_ > max_line_) break;
+    tail_start_ = newline + 1;
   }
-  const auto newline = buffer_.find('\n', start);
-  const std::size_t length = (newline == std::string::npos ? buffer_.size() : newline) - start;
+  const auto newline = buffer_.find('\n', std::max(from, tail_start_));
+  const std::size_t length = (newline == std::string::npos ? buffer_.size() : newline) - tail_start_;
   if (length > max_line_) {
     overflowed_ = true;
     buffer_.clear();
+    tail_start_ = 0;
     return false;
   }
   return true;
@@ -44,13 +48,14 @@ std::optional<std::string> LineReader::next_line() {
   }
   std::string line = buffer_.substr(0, pos);
   buffer_.erase(0, pos + 1);
+  tail_start_ -= pos + 1;  // The first newline is never past the end of the checked lines.
   if (!line.empty() && line.back() == '\r') line.pop_back();
   return line;
 }
 
-Result<json> parse_control_line(std::string_view line) {
-  if (line.size() > kControlMaxLine) {
-    return Error::message(fmt::format("message of {} bytes is over the {}-byte limit", line.size(), kControlMaxLine));
+Result<json> parse_control_line(std::string_view line, std::size_t max_line) {
+  if (line.size() > max_line) {
+    return Error::message(fmt::format("message of {} bytes is over the {}-byte limit", line.size(), max_line));
   }
   // Depth is checked by a flat scan first, so that no parser ever recurses on hostile input.
   int depth = 0;

@@ -52,7 +52,11 @@
 namespace hotrestart {
 
 inline constexpr int kControlProtocolVersion = 1;
+// A request line: what the supervisor reads from anyone who can reach its socket.
 inline constexpr std::size_t kControlMaxLine = 64 * 1024;
+// An answer line, which the command-line client reads from its supervisor: a status grows with the
+// listeners, the generations and their command lines, so the bound is only against a runaway.
+inline constexpr std::size_t kControlMaxAnswer = 256 * 1024 * 1024;
 inline constexpr int kControlMaxDepth = 8;
 inline constexpr std::size_t kMaxCommandArgs = 4096;
 
@@ -71,12 +75,13 @@ class LineReader {
 
  private:
   std::string buffer_;
+  std::size_t tail_start_ = 0;  // Where the line after the last checked newline starts.
   std::size_t max_line_;
   bool overflowed_ = false;
 };
 
 // Parses a line as a JSON object after checking its nesting depth without recursion.
-Result<nlohmann::json> parse_control_line(std::string_view line);
+Result<nlohmann::json> parse_control_line(std::string_view line, std::size_t max_line = kControlMaxLine);
 
 struct ControlRequest {
   enum class Command { ShowStatus, Upgrade, Rollback, History, Stop, Promote, Abort };

@@ -27,6 +27,9 @@ struct ControlServer::Client {
   std::unique_ptr<Timer> deadline;
   bool request_seen = false;
   bool closing = false;
+  // Let in past the cap, when every other connection held a request in progress: it may ask for
+  // `status` or `stop` only.
+  bool reserved = false;
   ControlServer* server = nullptr;
 };
 
@@ -118,9 +121,11 @@ void ControlServer::on_connection() {
     return;
   }
   // At the cap, the connection that has waited longest without sending a request makes room: idle
-  // connections cannot lock `status` or `stop` out, however many are opened. Only when every
-  // connection holds a request in progress is the new one turned away, with a line that says so.
+  // connections cannot lock `status` or `stop` out, however many are opened. When every connection
+  // holds a request in progress, a few more are let in for `status` and `stop` alone; only past
+  // those is the new one turned away, with a line that says so.
   bool turn_away = false;
+  bool reserved = false;
   if (clients_.size() >= limits_.max_clients) {
     const auto idle = std::find_if(clients_.begin(), clients_.end(), [](const auto& entry) {
       return !entry.second->request_seen && !entry.second->closing;
@@ -132,6 +137,8 @@ void ControlServer::on_connection() {
                          "too many control connections: this one had sent no request and made room for a "
                          "newer one"),
            AfterSend::Close);
+    } else if (clients_.size() < limits_.max_clients + limits_.reserved_clients) {
+      reserved = true;
     } else {
       log_warn("control: turning a connection away: {} clients are connected, each with a request in progress",
                clients_.size());
@@ -143,6 +150,7 @@ void ControlServer::on_connection() {
   client->pipe = pipe;
   client->server = this;
   client->deadline = std::make_unique<Timer>(loop_);
+  client->reserved = reserved;
   pipe->data = client.get();
   Client& c = *client;
   clients_.emplace(c.id, std::move(client));
@@ -226,6 +234,15 @@ void ControlServer::on_read(Client& c, ssize_t n, const uv_buf_t* buf) {
     return;
   }
   auto& request = std::get<ControlRequest>(decoded);
+  if (c.reserved && request.command != ControlRequest::Command::ShowStatus &&
+      request.command != ControlRequest::Command::Stop) {
+    send(c.id,
+         control_error("busy", fmt::format("too many control connections: {} requests are in progress, and the "
+                                           "connections kept for status and stop take nothing else; try again",
+                                           limits_.max_clients)),
+         AfterSend::Close);
+    return;
+  }
   request.peer_uid = c.peer_uid;
   request.peer_pid = c.peer_pid;
   on_request_(c.id, request);

@@ -37,6 +37,9 @@ class ControlServer {
 
   struct Limits {
     std::size_t max_clients = 64;
+    // Past the cap, when every connection holds a request in progress: this many more, for `status`
+    // and `stop` only.
+    std::size_t reserved_clients = 4;
     std::chrono::milliseconds request_deadline{5000};
     std::size_t max_unsent_bytes = 1 << 20;
   };

@@ -18,6 +18,9 @@
 namespace hotrestart {
 namespace {
 
+// How old a reading of the process table may be when a generation signals its processes.
+constexpr std::chrono::milliseconds kRosterFreshness{20};
+
 // --adopt-binds: how often a draining generation's connections are counted.
 constexpr Millis kAdoptPollInterval{100};
 // A failed exec probe is tried again after this long, until the ready deadline.
@@ -99,6 +102,7 @@ Result<std::unique_ptr<Generation>> Generation::start(Context& context, Events& 
           [raw](wire::Message& m, std::vector<Fd>& fds) { raw->events_.on_channel_message(*raw, m, fds); },
           [raw] { raw->events_.on_channel_closed(*raw); },
           [raw](const std::string& why) { raw->events_.on_channel_broken(*raw, why); }});
+  g->channel_->set_owner(g->pid());
   g->output_ = std::make_unique<WorkerOutput>(context.loop, std::move(launched->output), number, g->pid());
   context.reaper.watch(g->pid(), [self = g->self_](pid_t, ExitStatus status) {
     if (Generation* gen = *self) gen->on_main_exit(status);
@@ -150,6 +154,31 @@ void Generation::on_main_exit(ExitStatus status) {
   // The reaper reaps the main process as soon as this returns; the supervisor hears of the exit
   // once the output has ended, from the loop, and destroys the generation then.
   output_->when_ended(kOutputGrace, [this, was, status] { events_.on_exit(*this, was, status); });
+}
+
+std::vector<ProcessEntry> Generation::escaped() const {
+  // A table read a moment ago will do: a process it misses is found by the next sweep.
+  context_.roster.refresh(kRosterFreshness);
+  std::vector<ProcessEntry> out = context_.roster.members(number_);
+  std::erase_if(out, [this](const ProcessEntry& p) { return p.pgid == pid(); });
+  return out;
+}
+
+void Generation::signal_all(int signo) const {
+  process_.signal_group(signo);
+  for (const ProcessEntry& p : escaped()) {
+    if (signal_process(p, signo) && signo == SIGKILL) {
+      log_warn("generation {}: pid {} had left its process group (to group {}); SIGKILL to it as well", number_, p.pid,
+               p.pgid);
+    }
+  }
+}
+
+bool Generation::send_adopt(AdoptCommand command) const {
+  std::vector<pid_t> others;
+  for (const ProcessEntry& p : escaped())
+    others.push_back(p.pid);
+  return send_adopt_command(pid(), command, others) > 0;
 }
 
 void Generation::enter(GenerationState to) {
@@ -341,7 +370,7 @@ void Generation::stop(std::string_view why, Ending ending, Millis park) {
   if (asked) {
     log_info("generation {} (pid {}): asked to {} over its channel ({}); SIGKILL after {}", number_, pid(),
              ending == Ending::Stop ? "stop" : "drain", why, format_duration(options.drain_timeout));
-  } else if (context_.launcher.adopting() && park_it && send_adopt_command(pid(), AdoptCommand::Park) > 0) {
+  } else if (context_.launcher.adopting() && park_it && send_adopt(AdoptCommand::Park)) {
     // The library in each of its processes closes the adopted listeners and keeps the inherited
     // sockets for a resume; the server itself is not told: it goes on serving the connections it
     // has, and gets its drain signal only when the parking ends (unpark).
@@ -391,8 +420,8 @@ void Generation::unpark(std::string_view why) {
 bool Generation::resume() {
   if (!parked() || resuming_) return false;
   // --adopt-binds: the library puts the shared sockets back, and says READY=1.
-  const bool told = sdk_ == SdkState::None ? send_adopt_command(pid(), AdoptCommand::Resume) > 0
-                                           : send_listeners(wire::Resume{listener_count()});
+  const bool told =
+      sdk_ == SdkState::None ? send_adopt(AdoptCommand::Resume) : send_listeners(wire::Resume{listener_count()});
   if (!told) return false;
   resuming_ = true;
   // Its drain's SIGKILL waits while it comes back; the deadline is --ready-timeout, as for a start.
@@ -426,7 +455,7 @@ void Generation::abandon_resume(std::string_view why) {
 void Generation::adopt_drain(std::string_view why) {
   const RunOptions& options = context_.options;
   const int signo = options.drain_signal;
-  process_.signal_group(adopt_drain_signal());
+  signal_all(adopt_drain_signal());
   if (options.drain_signal_given) {
     // The server drains by itself on the signal the operator named (nginx: SIGQUIT); the library
     // has closed its listeners as well.

@@ -46,10 +46,12 @@
 #include <hotrestart/fd.h>
 #include <hotrestart/wire/message.h>
 
+#include "adopt.h"
 #include "executable.h"
 #include "health_watch.h"
 #include "listener_set.h"
 #include "notify_message.h"
+#include "process_table.h"
 #include "reaper.h"
 #include "run_options.h"
 #include "spawn.h"
@@ -85,6 +87,7 @@ class Generation {
     const RunOptions& options;
     const ListenerSet& listeners;
     const WorkerLauncher& launcher;
+    ProcessRoster& roster;
   };
 
   // What a generation tells the supervisor. Each call comes from the loop; none destroys the
@@ -190,10 +193,13 @@ class Generation {
   void mark_resumed();
   // Gives up a resume that did not complete: it drains again and exits.
   void abandon_resume(std::string_view why);
-  // SIGKILL to its whole process group, now; nothing once it has exited (the group was killed
-  // then, and its id may belong to others once the main process is reaped).
+  // Its processes outside its main process's group (see process_table.h), as of now.
+  std::vector<ProcessEntry> escaped() const;
+  // SIGKILL to its whole process group and to its processes outside it, now; nothing once it has
+  // exited (they were killed then, and the group's id may belong to others once the main process
+  // is reaped).
   void kill_all() const {
-    if (state_ != GenerationState::Exited) process_.signal_group(SIGKILL);
+    if (state_ != GenerationState::Exited) signal_all(SIGKILL);
   }
 
  private:
@@ -201,6 +207,10 @@ class Generation {
 
   void enter(GenerationState to);
   void start_probe();
+  // `signo` to its process group, and to each of its processes that left the group.
+  void signal_all(int signo) const;
+  // The preload library's `command` to every process of the generation.
+  bool send_adopt(AdoptCommand command) const;
   // --adopt-binds: the library closes the generation's listeners; the drain signal follows once
   // its connections on our ports are done.
   void adopt_drain(std::string_view why);

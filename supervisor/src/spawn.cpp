@@ -4,11 +4,13 @@
 #include <fcntl.h>
 #include <linux/close_range.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -34,15 +36,30 @@ void write_decimal(char* out, long value) {
   out[n] = '\0';
 }
 
-[[noreturn]] void child_fail(int error_fd, int err) {
-  const ssize_t ignored = ::write(error_fd, &err, sizeof err);
+// What the child was doing when it failed, so that the error names the step (an fd limit hit while
+// placing descriptors is not an exec failure).
+enum class ChildStep : int { ProcessGroup = 1, Descriptors = 2, Exec = 3 };
+struct ChildFailure {
+  int step;
+  int err;
+};
+
+// The soft RLIMIT_NOFILE the supervisor started with (raise_fd_limit), which its children get
+// back; zero until it is raised.
+rlim_t g_original_fd_limit = 0;
+
+[[noreturn]] void child_fail(int error_fd, ChildStep step, int err) {
+  const ChildFailure failure{static_cast<int>(step), err};
+  const ssize_t ignored = ::write(error_fd, &failure, sizeof failure);
   (void)ignored;
   ::_exit(127);
 }
 
 // The child's side of spawn_process, between fork and exec: async-signal-safe calls only.
+// `lifted` has room for one descriptor per passed one: it is allocated before the fork, as nothing
+// may be allocated after it.
 [[noreturn]] void exec_in_child(const SpawnRequest& request, int first_free, int error_fd, char* const* argv,
-                                char* const* envp, char* listen_pid) {
+                                char* const* envp, char* listen_pid, int* lifted) {
   // Signal dispositions: handlers vanish at exec anyway, but ignored signals (SIGPIPE)
   // would stay ignored in the worker.
   struct sigaction dfl {};
@@ -50,40 +67,52 @@ void write_decimal(char* out, long value) {
   for (int sig = 1; sig < NSIG; ++sig) {
     if (sig != SIGKILL && sig != SIGSTOP) ::sigaction(sig, &dfl, nullptr);
   }
-  if (::setpgid(0, 0) != 0) child_fail(error_fd, errno);
+  if (::setpgid(0, 0) != 0) child_fail(error_fd, ChildStep::ProcessGroup, errno);
   // Two passes, so that a source fd inside 0..first_free-1 is never overwritten before
   // it is copied: first lift every source (the standard streams' too) above the range, then place
   // each one.
-  int lifted[1024];
   const std::size_t n = request.pass_fds.size();
-  if (n > 1024) child_fail(error_fd, EMFILE);
   for (std::size_t i = 0; i < n; ++i) {
     lifted[i] = ::fcntl(request.pass_fds[i], F_DUPFD_CLOEXEC, first_free);
-    if (lifted[i] < 0) child_fail(error_fd, errno);
+    if (lifted[i] < 0) child_fail(error_fd, ChildStep::Descriptors, errno);
   }
   const int stdio[3] = {request.stdin_fd, request.stdout_fd, request.stderr_fd};
   int lifted_stdio[3] = {-1, -1, -1};
   for (int i = 0; i < 3; ++i) {
     if (stdio[i] < 0) continue;
     lifted_stdio[i] = ::fcntl(stdio[i], F_DUPFD_CLOEXEC, first_free);
-    if (lifted_stdio[i] < 0) child_fail(error_fd, errno);
+    if (lifted_stdio[i] < 0) child_fail(error_fd, ChildStep::Descriptors, errno);
   }
   for (int i = 0; i < 3; ++i) {
-    if (lifted_stdio[i] >= 0 && ::dup2(lifted_stdio[i], i) < 0) child_fail(error_fd, errno);
+    if (lifted_stdio[i] >= 0 && ::dup2(lifted_stdio[i], i) < 0) child_fail(error_fd, ChildStep::Descriptors, errno);
   }
   // The executable's descriptor, likewise out of the way of the placed ones (and still
   // close-on-exec: execveat runs a compiled program from it all the same).
   const int exec_fd = request.executable_fd >= 0 ? ::fcntl(request.executable_fd, F_DUPFD_CLOEXEC, first_free) : -1;
-  if (request.executable_fd >= 0 && exec_fd < 0) child_fail(error_fd, errno);
+  if (request.executable_fd >= 0 && exec_fd < 0) child_fail(error_fd, ChildStep::Descriptors, errno);
   for (std::size_t i = 0; i < n; ++i) {
     // dup2 clears FD_CLOEXEC on the target: exactly these fds survive exec.
-    if (::dup2(lifted[i], 3 + static_cast<int>(i)) < 0) child_fail(error_fd, errno);
+    if (::dup2(lifted[i], 3 + static_cast<int>(i)) < 0) child_fail(error_fd, ChildStep::Descriptors, errno);
   }
   // Fds the supervisor itself inherited without close-on-exec (from a shell or a test
   // harness) must not reach the worker either: mark everything above the passed range.
   if (::close_range(static_cast<unsigned>(first_free), ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
-    for (int fd = first_free; fd < 65536; ++fd)
+    // (Kernels before 5.11 lack CLOSE_RANGE_CLOEXEC.) Up to the fd limit, whatever it is.
+    rlimit limit{};
+    const int top = ::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY
+                        ? static_cast<int>(std::min<rlim_t>(limit.rlim_cur, 1 << 20))
+                        : 1 << 20;
+    for (int fd = first_free; fd < top; ++fd)
       ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+  }
+  if (g_original_fd_limit != 0) {
+    // The program gets the soft fd limit it would have had without the supervisor, or enough for
+    // the descriptors it was given and some of its own when that is more.
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_NOFILE, &limit) == 0) {
+      limit.rlim_cur = std::min(limit.rlim_max, std::max<rlim_t>(g_original_fd_limit, first_free + 256));
+      ::setrlimit(RLIMIT_NOFILE, &limit);
+    }
   }
   if (request.listen_pid == ListenPid::Set) write_decimal(listen_pid + 11, ::getpid());
   sigset_t none;
@@ -94,7 +123,7 @@ void write_decimal(char* out, long value) {
   } else {
     ::execve(request.executable.c_str(), argv, envp);
   }
-  child_fail(error_fd, errno);
+  child_fail(error_fd, ChildStep::Exec, errno);
 }
 
 }  // namespace
@@ -170,6 +199,22 @@ Result<std::string> resolve_executable(const std::string& name, const std::strin
   return Error::message(fmt::format("{}: command not found in PATH", name));
 }
 
+rlim_t raise_fd_limit() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return 0;
+  if (g_original_fd_limit == 0) g_original_fd_limit = limit.rlim_cur;
+  if (limit.rlim_cur < limit.rlim_max) {
+    const rlim_t was = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &limit) != 0) {
+      log_warn("cannot raise the open-file limit from {} to {}: {}", static_cast<unsigned long long>(was),
+               static_cast<unsigned long long>(limit.rlim_max), std::strerror(errno));
+      return was;
+    }
+  }
+  return limit.rlim_cur;
+}
+
 Result<pid_t> spawn_process(const SpawnRequest& request) {
   if (request.argv.empty()) return Error::message("spawn: empty argument list");
   const int first_free = 3 + static_cast<int>(request.pass_fds.size());
@@ -209,24 +254,41 @@ Result<pid_t> spawn_process(const SpawnRequest& request) {
   sigset_t saved;
   ::sigfillset(&all);
   ::pthread_sigmask(SIG_SETMASK, &all, &saved);
+  std::vector<int> lifted(request.pass_fds.size() + 1);
   const pid_t pid = ::fork();
-  if (pid == 0) exec_in_child(request, first_free, write_end.get(), argv.data(), envp.data(), listen_pid.data());
+  if (pid == 0)
+    exec_in_child(request, first_free, write_end.get(), argv.data(), envp.data(), listen_pid.data(), lifted.data());
   const int fork_errno = errno;
   ::pthread_sigmask(SIG_SETMASK, &saved, nullptr);
   if (pid < 0) return Error::from_errno("fork", fork_errno);
 
   write_end.reset();
-  int child_errno = 0;
+  ChildFailure failure{};
   ssize_t got = 0;
   do {
-    got = ::read(read_end.get(), &child_errno, sizeof child_errno);
+    got = ::read(read_end.get(), &failure, sizeof failure);
   } while (got < 0 && errno == EINTR);
-  if (got == sizeof child_errno) {
+  if (got == sizeof failure) {
     // The child never became the program; reap it here so it is not mistaken for a crash.
     int wstatus = 0;
     while (::waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
     }
-    return Error::from_errno(fmt::format("exec {}", request.executable), child_errno);
+    switch (static_cast<ChildStep>(failure.step)) {
+      case ChildStep::ProcessGroup:
+        return Error::from_errno("setpgid in the new process", failure.err);
+      case ChildStep::Descriptors: {
+        rlimit limit{};
+        ::getrlimit(RLIMIT_NOFILE, &limit);
+        return Error::from_errno(
+            fmt::format("handing {} descriptors to {} (the open-file limit is {}; see `ulimit -n`)",
+                        request.pass_fds.size() + 3, request.executable,
+                        static_cast<unsigned long long>(limit.rlim_cur)),
+            failure.err);
+      }
+      case ChildStep::Exec:
+        break;
+    }
+    return Error::from_errno(fmt::format("exec {}", request.executable), failure.err);
   }
   return pid;
 }

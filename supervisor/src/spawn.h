@@ -5,6 +5,7 @@
 // reaping (see reaper.h); nothing in the supervisor calls uv_spawn.
 #pragma once
 
+#include <sys/resource.h>
 #include <sys/types.h>
 
 #include <string>
@@ -37,6 +38,12 @@ struct SpawnRequest {
 // Ctrl-C reaches only the supervisor (which then drains workers in order), and so the
 // supervisor can SIGKILL a worker together with everything it started.
 Result<pid_t> spawn_process(const SpawnRequest& request);
+
+// Raises this process's soft RLIMIT_NOFILE to its hard limit (each listener and each live
+// generation costs the supervisor descriptors, and 1,024 is a common soft default). Every child
+// spawn_process starts afterwards gets the soft limit back as it was before, or enough for what it
+// is handed and 256 more if that is higher. Returns the limit now in force.
+rlim_t raise_fd_limit();
 
 // "name" with a '/' is used as it is; otherwise it is searched in `path_env` like execvp
 // does. The result must be an executable regular file.

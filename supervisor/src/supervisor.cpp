@@ -26,6 +26,8 @@ using nlohmann::json;
 // How long a candidate whose channel closed may stay alive before that counts as a failure (one
 // that rolls back in the handshake or the state transfer; later, the worker no longer needs it).
 constexpr Millis kChannelGrace{1000};
+// How often the supervisor looks for processes that outlived their generation.
+constexpr Millis kSweepInterval{2000};
 
 // Why an upgrade cannot begin while `run --preflight` still checks the first release: there is no
 // generation yet to upgrade from.
@@ -78,6 +80,7 @@ Supervisor::~Supervisor() {
   signals_.clear();
   reaper_.reset();
   restart_timer_.reset();
+  sweep_timer_.reset();
   watch_.reset();
   // Let every close callback run, so that the loop can be closed with nothing in it.
   uv_run(&loop_, UV_RUN_DEFAULT);
@@ -99,6 +102,8 @@ Status Supervisor::start() {
   // Orphans of our workers are re-parented to us, so that we reap them (and so that no
   // process a worker started outlives its generation unnoticed).
   ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+  // Listeners and live generations cost descriptors; the workers get the usual limit back.
+  log_debug("open-file limit: {}", static_cast<unsigned long long>(raise_fd_limit()));
   systemd_.take_from_environment();
 
   std::string adopt_library;
@@ -132,6 +137,15 @@ Status Supervisor::start() {
   if (auto ok = notify_->bind(notify_path_for(options_.control_path)); !ok) return ok.error();
 
   reaper_ = std::make_unique<Reaper>(&loop_);
+  roster_ = std::make_unique<ProcessRoster>(ProcessRoster::Hooks{::getpid(),
+                                                                 [this](pid_t pid) -> std::optional<std::uint64_t> {
+                                                                   for (const auto& [n, g] : generations_)
+                                                                     if (g->pid() == pid) return n;
+                                                                   return std::nullopt;
+                                                                 },
+                                                                 [this](pid_t pid) { return reaper_->watching(pid); }});
+  sweep_timer_ = std::make_unique<Timer>(&loop_);
+  sweep_timer_->start_repeating(kSweepInterval, [this] { sweep_processes(false); });
   restart_timer_ = std::make_unique<Timer>(&loop_);
   for (int signo : {SIGTERM, SIGINT, SIGQUIT, SIGUSR2, SIGHUP}) {
     signals_.push_back(std::make_unique<SignalWatch>(&loop_, signo, [this](int s) { on_signal(s); }));
@@ -142,8 +156,8 @@ Status Supervisor::start() {
   watch_ = std::make_unique<ReleaseWatch>(&loop_, *control_);
   for (const auto& warning : shared_port_probe_warnings(options_))
     log_warn("{}", warning);
-  context_ =
-      std::make_unique<Generation::Context>(Generation::Context{&loop_, *reaper_, options_, listeners_, *launcher_});
+  context_ = std::make_unique<Generation::Context>(
+      Generation::Context{&loop_, *reaper_, options_, listeners_, *launcher_, *roster_});
   UpgradeDriver::Host& host = *this;  // (A private base: converted here, where it is accessible.)
   upgrade_ = std::make_unique<UpgradeDriver>(&loop_, options_, *control_, host);
 
@@ -379,6 +393,12 @@ void Supervisor::on_hello(Generation& g, const wire::Hello& hello) {
     channel_failed(g, fmt::format("generation {} said hello twice", g.number()));
     return;
   }
+  if (hello.pid != g.pid()) {
+    // The kernel said the main process sent it (WorkerChannel); a hello naming another pid is not
+    // one the SDK sends.
+    channel_failed(g, fmt::format("generation {} (pid {}) said hello as pid {}", g.number(), g.pid(), hello.pid));
+    return;
+  }
   if (hello.min_version > wire::kProtocolVersion || hello.max_version < wire::kProtocolVersion) {
     channel_failed(g, fmt::format("generation {} speaks worker channel protocol {} to {}, and this supervisor "
                                   "speaks version {}: upgrade the SDK or the supervisor so that they share one",
@@ -583,6 +603,7 @@ void Supervisor::restart_now() {
 void Supervisor::on_request(ClientId client, const ControlRequest& request) {
   switch (request.command) {
     case ControlRequest::Command::ShowStatus:
+      roster_->refresh();  // So that every process each generation has now is shown.
       control_->send(client, status_json(), AfterSend::Close);
       return;
     case ControlRequest::Command::Stop:
@@ -697,16 +718,68 @@ void Supervisor::begin_stop(bool now) {
 void Supervisor::maybe_finish_stop() {
   if (!stopping_ || !generations_.empty() || upgrade_->in_progress()) return;
   end_release(current_.release, ReleaseOutcome::Stopped, "the supervisor stopped");
+  sweep_processes(true);
   log_info("stopped: every generation has exited");
   uv_stop(&loop_);
+}
+
+void Supervisor::sweep_processes(bool final) {
+  roster_->refresh();
+  std::vector<ProcessEntry> killed;
+  for (const auto& [number, members] : roster_->by_generation()) {
+    const auto it = generations_.find(number);
+    // A generation ends with its main process, and everything it started with it (on_main_exit).
+    if (it != generations_.end() && it->second->state() != GenerationState::Exited) continue;
+    for (const ProcessEntry& p : members) {
+      if (signal_process(p, SIGKILL)) {
+        log_warn("pid {} of generation {} outlived it (it had left its process group); SIGKILL", p.pid, number);
+        killed.push_back(p);
+      }
+    }
+  }
+  for (const ProcessEntry& p : roster_->strays()) {
+    if (final) {
+      if (signal_process(p, SIGKILL)) {
+        log_warn("pid {}, an orphan of no known generation, is still running as the supervisor stops; SIGKILL", p.pid);
+        killed.push_back(p);
+      }
+    } else if (strays_logged_.insert({p.pid, p.start}).second) {
+      log_warn(
+          "pid {} was left to the supervisor by a process that exited, and does not say which generation it "
+          "belongs to; it is ended when the supervisor stops",
+          p.pid);
+    }
+  }
+  if (!final) return;
+  // What holds the listeners must be gone before the supervisor says it stopped: a new `run` binds
+  // them next. A SIGKILLed process is gone within moments; the wait is bounded all the same.
+  const auto deadline = Clock::now() + std::chrono::seconds(2);
+  for (const ProcessEntry& p : killed) {
+    while (Clock::now() < deadline) {
+      const auto now = read_process(p.pid);
+      if (!now || now->start != p.start || now->state == 'Z') break;
+      ::usleep(2000);
+    }
+  }
 }
 
 json Supervisor::status_json() const {
   json generations = json::array();
   for (const auto& [n, g] : generations_) {
     const char* role = n == active_ ? "active" : upgrade_->is_candidate(*g) ? "candidate" : "old";
-    generations.push_back(generation_json(*g, role));
+    json entry = generation_json(*g, role);
+    // Its processes that left its process group (as of the last sweep; `status` sweeps first).
+    json escaped = json::array();
+    const auto members = roster_->members(n);
+    for (const ProcessEntry& p : members)
+      if (p.pgid != g->pid()) escaped.push_back({{"pid", p.pid}, {"pgid", p.pgid}});
+    entry["processes"] = members.size() + (g->state() == GenerationState::Exited ? 0 : 1);
+    entry["escaped"] = std::move(escaped);
+    generations.push_back(std::move(entry));
   }
+  json strays = json::array();
+  for (const ProcessEntry& p : roster_->strays())
+    strays.push_back(p.pid);
   const auto& verdict = upgrade_->last_verdict();
   const auto& transfer = broker_.transfer();
   return json{{"v", kControlProtocolVersion},
@@ -719,6 +792,7 @@ json Supervisor::status_json() const {
               {"listeners", listeners_json(listeners_)},
               {"active_generation", active_},
               {"generations", generations},
+              {"strays", strays},
               {"command", current_.command},
               {"release", current_.release},
               {"releases", releases_->status_json()},

@@ -154,6 +154,9 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   void on_signal(int signo);
   void begin_stop(bool now);
   void maybe_finish_stop();
+  // Ends what outlived its generation: a process of a generation that has exited is killed; a
+  // stray is logged once (and killed when the supervisor stops, `final`).
+  void sweep_processes(bool final);
   nlohmann::json status_json() const;
   // {"state", "ok", "reason"}: whether the service is up, as `status --check` reports it.
   nlohmann::json health_json() const;
@@ -165,6 +168,11 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
 
   ListenerSet listeners_;
   std::unique_ptr<Reaper> reaper_;
+  // Which generation each process under the supervisor belongs to (process_table.h), and the
+  // sweep that ends the processes of generations that are gone.
+  std::unique_ptr<ProcessRoster> roster_;
+  std::unique_ptr<Timer> sweep_timer_;
+  std::set<std::pair<pid_t, std::uint64_t>> strays_logged_;
   std::unique_ptr<ControlServer> control_;
   std::unique_ptr<NotifySocket> notify_;
   std::unique_ptr<WorkerLauncher> launcher_;

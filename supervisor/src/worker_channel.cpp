@@ -53,6 +53,15 @@ void WorkerChannel::on_readable() {
   for (int i = 0; i < kMessagesPerWakeup && *alive && fd_; ++i) {
     auto received = wire::receive_message(fd_.get(), wire::Blocking::No);
     if (received) {
+      if (owner_ != 0 && received->sender != owner_) {
+        // Not its main process (and no credentials at all counts as not: the kernel always adds
+        // them here). Its descriptors, if any, are closed with `received`.
+        if (warned_.insert(received->sender).second) {
+          log_warn("{}: pid {} sent {} on the channel, which belongs to the main process (pid {}); ignored", label_,
+                   received->sender, wire::type_name(wire::type_of(received->message)), owner_);
+        }
+        continue;
+      }
       handler_.on_message(received->message, received->fds);
       continue;
     }

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -40,6 +41,10 @@ class WorkerChannel {
   WorkerChannel& operator=(const WorkerChannel&) = delete;
 
   bool open() const { return static_cast<bool>(fd_); }
+  // The process the channel belongs to: a message any other process sends on it (a helper that
+  // inherited the descriptor) is dropped, with a warning, and never reaches the handler. The
+  // sender is known when the supervisor's end has SO_PASSCRED (WorkerLauncher sets it).
+  void set_owner(pid_t pid) { owner_ = pid; }
   int fd() const { return fd_.get(); }
 
   // Sends one message without blocking; false (and a warning in the log) if it could not go.
@@ -56,6 +61,8 @@ class WorkerChannel {
   uv_loop_t* loop_;
   Fd fd_;
   std::string label_;
+  pid_t owner_ = 0;
+  std::set<pid_t> warned_;  // Other senders already named in the log.
   Handler handler_;
   std::unique_ptr<FdWatch> watch_;
   // Cleared by the destructor: a handler may destroy this channel's owner while on_readable runs.

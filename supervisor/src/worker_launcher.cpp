@@ -1,6 +1,8 @@
 // A worker's environment, descriptors and exec (see worker_launcher.h).
 #include "worker_launcher.h"
 
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <string_view>
 #include <utility>
@@ -109,6 +111,12 @@ Result<WorkerLauncher::Launched> WorkerLauncher::launch(std::uint64_t generation
   // stays close-on-exec, so no other worker inherits it.
   auto channel = wire::seqpacket_pair();
   if (!channel) return channel.error().context("cannot start the worker: channel");
+  // Each message the worker side sends then carries its sender's pid, set by the kernel: the channel
+  // belongs to the main process alone (WorkerChannel). Set before the spawn, so that even the first
+  // message carries it.
+  const int on = 1;
+  if (::setsockopt(channel->first.get(), SOL_SOCKET, SO_PASSCRED, &on, sizeof on) != 0)
+    return Error::from_errno("cannot start the worker: channel: setsockopt SO_PASSCRED");
   auto output = WorkerOutput::open_pipe();
   if (!output) return output.error().context("cannot start the worker: stderr pipe");
   std::vector<int> fds;

@@ -194,3 +194,31 @@ TEST_CASE("control: 200 idle connections never lock status or stop out, and each
   CHECK_MESSAGE(stop.exit_code == 0, stop.out << stop.err);
   CHECK(sup.proc().wait_for(30s).has_value());
 }
+
+TEST_CASE("control: with 64 requests in progress, status still gets a connection kept for it") {
+  // A worker that ignores its drain signal keeps the supervisor stopping for its drain timeout, and
+  // every `stop` request holds its connection until the supervisor exits.
+  Supervisor sup({"--drain-timeout", "60s"}, {test_worker_bin(), "ignore-drain"});
+  std::vector<std::unique_ptr<RawClient>> stoppers;
+  for (int i = 0; i < 64; ++i) {
+    stoppers.push_back(std::make_unique<RawClient>(sup.control()));
+    REQUIRE(stoppers.back()->connected());
+    stoppers.back()->send("{\"v\":1,\"cmd\":\"stop\"}\n");
+  }
+  REQUIRE(wait_until([&] { return sup.status_or_fail()["stopping"] == true; }, 10s));
+
+  RunResult status = sup.cli({"status"}, 10s);
+  CHECK_MESSAGE(status.exit_code == 0, status.out << status.err);
+  CHECK(contains(status.out, "STOPPING"));
+  // Anything else on a kept connection is told why it cannot have one.
+  RunResult history = sup.cli({"history"}, 10s);
+  CHECK(history.exit_code == 3);
+  CHECK_MESSAGE(contains(history.err, "kept for status and stop"), history.err);
+
+  // Stop now: every waiting `stop` hears the end.
+  REQUIRE(::kill(sup.pid(), SIGQUIT) == 0);
+  CHECK(sup.proc().wait_for(30s).has_value());
+  auto last = stoppers.back()->read_to_eof(10s);
+  REQUIRE(last.has_value());
+  CHECK(contains(*last, "stopping"));
+}

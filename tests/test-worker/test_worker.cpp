@@ -15,9 +15,13 @@
 //                                wait for SIGTERM, exit 0
 //   say-and-exit CODE TEXT       write TEXT and a newline to stderr, then exit with CODE,
 //                                without READY
-//   leave-helper CODE TEXT       start a helper in a session of its own (out of reach of a
-//                                SIGKILL to this process group) that holds stderr open for 60 s,
-//                                then say-and-exit CODE TEXT
+//   leave-helper CODE TEXT       start a helper in a session of its own, orphaned and without
+//                                HOTRESTART_GENERATION (a stray to the supervisor), that holds
+//                                stderr open for 60 s, then say-and-exit CODE TEXT
+//   sleep MS                     sleep, then exit 0
+//   escape HOW TEXT              serve TEXT on the listeners, with a child that leaves the process
+//                                group (HOW: setsid, orphan, orphan-unmarked; see mode_escape)
+//                                and serves TEXT-daemon, ignoring SIGTERM
 //   flood-stderr MB LINES PATH   READY; on SIGUSR1 write MB megabytes to stderr without a
 //                                newline, a newline, LINES short lines one write each, and
 //                                "flood done"; then create PATH, wait for SIGTERM, exit 0
@@ -262,11 +266,9 @@ void serve_connection(int conn, const std::string& response) {
   ::shutdown(conn, SHUT_WR);
 }
 
-int mode_ignore_drain() {
-  ::signal(SIGTERM, SIG_IGN);
-  ::signal(SIGINT, SIG_IGN);
-  ::signal(SIGPIPE, SIG_IGN);
-
+// The listening sockets from LISTEN_FDS, non-blocking: they are shared with other processes, so
+// accept must not block when another process took the connection first.
+std::vector<pollfd> listening_sockets() {
   long long nfds = 0;
   const std::string listen_fds = env_or("LISTEN_FDS", "");
   if (!parse_int(listen_fds, nfds) || nfds < 0) nfds = 0;
@@ -275,17 +277,8 @@ int mode_ignore_drain() {
     log("warning: LISTEN_PID=" + listen_pid + " is not our pid");
   }
   if (nfds == 0) log("warning: no LISTEN_FDS; nothing to serve");
-
-  const std::string body = "version=ignore-drain pid=" + std::to_string(::getpid()) +
-                           " generation=" + env_or("HOTRESTART_GENERATION", "0") + "\n";
-  const std::string response =
-      "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) +
-      "\r\nConnection: close\r\n\r\n" + body;
-
   std::vector<pollfd> pfds;
   for (int fd = 3; fd < 3 + nfds; ++fd) {
-    // The listening sockets are shared with other processes: accept must not block
-    // when another process took the connection first.
     int fl = ::fcntl(fd, F_GETFL);
     if (fl < 0) {
       log("fd " + std::to_string(fd) + " from LISTEN_FDS is not open");
@@ -294,11 +287,21 @@ int mode_ignore_drain() {
     ::fcntl(fd, F_SETFL, fl | O_NONBLOCK);
     pfds.push_back(pollfd{fd, POLLIN, 0});
   }
+  return pfds;
+}
 
-  notify_ready();
-  log("ready; ignoring SIGTERM/SIGINT and serving " + std::to_string(pfds.size()) + " socket(s)");
-  for (;;) {
-    int r = ::poll(pfds.data(), pfds.size(), -1);  // runs until SIGKILL, by design
+std::string http_response(const std::string& body) {
+  return "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) +
+         "\r\nConnection: close\r\n\r\n" + body;
+}
+
+volatile sig_atomic_t g_terminated = 0;
+
+// Serves `response` on every socket of `pfds` until g_terminated is set (never, unless a handler
+// sets it).
+void serve(std::vector<pollfd>& pfds, const std::string& response) {
+  while (g_terminated == 0) {
+    int r = ::poll(pfds.data(), pfds.size(), -1);
     if (r < 0) {
       if (errno != EINTR) sleep_ms(100);
       continue;
@@ -311,6 +314,70 @@ int mode_ignore_drain() {
       ::close(conn);
     }
   }
+}
+
+int mode_ignore_drain() {
+  ::signal(SIGTERM, SIG_IGN);
+  ::signal(SIGINT, SIG_IGN);
+  ::signal(SIGPIPE, SIG_IGN);
+  auto pfds = listening_sockets();
+  const std::string body = "version=ignore-drain pid=" + std::to_string(::getpid()) +
+                           " generation=" + env_or("HOTRESTART_GENERATION", "0") + "\n";
+  notify_ready();
+  log("ready; ignoring SIGTERM/SIGINT and serving " + std::to_string(pfds.size()) + " socket(s)");
+  serve(pfds, http_response(body));  // runs until SIGKILL, by design
+  return 0;
+}
+
+// A server whose child leaves its process group and keeps serving on the inherited sockets: `how`
+// is "setsid" (the child stays this process's child) or "orphan" (an intermediate process exits at
+// once, so the child is re-parented to the supervisor before anything can see it descend from
+// this one), and "orphan-unmarked" does the same with HOTRESTART_GENERATION removed from the
+// child's environment. The child answers TEXT-daemon and ignores SIGTERM; this process answers
+// TEXT and exits 0 on SIGTERM. READY is sent once the child has left the group.
+int mode_escape(const std::string& how, const std::string& text) {
+  ::signal(SIGPIPE, SIG_IGN);
+  auto pfds = listening_sockets();
+  int left[2];
+  if (::pipe2(left, O_CLOEXEC) != 0) {
+    log(std::string("pipe2: ") + std::strerror(errno));
+    return 1;
+  }
+  const bool orphan = how != "setsid";
+  const pid_t child = ::fork();
+  if (child < 0) {
+    log(std::string("fork: ") + std::strerror(errno));
+    return 1;
+  }
+  if (child == 0) {
+    ::close(left[0]);
+    if (orphan && ::fork() != 0) ::_exit(0);
+    ::setsid();
+    ::signal(SIGTERM, SIG_IGN);
+    if (how == "orphan-unmarked") {
+      ::unsetenv("HOTRESTART_GENERATION");
+      // The environment /proc shows is the one a process was started with: start again without it.
+      ::execl("/proc/self/exe", "test-worker", "escaped-daemon", text.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    log("escaped: session " + std::to_string(::getsid(0)));
+    ::close(left[1]);
+    serve(pfds, http_response(text + "-daemon\n"));
+    ::_exit(0);
+  }
+  ::close(left[1]);
+  char ignored = 0;
+  while (::read(left[0], &ignored, 1) < 0 && errno == EINTR) {
+  }
+  ::close(left[0]);
+  struct sigaction term {};
+  term.sa_handler = [](int) { g_terminated = 1; };
+  ::sigaction(SIGTERM, &term, nullptr);  // No SA_RESTART: poll returns at once.
+  notify_ready();
+  log("ready; child " + std::to_string(child) + " left the process group");
+  serve(pfds, http_response(text + "\n"));
+  log("SIGTERM; exiting");
+  return 0;
 }
 
 [[noreturn]] void say_and_exit(int code, const std::string& text) {
@@ -332,10 +399,14 @@ int mode_leave_helper(int code, const std::string& text) {
     return 1;
   }
   if (helper == 0) {
+    // Orphaned at once and without its generation mark, so that the supervisor cannot tell whose it
+    // is (a stray): it is ended only when the supervisor stops, and holds stderr until then. The
+    // exec closes the pipe's end, which tells this process it has left.
+    if (::fork() != 0) ::_exit(0);
     ::setsid();
-    ::close(left[1]);
-    sleep_ms(60'000);
-    ::_exit(0);
+    ::unsetenv("HOTRESTART_GENERATION");
+    ::execl("/proc/self/exe", "test-worker", "sleep", "60000", static_cast<char*>(nullptr));
+    ::_exit(127);
   }
   ::close(left[1]);
   char ignored = 0;
@@ -434,6 +505,28 @@ int main(int argc, char** argv) {
       return kUsage;
     }
     return mode_watchdog(pet_for);
+  }
+  if (mode == "escape") {
+    if (argc != 4 || (std::string_view(argv[2]) != "setsid" && std::string_view(argv[2]) != "orphan" &&
+                      std::string_view(argv[2]) != "orphan-unmarked")) {
+      std::fprintf(stderr, "test-worker: usage: escape setsid|orphan|orphan-unmarked TEXT\n");
+      return kUsage;
+    }
+    return mode_escape(argv[2], argv[3]);
+  }
+  if (mode == "sleep" && argc == 3) {
+    long long ms = 0;
+    if (!parse_int(argv[2], ms) || ms < 0) return kUsage;
+    sleep_ms(ms);
+    return 0;
+  }
+  if (mode == "escaped-daemon" && argc == 3) {
+    // escape orphan-unmarked, after its exec: still in its own session, without the mark.
+    ::signal(SIGTERM, SIG_IGN);
+    ::signal(SIGPIPE, SIG_IGN);
+    auto pfds = listening_sockets();
+    serve(pfds, http_response(std::string(argv[2]) + "-daemon\n"));
+    return 0;
   }
   if (mode == "ignore-drain") {
     return mode_ignore_drain();

@@ -218,8 +218,8 @@ class DriverBench final : public Generation::Events, public UpgradeDriver::Host 
     control_ = std::make_unique<ControlServer>(
         &loop_, [](ClientId, const ControlRequest&) {}, [](ClientId) {});
     launcher_ = std::make_unique<WorkerLauncher>(listeners_, "/nonexistent/notify", "/nonexistent/control", "");
-    context_ =
-        std::make_unique<Generation::Context>(Generation::Context{&loop_, *reaper_, options_, listeners_, *launcher_});
+    context_ = std::make_unique<Generation::Context>(
+        Generation::Context{&loop_, *reaper_, options_, listeners_, *launcher_, roster_});
     driver_ = std::make_unique<UpgradeDriver>(&loop_, options_, *control_, *this);
   }
   ~DriverBench() override {
@@ -323,6 +323,8 @@ class DriverBench final : public Generation::Events, public UpgradeDriver::Host 
   RunOptions options_;
   ListenerSet listeners_;
   std::unique_ptr<Reaper> reaper_;
+  ProcessRoster roster_{
+      {::getpid(), [](pid_t) { return std::optional<std::uint64_t>(); }, [](pid_t) { return false; }}};
   std::unique_ptr<ControlServer> control_;
   std::unique_ptr<WorkerLauncher> launcher_;
   std::unique_ptr<Generation::Context> context_;

@@ -50,6 +50,14 @@ int systemd_listen_fds() {
   return 0;
 }
 
+// Whether the supervisor's variables are this process's own: it sets LISTEN_PID to the pid of the
+// process it started. (Without LISTEN_PID, nothing says otherwise.)
+bool started_by_supervisor() {
+  const char* listen_pid = std::getenv("LISTEN_PID");
+  int pid = 0;
+  return listen_pid == nullptr || (parse_int(listen_pid, pid) && pid == ::getpid());
+}
+
 // Programs this worker starts must not take the listeners for theirs.
 void forget_systemd_environment() {
   for (const char* v : {"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"})
@@ -107,6 +115,16 @@ std::string Worker::Impl::start() {
   const auto deadline = Clock::now() + options.start_timeout;
 
   const char* channel_env = std::getenv("HOTRESTART_CHANNEL_FD");
+  if (channel_env != nullptr && !started_by_supervisor()) {
+    // A process the worker started (a helper run before the real server is exec'd) inherits the
+    // worker's environment, but the channel, the listeners and the notify socket are the main
+    // process's: a hello or a READY=1 from here would speak for a server that has not started.
+    // It runs as if no supervisor were there, and passes none of it on.
+    for (const char* v : {"HOTRESTART_CHANNEL_FD", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
+      ::unsetenv(v);
+    forget_systemd_environment();
+    channel_env = nullptr;
+  }
   if (channel_env != nullptr) {
     int fd = -1;
     if (!parse_int(channel_env, fd) || fd < 3) {

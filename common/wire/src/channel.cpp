@@ -26,7 +26,9 @@ SocketCalls& SocketCalls::system() {
 
 namespace {
 
-constexpr std::size_t kControlSize = CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage);
+// Room for the most descriptors a message may carry, and for the sender's credentials, which the
+// kernel adds when the receiving end has SO_PASSCRED (the supervisor's end of a worker channel).
+constexpr std::size_t kControlSize = CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage) + CMSG_SPACE(sizeof(ucred));
 
 // Control buffers must be aligned for cmsghdr; a plain char array is not.
 union ControlBuffer {
@@ -155,6 +157,11 @@ Result<Received> receive_message(int sock, Blocking blocking, SocketCalls& calls
           std::memcpy(&fd, data + i * sizeof(int), sizeof fd);
           received.fds.emplace_back(fd);
         }
+      } else if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS &&
+                 c->cmsg_len >= CMSG_LEN(sizeof(ucred))) {
+        ucred cred{};
+        std::memcpy(&cred, CMSG_DATA(c), sizeof cred);
+        received.sender = cred.pid;
       } else {
         unexpected_control = true;
       }

@@ -49,6 +49,8 @@ Status send_named_fds(int sock, Type type, std::span<const std::string> names, s
 struct Received {
   Message message;
   std::vector<Fd> fds;
+  // The sending process, as the kernel tells it when the receiving end has SO_PASSCRED; 0 otherwise.
+  pid_t sender = 0;
 };
 
 // Receives one message. With Blocking::No, nothing to read is an error with code() EAGAIN.

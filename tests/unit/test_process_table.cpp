@@ -1,0 +1,98 @@
+// /proc/PID/stat parsing, and the roster that places a process under its generation even after it
+// left the process group.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <string>
+
+#include <doctest/doctest.h>
+
+#include "process_table.h"
+
+using namespace hotrestart;
+
+TEST_CASE("process table: a stat line whose command holds spaces and parentheses") {
+  const std::string line =
+      "4242 (a (b) c) S 17 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 200 "
+      "18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n";
+  const auto e = parse_process_stat(line);
+  REQUIRE(e.has_value());
+  CHECK(e->pid == 4242);
+  CHECK(e->state == 'S');
+  CHECK(e->ppid == 17);
+  CHECK(e->pgid == 4242);
+  CHECK(e->sid == 4242);
+  CHECK(e->start == 98765);
+  CHECK_FALSE(parse_process_stat("4242 (cut short) S 17").has_value());
+  CHECK_FALSE(parse_process_stat("x (y) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0").has_value());
+  CHECK_FALSE(parse_process_stat("").has_value());
+}
+
+TEST_CASE("process table: this process is in it, as itself") {
+  const auto table = read_process_table();
+  REQUIRE(table.count(::getpid()) == 1);
+  const ProcessEntry& me = table.at(::getpid());
+  CHECK(me.ppid == ::getppid());
+  CHECK(me.pgid == ::getpgrp());
+  CHECK(me.state != 'Z');
+  CHECK(read_process(::getpid()) == std::optional<ProcessEntry>(me));
+}
+
+TEST_CASE("process roster: a grandchild that called setsid still belongs to the generation") {
+  // This process plays the supervisor: its child the generation's main process, whose child leaves
+  // the group.
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  const pid_t main_pid = ::fork();
+  REQUIRE(main_pid >= 0);
+  if (main_pid == 0) {
+    ::setpgid(0, 0);
+    if (::fork() == 0) {
+      ::setsid();
+      const char c = 'x';
+      (void)!::write(ready[1], &c, 1);
+      ::pause();
+      ::_exit(0);
+    }
+    ::pause();
+    ::_exit(0);
+  }
+  ::close(ready[1]);
+  char c = 0;
+  REQUIRE(::read(ready[0], &c, 1) == 1);
+  ::close(ready[0]);
+
+  ProcessRoster roster({::getpid(),
+                        [&](pid_t pid) -> std::optional<std::uint64_t> {
+                          if (pid == main_pid) return 7;
+                          return std::nullopt;
+                        },
+                        [](pid_t) { return false; }});
+  roster.refresh();
+  const auto members = roster.members(7);
+  REQUIRE(members.size() == 1);
+  const ProcessEntry daemon = members[0];
+  CHECK(daemon.ppid == main_pid);
+  CHECK(daemon.pgid == daemon.pid);
+  CHECK(roster.strays().empty());
+
+  // Its parent is gone: it is still known by its pid and start time (here it goes to init or to a
+  // subreaper above this process, not to this process, so only the memory of it places it).
+  ::kill(main_pid, SIGKILL);
+  ::waitpid(main_pid, nullptr, 0);
+  roster.refresh();
+  CHECK(roster.members(7) == std::vector<ProcessEntry>{[&] {
+          auto now = read_process(daemon.pid);
+          REQUIRE(now.has_value());
+          return *now;
+        }()});
+  CHECK(signal_process(daemon, SIGKILL));
+  // Once it is gone (or only a zombie), nothing is signalled in its name.
+  for (int i = 0; i < 500; ++i) {
+    const auto now = read_process(daemon.pid);
+    if (!now || now->state == 'Z') break;
+    ::usleep(2000);
+  }
+  CHECK_FALSE(signal_process(daemon, SIGKILL));
+}
