@@ -69,9 +69,28 @@ void ReleaseWatch::end(Ending ending, const std::string& reason) {
                      {"watched_ms", ms_since(started_)},
                      {"reason", ok ? std::string() : reason},
                      {"message", message}};
+  // A revert that is still being carried out when the next watch ends (the supervisor stopping)
+  // is over as far as its waiters can tell.
+  if (!revert_waiters_.empty()) revert_done(fmt::format("then: {}", message));
+  if (ending == Ending::Reverted) {
+    revert_verdict_ = verdict;
+    revert_waiters_ = std::move(waiters_);
+    waiters_.clear();
+    return;
+  }
   for (ClientId client : waiters_)
     control_.send(client, verdict, AfterSend::Close);
   waiters_.clear();
+}
+
+void ReleaseWatch::revert_done(const std::string& how) {
+  if (revert_waiters_.empty()) return;
+  json verdict = revert_verdict_;
+  verdict["message"] = fmt::format("{}; {}", verdict.value("message", ""), how);
+  verdict["watched_ms"] = ms_since(started_);
+  for (ClientId client : revert_waiters_)
+    control_.send(client, verdict, AfterSend::Close);
+  revert_waiters_.clear();
 }
 
 json ReleaseWatch::status_json() const {

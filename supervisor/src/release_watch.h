@@ -51,9 +51,17 @@ class ReleaseWatch {
   void note_failure(std::string reason) { failure_ = std::move(reason); }
   const std::string& noted_failure() const { return failure_; }
 
-  // Ends the watch, if one runs: the waiters get {"type":"watch",...} and are disconnected.
+  // Ends the watch, if one runs: the waiters get {"type":"watch",...} and are disconnected. On a
+  // revert they hear it only once the previous release serves again, or could not be brought back
+  // (revert_done), so that `upgrade --wait` returns when what it says is true.
   void end(Ending ending, const std::string& reason);
-  void forget_waiter(ClientId client) { std::erase(waiters_, client); }
+  // The revert that ended the last watch is over: `how` says how it went ("release 3 serves
+  // again", or why it could not come back). Nothing if no one waits for it.
+  void revert_done(const std::string& how);
+  void forget_waiter(ClientId client) {
+    std::erase(waiters_, client);
+    std::erase(revert_waiters_, client);
+  }
 
   // {"release", "generation", "previous_release", "window_ms", "ends_in_ms"} while watching, or null.
   nlohmann::json status_json() const;
@@ -68,6 +76,9 @@ class ReleaseWatch {
   Clock::time_point started_;
   std::vector<ClientId> waiters_;
   std::string failure_;
+  // A revert's verdict, and who waits for it until the revert is over.
+  nlohmann::json revert_verdict_;
+  std::vector<ClientId> revert_waiters_;
 };
 
 }  // namespace hotrestart

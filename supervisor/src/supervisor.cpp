@@ -503,6 +503,8 @@ bool Supervisor::upgrade_finished(std::uint64_t release, bool ok, const std::str
     reverting_ = false;
     // The generation a cold revert took the state from has given it: it may go.
     unpark_all("the revert that took its state ended");
+    watch_->revert_done(ok ? fmt::format("release {} serves again", current_.release)
+                           : fmt::format("bringing it back failed: {}", failure));
   }
   if (!ok) {
     ++counters_.upgrades_rolled_back;
@@ -697,6 +699,7 @@ void Supervisor::begin_stop(bool now) {
   stopping_ = true;
   systemd_.notify("STOPPING=1");
   watch_->end(ReleaseWatch::Ending::Stopped, "the supervisor is stopping");
+  watch_->revert_done("the supervisor is stopping");
   restart_timer_->stop();
   first_preflight_.reset();  // Killed: its release never starts.
   // Handled before feed() returns (this is a loop callback, not an action of the driver): the

@@ -176,6 +176,7 @@ void Supervisor::finish_resume(Generation& g) {
   releases_->save();
   log_info("revert: generation {} (pid {}) of release {} serves again, {} after the revert began", g.number(), g.pid(),
            g.release(), format_duration(since));
+  watch_->revert_done(fmt::format("release {} serves again (generation {} resumed)", g.release(), g.number()));
   if (Generation* failing = find(w.generation); failing != nullptr) failing->stop("reverted", Ending::Drain);
   systemd_.notify(
       fmt::format("READY=1\nSTATUS=generation {} serving again (release {} reverted)", g.number(), w.release));
@@ -200,11 +201,13 @@ void Supervisor::unpark_all(std::string_view why, std::uint64_t keep) {
 }
 
 Millis Supervisor::park_for(const Generation& old) {
-  // Parked only where a revert would bring it back: it runs the release a revert goes back to, and
-  // the new release will be watched.
+  // Parked whenever the new release will be watched, so that a revert has it: when it runs the
+  // release a revert goes back to, the revert resumes it; when the revert goes back further (the
+  // window of its own release was cut short by this upgrade), it is where the revert's new
+  // generation takes the state from, which would otherwise be gone with it.
   const std::uint64_t back_to = revert_target();
-  if (!options_.park || options_.watch_window <= Millis{0} || reverting_ || !old.resumable() ||
-      old.release() != back_to || back_to == current_.release) {
+  if (!options_.park || options_.watch_window <= Millis{0} || reverting_ || !old.resumable() || back_to == 0 ||
+      back_to == current_.release) {
     return Millis{0};
   }
   return options_.watch_window;
@@ -218,6 +221,9 @@ void Supervisor::revert_cold(const ReleaseWatch::Watched& w) {
   if (!image) {
     last_error_.note(fmt::format("release {} cannot come back: {}; release {} is restarted instead", w.previous_release,
                                  image.error().text(), w.release));
+    reverting_ = false;
+    watch_->revert_done(fmt::format("it cannot come back ({}); release {} is restarted instead", image.error().text(),
+                                    w.release));
     if (active_ == 0) schedule_restart(Clock::duration::zero());
     return;
   }
