@@ -10,6 +10,8 @@
 // Flags:
 //   --version LABEL        label in responses (default v1)
 //   --schemas 1,2          schema versions of section "data" this binary reads and writes
+//   --section NAME         call section "data" NAME instead (to import another server's section,
+//                          with --import-crash or --import-fail: scripts/bench-soak)
 //   --fill N               start with N entries key-I = value-I (when nothing was imported)
 //   --pass-fds N           pass N descriptors (memfds) to the next generation as extra-0..
 //   --export-fail          the exporter throws half-way through
@@ -66,6 +68,7 @@ struct Flags {
   bool export_crash = false;
   bool import_fail = false;
   bool import_crash = false;
+  std::string section = "data";
   std::string raw_hello;
   bool raw_garbage = false;
   long start_delay_ms = 0;
@@ -94,6 +97,8 @@ Flags parse(int argc, char** argv) {
     };
     if (a == "--version") {
       f.version = value();
+    } else if (a == "--section") {
+      f.section = value();
     } else if (a == "--schemas") {
       f.schemas.clear();
       const std::string list = value();
@@ -316,7 +321,7 @@ int main(int argc, char** argv) {
 
   if (f.start_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(f.start_delay_ms));
   hotrestart::Worker worker({.fallback_listen = {{"http", "127.0.0.1:0"}}, .resumable = f.resumable});
-  worker.add_section({.name = "data",
+  worker.add_section({.name = f.section,
                       .versions = f.schemas,
                       .save = [&f](std::uint32_t v, std::ostream& out) { save(f, v, out); },
                       .load = [&f](std::uint32_t v, std::istream& in) { load(f, v, in); },
