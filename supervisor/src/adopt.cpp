@@ -175,16 +175,17 @@ int adopt_control_signal() {
   return SIGCONT;
 }
 
-int send_adopt_command(pid_t pgid, AdoptCommand command, const std::vector<pid_t>& also) {
+int send_adopt_command(pid_t pgid, AdoptCommand command, const std::vector<ProcessEntry>& also) {
   // A process group cannot be sent a queued signal as one: each member is sent its own.
   int sent = 0;
-  std::vector<pid_t> pids = group_members(pgid);
-  pids.insert(pids.end(), also.begin(), also.end());
-  for (pid_t pid : pids) {
+  for (pid_t pid : group_members(pgid)) {
     union sigval value {};
     value.sival_int = static_cast<int>(command);
     if (::sigqueue(pid, adopt_control_signal(), value) == 0) ++sent;
   }
+  // Those that left the group are checked against the start time they were seen with.
+  for (const ProcessEntry& p : also)
+    if (queue_signal_process(p, adopt_control_signal(), static_cast<int>(command))) ++sent;
   return sent;
 }
 

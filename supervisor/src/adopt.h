@@ -10,6 +10,8 @@
 
 #include <hotrestart/base/result.h>
 
+#include "process_table.h"
+
 namespace hotrestart {
 
 inline constexpr const char* kAdoptLibraryName = "libhotrestart-adopt.so";
@@ -36,7 +38,7 @@ int adopt_control_signal();
 enum class AdoptCommand : int { Park = 1, Resume = 2 };
 // Queues `command` to every process of process group `pgid`, and to each of `also` (its processes
 // that left the group); returns how many took it.
-int send_adopt_command(pid_t pgid, AdoptCommand command, const std::vector<pid_t>& also = {});
+int send_adopt_command(pid_t pgid, AdoptCommand command, const std::vector<ProcessEntry>& also = {});
 
 // The TCP connections, other than listeners, that the processes of process group `pgid` hold on
 // any of `ports` (local port), from /proc. -1 when they cannot be counted (/proc/net/tcp, or a

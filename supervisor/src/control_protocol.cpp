@@ -39,7 +39,10 @@ bool LineReader::feed(std::string_view bytes) {
 }
 
 std::optional<std::string> LineReader::next_line() {
-  const auto pos = buffer_.find('\n');
+  // Every newline in the buffer is before tail_start_ (feed found them): nothing after it is searched
+  // again, so that a long answer read in pieces costs linear time.
+  if (tail_start_ == 0) return std::nullopt;
+  const auto pos = std::string_view(buffer_).substr(0, tail_start_).find('\n');
   if (pos == std::string::npos) return std::nullopt;
   if (pos > max_line_) {
     overflowed_ = true;

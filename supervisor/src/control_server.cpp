@@ -122,24 +122,31 @@ void ControlServer::on_connection() {
   }
   // At the cap, the connection that has waited longest without sending a request makes room: idle
   // connections cannot lock `status` or `stop` out, however many are opened. When every connection
-  // holds a request in progress, a few more are let in for `status` and `stop` alone; only past
-  // those is the new one turned away, with a line that says so.
+  // holds a request in progress, a few more are let in for `status` and `stop` alone (and among
+  // those, too, the one idle longest makes room); only past those is the new one turned away, with
+  // a line that says so. A connection never takes the place of one of the other kind.
   bool turn_away = false;
   bool reserved = false;
-  if (clients_.size() >= limits_.max_clients) {
-    const auto idle = std::find_if(clients_.begin(), clients_.end(), [](const auto& entry) {
-      return !entry.second->request_seen && !entry.second->closing;
+  const auto kind_count = [this](bool of_reserved) {
+    return static_cast<std::size_t>(std::count_if(clients_.begin(), clients_.end(), [&](const auto& entry) {
+      return entry.second->reserved == of_reserved && !entry.second->closing;
+    }));
+  };
+  const auto make_room = [this](bool of_reserved) {
+    const auto idle = std::find_if(clients_.begin(), clients_.end(), [&](const auto& entry) {
+      return entry.second->reserved == of_reserved && !entry.second->request_seen && !entry.second->closing;
     });
-    if (idle != clients_.end()) {
-      log_warn("control: {} clients are connected; disconnecting the one idle longest to make room", clients_.size());
-      send(idle->first,
-           control_error("busy",
-                         "too many control connections: this one had sent no request and made room for a "
-                         "newer one"),
-           AfterSend::Close);
-    } else if (clients_.size() < limits_.max_clients + limits_.reserved_clients) {
-      reserved = true;
-    } else {
+    if (idle == clients_.end()) return false;
+    log_warn("control: {} clients are connected; disconnecting the one idle longest to make room", clients_.size());
+    send(idle->first,
+         control_error("busy",
+                       "too many control connections: this one had sent no request and made room for a newer one"),
+         AfterSend::Close);
+    return true;
+  };
+  if (kind_count(false) >= limits_.max_clients && !make_room(false)) {
+    reserved = true;
+    if (kind_count(true) >= limits_.reserved_clients && !make_room(true)) {
       log_warn("control: turning a connection away: {} clients are connected, each with a request in progress",
                clients_.size());
       turn_away = true;

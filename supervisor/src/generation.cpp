@@ -175,10 +175,7 @@ void Generation::signal_all(int signo) const {
 }
 
 bool Generation::send_adopt(AdoptCommand command) const {
-  std::vector<pid_t> others;
-  for (const ProcessEntry& p : escaped())
-    others.push_back(p.pid);
-  return send_adopt_command(pid(), command, others) > 0;
+  return send_adopt_command(pid(), command, escaped()) > 0;
 }
 
 void Generation::enter(GenerationState to) {

@@ -109,16 +109,41 @@ std::optional<std::uint64_t> read_generation_mark(pid_t pid) {
   return std::nullopt;
 }
 
-bool signal_process(const ProcessEntry& entry, int signo) {
+namespace {
+
+// Sends `signo` (with `info`, if given) to the process `entry` names if it is still that process and
+// has not exited.
+bool send_to(const ProcessEntry& entry, int signo, siginfo_t* info) {
   // glibc 2.36 has no wrappers for pidfd_open or pidfd_send_signal.
   const long raw = ::syscall(SYS_pidfd_open, entry.pid, 0);
-  if (raw < 0) return false;
-  Fd pidfd(static_cast<int>(raw));
+  if (raw < 0 && errno != ENOSYS) return false;
+  Fd pidfd(raw < 0 ? -1 : static_cast<int>(raw));
   // The pidfd names whatever process has the pid now: only if that is still the one seen (same
   // start time) and it has not exited is the signal sent, through the pidfd, to it alone.
   const auto now = read_process(entry.pid);
   if (!now || now->start != entry.start || now->state == 'Z') return false;
-  return ::syscall(SYS_pidfd_send_signal, pidfd.get(), signo, nullptr, 0) == 0;
+  if (pidfd) return ::syscall(SYS_pidfd_send_signal, pidfd.get(), signo, info, 0) == 0;
+  // A kernel before 5.3 has no pidfd: the start time was checked just now, which leaves a window of
+  // a few microseconds for the pid to be reused.
+  if (info != nullptr) return ::syscall(SYS_rt_sigqueueinfo, entry.pid, signo, info) == 0;
+  return ::kill(entry.pid, signo) == 0;
+}
+
+}  // namespace
+
+bool signal_process(const ProcessEntry& entry, int signo) {
+  return send_to(entry, signo, nullptr);
+}
+
+bool queue_signal_process(const ProcessEntry& entry, int signo, int value) {
+  // What sigqueue() would send: SI_QUEUE, this process as the sender, and the value.
+  siginfo_t info{};
+  info.si_signo = signo;
+  info.si_code = SI_QUEUE;
+  info.si_pid = ::getpid();
+  info.si_uid = ::getuid();
+  info.si_value.sival_int = value;
+  return send_to(entry, signo, &info);
 }
 
 void ProcessRoster::refresh(std::chrono::milliseconds max_age) {
@@ -126,7 +151,9 @@ void ProcessRoster::refresh(std::chrono::milliseconds max_age) {
   if (max_age.count() > 0 && now - refreshed_ < max_age) return;
   const auto table = read_process_table();
   if (table.empty()) return;  // /proc unreadable: keep what was known.
-  refreshed_ = now;
+  // From the end of the reading: on a host where one takes longer than `max_age`, a burst of
+  // refreshes still reads it once.
+  refreshed_ = std::chrono::steady_clock::now();
 
   enum class Kind { Outside, Own, Generation, Stray };
   struct Placement {

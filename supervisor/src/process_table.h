@@ -14,8 +14,8 @@
 // - an orphan re-parented to the supervisor before it was seen is placed by the
 //   HOTRESTART_GENERATION its environment started with; one with no such mark is a *stray*.
 //
-// Signals to a process of the roster go through a pidfd opened after its start time was checked
-// again, so that they never reach a process that took over a freed pid.
+// Signals to a process of the roster go through a pidfd, opened and then checked against the start
+// time seen, so that they never reach a process that took over a freed pid.
 #pragma once
 
 #include <sys/types.h>
@@ -52,6 +52,8 @@ std::optional<std::uint64_t> read_generation_mark(pid_t pid);
 // Sends `signo` to the process `entry` names if it is still that process and has not exited.
 // True when it was sent.
 bool signal_process(const ProcessEntry& entry, int signo);
+// The same as a queued signal (sigqueue) carrying `value`.
+bool queue_signal_process(const ProcessEntry& entry, int signo, int value);
 
 class ProcessRoster {
  public:

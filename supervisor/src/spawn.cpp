@@ -97,11 +97,11 @@ rlim_t g_original_fd_limit = 0;
   // Fds the supervisor itself inherited without close-on-exec (from a shell or a test
   // harness) must not reach the worker either: mark everything above the passed range.
   if (::close_range(static_cast<unsigned>(first_free), ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
-    // (Kernels before 5.11 lack CLOSE_RANGE_CLOEXEC.) Up to the fd limit, whatever it is.
+    // (Kernels before 5.11 lack CLOSE_RANGE_CLOEXEC.) Up to the fd limit, and no further than
+    // 65,536: the raised limit may be a million, and the supervisor waits for this child.
     rlimit limit{};
-    const int top = ::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY
-                        ? static_cast<int>(std::min<rlim_t>(limit.rlim_cur, 1 << 20))
-                        : 1 << 20;
+    const int top =
+        ::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < 65536 ? static_cast<int>(limit.rlim_cur) : 65536;
     for (int fd = first_free; fd < top; ++fd)
       ::fcntl(fd, F_SETFD, FD_CLOEXEC);
   }

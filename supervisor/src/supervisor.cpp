@@ -137,13 +137,15 @@ Status Supervisor::start() {
   if (auto ok = notify_->bind(notify_path_for(options_.control_path)); !ok) return ok.error();
 
   reaper_ = std::make_unique<Reaper>(&loop_);
-  roster_ = std::make_unique<ProcessRoster>(ProcessRoster::Hooks{::getpid(),
-                                                                 [this](pid_t pid) -> std::optional<std::uint64_t> {
-                                                                   for (const auto& [n, g] : generations_)
-                                                                     if (g->pid() == pid) return n;
-                                                                   return std::nullopt;
-                                                                 },
-                                                                 [this](pid_t pid) { return reaper_->watching(pid); }});
+  // Which generation a pid is the main process of. An exited generation's pid may be reaped, and
+  // then be another process's: it names nothing.
+  auto main_of = [this](pid_t pid) -> std::optional<std::uint64_t> {
+    for (const auto& [n, g] : generations_)
+      if (g->pid() == pid && g->state() != GenerationState::Exited) return n;
+    return std::nullopt;
+  };
+  roster_ = std::make_unique<ProcessRoster>(
+      ProcessRoster::Hooks{::getpid(), main_of, [this](pid_t pid) { return reaper_->watching(pid); }});
   sweep_timer_ = std::make_unique<Timer>(&loop_);
   sweep_timer_->start_repeating(kSweepInterval, [this] { sweep_processes(false); });
   restart_timer_ = std::make_unique<Timer>(&loop_);
@@ -740,6 +742,10 @@ void Supervisor::sweep_processes(bool final) {
       }
     }
   }
+  std::erase_if(strays_logged_, [this](const std::pair<pid_t, std::uint64_t>& logged) {
+    return std::none_of(roster_->strays().begin(), roster_->strays().end(),
+                        [&](const ProcessEntry& p) { return p.pid == logged.first && p.start == logged.second; });
+  });
   for (const ProcessEntry& p : roster_->strays()) {
     if (final) {
       if (signal_process(p, SIGKILL)) {

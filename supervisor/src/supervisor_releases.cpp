@@ -222,8 +222,8 @@ void Supervisor::revert_cold(const ReleaseWatch::Watched& w) {
     last_error_.note(fmt::format("release {} cannot come back: {}; release {} is restarted instead", w.previous_release,
                                  image.error().text(), w.release));
     reverting_ = false;
-    watch_->revert_done(fmt::format("it cannot come back ({}); release {} is restarted instead", image.error().text(),
-                                    w.release));
+    watch_->revert_done(
+        fmt::format("it cannot come back ({}); release {} is restarted instead", image.error().text(), w.release));
     if (active_ == 0) schedule_restart(Clock::duration::zero());
     return;
   }
