@@ -124,7 +124,9 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
           },
           "SIGNAL"))
       ->capture_default_str();
-  run->add_option("--drain-timeout", f.drain_timeout, "How long a draining worker may take before SIGKILL")
+  run->add_option("--drain-timeout", f.drain_timeout,
+                  "How long a draining worker may take before SIGKILL, which reaches every process it started "
+                  "(those that left its process group too)")
       ->check(duration_check())
       ->capture_default_str();
   run->add_option("--state-timeout", f.state_timeout,

@@ -3,6 +3,7 @@
 
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -511,8 +512,24 @@ int client_stop(const std::string& control_path, bool wait) {
   fmt::print("stopping supervisor pid {}\n", ex.first.value("pid", 0));
   std::fflush(stdout);
   if (!wait) return kExitOk;
+  // The process at the other end, as the kernel names it (in this pid namespace), held by a pidfd
+  // while it is certainly alive: it still holds the connection.
+  Fd supervisor;
+  ucred peer{};
+  socklen_t peer_len = sizeof peer;
+  if (::getsockopt(ex.fd.get(), SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) == 0 && peer.pid > 0) {
+    const long raw = ::syscall(SYS_pidfd_open, peer.pid, 0);
+    if (raw >= 0) supervisor.reset(static_cast<int>(raw));
+  }
   // The supervisor keeps this connection open until it exits.
   while (ex.source->next(std::nullopt)) {
+  }
+  // The connection closes a moment before the process is gone, with its listening sockets and its
+  // state directory's lock: "stopped" is said only then, so that a `run` right after can take them.
+  if (supervisor) {
+    pollfd p{supervisor.get(), POLLIN, 0};
+    while (::poll(&p, 1, 30'000) < 0 && errno == EINTR) {
+    }
   }
   fmt::print("stopped\n");
   return kExitOk;

@@ -2,6 +2,8 @@
 // ending (see generation.h).
 #include "generation.h"
 
+#include <sys/stat.h>
+
 #include <signal.h>
 
 #include <cstdlib>
@@ -103,6 +105,8 @@ Result<std::unique_ptr<Generation>> Generation::start(Context& context, Events& 
           [raw] { raw->events_.on_channel_closed(*raw); },
           [raw](const std::string& why) { raw->events_.on_channel_broken(*raw, why); }});
   g->channel_->set_owner(g->pid());
+  struct stat pipe_stat {};
+  if (::fstat(launched->output.get(), &pipe_stat) == 0) g->output_inode_ = pipe_stat.st_ino;
   g->output_ = std::make_unique<WorkerOutput>(context.loop, std::move(launched->output), number, g->pid());
   context.reaper.watch(g->pid(), [self = g->self_](pid_t, ExitStatus status) {
     if (Generation* gen = *self) gen->on_main_exit(status);

@@ -132,6 +132,8 @@ class Generation {
   const std::string& status_text() const { return status_text_; }
   // Its stderr: the tail of what it wrote.
   const WorkerOutput& output() const { return *output_; }
+  // The inode of its stderr pipe: a process that writes to it is the generation's.
+  std::uint64_t output_inode() const { return output_inode_; }
   // Its watchdog and health check, which run while it is ready.
   const HealthWatch& health() const { return *health_; }
 
@@ -228,6 +230,7 @@ class Generation {
   Clock::time_point started_ = Clock::now();
   Clock::time_point ready_at_;
 
+  std::uint64_t output_inode_ = 0;
   std::string status_text_;         // The last STATUS= (or the SDK's status line), or a probe's failure.
   bool reported_stopping_ = false;  // It sent STOPPING=1.
   bool adopt_loaded_ = false;       // --adopt-binds: the preload library said it is in.

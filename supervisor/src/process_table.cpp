@@ -146,6 +146,22 @@ bool queue_signal_process(const ProcessEntry& entry, int signo, int value) {
   return send_to(entry, signo, &info);
 }
 
+std::optional<std::uint64_t> ProcessRoster::generation_by_output(pid_t pid) const {
+  if (!hooks_.generation_of_pipe) return std::nullopt;
+  for (int fd : {2, 1}) {
+    char target[64];
+    const ssize_t n = ::readlink(fmt::format("/proc/{}/fd/{}", pid, fd).c_str(), target, sizeof target - 1);
+    if (n <= 0) continue;
+    const std::string_view link(target, static_cast<std::size_t>(n));
+    // "pipe:[12345]"
+    if (!link.starts_with("pipe:[") || !link.ends_with("]")) continue;
+    std::uint64_t inode = 0;
+    if (!parse_number(link.substr(6, link.size() - 7), inode)) continue;
+    if (auto number = hooks_.generation_of_pipe(inode)) return number;
+  }
+  return std::nullopt;
+}
+
 void ProcessRoster::refresh(std::chrono::milliseconds max_age) {
   const auto now = std::chrono::steady_clock::now();
   if (max_age.count() > 0 && now - refreshed_ < max_age) return;
@@ -189,6 +205,8 @@ void ProcessRoster::refresh(std::chrono::milliseconds max_age) {
           where = {Kind::Own, 0};
         } else if (auto mark = read_generation_mark(pid)) {
           where = {Kind::Generation, *mark};
+        } else if (auto by_output = generation_by_output(pid)) {
+          where = {Kind::Generation, *by_output};
         } else {
           where = {Kind::Stray, 0};
         }

@@ -12,7 +12,8 @@
 // - a process descends from a generation's main process, or was once seen doing so (the roster
 //   remembers each process by pid and start time, so that a reused pid is never mistaken for it);
 // - an orphan re-parented to the supervisor before it was seen is placed by the
-//   HOTRESTART_GENERATION its environment started with; one with no such mark is a *stray*.
+//   HOTRESTART_GENERATION its environment started with, or else by the generation's stderr pipe it
+//   still writes to (its fd 1 or 2); one with neither is a *stray*.
 //
 // Signals to a process of the roster go through a pidfd, opened and then checked against the start
 // time seen, so that they never reach a process that took over a freed pid.
@@ -64,6 +65,8 @@ class ProcessRoster {
     // The supervisor's own children that belong to no generation as processes (readiness and
     // health probes, preflight commands): they and what they start are not members.
     std::function<bool(pid_t)> own_child;
+    // The generation whose output pipe (its stderr) has inode `inode`.
+    std::function<std::optional<std::uint64_t>(std::uint64_t inode)> generation_of_pipe;
   };
   explicit ProcessRoster(Hooks hooks) : hooks_(std::move(hooks)) {}
 
@@ -79,6 +82,9 @@ class ProcessRoster {
   const std::vector<ProcessEntry>& strays() const { return strays_; }
 
  private:
+  // The generation whose stderr pipe `pid` writes to on its fd 2 or 1, if any.
+  std::optional<std::uint64_t> generation_by_output(pid_t pid) const;
+
   Hooks hooks_;
   std::chrono::steady_clock::time_point refreshed_{};
   // (pid, start time) → generation, for every process placed so far and still alive.

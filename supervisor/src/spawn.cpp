@@ -279,9 +279,12 @@ Result<pid_t> spawn_process(const SpawnRequest& request) {
       case ChildStep::Descriptors: {
         rlimit limit{};
         ::getrlimit(RLIMIT_NOFILE, &limit);
+        // Each descriptor is copied once out of the way before it is put in place, so that about
+        // twice as many are open for a moment.
         return Error::from_errno(
-            fmt::format("handing {} descriptors to {} (the open-file limit is {}; see `ulimit -n`)",
-                        request.pass_fds.size() + 3, request.executable,
+            fmt::format("handing {} descriptors to {}, which needs about {} open files for a moment (the open-file "
+                        "limit is {}; raise the hard limit: `ulimit -Hn`, LimitNOFILE=)",
+                        request.pass_fds.size() + 3, request.executable, 2 * request.pass_fds.size() + 16,
                         static_cast<unsigned long long>(limit.rlim_cur)),
             failure.err);
       }

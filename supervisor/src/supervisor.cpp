@@ -144,8 +144,13 @@ Status Supervisor::start() {
       if (g->pid() == pid && g->state() != GenerationState::Exited) return n;
     return std::nullopt;
   };
-  roster_ = std::make_unique<ProcessRoster>(
-      ProcessRoster::Hooks{::getpid(), main_of, [this](pid_t pid) { return reaper_->watching(pid); }});
+  auto generation_of_pipe = [this](std::uint64_t inode) -> std::optional<std::uint64_t> {
+    for (const auto& [n, g] : generations_)
+      if (inode != 0 && g->output_inode() == inode) return n;
+    return std::nullopt;
+  };
+  roster_ = std::make_unique<ProcessRoster>(ProcessRoster::Hooks{
+      ::getpid(), main_of, [this](pid_t pid) { return reaper_->watching(pid); }, generation_of_pipe});
   sweep_timer_ = std::make_unique<Timer>(&loop_);
   sweep_timer_->start_repeating(kSweepInterval, [this] { sweep_processes(false); });
   restart_timer_ = std::make_unique<Timer>(&loop_);

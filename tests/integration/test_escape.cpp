@@ -92,8 +92,21 @@ TEST_CASE("escape: stop ends every process of every generation, so the port is f
   CHECK(!port_answers(port));
 }
 
-TEST_CASE("escape: an orphan that dropped its mark is shown as a stray and ended at stop") {
+TEST_CASE("escape: an orphan without its mark is placed by the generation's stderr it writes to") {
   Supervisor sup({}, {test_worker_bin(), "escape", "orphan-unmarked", "v1"});
+  const std::uint16_t port = sup.port();
+  std::vector<pid_t> escaped;
+  REQUIRE(wait_until([&] { return (escaped = escaped_of(sup, 1)).size() == 1; }, 10s));
+  CHECK(sup.status_or_fail()["strays"].empty());
+  RunResult r = sup.upgrade_to(hello("v2"));
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+  CHECK(wait_until([&] { return !pid_alive(escaped[0]); }, 10s));
+  CHECK(answered_by_v1(port) == 0);
+  sup.stop();
+}
+
+TEST_CASE("escape: an orphan with nothing that names its generation is shown as a stray and ended at stop") {
+  Supervisor sup({}, {test_worker_bin(), "escape", "orphan-detached", "v1"});
   const std::uint16_t port = sup.port();
   std::vector<pid_t> strays;
   REQUIRE(wait_until(
@@ -162,4 +175,25 @@ TEST_CASE("channel: a hello from another process on the inherited channel is ign
   wait_old_gone(sup);
   CHECK(contains(http_get(port, "/"), "version=real"));
   sup.stop();
+}
+
+TEST_CASE("stop: once `hotrestart stop` has said stopped, the port can be bound again at once") {
+  for (int round = 0; round < 5; ++round) {
+    Supervisor sup({}, hello("v1"));
+    const std::uint16_t port = sup.port();
+    RunResult r = sup.cli({"stop"}, 30s);
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    CHECK(contains(r.out, "stopped"));
+    // As a new `run` would bind it (SO_REUSEADDR, as the supervisor's own listeners).
+    hotrestart::Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    const int one = 1;
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CHECK_MESSAGE(::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0,
+                  "round " << round << ": port " << port << " still taken: " << std::strerror(errno));
+    CHECK(sup.proc().wait_for(10s).has_value());
+  }
 }

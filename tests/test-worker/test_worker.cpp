@@ -15,12 +15,14 @@
 //                                wait for SIGTERM, exit 0
 //   say-and-exit CODE TEXT       write TEXT and a newline to stderr, then exit with CODE,
 //                                without READY
-//   leave-helper CODE TEXT       start a helper in a session of its own, orphaned and without
-//                                HOTRESTART_GENERATION (a stray to the supervisor), that holds
-//                                stderr open for 60 s, then say-and-exit CODE TEXT
+//   leave-helper CODE TEXT       start a helper in a session of its own, orphaned, without
+//                                HOTRESTART_GENERATION and with stdout and stderr on /dev/null (a
+//                                stray to the supervisor), that holds the stderr pipe open on fd 9
+//                                for 60 s, then say-and-exit CODE TEXT
 //   sleep MS                     sleep, then exit 0
 //   escape HOW TEXT              serve TEXT on the listeners, with a child that leaves the process
-//                                group (HOW: setsid, orphan, orphan-unmarked; see mode_escape)
+//                                group (HOW: setsid, orphan, orphan-unmarked, orphan-detached;
+//                                see mode_escape)
 //                                and serves TEXT-daemon, ignoring SIGTERM
 //   flood-stderr MB LINES PATH   READY; on SIGUSR1 write MB megabytes to stderr without a
 //                                newline, a newline, LINES short lines one write each, and
@@ -332,9 +334,9 @@ int mode_ignore_drain() {
 // A server whose child leaves its process group and keeps serving on the inherited sockets: `how`
 // is "setsid" (the child stays this process's child) or "orphan" (an intermediate process exits at
 // once, so the child is re-parented to the supervisor before anything can see it descend from
-// this one), and "orphan-unmarked" does the same with HOTRESTART_GENERATION removed from the
-// child's environment. The child answers TEXT-daemon and ignores SIGTERM; this process answers
-// TEXT and exits 0 on SIGTERM. READY is sent once the child has left the group.
+// this one), "orphan-unmarked" does the same with HOTRESTART_GENERATION removed from the child's
+// environment, and "orphan-detached" also points its stdout and stderr at /dev/null. The child answers TEXT-daemon and
+// ignores SIGTERM; this process answers TEXT and exits 0 on SIGTERM. READY is sent once the child has left the group.
 int mode_escape(const std::string& how, const std::string& text) {
   ::signal(SIGPIPE, SIG_IGN);
   auto pfds = listening_sockets();
@@ -354,7 +356,13 @@ int mode_escape(const std::string& how, const std::string& text) {
     if (orphan && ::fork() != 0) ::_exit(0);
     ::setsid();
     ::signal(SIGTERM, SIG_IGN);
-    if (how == "orphan-unmarked") {
+    if (how == "orphan-detached") {
+      // Nothing left to say whose it is: stdout and stderr are /dev/null, as a daemon's are.
+      const int null_fd = ::open("/dev/null", O_WRONLY);
+      ::dup2(null_fd, 1);
+      ::dup2(null_fd, 2);
+    }
+    if (how == "orphan-unmarked" || how == "orphan-detached") {
       ::unsetenv("HOTRESTART_GENERATION");
       // The environment /proc shows is the one a process was started with: start again without it.
       ::execl("/proc/self/exe", "test-worker", "escaped-daemon", text.c_str(), static_cast<char*>(nullptr));
@@ -405,6 +413,12 @@ int mode_leave_helper(int code, const std::string& text) {
     if (::fork() != 0) ::_exit(0);
     ::setsid();
     ::unsetenv("HOTRESTART_GENERATION");
+    // The pipe stays open on fd 9 only: stdout and stderr go to /dev/null, as a daemon's do, so
+    // that they do not name the generation either.
+    ::dup2(2, 9);
+    const int null_fd = ::open("/dev/null", O_WRONLY);
+    ::dup2(null_fd, 1);
+    ::dup2(null_fd, 2);
     ::execl("/proc/self/exe", "test-worker", "sleep", "60000", static_cast<char*>(nullptr));
     ::_exit(127);
   }
@@ -507,9 +521,9 @@ int main(int argc, char** argv) {
     return mode_watchdog(pet_for);
   }
   if (mode == "escape") {
-    if (argc != 4 || (std::string_view(argv[2]) != "setsid" && std::string_view(argv[2]) != "orphan" &&
-                      std::string_view(argv[2]) != "orphan-unmarked")) {
-      std::fprintf(stderr, "test-worker: usage: escape setsid|orphan|orphan-unmarked TEXT\n");
+    const std::string_view how = argc == 4 ? std::string_view(argv[2]) : std::string_view();
+    if (how != "setsid" && how != "orphan" && how != "orphan-unmarked" && how != "orphan-detached") {
+      std::fprintf(stderr, "test-worker: usage: escape setsid|orphan|orphan-unmarked|orphan-detached TEXT\n");
       return kUsage;
     }
     return mode_escape(argv[2], argv[3]);

@@ -68,7 +68,7 @@ TEST_CASE("process roster: a grandchild that called setsid still belongs to the 
                           if (pid == main_pid) return 7;
                           return std::nullopt;
                         },
-                        [](pid_t) { return false; }});
+                        [](pid_t) { return false; }, [](std::uint64_t) { return std::optional<std::uint64_t>(); }});
   roster.refresh();
   const auto members = roster.members(7);
   REQUIRE(members.size() == 1);
