@@ -47,6 +47,21 @@ int answered_by_v1(std::uint16_t port) {
   return old;
 }
 
+// Generation 1 of `sup` has a daemon that the supervisor re-parented: it is shown as the
+// generation's (not as a stray), and an upgrade ends it, so that nothing answers "v1" afterwards.
+void check_orphan_dies_at_upgrade(Supervisor& sup) {
+  const std::uint16_t port = sup.port();
+  std::vector<pid_t> escaped;
+  REQUIRE(wait_until([&] { return (escaped = escaped_of(sup, 1)).size() == 1; }, 10s));
+  CHECK(children_of(sup.pid()).size() == 2);  // The worker and the daemon.
+  CHECK(sup.status_or_fail()["strays"].empty());
+  RunResult r = sup.upgrade_to(hello("v2"));
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+  CHECK(wait_until([&] { return !pid_alive(escaped[0]); }, 10s));
+  CHECK(answered_by_v1(port) == 0);
+  sup.stop();
+}
+
 }  // namespace
 
 TEST_CASE("escape: a child that called setsid is shown, and dies with its generation at an upgrade") {
@@ -69,16 +84,7 @@ TEST_CASE("escape: an orphan re-parented to the supervisor is placed by its gene
   // The intermediate process exits at once: the daemon is the supervisor's child before any look
   // could see it descend from the worker.
   Supervisor sup({}, {test_worker_bin(), "escape", "orphan", "v1"});
-  const std::uint16_t port = sup.port();
-  std::vector<pid_t> escaped;
-  REQUIRE(wait_until([&] { return (escaped = escaped_of(sup, 1)).size() == 1; }, 10s));
-  CHECK(children_of(sup.pid()).size() == 2);  // The worker and the daemon.
-
-  RunResult r = sup.upgrade_to(hello("v2"));
-  REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
-  CHECK(wait_until([&] { return !pid_alive(escaped[0]); }, 10s));
-  CHECK(answered_by_v1(port) == 0);
-  sup.stop();
+  check_orphan_dies_at_upgrade(sup);
 }
 
 TEST_CASE("escape: stop ends every process of every generation, so the port is free again") {
@@ -94,15 +100,7 @@ TEST_CASE("escape: stop ends every process of every generation, so the port is f
 
 TEST_CASE("escape: an orphan without its mark is placed by the generation's stderr it writes to") {
   Supervisor sup({}, {test_worker_bin(), "escape", "orphan-unmarked", "v1"});
-  const std::uint16_t port = sup.port();
-  std::vector<pid_t> escaped;
-  REQUIRE(wait_until([&] { return (escaped = escaped_of(sup, 1)).size() == 1; }, 10s));
-  CHECK(sup.status_or_fail()["strays"].empty());
-  RunResult r = sup.upgrade_to(hello("v2"));
-  REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
-  CHECK(wait_until([&] { return !pid_alive(escaped[0]); }, 10s));
-  CHECK(answered_by_v1(port) == 0);
-  sup.stop();
+  check_orphan_dies_at_upgrade(sup);
 }
 
 TEST_CASE("escape: an orphan with nothing that names its generation is shown as a stray and ended at stop") {
