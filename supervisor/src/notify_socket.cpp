@@ -6,14 +6,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <charconv>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 
 #include <fmt/format.h>
 
 #include "log.h"
+#include "process_table.h"
 
 namespace hotrestart {
 namespace {
@@ -35,17 +33,8 @@ void close_passed_fds(const cmsghdr* c) {
 }  // namespace
 
 pid_t parent_of(pid_t pid) {
-  // "pid (comm) state ppid ...": comm may contain spaces and parentheses, so the fields are read
-  // after the last ')'.
-  std::ifstream in(fmt::format("/proc/{}/stat", pid));
-  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const auto close = stat.rfind(')');
-  // After ") " come the state letter, a space, and the parent pid.
-  if (close == std::string::npos || close + 4 >= stat.size()) return 0;
-  const char* begin = stat.data() + close + 4;
-  pid_t ppid = 0;
-  std::from_chars(begin, stat.data() + stat.size(), ppid);
-  return ppid;
+  const auto entry = read_process(pid);
+  return entry ? entry->ppid : 0;
 }
 
 std::uint64_t find_sender_generation(pid_t sender, bool by_group,
