@@ -90,6 +90,7 @@ void connect_worker(hotrestart::Worker& worker, Cache& cache, Server& server, co
   worker.add_section(std::move(section));
   worker.on_drain([&server] { uv_async_send(&server.drain_async); });
   worker.on_stop([&server] { uv_async_send(&server.stop_async); });
+  worker.on_active([&server] { uv_async_send(&server.active_async); });
   worker.on_fd([&server](std::string name, hotrestart::Fd fd) {
     if (name != kConnFdName) return;  // `fd` closes it.
     {

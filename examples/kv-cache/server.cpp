@@ -184,7 +184,8 @@ Server::Server(Options o, Cache& c) : opts(std::move(o)), cache(c) {
                 [](uv_async_t* a) { static_cast<Server*>(a->data)->start_drain("asked to"); });
   uv_async_init(&core.loop(), &stop_async, [](uv_async_t* a) { static_cast<Server*>(a->data)->stop_now(); });
   uv_async_init(&core.loop(), &fd_async, [](uv_async_t* a) { static_cast<Server*>(a->data)->adopt_passed(); });
-  for (uv_async_t* a : {&drain_async, &stop_async, &fd_async}) {
+  uv_async_init(&core.loop(), &active_async, [](uv_async_t* a) { static_cast<Server*>(a->data)->start_accepting(); });
+  for (uv_async_t* a : {&drain_async, &stop_async, &fd_async, &active_async}) {
     a->data = this;
     uv_unref(reinterpret_cast<uv_handle_t*>(a));
   }
@@ -232,13 +233,10 @@ int Server::run() {
     log("no listener named 'http' (give the supervisor --listen http=tcp://HOST:PORT)");
     return 1;
   }
-  http::Listener& listener = core.add_listener("http", http::Transport::kTcp);
-  if (int rc = listener.open(std::move(fd)); rc != 0) {
+  listener = &core.add_listener("http", http::Transport::kTcp);
+  accepting = false;
+  if (int rc = listener->open(std::move(fd)); rc != 0) {
     log("cannot use the http listener: {}", uv_strerror(rc));
-    return 1;
-  }
-  if (int rc = listener.listen(); rc != 0) {
-    log("cannot listen: {}", uv_strerror(rc));
     return 1;
   }
   auto on_signal = [this](int signum) { start_drain(signum == SIGINT ? "SIGINT" : "SIGTERM"); };
@@ -255,7 +253,10 @@ int Server::run() {
 
   worker->ready();
   worker->status(fmt::format("kv-cache {} serving, schema {}", opts.label, KV_SCHEMA));
-  log("serving (mode {}, generation {})", hotrestart::mode_name(worker->mode()), worker->generation());
+  // Not yet accepting: that waits for on_active, which may have come already.
+  if (worker->active()) start_accepting();
+  log("ready (mode {}, generation {}){}", hotrestart::mode_name(worker->mode()), worker->generation(),
+      accepting ? "" : "; accepting once the supervisor makes it the active generation");
   uv_run(&core.loop(), UV_RUN_DEFAULT);
   std::string stats = stats_line();
   stats.pop_back();  // Its newline: log() ends the line itself.
@@ -292,6 +293,17 @@ void Server::start_drain(const char* why) {
   if (mode != hotrestart::Mode::Supervised && mode != hotrestart::Mode::Stub) handoff = Handoff::kFailed;
   // Idle connections go to the next generation now (hand_off); busy ones once their answer is written.
   core.drain(opts.idle_grace_ms);
+}
+
+void Server::start_accepting() {
+  if (accepting || listener == nullptr || core.draining() || core.finished()) return;
+  if (int rc = listener->listen(); rc != 0) {
+    log("cannot listen: {}", uv_strerror(rc));
+    start_drain("it cannot accept connections");
+    return;
+  }
+  accepting = true;
+  log("serving: generation {} is the active one", worker->generation());
 }
 
 void Server::stop_now() {

@@ -102,6 +102,9 @@ struct Server : http::Application {
   int resume();
   void adopt_passed();
   void start_drain(const char* why);
+  // Accepts connections from here on, once the supervisor said this generation is the active one
+  // (on_active): a candidate acknowledges no write that the old generation would not see.
+  void start_accepting();
   void stop_now();
   std::string stats_line() const;
   template <typename... Args>
@@ -116,7 +119,9 @@ struct Server : http::Application {
   std::string common_headers;  // X-Version, X-Generation, X-Pid.
   // From the SDK's thread. They are unreferenced, so that they never keep the loop running, and
   // stay open until the Worker is gone (main destroys it first).
-  uv_async_t drain_async{}, stop_async{}, fd_async{};
+  uv_async_t drain_async{}, stop_async{}, fd_async{}, active_async{};
+  http::Listener* listener = nullptr;  // Opened by run(); accepting once active.
+  bool accepting = false;
   std::mutex passed_mutex;
   std::vector<hotrestart::Fd> passed;  // Connections from on_fd, waiting for the loop.
   // Whether idle connections can go to the next generation; learnt from the first pass_fd().

@@ -98,6 +98,7 @@ std::vector<Message> one_of_each() {
       Drain{30'000},
       Stop{},
       Resume{3},
+      Active{},
       SectionOffer{"sessions", 3, 99, 1 << 20, 0x0123456789abcdefULL},
       SectionUnavailable{"cache.v2", "no common version"},
       Fds{{"conn:1", "conn:2"}},
@@ -181,7 +182,7 @@ TEST_CASE("wire: the header layout is the documented one") {
   std::memcpy(&fd_count, datagram.data() + 12, 4);
   std::memcpy(&body_sum, datagram.data() + 16, 8);
   std::memcpy(&header_sum, datagram.data() + 24, 8);
-  CHECK(version == 4);
+  CHECK(version == 5);
   CHECK(version == kProtocolVersion);
   CHECK(type == 64);
   CHECK(fd_count == 1);
@@ -202,29 +203,18 @@ TEST_CASE("wire: every type number has the name and descriptor counts of docs/pr
     std::uint32_t max_fds;
   };
   const Documented table[] = {
-      {1, "hello", 0, 0},
-      {2, "ready", 0, 0},
-      {3, "status", 0, 0},
-      {4, "section-imported", 0, 0},
-      {5, "import-finished", 0, 0},
-      {6, "section-exported", 0, 0},
-      {7, "export-finished", 0, 0},
-      {32, "welcome", 0, 0},
-      {33, "refuse", 0, 0},
-      {34, "listeners", 0, 253},
-      {35, "begin-import", 0, 1},
-      {36, "begin-export", 1, 1},
-      {37, "drain", 0, 0},
-      {38, "stop", 0, 0},
-      {39, "resume", 0, 0},
-      {64, "section-offer", 1, 1},
-      {65, "section-unavailable", 0, 0},
-      {66, "fds", 0, 253},
-      {67, "snapshot-end", 0, 0},
-      {68, "delta", 0, 0},
-      {69, "delta-memfd", 1, 1},
-      {70, "arena-offer", 2, 2},
-      {71, "section-stream", 1, 1},
+      {1, "hello", 0, 0},           {2, "ready", 0, 0},
+      {3, "status", 0, 0},          {4, "section-imported", 0, 0},
+      {5, "import-finished", 0, 0}, {6, "section-exported", 0, 0},
+      {7, "export-finished", 0, 0}, {32, "welcome", 0, 0},
+      {33, "refuse", 0, 0},         {34, "listeners", 0, 253},
+      {35, "begin-import", 0, 1},   {36, "begin-export", 1, 1},
+      {37, "drain", 0, 0},          {38, "stop", 0, 0},
+      {39, "resume", 0, 0},         {40, "active", 0, 0},
+      {64, "section-offer", 1, 1},  {65, "section-unavailable", 0, 0},
+      {66, "fds", 0, 253},          {67, "snapshot-end", 0, 0},
+      {68, "delta", 0, 0},          {69, "delta-memfd", 1, 1},
+      {70, "arena-offer", 2, 2},    {71, "section-stream", 1, 1},
   };
   auto allowed = [](std::uint16_t type, std::uint32_t fds) { return check_frame(bytes_of(frame(type, "", fds))).ok(); };
   std::size_t documented = 0;
@@ -298,13 +288,13 @@ TEST_CASE("wire: decode checks the frame in the documented order and names each 
   bad = good;
   put<std::uint16_t>(bad, 4, 2);  // The previous version (before streamed sections).
   fix_header_checksum(bad);
-  CHECK(decode_error(bad) == "channel frame: protocol version 2, but this side speaks version 4");
+  CHECK(decode_error(bad) == "channel frame: protocol version 2, but this side speaks version 5");
   put<std::uint16_t>(bad, 4, 1);
   fix_header_checksum(bad);
-  CHECK(decode_error(bad) == "channel frame: protocol version 1, but this side speaks version 4");
+  CHECK(decode_error(bad) == "channel frame: protocol version 1, but this side speaks version 5");
   put<std::uint16_t>(bad, 6, 99);  // A bad version is reported before a bad type.
   fix_header_checksum(bad);
-  CHECK(decode_error(bad) == "channel frame: protocol version 1, but this side speaks version 4");
+  CHECK(decode_error(bad) == "channel frame: protocol version 1, but this side speaks version 5");
 
   CHECK(decode_error(frame(99, "")) == "channel frame: unknown message type 99");
   CHECK(decode_error(frame(0, "")) == "channel frame: unknown message type 0");

@@ -76,6 +76,8 @@ void StubSupervisor::end_previous(Worker& previous) {
 
 void StubSupervisor::drain(Worker& worker) {
   Worker::Impl& impl = testing_access::impl(worker);
+  impl.active.store(false);
+  impl.draining.store(true);
   impl.handover.start_draining();
   if (impl.drain_callback) impl.drain_callback();
 }

@@ -63,12 +63,18 @@ void Worker::on_previous_gone(std::function<void()> callback) {
 void Worker::on_next_gone(std::function<void()> callback) {
   impl_->next_gone_callback = std::move(callback);
 }
+void Worker::on_active(std::function<void()> callback) {
+  impl_->active_callback = std::move(callback);
+}
 
 std::string Worker::start() {
   return impl_->start();
 }
 Mode Worker::mode() const {
   return impl_->mode;
+}
+bool Worker::active() const {
+  return impl_->active.load();
 }
 std::uint64_t Worker::generation() const {
   return impl_->generation;

@@ -78,7 +78,7 @@ class Worker::Impl {
   // start_from() runs the previous worker's export on a thread of its own, as its process would.
   //
   // Set before start() returns, and read-only afterwards (the SDK thread is created after them):
-  //   options, sections, the five callbacks, started, mode, generation, notify_socket, wake_fd.
+  //   options, sections, the six callbacks, started, mode, generation, notify_socket, wake_fd.
   // Owned by the application's thread: listeners, received_fds, imported, stub_ready, thread.
   // Owned by start() until it creates the SDK thread, by the SDK thread afterwards, and by the
   // destructor once that thread is joined: peer_in, reserve_fd.
@@ -95,6 +95,7 @@ class Worker::Impl {
   std::function<void(std::string, Fd)> fd_callback;
   std::function<void()> previous_gone_callback;
   std::function<void()> next_gone_callback;
+  std::function<void()> active_callback;
   bool started = false;
   Mode mode = Mode::Standalone;
   std::uint64_t generation = 0;
@@ -135,6 +136,10 @@ class Worker::Impl {
   Fd wake_fd;          // An eventfd that wakes the SDK thread's poll.
   Fd reserve_fd;       // /dev/null, closed while receiving from the previous generation.
   std::atomic<bool> quitting{false};
+  // The supervisor said `active` (or there is no supervisor), and no `drain` came since; and
+  // whether a drain has begun (a candidate whose supervisor is gone drains only once).
+  std::atomic<bool> active{false};
+  std::atomic<bool> draining{false};
 
  private:
   // Start-up steps (worker_start.cpp).
@@ -158,6 +163,8 @@ class Worker::Impl {
   void on_resume(const wire::Resume& resume);
   void on_resumed_listeners(const wire::Listeners& names, std::vector<Fd>& fds);
   void end_parking();
+  // `active`: runs on_active. Without a supervisor, start() calls it itself.
+  void become_active();
   void serve_previous_generation();
   void serve_next_generation(short revents, std::uint64_t link);
 };

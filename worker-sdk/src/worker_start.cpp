@@ -135,15 +135,18 @@ std::string Worker::Impl::start() {
     if (auto ok = start_supervised(fd, deadline); !ok) return "cannot start under the supervisor: " + ok.error().text();
     return {};
   }
+  // Without a supervisor nobody cuts over: the generation is active from the start.
   if (const int count = systemd_listen_fds(); count > 0) {
     mode = Mode::Systemd;
     if (auto ok = start_systemd(count); !ok) return ok.error().text();
+    become_active();
     return {};
   }
   mode = Mode::Standalone;
   if (const char* ns = std::getenv("NOTIFY_SOCKET")) notify_socket = ns;
   all_cold(sections, "started without a supervisor", imported);
   if (auto ok = start_standalone(); !ok) return ok.error().text();
+  become_active();
   return {};
 }
 
@@ -155,6 +158,7 @@ std::string Worker::Impl::start_stub(std::uint64_t number) {
   generation = number;
   all_cold(sections, "first generation", imported);
   if (auto ok = start_standalone(); !ok) return ok.error().text();
+  become_active();
   return {};
 }
 

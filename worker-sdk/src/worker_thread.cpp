@@ -114,9 +114,9 @@ void Worker::Impl::serve_channel() {
   const int code = r.error().code();
   if (code == EAGAIN) return;
   // The supervisor is gone, or sent something this SDK cannot trust. Either way the channel is
-  // closed, so that the supervisor sees it and falls back to signals for this worker; the
-  // generation keeps serving meanwhile.
-  if (code != EPIPE && code != ECONNRESET) {
+  // closed, so that the supervisor sees it and falls back to signals for this worker.
+  const bool gone = code == EPIPE || code == ECONNRESET;
+  if (!gone) {
     say("closing the supervisor channel: %s", r.error().text().c_str());
     channel.send(wire::Refuse{r.error().text().substr(0, wire::kMaxTextLength)});
   } else {
@@ -125,6 +125,14 @@ void Worker::Impl::serve_channel() {
   channel.close();
   // Nothing can resume this generation any more.
   end_parking();
+  // An active generation keeps serving: it is the one clients reach. A candidate does not serve on
+  // its own authority: its supervisor would have cut over to it or rolled it back, and nobody is
+  // left to do either, so it drains and the old generation alone serves (docs/architecture.md,
+  // "When the supervisor dies").
+  if (gone && !active.load() && !draining.load()) {
+    say("the supervisor is gone and this generation was never cut over: draining");
+    on_drain(wire::Drain{});
+  }
 }
 
 void Worker::Impl::on_channel_message(wire::Received received) {
@@ -137,6 +145,8 @@ void Worker::Impl::on_channel_message(wire::Received received) {
           on_resume(m);
         } else if constexpr (std::is_same_v<T, wire::Listeners>) {
           on_resumed_listeners(m, received.fds);
+        } else if constexpr (std::is_same_v<T, wire::Active>) {
+          become_active();
         } else if constexpr (std::is_same_v<T, wire::Stop>) {
           if (stop_callback) {
             guarded("on_stop", stop_callback);
@@ -161,7 +171,14 @@ void Worker::Impl::on_channel_message(wire::Received received) {
 // ---------------------------------------------------------------------------------------------
 // Parking and resume (Options::resumable)
 
+void Worker::Impl::become_active() {
+  if (draining.load() || active.exchange(true)) return;
+  if (active_callback) guarded("on_active", active_callback);
+}
+
 void Worker::Impl::on_drain(const wire::Drain& drain) {
+  active.store(false);
+  draining.store(true);
   {
     std::lock_guard lock(parking.mutex);
     if (parking.waiting()) {
@@ -202,6 +219,7 @@ void Worker::Impl::on_resume(const wire::Resume& resume) {
   if (resume.listeners == 0) {
     parking.state = Parking::State::Resumed;
     handover.stop_draining();
+    draining.store(false);
     parking.changed.notify_all();
   }
 }
@@ -223,6 +241,7 @@ void Worker::Impl::on_resumed_listeners(const wire::Listeners& names, std::vecto
   if (parking.listeners.size() == parking.expected) {
     parking.state = Parking::State::Resumed;
     handover.stop_draining();
+    draining.store(false);
     parking.changed.notify_all();
   }
 }

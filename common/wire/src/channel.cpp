@@ -61,8 +61,15 @@ Status send_message(int sock, const Message& message, std::span<const int> fds, 
                           std::to_string(expected));
   auto datagram = encode(message);
   if (!datagram) return datagram.error().context(what);
+  return send_datagram(sock, std::as_bytes(std::span(*datagram)), fds, blocking, what, calls);
+}
 
-  iovec iov{datagram->data(), datagram->size()};
+Status send_datagram(int sock, std::span<const std::byte> bytes, std::span<const int> fds, Blocking blocking,
+                     const std::string& what, SocketCalls& calls) {
+  if (fds.size() > kMaxFdsPerMessage)
+    return Error::message(what + ": " + std::to_string(fds.size()) + " descriptors, more than one datagram carries");
+  // sendmsg does not write through iov_base; the cast only fits the C interface.
+  iovec iov{const_cast<std::byte*>(bytes.data()), bytes.size()};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
@@ -81,8 +88,8 @@ Status send_message(int sock, const Message& message, std::span<const int> fds, 
     ssize_t n = calls.sendmsg(sock, &msg, flags);
     if (n >= 0) {
       // A seqpacket socket sends a datagram whole or not at all; anything else is a broken seam.
-      if (static_cast<std::size_t>(n) != datagram->size())
-        return Error::message(what + ": sendmsg sent " + std::to_string(n) + " of " + std::to_string(datagram->size()) +
+      if (static_cast<std::size_t>(n) != bytes.size())
+        return Error::message(what + ": sendmsg sent " + std::to_string(n) + " of " + std::to_string(bytes.size()) +
                               " bytes");
       return {};
     }
@@ -117,6 +124,26 @@ Result<Received> receive_message(int sock, Blocking blocking, SocketCalls& calls
   // One byte more than the largest valid datagram, so that an oversized one shows as MSG_TRUNC
   // (or as a length over the limit) rather than as a clean cut.
   thread_local std::vector<std::byte> buffer(kMaxDatagram + 1);
+  auto raw = receive_datagram(sock, buffer, blocking, calls);
+  if (!raw) return raw.error();
+  Received received;
+  received.fds = std::move(raw->fds);
+  received.sender = raw->sender;
+  const std::span<const std::byte> datagram = raw->bytes;
+  auto frame = check_frame(datagram);
+  if (!frame) return frame.error();
+  if (received.fds.size() != frame->fd_count)
+    return Error::message(std::string(type_name(frame->type)) + ": the header announces " +
+                          std::to_string(frame->fd_count) + (frame->fd_count == 1 ? " descriptor" : " descriptors") +
+                          " but " + std::to_string(received.fds.size()) + " arrived");
+  auto decoded = decode(datagram);
+  if (!decoded) return decoded.error();
+  received.message = std::move(decoded->message);
+  return received;
+}
+
+Result<Datagram> receive_datagram(int sock, std::span<std::byte> buffer, Blocking blocking, SocketCalls& calls) {
+  const std::size_t limit = buffer.size() - 1;
   iovec iov{buffer.data(), buffer.size()};
   ControlBuffer control{};
   msghdr msg{};
@@ -142,7 +169,7 @@ Result<Received> receive_message(int sock, Blocking blocking, SocketCalls& calls
   // Own every descriptor before looking at anything else, so that each early return closes them.
   // (The length is clamped in case a seam hands back more control data than the buffer holds.)
   msg.msg_controllen = std::min<std::size_t>(msg.msg_controllen, sizeof control.bytes);
-  Received received;
+  Datagram received;
   bool unexpected_control = false;
   if (msg.msg_controllen > 0) {
     for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
@@ -170,23 +197,13 @@ Result<Received> receive_message(int sock, Blocking blocking, SocketCalls& calls
 
   // recvmsg returns 0 both at end of file and for an empty datagram, which no valid peer sends.
   if (n == 0 && received.fds.empty() && !unexpected_control) return Error::from_errno("peer closed the channel", EPIPE);
-  if ((msg.msg_flags & MSG_TRUNC) != 0 || static_cast<std::size_t>(n) > kMaxDatagram)
+  if ((msg.msg_flags & MSG_TRUNC) != 0 || static_cast<std::size_t>(n) > limit)
     return Error::message("channel frame: the datagram is " + std::to_string(n) + " bytes, more than " +
-                          std::to_string(kMaxDatagram));
+                          std::to_string(limit));
   if ((msg.msg_flags & MSG_CTRUNC) != 0)
     return Error::message("channel frame: the descriptors sent with it were truncated (MSG_CTRUNC)");
   if (unexpected_control) return Error::message("channel frame: it came with control data other than descriptors");
-
-  std::span<const std::byte> datagram(buffer.data(), static_cast<std::size_t>(n));
-  auto frame = check_frame(datagram);
-  if (!frame) return frame.error();
-  if (received.fds.size() != frame->fd_count)
-    return Error::message(std::string(type_name(frame->type)) + ": the header announces " +
-                          std::to_string(frame->fd_count) + (frame->fd_count == 1 ? " descriptor" : " descriptors") +
-                          " but " + std::to_string(received.fds.size()) + " arrived");
-  auto decoded = decode(datagram);
-  if (!decoded) return decoded.error();
-  received.message = std::move(decoded->message);
+  received.bytes = buffer.first(static_cast<std::size_t>(n));
   return received;
 }
 

@@ -121,7 +121,7 @@ template <class Ar>
 void serialize(Ar& ar, SectionStream& m) {
   ar(m.name, m.version, m.sequence);
 }
-// Ready, Stop and SnapshotEnd have no body.
+// Ready, Stop, Active and SnapshotEnd have no body.
 template <class M>
 concept NoFields = std::is_empty_v<M>;
 template <class Ar, NoFields M>

@@ -17,7 +17,7 @@
 //
 // Threads. start(), every `load` and every `load_arena` run on the thread that calls start().
 // The SDK then runs the channel on a thread of its own; `save`, `save_arena`, `apply_delta`,
-// on_drain, on_stop, on_fd, on_previous_gone and on_next_gone run there, one at a time, so they
+// on_drain, on_stop, on_active, on_fd, on_previous_gone and on_next_gone run there, one at a time, so they
 // must synchronise with the application's threads (a `save` must see a consistent state: take
 // the lock the writers take). An exception from a callback is reported on stderr, not
 // propagated. No callback runs once ~Worker() has begun. The SDK never touches the application's
@@ -144,6 +144,15 @@ class Worker {
   // The next generation ended before this one did (it was rolled back, or crashed): this one goes
   // on serving, and arenas it handed over are its own again (Arena::reclaim() succeeds).
   void on_next_gone(std::function<void()> callback);
+  // This generation is now the one that serves: under `hotrestart run`, the supervisor says so at
+  // its first generation's start, at the cutover of an upgrade, and when a revert resumes it. Until
+  // then the generation is a *candidate*: should its supervisor die before the cutover, the SDK
+  // drains it (on_drain) so that the old generation alone serves. A server whose requests change
+  // state should accept connections only from here: open the listeners, call ready(), and start
+  // accepting in this callback, so that no write is ever acknowledged by a generation that may
+  // never serve. In every other mode the generation is active at once, and this runs at the end of
+  // start(), on its caller's thread. Set it before start().
+  void on_active(std::function<void()> callback);
 
   // Connects to the supervisor (or reads LISTEN_FDS, or binds the fallback addresses), receives
   // the listeners, and imports the previous generation's state. Returns an empty string on
@@ -152,6 +161,8 @@ class Worker {
   [[nodiscard]] std::string start();
 
   Mode mode() const;
+  // Whether this generation is the active one (see on_active); false again once it drains.
+  bool active() const;
   std::uint64_t generation() const;  // 1, 2, ... under a supervisor; 0 otherwise.
 
   // The listening socket of that name, or -1. The Worker owns it until take_listener().

@@ -59,6 +59,21 @@ struct Received {
 // With Blocking::Yes on an O_NONBLOCK socket, both calls wait with poll() instead of failing.
 Result<Received> receive_message(int sock, Blocking blocking, SocketCalls& calls = SocketCalls::system());
 
+// The two calls above without the codec, for another protocol spoken over the same kind of socket
+// (the supervisor's guard link): one datagram of `bytes` with at most kMaxFdsPerMessage descriptors
+// (`what` names it in errors), and one datagram received into `buffer` with the same checks as
+// receive_message (descriptors owned at once, MSG_TRUNC, MSG_CTRUNC, no other control data). A
+// datagram longer than buffer.size() - 1 bytes is an error; `bytes` points into `buffer`.
+Status send_datagram(int sock, std::span<const std::byte> bytes, std::span<const int> fds, Blocking blocking,
+                     const std::string& what, SocketCalls& calls = SocketCalls::system());
+struct Datagram {
+  std::span<const std::byte> bytes;
+  std::vector<Fd> fds;
+  pid_t sender = 0;  // As in Received.
+};
+Result<Datagram> receive_datagram(int sock, std::span<std::byte> buffer, Blocking blocking,
+                                  SocketCalls& calls = SocketCalls::system());
+
 // Waits up to `timeout_ms` (-1: forever) for `sock` to be readable. Returns false on timeout.
 bool wait_readable(int sock, int timeout_ms);
 

@@ -18,7 +18,7 @@
 
 namespace hotrestart::wire {
 
-inline constexpr std::uint16_t kProtocolVersion = 4;
+inline constexpr std::uint16_t kProtocolVersion = 5;
 inline constexpr std::size_t kHeaderSize = 32;
 inline constexpr std::size_t kMaxBody = 64 * 1024;
 inline constexpr std::size_t kMaxDatagram = kHeaderSize + kMaxBody;
@@ -53,6 +53,7 @@ inline constexpr std::size_t kMaxDeltaPayload = 60'000;
   X(Drain, Drain, 37, "drain", 0, 0)                                         \
   X(Stop, Stop, 38, "stop", 0, 0)                                            \
   X(Resume, Resume, 39, "resume", 0, 0)                                      \
+  X(Active, Active, 40, "active", 0, 0)                                      \
   X(SectionOffer, SectionOffer, 64, "section-offer", 1, 1)                   \
   X(SectionUnavailable, SectionUnavailable, 65, "section-unavailable", 0, 0) \
   X(Fds, Fds, 66, "fds", 0, kMaxFdsPerMessage)                               \
@@ -171,6 +172,12 @@ struct Resume {
 };
 struct Stop {
   bool operator==(const Stop&) const = default;
+};
+// This generation is the one that serves now (the first one, a cutover's new one, a resumed one):
+// until it hears this, a worker is a candidate, and a candidate whose supervisor goes away drains
+// and exits rather than serve on its own authority. `drain` ends it.
+struct Active {
+  bool operator==(const Active&) const = default;
 };
 // A section in a sealed memfd (section.h). These are also the fields of the section format's
 // header, which open_section() compares with the offer one by one: section.h calls this type
