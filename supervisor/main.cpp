@@ -10,6 +10,7 @@
 
 #include "src/client.h"
 #include "src/duration.h"
+#include "src/guard.h"
 #include "src/hold.h"
 #include "src/listen_spec.h"
 #include "src/log.h"
@@ -394,6 +395,8 @@ int usage_error(const std::string& text) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // The supervisor's guard (guard.h): the same binary, started by `run`, never by hand.
+  if (argc >= 2 && std::string_view(argv[1]) == "__guard") return hotrestart::run_guard(argc, argv);
   CLI::App app{
       "hotrestart: a zero-downtime hot-restart supervisor.\n"
       "It binds a server's listening sockets once, runs the server behind them, and swaps in a new\n"

@@ -107,6 +107,8 @@ Result<std::unique_ptr<Generation>> Generation::start(Context& context, Events& 
   g->channel_->set_owner(g->pid());
   struct stat pipe_stat {};
   if (::fstat(launched->output.get(), &pipe_stat) == 0) g->output_inode_ = pipe_stat.st_ino;
+  // Its child has not been reaped, so the pid is still its own.
+  if (const auto seen = read_process(g->pid())) g->start_ticks_ = seen->start;
   g->output_ = std::make_unique<WorkerOutput>(context.loop, std::move(launched->output), number, g->pid());
   context.reaper.watch(g->pid(), [self = g->self_](pid_t, ExitStatus status) {
     if (Generation* gen = *self) gen->on_main_exit(status);
@@ -189,6 +191,7 @@ void Generation::enter(GenerationState to) {
     return;
   }
   state_ = to;
+  if (context_.changed) context_.changed();
   if (to == GenerationState::Ready) {
     ready_at_ = Clock::now();
     health_->start();
@@ -337,9 +340,18 @@ void Generation::finish_import() {
 // ---------------------------------------------------------------------------------------------
 // Ending
 
+void Generation::tell_active() {
+  if (told_active_ || sdk_ != SdkState::Serving || state_ == GenerationState::Draining ||
+      state_ == GenerationState::Exited)
+    return;
+  told_active_ = true;
+  (void)channel_->send(wire::Active{});
+}
+
 void Generation::stop(std::string_view why, Ending ending, Millis park) {
   if (state_ == GenerationState::Draining || state_ == GenerationState::Exited) return;
   enter(GenerationState::Draining);
+  told_active_ = false;
   pause_readiness();
   parked_ = false;
   const RunOptions& options = context_.options;
@@ -393,6 +405,8 @@ void Generation::stop(std::string_view why, Ending ending, Millis park) {
 }
 
 void Generation::arm_kill_timer(Millis after) {
+  kill_at_ = Clock::now() + after;
+  if (context_.changed) context_.changed();
   kill_timer_.start(after, [this] {
     log_warn("generation {} (pid {}) did not exit within the drain timeout of {}; sending SIGKILL", number_, pid(),
              format_duration(context_.options.drain_timeout));
@@ -427,6 +441,7 @@ bool Generation::resume() {
   resuming_ = true;
   // Its drain's SIGKILL waits while it comes back; the deadline is --ready-timeout, as for a start.
   kill_timer_.stop();
+  kill_at_.reset();
   ready_deadline_.start(context_.options.ready_timeout, [this] {
     if (!resuming()) return;
     events_.on_ready_timeout(*this, fmt::format("generation {} was not serving again within {} of being resumed",

@@ -36,6 +36,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -88,6 +89,9 @@ class Generation {
     const ListenerSet& listeners;
     const WorkerLauncher& launcher;
     ProcessRoster& roster;
+    // Called when a generation's state or its SIGKILL deadline changes, so that the guard hears of
+    // it before anything else can happen (guard_link.h).
+    std::function<void()> changed;
   };
 
   // What a generation tells the supervisor. Each call comes from the loop; none destroys the
@@ -134,6 +138,12 @@ class Generation {
   const WorkerOutput& output() const { return *output_; }
   // The inode of its stderr pipe: a process that writes to it is the generation's.
   std::uint64_t output_inode() const { return output_inode_; }
+  // Its main process's start time (/proc/PID/stat): with the pid, what names it to another process.
+  std::uint64_t start_ticks() const { return start_ticks_; }
+  // When its drain ends in SIGKILL, if that is set.
+  std::optional<Clock::time_point> kill_deadline() const { return kill_at_; }
+  // The read end of its output pipe, while it is read (-1 after the end of its output).
+  int output_fd() const { return output_->read_fd(); }
   // Its watchdog and health check, which run while it is ready.
   const HealthWatch& health() const { return *health_; }
 
@@ -163,6 +173,9 @@ class Generation {
   bool send_listeners(const wire::Message& announce);
   std::uint32_t listener_count() const { return static_cast<std::uint32_t>(context_.listeners.listeners().size()); }
   void finish_import();
+  // Sends `active` (this generation is the one that serves now) to an SDK worker that has finished
+  // its import and has not been told since it last drained; nothing otherwise.
+  void tell_active();
   WorkerChannel& channel() { return *channel_; }
   const WorkerChannel& channel() const { return *channel_; }
   // A timer for the supervisor's grace period after the channel closed (see Supervisor).
@@ -236,6 +249,9 @@ class Generation {
   bool adopt_loaded_ = false;       // --adopt-binds: the preload library said it is in.
   bool parked_ = false;             // Asked to drain with a parking time that has not ended.
   bool resuming_ = false;           // Sent `resume`; its `ready` has not arrived yet.
+  bool told_active_ = false;        // Sent `active`, and no drain since.
+  std::uint64_t start_ticks_ = 0;
+  std::optional<Clock::time_point> kill_at_;
 
   ChildProcess probe_;  // The running exec readiness probe, if any.
   std::unique_ptr<WorkerChannel> channel_;

@@ -18,6 +18,12 @@
 namespace hotrestart {
 namespace {
 
+// What each line starts with, before "[PID]: ".
+std::string& log_name() {
+  static std::string name = "hotrestart";
+  return name;
+}
+
 // Stderr, written to without blocking. A pipe or a terminal gets an open file description of its
 // own, opened through /proc/self/fd/2 with O_NONBLOCK: setting O_NONBLOCK on fd 2 itself would set
 // it for every process that shares that description (the shell, the workers' stdout), and
@@ -49,7 +55,7 @@ class StderrSink {
     const auto deadline = Clock::now() + (may_wait ? wait : std::chrono::milliseconds(0));
     if (dropped_ > 0) {
       const std::string note =
-          fmt::format("hotrestart[{}]: warning: {} line(s) of output were dropped: stderr was full or closed\n",
+          fmt::format("{}[{}]: warning: {} line(s) of output were dropped: stderr was full or closed\n", log_name(),
                       ::getpid(), dropped_);
       if (!write_all(note, deadline, may_wait)) {
         dropped_ += count;
@@ -120,6 +126,10 @@ constexpr std::string_view kNames[] = {HOTRESTART_LOG_LEVELS(HOTRESTART_LOG_NAME
 
 }  // namespace
 
+void set_log_name(std::string name) {
+  log_name() = std::move(name);
+}
+
 void set_log_level(LogLevel level) {
   g_level = level;
 }
@@ -141,7 +151,7 @@ void log_line(LogLevel level, std::string_view text) {
   std::string_view prefix = index < std::size(kPrefixes) ? kPrefixes[index] : "";
   // One write per line, so lines from the supervisor and its workers never interleave
   // mid-line on a shared stderr.
-  stderr_sink().put(fmt::format("hotrestart[{}]: {}{}\n", ::getpid(), prefix, text), 1, kLogLineWait);
+  stderr_sink().put(fmt::format("{}[{}]: {}{}\n", log_name(), ::getpid(), prefix, text), 1, kLogLineWait);
 }
 
 void write_relayed_lines(std::string_view lines, std::size_t count) {

@@ -32,6 +32,8 @@ enum class LogLevel { HOTRESTART_LOG_LEVELS(HOTRESTART_LOG_ENUMERATOR) };
 #undef HOTRESTART_LOG_ENUMERATOR
 
 void set_log_level(LogLevel level);
+// Lines start with `name` and the pid ("hotrestart[PID]: " unless set).
+void set_log_name(std::string name);
 // The level of that name ("debug", "info", "warning", "error"), or nothing.
 std::optional<LogLevel> log_level_named(std::string_view name);
 // Every level's name, least severe first.

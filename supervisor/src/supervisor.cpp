@@ -14,6 +14,7 @@
 #include <hotrestart/base/text.h>
 
 #include "adopt.h"
+#include "fault.h"
 #include "log.h"
 #include "output_lines.h"
 #include "signals.h"
@@ -71,8 +72,10 @@ Supervisor::Supervisor(RunOptions options) : options_(std::move(options)) {
 }
 
 Supervisor::~Supervisor() {
+  after_events_.reset();
   // Generations first: they use the reaper, the launcher and the loop.
   generations_.clear();
+  guard_.reset();
   upgrade_.reset();
   first_preflight_.reset();
   control_.reset();
@@ -157,6 +160,9 @@ Status Supervisor::start() {
   for (int signo : {SIGTERM, SIGINT, SIGQUIT, SIGUSR2, SIGHUP}) {
     signals_.push_back(std::make_unique<SignalWatch>(&loop_, signo, [this](int s) { on_signal(s); }));
   }
+  guard_ = std::make_unique<GuardLink>(&loop_, *reaper_, listeners_, options_.name);
+  if (auto ok = guard_->start(); !ok) log_error("{}; the supervisor serves on without one", ok.error().text());
+  after_events_ = std::make_unique<AfterEvents>(&loop_, [this] { after_events(); });
   launcher_ =
       std::make_unique<WorkerLauncher>(listeners_, notify_->path(), options_.control_path, std::move(adopt_library));
   launcher_->set_watchdog(options_.watchdog);
@@ -164,7 +170,7 @@ Status Supervisor::start() {
   for (const auto& warning : shared_port_probe_warnings(options_))
     log_warn("{}", warning);
   context_ = std::make_unique<Generation::Context>(
-      Generation::Context{&loop_, *reaper_, options_, listeners_, *launcher_, *roster_});
+      Generation::Context{&loop_, *reaper_, options_, listeners_, *launcher_, *roster_, [this] { sync_guard(); }});
   UpgradeDriver::Host& host = *this;  // (A private base: converted here, where it is accessible.)
   upgrade_ = std::make_unique<UpgradeDriver>(&loop_, options_, *control_, host);
 
@@ -194,6 +200,7 @@ Status Supervisor::start_first_generation(std::uint64_t release) {
     return first.error();
   }
   active_ = first.value()->number();
+  sync_guard();
   current_ = {release, first.value()->command(), first.value()->image()};
   last_proven_release_ = release;
   log_info("supervisor pid {} started generation {} (pid {}); control socket {}", ::getpid(), active_,
@@ -247,6 +254,7 @@ Result<Generation*> Supervisor::start_generation(Generation::Plan plan) {
   ++next_generation_;
   Generation* raw = g.value().get();
   generations_.emplace(number, std::move(g).value());
+  sync_guard();  // Before anything else happens to it, the guard knows it (as a candidate).
   if (Release* r = releases_->history().find(release)) {
     r->generation = number;
     releases_->save();
@@ -419,6 +427,7 @@ void Supervisor::on_hello(Generation& g, const wire::Hello& hello) {
     channel_failed(g, fmt::format("generation {} does not read its channel", g.number()));
     return;
   }
+  if (upgrade_->is_candidate(g)) die_if_asked("fds-sent");
   if (upgrade_->take_hello(g)) return;
   // Every hello gets its begin-import, so that no worker waits in start() for one; the note says
   // truthfully why nothing comes.
@@ -474,12 +483,16 @@ void Supervisor::channel_failed(Generation& g, const std::string& reason) {
 // Upgrades (the driver's host)
 
 void Supervisor::promote(std::uint64_t generation) {
-  const Generation* g = find(generation);
+  Generation* g = find(generation);
   if (g == nullptr) return;
   const std::uint64_t previous = current_.release;
   replaced_release_ = previous;
   replaced_generation_ = active_;
   active_ = generation;
+  // Both hear of it before the old generation is asked to drain: should the supervisor die in
+  // between, the new generation serves on and the guard drains the old one, never both or neither.
+  g->tell_active();
+  sync_guard();
   current_ = {g->release(), g->command(), g->image()};
   // The new generation replaces whatever crash restart was pending.
   restart_timer_->stop();
@@ -599,6 +612,7 @@ void Supervisor::restart_now() {
   }
   ++counters_.restarts;
   active_ = g.value()->number();
+  sync_guard();
   restarted_generation_ = active_;
   if (Release* r = releases_->history().find(current_.release)) {
     ++r->restarts;
@@ -726,11 +740,39 @@ void Supervisor::begin_stop(bool now) {
 }
 
 void Supervisor::maybe_finish_stop() {
-  if (!stopping_ || !generations_.empty() || upgrade_->in_progress()) return;
+  if (!stopping_ || finishing_ || !generations_.empty() || upgrade_->in_progress()) return;
+  finishing_ = true;
   end_release(current_.release, ReleaseOutcome::Stopped, "the supervisor stopped");
   sweep_processes(true);
   log_info("stopped: every generation has exited");
-  uv_stop(&loop_);
+  guard_->release([this] { uv_stop(&loop_); });
+}
+
+void Supervisor::after_events() {
+  if (Generation* g = find(active_)) g->tell_active();
+  sync_guard();
+}
+
+void Supervisor::sync_guard() {
+  if (!guard_) return;
+  std::vector<GuardLink::Entry> table;
+  for (const auto& [n, g] : generations_) {
+    // An exited generation's processes were killed with it: the guard has nothing left to do.
+    if (g->state() == GenerationState::Exited) continue;
+    GuardGeneration e;
+    e.number = n;
+    e.pid = g->pid();
+    e.start = g->start_ticks();
+    e.role = g->state() == GenerationState::Draining ? GuardRole::Draining
+             : n == active_                          ? GuardRole::Active
+                                                     : GuardRole::Candidate;
+    if (const auto at = g->kill_deadline(); at && e.role == GuardRole::Draining)
+      e.kill_at_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(at->time_since_epoch()).count();
+    e.drain_signal = options_.drain_signal;
+    e.drain_ms = options_.drain_timeout.count();
+    table.push_back({e, g->output_fd()});
+  }
+  guard_->sync(table);
 }
 
 json Supervisor::status_json() const {

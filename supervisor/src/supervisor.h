@@ -39,6 +39,7 @@
 #include "control_server.h"
 #include "crash_restarts.h"
 #include "generation.h"
+#include "guard_link.h"
 #include "listener_set.h"
 #include "notify_socket.h"
 #include "preflight.h"
@@ -142,6 +143,12 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   // Ends the parking of every parked generation but `keep`.
   void unpark_all(std::string_view why, std::uint64_t keep = 0);
 
+  // After every loop iteration: tells the active generation that it is (Generation::tell_active),
+  // and the guard what changed.
+  void after_events();
+  // Tells the guard what changed: at once, whenever a generation's role, state or deadline changes.
+  void sync_guard();
+
   // Crash restarts.
   void schedule_restart(Clock::duration served_for);
   void restart_now();
@@ -172,6 +179,10 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   // sweep that ends the processes of generations that are gone.
   std::unique_ptr<ProcessRoster> roster_;
   std::unique_ptr<Timer> sweep_timer_;
+  // The guard, which carries out the death policy if the supervisor dies (guard.h).
+  std::unique_ptr<GuardLink> guard_;
+  std::unique_ptr<AfterEvents> after_events_;
+  bool finishing_ = false;  // The stop is done; the guard is being released.
   std::set<std::pair<pid_t, std::uint64_t>> strays_logged_;
   std::unique_ptr<ControlServer> control_;
   std::unique_ptr<NotifySocket> notify_;

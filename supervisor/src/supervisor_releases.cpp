@@ -166,6 +166,8 @@ void Supervisor::finish_resume(Generation& g) {
   resuming_ = 0;
   reverting_ = false;
   active_ = g.number();
+  g.tell_active();
+  sync_guard();
   current_ = {g.release(), g.command(), g.image()};
   restart_timer_->stop();
   const auto since = std::chrono::duration_cast<Millis>(Clock::now() - last_revert_);

@@ -10,6 +10,7 @@
 #include <hotrestart/base/text.h>
 
 #include "control_protocol.h"
+#include "fault.h"
 #include "log.h"
 #include "output_lines.h"
 #include "release_store.h"
@@ -580,6 +581,7 @@ void UpgradeDriver::publish_phase(const std::string& message) {
   if (m.phase() == Phase::Holding) event["hold"] = hold_json();
   log_info("upgrade: {} ({} ms): {}", phase_name(m.phase()), elapsed, message);
   send_to_watchers(event, AfterSend::KeepOpen);
+  die_if_asked(phase_name(m.phase()));
 }
 
 }  // namespace hotrestart

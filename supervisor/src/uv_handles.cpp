@@ -92,6 +92,26 @@ bool FdWatch::ok() const {
   return state_ != nullptr && state_->ok;
 }
 
+struct AfterEvents::State {
+  uv_check_t handle;
+  std::function<void()> fn;
+};
+
+AfterEvents::AfterEvents(uv_loop_t* loop, std::function<void()> fn) : state_(new State) {
+  state_->fn = std::move(fn);
+  uv_check_init(loop, &state_->handle);
+  state_->handle.data = state_;
+  uv_check_start(&state_->handle, [](uv_check_t* h) {
+    auto* s = static_cast<State*>(h->data);
+    if (auto callback = s->fn) callback();
+  });
+  uv_unref(reinterpret_cast<uv_handle_t*>(&state_->handle));
+}
+
+AfterEvents::~AfterEvents() {
+  close_and_free(state_);
+}
+
 struct SignalWatch::State {
   uv_signal_t handle;
   std::function<void(int)> fn;

@@ -44,6 +44,20 @@ class FdWatch {
   State* state_;
 };
 
+// Runs `fn` once per loop iteration, after the iteration's events were handled (a uv_check).
+// It does not keep the loop alive.
+class AfterEvents {
+ public:
+  AfterEvents(uv_loop_t* loop, std::function<void()> fn);
+  ~AfterEvents();
+  AfterEvents(const AfterEvents&) = delete;
+  AfterEvents& operator=(const AfterEvents&) = delete;
+
+ private:
+  struct State;
+  State* state_;
+};
+
 class SignalWatch {
  public:
   SignalWatch(uv_loop_t* loop, int signo, std::function<void(int)> fn);

@@ -55,6 +55,8 @@ class WorkerOutput {
   WorkerOutput& operator=(const WorkerOutput&) = delete;
 
   const OutputTail& tail() const { return tail_; }
+  // The pipe's read end, -1 once the output has ended.
+  int read_fd() const { return read_end_.get(); }
   // True once the pipe has reached end of file, or reading stopped at the end of a grace.
   bool ended() const { return !read_end_; }
 

@@ -139,17 +139,29 @@ class Supervisor {
   }
 
   // Every process below the supervisor (workers, their children, probes).
+  // The processes below the supervisor but its guard: the workers and what they started.
   std::set<pid_t> processes() {
     std::set<pid_t> out;
     for (pid_t p : descendants_of(proc_.pid())) {
-      if (pid_alive(p)) out.insert(p);
+      if (pid_alive(p) && !is_guard(p)) out.insert(p);
     }
     return out;
+  }
+  // The supervisor's guard (`hotrestart __guard`), or 0.
+  pid_t guard() {
+    for (pid_t p : children_of(proc_.pid()))
+      if (pid_alive(p) && is_guard(p)) return p;
+    return 0;
+  }
+  static bool is_guard(pid_t p) {
+    const auto args = cmdline_of(p);
+    return args.size() >= 2 && args[1] == "__guard";
   }
 
   // Graceful stop through the CLI; checks that the supervisor and all its workers exit.
   void stop() {
-    const std::set<pid_t> workers = processes();
+    std::set<pid_t> workers = processes();
+    if (const pid_t g = guard()) workers.insert(g);
     RunResult r = cli({"stop"}, 60s);
     CHECK_MESSAGE(r.exit_code == 0, "hotrestart stop: " << r.err);
     auto code = proc_.wait_for(30s);

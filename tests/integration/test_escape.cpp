@@ -53,7 +53,7 @@ void check_orphan_dies_at_upgrade(Supervisor& sup) {
   const std::uint16_t port = sup.port();
   std::vector<pid_t> escaped;
   REQUIRE(wait_until([&] { return (escaped = escaped_of(sup, 1)).size() == 1; }, 10s));
-  CHECK(children_of(sup.pid()).size() == 2);  // The worker and the daemon.
+  CHECK(children_of(sup.pid()).size() == 3);  // The worker, the daemon and the guard.
   CHECK(sup.status_or_fail()["strays"].empty());
   RunResult r = sup.upgrade_to(hello("v2"));
   REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);

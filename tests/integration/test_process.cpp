@@ -319,7 +319,7 @@ TEST_CASE("processes a worker leaves behind are killed and reaped with its gener
   REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
   CHECK(wait_until([&] { return !pid_alive(worker) && !pid_alive(helpers[0]); }, 10s));
   // Nothing is left: no zombie, no stray sleep; only the new worker remains.
-  CHECK(wait_until([&] { return descendants_of(sup.pid()) == std::vector<pid_t>{sup.active_pid()}; }, 10s));
+  CHECK(wait_until([&] { return sup.processes() == std::set<pid_t>{sup.active_pid()}; }, 10s));
   sup.stop();
 }
 

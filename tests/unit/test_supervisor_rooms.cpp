@@ -219,7 +219,7 @@ class DriverBench final : public Generation::Events, public UpgradeDriver::Host 
         &loop_, [](ClientId, const ControlRequest&) {}, [](ClientId) {});
     launcher_ = std::make_unique<WorkerLauncher>(listeners_, "/nonexistent/notify", "/nonexistent/control", "");
     context_ = std::make_unique<Generation::Context>(
-        Generation::Context{&loop_, *reaper_, options_, listeners_, *launcher_, roster_});
+        Generation::Context{&loop_, *reaper_, options_, listeners_, *launcher_, roster_, nullptr});
     driver_ = std::make_unique<UpgradeDriver>(&loop_, options_, *control_, *this);
   }
   ~DriverBench() override {

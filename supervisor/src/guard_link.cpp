@@ -1,0 +1,136 @@
+// The supervisor's side of the guard link (guard_link.h).
+#include "guard_link.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <fmt/core.h>
+
+#include <hotrestart/wire/channel.h>
+
+#include "duration.h"
+#include "log.h"
+#include "spawn.h"
+
+extern char** environ;
+
+namespace hotrestart {
+
+namespace {
+
+// A guard that died is started again after this long (a guard that cannot live is not restarted
+// in a tight loop).
+constexpr Millis kRestartDelay{1'000};
+constexpr Millis kReleaseWait{2'000};
+
+}  // namespace
+
+GuardLink::GuardLink(uv_loop_t* loop, Reaper& reaper, const ListenerSet& listeners, std::string name)
+    : loop_(loop),
+      reaper_(reaper),
+      listeners_(listeners),
+      name_(std::move(name)),
+      restart_timer_(loop),
+      release_timer_(loop) {}
+
+GuardLink::~GuardLink() {
+  // Without a release (the supervisor could not start, or fails): the guard sees the link close,
+  // and acts as if the supervisor had died, which for the generations left is the truth.
+  if (pid_ > 0) reaper_.forget(pid_);
+}
+
+Status GuardLink::start() {
+  auto pair = wire::seqpacket_pair();
+  if (!pair) return pair.error().context("guard");
+  std::vector<std::string> env;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e)
+    env.emplace_back(*e);
+  // The same binary as the supervisor, as it is now (even if its file was replaced since).
+  SpawnRequest request{
+      "/proc/self/exe", {"hotrestart", "__guard", name_}, std::move(env), {pair->second.get()}, ListenPid::Omit};
+  auto pid = spawn_process(request);
+  if (!pid) return pid.error().context("guard");
+  pid_ = pid.value();
+  link_ = std::move(pair->first);
+  told_.clear();
+  reaper_.watch(pid_, [this](pid_t p, ExitStatus status) { on_exit(p, status); });
+  if (auto ok = send({{"op", "hello"}, {"supervisor", ::getpid()}}); !ok) return ok;
+  // The listeners, as many to a message as one datagram carries.
+  const auto& all = listeners_.listeners();
+  for (std::size_t at = 0; at < all.size(); at += kGuardMaxFds) {
+    std::vector<int> fds;
+    for (std::size_t i = at; i < all.size() && i < at + kGuardMaxFds; ++i)
+      fds.push_back(all[i].fd.get());
+    if (auto ok = send({{"op", "listeners"}}, fds); !ok) return ok;
+  }
+  log_debug("guard started (pid {})", pid_);
+  return {};
+}
+
+Status GuardLink::send(nlohmann::json body, std::span<const int> fds) {
+  if (!link_) return Error::message("no guard");
+  auto ok = send_guard_message(link_.get(), std::move(body), fds);
+  if (!ok) log_warn("{}", ok.error().text());
+  return ok;
+}
+
+void GuardLink::sync(const std::vector<Entry>& table) {
+  if (!link_ || releasing_) return;
+  std::map<std::uint64_t, bool> present;
+  for (const Entry& e : table) {
+    present[e.generation.number] = true;
+    auto it = told_.find(e.generation.number);
+    if (it != told_.end() && it->second == e.generation) continue;
+    const bool fresh = it == told_.end();
+    std::vector<int> fds;
+    if (fresh && e.output_fd >= 0) fds.push_back(e.output_fd);
+    if (!send({{"op", "generation"}, {"generation", to_json(e.generation)}}, fds)) return;
+    told_[e.generation.number] = e.generation;
+  }
+  for (auto it = told_.begin(); it != told_.end();) {
+    if (present.count(it->first) != 0) {
+      ++it;
+      continue;
+    }
+    if (!send({{"op", "gone"}, {"number", it->first}})) return;
+    it = told_.erase(it);
+  }
+}
+
+void GuardLink::release(std::function<void()> done) {
+  restart_timer_.stop();
+  if (pid_ <= 0) {
+    done();
+    return;
+  }
+  releasing_ = true;
+  released_ = std::move(done);
+  (void)send({{"op", "release"}});
+  link_.reset();
+  release_timer_.start(kReleaseWait, [this] {
+    log_warn("the guard (pid {}) did not exit within {} of its release", pid_, format_duration(kReleaseWait));
+    if (auto then = std::move(released_)) then();
+  });
+}
+
+void GuardLink::on_exit(pid_t pid, ExitStatus status) {
+  if (pid != pid_) return;
+  pid_ = 0;
+  link_.reset();
+  told_.clear();
+  if (releasing_) {
+    release_timer_.stop();
+    if (auto then = std::move(released_)) then();
+    return;
+  }
+  log_warn("the guard (pid {}) {}; starting another in {}", pid, status.describe(), format_duration(kRestartDelay));
+  restart_timer_.start(kRestartDelay, [this] {
+    if (auto ok = start(); !ok) log_error("{}; the supervisor serves on without one", ok.error().text());
+  });
+}
+
+}  // namespace hotrestart
