@@ -2,10 +2,14 @@
 // ending (see generation.h).
 #include "generation.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdlib>
 
 #include <fmt/format.h>
@@ -93,6 +97,7 @@ bool transition_allowed(SdkState from, SdkState to) {
 
 Result<std::unique_ptr<Generation>> Generation::start(Context& context, Events& events, std::uint64_t number,
                                                       Plan plan) {
+  if (!plan.image) return Error::message(fmt::format("release {}'s executable is not known", plan.release));
   auto launched = context.launcher.launch(number, plan.command, *plan.image);
   if (!launched) return launched.error();
   std::unique_ptr<Generation> g(new Generation(context, events, number, std::move(plan), std::move(launched->process)));
@@ -116,6 +121,56 @@ Result<std::unique_ptr<Generation>> Generation::start(Context& context, Events& 
   log_info("generation {} started: pid {}: {}", number, g->pid(), shell_words(g->command()));
   g->restart_readiness();
   return g;
+}
+
+Result<std::unique_ptr<Generation>> Generation::adopt(Context& context, Events& events, std::uint64_t number, Plan plan,
+                                                      pid_t pid, std::uint64_t start_ticks, Fd output, bool serving,
+                                                      Clock::time_point kill_at) {
+  // The pidfd first, then the start time: if the start time matches, the pidfd names that process.
+  const long raw = ::syscall(SYS_pidfd_open, pid, 0);
+  Fd exit_pidfd(raw < 0 ? -1 : static_cast<int>(raw));
+  const auto seen = read_process(pid);
+  if (!exit_pidfd || !seen || seen->start != start_ticks || seen->state == 'Z')
+    return Error::message(fmt::format("generation {} (pid {}) has exited", number, pid));
+  std::unique_ptr<Generation> g(new Generation(context, events, number, std::move(plan), ChildProcess(pid)));
+  Generation* raw_g = g.get();
+  g->adopted_ = true;
+  g->start_ticks_ = start_ticks;
+  g->attach_channel(Fd{});  // None until its SDK (if it has one) connects again.
+  if (!output) {
+    // Its stderr is unknown: an output that has ended already.
+    auto pipe = WorkerOutput::open_pipe();
+    if (!pipe) return pipe.error();
+    output = std::move(pipe->first);
+  }
+  struct stat pipe_stat {};
+  if (::fstat(output.get(), &pipe_stat) == 0) g->output_inode_ = pipe_stat.st_ino;
+  (void)::fcntl(output.get(), F_SETFL, ::fcntl(output.get(), F_GETFL) | O_NONBLOCK);
+  g->output_ = std::make_unique<WorkerOutput>(context.loop, std::move(output), number, pid);
+  g->exit_pidfd_ = std::move(exit_pidfd);
+  g->exit_watch_ = std::make_unique<FdWatch>(context.loop, g->exit_pidfd_.get(), [raw_g] {
+    raw_g->exit_watch_.reset();
+    ExitStatus unknown;
+    unknown.known = false;
+    raw_g->on_main_exit(unknown);
+  });
+  if (serving) {
+    g->enter(GenerationState::Ready);
+  } else {
+    g->enter(GenerationState::Draining);
+    const auto left = std::chrono::duration_cast<Millis>(kill_at - Clock::now());
+    g->arm_kill_timer(std::max(left, Millis{0}));
+  }
+  return g;
+}
+
+void Generation::attach_channel(Fd fd) {
+  channel_ = std::make_unique<WorkerChannel>(
+      context_.loop, std::move(fd), fmt::format("generation {}", number_),
+      WorkerChannel::Handler{
+          [this](wire::Message& m, std::vector<Fd>& fds) { events_.on_channel_message(*this, m, fds); },
+          [this] { events_.on_channel_closed(*this); },
+          [this](const std::string& why) { events_.on_channel_broken(*this, why); }});
 }
 
 Generation::Generation(Context& context, Events& events, std::uint64_t number, Plan plan, ChildProcess process)
@@ -171,7 +226,10 @@ std::vector<ProcessEntry> Generation::escaped() const {
 }
 
 void Generation::signal_all(int signo) const {
-  process_.signal_group(signo);
+  // A generation taken over is not this process's child: its group id stays its own while any
+  // process of the group lives, unless its pid now names another process (with another start time).
+  const auto now = adopted_ ? read_process(pid()) : std::nullopt;
+  if (!adopted_ || !now || now->start == start_ticks_) process_.signal_group(signo);
   for (const ProcessEntry& p : escaped()) {
     if (signal_process(p, signo) && signo == SIGKILL) {
       log_warn("generation {}: pid {} had left its process group (to group {}); SIGKILL to it as well", number_, p.pid,
@@ -340,12 +398,12 @@ void Generation::finish_import() {
 // ---------------------------------------------------------------------------------------------
 // Ending
 
-void Generation::tell_active() {
-  if (told_active_ || sdk_ != SdkState::Serving || state_ == GenerationState::Draining ||
-      state_ == GenerationState::Exited)
+void Generation::tell_active(bool importing) {
+  const bool handshake_done = sdk_ == SdkState::Serving || (importing && sdk_ == SdkState::Importing);
+  if (told_active_ || !handshake_done || state_ == GenerationState::Draining || state_ == GenerationState::Exited)
     return;
-  told_active_ = true;
-  (void)channel_->send(wire::Active{});
+  // Not told unless it went: the next loop iteration tries again.
+  told_active_ = channel_->send(wire::Active{});
 }
 
 void Generation::stop(std::string_view why, Ending ending, Millis park) {

@@ -120,6 +120,13 @@ class Generation {
   };
   // Starts generation `number` running `plan`, and its readiness check.
   static Result<std::unique_ptr<Generation>> start(Context& context, Events& events, std::uint64_t number, Plan plan);
+  // Takes over generation `number`, which a supervisor that died left running (takeover.h): its main
+  // process `pid` (started at `start_ticks`) is not this process's child, so its exit is seen through
+  // a pidfd, and its exit status is unknown. `output` is its stderr pipe's read end, if known. It
+  // serves (ready) or, unless `serving`, drains and is killed at `kill_at`.
+  static Result<std::unique_ptr<Generation>> adopt(Context& context, Events& events, std::uint64_t number, Plan plan,
+                                                   pid_t pid, std::uint64_t start_ticks, Fd output, bool serving,
+                                                   Clock::time_point kill_at);
   ~Generation();
   Generation(const Generation&) = delete;
   Generation& operator=(const Generation&) = delete;
@@ -140,6 +147,10 @@ class Generation {
   std::uint64_t output_inode() const { return output_inode_; }
   // Its main process's start time (/proc/PID/stat): with the pid, what names it to another process.
   std::uint64_t start_ticks() const { return start_ticks_; }
+  // Taken over from a supervisor that died (adopt()).
+  bool adopted() const { return adopted_; }
+  // A generation taken over: its SDK worker connected again (HOTRESTART_REJOIN), on `fd`.
+  void attach_channel(Fd fd);
   // When its drain ends in SIGKILL, if that is set.
   std::optional<Clock::time_point> kill_deadline() const { return kill_at_; }
   // The read end of its output pipe, while it is read (-1 after the end of its output).
@@ -174,8 +185,9 @@ class Generation {
   std::uint32_t listener_count() const { return static_cast<std::uint32_t>(context_.listeners.listeners().size()); }
   void finish_import();
   // Sends `active` (this generation is the one that serves now) to an SDK worker that has finished
-  // its import and has not been told since it last drained; nothing otherwise.
-  void tell_active();
+  // its import (or, with `importing`, has been sent its begin-import: the SDK reads what follows
+  // once its import is done) and has not been told since it last drained; nothing otherwise.
+  void tell_active(bool importing = false);
   WorkerChannel& channel() { return *channel_; }
   const WorkerChannel& channel() const { return *channel_; }
   // A timer for the supervisor's grace period after the channel closed (see Supervisor).
@@ -252,6 +264,9 @@ class Generation {
   bool told_active_ = false;        // Sent `active`, and no drain since.
   std::uint64_t start_ticks_ = 0;
   std::optional<Clock::time_point> kill_at_;
+  bool adopted_ = false;
+  Fd exit_pidfd_;  // adopt(): readable once the main process has exited.
+  std::unique_ptr<FdWatch> exit_watch_;
 
   ChildProcess probe_;  // The running exec readiness probe, if any.
   std::unique_ptr<WorkerChannel> channel_;

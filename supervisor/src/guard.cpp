@@ -2,6 +2,8 @@
 // supervisor is gone.
 #include "guard.h"
 
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -25,6 +27,7 @@
 #include "process_table.h"
 #include "signals.h"
 #include "spawn.h"
+#include "takeover.h"
 #include "uv_handles.h"
 #include "worker_output.h"
 
@@ -40,11 +43,19 @@ std::int64_t now_ns() {
 
 // How long the output of an exited generation is still read, for what its helpers write last.
 constexpr Millis kOutputGrace{1'000};
+// How often exits are looked for in /proc when the kernel gives no pidfd.
+constexpr Millis kExitPoll{200};
 
 class Guard {
  public:
-  Guard(int link, std::string name) : link_(link), name_(std::move(name)) { uv_loop_init(&loop_); }
+  Guard(int link, std::string name, std::string takeover_path)
+      : link_(link), name_(std::move(name)), takeover_path_(std::move(takeover_path)) {
+    uv_loop_init(&loop_);
+  }
   ~Guard() {
+    if (takeover_listener_) ::unlink(takeover_path_.c_str());
+    taker_watch_.reset();
+    takeover_watch_.reset();
     generations_.clear();
     link_watch_.reset();
     signals_.clear();
@@ -81,7 +92,12 @@ class Guard {
     for (;;) {
       auto m = receive_guard_message(link_.get());
       if (m) {
-        on_message(std::move(m).value());
+        // A field of the wrong type throws; the message is dropped, the guard goes on.
+        try {
+          on_message(std::move(m).value());
+        } catch (const nlohmann::json::exception& e) {
+          log_warn("ignored a message from the supervisor: {}", e.what());
+        }
         if (released_) return;
         continue;
       }
@@ -99,8 +115,15 @@ class Guard {
     if (op == "hello") {
       supervisor_ = m.body.value("supervisor", 0);
     } else if (op == "listeners") {
-      for (Fd& fd : m.fds)
-        listeners_.push_back(std::move(fd));
+      const auto names = m.body.value("names", nlohmann::json::array());
+      if (!names.is_array() || names.size() != m.fds.size()) {
+        log_warn("ignored listeners from the supervisor: {} names for {} sockets", names.size(), m.fds.size());
+        return;
+      }
+      for (std::size_t i = 0; i < m.fds.size(); ++i) {
+        listener_names_.push_back(names[i].is_string() ? names[i].get<std::string>() : std::string("?"));
+        listeners_.push_back(std::move(m.fds[i]));
+      }
     } else if (op == "generation") {
       auto g = guard_generation_from_json(m.body.value("generation", nlohmann::json{}));
       if (!g) {
@@ -130,17 +153,40 @@ class Guard {
       it->second.g.kill_at_ns = g.kill_at_ns;
       return;
     }
-    // The pid names the generation only if it is still the process the supervisor started.
+    // The pid names the generation only if it is still the process the supervisor started: the
+    // pidfd first, then the start time, so that the pidfd names that process.
     const long raw = ::syscall(SYS_pidfd_open, g.pid, 0);
+    const int pidfd_errno = errno;
     Fd pidfd(raw < 0 ? -1 : static_cast<int>(raw));
     const auto seen = read_process(g.pid);
-    if (!pidfd || !seen || seen->start != g.start) return;  // Gone already.
+    if (!seen || seen->start != g.start || seen->state == 'Z') return;  // Gone already.
     Held& held = generations_[g.number];
     held.g = g;
     held.pidfd = std::move(pidfd);
     held.output = std::move(output);
     const std::uint64_t number = g.number;
-    held.exit_watch = std::make_unique<FdWatch>(&loop_, held.pidfd.get(), [this, number] { on_exited(number); });
+    if (held.pidfd) {
+      held.exit_watch = std::make_unique<FdWatch>(&loop_, held.pidfd.get(), [this, number] { on_exited(number); });
+      return;
+    }
+    // Without pidfds (an old kernel, a sandbox that refuses them), exits are looked for in /proc.
+    if (!exit_poll_) {
+      log_warn("no pidfd for pid {} ({}); looking for exits in /proc every {}", g.pid, std::strerror(pidfd_errno),
+               format_duration(kExitPoll));
+      exit_poll_ = std::make_unique<Timer>(&loop_);
+      exit_poll_->start_repeating(kExitPoll, [this] { poll_exits(); });
+    }
+  }
+
+  void poll_exits() {
+    std::vector<std::uint64_t> gone;
+    for (const auto& [n, held] : generations_) {
+      if (held.pidfd || held.exited) continue;
+      const auto now = read_process(held.g.pid);
+      if (!now || now->start != held.g.start || now->state == 'Z') gone.push_back(n);
+    }
+    for (std::uint64_t n : gone)
+      on_exited(n);
   }
 
   // The supervisor is gone.
@@ -168,7 +214,9 @@ class Guard {
         log_info("generation {} (pid {}) was a candidate: sending {}; SIGKILL after {}", g.number, g.pid,
                  signal_name(g.drain_signal), format_duration(Millis{g.drain_ms}));
         signal_process(entry_of(g), g.drain_signal);
+        held.g.role = GuardRole::Draining;
       }
+      held.g.kill_at_ns = plan.kill_at_ns;  // What a supervisor that takes over inherits.
       if (plan.kill_at_ns > 0) {
         held.kill_timer = std::make_unique<Timer>(&loop_);
         const auto after = Millis{std::max<std::int64_t>(0, (plan.kill_at_ns - now) / 1'000'000)};
@@ -185,6 +233,106 @@ class Guard {
       if (held.exited) exited.push_back(n);
     for (std::uint64_t n : exited)
       end_of(n);
+    if (!generations_.empty()) listen_for_takeover();
+  }
+
+  // --- Takeover: a supervisor of the same name, started while generations are left, asks for what
+  // the guard holds (protocol.md, "Guard link"), and the guard exits once it confirms.
+  void listen_for_takeover() {
+    if (takeover_path_.empty()) return;
+    auto fd = listen_seqpacket(takeover_path_);
+    if (!fd) {
+      log_warn("cannot wait for a supervisor to take over: {}", fd.error().text());
+      return;
+    }
+    takeover_listener_ = std::move(fd).value();
+    takeover_watch_ = std::make_unique<FdWatch>(&loop_, takeover_listener_.get(), [this] { on_taker_connected(); });
+    log_info("a `hotrestart run` with the same name and listeners takes them over (it finds this guard at {})",
+             takeover_path_);
+  }
+
+  void on_taker_connected() {
+    Fd conn(::accept4(takeover_listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    if (!conn) return;
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
+        (cred.uid != ::getuid() && cred.uid != 0)) {
+      log_warn("refused a takeover from pid {} (uid {}): only uid {} or root may take over", cred.pid, cred.uid,
+               ::getuid());
+      return;
+    }
+    if (taker_) {
+      log_warn("refused a takeover from pid {}: pid {} is taking over already", cred.pid, taker_pid_);
+      return;
+    }
+    taker_ = std::move(conn);
+    taker_pid_ = cred.pid;
+    taker_watch_ = std::make_unique<FdWatch>(&loop_, taker_.get(), [this] { on_taker(); });
+  }
+
+  void drop_taker(std::string_view why) {
+    log_warn("the takeover by pid {} did not complete ({}); guarding on", taker_pid_, why);
+    taker_watch_.reset();
+    taker_.reset();
+    taker_pid_ = 0;
+  }
+
+  void on_taker() {
+    for (;;) {
+      auto m = receive_guard_message(taker_.get());
+      if (!m) {
+        if (m.error().code() == EAGAIN) return;
+        drop_taker(m.error().text());
+        return;
+      }
+      const std::string op = m->body["op"].get<std::string>();  // receive_guard_message checked it.
+      if (op == "takeover") {
+        if (auto ok = hand_over(); !ok) {
+          drop_taker(ok.error().text());
+          return;
+        }
+      } else if (op == "taken") {
+        log_info("supervisor pid {} took over {} generation(s) of '{}'; this guard exits", taker_pid_,
+                 generations_.size(), name_);
+        // Its listeners and pipes are the new supervisor's now; the generations are its to end.
+        generations_.clear();
+        listeners_.clear();
+        uv_stop(&loop_);
+        return;
+      } else {
+        drop_taker(fmt::format("unknown op '{}'", op.substr(0, 32)));
+        return;
+      }
+    }
+  }
+
+  // Sends the table, then the listeners, then each generation's output pipe.
+  Status hand_over() {
+    nlohmann::json generations = nlohmann::json::array();
+    for (const auto& [n, held] : generations_) {
+      if (held.exited) continue;
+      generations.push_back(to_json(held.g));
+    }
+    const int sock = taker_.get();
+    if (auto ok = send_guard_message(
+            sock,
+            {{"op", "state"}, {"supervisor", supervisor_}, {"names", listener_names_}, {"generations", generations}});
+        !ok)
+      return ok;
+    for (std::size_t at = 0; at < listeners_.size(); at += kGuardMaxFds) {
+      std::vector<int> fds;
+      for (std::size_t i = at; i < listeners_.size() && i < at + kGuardMaxFds; ++i)
+        fds.push_back(listeners_[i].get());
+      if (auto ok = send_guard_message(sock, {{"op", "listeners"}}, fds); !ok) return ok;
+    }
+    for (const auto& [n, held] : generations_) {
+      const int fd = held.relay ? held.relay->read_fd() : held.output.get();
+      if (held.exited || fd < 0) continue;
+      const int fds[] = {fd};
+      if (auto ok = send_guard_message(sock, {{"op", "output"}, {"number", n}}, fds); !ok) return ok;
+    }
+    return send_guard_message(sock, {{"op", "end"}});
   }
 
   static ProcessEntry entry_of(const GuardGeneration& g) {
@@ -254,6 +402,14 @@ class Guard {
   uv_loop_t loop_{};
   Fd link_;
   std::string name_;
+  std::string takeover_path_;
+  Fd takeover_listener_;
+  std::unique_ptr<FdWatch> takeover_watch_;
+  Fd taker_;
+  pid_t taker_pid_ = 0;
+  std::unique_ptr<FdWatch> taker_watch_;
+  std::vector<std::string> listener_names_;
+  std::unique_ptr<Timer> exit_poll_;
   pid_t supervisor_ = 0;
   bool orphaned_ = false;
   bool released_ = false;
@@ -283,6 +439,7 @@ OrphanPlan plan_for_orphan(const GuardGeneration& g, std::int64_t now_ns) {
 int run_guard(int argc, char** argv) {
   set_log_name("hotrestart guard");
   const std::string name = argc > 2 ? argv[2] : "default";
+  const std::string takeover_path = argc > 3 ? argv[3] : "";
   // Its link is fd 3, a seqpacket socket; anything else means it was started by hand.
   int type = 0;
   socklen_t len = sizeof type;
@@ -293,7 +450,7 @@ int run_guard(int argc, char** argv) {
   ::signal(SIGPIPE, SIG_IGN);
   // It holds every listener and every generation's pipe, as the supervisor does.
   (void)raise_fd_limit();
-  return Guard(3, name).run();
+  return Guard(3, name, takeover_path).run();
 }
 
 }  // namespace hotrestart

@@ -1,7 +1,11 @@
 // The supervisor's side of the guard link (guard_link.h).
 #include "guard_link.h"
 
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
 
 #include <chrono>
 #include <string>
@@ -29,18 +33,34 @@ constexpr Millis kReleaseWait{2'000};
 
 }  // namespace
 
-GuardLink::GuardLink(uv_loop_t* loop, Reaper& reaper, const ListenerSet& listeners, std::string name)
+GuardLink::GuardLink(uv_loop_t* loop, Reaper& reaper, const ListenerSet& listeners, std::string name,
+                     std::string takeover_path)
     : loop_(loop),
       reaper_(reaper),
       listeners_(listeners),
       name_(std::move(name)),
+      takeover_path_(std::move(takeover_path)),
       restart_timer_(loop),
       release_timer_(loop) {}
 
 GuardLink::~GuardLink() {
-  // Without a release (the supervisor could not start, or fails): the guard sees the link close,
-  // and acts as if the supervisor had died, which for the generations left is the truth.
-  if (pid_ > 0) reaper_.forget(pid_);
+  if (pid_ <= 0) return;
+  reaper_.forget(pid_);
+  if (!told_.empty()) {
+    // Generations are left (the supervisor fails): the guard sees the link close, and acts as if the
+    // supervisor had died, which for them is the truth.
+    return;
+  }
+  // Nothing to guard (a start that failed): it goes now, so that its copies of the listeners do
+  // not outlive the supervisor.
+  (void)send_guard_message(link_.get(), {{"op", "release"}}, {}, wire::Blocking::No);
+  link_.reset();
+  for (int i = 0; i < 100; ++i) {
+    if (::waitpid(pid_, nullptr, WNOHANG) == pid_) return;
+    ::usleep(10'000);
+  }
+  ::kill(pid_, SIGKILL);
+  (void)::waitpid(pid_, nullptr, 0);
 }
 
 Status GuardLink::start() {
@@ -50,8 +70,11 @@ Status GuardLink::start() {
   for (char** e = environ; e != nullptr && *e != nullptr; ++e)
     env.emplace_back(*e);
   // The same binary as the supervisor, as it is now (even if its file was replaced since).
-  SpawnRequest request{
-      "/proc/self/exe", {"hotrestart", "__guard", name_}, std::move(env), {pair->second.get()}, ListenPid::Omit};
+  SpawnRequest request{"/proc/self/exe",
+                       {"hotrestart", "__guard", name_, takeover_path_},
+                       std::move(env),
+                       {pair->second.get()},
+                       ListenPid::Omit};
   auto pid = spawn_process(request);
   if (!pid) return pid.error().context("guard");
   pid_ = pid.value();
@@ -63,18 +86,27 @@ Status GuardLink::start() {
   const auto& all = listeners_.listeners();
   for (std::size_t at = 0; at < all.size(); at += kGuardMaxFds) {
     std::vector<int> fds;
-    for (std::size_t i = at; i < all.size() && i < at + kGuardMaxFds; ++i)
+    nlohmann::json names = nlohmann::json::array();
+    for (std::size_t i = at; i < all.size() && i < at + kGuardMaxFds; ++i) {
       fds.push_back(all[i].fd.get());
-    if (auto ok = send({{"op", "listeners"}}, fds); !ok) return ok;
+      names.push_back(all[i].spec.name);
+    }
+    if (auto ok = send({{"op", "listeners"}, {"names", names}}, fds); !ok) return ok;
   }
   log_debug("guard started (pid {})", pid_);
+  if (started_) started_();
   return {};
 }
 
 Status GuardLink::send(nlohmann::json body, std::span<const int> fds) {
   if (!link_) return Error::message("no guard");
-  auto ok = send_guard_message(link_.get(), std::move(body), fds);
-  if (!ok) log_warn("{}", ok.error().text());
+  // Never blocks the loop: a guard that does not read (stopped, stuck) is replaced.
+  auto ok = send_guard_message(link_.get(), std::move(body), fds, wire::Blocking::No);
+  if (!ok) {
+    log_warn("{}{}", ok.error().text(),
+             ok.error().code() == EAGAIN ? "; the guard does not read its link, so it is replaced" : "");
+    if (ok.error().code() == EAGAIN && pid_ > 0) ::kill(pid_, SIGKILL);  // Our unreaped child.
+  }
   return ok;
 }
 

@@ -34,13 +34,17 @@ class GuardLink {
     int output_fd = -1;
   };
 
-  GuardLink(uv_loop_t* loop, Reaper& reaper, const ListenerSet& listeners, std::string name);
+  // `takeover_path`: where the guard waits, once the supervisor is gone, for one to take over.
+  GuardLink(uv_loop_t* loop, Reaper& reaper, const ListenerSet& listeners, std::string name, std::string takeover_path);
   ~GuardLink();
   GuardLink(const GuardLink&) = delete;
   GuardLink& operator=(const GuardLink&) = delete;
 
   // Starts the guard. A failure is an error to log: the supervisor serves on without one.
   Status start();
+  // Called whenever a guard has started (also one that replaces a guard that died), so that the
+  // supervisor tells it the table at once rather than after the next event.
+  void on_started(std::function<void()> callback) { started_ = std::move(callback); }
   pid_t pid() const { return pid_; }
   // Tells the guard what changed since the last call: new generations (with a duplicate of their
   // output pipe), changed roles or deadlines, and generations that are gone.
@@ -57,10 +61,12 @@ class GuardLink {
   Reaper& reaper_;
   const ListenerSet& listeners_;
   std::string name_;
+  std::string takeover_path_;
   Fd link_;
   pid_t pid_ = 0;
   bool releasing_ = false;
   std::function<void()> released_;
+  std::function<void()> started_;
   std::map<std::uint64_t, GuardGeneration> told_;  // What the guard knows.
   Timer restart_timer_;
   Timer release_timer_;

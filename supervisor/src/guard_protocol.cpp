@@ -29,9 +29,13 @@ std::string_view guard_role_name(GuardRole role) {
 }
 
 json to_json(const GuardGeneration& g) {
-  return json{{"number", g.number},         {"pid", g.pid},
-              {"start", g.start},           {"role", guard_role_name(g.role)},
-              {"kill_at_ns", g.kill_at_ns}, {"drain_signal", g.drain_signal},
+  return json{{"number", g.number},
+              {"release", g.release},
+              {"pid", g.pid},
+              {"start", g.start},
+              {"role", guard_role_name(g.role)},
+              {"kill_at_ns", g.kill_at_ns},
+              {"drain_signal", g.drain_signal},
               {"drain_ms", g.drain_ms}};
 }
 
@@ -45,7 +49,8 @@ Result<T> integer_field(const json& j, const char* key, T low, T high) {
     return Error::message(fmt::format("'{}' is missing or not an integer", key));
   if (it->is_number_unsigned()) {
     const auto v = it->get<std::uint64_t>();
-    if (v > static_cast<std::uint64_t>(high)) return Error::message(fmt::format("'{}' is out of range", key));
+    const bool below = low > 0 && v < static_cast<std::uint64_t>(low);
+    if (below || v > static_cast<std::uint64_t>(high)) return Error::message(fmt::format("'{}' is out of range", key));
     return static_cast<T>(v);
   }
   const auto v = it->get<std::int64_t>();
@@ -61,6 +66,8 @@ Result<GuardGeneration> guard_generation_from_json(const json& j) {
   GuardGeneration g;
   auto number = integer_field<std::uint64_t>(j, "number", 1, std::numeric_limits<std::uint64_t>::max());
   if (!number) return number.error();
+  auto release = integer_field<std::uint64_t>(j, "release", 0, std::numeric_limits<std::uint64_t>::max());
+  if (!release) return release.error();
   auto pid = integer_field<pid_t>(j, "pid", 1, std::numeric_limits<pid_t>::max());
   if (!pid) return pid.error();
   auto start = integer_field<std::uint64_t>(j, "start", 0, std::numeric_limits<std::uint64_t>::max());
@@ -72,6 +79,7 @@ Result<GuardGeneration> guard_generation_from_json(const json& j) {
   auto drain = integer_field<std::int64_t>(j, "drain_ms", 0, std::int64_t{1} << 40);
   if (!drain) return drain.error();
   g.number = *number;
+  g.release = *release;
   g.pid = *pid;
   g.start = *start;
   g.kill_at_ns = *kill_at;
@@ -92,13 +100,13 @@ Result<GuardGeneration> guard_generation_from_json(const json& j) {
   return g;
 }
 
-Status send_guard_message(int sock, json body, std::span<const int> fds) {
+Status send_guard_message(int sock, json body, std::span<const int> fds, wire::Blocking blocking) {
   body["v"] = kGuardProtocolVersion;
   const std::string text = body.dump();
   const std::string what = fmt::format("guard link: send {}", body.value("op", "?"));
   if (text.size() > kGuardMaxMessage)
     return Error::message(fmt::format("{}: {} bytes, more than {}", what, text.size(), kGuardMaxMessage));
-  return wire::send_datagram(sock, std::as_bytes(std::span(text)), fds, wire::Blocking::Yes, what);
+  return wire::send_datagram(sock, std::as_bytes(std::span(text)), fds, blocking, what);
 }
 
 Result<GuardMessage> receive_guard_message(int sock) {

@@ -22,6 +22,7 @@
 
 #include <hotrestart/base/result.h>
 #include <hotrestart/fd.h>
+#include <hotrestart/wire/channel.h>
 
 namespace hotrestart {
 
@@ -39,8 +40,9 @@ std::string_view guard_role_name(GuardRole role);
 
 struct GuardGeneration {
   std::uint64_t number = 0;
-  pid_t pid = 0;            // Its main process, which leads its process group.
-  std::uint64_t start = 0;  // The main process's start time (/proc/PID/stat), with the pid naming it.
+  std::uint64_t release = 0;  // The release it runs (the history's number).
+  pid_t pid = 0;              // Its main process, which leads its process group.
+  std::uint64_t start = 0;    // The main process's start time (/proc/PID/stat), with the pid naming it.
   GuardRole role = GuardRole::Candidate;
   std::int64_t kill_at_ns = 0;  // Draining: when its SIGKILL is due (CLOCK_MONOTONIC); 0: not set.
   int drain_signal = 15;
@@ -56,9 +58,10 @@ struct GuardMessage {
   std::vector<Fd> fds;
 };
 
-// Sends `body` (with "v" added) and `fds` as one datagram; blocks (the guard reads promptly, and the
-// messages are few and small). A peer that is gone is an error with code() EPIPE.
-Status send_guard_message(int sock, nlohmann::json body, std::span<const int> fds = {});
+// Sends `body` (with "v" added) and `fds` as one datagram. A peer that is gone is an error with
+// code() EPIPE; with Blocking::No, a full socket is one with code() EAGAIN (nothing was sent).
+Status send_guard_message(int sock, nlohmann::json body, std::span<const int> fds = {},
+                          wire::Blocking blocking = wire::Blocking::Yes);
 // Receives one datagram without waiting: EAGAIN when there is none, EPIPE at end of file; any other
 // error names what was wrong, and every descriptor that came with it is closed.
 Result<GuardMessage> receive_guard_message(int sock);

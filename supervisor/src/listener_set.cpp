@@ -231,6 +231,65 @@ Result<ListenerSet> ListenerSet::adopt_or_bind(const std::vector<ListenSpec>& sp
   return set;
 }
 
+Result<ListenerSet> ListenerSet::inherit(const std::vector<ListenSpec>& specs, const std::vector<std::string>& names,
+                                         std::vector<Fd> fds) {
+  std::map<std::string, Fd> left;
+  std::string have;
+  for (std::size_t i = 0; i < fds.size() && i < names.size(); ++i) {
+    if (auto ok = check_listening_stream_socket(fds[i].get()); !ok) return ok.error().context("listener " + names[i]);
+    have += fmt::format("{}{} on {}", have.empty() ? "" : ", ", names[i], describe_bound_address(fds[i].get()));
+    left.emplace(names[i], std::move(fds[i]));
+  }
+  ListenerSet set;
+  auto take = [&](ListenSpec spec, Fd fd) {
+    Listener l;
+    l.address = describe_bound_address(fd.get());
+    if (spec.text.empty()) spec.text = l.address;
+    l.spec = std::move(spec);
+    l.fd = std::move(fd);
+    l.inherited = true;
+    l.unlink_on_exit = l.spec.kind == ListenSpec::Kind::Unix && !l.spec.path.empty();
+    set.listeners_.push_back(std::move(l));
+  };
+  if (specs.empty()) {
+    for (std::size_t i = 0; i < names.size(); ++i) {
+      auto it = left.find(names[i]);
+      if (it == left.end()) continue;
+      ListenSpec spec;
+      spec.name = names[i];
+      take(spec, std::move(it->second));
+      left.erase(it);
+    }
+    return set;
+  }
+  for (const auto& spec : specs) {
+    auto it = left.find(spec.name);
+    if (it == left.end()) {
+      return Error::message(fmt::format(
+          "the generations left behind have no listener '{}' (they serve {}); run with the same --listen, or end them",
+          spec.name, have));
+    }
+    const std::string address = describe_bound_address(it->second.get());
+    const bool same = spec.kind == ListenSpec::Kind::Unix
+                          ? address == "unix:" + spec.path
+                          : spec.port == 0 || address.ends_with(fmt::format(":{}", spec.port));
+    if (!same) {
+      return Error::message(fmt::format(
+          "the generations left behind serve '{}' on {}, and --listen asks for {}; run with the same --listen, or end "
+          "them",
+          spec.name, address, spec.text));
+    }
+    take(spec, std::move(it->second));
+    left.erase(it);
+  }
+  if (!left.empty()) {
+    return Error::message(fmt::format(
+        "the generations left behind also serve '{}', which no --listen names; run with the same --listen, or end them",
+        left.begin()->first));
+  }
+  return set;
+}
+
 ListenerSet::~ListenerSet() {
   for (auto& l : listeners_) {
     if (l.unlink_on_exit && l.fd) ::unlink(l.spec.path.c_str());

@@ -18,8 +18,9 @@ namespace hotrestart {
 struct Listener {
   ListenSpec spec;
   Fd fd;
-  std::string address;   // What the socket is bound to: "127.0.0.1:41234", "[::1]:80", "unix:/run/x.sock".
-  bool adopted = false;  // Received from our own parent (systemd socket activation).
+  std::string address;     // What the socket is bound to: "127.0.0.1:41234", "[::1]:80", "unix:/run/x.sock".
+  bool adopted = false;    // Received from our own parent (systemd socket activation).
+  bool inherited = false;  // Taken over from a supervisor that died (takeover.h).
   bool unlink_on_exit = false;
 };
 
@@ -34,6 +35,13 @@ class ListenerSet {
   // its own name. Specs without a passed socket of their name are bound as usual.
   // Returns an empty optional-like result (nullptr env) when we were not socket-activated.
   static Result<ListenerSet> adopt_or_bind(const std::vector<ListenSpec>& specs, bool* activated);
+
+  // Takes the listening sockets a supervisor that died left behind (`names[i]` is `fds[i]`'s name),
+  // matched to specs by name. The sets must be the same, each at the address its spec asks for
+  // (port 0 takes any): the generations taken over serve those sockets, and a new generation must
+  // get the same ones. With no specs, every socket is taken under its own name.
+  static Result<ListenerSet> inherit(const std::vector<ListenSpec>& specs, const std::vector<std::string>& names,
+                                     std::vector<Fd> fds);
 
   ListenerSet() = default;
   ListenerSet(ListenerSet&&) = default;

@@ -170,6 +170,7 @@ ExitStatus ExitStatus::from_wait(int wstatus) {
 }
 
 std::string ExitStatus::describe() const {
+  if (!known) return "exited (its exit status went to its parent, not to this supervisor)";
   if (signal != 0) return fmt::format("was killed by {}", signal_name(signal));
   return fmt::format("exited with status {}", code);
 }

@@ -80,8 +80,9 @@ class ChildProcess {
 
 // How a child ended, from a waitpid status or a waitid siginfo.
 struct ExitStatus {
-  int code = -1;   // exit status, or -1 when killed by a signal.
-  int signal = 0;  // terminating signal, or 0.
+  int code = -1;      // exit status, or -1 when killed by a signal.
+  int signal = 0;     // terminating signal, or 0.
+  bool known = true;  // False for a process that is not this one's child (its parent got the status).
   static ExitStatus from_wait(int wstatus);
   static ExitStatus from_siginfo(const siginfo_t& info);
   std::string describe() const;  // "exited with status 3", "was killed by SIGABRT".

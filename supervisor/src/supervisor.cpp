@@ -4,8 +4,10 @@
 
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
 
 #include <fmt/format.h>
@@ -17,7 +19,9 @@
 #include "fault.h"
 #include "log.h"
 #include "output_lines.h"
+#include "port_holders.h"
 #include "signals.h"
+#include "takeover.h"
 
 namespace hotrestart {
 namespace {
@@ -34,6 +38,20 @@ constexpr Millis kSweepInterval{2000};
 // generation yet to upgrade from.
 constexpr const char* kFirstPreflightBusy =
     "the first release's preflight check is still running; try again once its generation has started";
+
+// Where the guard of the supervisor at `control_path` waits for a takeover.
+std::string guard_path_for(const std::string& control_path) {
+  std::string base = control_path;
+  if (base.ends_with(".sock")) base.resize(base.size() - 5);
+  return base + ".guard";
+}
+
+// Where SDK workers connect again after their supervisor died.
+std::string rejoin_path_for(const std::string& control_path) {
+  std::string base = control_path;
+  if (base.ends_with(".sock")) base.resize(base.size() - 5);
+  return base + ".workers";
+}
 
 std::string notify_path_for(const std::string& control_path) {
   std::string base = control_path;
@@ -73,6 +91,8 @@ Supervisor::Supervisor(RunOptions options) : options_(std::move(options)) {
 
 Supervisor::~Supervisor() {
   after_events_.reset();
+  rejoin_watch_.reset();
+  if (rejoin_listener_) ::unlink(rejoin_path_for(options_.control_path).c_str());
   // Generations first: they use the reaper, the launcher and the loop.
   generations_.clear();
   guard_.reset();
@@ -120,10 +140,23 @@ Status Supervisor::start() {
   releases_ = std::make_unique<ReleaseStore>(&loop_, options_.state_dir);
   if (auto ok = releases_->open(); !ok) return ok.error();
 
-  bool activated = false;
-  auto listeners = ListenerSet::adopt_or_bind(options_.listen, &activated);
-  if (!listeners) return listeners.error();
-  listeners_ = std::move(listeners).value();
+  // A supervisor of this name that died may have left generations serving: they are taken over,
+  // with the listening sockets they serve, rather than fail to bind the port they hold.
+  auto asked = ask_guard(guard_path_for(options_.control_path));
+  if (!asked) return asked.error();
+  std::optional<Inheritance> inheritance = std::move(asked).value();
+  if (inheritance) {
+    auto inherited =
+        ListenerSet::inherit(options_.listen, inheritance->listener_names, std::move(inheritance->listeners));
+    if (!inherited)
+      return inherited.error().context(fmt::format("cannot take over from supervisor pid {}", inheritance->supervisor));
+    listeners_ = std::move(inherited).value();
+  } else {
+    bool activated = false;
+    auto listeners = ListenerSet::adopt_or_bind(options_.listen, &activated);
+    if (!listeners) return with_port_holders(listeners.error());
+    listeners_ = std::move(listeners).value();
+  }
   if (listeners_.empty()) return Error::message("no listeners: give at least one --listen");
 
   notify_ = std::make_unique<NotifySocket>(
@@ -160,12 +193,22 @@ Status Supervisor::start() {
   for (int signo : {SIGTERM, SIGINT, SIGQUIT, SIGUSR2, SIGHUP}) {
     signals_.push_back(std::make_unique<SignalWatch>(&loop_, signo, [this](int s) { on_signal(s); }));
   }
-  guard_ = std::make_unique<GuardLink>(&loop_, *reaper_, listeners_, options_.name);
+  guard_ =
+      std::make_unique<GuardLink>(&loop_, *reaper_, listeners_, options_.name, guard_path_for(options_.control_path));
+  guard_->on_started([this] { sync_guard(); });
   if (auto ok = guard_->start(); !ok) log_error("{}; the supervisor serves on without one", ok.error().text());
   after_events_ = std::make_unique<AfterEvents>(&loop_, [this] { after_events(); });
   launcher_ =
       std::make_unique<WorkerLauncher>(listeners_, notify_->path(), options_.control_path, std::move(adopt_library));
   launcher_->set_watchdog(options_.watchdog);
+  if (auto rejoin = listen_seqpacket(rejoin_path_for(options_.control_path))) {
+    rejoin_listener_ = std::move(rejoin).value();
+    rejoin_watch_ = std::make_unique<FdWatch>(&loop_, rejoin_listener_.get(), [this] { on_rejoin(); });
+    launcher_->set_rejoin_path(rejoin_path_for(options_.control_path));
+  } else {
+    log_warn("rejoin socket: {}; SDK workers cannot connect again to a supervisor that takes over",
+             rejoin.error().text());
+  }
   watch_ = std::make_unique<ReleaseWatch>(&loop_, *control_);
   for (const auto& warning : shared_port_probe_warnings(options_))
     log_warn("{}", warning);
@@ -175,7 +218,15 @@ Status Supervisor::start() {
   upgrade_ = std::make_unique<UpgradeDriver>(&loop_, options_, *control_, host);
 
   for (const auto& l : listeners_.listeners()) {
-    log_info("listener {} on {}{}", l.spec.name, l.address, l.adopted ? " (from socket activation)" : "");
+    log_info("listener {} on {}{}", l.spec.name, l.address,
+             l.adopted     ? " (from socket activation)"
+             : l.inherited ? " (taken over)"
+                           : "");
+  }
+  if (inheritance) {
+    take_over(*inheritance);
+    if (active_ != 0) return {};
+    log_warn("no generation taken over serves; starting the command of this run");
   }
   const std::uint64_t release = record_release({options_.command, ReleaseOrigin::Run, -1, -1, 0, nullptr, {}});
   current_.release = release;
@@ -223,6 +274,101 @@ void Supervisor::on_first_preflight(std::uint64_t release, PreflightOutcome outc
   exit_code_ = kRunExitFailed;
   stopping_ = true;
   uv_stop(&loop_);
+}
+
+void Supervisor::on_rejoin() {
+  for (;;) {
+    Fd conn(::accept4(rejoin_listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    if (!conn) return;
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) continue;
+    // Only the main process of a generation taken over, whose channel died with its supervisor.
+    Generation* g = nullptr;
+    for (auto& [n, gen] : generations_)
+      if (gen->adopted() && gen->pid() == cred.pid && !gen->channel().open() && gen->state() != GenerationState::Exited)
+        g = gen.get();
+    if (g == nullptr) {
+      log_warn("pid {} connected to the rejoin socket, but it is the main process of no generation taken over; closed",
+               cred.pid);
+      continue;
+    }
+    log_info("generation {} (pid {}) connected its channel again", g->number(), g->pid());
+    g->attach_channel(std::move(conn));
+  }
+}
+
+void Supervisor::take_over(Inheritance& in) {
+  std::uint64_t highest = 0;
+  for (auto& inherited : in.generations) {
+    const GuardGeneration& f = inherited.facts;
+    highest = std::max(highest, f.number);
+    Generation::Plan plan = plan_to_take_over(f.release);
+    const bool serving = f.role == GuardRole::Active;
+    const auto kill_at = f.kill_at_ns > 0 ? Clock::time_point(std::chrono::nanoseconds(f.kill_at_ns))
+                                          : Clock::now() + options_.drain_timeout;
+    auto g = Generation::adopt(*context_, *this, f.number, plan, f.pid, f.start, std::move(inherited.output), serving,
+                               kill_at);
+    if (!g) {
+      log_warn("{}; nothing to take over of it", g.error().text());
+      continue;
+    }
+    log_info("took over generation {} (pid {}, release {}) from supervisor pid {}, which died: {}", f.number, f.pid,
+             f.release, in.supervisor,
+             serving ? std::string("it serves")
+                     : fmt::format("it drains, SIGKILL in {}",
+                                   format_duration(std::chrono::duration_cast<Millis>(kill_at - Clock::now()))));
+    if (serving) {
+      active_ = f.number;
+      current_ = plan;
+    }
+    generations_.emplace(f.number, std::move(g).value());
+  }
+  next_generation_ = std::max(next_generation_, highest + 1);
+  for (const Release& r : releases_->history().releases())
+    next_generation_ = std::max(next_generation_, r.generation + 1);
+  // The guard exits once told; from here the generations are this supervisor's, and its own guard's.
+  if (auto ok = confirm_takeover(in); !ok) log_warn("could not tell the old guard: {}", ok.error().text());
+  sync_guard();
+  if (active_ == 0) return;
+  if (current_.release != 0) {
+    releases_->history().set_outcome(current_.release, ReleaseOutcome::Serving, {}, wall_clock_ms());
+    last_proven_release_ = current_.release;
+    releases_->save();
+  }
+  if (current_.command != options_.command && !options_.command.empty()) {
+    log_info("this run's command ({}) is not what generation {} runs ({}): `hotrestart upgrade -- COMMAND` deploys it",
+             shell_words(options_.command), active_, shell_words(current_.command));
+  }
+  systemd_.ready_once(fmt::format("READY=1\nSTATUS=generation {} serving (taken over)", active_));
+}
+
+Generation::Plan Supervisor::plan_to_take_over(std::uint64_t release) {
+  const Release* r = releases_->history().find(release);
+  if (r == nullptr) {
+    log_warn("release {} is not in the history of {}; a crash restart runs this run's command", release,
+             releases_->dir());
+    auto plan = plan_for(record_release({options_.command, ReleaseOrigin::Run, -1, -1, 0, nullptr, {}}));
+    return plan ? std::move(plan).value() : Generation::Plan{release, options_.command, nullptr};
+  }
+  if (auto image = image_to_run_again(*r))
+    return {release, r->command, releases_->pin(release, std::move(image).value())};
+  if (auto plan = plan_for(release)) return std::move(plan).value();
+  log_warn("release {}'s executable cannot be opened again: a crash restart of it fails until an upgrade", release);
+  return {release, r->command, nullptr};
+}
+
+Error Supervisor::with_port_holders(const Error& error) const {
+  if (error.code() != EADDRINUSE) return error;
+  std::string held;
+  for (const ListenSpec& spec : options_.listen) {
+    if (spec.kind != ListenSpec::Kind::Tcp || spec.port == 0) continue;
+    const auto holders = port_holders(spec.port);
+    if (!holders.empty())
+      held += fmt::format("{}port {} is held by {}", held.empty() ? "" : "; ", spec.port, describe(holders));
+  }
+  if (held.empty()) return error;
+  return Error::message(fmt::format("{}: {}", error.text(), held));
 }
 
 Status Supervisor::open_control_socket() {
@@ -421,6 +567,15 @@ void Supervisor::on_hello(Generation& g, const wire::Hello& hello) {
     return;
   }
   g.accept_hello(hello);
+  if (g.adopted()) {
+    // Its supervisor died; it serves on and has its listeners: nothing to send but the welcome.
+    g.finish_import();
+    log_info("generation {} (pid {}) uses the SDK ({}) again: exports {} section(s)", g.number(), g.pid(),
+             quote(hello.sdk), hello.exports.size());
+    if (!g.channel().send(wire::Welcome{wire::kProtocolVersion, g.number(), 0}))
+      channel_failed(g, fmt::format("generation {} does not read its channel", g.number()));
+    return;
+  }
   log_info("generation {} (pid {}) uses the SDK ({}): imports {} section(s), exports {}", g.number(), g.pid(),
            quote(hello.sdk), hello.imports.size(), hello.exports.size());
   if (!g.send_listeners(wire::Welcome{wire::kProtocolVersion, g.number(), g.listener_count()})) {
@@ -434,6 +589,9 @@ void Supervisor::on_hello(Generation& g, const wire::Hello& hello) {
   const std::string note = cold_start_note(facts_of(g), generations_.size(), options_.ready);
   if (g.state() != GenerationState::Starting) log_warn("{}", note);
   g.channel().send(wire::BeginImport{0, {}, note});
+  // A first or crash-restarted generation is the active one from its start: told so at once, so
+  // that no instant exists in which its supervisor could die with it still a candidate.
+  if (g.number() == active_) g.tell_active(true);
 }
 
 void Supervisor::on_channel_closed(Generation& g) {
@@ -761,6 +919,7 @@ void Supervisor::sync_guard() {
     if (g->state() == GenerationState::Exited) continue;
     GuardGeneration e;
     e.number = n;
+    e.release = g->release();
     e.pid = g->pid();
     e.start = g->start_ticks();
     e.role = g->state() == GenerationState::Draining ? GuardRole::Draining

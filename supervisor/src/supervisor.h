@@ -49,6 +49,7 @@
 #include "run_options.h"
 #include "state_broker.h"
 #include "status.h"
+#include "takeover.h"
 #include "upgrade_driver.h"
 #include "uv_handles.h"
 #include "worker_launcher.h"
@@ -88,6 +89,14 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   // The first release's preflight check has ended: its generation starts, or `run` exits 1.
   void on_first_preflight(std::uint64_t release, PreflightOutcome outcome);
   Status open_control_socket();
+  // An SDK worker of a generation taken over connects again (HOTRESTART_REJOIN).
+  void on_rejoin();
+  // Manages the generations a supervisor that died left (takeover.h) as its own.
+  void take_over(Inheritance& inheritance);
+  // What release `release` runs, for a generation taken over.
+  Generation::Plan plan_to_take_over(std::uint64_t release);
+  // A bind that failed because the port is taken, with the pids that hold it.
+  Error with_port_holders(const Error& error) const;
   Generation* find(std::uint64_t number);
 
   // Generation::Events: what a generation's readiness, exit and channel mean.
@@ -182,6 +191,9 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   // The guard, which carries out the death policy if the supervisor dies (guard.h).
   std::unique_ptr<GuardLink> guard_;
   std::unique_ptr<AfterEvents> after_events_;
+  // Where SDK workers of generations taken over connect again.
+  Fd rejoin_listener_;
+  std::unique_ptr<FdWatch> rejoin_watch_;
   bool finishing_ = false;  // The stop is done; the guard is being released.
   std::set<std::pair<pid_t, std::uint64_t>> strays_logged_;
   std::unique_ptr<ControlServer> control_;

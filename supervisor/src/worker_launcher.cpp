@@ -48,6 +48,7 @@ std::vector<std::string> WorkerLauncher::worker_environment(std::uint64_t genera
   env.push_back(fmt::format("NOTIFY_SOCKET={}", notify_path_));
   env.push_back(fmt::format("HOTRESTART_GENERATION={}", generation));
   env.push_back(fmt::format("HOTRESTART_CONTROL={}", control_path_));
+  if (!rejoin_path_.empty()) env.push_back("HOTRESTART_REJOIN=" + rejoin_path_);
   // The channel comes right after the listeners (see launch).
   env.push_back(fmt::format("HOTRESTART_CHANNEL_FD={}", 3 + listeners_.listeners().size()));
   // As systemd's WatchdogSec= does, so that sd_watchdog_enabled() and its like find it.

@@ -47,6 +47,9 @@ class WorkerLauncher {
 
   // --watchdog: workers get WATCHDOG_USEC (0: none).
   void set_watchdog(Millis every) { watchdog_ = every; }
+  // Where an SDK worker whose supervisor died connects again (HOTRESTART_REJOIN): the socket that
+  // the supervisor taking over listens on.
+  void set_rejoin_path(std::string path) { rejoin_path_ = std::move(path); }
 
   // The environment of an exec readiness probe aimed at the worker `pid` of `generation`.
   std::vector<std::string> probe_environment(pid_t pid, std::uint64_t generation) const;
@@ -67,6 +70,7 @@ class WorkerLauncher {
   std::string control_path_;
   std::string adopt_library_;
   Millis watchdog_{0};
+  std::string rejoin_path_;
   std::vector<std::string> base_env_;
 };
 

@@ -45,7 +45,23 @@ class Supervisor {
   // `prefix` goes before `hotrestart run` (a program that execs the rest, such as `unshare -m`).
   Supervisor(std::vector<std::string> run_args, std::vector<std::string> command, bool wait_ready = true,
              SpawnOptions options = {}, std::vector<std::string> prefix = {})
-      : control_(dir_.file("ctl.sock")) {
+      : Supervisor(Place{}, std::move(run_args), std::move(command), wait_ready, std::move(options),
+                   std::move(prefix)) {}
+
+  // Where a supervisor keeps its control socket and state: its own temp dir, or (to start one in
+  // the place of another that died) that one's.
+  struct Place {
+    std::string control;
+    std::string state_dir;
+  };
+  Place place() const { return {control_, dir_.file("state")}; }
+
+  Supervisor(const Place& place, std::vector<std::string> run_args, std::vector<std::string> command,
+             bool wait_ready = true, SpawnOptions options = {}, std::vector<std::string> prefix = {})
+      : control_(place.control.empty() ? dir_.file("ctl.sock") : place.control) {
+    if (!place.state_dir.empty() && std::find(run_args.begin(), run_args.end(), "--state-dir") == run_args.end()) {
+      run_args.insert(run_args.begin(), {"--state-dir", place.state_dir});
+    }
     std::vector<std::string> argv = std::move(prefix);
     argv.insert(argv.end(), {hotrestart_bin(), "run", "--control", control_});
     if (run_args.empty() || std::find(run_args.begin(), run_args.end(), "--listen") == run_args.end()) {

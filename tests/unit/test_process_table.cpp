@@ -4,10 +4,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include <doctest/doctest.h>
 
+#include "port_holders.h"
 #include "process_table.h"
 
 using namespace hotrestart;
@@ -95,4 +98,28 @@ TEST_CASE("process roster: a grandchild that called setsid still belongs to the 
     ::usleep(2000);
   }
   CHECK_FALSE(signal_process(daemon, SIGKILL));
+}
+
+TEST_CASE("port holders: the listening sockets of a port in /proc/net/tcp and tcp6") {
+  const std::string tcp =
+      "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+      "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1047 1 0 100 0 0 10 "
+      "0\n"
+      "   1: 0100007F:1F90 0100007F:A800 01 00000000:00000000 00:00000000 00000000     0        0 2000 1 0\n"
+      "   2: 00000000:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 3000 1 0\n"
+      "   3: garbage\n"
+      "   4: 0100007F:ZZZZ 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4000 1 0\n";
+  // Port 8080 (0x1F90): the listening one only, not the established connection on it.
+  CHECK(listening_inodes(tcp, 8080) == std::vector<std::uint64_t>{1047});
+  CHECK(listening_inodes(tcp, 8081) == std::vector<std::uint64_t>{3000});
+  CHECK(listening_inodes(tcp, 80).empty());
+  const std::string tcp6 =
+      "  sl  local_address                         remote_address                        st tx_queue rx_queue tr "
+      "tm->when retrnsmt   uid  timeout inode\n"
+      "   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 "
+      "00:00000000 00000000     0        0 5555 1 0 100 0 0 10 0\n";
+  CHECK(listening_inodes(tcp6, 8080) == std::vector<std::uint64_t>{5555});
+  CHECK(listening_inodes("", 8080).empty());
+  CHECK(describe(std::vector<PortHolder>{{12, 0, "nginx"}, {34, 1000, "kv"}}) ==
+        "pid 12 (nginx, uid 0), pid 34 (kv, uid 1000)");
 }

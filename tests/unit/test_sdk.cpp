@@ -88,6 +88,26 @@ TEST_CASE("sdk: a stub worker binds its fallback listeners and starts cold") {
   CHECK(StubSupervisor::start(w) == "hotrestart::Worker::start() was called twice");
 }
 
+TEST_CASE("sdk: a first generation is active at once, the next one a candidate until the cutover") {
+  Worker v1(local()), v2(local());
+  int v1_active = 0, v2_active = 0;
+  v1.on_active([&] { ++v1_active; });
+  v2.on_active([&] { ++v2_active; });
+  REQUIRE(StubSupervisor::start(v1) == "");
+  CHECK(v1.active());
+  CHECK(v1_active == 1);
+  REQUIRE(StubSupervisor::start_from(v2, v1) == "");
+  CHECK_FALSE(v2.active());
+  CHECK(v2_active == 0);
+  StubSupervisor::cut_over(v2);
+  StubSupervisor::drain(v1);
+  CHECK(v2.active());
+  CHECK(v2_active == 1);
+  CHECK_FALSE(v1.active());
+  StubSupervisor::cut_over(v2);  // Told twice: once is enough.
+  CHECK(v2_active == 1);
+}
+
 TEST_CASE("sdk: state moves to the next generation in the newest common schema, both ways") {
   Worker v1(local());
   App a1;

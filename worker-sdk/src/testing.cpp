@@ -21,7 +21,14 @@ class testing_access {
 namespace testing {
 
 std::string StubSupervisor::start(Worker& worker, std::uint64_t generation) {
-  return testing_access::impl(worker).start_stub(generation);
+  Worker::Impl& impl = testing_access::impl(worker);
+  auto error = impl.start_stub(generation);
+  if (error.empty()) impl.become_active();
+  return error;
+}
+
+void StubSupervisor::cut_over(Worker& next) {
+  testing_access::impl(next).become_active();
 }
 
 std::string StubSupervisor::start_from(Worker& next, Worker& previous) {

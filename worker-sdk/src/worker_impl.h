@@ -66,6 +66,9 @@ class Worker::Impl {
   // Handles one message from the previous generation after start(): a delta or descriptors.
   void on_peer_in(wire::Received received);
   void previous_gone();
+  // `active`: runs on_active (once until the next drain). Without a supervisor, start() calls it
+  // itself; the stub, at start() and cut_over().
+  void become_active();
   // After a delta or a descriptor was queued for the next generation: the SDK thread sends it, or
   // in the stub (which has no SDK thread) this thread does at once. Returns false once the link to
   // the next generation is broken.
@@ -136,6 +139,12 @@ class Worker::Impl {
   Fd wake_fd;          // An eventfd that wakes the SDK thread's poll.
   Fd reserve_fd;       // /dev/null, closed while receiving from the previous generation.
   std::atomic<bool> quitting{false};
+  // HOTRESTART_REJOIN: where an active generation whose supervisor died connects again, to the
+  // supervisor that takes it over. Set by start(); the SDK thread's afterwards.
+  std::string rejoin_path;
+  bool rejoining = false;
+  Clock::time_point rejoin_at{};
+  Clock::duration rejoin_every{};
   // The supervisor said `active` (or there is no supervisor), and no `drain` came since; and
   // whether a drain has begun (a candidate whose supervisor is gone drains only once).
   std::atomic<bool> active{false};
@@ -163,8 +172,11 @@ class Worker::Impl {
   void on_resume(const wire::Resume& resume);
   void on_resumed_listeners(const wire::Listeners& names, std::vector<Fd>& fds);
   void end_parking();
-  // `active`: runs on_active. Without a supervisor, start() calls it itself.
-  void become_active();
+  // The hello this worker says (at the handshake, and when it rejoins).
+  wire::Hello make_hello() const;
+  // One attempt to connect to a supervisor that took this generation over (rejoin_path); the next
+  // is scheduled when it fails.
+  void try_rejoin();
   void serve_previous_generation();
   void serve_next_generation(short revents, std::uint64_t link);
 };

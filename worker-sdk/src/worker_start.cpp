@@ -120,7 +120,8 @@ std::string Worker::Impl::start() {
     // worker's environment, but the channel, the listeners and the notify socket are the main
     // process's: a hello or a READY=1 from here would speak for a server that has not started.
     // It runs as if no supervisor were there, and passes none of it on.
-    for (const char* v : {"HOTRESTART_CHANNEL_FD", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
+    for (const char* v :
+         {"HOTRESTART_CHANNEL_FD", "HOTRESTART_REJOIN", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
       ::unsetenv(v);
     forget_systemd_environment();
     channel_env = nullptr;
@@ -131,6 +132,8 @@ std::string Worker::Impl::start() {
       return std::string("HOTRESTART_CHANNEL_FD='") + channel_env + "' is not a descriptor number";
     }
     ::unsetenv("HOTRESTART_CHANNEL_FD");  // Programs this worker starts must not take it for theirs.
+    if (const char* rejoin = std::getenv("HOTRESTART_REJOIN")) rejoin_path = rejoin;
+    ::unsetenv("HOTRESTART_REJOIN");
     mode = Mode::Supervised;
     if (auto ok = start_supervised(fd, deadline); !ok) return "cannot start under the supervisor: " + ok.error().text();
     return {};
@@ -158,7 +161,6 @@ std::string Worker::Impl::start_stub(std::uint64_t number) {
   generation = number;
   all_cold(sections, "first generation", imported);
   if (auto ok = start_standalone(); !ok) return ok.error().text();
-  become_active();
   return {};
 }
 
@@ -223,7 +225,7 @@ Status Worker::Impl::start_supervised(int channel_fd, Clock::time_point deadline
 
 // Says hello with the sections this worker imports and exports, and takes the supervisor's
 // welcome: this worker's generation. Returns how many listeners the supervisor announced.
-Result<std::uint32_t> Worker::Impl::handshake(Clock::time_point deadline) {
+wire::Hello Worker::Impl::make_hello() const {
   wire::Hello hello;
   hello.pid = static_cast<std::int32_t>(::getpid());
   hello.sdk = kSdkName;
@@ -232,6 +234,11 @@ Result<std::uint32_t> Worker::Impl::handshake(Clock::time_point deadline) {
     if (s.load || s.load_arena) hello.imports.push_back({s.name, s.versions, static_cast<bool>(s.load_arena)});
     if (s.save || s.save_arena) hello.exports.push_back({s.name, s.versions, static_cast<bool>(s.save_arena)});
   }
+  return hello;
+}
+
+Result<std::uint32_t> Worker::Impl::handshake(Clock::time_point deadline) {
+  const wire::Hello hello = make_hello();
   if (auto ok = wire::send_message(channel.fd(), hello, {}, wire::Blocking::Yes); !ok)
     return ok.error().context("hello");
 

@@ -7,8 +7,11 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -25,6 +28,13 @@ using sdk::say;
 // A parked worker waits this long past the parking time it was given, so that a supervisor's late
 // resume (or end of parking) still finds it.
 constexpr std::chrono::seconds kParkingSlack{1};
+
+// An active generation whose supervisor died tries to connect to the one that takes it over after
+// this long, then twice as long each time, up to kRejoinMost; each attempt waits at most
+// kRejoinAnswer for the welcome.
+constexpr std::chrono::milliseconds kRejoinFirst{50};
+constexpr std::chrono::milliseconds kRejoinMost{1'000};
+constexpr std::chrono::milliseconds kRejoinAnswer{2'000};
 
 // The section a change from the previous generation is for, or nullptr (and the change is
 // dropped, with a line on stderr) when no section of that name applies changes.
@@ -72,7 +82,13 @@ Worker::Impl::PollSet Worker::Impl::poll_set() const {
 void Worker::Impl::run_thread() {
   for (;;) {
     PollSet set = poll_set();
-    if (::poll(set.fds, set.count, set.backoff ? 10 : -1) < 0) {
+    int timeout = set.backoff ? 10 : -1;
+    if (rejoining) {
+      const auto until = std::chrono::ceil<std::chrono::milliseconds>(rejoin_at - Clock::now()).count();
+      const int wait = static_cast<int>(std::clamp<long long>(until, 0, 60'000));
+      timeout = timeout < 0 ? wait : std::min(timeout, wait);
+    }
+    if (::poll(set.fds, set.count, timeout) < 0) {
       if (errno == EINTR) continue;
       say("poll failed: %s", std::strerror(errno));
       return;
@@ -84,6 +100,7 @@ void Worker::Impl::run_thread() {
     if (quitting.load()) return;
     if (set.backoff) handover.retry_after_backoff();
     if (set.revents(set.channel_at) != 0) serve_channel();
+    if (rejoining && Clock::now() >= rejoin_at) try_rejoin();
     if (set.revents(set.previous_at) != 0) serve_previous_generation();
     serve_next_generation(set.revents(set.next_at), set.next_link);
     if (handover.take_next_gone_notice() && next_gone_callback) guarded("on_next_gone", next_gone_callback);
@@ -132,7 +149,52 @@ void Worker::Impl::serve_channel() {
   if (gone && !active.load() && !draining.load()) {
     say("the supervisor is gone and this generation was never cut over: draining");
     on_drain(wire::Drain{});
+    return;
   }
+  // The active generation serves on, and connects again once a supervisor takes it over.
+  if (gone && active.load() && !draining.load() && !rejoin_path.empty()) {
+    say("serving on; connecting again once a supervisor takes this generation over (%s)", rejoin_path.c_str());
+    rejoining = true;
+    rejoin_every = kRejoinFirst;
+    rejoin_at = Clock::now() + rejoin_every;
+  }
+}
+
+void Worker::Impl::try_rejoin() {
+  if (draining.load()) {
+    rejoining = false;
+    return;
+  }
+  rejoin_at = Clock::now() + rejoin_every;
+  rejoin_every = std::min<Clock::duration>(rejoin_every * 2, kRejoinMost);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (rejoin_path.size() >= sizeof addr.sun_path) {
+    rejoining = false;
+    return;
+  }
+  std::memcpy(addr.sun_path, rejoin_path.c_str(), rejoin_path.size() + 1);
+  Fd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!fd || ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return;  // Not yet.
+  if (auto ok = wire::send_message(fd.get(), make_hello(), {}, wire::Blocking::Yes); !ok) return;
+  auto answer = sdk::receive_until(fd.get(), Clock::now() + kRejoinAnswer, "the supervisor's welcome");
+  if (!answer) {
+    say("connecting again to the supervisor: %s", answer.error().text().c_str());
+    return;
+  }
+  if (const auto* refuse = std::get_if<wire::Refuse>(&answer->message)) {
+    say("the supervisor taking over refused this generation: %s", refuse->reason.c_str());
+    return;
+  }
+  const auto* welcome = std::get_if<wire::Welcome>(&answer->message);
+  if (welcome == nullptr || welcome->generation != generation || welcome->listeners != 0) {
+    say("connecting again to the supervisor: its answer is not a welcome of generation %llu",
+        static_cast<unsigned long long>(generation));
+    return;
+  }
+  channel.adopt(std::move(fd));
+  rejoining = false;
+  say("connected again to the supervisor that took this generation over");
 }
 
 void Worker::Impl::on_channel_message(wire::Received received) {

@@ -27,11 +27,14 @@ namespace hotrestart::testing {
 class StubSupervisor {
  public:
   // Starts `worker` in Mode::Stub as generation `generation`: it binds its fallback_listen
-  // addresses and imports nothing. Returns what start() would.
+  // addresses and imports nothing. Returns what start() would. It is the active generation at once
+  // (on_active runs before this returns).
   static std::string start(Worker& worker, std::uint64_t generation = 1);
   // Starts `next` as the generation after `previous` (which must have been started), carrying
-  // the state and the passed descriptors over.
+  // the state and the passed descriptors over. `next` is a candidate until cut_over().
   static std::string start_from(Worker& next, Worker& previous);
+  // The cutover: `next` becomes the active generation (its on_active runs on this thread).
+  static void cut_over(Worker& next);
   // Delivers, on this thread, what `previous` has streamed to `next` since start_from(): deltas
   // (apply_delta) and descriptors (on_fd). Returns how many messages it handled.
   static std::size_t pump(Worker& next);

@@ -1,0 +1,46 @@
+// Taking over what a supervisor that died left serving: `hotrestart run` with the same name asks
+// the dead supervisor's guard (guard.h) for its listening sockets, its table of generations and
+// their output pipes, and then manages those generations as its own (docs/architecture.md,
+// "Taking over").
+#pragma once
+
+#include <sys/types.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <hotrestart/base/result.h>
+#include <hotrestart/fd.h>
+
+#include "guard_protocol.h"
+
+namespace hotrestart {
+
+struct Inheritance {
+  pid_t supervisor = 0;  // The supervisor that died.
+  pid_t guard = 0;
+  std::vector<std::string> listener_names;
+  std::vector<Fd> listeners;  // In the order of the names.
+  struct Generation {
+    GuardGeneration facts;
+    Fd output;  // The read end of its stderr pipe, if the guard had it.
+  };
+  std::vector<Generation> generations;
+  Fd link;  // To the guard, for confirm().
+};
+
+// Asks the guard waiting at `path` for what it holds. Nothing when no guard waits there (no
+// supervisor of this name died with generations left); an error naming the trouble when one does
+// but the exchange fails. Blocks for at most a few seconds: it runs before the loop starts.
+Result<std::optional<Inheritance>> ask_guard(const std::string& path);
+
+// A listening SOCK_SEQPACKET socket at `path` (mode 0600, a socket left there replaced, anything
+// else left alone), non-blocking: the guard's takeover socket, and the one SDK workers of
+// generations taken over connect to again (HOTRESTART_REJOIN).
+Result<Fd> listen_seqpacket(const std::string& path);
+
+// Tells the guard that everything was taken: it exits, and the generations are the caller's.
+Status confirm_takeover(Inheritance& inheritance);
+
+}  // namespace hotrestart
