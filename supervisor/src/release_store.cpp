@@ -99,19 +99,65 @@ Status write_file_atomically(const std::string& path, const std::string& content
 
 // ---------------------------------------------------------------------------------------------
 
-struct ReleaseStore::Write {
+struct BackgroundFile::Write {
   uv_work_t request{};
   std::string path;
   std::string contents;
   Status status;
-  std::shared_ptr<ReleaseStore*> store;
+  std::shared_ptr<BackgroundFile*> file;
 };
 
-ReleaseStore::ReleaseStore(uv_loop_t* loop, std::string dir) : loop_(loop), dir_(std::move(dir)) {}
+BackgroundFile::BackgroundFile(uv_loop_t* loop, std::string path, std::function<void(Status)> done)
+    : loop_(loop), path_(std::move(path)), done_(std::move(done)) {}
 
-ReleaseStore::~ReleaseStore() {
+BackgroundFile::~BackgroundFile() {
   *self_ = nullptr;
 }
+
+void BackgroundFile::save(std::string contents) {
+  pending_ = std::move(contents);
+  if (!writing_) start_write();
+}
+
+void BackgroundFile::start_write() {
+  auto* w = new Write;
+  w->path = path_;
+  w->contents = std::move(*pending_);
+  pending_.reset();
+  w->file = self_;
+  w->request.data = w;
+  writing_ = true;
+  const int rc = uv_queue_work(
+      loop_, &w->request,
+      [](uv_work_t* req) {
+        auto* write = static_cast<Write*>(req->data);
+        write->status = write_file_atomically(write->path, write->contents);
+      },
+      [](uv_work_t* req, int) {
+        std::unique_ptr<Write> write(static_cast<Write*>(req->data));
+        if (BackgroundFile* file = *write->file) file->write_done(std::move(write->status));
+      });
+  if (rc != 0) {
+    writing_ = false;
+    const std::string what = fmt::format("write {}: {}", w->path, uv_strerror(rc));
+    delete w;
+    if (done_) done_(Error::message(what));
+  }
+}
+
+void BackgroundFile::write_done(Status status) {
+  writing_ = false;
+  if (done_) done_(std::move(status));
+  if (pending_ && !writing_) start_write();
+}
+
+ReleaseStore::ReleaseStore(uv_loop_t* loop, std::string dir)
+    : loop_(loop),
+      dir_(std::move(dir)),
+      file_(std::make_unique<BackgroundFile>(loop_, dir_ + "/" + kHistoryFile,
+                                             [this](Status status) { write_done(std::move(status)); })) {}
+
+ReleaseStore::~ReleaseStore() = default;
 
 Status ReleaseStore::open() {
   if (auto ok = make_dirs(dir_); !ok) {
@@ -159,40 +205,10 @@ Status ReleaseStore::open() {
 
 void ReleaseStore::save() {
   if (!persistent_) return;
-  if (writing_) {
-    dirty_ = true;
-    return;
-  }
-  start_write();
-}
-
-void ReleaseStore::start_write() {
-  auto* w = new Write;
-  w->path = dir_ + "/" + kHistoryFile;
-  w->contents = history_.to_json().dump(1) + "\n";
-  w->store = self_;
-  w->request.data = w;
-  writing_ = true;
-  dirty_ = false;
-  const int rc = uv_queue_work(
-      loop_, &w->request,
-      [](uv_work_t* req) {
-        auto* write = static_cast<Write*>(req->data);
-        write->status = write_file_atomically(write->path, write->contents);
-      },
-      [](uv_work_t* req, int) {
-        std::unique_ptr<Write> write(static_cast<Write*>(req->data));
-        if (ReleaseStore* store = *write->store) store->write_done(std::move(write->status));
-      });
-  if (rc != 0) {
-    writing_ = false;
-    error_ = fmt::format("write {}: {}", w->path, uv_strerror(rc));
-    delete w;
-  }
+  file_->save(history_.to_json().dump(1) + "\n");
 }
 
 void ReleaseStore::write_done(Status status) {
-  writing_ = false;
   if (status) {
     if (!error_.empty()) log_info("the release history is written again to {}", dir_);
     error_.clear();
@@ -201,7 +217,6 @@ void ReleaseStore::write_done(Status status) {
     error_ = status.error().text();
     log_warn("{}; the release history is kept in memory and written again with the next change", error_);
   }
-  if (dirty_) start_write();
 }
 
 std::shared_ptr<const ExecutableImage> ReleaseStore::pin(std::uint64_t release,

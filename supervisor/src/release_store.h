@@ -16,8 +16,10 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -38,6 +40,33 @@ std::string default_state_dir(const std::string& name);
 // Writes `contents` to `path` atomically: a temp file beside it, fsync, rename over `path`, fsync of
 // the directory. Blocking: call it off the loop.
 Status write_file_atomically(const std::string& path, const std::string& contents);
+
+// One file written atomically (write_file_atomically) by a thread of libuv's pool, never by the
+// loop. At most one write runs at a time; contents saved meanwhile are written by the next one
+// (only the newest). `done` hears each write's outcome, on the loop.
+class BackgroundFile {
+ public:
+  BackgroundFile(uv_loop_t* loop, std::string path, std::function<void(Status)> done);
+  ~BackgroundFile();
+  BackgroundFile(const BackgroundFile&) = delete;
+  BackgroundFile& operator=(const BackgroundFile&) = delete;
+
+  void save(std::string contents);
+  const std::string& path() const { return path_; }
+
+ private:
+  struct Write;
+  void start_write();
+  void write_done(Status status);
+
+  uv_loop_t* loop_;
+  std::string path_;
+  std::function<void(Status)> done_;
+  bool writing_ = false;
+  std::optional<std::string> pending_;  // Saved while a write ran: written when it ends.
+  // The write in flight reaches this object only through it, cleared by the destructor.
+  std::shared_ptr<BackgroundFile*> self_ = std::make_shared<BackgroundFile*>(this);
+};
 
 class ReleaseStore {
  public:
@@ -75,22 +104,17 @@ class ReleaseStore {
   const std::string& error() const { return error_; }
 
  private:
-  struct Write;
-  void start_write();
   void write_done(Status status);
 
   uv_loop_t* loop_;
   std::string dir_;
+  std::unique_ptr<BackgroundFile> file_;
   Fd lock_;
   ReleaseHistory history_;
   std::map<std::uint64_t, std::shared_ptr<const ExecutableImage>> pins_;
   bool persistent_ = false;  // The directory is usable: writes are tried.
-  bool writing_ = false;
-  bool dirty_ = false;  // Changed while a write ran: write again when it ends.
   std::string error_;
   std::int64_t saved_ms_ = 0;
-  // The write in flight reaches this object only through it, cleared by the destructor.
-  std::shared_ptr<ReleaseStore*> self_ = std::make_shared<ReleaseStore*>(this);
 };
 
 std::int64_t wall_clock_ms();

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -145,6 +146,12 @@ Status Supervisor::start() {
   auto asked = ask_guard(guard_path_for(options_.control_path));
   if (!asked) return asked.error();
   std::optional<Inheritance> inheritance = std::move(asked).value();
+  if (!inheritance) {
+    // No guard answers (it died too): the record names what may still serve.
+    auto taken = take_from_generations(options_.state_dir);
+    if (!taken) return taken.error();
+    inheritance = std::move(taken).value();
+  }
   if (inheritance) {
     auto inherited =
         ListenerSet::inherit(options_.listen, inheritance->listener_names, std::move(inheritance->listeners));
@@ -193,6 +200,15 @@ Status Supervisor::start() {
   for (int signo : {SIGTERM, SIGINT, SIGQUIT, SIGUSR2, SIGHUP}) {
     signals_.push_back(std::make_unique<SignalWatch>(&loop_, signo, [this](int s) { on_signal(s); }));
   }
+  for (const auto& l : listeners_.listeners()) {
+    struct stat st {};
+    const std::uint64_t inode = ::fstat(l.fd.get(), &st) == 0 ? st.st_ino : 0;
+    listener_records_.push_back({l.spec.name, l.address, inode});
+  }
+  record_ = std::make_unique<BackgroundFile>(&loop_, options_.state_dir + "/" + kRunningRecord, [this](Status ok) {
+    if (!ok && !record_failed_) log_warn("{}; a supervisor that takes over cannot count on it", ok.error().text());
+    record_failed_ = !ok;
+  });
   guard_ =
       std::make_unique<GuardLink>(&loop_, *reaper_, listeners_, options_.name, guard_path_for(options_.control_path));
   guard_->on_started([this] { sync_guard(); });
@@ -321,6 +337,11 @@ void Supervisor::take_over(Inheritance& in) {
     if (serving) {
       active_ = f.number;
       current_ = plan;
+    }
+    if (f.role == GuardRole::Candidate) {
+      // Its guard died before it could drain it: a candidate serves on no one's authority.
+      log_info("generation {} (pid {}) was a candidate: sending {}", f.number, f.pid, signal_name(f.drain_signal));
+      signal_process({f.pid, 0, f.pid, 0, '?', f.start}, f.drain_signal);
     }
     generations_.emplace(f.number, std::move(g).value());
   }
@@ -932,6 +953,17 @@ void Supervisor::sync_guard() {
     table.push_back({e, g->output_fd()});
   }
   guard_->sync(table);
+  std::vector<GuardGeneration> facts;
+  for (const auto& entry : table)
+    facts.push_back(entry.generation);
+  if (record_ && recorded_ != facts) {
+    static const std::uint64_t self_start = [] {
+      const auto self = read_process(::getpid());
+      return self ? self->start : 0;
+    }();
+    record_->save(running_record(::getpid(), self_start, listener_records_, facts).dump(1) + "\n");
+    recorded_ = std::move(facts);
+  }
 }
 
 json Supervisor::status_json() const {

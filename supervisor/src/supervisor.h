@@ -191,6 +191,11 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   // The guard, which carries out the death policy if the supervisor dies (guard.h).
   std::unique_ptr<GuardLink> guard_;
   std::unique_ptr<AfterEvents> after_events_;
+  // STATE-DIR/running.json (takeover.h), rewritten whenever the guard's table changes.
+  std::unique_ptr<BackgroundFile> record_;
+  std::vector<ListenerRecord> listener_records_;
+  std::optional<std::vector<GuardGeneration>> recorded_;
+  bool record_failed_ = false;
   // Where SDK workers of generations taken over connect again.
   Fd rejoin_listener_;
   std::unique_ptr<FdWatch> rejoin_watch_;

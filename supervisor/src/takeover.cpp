@@ -1,25 +1,35 @@
 // Asking a dead supervisor's guard for what it holds (takeover.h).
 #include "takeover.h"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <utility>
 
 #include <fmt/core.h>
+
+#include "log.h"
+#include "process_table.h"
 
 namespace hotrestart {
 
 namespace {
 
 constexpr int kExchangeMs = 5'000;
+constexpr std::size_t kMaxRecord = 1 << 20;
 
 // The next message from the guard, waiting up to the deadline.
 Result<GuardMessage> next(int sock, std::chrono::steady_clock::time_point deadline) {
@@ -113,6 +123,133 @@ Result<std::optional<Inheritance>> exchange(const std::string& path) {
 
 }  // namespace
 
+nlohmann::json running_record(pid_t supervisor, std::uint64_t supervisor_start,
+                              const std::vector<ListenerRecord>& listeners,
+                              const std::vector<GuardGeneration>& generations) {
+  nlohmann::json ls = nlohmann::json::array();
+  for (const auto& l : listeners)
+    ls.push_back({{"name", l.name}, {"address", l.address}, {"inode", l.inode}});
+  nlohmann::json gs = nlohmann::json::array();
+  for (const auto& g : generations)
+    gs.push_back(to_json(g));
+  return {{"format", 1},
+          {"supervisor", {{"pid", supervisor}, {"start", supervisor_start}}},
+          {"listeners", ls},
+          {"generations", gs}};
+}
+
+namespace {
+
+// The process `pid` as it started at `start`, alive (not a zombie).
+bool alive(pid_t pid, std::uint64_t start) {
+  const auto p = read_process(pid);
+  return p && p->start == start && p->state != 'Z';
+}
+
+// The descriptor numbers in `pid` that are the socket with inode `inode`.
+std::optional<int> fd_of_socket(pid_t pid, std::uint64_t inode) {
+  const std::string want = fmt::format("socket:[{}]", inode);
+  const std::string dir = fmt::format("/proc/{}/fd", pid);
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return std::nullopt;
+  std::optional<int> found;
+  while (dirent* e = ::readdir(d)) {
+    char target[64];
+    const ssize_t n = ::readlinkat(::dirfd(d), e->d_name, target, sizeof target - 1);
+    if (n > 0 && std::string_view(target, static_cast<std::size_t>(n)) == want) {
+      found = std::atoi(e->d_name);
+      break;
+    }
+  }
+  ::closedir(d);
+  return found;
+}
+
+Result<std::optional<Inheritance>> from_record(const nlohmann::json& record) {
+  if (record.value("format", 0) != 1) return Error::message("the record is of another format");
+  Inheritance in;
+  in.supervisor = record["supervisor"].value("pid", 0);
+  if (alive(in.supervisor, record["supervisor"].value("start", std::uint64_t{0})))
+    return std::optional<Inheritance>{};  // Not gone (the control socket would have said so).
+  for (const auto& j : record["generations"]) {
+    auto g = guard_generation_from_json(j);
+    if (!g) return g.error();
+    if (alive(g->pid, g->start)) in.generations.push_back({*g, Fd{}});
+  }
+  if (in.generations.empty()) return std::optional<Inheritance>{};
+  // The active generation first: it holds every listener.
+  std::stable_partition(in.generations.begin(), in.generations.end(),
+                        [](const auto& g) { return g.facts.role == GuardRole::Active; });
+  std::string pids;
+  for (const auto& g : in.generations)
+    pids += fmt::format("{}{}", pids.empty() ? "" : ", ", g.facts.pid);
+  for (const auto& l : record["listeners"]) {
+    const std::string name = l.value("name", "");
+    const auto inode = l.value("inode", std::uint64_t{0});
+    Fd taken;
+    int last_errno = 0;
+    for (const auto& g : in.generations) {
+      const auto fd = fd_of_socket(g.facts.pid, inode);
+      if (!fd) continue;
+      const long pidfd = ::syscall(SYS_pidfd_open, g.facts.pid, 0);
+      if (pidfd < 0) {
+        last_errno = errno;
+        continue;
+      }
+      Fd owned_pidfd(static_cast<int>(pidfd));
+      if (!alive(g.facts.pid, g.facts.start)) continue;
+      const long got = ::syscall(SYS_pidfd_getfd, owned_pidfd.get(), *fd, 0);
+      if (got >= 0) {
+        taken.reset(static_cast<int>(got));
+        break;
+      }
+      last_errno = errno;
+    }
+    if (!taken) {
+      return Error::message(fmt::format(
+          "cannot take listener '{}' ({}) from the generations left (pids {}){}; end them, then start again", name,
+          l.value("address", "?"), pids,
+          last_errno != 0 ? fmt::format(": {}", std::strerror(last_errno)) : std::string(": none of them holds it")));
+    }
+    in.listener_names.push_back(name);
+    in.listeners.push_back(std::move(taken));
+  }
+  // Their stderr pipes, reopened for reading through /proc: a pipe opened that way is the same
+  // pipe, so the workers' writes have a reader again.
+  for (auto& g : in.generations) {
+    char target[64];
+    const std::string fd2 = fmt::format("/proc/{}/fd/2", g.facts.pid);
+    const ssize_t n = ::readlink(fd2.c_str(), target, sizeof target - 1);
+    if (n > 0 && std::string_view(target, static_cast<std::size_t>(n)).starts_with("pipe:"))
+      g.output.reset(::open(fd2.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+  }
+  return std::optional<Inheritance>(std::move(in));
+}
+
+}  // namespace
+
+Result<std::optional<Inheritance>> take_from_generations(const std::string& state_dir) {
+  const std::string path = state_dir + "/" + kRunningRecord;
+  std::ifstream file(path, std::ios::binary);
+  if (!file) return std::optional<Inheritance>{};
+  std::string text(kMaxRecord + 1, '\0');
+  file.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<std::size_t>(file.gcount()));
+  const auto record = nlohmann::json::parse(text, nullptr, false);
+  if (text.size() > kMaxRecord || record.is_discarded() || !record.is_object()) {
+    log_warn("{} is unreadable; nothing is taken over from it", path);
+    return std::optional<Inheritance>{};
+  }
+  try {
+    auto in = from_record(record);
+    if (!in) return in.error().context("takeover");
+    return in;
+  } catch (const nlohmann::json::exception& e) {
+    log_warn("{} is malformed ({}); nothing is taken over from it", path, e.what());
+    return std::optional<Inheritance>{};
+  }
+}
+
 Result<Fd> listen_seqpacket(const std::string& path) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
@@ -132,6 +269,7 @@ Result<Fd> listen_seqpacket(const std::string& path) {
 }
 
 Status confirm_takeover(Inheritance& inheritance) {
+  if (!inheritance.link) return {};  // Taken from the generations themselves: no guard to tell.
   auto ok = send_guard_message(inheritance.link.get(), {{"op", "taken"}});
   inheritance.link.reset();
   return ok;

@@ -6,6 +6,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -34,6 +35,27 @@ struct Inheritance {
 // supervisor of this name died with generations left); an error naming the trouble when one does
 // but the exchange fails. Blocks for at most a few seconds: it runs before the loop starts.
 Result<std::optional<Inheritance>> ask_guard(const std::string& path);
+
+// The record of what a supervisor runs (STATE-DIR/running.json, format 1): itself, its guard, its
+// listeners (name, address, socket inode) and the guard's table of generations. Written at every
+// change (release_store.h's BackgroundFile), read by a supervisor that takes over when the guard is
+// gone too.
+inline constexpr const char* kRunningRecord = "running.json";
+struct ListenerRecord {
+  std::string name;
+  std::string address;
+  std::uint64_t inode = 0;
+};
+nlohmann::json running_record(pid_t supervisor, std::uint64_t supervisor_start,
+                              const std::vector<ListenerRecord>& listeners,
+                              const std::vector<GuardGeneration>& generations);
+
+// Takes over from the generations themselves, by the record in `state_dir`, when no guard answers:
+// the listening sockets are taken from the live generations with pidfd_getfd (Linux 5.6; it needs
+// ptrace rights over them), their stderr pipes opened through /proc. Nothing when the record names
+// no live generation of a supervisor that is gone; an error naming the pids that hold the sockets
+// when they cannot be taken.
+Result<std::optional<Inheritance>> take_from_generations(const std::string& state_dir);
 
 // A listening SOCK_SEQPACKET socket at `path` (mode 0600, a socket left there replaced, anything
 // else left alone), non-blocking: the guard's takeover socket, and the one SDK workers of

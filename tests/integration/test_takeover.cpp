@@ -142,3 +142,30 @@ TEST_CASE("takeover: a port held by a process it cannot take over is named in th
   CHECK_MESSAGE(contains(r.err, "Address already in use"), r.err);
   CHECK_MESSAGE(contains(r.err, fmt::format("port {} is held by pid {} (hello-server", port, server.pid())), r.err);
 }
+
+TEST_CASE("takeover: with the guard killed too, the listeners are taken from the generation itself") {
+  Supervisor first({"--no-park"}, kv("v1"));
+  Leftovers left;
+  const pid_t worker = first.active_pid();
+  const pid_t guard = first.guard();
+  left.pids = {worker, guard};
+  const std::uint16_t port = first.port();
+  RunResult put = run(
+      {"curl", "-sS", "-X", "PUT", "--data-binary", "kept", fmt::format("http://127.0.0.1:{}/kv/k", port)}, {}, 10s);
+  REQUIRE(put.exit_code == 0);
+  REQUIRE(::kill(guard, SIGKILL) == 0);
+  kill_supervisor(first);
+  CHECK(wait_until([&] { return !pid_alive(guard); }, 5s));
+  CHECK(contains(http_get(port, "/"), fmt::format("pid={}", worker)));  // The worker alone holds the port.
+
+  Supervisor second(first.place(), same_port(port, {"--no-park"}), kv("v1"));
+  left.pids.insert(second.guard());
+  CHECK(second.active_pid() == worker);
+  CHECK(second.proc().wait_output(fmt::format("generation 1 (pid {}) connected its channel again", worker), 10s));
+  RunResult r = second.upgrade_to(kv("v2"));
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+  CHECK(http_get(port, "/kv/k") == "kept");
+  // What the old worker says as it drains is read through its pipe, reopened.
+  CHECK(second.proc().wait_output(fmt::format("gen1[{}]: kv-cache v1 pid {}: draining", worker, worker), 10s));
+  second.stop();
+}
