@@ -1,8 +1,10 @@
 // hotrestart: keep a server's listening sockets open forever and swap the program behind
 // them without refusing a connection. See `hotrestart --help` and docs/operations.md.
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 
 #include <fmt/format.h>
@@ -15,6 +17,7 @@
 #include "src/listen_spec.h"
 #include "src/log.h"
 #include "src/run_options.h"
+#include "src/self_upgrade.h"
 #include "src/signals.h"
 #include "src/supervisor.h"
 
@@ -263,6 +266,7 @@ struct UpgradeFlags {
   bool json = false;
   bool wait = false;
   bool force = false;
+  bool self = false;
 };
 
 constexpr const char* kPreflightOverride =
@@ -293,6 +297,10 @@ CLI::App* add_upgrade_command(CLI::App& app, UpgradeFlags& f) {
   add_wait_flag(upgrade, f.wait);
   upgrade->add_flag("--force", f.force,
                     "Deploy even an executable (same SHA-256) whose release was reverted, which is refused otherwise");
+  upgrade->add_flag("--self", f.self,
+                    "Upgrade the supervisor itself instead: run the hotrestart binary at its path again (or --exec "
+                    "PATH) in place, same pid; the generations serve on, and a new binary that cannot start gives way "
+                    "to the old one");
   return upgrade;
 }
 
@@ -397,6 +405,11 @@ int usage_error(const std::string& text) {
 int main(int argc, char** argv) {
   // The supervisor's guard (guard.h): the same binary, started by `run`, never by hand.
   if (argc >= 2 && std::string_view(argv[1]) == "__guard") return hotrestart::run_guard(argc, argv);
+  // What `upgrade --self` asks of a binary before it execs it (self_upgrade.h).
+  if (argc >= 2 && std::string_view(argv[1]) == "__self-check") {
+    fmt::print("{}\n", hotrestart::self_check_line(kVersion));
+    return 0;
+  }
   CLI::App app{
       "hotrestart: a zero-downtime hot-restart supervisor.\n"
       "It binds a server's listening sockets once, runs the server behind them, and swaps in a new\n"
@@ -439,8 +452,45 @@ int main(int argc, char** argv) {
     auto options = run_options(run_flags, *run, std::move(tail));
     if (!options) return usage_error(options.error().text());
     set_log_level(log_level_named(run_flags.log_level).value_or(LogLevel::Info));
-    Supervisor supervisor(std::move(options).value());
-    return supervisor.run();
+    options->argv.assign(argv, argv + argc);
+    // After `upgrade --self`: this image is the new one (the old binary to go back to), or the old
+    // one again (why the new one failed). Neither reaches a worker.
+    if (const char* from = std::getenv(kSelfUpgradeFrom)) {
+      options->self_upgrade_from = std::atoi(from);
+      if (options->self_upgrade_from < 3 || ::fcntl(options->self_upgrade_from, F_GETFD) < 0)
+        options->self_upgrade_from = -1;
+      else
+        ::fcntl(options->self_upgrade_from, F_SETFD, FD_CLOEXEC);
+    }
+    if (const char* failed = std::getenv(kSelfUpgradeFailed)) options->self_upgrade_failed = failed;
+    ::unsetenv(kSelfUpgradeFrom);
+    ::unsetenv(kSelfUpgradeFailed);
+    const int old_binary = options->self_upgrade_from;
+    const std::vector<std::string> own_argv = options->argv;
+    int rc = kRunExitFailed;
+    std::string why;
+    {
+      Supervisor supervisor(std::move(options).value());
+      rc = supervisor.run();
+      why = supervisor.start_error();
+    }
+    if (rc == kRunExitFailed && old_binary >= 0 && !why.empty()) {
+      // The new image could not start: the old binary takes over again, from the guard.
+      log_error("upgrade --self: the new supervisor could not start; going back to the previous binary");
+      const Error failed =
+          roll_back_to(old_binary, own_argv, fmt::format("the new supervisor could not start: {}", why));
+      log_error("{}", failed.text());
+    }
+    return rc;
+  }
+  if (upgrade->parsed() && upgrade_flags.self) {
+    if (!tail.empty()) return usage_error("upgrade --self takes --exec PATH, not a command line");
+    if (!upgrade_flags.hold.empty() || upgrade_flags.wait || upgrade_flags.force ||
+        upgrade->get_option("--preflight")->count() > 0)
+      return usage_error("upgrade --self takes only --exec (and --control or --name)");
+    return client_self_upgrade(
+        upgrade_flags.common.control_path(),
+        upgrade_flags.exec.empty() ? std::nullopt : std::optional<std::string>(from_here(upgrade_flags.exec)));
   }
   if (upgrade->parsed()) {
     if (!upgrade_flags.exec.empty() && !tail.empty()) return usage_error("give --exec or -- COMMAND, not both");

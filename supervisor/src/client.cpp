@@ -12,6 +12,7 @@
 #include <cstring>
 #include <ctime>
 #include <memory>
+#include <thread>
 #include <variant>
 
 #include <fmt/format.h>
@@ -122,6 +123,7 @@ class LineSource {
 // is "refused"; anything else is the request's fault.
 int exit_code_of_error(const json& answer) {
   const std::string code = answer.value("code", "");
+  if (code == "failed") return kExitRolledBack;  // upgrade --self: the new binary failed its check.
   return code == "busy" || code == "stopping" || code == "unavailable" || code == "reverted" ? kExitRefused
                                                                                              : kExitUsage;
 }
@@ -533,6 +535,47 @@ int client_stop(const std::string& control_path, bool wait) {
   }
   fmt::print("stopped\n");
   return kExitOk;
+}
+
+int client_self_upgrade(const std::string& control_path, std::optional<std::string> exec) {
+  auto before = ask(control_path, json{{"v", kControlProtocolVersion}, {"cmd", "status"}});
+  if (auto* code = std::get_if<int>(&before)) return *code;
+  const std::int64_t started = std::get<Exchange>(before).first.value("started_ms", std::int64_t{0});
+  json request{{"v", kControlProtocolVersion}, {"cmd", "self-upgrade"}};
+  if (exec) request["exec"] = *exec;
+  auto reply = ask(control_path, request, std::chrono::milliseconds(30'000));
+  if (auto* code = std::get_if<int>(&reply)) return *code;
+  Exchange& ex = std::get<Exchange>(reply);
+  const pid_t pid = ex.first.value("pid", 0);
+  fmt::print("supervisor pid {} runs {} in place ({})\n", pid, ex.first.value("exec", "?"),
+             ex.first.value("checked", ""));
+  std::fflush(stdout);
+  // The connection ends with the exec; the new image answers once it has taken everything over.
+  while (ex.source->next(std::nullopt)) {
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto fd = open_and_send(control_path, json{{"v", kControlProtocolVersion}, {"cmd", "status"}});
+    if (fd) {
+      LineSource source(fd->get());
+      if (auto s = source.next(std::chrono::milliseconds(2'000));
+          s && s->value("type", "") == "status" && s->value("started_ms", std::int64_t{0}) != started) {
+        const json& error = (*s)["last_error"];
+        const std::string note = error.is_object() ? error.value("message", "") : "";
+        if (note.starts_with("upgrade --self:")) {
+          say_error(fmt::format("{}; supervisor pid {} runs {} again", note, s->value("pid", 0),
+                                s->value("executable", "?")));
+          return kExitRolledBack;
+        }
+        fmt::print("upgrade succeeded: supervisor pid {} runs {}; its generations served throughout\n",
+                   s->value("pid", 0), s->value("executable", "?"));
+        return kExitOk;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  say_error("no supervisor answered within 30 s of the exec; see its log");
+  return kExitRolledBack;
 }
 
 }  // namespace hotrestart

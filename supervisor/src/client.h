@@ -45,5 +45,8 @@ int client_rollback(const std::string& control_path, std::optional<std::uint64_t
 int client_end_hold(const std::string& control_path, std::string_view command);
 int client_history(const std::string& control_path, Output output);
 int client_stop(const std::string& control_path, bool wait);
+// `upgrade --self`: asks the supervisor to exec `exec` (nullopt: its own path) in place, then waits
+// for the new image to answer; 0 when it does, 1 when the old binary came back instead.
+int client_self_upgrade(const std::string& control_path, std::optional<std::string> exec);
 
 }  // namespace hotrestart

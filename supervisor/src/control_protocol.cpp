@@ -171,6 +171,14 @@ std::variant<ControlRequest, ControlRequestError> decode_control_request(const j
     }
     if (auto e = flag("wait", request.wait)) return *e;
     if (auto error = decode_hold(j, request.hold)) return bad(*error);
+  } else if (name == "self-upgrade") {
+    request.command = ControlRequest::Command::SelfUpgrade;
+    if (const auto e = j.find("exec"); e != j.end()) {
+      if (!e->is_string() || e->get_ref<const std::string&>().empty() ||
+          e->get_ref<const std::string&>().find('\0') != std::string::npos)
+        return bad("\"exec\" must be a non-empty string without NUL bytes");
+      request.exec = e->get<std::string>();
+    }
   } else if (name == "upgrade") {
     request.command = ControlRequest::Command::Upgrade;
     if (const auto e = j.find("exec"); e != j.end()) {
@@ -197,8 +205,9 @@ std::variant<ControlRequest, ControlRequestError> decode_control_request(const j
     if (auto e = flag("force", request.force)) return *e;
     if (auto error = decode_hold(j, request.hold)) return bad(*error);
   } else {
-    return bad(fmt::format("unknown command '{}' (expected status, upgrade, rollback, promote, abort, history or stop)",
-                           name.substr(0, 64)));
+    return bad(fmt::format(
+        "unknown command '{}' (expected status, upgrade, self-upgrade, rollback, promote, abort, history or stop)",
+        name.substr(0, 64)));
   }
   const bool deploys =
       request.command == ControlRequest::Command::Upgrade || request.command == ControlRequest::Command::Rollback;

@@ -84,9 +84,9 @@ class LineReader {
 Result<nlohmann::json> parse_control_line(std::string_view line, std::size_t max_line = kControlMaxLine);
 
 struct ControlRequest {
-  enum class Command { ShowStatus, Upgrade, Rollback, History, Stop, Promote, Abort };
+  enum class Command { ShowStatus, Upgrade, Rollback, History, Stop, Promote, Abort, SelfUpgrade };
   Command command = Command::ShowStatus;
-  std::optional<std::string> exec;               // upgrade: new executable
+  std::optional<std::string> exec;               // upgrade: new executable; self-upgrade: the supervisor's
   std::optional<std::vector<std::string>> argv;  // upgrade: new command line
   std::optional<std::uint64_t> to;               // rollback: the release to run again
   Hold hold;                                     // upgrade, rollback: both generations serve a while

@@ -130,8 +130,7 @@ Result<std::unique_ptr<Generation>> Generation::adopt(Context& context, Events& 
   const long raw = ::syscall(SYS_pidfd_open, pid, 0);
   Fd exit_pidfd(raw < 0 ? -1 : static_cast<int>(raw));
   const auto seen = read_process(pid);
-  if (!exit_pidfd || !seen || seen->start != start_ticks || seen->state == 'Z')
-    return Error::message(fmt::format("generation {} (pid {}) has exited", number, pid));
+  if (!seen || seen->start != start_ticks || seen->state == 'Z') return std::unique_ptr<Generation>{};  // Gone.
   std::unique_ptr<Generation> g(new Generation(context, events, number, std::move(plan), ChildProcess(pid)));
   Generation* raw_g = g.get();
   g->adopted_ = true;
@@ -147,13 +146,24 @@ Result<std::unique_ptr<Generation>> Generation::adopt(Context& context, Events& 
   if (::fstat(output.get(), &pipe_stat) == 0) g->output_inode_ = pipe_stat.st_ino;
   (void)::fcntl(output.get(), F_SETFL, ::fcntl(output.get(), F_GETFL) | O_NONBLOCK);
   g->output_ = std::make_unique<WorkerOutput>(context.loop, std::move(output), number, pid);
-  g->exit_pidfd_ = std::move(exit_pidfd);
-  g->exit_watch_ = std::make_unique<FdWatch>(context.loop, g->exit_pidfd_.get(), [raw_g] {
+  const auto exited = [raw_g] {
     raw_g->exit_watch_.reset();
+    raw_g->exit_poll_.reset();
     ExitStatus unknown;
     unknown.known = false;
     raw_g->on_main_exit(unknown);
-  });
+  };
+  g->exit_pidfd_ = std::move(exit_pidfd);
+  if (g->exit_pidfd_) {
+    g->exit_watch_ = std::make_unique<FdWatch>(context.loop, g->exit_pidfd_.get(), exited);
+  } else {
+    // Without a pidfd (an old kernel, a sandbox), its exit is looked for in /proc.
+    g->exit_poll_ = std::make_unique<Timer>(context.loop);
+    g->exit_poll_->start_repeating(Millis{200}, [raw_g, exited] {
+      const auto now = read_process(raw_g->pid());
+      if (!now || now->start != raw_g->start_ticks_ || now->state == 'Z') exited();
+    });
+  }
   if (serving) {
     g->enter(GenerationState::Ready);
   } else {
@@ -165,6 +175,10 @@ Result<std::unique_ptr<Generation>> Generation::adopt(Context& context, Events& 
 }
 
 void Generation::attach_channel(Fd fd) {
+  // A new connection is a new handshake: the worker says hello on it again.
+  sdk_ = SdkState::None;
+  hello_ = {};
+  told_active_ = false;
   channel_ = std::make_unique<WorkerChannel>(
       context_.loop, std::move(fd), fmt::format("generation {}", number_),
       WorkerChannel::Handler{

@@ -122,8 +122,9 @@ class Generation {
   static Result<std::unique_ptr<Generation>> start(Context& context, Events& events, std::uint64_t number, Plan plan);
   // Takes over generation `number`, which a supervisor that died left running (takeover.h): its main
   // process `pid` (started at `start_ticks`) is not this process's child, so its exit is seen through
-  // a pidfd, and its exit status is unknown. `output` is its stderr pipe's read end, if known. It
-  // serves (ready) or, unless `serving`, drains and is killed at `kill_at`.
+  // a pidfd (or, without one, in /proc), and its exit status is unknown. `output` is its stderr pipe's
+  // read end, if known. It serves (ready) or, unless `serving`, drains and is killed at `kill_at`.
+  // Null when the process has exited already.
   static Result<std::unique_ptr<Generation>> adopt(Context& context, Events& events, std::uint64_t number, Plan plan,
                                                    pid_t pid, std::uint64_t start_ticks, Fd output, bool serving,
                                                    Clock::time_point kill_at);
@@ -267,6 +268,7 @@ class Generation {
   bool adopted_ = false;
   Fd exit_pidfd_;  // adopt(): readable once the main process has exited.
   std::unique_ptr<FdWatch> exit_watch_;
+  std::unique_ptr<Timer> exit_poll_;  // adopt() without a pidfd: its exit, from /proc.
 
   ChildProcess probe_;  // The running exec readiness probe, if any.
   std::unique_ptr<WorkerChannel> channel_;

@@ -2,6 +2,7 @@
 // supervisor is gone.
 #include "guard.h"
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -53,7 +54,10 @@ class Guard {
     uv_loop_init(&loop_);
   }
   ~Guard() {
-    if (takeover_listener_) ::unlink(takeover_path_.c_str());
+    // Only its own: a newer guard may have bound the path since.
+    struct stat st {};
+    if (takeover_listener_ && ::lstat(takeover_path_.c_str(), &st) == 0 && st.st_ino == takeover_inode_)
+      ::unlink(takeover_path_.c_str());
     taker_watch_.reset();
     takeover_watch_.reset();
     generations_.clear();
@@ -246,6 +250,8 @@ class Guard {
       return;
     }
     takeover_listener_ = std::move(fd).value();
+    struct stat st {};
+    if (::lstat(takeover_path_.c_str(), &st) == 0) takeover_inode_ = st.st_ino;
     takeover_watch_ = std::make_unique<FdWatch>(&loop_, takeover_listener_.get(), [this] { on_taker_connected(); });
     log_info("a `hotrestart run` with the same name and listeners takes them over (it finds this guard at {})",
              takeover_path_);
@@ -276,6 +282,7 @@ class Guard {
     taker_watch_.reset();
     taker_.reset();
     taker_pid_ = 0;
+    resume_relays();
   }
 
   void on_taker() {
@@ -326,13 +333,27 @@ class Guard {
         fds.push_back(listeners_[i].get());
       if (auto ok = send_guard_message(sock, {{"op", "listeners"}}, fds); !ok) return ok;
     }
-    for (const auto& [n, held] : generations_) {
-      const int fd = held.relay ? held.relay->read_fd() : held.output.get();
-      if (held.exited || fd < 0) continue;
-      const int fds[] = {fd};
+    for (auto& [n, held] : generations_) {
+      if (held.exited) continue;
+      // One reader at a time: this guard stops relaying (keeping the pipe, in case the takeover
+      // does not complete) before the new supervisor starts.
+      if (held.relay) {
+        held.output.reset(::fcntl(held.relay->read_fd(), F_DUPFD_CLOEXEC, 3));
+        held.relay.reset();
+      }
+      if (!held.output) continue;
+      const int fds[] = {held.output.get()};
       if (auto ok = send_guard_message(sock, {{"op", "output"}, {"number", n}}, fds); !ok) return ok;
     }
     return send_guard_message(sock, {{"op", "end"}});
+  }
+
+  // The takeover did not complete: this guard reads the pipes again.
+  void resume_relays() {
+    for (auto& [n, held] : generations_) {
+      if (!held.relay && held.output)
+        held.relay = std::make_unique<WorkerOutput>(&loop_, std::move(held.output), held.g.number, held.g.pid);
+    }
   }
 
   static ProcessEntry entry_of(const GuardGeneration& g) {
@@ -404,6 +425,7 @@ class Guard {
   std::string name_;
   std::string takeover_path_;
   Fd takeover_listener_;
+  ino_t takeover_inode_ = 0;
   std::unique_ptr<FdWatch> takeover_watch_;
   Fd taker_;
   pid_t taker_pid_ = 0;

@@ -248,7 +248,9 @@ Result<ListenerSet> ListenerSet::inherit(const std::vector<ListenSpec>& specs, c
     l.spec = std::move(spec);
     l.fd = std::move(fd);
     l.inherited = true;
-    l.unlink_on_exit = l.spec.kind == ListenSpec::Kind::Unix && !l.spec.path.empty();
+    // Never unlinked: should this takeover fail, the generations left serve on at that path. (The
+    // next `run` replaces a stale socket file when it binds.)
+    l.unlink_on_exit = false;
     set.listeners_.push_back(std::move(l));
   };
   if (specs.empty()) {

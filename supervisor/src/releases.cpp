@@ -10,6 +10,11 @@
 #include "lifecycle.h"
 
 namespace hotrestart {
+
+namespace {
+// Why end_inherited() ended a release that was serving.
+constexpr const char* kInheritedGone = "the supervisor that ran it is gone";
+}  // namespace
 namespace {
 
 using nlohmann::json;
@@ -168,6 +173,17 @@ bool ReleaseHistory::set_outcome(std::uint64_t number, ReleaseOutcome outcome, s
   return true;
 }
 
+bool ReleaseHistory::serving_again(std::uint64_t number) {
+  Release* r = find(number);
+  if (r == nullptr) return false;
+  if (r->outcome == ReleaseOutcome::Serving) return true;
+  if (r->outcome != ReleaseOutcome::Stopped || r->reason != kInheritedGone) return false;
+  r->outcome = ReleaseOutcome::Serving;
+  r->reason.clear();
+  r->ended_ms = 0;
+  return true;
+}
+
 const Release* ReleaseHistory::last_good_before(std::uint64_t active) const {
   const Release* current = find(active);
   for (auto it = releases_.rbegin(); it != releases_.rend(); ++it) {
@@ -187,7 +203,7 @@ void ReleaseHistory::end_inherited(std::int64_t now_ms) {
       r.ended_ms = now_ms;
     } else if (r.outcome == ReleaseOutcome::Serving) {
       r.outcome = ReleaseOutcome::Stopped;
-      r.reason = "the supervisor that ran it is gone";
+      r.reason = kInheritedGone;
       r.ended_ms = now_ms;
     }
   }

@@ -83,6 +83,9 @@ class ReleaseHistory {
   // Moves `number` to `outcome` (checked against the table; a move the table refuses is ignored and
   // false), recording the reason and the end time for an outcome that ends it.
   bool set_outcome(std::uint64_t number, ReleaseOutcome outcome, std::string reason, std::int64_t now_ms);
+  // A release that end_inherited() ended because its supervisor was gone serves after all: a
+  // supervisor took its generation over. False when it was not ended that way.
+  bool serving_again(std::uint64_t number);
   // The release `rollback` goes back to by default: the newest one older than `active` that served
   // (and so was neither rolled back nor reverted) and runs something else than `active`, or null.
   const Release* last_good_before(std::uint64_t active) const;

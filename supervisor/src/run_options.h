@@ -63,6 +63,13 @@ struct RunOptions {
   std::string preflight;     // Run with /bin/sh -c before each release is spawned (preflight.h).
   Millis preflight_timeout{60'000};
   std::vector<std::string> command;
+  // The supervisor's own command line, for `upgrade --self`, which runs it again.
+  std::vector<std::string> argv;
+  // This process is the new image of a self-upgrade: the old binary's descriptor (O_PATH), to go
+  // back to if this one cannot start; -1 otherwise.
+  int self_upgrade_from = -1;
+  // This process is the old binary again: why the new one could not start ("" otherwise).
+  std::string self_upgrade_failed;
 };
 
 // Why an exec probe (--ready or --health) looks aimed at a listening address the supervisor shares

@@ -2,6 +2,7 @@
 // (see supervisor.h).
 #include "supervisor.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -21,6 +22,7 @@
 #include "log.h"
 #include "output_lines.h"
 #include "port_holders.h"
+#include "self_upgrade.h"
 #include "signals.h"
 #include "takeover.h"
 
@@ -113,7 +115,8 @@ Supervisor::~Supervisor() {
 
 int Supervisor::run() {
   if (auto ok = start(); !ok) {
-    log_error("{}", ok.error().text());
+    start_error_ = ok.error().text();
+    log_error("{}", start_error_);
     return kRunExitFailed;
   }
   uv_run(&loop_, UV_RUN_DEFAULT);
@@ -141,9 +144,24 @@ Status Supervisor::start() {
   releases_ = std::make_unique<ReleaseStore>(&loop_, options_.state_dir);
   if (auto ok = releases_->open(); !ok) return ok.error();
 
+  started_ms_ = wall_clock_ms();
+  own_executable_ = own_executable();
+  if (options_.self_upgrade_from >= 0) {
+    if (auto ok = fail_if_asked("self-upgrade-start"); !ok) return ok.error();
+  }
+  if (!options_.self_upgrade_failed.empty()) {
+    last_error_.note(fmt::format("upgrade --self: {}; the previous binary serves again", options_.self_upgrade_failed));
+    log_warn("upgrade --self: {}; this is the previous binary again, taking over", options_.self_upgrade_failed);
+  }
   // A supervisor of this name that died may have left generations serving: they are taken over,
-  // with the listening sockets they serve, rather than fail to bind the port they hold.
+  // with the listening sockets they serve, rather than fail to bind the port they hold. After an
+  // exec of `upgrade --self`, the guard is certainly there, if not yet listening: it is waited for.
+  const bool after_exec = options_.self_upgrade_from >= 0 || !options_.self_upgrade_failed.empty();
   auto asked = ask_guard(guard_path_for(options_.control_path));
+  for (int tries = 0; after_exec && asked && !*asked && tries < 150; ++tries) {
+    ::usleep(20'000);
+    asked = ask_guard(guard_path_for(options_.control_path));
+  }
   if (!asked) return asked.error();
   std::optional<Inheritance> inheritance = std::move(asked).value();
   if (!inheritance) {
@@ -208,6 +226,7 @@ Status Supervisor::start() {
   record_ = std::make_unique<BackgroundFile>(&loop_, options_.state_dir + "/" + kRunningRecord, [this](Status ok) {
     if (!ok && !record_failed_) log_warn("{}; a supervisor that takes over cannot count on it", ok.error().text());
     record_failed_ = !ok;
+    if (!ok) recorded_.reset();  // Written again with the next sync, changed or not.
   });
   guard_ =
       std::make_unique<GuardLink>(&loop_, *reaper_, listeners_, options_.name, guard_path_for(options_.control_path));
@@ -240,10 +259,13 @@ Status Supervisor::start() {
                            : "");
   }
   if (inheritance) {
-    take_over(*inheritance);
+    if (auto ok = take_over(*inheritance); !ok) return ok.error();
+    record_ready_ = true;  // From here on the record is this supervisor's.
+    sync_guard();
     if (active_ != 0) return {};
     log_warn("no generation taken over serves; starting the command of this run");
   }
+  record_ready_ = true;
   const std::uint64_t release = record_release({options_.command, ReleaseOrigin::Run, -1, -1, 0, nullptr, {}});
   current_.release = release;
   if (options_.preflight.empty()) return start_first_generation(release);
@@ -292,6 +314,41 @@ void Supervisor::on_first_preflight(std::uint64_t release, PreflightOutcome outc
   uv_stop(&loop_);
 }
 
+void Supervisor::on_self_upgrade(ClientId client, const ControlRequest& request) {
+  const auto refuse = [&](std::string_view code, const std::string& why) {
+    log_warn("upgrade --self refused: {}", why);
+    control_->send(client, control_error(code, why), AfterSend::Close);
+  };
+  if (stopping_) return refuse("stopping", "the supervisor is stopping");
+  if (upgrade_->in_progress()) return refuse("busy", upgrade_->busy_reason());
+  if (resuming_ != 0 || reverting_) return refuse("busy", "a revert is under way; try again once it is done");
+  const std::string path = request.exec.value_or(own_executable_);
+  auto checked = check_new_supervisor(path);
+  if (!checked) return refuse("failed", fmt::format("the new supervisor was not started: {}", checked.error().text()));
+  // The descriptor of this binary, kept open across the exec (no close-on-exec), to come back to.
+  Fd old_exe(::open("/proc/self/exe", O_PATH));
+  if (!old_exe)
+    return refuse("failed", fmt::format("cannot keep this binary to come back to: {}", std::strerror(errno)));
+  log_info("upgrade --self: {} ({}) replaces this supervisor in place, pid {}; the guard holds everything meanwhile",
+           path, checked.value(), ::getpid());
+  // Sent before the exec: a small answer goes straight into the socket's buffer.
+  control_->send(client,
+                 json{{"v", kControlProtocolVersion},
+                      {"type", "self-upgrade"},
+                      {"pid", ::getpid()},
+                      {"exec", path},
+                      {"checked", checked.value()}},
+                 AfterSend::KeepOpen);
+  systemd_.notify(fmt::format("RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=upgrading the supervisor", uv_hrtime() / 1000));
+  std::vector<std::string> extra = {fmt::format("{}={}", kSelfUpgradeFrom, old_exe.get())};
+  if (!systemd_.socket().empty()) extra.push_back("NOTIFY_SOCKET=" + systemd_.socket());
+  const Error failed = exec_supervisor(path, options_.argv, extra);
+  // Still here: nothing was closed, and this supervisor goes on.
+  systemd_.notify("READY=1\nSTATUS=serving");
+  last_error_.note(fmt::format("upgrade --self: {}", failed.text()));
+  log_error("upgrade --self: {}; this supervisor goes on", failed.text());
+}
+
 void Supervisor::on_rejoin() {
   for (;;) {
     Fd conn(::accept4(rejoin_listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
@@ -314,33 +371,45 @@ void Supervisor::on_rejoin() {
   }
 }
 
-void Supervisor::take_over(Inheritance& in) {
+Status Supervisor::take_over(Inheritance& in) {
   std::uint64_t highest = 0;
+  bool active_seen = false;
   for (auto& inherited : in.generations) {
     const GuardGeneration& f = inherited.facts;
-    highest = std::max(highest, f.number);
-    Generation::Plan plan = plan_to_take_over(f.release);
-    const bool serving = f.role == GuardRole::Active;
-    const auto kill_at = f.kill_at_ns > 0 ? Clock::time_point(std::chrono::nanoseconds(f.kill_at_ns))
-                                          : Clock::now() + options_.drain_timeout;
-    auto g = Generation::adopt(*context_, *this, f.number, plan, f.pid, f.start, std::move(inherited.output), serving,
-                               kill_at);
-    if (!g) {
-      log_warn("{}; nothing to take over of it", g.error().text());
+    if (generations_.count(f.number) != 0) {
+      log_warn("generation {} is listed twice by what supervisor pid {} left; the second is ignored", f.number,
+               in.supervisor);
       continue;
     }
-    log_info("took over generation {} (pid {}, release {}) from supervisor pid {}, which died: {}", f.number, f.pid,
-             f.release, in.supervisor,
+    highest = std::max(highest, f.number);
+    Generation::Plan plan = plan_to_take_over(f.release);
+    // One active generation at most; any other that says it is one is drained like a candidate.
+    const bool serving = f.role == GuardRole::Active && !active_seen;
+    // A deadline no later than a drain timeout from now, whatever the table says.
+    const auto latest = Clock::now() + options_.drain_timeout;
+    const auto said = Clock::time_point(std::chrono::nanoseconds(f.kill_at_ns));
+    const auto kill_at = f.kill_at_ns > 0 && said < latest ? said : latest;
+    auto g = Generation::adopt(*context_, *this, f.number, plan, f.pid, f.start, std::move(inherited.output), serving,
+                               kill_at);
+    // Not taken over, and the guard not told so: it guards on, and this `run` says why.
+    if (!g) return g.error().context(fmt::format("cannot take over generation {} (pid {})", f.number, f.pid));
+    if (!g.value()) {
+      log_info("generation {} (pid {}) has exited; nothing to take over of it", f.number, f.pid);
+      continue;
+    }
+    log_info("took over generation {} (pid {}, release {}) from {}: {}", f.number, f.pid, f.release,
+             in.supervisor == ::getpid() ? std::string("this supervisor's previous image")
+                                         : fmt::format("supervisor pid {}, which died", in.supervisor),
              serving ? std::string("it serves")
                      : fmt::format("it drains, SIGKILL in {}",
                                    format_duration(std::chrono::duration_cast<Millis>(kill_at - Clock::now()))));
     if (serving) {
+      active_seen = true;
       active_ = f.number;
       current_ = plan;
-    }
-    if (f.role == GuardRole::Candidate) {
-      // Its guard died before it could drain it: a candidate serves on no one's authority.
-      log_info("generation {} (pid {}) was a candidate: sending {}", f.number, f.pid, signal_name(f.drain_signal));
+    } else {
+      // Asked again: whether the drain request of the supervisor that died arrived is unknown, and a
+      // candidate its guard could not drain must not serve on its own authority.
       signal_process({f.pid, 0, f.pid, 0, '?', f.start}, f.drain_signal);
     }
     generations_.emplace(f.number, std::move(g).value());
@@ -348,12 +417,11 @@ void Supervisor::take_over(Inheritance& in) {
   next_generation_ = std::max(next_generation_, highest + 1);
   for (const Release& r : releases_->history().releases())
     next_generation_ = std::max(next_generation_, r.generation + 1);
-  // The guard exits once told; from here the generations are this supervisor's, and its own guard's.
-  if (auto ok = confirm_takeover(in); !ok) log_warn("could not tell the old guard: {}", ok.error().text());
+  // This supervisor's own guard knows everything before the old one lets go.
   sync_guard();
-  if (active_ == 0) return;
-  if (current_.release != 0) {
-    releases_->history().set_outcome(current_.release, ReleaseOutcome::Serving, {}, wall_clock_ms());
+  if (auto ok = confirm_takeover(in); !ok) log_warn("could not tell the old guard: {}", ok.error().text());
+  if (active_ == 0) return {};
+  if (current_.release != 0 && releases_->history().serving_again(current_.release)) {
     last_proven_release_ = current_.release;
     releases_->save();
   }
@@ -362,6 +430,7 @@ void Supervisor::take_over(Inheritance& in) {
              shell_words(options_.command), active_, shell_words(current_.command));
   }
   systemd_.ready_once(fmt::format("READY=1\nSTATUS=generation {} serving (taken over)", active_));
+  return {};
 }
 
 Generation::Plan Supervisor::plan_to_take_over(std::uint64_t release) {
@@ -817,6 +886,9 @@ void Supervisor::on_request(ClientId client, const ControlRequest& request) {
     case ControlRequest::Command::History:
       control_->send(client, history_json(), AfterSend::Close);
       return;
+    case ControlRequest::Command::SelfUpgrade:
+      on_self_upgrade(client, request);
+      return;
     case ControlRequest::Command::Promote:
     case ControlRequest::Command::Abort: {
       const Input input = request.command == ControlRequest::Command::Promote ? Input::Promote : Input::Abort;
@@ -956,12 +1028,18 @@ void Supervisor::sync_guard() {
   std::vector<GuardGeneration> facts;
   for (const auto& entry : table)
     facts.push_back(entry.generation);
-  if (record_ && recorded_ != facts) {
+  // Not before what is left behind was taken over: until then the old record is the one that counts.
+  if (record_ && record_ready_ && recorded_ != facts) {
     static const std::uint64_t self_start = [] {
       const auto self = read_process(::getpid());
       return self ? self->start : 0;
     }();
-    record_->save(running_record(::getpid(), self_start, listener_records_, facts).dump(1) + "\n");
+    ProcessRecord guard;
+    if (guard_->pid() > 0) {
+      guard.pid = guard_->pid();
+      if (const auto p = read_process(guard.pid)) guard.start = p->start;
+    }
+    record_->save(running_record({::getpid(), self_start}, guard, listener_records_, facts).dump(1) + "\n");
     recorded_ = std::move(facts);
   }
 }
@@ -990,6 +1068,8 @@ json Supervisor::status_json() const {
               {"name", options_.name},
               {"pid", ::getpid()},
               {"uptime_ms", ms_since(started_at_)},
+              {"started_ms", started_ms_},
+              {"executable", own_executable_},
               {"stopping", stopping_},
               {"control", options_.control_path},
               {"listeners", listeners_json(listeners_)},

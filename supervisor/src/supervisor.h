@@ -65,6 +65,8 @@ class ServiceManager {
   void notify(const std::string& message) const;
   // READY=1, the first time a generation serves.
   void ready_once(const std::string& message);
+  // NOTIFY_SOCKET as it was given ("": none), for a new image of the supervisor.
+  const std::string& socket() const { return socket_; }
 
  private:
   std::string socket_;
@@ -80,6 +82,8 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
 
   // Runs until stopped; returns the process exit code.
   int run();
+  // Why start() failed, when run() returned kRunExitFailed for that.
+  const std::string& start_error() const { return start_error_; }
 
  private:
   using Clock = std::chrono::steady_clock;
@@ -89,10 +93,12 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   // The first release's preflight check has ended: its generation starts, or `run` exits 1.
   void on_first_preflight(std::uint64_t release, PreflightOutcome outcome);
   Status open_control_socket();
+  // `upgrade --self`: checks the new binary and execs it (self_upgrade.h); answers only a refusal.
+  void on_self_upgrade(ClientId client, const ControlRequest& request);
   // An SDK worker of a generation taken over connects again (HOTRESTART_REJOIN).
   void on_rejoin();
   // Manages the generations a supervisor that died left (takeover.h) as its own.
-  void take_over(Inheritance& inheritance);
+  Status take_over(Inheritance& inheritance);
   // What release `release` runs, for a generation taken over.
   Generation::Plan plan_to_take_over(std::uint64_t release);
   // A bind that failed because the port is taken, with the pids that hold it.
@@ -180,6 +186,9 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   RunOptions options_;
   uv_loop_t loop_{};
   Clock::time_point started_at_ = Clock::now();
+  std::int64_t started_ms_ = 0;  // The same, on the wall clock (status: a client sees an exec by it).
+  std::string own_executable_;   // What this image runs (status, and `upgrade --self` without --exec).
+  std::string start_error_;
   ServiceManager systemd_;
 
   ListenerSet listeners_;
@@ -196,6 +205,7 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   std::vector<ListenerRecord> listener_records_;
   std::optional<std::vector<GuardGeneration>> recorded_;
   bool record_failed_ = false;
+  bool record_ready_ = false;  // What was left behind has been taken over (or nothing was).
   // Where SDK workers of generations taken over connect again.
   Fd rejoin_listener_;
   std::unique_ptr<FdWatch> rejoin_watch_;

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <stdexcept>
 #include <utility>
 
 #include <fmt/core.h>
@@ -123,7 +124,7 @@ Result<std::optional<Inheritance>> exchange(const std::string& path) {
 
 }  // namespace
 
-nlohmann::json running_record(pid_t supervisor, std::uint64_t supervisor_start,
+nlohmann::json running_record(ProcessRecord supervisor, ProcessRecord guard,
                               const std::vector<ListenerRecord>& listeners,
                               const std::vector<GuardGeneration>& generations) {
   nlohmann::json ls = nlohmann::json::array();
@@ -133,7 +134,8 @@ nlohmann::json running_record(pid_t supervisor, std::uint64_t supervisor_start,
   for (const auto& g : generations)
     gs.push_back(to_json(g));
   return {{"format", 1},
-          {"supervisor", {{"pid", supervisor}, {"start", supervisor_start}}},
+          {"supervisor", {{"pid", supervisor.pid}, {"start", supervisor.start}}},
+          {"guard", {{"pid", guard.pid}, {"start", guard.start}}},
           {"listeners", ls},
           {"generations", gs}};
 }
@@ -166,14 +168,26 @@ std::optional<int> fd_of_socket(pid_t pid, std::uint64_t inode) {
 }
 
 Result<std::optional<Inheritance>> from_record(const nlohmann::json& record) {
-  if (record.value("format", 0) != 1) return Error::message("the record is of another format");
+  if (record.value("format", 0) != 1) throw std::invalid_argument("it is of another format");
   Inheritance in;
-  in.supervisor = record["supervisor"].value("pid", 0);
-  if (alive(in.supervisor, record["supervisor"].value("start", std::uint64_t{0})))
+  in.supervisor = record.at("supervisor").value("pid", 0);
+  if (alive(in.supervisor, record.at("supervisor").value("start", std::uint64_t{0})))
     return std::optional<Inheritance>{};  // Not gone (the control socket would have said so).
-  for (const auto& j : record["generations"]) {
+  // A guard alive but silent (busy, or its takeover socket could not be bound) still holds and acts
+  // on everything: taking the sockets past it would make two keepers of the same generations.
+  if (const auto guard = record.find("guard"); guard != record.end() && guard->is_object()) {
+    const pid_t pid = guard->value("pid", 0);
+    if (pid > 0 && alive(pid, guard->value("start", std::uint64_t{0}))) {
+      return Error::message(fmt::format(
+          "the guard (pid {}) of supervisor pid {} is alive but does not answer; try again, or end it first", pid,
+          in.supervisor));
+    }
+  }
+  if (!record.at("generations").is_array() || !record.at("listeners").is_array())
+    throw std::invalid_argument("its generations or listeners are not lists");
+  for (const auto& j : record.at("generations")) {
     auto g = guard_generation_from_json(j);
-    if (!g) return g.error();
+    if (!g) throw std::invalid_argument(g.error().text());
     if (alive(g->pid, g->start)) in.generations.push_back({*g, Fd{}});
   }
   if (in.generations.empty()) return std::optional<Inheritance>{};
@@ -183,7 +197,7 @@ Result<std::optional<Inheritance>> from_record(const nlohmann::json& record) {
   std::string pids;
   for (const auto& g : in.generations)
     pids += fmt::format("{}{}", pids.empty() ? "" : ", ", g.facts.pid);
-  for (const auto& l : record["listeners"]) {
+  for (const auto& l : record.at("listeners")) {
     const std::string name = l.value("name", "");
     const auto inode = l.value("inode", std::uint64_t{0});
     Fd taken;
@@ -244,7 +258,8 @@ Result<std::optional<Inheritance>> take_from_generations(const std::string& stat
     auto in = from_record(record);
     if (!in) return in.error().context("takeover");
     return in;
-  } catch (const nlohmann::json::exception& e) {
+  } catch (const std::exception& e) {
+    // A damaged record must not keep the service from starting: it is only a hint.
     log_warn("{} is malformed ({}); nothing is taken over from it", path, e.what());
     return std::optional<Inheritance>{};
   }

@@ -46,7 +46,11 @@ struct ListenerRecord {
   std::string address;
   std::uint64_t inode = 0;
 };
-nlohmann::json running_record(pid_t supervisor, std::uint64_t supervisor_start,
+struct ProcessRecord {
+  pid_t pid = 0;
+  std::uint64_t start = 0;
+};
+nlohmann::json running_record(ProcessRecord supervisor, ProcessRecord guard,
                               const std::vector<ListenerRecord>& listeners,
                               const std::vector<GuardGeneration>& generations);
 

@@ -3,10 +3,19 @@
 // channel connected again), and status, upgrade, state transfer and stop work as before. Where
 // nothing can be taken over, the error names the pids that hold the port.
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <thread>
 
 #include <set>
 #include <string>
 #include <vector>
+
+#include <hotrestart/fd.h>
 
 #include "fixture.h"
 
@@ -28,6 +37,14 @@ void kill_supervisor(Supervisor& sup) {
 std::vector<std::string> same_port(std::uint16_t port, std::vector<std::string> more = {}) {
   more.insert(more.begin(), {"--listen", fmt::format("http=tcp://127.0.0.1:{}", port)});
   return more;
+}
+
+// PUT http://127.0.0.1:PORT/kv/KEY with `value`; true when it was acknowledged.
+bool put(std::uint16_t port, const std::string& key, const std::string& value) {
+  RunResult r = run(
+      {"curl", "-sS", "-f", "-X", "PUT", "--data-binary", value, fmt::format("http://127.0.0.1:{}/kv/{}", port, key)},
+      {}, 10s);
+  return r.exit_code == 0;
 }
 
 // Processes killed by pid at the end, should a check fail before they went.
@@ -77,12 +94,8 @@ TEST_CASE("takeover: an SDK worker connects its channel again, and its state mov
   const pid_t worker = first.active_pid();
   left.pids = {worker, first.guard()};
   const std::uint16_t port = first.port();
-  for (int i = 0; i < 20; ++i) {
-    RunResult put = run({"curl", "-sS", "-X", "PUT", "--data-binary", fmt::format("value-{}", i),
-                         fmt::format("http://127.0.0.1:{}/kv/key-{}", port, i)},
-                        {}, 10s);
-    REQUIRE(put.exit_code == 0);
-  }
+  for (int i = 0; i < 20; ++i)
+    REQUIRE(put(port, fmt::format("key-{}", i), fmt::format("value-{}", i)));
   kill_supervisor(first);
   Supervisor second(first.place(), same_port(port, {"--no-park"}), kv("v1"));
   left.pids.insert(second.guard());
@@ -150,9 +163,7 @@ TEST_CASE("takeover: with the guard killed too, the listeners are taken from the
   const pid_t guard = first.guard();
   left.pids = {worker, guard};
   const std::uint16_t port = first.port();
-  RunResult put = run(
-      {"curl", "-sS", "-X", "PUT", "--data-binary", "kept", fmt::format("http://127.0.0.1:{}/kv/k", port)}, {}, 10s);
-  REQUIRE(put.exit_code == 0);
+  REQUIRE(put(port, "k", "kept"));
   REQUIRE(::kill(guard, SIGKILL) == 0);
   kill_supervisor(first);
   CHECK(wait_until([&] { return !pid_alive(guard); }, 5s));
@@ -168,4 +179,149 @@ TEST_CASE("takeover: with the guard killed too, the listeners are taken from the
   // What the old worker says as it drains is read through its pipe, reopened.
   CHECK(second.proc().wait_output(fmt::format("gen1[{}]: kv-cache v1 pid {}: draining", worker, worker), 10s));
   second.stop();
+}
+
+TEST_CASE("takeover: what a supervisor finds left behind is untrusted") {
+  TempDir dir;
+  const std::string control = dir.file("ctl.sock");
+  const std::string state = dir.file("state");
+
+  SUBCASE("a guard socket that answers garbage: run refuses to start, and says why") {
+    // Something listens where a guard would, and answers a takeover with what is not JSON.
+    hotrestart::Fd listener(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    const std::string path = dir.file("ctl.guard");
+    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+    REQUIRE(::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    REQUIRE(::listen(listener.get(), 1) == 0);
+    std::thread fake([&] {
+      hotrestart::Fd conn(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      char buffer[512];
+      if (conn && ::recv(conn.get(), buffer, sizeof buffer, 0) > 0) {
+        const std::string garbage = "{not json";
+        (void)::send(conn.get(), garbage.data(), garbage.size(), MSG_NOSIGNAL);
+      }
+    });
+    RunResult r = run({hotrestart_bin(), "run", "--control", control, "--state-dir", state, "--listen",
+                       "http=tcp://127.0.0.1:0", "--", hello_bin()},
+                      {}, 20s);
+    fake.join();
+    CHECK(r.exit_code == 1);
+    CHECK_MESSAGE(contains(r.err, "takeover: guard link: a message is not a JSON object"), r.err);
+  }
+  SUBCASE("a running.json that is not one: run warns and starts as usual") {
+    std::filesystem::create_directories(state);
+    write_file_atomic(state + "/running.json", "{\"format\": 1, \"supervisor\": [");
+    Supervisor sup(Supervisor::Place{control, state}, {}, hello("v1"));
+    CHECK(contains(sup.proc().err(), "running.json is unreadable; nothing is taken over from it"));
+    sup.stop();
+  }
+  SUBCASE("a running.json of the wrong shape: the same") {
+    std::filesystem::create_directories(state);
+    const char* shapes[] = {
+        R"({"format": 1, "supervisor": {"pid": "x"}, "generations": [], "listeners": []})",
+        R"({"format": 1, "supervisor": {"pid": 1, "start": 0}, "generations": 7, "listeners": null})",
+        R"({"format": 1, "supervisor": {"pid": 1, "start": 0}, "generations": [{"pid": -4}], "listeners": []})",
+        R"({"format": 9})",
+        R"({"format": 1})",
+    };
+    for (const char* shape : shapes) {
+      CAPTURE(shape);
+      write_file_atomic(state + "/running.json", shape);
+      Supervisor sup(Supervisor::Place{control, state}, {}, hello("v1"));
+      CHECK(contains(sup.proc().err(), "running.json is malformed"));
+      sup.stop();
+    }
+  }
+  SUBCASE("a process that is no generation taken over cannot take a channel") {
+    Supervisor sup(Supervisor::Place{control, state}, {}, hello("v1"));
+    hotrestart::Fd conn(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", dir.file("ctl.workers").c_str());
+    REQUIRE(::connect(conn.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    CHECK(sup.proc().wait_output(
+        fmt::format("pid {} connected to the rejoin socket, but it is the main process of no generation taken over",
+                    ::getpid()),
+        10s));
+    char byte = 0;
+    CHECK(::recv(conn.get(), &byte, 1, 0) == 0);  // Closed on it.
+    CHECK(contains(http_get(sup.port(), "/"), "version=v1"));
+    sup.stop();
+  }
+}
+
+TEST_CASE("self-upgrade: ten times under load, same pid, no failed request, and the state moves after") {
+  Supervisor sup({"--no-park"}, kv("v1"));
+  const pid_t supervisor = sup.pid();
+  const pid_t worker = sup.active_pid();
+  const std::uint16_t port = sup.port();
+  for (int i = 0; i < 10; ++i)
+    REQUIRE(put(port, fmt::format("key-{}", i), fmt::format("value-{}", i)));
+  MixedLoad load(port, 2);
+  let_load_run(load.keepalive, 100);
+  for (int i = 0; i < 10; ++i) {
+    CAPTURE(i);
+    const std::int64_t started = sup.status_or_fail().value("started_ms", std::int64_t{0});
+    RunResult r = sup.cli({"upgrade", "--self"}, 60s);
+    REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+    CHECK(contains(r.out, fmt::format("upgrade succeeded: supervisor pid {} runs", supervisor)));
+    const json s = sup.status_or_fail();
+    CHECK(s.value("pid", 0) == supervisor);
+    CHECK(s.value("started_ms", std::int64_t{0}) >= started);
+    CHECK(sup.active_pid() == worker);
+    CHECK(sup.proc().running());
+    let_load_run(load.fresh, 50);
+  }
+  CHECK(sup.proc().wait_output(fmt::format("generation 1 (pid {}) connected its channel again", worker), 10s));
+  // The worker's channel is back: the next upgrade moves its state.
+  RunResult r = sup.upgrade_to(kv("v2"));
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+  CHECK(contains(r.out + r.err, "moving 1 section(s) from generation 1 to generation 2"));
+  for (int i = 0; i < 10; ++i)
+    CHECK(http_get(port, fmt::format("/kv/key-{}", i)) == fmt::format("value-{}", i));
+  let_load_run(load.fresh, 50);
+  load.finish();
+  sup.stop();
+}
+
+TEST_CASE("self-upgrade: a broken new binary is refused, or gives way to the old one, and nothing stops serving") {
+  TempDir dir;
+  SpawnOptions env;
+  env.set_env = {{"HOTRESTART_TEST_FAIL_AT", "self-upgrade-start"}};
+  Supervisor sup({}, hello("v1"), true, env);
+  const pid_t supervisor = sup.pid();
+  const pid_t worker = sup.active_pid();
+  MixedLoad load(sup.port(), 1);
+  let_load_run(load.keepalive, 50);
+
+  SUBCASE("not a program") {
+    RunResult r = sup.cli({"upgrade", "--self", "--exec", "/etc/hostname"}, 30s);
+    CHECK(r.exit_code == 1);
+    CHECK_MESSAGE(contains(r.err, "the new supervisor was not started: /etc/hostname cannot run"), r.err);
+  }
+  SUBCASE("a program that is not hotrestart") {
+    const std::string fake = dir.file("fake-hotrestart");
+    write_file_atomic(fake, "#!/bin/sh\necho something else\n");
+    REQUIRE(::chmod(fake.c_str(), 0755) == 0);
+    RunResult r = sup.cli({"upgrade", "--self", "--exec", fake}, 30s);
+    CHECK(r.exit_code == 1);
+    CHECK_MESSAGE(contains(r.err, "is not a hotrestart that can take over from this one (it says 'something else'"),
+                  r.err);
+  }
+  SUBCASE("a new image that cannot start") {
+    RunResult r = sup.cli({"upgrade", "--self"}, 60s);
+    CHECK(r.exit_code == 1);
+    CHECK_MESSAGE(contains(r.err, "the new supervisor could not start: HOTRESTART_TEST_FAIL_AT=self-upgrade-start"),
+                  r.err);
+    CHECK(contains(r.err, "runs " + hotrestart_bin() + " again"));
+    CHECK(sup.proc().wait_output("this is the previous binary again, taking over", 10s));
+  }
+  CHECK(sup.proc().running());
+  CHECK(sup.status_or_fail().value("pid", 0) == supervisor);
+  CHECK(sup.active_pid() == worker);
+  let_load_run(load.fresh, 50);
+  load.finish();
+  sup.stop();
 }

@@ -183,7 +183,9 @@ void Worker::Impl::try_rejoin() {
     return;
   }
   if (const auto* refuse = std::get_if<wire::Refuse>(&answer->message)) {
-    say("the supervisor taking over refused this generation: %s", refuse->reason.c_str());
+    // Asking again would be refused again: this generation serves on without a channel.
+    say("the supervisor taking over refused this generation: %s; no more attempts", refuse->reason.c_str());
+    rejoining = false;
     return;
   }
   const auto* welcome = std::get_if<wire::Welcome>(&answer->message);
