@@ -148,16 +148,21 @@ bool alive(pid_t pid, std::uint64_t start) {
   return p && p->start == start && p->state != 'Z';
 }
 
-// The descriptor numbers in `pid` that are the socket with inode `inode`.
-std::optional<int> fd_of_socket(pid_t pid, std::uint64_t inode) {
+// The descriptor number in `pid` that is the socket with inode `inode`; when its descriptors cannot
+// be read (no ptrace rights over it), nothing, with `*err` set.
+std::optional<int> fd_of_socket(pid_t pid, std::uint64_t inode, int* err) {
   const std::string want = fmt::format("socket:[{}]", inode);
   const std::string dir = fmt::format("/proc/{}/fd", pid);
   DIR* d = ::opendir(dir.c_str());
-  if (d == nullptr) return std::nullopt;
+  if (d == nullptr) {
+    *err = errno;
+    return std::nullopt;
+  }
   std::optional<int> found;
   while (dirent* e = ::readdir(d)) {
     char target[64];
     const ssize_t n = ::readlinkat(::dirfd(d), e->d_name, target, sizeof target - 1);
+    if (n < 0 && (errno == EACCES || errno == EPERM)) *err = errno;
     if (n > 0 && std::string_view(target, static_cast<std::size_t>(n)) == want) {
       found = std::atoi(e->d_name);
       break;
@@ -203,7 +208,7 @@ Result<std::optional<Inheritance>> from_record(const nlohmann::json& record) {
     Fd taken;
     int last_errno = 0;
     for (const auto& g : in.generations) {
-      const auto fd = fd_of_socket(g.facts.pid, inode);
+      const auto fd = fd_of_socket(g.facts.pid, inode, &last_errno);
       if (!fd) continue;
       const long pidfd = ::syscall(SYS_pidfd_open, g.facts.pid, 0);
       if (pidfd < 0) {
@@ -223,7 +228,11 @@ Result<std::optional<Inheritance>> from_record(const nlohmann::json& record) {
       return Error::message(fmt::format(
           "cannot take listener '{}' ({}) from the generations left (pids {}){}; end them, then start again", name,
           l.value("address", "?"), pids,
-          last_errno != 0 ? fmt::format(": {}", std::strerror(last_errno)) : std::string(": none of them holds it")));
+          last_errno == EACCES || last_errno == EPERM
+              ? fmt::format(": {} (taking a descriptor needs the right to trace its process)",
+                            std::strerror(last_errno))
+          : last_errno != 0 ? fmt::format(": {}", std::strerror(last_errno))
+                            : std::string(": none of them holds it")));
     }
     in.listener_names.push_back(name);
     in.listeners.push_back(std::move(taken));

@@ -135,6 +135,30 @@ TEST_CASE("takeover: with other listeners it is refused with the reason, and the
   second.stop();
 }
 
+TEST_CASE("takeover: without the rights to take a worker's sockets, run says so and names its pid") {
+  Supervisor first({}, {test_worker_bin(), "undumpable"});
+  Leftovers left;
+  const pid_t worker = first.active_pid();
+  const pid_t guard = first.guard();
+  left.pids = {worker, guard};
+  const std::uint16_t port = first.port();
+  REQUIRE(::kill(guard, SIGKILL) == 0);
+  kill_supervisor(first);
+  CHECK(wait_until([&] { return !pid_alive(guard); }, 5s));
+  // The same user, without CAP_SYS_PTRACE: a process that is not dumpable is out of its reach.
+  RunResult r = run({"setpriv", "--bounding-set", "-sys_ptrace", "--", hotrestart_bin(), "run", "--control",
+                     first.place().control, "--state-dir", first.place().state_dir, "--listen",
+                     fmt::format("http=tcp://127.0.0.1:{}", port), "--", hello_bin()},
+                    {}, 20s);
+  CHECK(r.exit_code == 1);
+  CHECK_MESSAGE(
+      contains(r.err, fmt::format("cannot take listener 'http' (127.0.0.1:{}) from the generations left (pids {})",
+                                  port, worker)),
+      r.err);
+  CHECK_MESSAGE(contains(r.err, "(taking a descriptor needs the right to trace its process)"), r.err);
+  CHECK(contains(http_get(port, "/"), "version=undumpable"));
+}
+
 TEST_CASE("takeover: a port held by a process it cannot take over is named in the error") {
   TempDir dir;
   // A server of its own, outside any supervisor, on a port the kernel picked.

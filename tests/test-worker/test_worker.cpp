@@ -7,6 +7,8 @@
 //   exit CODE                    exit with CODE at once, without READY
 //   no-ready                     never send READY; wait for SIGTERM, then exit 0
 //   crash-after-ready DELAY_MS   READY, sleep DELAY_MS, abort() (SIGABRT); never accepts
+//   undumpable                   PR_SET_DUMPABLE 0 (nobody without CAP_SYS_PTRACE may read its
+//                                descriptors), READY, serve HTTP like ignore-drain; SIGTERM ends it
 //   ignore-drain                 ignore SIGTERM/SIGINT, READY, serve HTTP on fds
 //                                3..3+LISTEN_FDS-1 (one request per connection,
 //                                Connection: close) until SIGKILL
@@ -35,6 +37,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -318,6 +321,20 @@ void serve(std::vector<pollfd>& pfds, const std::string& response) {
   }
 }
 
+// A server that no other process may trace (PR_SET_DUMPABLE 0): without CAP_SYS_PTRACE nobody
+// can read its descriptors in /proc or copy one with pidfd_getfd. Serves like ignore-drain, but
+// SIGTERM ends it.
+int mode_undumpable() {
+  ::prctl(PR_SET_DUMPABLE, 0);
+  ::signal(SIGPIPE, SIG_IGN);
+  auto pfds = listening_sockets();
+  const std::string body = "version=undumpable pid=" + std::to_string(::getpid()) + "\n";
+  notify_ready();
+  log("ready; not dumpable, serving " + std::to_string(pfds.size()) + " socket(s)");
+  serve(pfds, http_response(body));
+  return 0;
+}
+
 int mode_ignore_drain() {
   ::signal(SIGTERM, SIG_IGN);
   ::signal(SIGINT, SIG_IGN);
@@ -544,6 +561,9 @@ int main(int argc, char** argv) {
   }
   if (mode == "ignore-drain") {
     return mode_ignore_drain();
+  }
+  if (mode == "undumpable") {
+    return mode_undumpable();
   }
   if (mode == "fd-report") {
     if (argc != 3 || argv[2][0] == '\0') {
