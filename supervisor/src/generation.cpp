@@ -129,8 +129,7 @@ Result<std::unique_ptr<Generation>> Generation::adopt(Context& context, Events& 
   // The pidfd first, then the start time: if the start time matches, the pidfd names that process.
   const long raw = ::syscall(SYS_pidfd_open, pid, 0);
   Fd exit_pidfd(raw < 0 ? -1 : static_cast<int>(raw));
-  const auto seen = read_process(pid);
-  if (!seen || seen->start != start_ticks || seen->state == 'Z') return std::unique_ptr<Generation>{};  // Gone.
+  if (!still_running(pid, start_ticks)) return std::unique_ptr<Generation>{};  // Gone.
   std::unique_ptr<Generation> g(new Generation(context, events, number, std::move(plan), ChildProcess(pid)));
   Generation* raw_g = g.get();
   g->adopted_ = true;
@@ -160,8 +159,7 @@ Result<std::unique_ptr<Generation>> Generation::adopt(Context& context, Events& 
     // Without a pidfd (an old kernel, a sandbox), its exit is looked for in /proc.
     g->exit_poll_ = std::make_unique<Timer>(context.loop);
     g->exit_poll_->start_repeating(Millis{200}, [raw_g, exited] {
-      const auto now = read_process(raw_g->pid());
-      if (!now || now->start != raw_g->start_ticks_ || now->state == 'Z') exited();
+      if (!still_running(raw_g->pid(), raw_g->start_ticks_)) exited();
     });
   }
   if (serving) {

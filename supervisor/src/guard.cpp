@@ -162,8 +162,7 @@ class Guard {
     const long raw = ::syscall(SYS_pidfd_open, g.pid, 0);
     const int pidfd_errno = errno;
     Fd pidfd(raw < 0 ? -1 : static_cast<int>(raw));
-    const auto seen = read_process(g.pid);
-    if (!seen || seen->start != g.start || seen->state == 'Z') return;  // Gone already.
+    if (!still_running(g.pid, g.start)) return;  // Gone already.
     Held& held = generations_[g.number];
     held.g = g;
     held.pidfd = std::move(pidfd);
@@ -186,8 +185,7 @@ class Guard {
     std::vector<std::uint64_t> gone;
     for (const auto& [n, held] : generations_) {
       if (held.pidfd || held.exited) continue;
-      const auto now = read_process(held.g.pid);
-      if (!now || now->start != held.g.start || now->state == 'Z') gone.push_back(n);
+      if (!still_running(held.g.pid, held.g.start)) gone.push_back(n);
     }
     for (std::uint64_t n : gone)
       on_exited(n);

@@ -76,6 +76,11 @@ std::optional<ProcessEntry> read_process(pid_t pid) {
   return parse_process_stat(text);
 }
 
+bool still_running(pid_t pid, std::uint64_t start) {
+  const auto p = read_process(pid);
+  return p && p->start == start && p->state != 'Z';
+}
+
 std::map<pid_t, ProcessEntry> read_process_table() {
   std::map<pid_t, ProcessEntry> table;
   DIR* d = ::opendir("/proc");

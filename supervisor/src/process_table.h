@@ -46,6 +46,9 @@ struct ProcessEntry {
 // Every process visible in /proc; an empty map when /proc cannot be read.
 std::map<pid_t, ProcessEntry> read_process_table();
 std::optional<ProcessEntry> read_process(pid_t pid);
+// Whether `pid` is still the process that started at `start` (the same pid and start time), and has
+// not exited (a zombie has).
+bool still_running(pid_t pid, std::uint64_t start);
 // Parses one /proc/PID/stat line.
 std::optional<ProcessEntry> parse_process_stat(std::string_view text);
 // The HOTRESTART_GENERATION in the environment `pid` started with, if it can be read.

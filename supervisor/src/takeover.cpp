@@ -142,12 +142,6 @@ nlohmann::json running_record(ProcessRecord supervisor, ProcessRecord guard,
 
 namespace {
 
-// The process `pid` as it started at `start`, alive (not a zombie).
-bool alive(pid_t pid, std::uint64_t start) {
-  const auto p = read_process(pid);
-  return p && p->start == start && p->state != 'Z';
-}
-
 // The descriptor number in `pid` that is the socket with inode `inode`; when its descriptors cannot
 // be read (no ptrace rights over it), nothing, with `*err` set.
 std::optional<int> fd_of_socket(pid_t pid, std::uint64_t inode, int* err) {
@@ -176,13 +170,13 @@ Result<std::optional<Inheritance>> from_record(const nlohmann::json& record) {
   if (record.value("format", 0) != 1) throw std::invalid_argument("it is of another format");
   Inheritance in;
   in.supervisor = record.at("supervisor").value("pid", 0);
-  if (alive(in.supervisor, record.at("supervisor").value("start", std::uint64_t{0})))
+  if (still_running(in.supervisor, record.at("supervisor").value("start", std::uint64_t{0})))
     return std::optional<Inheritance>{};  // Not gone (the control socket would have said so).
   // A guard alive but silent (busy, or its takeover socket could not be bound) still holds and acts
   // on everything: taking the sockets past it would make two keepers of the same generations.
   if (const auto guard = record.find("guard"); guard != record.end() && guard->is_object()) {
     const pid_t pid = guard->value("pid", 0);
-    if (pid > 0 && alive(pid, guard->value("start", std::uint64_t{0}))) {
+    if (pid > 0 && still_running(pid, guard->value("start", std::uint64_t{0}))) {
       return Error::message(fmt::format(
           "the guard (pid {}) of supervisor pid {} is alive but does not answer; try again, or end it first", pid,
           in.supervisor));
@@ -193,7 +187,7 @@ Result<std::optional<Inheritance>> from_record(const nlohmann::json& record) {
   for (const auto& j : record.at("generations")) {
     auto g = guard_generation_from_json(j);
     if (!g) throw std::invalid_argument(g.error().text());
-    if (alive(g->pid, g->start)) in.generations.push_back({*g, Fd{}});
+    if (still_running(g->pid, g->start)) in.generations.push_back({*g, Fd{}});
   }
   if (in.generations.empty()) return std::optional<Inheritance>{};
   // The active generation first: it holds every listener.
@@ -216,7 +210,7 @@ Result<std::optional<Inheritance>> from_record(const nlohmann::json& record) {
         continue;
       }
       Fd owned_pidfd(static_cast<int>(pidfd));
-      if (!alive(g.facts.pid, g.facts.start)) continue;
+      if (!still_running(g.facts.pid, g.facts.start)) continue;
       const long got = ::syscall(SYS_pidfd_getfd, owned_pidfd.get(), *fd, 0);
       if (got >= 0) {
         taken.reset(static_cast<int>(got));

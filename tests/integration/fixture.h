@@ -255,6 +255,26 @@ inline std::vector<json> json_lines(const std::string& text) {
   return out;
 }
 
+// SIGKILL to the supervisor, and its exit seen (for the tests of its death).
+inline void kill_supervisor(Supervisor& sup) {
+  REQUIRE(sup.proc().send_signal(SIGKILL));
+  REQUIRE(sup.proc().wait_for(10s) == std::optional<int>(128 + SIGKILL));
+}
+
+// Processes a test started through a supervisor that it killed, killed by pid at the end of the test
+// in case a check failed before they went.
+struct Leftovers {
+  std::set<pid_t> pids;
+  ~Leftovers() {
+    for (pid_t p : pids)
+      if (pid_alive(p)) ::kill(p, SIGKILL);
+  }
+};
+
+inline bool gone_within(pid_t pid, std::chrono::milliseconds deadline) {
+  return wait_until([&] { return !pid_alive(pid); }, deadline);
+}
+
 // `hotrestart history --json`.
 inline json history(Supervisor& sup) {
   RunResult r = sup.cli({"history", "--json"}, 10s);

@@ -47,26 +47,6 @@ Answer request(std::uint16_t port, const std::string& method, const std::string&
   return {std::atoi(r.out.c_str() + cut + 1), r.out.substr(0, cut)};
 }
 
-// SIGKILL to the supervisor, and its exit seen.
-void kill_supervisor(Supervisor& sup) {
-  REQUIRE(sup.proc().send_signal(SIGKILL));
-  REQUIRE(sup.proc().wait_for(10s) == std::optional<int>(128 + SIGKILL));
-}
-
-// Processes the test started through the supervisor, and killed by pid at the end of a test in
-// case a check failed before they went.
-struct Leftovers {
-  std::set<pid_t> pids;
-  ~Leftovers() {
-    for (pid_t p : pids)
-      if (pid_alive(p)) ::kill(p, SIGKILL);
-  }
-};
-
-bool gone_within(pid_t pid, std::chrono::milliseconds deadline) {
-  return wait_until([&] { return !pid_alive(pid); }, deadline);
-}
-
 }  // namespace
 
 TEST_CASE(
@@ -247,8 +227,7 @@ TEST_CASE("death: killed at each phase boundary of an upgrade, one generation se
     CHECK(contains(request(port, "GET", "/").body, fmt::format("pid={}", serving)));
 
     // A supervisor started in its place takes the serving generation over, and its guard goes.
-    Supervisor second(sup.place(), {"--listen", fmt::format("http=tcp://127.0.0.1:{}", port), "--no-park"},
-                      kv("v1"));
+    Supervisor second(sup.place(), {"--listen", fmt::format("http=tcp://127.0.0.1:{}", port), "--no-park"}, kv("v1"));
     left.pids.insert(second.guard());
     CHECK(second.active_pid() == serving);
     CHECK_MESSAGE(gone_within(guard, 10s), "the dead supervisor's guard outlived the takeover");

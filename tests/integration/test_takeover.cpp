@@ -28,11 +28,6 @@ std::vector<std::string> kv(const std::string& build, std::vector<std::string> a
   return args;
 }
 
-void kill_supervisor(Supervisor& sup) {
-  REQUIRE(sup.proc().send_signal(SIGKILL));
-  REQUIRE(sup.proc().wait_for(10s) == std::optional<int>(128 + SIGKILL));
-}
-
 // The listen flag that asks for the same port again.
 std::vector<std::string> same_port(std::uint16_t port, std::vector<std::string> more = {}) {
   more.insert(more.begin(), {"--listen", fmt::format("http=tcp://127.0.0.1:{}", port)});
@@ -46,15 +41,6 @@ bool put(std::uint16_t port, const std::string& key, const std::string& value) {
       {}, 10s);
   return r.exit_code == 0;
 }
-
-// Processes killed by pid at the end, should a check fail before they went.
-struct Leftovers {
-  std::set<pid_t> pids;
-  ~Leftovers() {
-    for (pid_t p : pids)
-      if (pid_alive(p)) ::kill(p, SIGKILL);
-  }
-};
 
 }  // namespace
 
