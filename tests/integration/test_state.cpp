@@ -344,11 +344,12 @@ TEST_CASE("state: SDK upgrades leave no descriptor, process or generation behind
         10s);
   };
   REQUIRE(only_active());
-  const std::size_t fds_before = list_fds(sup.pid()).size();
+  const std::size_t fds_before = settled_fd_count(sup.pid());
   for (int i = 3; i <= 7; ++i)
     upgrade_ok(sup, sdk({"--version", fmt::format("v{}", i), "--pass-fds", "3"}));
   REQUIRE(only_active());
-  CHECK(list_fds(sup.pid()).size() == fds_before);
+  const std::string held = fds_settle_to(sup.pid(), fds_before, 5s);
+  CHECK_MESSAGE(held.empty(), held);
   CHECK(sup.processes().size() == 1);
   json s = sup.status_or_fail();
   CHECK(s["generations"].size() == 1);

@@ -24,7 +24,7 @@ TEST_CASE("20 upgrades under keep-alive and new-connection load: no failed reque
   fresh.start();
   let_load_run(keepalive, 50);
   let_load_run(fresh, 50);
-  const std::size_t fds_before = list_fds(sup.pid()).size();
+  const std::size_t fds_before = settled_fd_count(sup.pid());
 
   struct Mark {
     Clock::time_point begin;
@@ -76,7 +76,8 @@ TEST_CASE("20 upgrades under keep-alive and new-connection load: no failed reque
   CHECK(versions.count("v21") == 1);
 
   // Process plumbing must not regress across upgrades: same fd count, one worker left.
-  CHECK(list_fds(sup.pid()).size() == fds_before);
+  const std::string held = fds_settle_to(sup.pid(), fds_before, 5s);
+  CHECK_MESSAGE(held.empty(), held);
   CHECK(wait_until([&] { return sup.processes() == std::set<pid_t>{sup.active_pid()}; }, 10s));
   json s = sup.status_or_fail();
   CHECK(s["counters"]["upgrades_done"] == 20);

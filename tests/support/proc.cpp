@@ -174,6 +174,30 @@ std::vector<FdInfo> list_fds(pid_t pid) {
   return fds;
 }
 
+std::size_t settled_fd_count(pid_t pid) {
+  std::size_t fewest = list_fds(pid).size();
+  for (int i = 0; i < 10; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    fewest = std::min(fewest, list_fds(pid).size());
+  }
+  return fewest;
+}
+
+std::string fds_settle_to(pid_t pid, std::size_t count, std::chrono::milliseconds timeout) {
+  std::vector<FdInfo> fds;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    fds = list_fds(pid);
+    if (fds.size() == count) return {};
+    if (std::chrono::steady_clock::now() >= deadline) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  std::string held = std::to_string(fds.size()) + " descriptors, not " + std::to_string(count) + ":";
+  for (const auto& f : fds)
+    held += " " + std::to_string(f.fd) + "=" + f.target;
+  return held;
+}
+
 std::vector<pid_t> children_of(pid_t pid) {
   std::vector<pid_t> out;
   for (pid_t p : all_pids()) {

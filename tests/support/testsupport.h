@@ -268,6 +268,12 @@ struct FdInfo {
 // Open fds of pid, sorted by number (the directory fd itself is excluded when
 // pid == getpid()). Throws std::runtime_error if /proc/PID/fd cannot be opened.
 std::vector<FdInfo> list_fds(pid_t pid);
+// Waits up to timeout for pid to hold exactly count descriptors. Some are open only for an instant
+// (a control connection the supervisor has not yet seen close, a record being written in the
+// background), so a leak is a count that stays. Empty on success, else the descriptors held.
+std::string fds_settle_to(pid_t pid, std::size_t count, std::chrono::milliseconds timeout);
+// The fewest descriptors pid held over a short window: its count without those open for an instant.
+std::size_t settled_fd_count(pid_t pid);
 
 // Direct children (including zombies), from /proc/*/stat.
 std::vector<pid_t> children_of(pid_t pid);
