@@ -21,10 +21,13 @@ if(HOTRESTART_SUPERVISOR OR HOTRESTART_EXAMPLES)
   find_package(CLI11 REQUIRED)
 endif()
 
-if(HOTRESTART_EXAMPLES)
-  # libhttp-parser ships neither a pkg-config file nor a CMake package, so it is found by hand.
+if(HOTRESTART_EXAMPLES OR HOTRESTART_TESTS)
+  # libhttp-parser ships neither a pkg-config file nor a CMake package, so it is found by hand. The
+  # examples parse requests with it; the tests read what the HTTP drain puts on the wire with it.
   find_path(HTTP_PARSER_INCLUDE_DIR http_parser.h REQUIRED)
   find_library(HTTP_PARSER_LIBRARY NAMES http_parser REQUIRED)
+endif()
+if(HOTRESTART_EXAMPLES)
   # hello-server speaks socket activation and sd_notify through libsystemd; nothing else uses it.
   pkg_check_modules(LIBSYSTEMD REQUIRED IMPORTED_TARGET libsystemd)
 endif()

@@ -33,11 +33,11 @@ HR_DEPS=(
   libxxhash-dev libhttp-parser-dev libsystemd-dev nettle-dev
   clang libclang-rt-14-dev
   wrk curl
-  python3 nodejs nginx-light gunicorn
+  python3 nodejs nginx-light gunicorn lighttpd caddy
 )
 # Servers the tests run in the foreground themselves: their packages must not start them as
 # system services when they are installed (nginx would take port 80).
-HR_SERVICE_DEPS=(nginx-light gunicorn)
+HR_SERVICE_DEPS=(nginx-light gunicorn lighttpd caddy)
 
 hr_log() { printf '==> %s\n' "$*" >&2; }
 hr_warn() { printf 'warning: %s\n' "$*" >&2; }
