@@ -96,6 +96,7 @@ struct RunFlags {
   std::string health_interval = "2s";
   int health_failures = 3;
   bool adopt_binds = false;
+  bool no_http_drain = false;
   std::string preflight;
   std::string preflight_timeout = "60s";
   std::string log_level = "info";
@@ -187,8 +188,14 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
   run->add_flag("--adopt-binds", f.adopt_binds,
                 "For servers that bind their own port and know nothing of hotrestart: preload a library "
                 "(libhotrestart-adopt.so) that hands the server's bind() of a --listen address the supervisor's "
-                "socket instead, reports READY=1 when the server first waits on it, and closes it on drain, so "
-                "that the drain signal follows only once the server's connections are done");
+                "socket instead, reports READY=1 when the server first waits on it, and closes it on drain; on "
+                "drain it also makes each HTTP/1.x response the server writes next say 'Connection: close', so "
+                "that keep-alive clients close first, and the drain signal (even a given --drain-signal) follows "
+                "only once the server's connections are done");
+  run->add_flag("--no-http-drain", f.no_http_drain,
+                "With --adopt-binds: leave the server's responses as they are on drain (for a server that is not "
+                "HTTP/1.x, or that drains its keep-alive connections well by itself); a given --drain-signal then "
+                "goes as soon as the listeners are closed");
   run->add_option("--preflight", f.preflight,
                   "A check run with /bin/sh -c before each release is started (the first, every upgrade, SIGUSR2, "
                   "rollback; not crash restarts or reverts), e.g. 'nginx -t -c /etc/nginx/nginx.conf'. "
@@ -240,6 +247,8 @@ Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vect
   if (options.health.interval.count() == 0) return Error::message("--health-interval must be longer than 0s");
   options.health.failures = f.health_failures;
   options.adopt_binds = f.adopt_binds;
+  options.http_drain = !f.no_http_drain;
+  if (f.no_http_drain && !f.adopt_binds) return Error::message("--no-http-drain goes with --adopt-binds only");
   options.preflight = f.preflight;
   options.preflight_timeout = parse_duration(f.preflight_timeout).value();
   options.command = std::move(command);

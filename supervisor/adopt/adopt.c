@@ -7,25 +7,26 @@
  *   are left alone. No second socket is ever bound to an adopted address, SO_REUSEPORT or not.
  * - The first time the server waits on an adopted listener (epoll_ctl, poll, select) or accepts
  *   from one, the library sends READY=1 to NOTIFY_SOCKET for it.
- * - On the drain signal the supervisor sends to the generation's process group
- *   (HOTRESTART_ADOPT_SIGNAL), every process replaces its adopted listeners with a listening socket
- *   nobody can connect to (an abstract Unix socket), re-registered in the server's epoll sets
- *   under the same events, so the server stops taking connections from the shared socket without
- *   noticing, and finishes those it has. The shared socket itself is never shut down.
- * - Parking and resume: the supervisor may park a generation instead (sigqueue of
- *   HOTRESTART_ADOPT_CONTROL_SIGNAL with value 1 to each of its processes): the adopted listeners
- *   become unreachable ones as in the drain, but the inherited sockets are kept, so that a resume
- *   (value 2) can put the shared sockets back in place; the main process then says READY=1. Only
- *   a queued signal from the supervisor's pid (HOTRESTART_SUPERVISOR_PID) is taken as a command;
- *   the drain signal afterwards ends a parked generation as it ends any other.
+ * - Commands come through the generation's command page (adopt_page.h), which a thread of the
+ *   library's own in each process waits on. On drain, every process replaces its adopted listeners
+ *   with a listening socket nobody can connect to (an abstract Unix socket), re-registered in the
+ *   server's epoll sets under the same events, so the server stops taking connections from the
+ *   shared socket without noticing, and finishes those it has. The shared socket itself is never
+ *   shut down. A park does the same but keeps the inherited sockets, so that a resume can put the
+ *   shared sockets back in place; the main process then says READY=1.
+ * - While parked or draining, the HTTP drain (http_drain.h) closes each HTTP/1.x connection the
+ *   server accepted on an adopted socket after its next response: the library follows what the
+ *   server writes on it (write, writev, send, sendto, sendmsg; sendfile counted as body).
  *
- * Written in C with no allocation after start-up, because it runs inside any process, and the
- * drain runs in a signal handler (only async-signal-safe calls: socket, bind, listen, dup2, fcntl,
- * epoll_ctl, close, sendmsg). See docs/operations.md, "Servers that bind their own port". */
+ * No signal is used and no signal disposition is touched: a language runtime that claims every
+ * signal (Go's) runs as it would without the library. Written in C with no allocation, because it
+ * runs inside any process. See docs/operations.md, "Servers that bind their own port". */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -38,12 +39,20 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/select.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+#include "adopt_page.h"
+#include "http_drain.h"
 
 #define MAX_LISTENERS 64
 #define MAX_ADOPTED 256
@@ -78,17 +87,11 @@ static struct listener listeners[MAX_LISTENERS];
 static int listener_count;
 static struct adopted adopted[MAX_ADOPTED];
 static struct registration registrations[MAX_REGISTRATIONS];
-static int drain_signal;
-static int control_signal; /* Park and resume commands, from the supervisor only. */
-static long supervisor_pid;
-/* The server's own handler for the control signal, if it installs one: it runs after ours. */
-static struct sigaction server_control_action;
-static _Atomic int server_has_control_action;
+/* Held while the registrations are read to move a descriptor, or written by epoll_ctl. */
+static pthread_mutex_t registrations_lock = PTHREAD_MUTEX_INITIALIZER;
+static const struct hr_adopt_page* page; /* NULL: no commands reach this process. */
 static _Atomic int parked;
 static _Atomic int closed; /* The drain closed every shared socket for good. */
-/* The server's own handler for the drain signal, if it installs one: ours runs first, then it. */
-static struct sigaction server_action;
-static _Atomic int server_has_action;
 static _Atomic int ready_sent;
 static _Atomic int drained;
 static struct sockaddr_un notify_addr;
@@ -99,8 +102,18 @@ static int notify_fd = -1;
 static long main_pid;            /* The generation's main process (LISTEN_PID); forked helpers are not it. */
 static _Atomic int adopted_high; /* Slots of `adopted` ever used: the scans stop there. */
 
-static void drain(int signo);
-static void control(int signo, siginfo_t* info, void* context);
+/* The HTTP drain: one entry per descriptor number, made when it is first needed. A descriptor is
+ * judged (an accepted connection of an adopted socket or not) at its first write in each drain
+ * (epoch), and forgotten when it is closed. */
+struct conn {
+  uint32_t epoch;
+  uint32_t accepted; /* 1: a connection accepted on an adopted socket. */
+  struct hr_http http;
+};
+static struct conn* conns;
+static size_t conn_count;
+static _Atomic int http_active;
+static _Atomic uint32_t http_epoch;
 
 static int (*real_bind)(int, const struct sockaddr*, socklen_t);
 static int (*real_listen)(int, int);
@@ -112,10 +125,16 @@ static int (*real_ppoll)(struct pollfd*, nfds_t, const struct timespec*, const s
 static int (*real_select)(int, fd_set*, fd_set*, fd_set*, struct timeval*);
 static int (*real_pselect)(int, fd_set*, fd_set*, fd_set*, const struct timespec*, const sigset_t*);
 static int (*real_close)(int);
-static int (*real_sigaction)(int, const struct sigaction*, struct sigaction*);
 static int (*real_fcntl)(int, int, ...);
 static int (*real_fcntl64)(int, int, ...);
 static int (*real_ioctl)(int, unsigned long, ...);
+static ssize_t (*real_write)(int, const void*, size_t);
+static ssize_t (*real_writev)(int, const struct iovec*, int);
+static ssize_t (*real_send)(int, const void*, size_t, int);
+static ssize_t (*real_sendto)(int, const void*, size_t, int, const struct sockaddr*, socklen_t);
+static ssize_t (*real_sendmsg)(int, const struct msghdr*, int);
+static ssize_t (*real_sendfile)(int, int, off_t*, size_t);
+static ssize_t (*real_sendfile64)(int, int, off64_t*, size_t);
 
 static void resolve(void) {
   real_bind = (int (*)(int, const struct sockaddr*, socklen_t))dlsym(RTLD_NEXT, "bind");
@@ -129,11 +148,18 @@ static void resolve(void) {
   real_pselect =
       (int (*)(int, fd_set*, fd_set*, fd_set*, const struct timespec*, const sigset_t*))dlsym(RTLD_NEXT, "pselect");
   real_close = (int (*)(int))dlsym(RTLD_NEXT, "close");
-  real_sigaction = (int (*)(int, const struct sigaction*, struct sigaction*))dlsym(RTLD_NEXT, "sigaction");
   real_fcntl = (int (*)(int, int, ...))dlsym(RTLD_NEXT, "fcntl");
   real_fcntl64 = (int (*)(int, int, ...))dlsym(RTLD_NEXT, "fcntl64");
   if (real_fcntl64 == NULL) real_fcntl64 = real_fcntl;
   real_ioctl = (int (*)(int, unsigned long, ...))dlsym(RTLD_NEXT, "ioctl");
+  real_write = (ssize_t(*)(int, const void*, size_t))dlsym(RTLD_NEXT, "write");
+  real_writev = (ssize_t(*)(int, const struct iovec*, int))dlsym(RTLD_NEXT, "writev");
+  real_send = (ssize_t(*)(int, const void*, size_t, int))dlsym(RTLD_NEXT, "send");
+  real_sendto =
+      (ssize_t(*)(int, const void*, size_t, int, const struct sockaddr*, socklen_t))dlsym(RTLD_NEXT, "sendto");
+  real_sendmsg = (ssize_t(*)(int, const struct msghdr*, int))dlsym(RTLD_NEXT, "sendmsg");
+  real_sendfile = (ssize_t(*)(int, int, off_t*, size_t))dlsym(RTLD_NEXT, "sendfile");
+  real_sendfile64 = (ssize_t(*)(int, int, off64_t*, size_t))dlsym(RTLD_NEXT, "sendfile64");
 }
 
 /* One sd_notify datagram; errno is left as it was (this runs inside the server's calls). */
@@ -192,6 +218,30 @@ static int same_address(const struct sockaddr* a, socklen_t a_len, const struct 
   return 0;
 }
 
+static void start_watcher(void);
+static void before_fork(void);
+static void after_fork_in_parent(void);
+static void after_fork_in_child(void);
+
+/* Maps the generation's command page, if the supervisor passed one and it is what it should be. */
+static void map_page(void) {
+  const char* env = getenv(HR_ADOPT_PAGE_ENV);
+  if (env == NULL) return;
+  char* end = NULL;
+  const long fd = strtol(env, &end, 10);
+  if (end == env || *end != '\0' || fd < 0 || fd > INT_MAX) return;
+  struct stat st;
+  if (fstat((int)fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < (off_t)HR_ADOPT_PAGE_SIZE) return;
+  void* m = mmap(NULL, HR_ADOPT_PAGE_SIZE, PROT_READ, MAP_SHARED, (int)fd, 0);
+  if (m == MAP_FAILED) return;
+  const struct hr_adopt_page* p = (const struct hr_adopt_page*)m;
+  if (p->magic != HR_ADOPT_PAGE_MAGIC || p->version != HR_ADOPT_PAGE_VERSION) {
+    munmap(m, HR_ADOPT_PAGE_SIZE);
+    return;
+  }
+  page = p;
+}
+
 __attribute__((constructor)) static void adopt_init(void) {
   resolve();
   for (int i = 0; i < MAX_ADOPTED; ++i) {
@@ -231,39 +281,17 @@ __attribute__((constructor)) static void adopt_init(void) {
     l->fd = fd;
     ++listener_count;
   }
-  const char* signo = getenv("HOTRESTART_ADOPT_SIGNAL");
-  const char* control_signo = getenv("HOTRESTART_ADOPT_CONTROL_SIGNAL");
-  const char* supervisor = getenv("HOTRESTART_SUPERVISOR_PID");
-  drain_signal = signo != NULL ? (int)strtol(signo, NULL, 10) : 0;
-  if (drain_signal <= 0 || drain_signal >= NSIG) drain_signal = 0;
-  control_signal = control_signo != NULL ? (int)strtol(control_signo, NULL, 10) : 0;
-  supervisor_pid = supervisor != NULL ? strtol(supervisor, NULL, 10) : 0;
-  if (control_signal <= 0 || control_signal >= NSIG || control_signal == drain_signal || supervisor_pid <= 0)
-    control_signal = 0;
-  /* Each handler runs with the other blocked: both rewrite the same descriptors. */
-  struct sigaction sa;
-  if (drain_signal > 0) {
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = drain;
-    sa.sa_flags = SA_RESTART;
-    sigemptyset(&sa.sa_mask);
-    if (control_signal > 0) sigaddset(&sa.sa_mask, control_signal);
-    (void)real_sigaction(drain_signal, &sa, NULL);
-  }
-  if (control_signal > 0) {
-    memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = control;
-    sa.sa_flags = SA_RESTART | SA_SIGINFO;
-    sigemptyset(&sa.sa_mask);
-    if (drain_signal > 0) sigaddset(&sa.sa_mask, drain_signal);
-    (void)real_sigaction(control_signal, &sa, NULL);
-  }
+  map_page();
   /* Tells the supervisor the library is in: a generation that never says this was not preloaded.
    * Only the generation's main process says it (LISTEN_PID is its pid): short-lived helpers, such
    * as a version manager's shims, may be gone before the supervisor can tell whose they are. */
   const char* listen_pid = getenv("LISTEN_PID");
   main_pid = listen_pid != NULL ? strtol(listen_pid, NULL, 10) : 0;
   if (main_pid == (long)getpid()) notify("X_HOTRESTART_ADOPT=1");
+  if (page != NULL) {
+    (void)pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
+    start_watcher();
+  }
 }
 
 /* The drain: every adopted descriptor of this process becomes a listener nobody reaches. */
@@ -339,85 +367,112 @@ static void resume(void) {
   if (main_pid == (long)getpid()) notify("READY=1");
 }
 
-/* Runs the server's own handler for `signo` after ours, if it installed one. */
-static void chain(const struct sigaction* action, _Atomic int* has, int signo, siginfo_t* info, void* context) {
-  if (!atomic_load(has)) return;
-  if ((action->sa_flags & SA_SIGINFO) != 0) {
-    if (action->sa_sigaction != NULL) action->sa_sigaction(signo, info, context);
-  } else if (action->sa_handler != SIG_IGN && action->sa_handler != SIG_DFL) {
-    action->sa_handler(signo);
-  }
-}
-
-static void control(int signo, siginfo_t* info, void* context) {
-  const int saved = errno;
-  if (info != NULL && info->si_code == SI_QUEUE && supervisor_pid > 0 && (long)info->si_pid == supervisor_pid) {
-    if (info->si_value.sival_int == 1) park();
-    if (info->si_value.sival_int == 2) resume();
-  }
-  errno = saved;
-  chain(&server_control_action, &server_has_control_action, signo, info, context);
-}
-
 /* The drain: every descriptor of this process that refers to a shared listening socket (the
  * adopted ones, the inherited ones, and any copy the server made) is replaced, judged by what it
  * refers to, so that a number the server has since reused for something else is never touched. */
-static void drain(int signo) {
-  const int saved = errno;
-  if (atomic_exchange(&closed, 1) == 0) {
-    atomic_store(&drained, 1);
-    atomic_store(&parked, 0);
-    struct rlimit limit;
-    int max_fd = 65536;
-    if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < 1048576)
-      max_fd = (int)limit.rlim_cur;
-    for (int fd = 0; fd < max_fd; ++fd) {
-      if (!is_shared(fd)) continue;
-      if (is_adopted(fd)) {
-        replace_with_dummy(fd);
-      } else {
-        /* Inherited (3, 4, ...) or a copy: not one the server waits on that we know of. */
-        const int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-        if (null_fd >= 0) {
-          (void)dup2(null_fd, fd);
-          real_close(null_fd);
-        }
+static void drain(void) {
+  if (atomic_exchange(&closed, 1) != 0) return;
+  atomic_store(&drained, 1);
+  atomic_store(&parked, 0);
+  struct rlimit limit;
+  int max_fd = 65536;
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < 1048576)
+    max_fd = (int)limit.rlim_cur;
+  for (int fd = 0; fd < max_fd; ++fd) {
+    if (!is_shared(fd)) continue;
+    if (is_adopted(fd)) {
+      replace_with_dummy(fd);
+    } else {
+      /* Inherited (3, 4, ...) or a copy: not one the server waits on that we know of. */
+      const int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+      if (null_fd >= 0) {
+        (void)dup2(null_fd, fd);
+        real_close(null_fd);
       }
     }
-    if (main_pid == (long)getpid()) notify("STOPPING=1");
   }
-  errno = saved;
-  /* Our handler is installed without SA_SIGINFO: the server's gets no siginfo. */
-  chain(&server_action, &server_has_action, signo, NULL, NULL);
+  if (main_pid == (long)getpid()) notify("STOPPING=1");
 }
 
-/* A server that installs its own handler for the drain signal keeps ours in front of it. */
-/* Records the server's handler for one of our signals in `saved`, and answers with it. */
-static int keep_server_action(const struct sigaction* act, struct sigaction* old, struct sigaction* saved,
-                              _Atomic int* has) {
-  if (old != NULL) {
-    if (atomic_load(has)) {
-      *old = *saved;
-    } else {
-      memset(old, 0, sizeof *old);
-      old->sa_handler = SIG_DFL;
-    }
+/* The HTTP drain on or off. Its table is made the first time, sized by the descriptor limit then
+ * (descriptors past it pass untouched). */
+static void set_http_drain(int on) {
+  if (!on) {
+    atomic_store(&http_active, 0);
+    return;
   }
-  if (act != NULL) {
-    atomic_store(has, 0);
-    *saved = *act;
-    atomic_store(has, 1);
+  if (atomic_load(&http_active)) return;
+  if (conns == NULL) {
+    struct rlimit limit;
+    size_t count = 65536;
+    if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) count = (size_t)limit.rlim_cur;
+    if (count > 1048576) count = 1048576;
+    if (count < 1024) count = 1024;
+    /* Untouched pages cost nothing: only the entries of connections written to are ever used. */
+    void* table = mmap(NULL, count * sizeof(struct conn), PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (table == MAP_FAILED) return;
+    conns = (struct conn*)table;
+    conn_count = count;
   }
-  return 0;
+  /* Each drain judges every connection afresh. */
+  atomic_fetch_add(&http_epoch, 1);
+  atomic_store(&http_active, 1);
 }
 
-int sigaction(int signo, const struct sigaction* act, struct sigaction* old) {
-  if (real_sigaction == NULL) resolve();
-  if (drain_signal > 0 && signo == drain_signal)
-    return keep_server_action(act, old, &server_action, &server_has_action);
-  if (control_signal > 0 && signo == control_signal)
-    return keep_server_action(act, old, &server_control_action, &server_has_control_action);
-  return real_sigaction(signo, act, old);
+static void apply(uint32_t mode, uint32_t flags) {
+  pthread_mutex_lock(&registrations_lock);
+  if (mode == HR_ADOPT_DRAIN)
+    drain();
+  else if (mode == HR_ADOPT_PARK)
+    park();
+  else
+    resume();
+  pthread_mutex_unlock(&registrations_lock);
+  set_http_drain(mode != HR_ADOPT_SERVE && (flags & HR_ADOPT_HTTP_DRAIN) != 0);
+}
+
+/* The library's thread: carries out each command the supervisor writes to the page. */
+static void* watch(void* unused) {
+  (void)unused;
+  (void)prctl(PR_SET_NAME, "hotrestart-adop", 0, 0, 0);
+  for (;;) {
+    const uint32_t seen = __atomic_load_n(&page->seq, __ATOMIC_ACQUIRE);
+    apply(__atomic_load_n(&page->mode, __ATOMIC_ACQUIRE), __atomic_load_n(&page->flags, __ATOMIC_ACQUIRE));
+    /* Returns at once if the page changed since `seen`. */
+    (void)syscall(SYS_futex, &page->seq, FUTEX_WAIT, seen, NULL, NULL, 0);
+  }
+  return NULL;
+}
+
+/* Starts the thread with every signal blocked, so that no handler of the server's runs on it. */
+static void start_watcher(void) {
+  sigset_t all, previous;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &previous);
+  pthread_attr_t attr;
+  if (pthread_attr_init(&attr) == 0) {
+    (void)pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    (void)pthread_attr_setstacksize(&attr, 128 * 1024);
+    pthread_t thread;
+    (void)pthread_create(&thread, &attr, watch, NULL);
+    pthread_attr_destroy(&attr);
+  }
+  pthread_sigmask(SIG_SETMASK, &previous, NULL);
+}
+
+/* A fork keeps the registrations consistent, and the child gets a thread of its own. */
+static void before_fork(void) {
+  pthread_mutex_lock(&registrations_lock);
+}
+
+static void after_fork_in_parent(void) {
+  pthread_mutex_unlock(&registrations_lock);
+}
+
+static void after_fork_in_child(void) {
+  pthread_mutex_unlock(&registrations_lock);
+  start_watcher();
 }
 
 static void remember(int fd, int wants_nonblock, int listener) {
@@ -555,16 +610,12 @@ int ioctl(int fd, unsigned long request, ...) {
 int epoll_ctl(int epfd, int op, int fd, struct epoll_event* event) {
   if (real_epoll_ctl == NULL) resolve();
   if (!is_adopted(fd)) return real_epoll_ctl(epfd, op, fd, event);
-  /* The drain handler reads the table: no drain between the call and its record. */
-  sigset_t block, previous;
-  sigemptyset(&block);
-  if (drain_signal > 0) sigaddset(&block, drain_signal);
-  if (control_signal > 0) sigaddset(&block, control_signal);
-  pthread_sigmask(SIG_BLOCK, &block, &previous);
+  /* The library's thread moves descriptors by this table: no move between the call and its record. */
+  pthread_mutex_lock(&registrations_lock);
   const int result = real_epoll_ctl(epfd, op, fd, event);
   if (result != 0) {
     const int failed = errno;
-    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    pthread_mutex_unlock(&registrations_lock);
     errno = failed;
     return result;
   }
@@ -593,7 +644,7 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event* event) {
         atomic_store(&registrations[r].state, 0);
     }
   }
-  pthread_sigmask(SIG_SETMASK, &previous, NULL);
+  pthread_mutex_unlock(&registrations_lock);
   errno = saved;
   return result;
 }
@@ -645,5 +696,168 @@ int pselect(int n, fd_set* readable, fd_set* writable, fd_set* failed, const str
 int close(int fd) {
   if (real_close == NULL) resolve();
   if (is_adopted(fd)) forget(fd);
+  if (conns != NULL && fd >= 0 && (size_t)fd < conn_count) conns[fd].epoch = 0;
   return real_close(fd);
+}
+
+/* Whether `fd` is a connection accepted on an adopted socket: a stream socket, not listening, whose
+ * own port is one the supervisor listens on (a connection the server made has another). */
+static int accepted_connection(int fd) {
+  int value = 0;
+  socklen_t len = sizeof value;
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &value, &len) != 0 || value != SOCK_STREAM) return 0;
+  len = sizeof value;
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &value, &len) != 0 || value != 0) return 0;
+  struct sockaddr_storage local;
+  socklen_t local_len = sizeof local;
+  if (getsockname(fd, (struct sockaddr*)&local, &local_len) != 0) return 0;
+  in_port_t port = 0;
+  if (local.ss_family == AF_INET)
+    port = ((const struct sockaddr_in*)&local)->sin_port;
+  else if (local.ss_family == AF_INET6)
+    port = ((const struct sockaddr_in6*)&local)->sin6_port;
+  else
+    return 0;
+  for (int i = 0; i < listener_count; ++i) {
+    const struct sockaddr* l = (const struct sockaddr*)&listeners[i].addr;
+    if (l->sa_family == AF_INET && ((const struct sockaddr_in*)l)->sin_port == port) return 1;
+    if (l->sa_family == AF_INET6 && ((const struct sockaddr_in6*)l)->sin6_port == port) return 1;
+  }
+  return 0;
+}
+
+/* The HTTP drain's entry for `fd` if it is one to rewrite now, else NULL. */
+static struct conn* http_conn(int fd) {
+  if (!atomic_load_explicit(&http_active, memory_order_relaxed) || fd < 0 || (size_t)fd >= conn_count) return NULL;
+  struct conn* c = &conns[fd];
+  const uint32_t epoch = atomic_load_explicit(&http_epoch, memory_order_relaxed);
+  if (c->epoch != epoch) {
+    memset(&c->http, 0, sizeof c->http); /* Unsynced: the next write that begins a response starts. */
+    c->accepted = (uint32_t)accepted_connection(fd);
+    c->epoch = epoch;
+  }
+  return c->accepted && !hr_http_opaque(&c->http) ? c : NULL;
+}
+
+#define HTTP_MAX_IOV 128
+
+/* A write on a connection under the HTTP drain, as writev (msg NULL) or as sendmsg: the server's
+ * bytes with the rewriter's edits, and the count of its own bytes that went. */
+static ssize_t http_write(struct conn* c, int fd, const struct iovec* iov, int iovcnt, const struct msghdr* msg,
+                          int flags) {
+  size_t total = 0;
+  for (int i = 0; i < iovcnt; ++i) {
+    if (iov[i].iov_len > (size_t)SSIZE_MAX - total) return -2; /* As the kernel would have it. */
+    total += iov[i].iov_len;
+  }
+  for (int attempt = 0;; ++attempt) {
+    struct hr_edit edits[HR_HTTP_MAX_EDITS];
+    size_t offer = total;
+    const int n = hr_http_plan(&c->http, iov, iovcnt, total, edits, HR_HTTP_MAX_EDITS, &offer);
+    struct iovec out[HTTP_MAX_IOV];
+    int outn = hr_http_output(iov, iovcnt, offer, edits, n, out, HTTP_MAX_IOV);
+    if (outn < 0) {
+      /* More pieces than this writes at once: this write goes as it is, and the connection's
+       * responses are no longer followed. */
+      c->http.phase = HR_HTTP_OPAQUE;
+      return -2;
+    }
+    ssize_t r;
+    if (msg == NULL) {
+      r = real_writev(fd, out, outn);
+    } else {
+      struct msghdr m = *msg;
+      m.msg_iov = out;
+      m.msg_iovlen = (size_t)outn;
+      if (attempt > 0) {
+        m.msg_control = NULL;
+        m.msg_controllen = 0;
+      }
+      r = real_sendmsg(fd, &m, flags);
+    }
+    if (r < 0) return -1;
+    const size_t told = hr_http_commit(&c->http, iov, iovcnt, total, edits, n, (size_t)r);
+    if (told > 0 || r == 0 || total == 0) return (ssize_t)told;
+    /* Only bytes the rewriter added went: the server's own follow while the socket takes them. */
+    if (attempt == 2) {
+      errno = EAGAIN;
+      return -1;
+    }
+  }
+}
+
+ssize_t write(int fd, const void* buf, size_t n) {
+  if (real_write == NULL) resolve();
+  struct conn* c = http_conn(fd);
+  if (c != NULL) {
+    struct iovec v = {(void*)buf, n};
+    const ssize_t r = http_write(c, fd, &v, 1, NULL, 0);
+    if (r != -2) return r;
+  }
+  return real_write(fd, buf, n);
+}
+
+ssize_t writev(int fd, const struct iovec* iov, int iovcnt) {
+  if (real_writev == NULL) resolve();
+  struct conn* c = iovcnt >= 0 && iovcnt <= HTTP_MAX_IOV / 2 ? http_conn(fd) : NULL;
+  if (c != NULL) {
+    const ssize_t r = http_write(c, fd, iov, iovcnt, NULL, 0);
+    if (r != -2) return r;
+  }
+  return real_writev(fd, iov, iovcnt);
+}
+
+ssize_t send(int fd, const void* buf, size_t n, int flags) {
+  if (real_send == NULL) resolve();
+  struct conn* c = http_conn(fd);
+  if (c != NULL) {
+    struct iovec v = {(void*)buf, n};
+    struct msghdr m;
+    memset(&m, 0, sizeof m);
+    const ssize_t r = http_write(c, fd, &v, 1, &m, flags);
+    if (r != -2) return r;
+  }
+  return real_send(fd, buf, n, flags);
+}
+
+ssize_t sendto(int fd, const void* buf, size_t n, int flags, const struct sockaddr* to, socklen_t to_len) {
+  if (real_sendto == NULL) resolve();
+  struct conn* c = http_conn(fd);
+  if (c != NULL) {
+    struct iovec v = {(void*)buf, n};
+    struct msghdr m;
+    memset(&m, 0, sizeof m);
+    m.msg_name = (void*)to;
+    m.msg_namelen = to_len;
+    const ssize_t r = http_write(c, fd, &v, 1, &m, flags);
+    if (r != -2) return r;
+  }
+  return real_sendto(fd, buf, n, flags, to, to_len);
+}
+
+ssize_t sendmsg(int fd, const struct msghdr* msg, int flags) {
+  if (real_sendmsg == NULL) resolve();
+  struct conn* c = msg != NULL && msg->msg_iovlen <= HTTP_MAX_IOV / 2 ? http_conn(fd) : NULL;
+  if (c != NULL) {
+    const ssize_t r = http_write(c, fd, msg->msg_iov, (int)msg->msg_iovlen, msg, flags);
+    if (r != -2) return r;
+  }
+  return real_sendmsg(fd, msg, flags);
+}
+
+/* A body sent from a file is not seen, only counted. */
+ssize_t sendfile(int out, int in, off_t* offset, size_t count) {
+  if (real_sendfile == NULL) resolve();
+  const ssize_t r = real_sendfile(out, in, offset, count);
+  struct conn* c = r > 0 ? http_conn(out) : NULL;
+  if (c != NULL) hr_http_skip(&c->http, (uint64_t)r);
+  return r;
+}
+
+ssize_t sendfile64(int out, int in, off64_t* offset, size_t count) {
+  if (real_sendfile64 == NULL) resolve();
+  const ssize_t r = real_sendfile64(out, in, offset, count);
+  struct conn* c = r > 0 ? http_conn(out) : NULL;
+  if (c != NULL) hr_http_skip(&c->http, (uint64_t)r);
+  return r;
 }

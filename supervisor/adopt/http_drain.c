@@ -134,6 +134,19 @@ static void end_value(struct hr_http* s) {
   s->head_flags &= ~(HF_CL_DIGIT | HF_CL_END);
 }
 
+/* `n` bytes of a body or a chunk's data (no more than remain) went. */
+static void body_bytes(struct hr_http* s, uint64_t n) {
+  s->remaining -= n;
+  s->body_fresh = 0;
+  if (s->remaining > 0) return;
+  if (s->phase == HR_HTTP_BODY) {
+    next_head(s);
+  } else {
+    s->phase = HR_HTTP_CHUNK_END;
+    s->line = L_START;
+  }
+}
+
 /* What follows a head that just ended. */
 static void after_head(struct hr_http* s) {
   const unsigned f = s->head_flags;
@@ -258,18 +271,9 @@ static int scan(struct hr_http* s, const struct iovec* iov, int iovcnt, size_t t
       size_t take = seg_left;
       if (take > stop - pos) take = stop - pos;
       if (take > s->remaining) take = (size_t)s->remaining;
-      s->remaining -= take;
-      s->body_fresh = 0;
+      body_bytes(s, take);
       pos += take;
       off += take;
-      if (s->remaining == 0) {
-        if (s->phase == HR_HTTP_BODY) {
-          next_head(s);
-        } else {
-          s->phase = HR_HTTP_CHUNK_END;
-          s->line = L_START;
-        }
-      }
       continue;
     }
     const unsigned char c = base[off];
@@ -496,6 +500,15 @@ int hr_http_plan(const struct hr_http* s, const struct iovec* iov, int iovcnt, s
   /* When the edits do not all fit, the write stops before the first that did not. */
   if (!scan(&copy, iov, iovcnt, total, total, SCAN_EDIT, edits, max_edits, &n, 0, &reached)) *offer = reached;
   return n;
+}
+
+void hr_http_skip(struct hr_http* s, uint64_t n) {
+  if (s->phase == HR_HTTP_UNSYNCED || s->phase == HR_HTTP_OPAQUE || n == 0) return;
+  if ((s->phase == HR_HTTP_BODY || s->phase == HR_HTTP_CHUNK_DATA) && n <= s->remaining) {
+    body_bytes(s, n);
+    return;
+  }
+  opaque(s);
 }
 
 size_t hr_http_added(const struct hr_edit* edits, int nedits) {

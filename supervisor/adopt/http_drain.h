@@ -93,6 +93,10 @@ int hr_http_plan(const struct hr_http* s, const struct iovec* iov, int iovcnt, s
 size_t hr_http_commit(struct hr_http* s, const struct iovec* iov, int iovcnt, size_t total, const struct hr_edit* edits,
                       int nedits, size_t written);
 
+/* `n` bytes the rewriter does not see went out (sendfile): a body's, or the connection is no
+ * longer followed. */
+void hr_http_skip(struct hr_http* s, uint64_t n);
+
 /* How many output bytes the edits add to `offer` server bytes. */
 size_t hr_http_added(const struct hr_edit* edits, int nedits);
 

@@ -5,11 +5,14 @@
 #include <dirent.h>
 #include <elf.h>
 #include <fcntl.h>
-#include <signal.h>
+#include <linux/futex.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 #include <cerrno>
+#include <climits>
 
 #include <algorithm>
 #include <array>
@@ -18,8 +21,12 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <string_view>
+#include <utility>
 
 #include <fmt/format.h>
+
+#include "../adopt/adopt_page.h"
 
 #include <hotrestart/fd.h>
 
@@ -165,28 +172,95 @@ Status check_preloadable(const std::string& executable, const std::string& shown
   return check_one(executable, shown_as.empty() ? executable : shown_as, 0);
 }
 
-int adopt_drain_signal() {
-  // Ignored by default: a process of the generation that lacks the library (a static helper, or
-  // one between its exec and the library's start) is not killed by it.
-  return SIGURG;
-}
+AdoptPage::AdoptPage(AdoptPage&& other) noexcept
+    : fd_(std::move(other.fd_)), page_(std::exchange(other.page_, nullptr)), mode_(other.mode_) {}
 
-int adopt_control_signal() {
-  return SIGCONT;
-}
-
-int send_adopt_command(pid_t pgid, AdoptCommand command, const std::vector<ProcessEntry>& also) {
-  // A process group cannot be sent a queued signal as one: each member is sent its own.
-  int sent = 0;
-  for (pid_t pid : group_members(pgid)) {
-    union sigval value {};
-    value.sival_int = static_cast<int>(command);
-    if (::sigqueue(pid, adopt_control_signal(), value) == 0) ++sent;
+AdoptPage& AdoptPage::operator=(AdoptPage&& other) noexcept {
+  if (this != &other) {
+    if (page_ != nullptr) ::munmap(page_, HR_ADOPT_PAGE_SIZE);
+    fd_ = std::move(other.fd_);
+    page_ = std::exchange(other.page_, nullptr);
+    mode_ = other.mode_;
   }
-  // Those that left the group are checked against the start time they were seen with.
-  for (const ProcessEntry& p : also)
-    if (queue_signal_process(p, adopt_control_signal(), static_cast<int>(command))) ++sent;
-  return sent;
+  return *this;
+}
+
+AdoptPage::~AdoptPage() {
+  if (page_ != nullptr) ::munmap(page_, HR_ADOPT_PAGE_SIZE);
+}
+
+namespace {
+
+constexpr unsigned kPageSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+
+Result<void*> map_page(int fd, const std::string& what) {
+  void* m = ::mmap(nullptr, HR_ADOPT_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (m == MAP_FAILED) return Error::from_errno(what + ": mmap");
+  return m;
+}
+
+}  // namespace
+
+Result<AdoptPage> AdoptPage::create(bool http_drain) {
+  Fd fd(static_cast<int>(::syscall(SYS_memfd_create, HR_ADOPT_PAGE_NAME, MFD_CLOEXEC | MFD_ALLOW_SEALING)));
+  if (!fd) return Error::from_errno("--adopt-binds: command page: memfd_create");
+  if (::ftruncate(fd.get(), HR_ADOPT_PAGE_SIZE) != 0)
+    return Error::from_errno("--adopt-binds: command page: ftruncate");
+  // Sealed at its size: a generation holding it cannot shrink it under the supervisor's mapping,
+  // which would make the supervisor's next write a SIGBUS.
+  if (::fcntl(fd.get(), F_ADD_SEALS, kPageSeals) != 0) return Error::from_errno("--adopt-binds: command page: seals");
+  auto m = map_page(fd.get(), "--adopt-binds: command page");
+  if (!m) return m.error();
+  AdoptPage page;
+  page.fd_ = std::move(fd);
+  page.page_ = m.value();
+  auto* p = static_cast<hr_adopt_page*>(page.page_);
+  p->magic = HR_ADOPT_PAGE_MAGIC;
+  p->version = HR_ADOPT_PAGE_VERSION;
+  p->mode = HR_ADOPT_SERVE;
+  p->flags = http_drain ? HR_ADOPT_HTTP_DRAIN : 0;
+  __atomic_store_n(&p->seq, 0, __ATOMIC_RELEASE);
+  return page;
+}
+
+Result<AdoptPage> AdoptPage::find(pid_t pid, int fd) {
+  const std::string path = fmt::format("/proc/{}/fd/{}", pid, fd);
+  const std::string what = fmt::format("the command page of pid {} (descriptor {})", pid, fd);
+  char target[256];
+  const ssize_t n = ::readlink(path.c_str(), target, sizeof target - 1);
+  if (n <= 0) return Error::from_errno(what);
+  if (!std::string_view(target, static_cast<std::size_t>(n)).starts_with("/memfd:" HR_ADOPT_PAGE_NAME))
+    return Error::message(what + ": not a command page");
+  Fd opened(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+  if (!opened) return Error::from_errno(what);
+  struct stat st {};
+  const int seals = ::fcntl(opened.get(), F_GET_SEALS);
+  if (::fstat(opened.get(), &st) != 0 || st.st_size != HR_ADOPT_PAGE_SIZE || seals < 0 ||
+      (static_cast<unsigned>(seals) & kPageSeals) != kPageSeals)
+    return Error::message(what + ": not a sealed page of the right size");
+  auto m = map_page(opened.get(), what);
+  if (!m) return m.error();
+  AdoptPage page;
+  page.fd_ = std::move(opened);
+  page.page_ = m.value();
+  auto* p = static_cast<hr_adopt_page*>(page.page_);
+  if (p->magic != HR_ADOPT_PAGE_MAGIC || p->version != HR_ADOPT_PAGE_VERSION)
+    return Error::message(
+        fmt::format("{}: version {}, where this supervisor speaks {}", what, p->version, HR_ADOPT_PAGE_VERSION));
+  // What it says now is what the last supervisor left: a generation could have written anything,
+  // and the next command overwrites it.
+  page.mode_ = p->mode <= HR_ADOPT_DRAIN ? static_cast<AdoptMode>(p->mode) : AdoptMode::Serve;
+  return page;
+}
+
+void AdoptPage::set(AdoptMode mode) {
+  if (page_ == nullptr) return;
+  auto* p = static_cast<hr_adopt_page*>(page_);
+  mode_ = mode;
+  __atomic_store_n(&p->mode, static_cast<std::uint32_t>(mode), __ATOMIC_RELEASE);
+  __atomic_add_fetch(&p->seq, 1, __ATOMIC_RELEASE);
+  // A shared futex: the processes that wait on the page are others.
+  ::syscall(SYS_futex, &p->seq, FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
 }
 
 int count_connections(pid_t pgid, const std::vector<std::uint16_t>& ports) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <hotrestart/base/result.h>
+#include <hotrestart/fd.h>
 
 #include "process_table.h"
 
@@ -27,18 +28,41 @@ Result<std::string> find_adopt_library();
 // `shown_as` names the file in the error when `executable` is a /proc/self/fd path.
 Status check_preloadable(const std::string& executable, const std::string& shown_as = {});
 
-// The signal that tells the library to close a generation's listeners (SIGURG, which a process
-// without the library ignores).
-int adopt_drain_signal();
+// What a generation's processes do with their adopted listeners (supervisor/adopt/adopt_page.h).
+enum class AdoptMode : std::uint32_t { Serve = 0, Park = 1, Drain = 2 };
 
-// The signal that carries the supervisor's park and resume commands to the library (SIGCONT, which
-// changes nothing for a process that is not stopped). The library takes it as a command only when
-// it is queued (sigqueue) by the supervisor's pid, with one of these values.
-int adopt_control_signal();
-enum class AdoptCommand : int { Park = 1, Resume = 2 };
-// Queues `command` to every process of process group `pgid`, and to each of `also` (its processes
-// that left the group); returns how many took it.
-int send_adopt_command(pid_t pgid, AdoptCommand command, const std::vector<ProcessEntry>& also = {});
+// A generation's command page: a sealed memfd of one page that the supervisor writes and every
+// process of the generation reads, woken by a futex. The supervisor never reads what is in it, and
+// the seals keep a generation from shrinking it under the supervisor's mapping.
+class AdoptPage {
+ public:
+  AdoptPage() = default;
+  AdoptPage(AdoptPage&& other) noexcept;
+  AdoptPage& operator=(AdoptPage&& other) noexcept;
+  AdoptPage(const AdoptPage&) = delete;
+  AdoptPage& operator=(const AdoptPage&) = delete;
+  ~AdoptPage();
+
+  // A new page, in mode Serve; `http_drain` turns the HTTP drain on for when it parks or drains.
+  static Result<AdoptPage> create(bool http_drain);
+  // The page of a generation this supervisor did not start (a takeover), from its main process's
+  // descriptor `fd` (through /proc): refused unless it is a sealed page of the right size, name and
+  // version.
+  static Result<AdoptPage> find(pid_t pid, int fd);
+
+  explicit operator bool() const { return page_ != nullptr; }
+  int fd() const { return fd_.get(); }
+  // Once the generation holds the page, the mapping is all the supervisor needs.
+  void close_fd() { fd_.reset(); }
+  // Writes `mode` and wakes every process waiting on the page.
+  void set(AdoptMode mode);
+  AdoptMode mode() const { return mode_; }
+
+ private:
+  Fd fd_;
+  void* page_ = nullptr;
+  AdoptMode mode_ = AdoptMode::Serve;
+};
 
 // The TCP connections, other than listeners, that the processes of process group `pgid` hold on
 // any of `ports` (local port), from /proc. -1 when they cannot be counted (/proc/net/tcp, or a

@@ -115,6 +115,7 @@ Result<std::unique_ptr<Generation>> Generation::start(Context& context, Events& 
   // Its child has not been reaped, so the pid is still its own.
   if (const auto seen = read_process(g->pid())) g->start_ticks_ = seen->start;
   g->output_ = std::make_unique<WorkerOutput>(context.loop, std::move(launched->output), number, g->pid());
+  g->adopt_page_ = std::move(launched->adopt_page);
   context.reaper.watch(g->pid(), [self = g->self_](pid_t, ExitStatus status) {
     if (Generation* gen = *self) gen->on_main_exit(status);
   });
@@ -145,6 +146,18 @@ Result<std::unique_ptr<Generation>> Generation::adopt(Context& context, Events& 
   if (::fstat(output.get(), &pipe_stat) == 0) g->output_inode_ = pipe_stat.st_ino;
   (void)::fcntl(output.get(), F_SETFL, ::fcntl(output.get(), F_GETFL) | O_NONBLOCK);
   g->output_ = std::make_unique<WorkerOutput>(context.loop, std::move(output), number, pid);
+  if (context.launcher.adopting()) {
+    // Its command page, where its main process was given it.
+    auto page = AdoptPage::find(pid, context.launcher.adopt_page_fd());
+    if (page) {
+      g->adopt_page_ = std::move(page).value();
+    } else {
+      log_warn(
+          "generation {} (pid {}): {}: its listeners cannot be closed for it, and its drain is its drain signal "
+          "alone",
+          number, pid, page.error().text());
+    }
+  }
   const auto exited = [raw_g] {
     raw_g->exit_watch_.reset();
     raw_g->exit_poll_.reset();
@@ -250,8 +263,10 @@ void Generation::signal_all(int signo) const {
   }
 }
 
-bool Generation::send_adopt(AdoptCommand command) const {
-  return send_adopt_command(pid(), command, escaped()) > 0;
+bool Generation::send_adopt(AdoptMode mode) {
+  if (!adopt_page_) return false;
+  adopt_page_.set(mode);
+  return true;
 }
 
 void Generation::enter(GenerationState to) {
@@ -453,7 +468,7 @@ void Generation::stop(std::string_view why, Ending ending, Millis park) {
   if (asked) {
     log_info("generation {} (pid {}): asked to {} over its channel ({}); SIGKILL after {}", number_, pid(),
              ending == Ending::Stop ? "stop" : "drain", why, format_duration(options.drain_timeout));
-  } else if (context_.launcher.adopting() && park_it && send_adopt(AdoptCommand::Park)) {
+  } else if (context_.launcher.adopting() && park_it && send_adopt(AdoptMode::Park)) {
     // The library in each of its processes closes the adopted listeners and keeps the inherited
     // sockets for a resume; the server itself is not told: it goes on serving the connections it
     // has, and gets its drain signal only when the parking ends (unpark).
@@ -506,7 +521,7 @@ bool Generation::resume() {
   if (!parked() || resuming_) return false;
   // --adopt-binds: the library puts the shared sockets back, and says READY=1.
   const bool told =
-      sdk_ == SdkState::None ? send_adopt(AdoptCommand::Resume) : send_listeners(wire::Resume{listener_count()});
+      sdk_ == SdkState::None ? send_adopt(AdoptMode::Serve) : send_listeners(wire::Resume{listener_count()});
   if (!told) return false;
   resuming_ = true;
   // Its drain's SIGKILL waits while it comes back; the deadline is --ready-timeout, as for a start.
@@ -541,8 +556,14 @@ void Generation::abandon_resume(std::string_view why) {
 void Generation::adopt_drain(std::string_view why) {
   const RunOptions& options = context_.options;
   const int signo = options.drain_signal;
-  signal_all(adopt_drain_signal());
-  if (options.drain_signal_given) {
+  if (!send_adopt(AdoptMode::Drain)) {
+    log_warn("generation {} (pid {}): no command page to close its listeners with; sending {} ({}); SIGKILL after {}",
+             number_, pid(), signal_name(signo), why, format_duration(options.drain_timeout));
+    process_.signal(signo);
+    return;
+  }
+  const bool http = context_.launcher.http_drain();
+  if (options.drain_signal_given && !http) {
     // The server drains by itself on the signal the operator named (nginx: SIGQUIT); the library
     // has closed its listeners as well.
     log_info("generation {} (pid {}): closing its listeners and sending {} ({}); SIGKILL after {}", number_, pid(),
@@ -550,10 +571,12 @@ void Generation::adopt_drain(std::string_view why) {
     process_.signal(signo);
     return;
   }
-  // The library in each of its processes closes the listeners; the connections it accepted are
-  // then served to the end, and only then does the drain signal stop it.
-  log_info("generation {} (pid {}): closing its listeners ({}); {} once its connections are done, SIGKILL after {}",
-           number_, pid(), why, signal_name(signo), format_duration(options.drain_timeout));
+  // The library in each of its processes closes the listeners, and with the HTTP drain closes each
+  // HTTP/1.x connection after its next response; the connections it accepted are served to the end,
+  // and only then does the drain signal stop it (whatever the signal means to the server).
+  log_info("generation {} (pid {}): closing its listeners{} ({}); {} once its connections are done, SIGKILL after {}",
+           number_, pid(), http ? ", and each HTTP connection after its next response" : "", why, signal_name(signo),
+           format_duration(options.drain_timeout));
   const auto since = Clock::now();
   connections_timer_.start_repeating(
       kAdoptPollInterval, [this, signo, ports = listener_ports(context_.listeners), since] {

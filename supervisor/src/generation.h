@@ -200,13 +200,15 @@ class Generation {
   // drain, in case it is resumed; SIGKILL then follows --drain-timeout after the parking ends.
   void stop(std::string_view why, Ending ending = Ending::Drain, Millis park = Millis{0});
   // An SDK worker that said it can be resumed after its drain (Worker::Options::resumable), or a
-  // server under --adopt-binds whose preload library said it is in (and no SDK, and no
-  // --drain-signal).
+  // server under --adopt-binds whose preload library said it is in (and no SDK; and the HTTP drain,
+  // or no --drain-signal).
   bool resumable() const {
-    // With --drain-signal the server drains by itself at once, so nothing would be left to resume.
-    return sdk_ == SdkState::Serving ? hello_.resumable
-                                     : sdk_ == SdkState::None && context_.launcher.adopting() && adopt_loaded_ &&
-                                           !context_.options.drain_signal_given;
+    // With --drain-signal and no HTTP drain the server drains by itself at once, so nothing would
+    // be left to resume; the HTTP drain holds the signal back until the connections are done.
+    return sdk_ == SdkState::Serving
+               ? hello_.resumable
+               : sdk_ == SdkState::None && context_.launcher.adopting() && adopt_loaded_ && adopt_page_ &&
+                     (context_.launcher.http_drain() || !context_.options.drain_signal_given);
   }
   // Parked: draining, alive, and able to be resumed.
   bool parked() const { return parked_ && state_ == GenerationState::Draining; }
@@ -238,7 +240,9 @@ class Generation {
   // `signo` to its process group, and to each of its processes that left the group.
   void signal_all(int signo) const;
   // The preload library's `command` to every process of the generation.
-  bool send_adopt(AdoptCommand command) const;
+  // Writes the command page (--adopt-binds); false when there is none (a generation taken over
+  // whose page could not be found).
+  bool send_adopt(AdoptMode mode);
   // --adopt-binds: the library closes the generation's listeners; the drain signal follows once
   // its connections on our ports are done.
   void adopt_drain(std::string_view why);
@@ -260,6 +264,7 @@ class Generation {
   std::string status_text_;         // The last STATUS= (or the SDK's status line), or a probe's failure.
   bool reported_stopping_ = false;  // It sent STOPPING=1.
   bool adopt_loaded_ = false;       // --adopt-binds: the preload library said it is in.
+  AdoptPage adopt_page_;            // --adopt-binds: its command page.
   bool parked_ = false;             // Asked to drain with a parking time that has not ended.
   bool resuming_ = false;           // Sent `resume`; its `ready` has not arrived yet.
   bool told_active_ = false;        // Sent `active`, and no drain since.

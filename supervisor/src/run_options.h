@@ -45,8 +45,9 @@ struct RunOptions {
   ReadyMode ready;
   Millis ready_timeout{30'000};
   Millis min_ready{0};
-  int drain_signal = 15;            // SIGTERM
-  bool drain_signal_given = false;  // --drain-signal was given: with --adopt-binds, it goes at once.
+  int drain_signal = 15;  // SIGTERM
+  // --drain-signal was given: with --adopt-binds and --no-http-drain, it goes at once.
+  bool drain_signal_given = false;
   Millis drain_timeout{30'000};
   Millis state_timeout{60'000};
   std::vector<std::string> state_required;  // Sections whose import failure rolls back.
@@ -60,6 +61,7 @@ struct RunOptions {
   Millis watchdog{0};  // WATCHDOG=1 at least this often once ready (0: no watchdog).
   HealthCheck health;
   bool adopt_binds = false;  // Preload libhotrestart-adopt into every worker.
+  bool http_drain = true;    // With adopt_binds: the library's HTTP drain (not --no-http-drain).
   std::string preflight;     // Run with /bin/sh -c before each release is spawned (preflight.h).
   Millis preflight_timeout{60'000};
   std::vector<std::string> command;

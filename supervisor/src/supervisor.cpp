@@ -223,6 +223,7 @@ Status Supervisor::start() {
   launcher_ =
       std::make_unique<WorkerLauncher>(listeners_, notify_->path(), options_.control_path, std::move(adopt_library));
   launcher_->set_watchdog(options_.watchdog);
+  launcher_->set_http_drain(options_.http_drain);
   if (auto rejoin = listen_seqpacket(beside_control(options_.control_path, "workers"))) {
     rejoin_listener_ = std::move(rejoin).value();
     rejoin_watch_ = std::make_unique<FdWatch>(&loop_, rejoin_listener_.get(), [this] { on_rejoin(); });
@@ -922,6 +923,7 @@ json Supervisor::status_json() const {
               {"ready", ready_json(options_)},
               {"drain", drain_json(options_)},
               {"adopt_binds", launcher_->adopting()},
+              {"http_drain", launcher_->http_drain()},
               {"upgrade", upgrade_->status_json()},
               {"health", health_json()},
               {"watch", watch_->status_json()},

@@ -12,6 +12,7 @@
 #include <hotrestart/base/text.h>
 #include <hotrestart/wire/channel.h>
 
+#include "../adopt/adopt_page.h"
 #include "adopt.h"
 #include "worker_output.h"
 
@@ -64,9 +65,8 @@ std::vector<std::string> WorkerLauncher::worker_environment(std::uint64_t genera
     }
     std::erase(env, std::string());
     env.push_back("LD_PRELOAD=" + preload);
-    env.push_back(fmt::format("HOTRESTART_ADOPT_SIGNAL={}", adopt_drain_signal()));
-    env.push_back(fmt::format("HOTRESTART_ADOPT_CONTROL_SIGNAL={}", adopt_control_signal()));
-    env.push_back(fmt::format("HOTRESTART_SUPERVISOR_PID={}", ::getpid()));
+    // The command page comes right after the channel (see launch).
+    env.push_back(fmt::format("{}={}", HR_ADOPT_PAGE_ENV, adopt_page_fd()));
   }
   return env;
 }
@@ -120,10 +120,17 @@ Result<WorkerLauncher::Launched> WorkerLauncher::launch(std::uint64_t generation
     return Error::from_errno("cannot start the worker: channel: setsockopt SO_PASSCRED");
   auto output = WorkerOutput::open_pipe();
   if (!output) return output.error().context("cannot start the worker: stderr pipe");
+  AdoptPage page;
+  if (adopting()) {
+    auto made = AdoptPage::create(http_drain_);
+    if (!made) return made.error().context("cannot start the worker");
+    page = std::move(made).value();
+  }
   std::vector<int> fds;
   for (const auto& l : listeners_.listeners())
     fds.push_back(l.fd.get());
   fds.push_back(channel->second.get());
+  if (page) fds.push_back(page.fd());
   SpawnRequest request{image.path(), command, std::move(env), std::move(fds), ListenPid::Set};
   request.stderr_fd = output->second.get();
   request.executable_fd = from_fd ? image.fd() : -1;
@@ -133,7 +140,8 @@ Result<WorkerLauncher::Launched> WorkerLauncher::launch(std::uint64_t generation
   // would keep it from ever reaching end of file.
   channel->second.reset();
   output->second.reset();
-  return Launched{ChildProcess(pid.value()), std::move(channel->first), std::move(output->first)};
+  page.close_fd();
+  return Launched{ChildProcess(pid.value()), std::move(channel->first), std::move(output->first), std::move(page)};
 }
 
 }  // namespace hotrestart

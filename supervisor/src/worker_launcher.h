@@ -4,7 +4,8 @@
 // (LISTEN_*, NOTIFY_SOCKET, HOTRESTART_*), plus this generation's: LISTEN_FDS and LISTEN_FDNAMES for
 // the listeners at fd 3.., NOTIFY_SOCKET, HOTRESTART_GENERATION, HOTRESTART_CONTROL and
 // HOTRESTART_CHANNEL_FD (the channel, right after the listeners), and with --adopt-binds the preload
-// library first in LD_PRELOAD. spawn_process sets LISTEN_PID to the child's own pid. Its stderr is
+// library first in LD_PRELOAD and the generation's command page right after the channel
+// (HOTRESTART_ADOPT_PAGE_FD). spawn_process sets LISTEN_PID to the child's own pid. Its stderr is
 // a pipe whose read end the supervisor keeps (worker_output.h); stdin and stdout are the
 // supervisor's. The executable is resolved and opened (ExecutableImage) before anything is forked,
 // so that a command that cannot run fails with a sentence rather than an exit status, and a
@@ -20,6 +21,7 @@
 #include <hotrestart/base/result.h>
 #include <hotrestart/fd.h>
 
+#include "adopt.h"
 #include "duration.h"
 #include "executable.h"
 #include "listener_set.h"
@@ -36,8 +38,9 @@ class WorkerLauncher {
 
   struct Launched {
     ChildProcess process;
-    Fd channel;  // The supervisor's end; the worker's end lives on in the worker only.
-    Fd output;   // The read end of the worker's stderr, non-blocking.
+    Fd channel;            // The supervisor's end; the worker's end lives on in the worker only.
+    Fd output;             // The read end of the worker's stderr, non-blocking.
+    AdoptPage adopt_page;  // With --adopt-binds: the generation's command page.
   };
   // The executable `command` names, found as exec would in the workers' PATH.
   Result<std::string> resolve(const std::vector<std::string>& command) const;
@@ -60,6 +63,11 @@ class WorkerLauncher {
                                                  std::uint64_t release) const;
 
   bool adopting() const { return !adopt_library_.empty(); }
+  // --no-http-drain turns the preload library's HTTP drain off.
+  void set_http_drain(bool on) { http_drain_ = on; }
+  bool http_drain() const { return adopting() && http_drain_; }
+  // The descriptor a generation holds its command page at, as a worker (for a takeover to find it).
+  int adopt_page_fd() const { return 4 + static_cast<int>(listeners_.listeners().size()); }
   const std::string& notify_path() const { return notify_path_; }
 
  private:
@@ -70,6 +78,7 @@ class WorkerLauncher {
   std::string control_path_;
   std::string adopt_library_;
   Millis watchdog_{0};
+  bool http_drain_ = true;
   std::string rejoin_path_;
   std::vector<std::string> base_env_;
 };

@@ -6,7 +6,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "fixture.h"
@@ -56,6 +58,33 @@ int listening_sockets(std::uint16_t port) {
     if (state == "0A" && std::stoul(local.substr(local.rfind(':') + 1), nullptr, 16) == port) ++count;
   }
   return count;
+}
+
+// The signals a process has a handler for (SigCgt in /proc/PID/status).
+std::set<int> caught_signals(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  std::set<int> out;
+  while (std::getline(in, line)) {
+    if (!line.starts_with("SigCgt:")) continue;
+    const unsigned long long mask = std::stoull(line.substr(7), nullptr, 16);
+    for (int sig = 1; sig <= 64; ++sig)
+      if ((mask >> (sig - 1)) & 1ULL) out.insert(sig);
+  }
+  return out;
+}
+
+// The names of a process's threads.
+std::multiset<std::string> thread_names(pid_t pid) {
+  std::multiset<std::string> out;
+  const std::string dir = "/proc/" + std::to_string(pid) + "/task";
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    std::ifstream in(e.path() / "comm");
+    std::string name;
+    if (std::getline(in, name)) out.insert(name);
+  }
+  return out;
 }
 
 std::string listen_arg(std::uint16_t port) {
@@ -165,28 +194,28 @@ TEST_CASE("adopt: a Node.js server upgrades 10 times under load with no failed r
     return std::vector<std::string>{kNode, third_party("node-hello.js"), std::to_string(port), fmt::format("v{}", n)};
   };
   Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--no-park", "--drain-timeout", "20s"}, command(1));
-  // Node keeps connections alive and has no drain of its own: clients that ask to close.
+  // Node keeps connections alive and has no drain of its own: the HTTP drain ends them.
+  LoadClient keepalive(load_config(port, LoadClient::Mode::KeepAlive, 3, "/"));
   LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, 3, "/"));
-  ten_upgrades(sup, command, {&fresh});
+  ten_upgrades(sup, command, {&keepalive, &fresh});
   const auto versions = fresh.version_counts();
   CHECK(versions.count("v1") == 1);
   CHECK(versions.count("v11") == 1);
+  CHECK(keepalive.version_counts().count("v11") == 1);
   sup.stop();
 }
 
-TEST_CASE("adopt: Debian's nginx upgrades 10 times from one configuration to the next under load") {
-  if (!have(kNginx)) {
-    MESSAGE("skipped: " << kNginx << " is not installed (scripts/install-deps installs nginx-light)");
-    return;
-  }
-  TempDir dir;
-  const std::uint16_t port = free_port();
-  // Generation N runs with its own configuration file, nginx-vN.conf, whose answers say vN and the
-  // worker's pid. Master and workers, in the foreground; workers run as nobody (nginx's default
-  // under root), so they can report ready only through the library's socket opened before that.
-  auto command = [&](int n) {
+namespace {
+
+// Generation N of nginx runs with its own configuration file, nginx-vN.conf, whose answers say vN
+// and the worker's pid. In the foreground; with `master`, a master and 2 workers (which run as
+// nobody, nginx's default under root, so they can report ready only through the library's socket
+// opened before that), else nginx alone in one process.
+std::function<std::vector<std::string>(int)> nginx_command(const TempDir& dir, std::uint16_t port, bool master) {
+  return [&dir, port, master](int n) {
     const std::string conf = dir.file(fmt::format("nginx-v{}.conf", n));
     std::ofstream(conf) << fmt::format(R"(daemon off;
+master_process {3};
 worker_processes 2;
 pid {0}/nginx-v{2}.pid;
 error_log stderr warn;
@@ -204,20 +233,52 @@ http {{
   }}
 }}
 )",
-                                       dir.path(), port, n);
+                                       dir.path(), port, n, master ? "on" : "off");
     return std::vector<std::string>{kNginx, "-e", "stderr", "-c", conf};
   };
-  // nginx drains by itself on SIGQUIT (closes its listeners and idle connections, finishes the
-  // others), so the supervisor sends it as soon as the library has closed the listeners.
-  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--drain-signal", "SIGQUIT", "--drain-timeout", "20s"},
-                 command(1));
-  // Clients that ask to close: on SIGQUIT nginx closes its idle keep-alive connections, and a
-  // client that sent its next request on one just then must retry it, as HTTP clients do
-  // (docs/operations.md); this load client counts that as a failure.
+}
+
+}  // namespace
+
+TEST_CASE(
+    "adopt: nginx, master and workers, upgrades 10 times under keep-alive load with default flags and loses nothing") {
+  if (!have(kNginx)) {
+    MESSAGE("skipped: " << kNginx << " is not installed (scripts/install-deps installs nginx-light)");
+    return;
+  }
+  TempDir dir;
+  const std::uint16_t port = free_port();
+  const auto command = nginx_command(dir, port, true);
+  // Default flags: on drain the library closes the listeners and makes each connection's next
+  // response say "Connection: close", so the keep-alive clients close first; SIGTERM (nginx's fast
+  // stop) goes once the connections are done.
+  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--no-park", "--drain-timeout", "20s"}, command(1));
+  LoadClient keepalive(load_config(port, LoadClient::Mode::KeepAlive, 3, "/"));
   LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, 3, "/"));
-  ten_upgrades(sup, command, {&fresh});
-  CHECK(sup.proc().wait_output("closing its listeners and sending SIGQUIT (replaced by generation 11)", 5s));
+  ten_upgrades(sup, command, {&keepalive, &fresh});
+  CHECK(sup.proc().wait_output("its connections are done; sending SIGTERM", 5s));
   CHECK(listening_sockets(port) == 1);
+  sup.stop();
+}
+
+TEST_CASE(
+    "adopt: nginx in one process, whose SIGQUIT stops it at once, upgrades 10 times under load and loses nothing") {
+  if (!have(kNginx)) {
+    MESSAGE("skipped: " << kNginx << " is not installed (scripts/install-deps installs nginx-light)");
+    return;
+  }
+  TempDir dir;
+  const std::uint16_t port = free_port();
+  const auto command = nginx_command(dir, port, false);
+  // A given --drain-signal waits for the connections too: nginx without its master exits at once
+  // on SIGQUIT, and would cut the requests in flight.
+  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--no-park", "--drain-signal", "SIGQUIT",
+                  "--drain-timeout", "20s"},
+                 command(1));
+  LoadClient keepalive(load_config(port, LoadClient::Mode::KeepAlive, 3, "/"));
+  LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, 3, "/"));
+  ten_upgrades(sup, command, {&keepalive, &fresh});
+  CHECK(sup.proc().wait_output("its connections are done; sending SIGQUIT", 5s));
   sup.stop();
 }
 
@@ -297,7 +358,8 @@ TEST_CASE("adopt: a request in flight when the old generation drains completes t
   REQUIRE(slow.responses().size() == 1);
   CHECK(slow.responses()[0].version == "v1");
   REQUIRE(wait_until([&] { return !pid_alive(old_pid); }, 10s));
-  CHECK(sup.proc().wait_output("closing its listeners (replaced by generation 2)", 5s));
+  CHECK(sup.proc().wait_output(
+      "closing its listeners, and each HTTP connection after its next response (replaced by generation 2)", 5s));
   CHECK(sup.proc().wait_output("its connections are done; sending SIGTERM", 5s));
   CHECK(contains(http_get(port, "/"), "version=v2"));
   sup.stop();
@@ -324,7 +386,7 @@ TEST_CASE("adopt: a server asking for SO_REUSEPORT gets the supervisor's socket,
   sup.stop();
 }
 
-TEST_CASE("adopt: a server with its own SIGURG handler still drains, and its handler still runs") {
+TEST_CASE("adopt: the library touches no signal: a server's handlers are its own, and its drain sends none") {
   if (!have(kPython)) {
     MESSAGE("skipped: " << kPython << " is not installed");
     return;
@@ -332,15 +394,22 @@ TEST_CASE("adopt: a server with its own SIGURG handler still drains, and its han
   TempDir dir;
   const std::string urg = dir.file("urg");
   const std::uint16_t port = free_port();
+  // Generation 1 handles SIGURG itself (Go's runtime does, for its own use); generation 2 does not.
   Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--no-park"},
                  {kPython, third_party("reuseport-server.py"), std::to_string(port), "v1", urg});
   const pid_t old_pid = sup.active_pid();
+  CHECK(caught_signals(old_pid).count(SIGURG) == 1);
+  // The library's thread is there, under its own name.
+  CHECK(thread_names(old_pid).count("hotrestart-adop") == 1);
   RunResult r = sup.upgrade_to({kPython, third_party("reuseport-server.py"), std::to_string(port), "v2"});
   REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
-  // The library closed its listener (the drain went on to SIGTERM), and then ran its handler.
+  const pid_t new_pid = sup.active_pid();
+  CHECK(caught_signals(new_pid).count(SIGURG) == 0);
+  // The library closed its listener through the command page, the drain went on to SIGTERM, and no
+  // SIGURG reached the server's handler.
   CHECK(sup.proc().wait_output("generation 1 (pid " + std::to_string(old_pid) + "): its connections are done", 10s));
   CHECK(wait_until([&] { return !pid_alive(old_pid); }, 10s));
-  CHECK(read_file(urg) == std::optional<std::string>("SIGURG\n"));
+  CHECK_FALSE(read_file(urg).has_value());
   CHECK(contains(http_get(port, "/"), "version=v2"));
   sup.stop();
 }

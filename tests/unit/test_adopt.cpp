@@ -1,11 +1,16 @@
 // --adopt-binds, the supervisor's side: which programs can be preloaded, how a draining
-// generation's connections are counted, and the library's notify line.
+// generation's connections are counted, the library's notify line and the command page.
 #include <doctest/doctest.h>
-
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <linux/futex.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -16,6 +21,7 @@
 #include <fstream>
 #include <string>
 
+#include "../../supervisor/adopt/adopt_page.h"
 #include "adopt.h"
 #include "notify_message.h"
 
@@ -120,9 +126,57 @@ TEST_CASE("adopt: a process group's connections on a port are counted, listeners
   ::close(listener);
 }
 
-TEST_CASE("adopt: the library's notify line is understood, and the drain signal is one ignored by default") {
+TEST_CASE("adopt: the library's notify line is understood") {
   CHECK(parse_notify("X_HOTRESTART_ADOPT=1").adopt);
   CHECK_FALSE(parse_notify("X_HOTRESTART_ADOPT=0").adopt);
   CHECK(parse_notify("X_HOTRESTART_ADOPT=1").problems.empty());
-  CHECK(adopt_drain_signal() == SIGURG);
+}
+
+TEST_CASE("adopt: a command page wakes a process waiting on it in another process, and cannot be shrunk") {
+  auto page = AdoptPage::create(true);
+  REQUIRE_MESSAGE(page, page.error().text());
+  // A child maps the page as the library does and waits for a command, then exits with the mode.
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    void* m = ::mmap(nullptr, HR_ADOPT_PAGE_SIZE, PROT_READ, MAP_SHARED, page->fd(), 0);
+    if (m == MAP_FAILED) ::_exit(90);
+    const auto* p = static_cast<const hr_adopt_page*>(m);
+    if (p->magic != HR_ADOPT_PAGE_MAGIC || p->flags != HR_ADOPT_HTTP_DRAIN) ::_exit(91);
+    // Waits for the first change, however late it comes.
+    while (__atomic_load_n(&p->seq, __ATOMIC_ACQUIRE) == 0)
+      ::syscall(SYS_futex, &p->seq, FUTEX_WAIT, 0, nullptr, nullptr, 0);
+    ::_exit(static_cast<int>(__atomic_load_n(&p->mode, __ATOMIC_ACQUIRE)));
+  }
+  page->set(AdoptMode::Park);
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == HR_ADOPT_PARK);
+  // The seals keep a generation from making the supervisor's next write a SIGBUS.
+  CHECK(::ftruncate(page->fd(), 0) != 0);
+  CHECK(errno == EPERM);
+}
+
+TEST_CASE("adopt: a command page is found again through /proc, and anything else is refused with a sentence") {
+  auto page = AdoptPage::create(false);
+  REQUIRE(page);
+  page->set(AdoptMode::Drain);
+  auto found = AdoptPage::find(::getpid(), page->fd());
+  REQUIRE_MESSAGE(found, found.error().text());
+  CHECK(found->mode() == AdoptMode::Drain);
+  found->set(AdoptMode::Serve);
+  CHECK(AdoptPage::find(::getpid(), page->fd())->mode() == AdoptMode::Serve);
+
+  int pipe_fds[2];
+  REQUIRE(::pipe2(pipe_fds, O_CLOEXEC) == 0);
+  auto not_page = AdoptPage::find(::getpid(), pipe_fds[0]);
+  REQUIRE_FALSE(not_page);
+  CHECK(not_page.error().text() ==
+        fmt::format("the command page of pid {} (descriptor {}): not a command page", ::getpid(), pipe_fds[0]));
+  ::close(pipe_fds[0]);
+  ::close(pipe_fds[1]);
+  auto gone = AdoptPage::find(::getpid(), 999);
+  REQUIRE_FALSE(gone);
+  CHECK(gone.error().text().starts_with(fmt::format("the command page of pid {} (descriptor 999)", ::getpid())));
 }

@@ -293,3 +293,17 @@ TEST_CASE("http drain: random splits of real heads and random short writes give 
     }
   }
 }
+
+TEST_CASE("http drain: a body sent from a file is counted, and a head after it is still found") {
+  hr_http s = synced();
+  std::string wire;
+  const std::string head = "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nConnection: keep-alive\r\n\r\n";
+  CHECK(write_once(s, head, 1, 1000, wire) == head.size());
+  hr_http_skip(&s, 600);  // sendfile took 600 bytes of the body, then the rest.
+  hr_http_skip(&s, 400);
+  CHECK(write_once(s, "HTTP/1.1 204 No Content\r\n\r\n", 1, 1000, wire) == 27);
+  CHECK(wire == replace_all(head, "keep-alive", "close     ") + "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+  // More than the body held: the connection is no longer followed.
+  hr_http_skip(&s, 1);
+  CHECK(hr_http_opaque(&s));
+}
