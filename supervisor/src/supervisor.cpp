@@ -34,6 +34,8 @@ using nlohmann::json;
 constexpr Millis kChannelGrace{1000};
 // How often the supervisor looks for processes that outlived their generation.
 constexpr Millis kSweepInterval{2000};
+// How often at most the running record (running.json) is written.
+constexpr Millis kRecordEvery{100};
 
 // Why an upgrade cannot begin while `run --preflight` still checks the first release: there is no
 // generation yet to upgrade from.
@@ -86,6 +88,7 @@ Supervisor::~Supervisor() {
   // Generations first: they use the reaper, the launcher and the loop.
   generations_.clear();
   guard_.reset();
+  record_timer_.reset();  // Its write needs the guard; what it would write is gone too.
   upgrade_.reset();
   first_preflight_.reset();
   control_.reset();
@@ -200,6 +203,7 @@ Status Supervisor::start() {
   roster_ = std::make_unique<ProcessRoster>(ProcessRoster::Hooks{
       ::getpid(), main_of, [this](pid_t pid) { return reaper_->watching(pid); }, generation_of_pipe});
   sweep_timer_ = std::make_unique<Timer>(&loop_);
+  record_timer_ = std::make_unique<Timer>(&loop_);
   sweep_timer_->start_repeating(kSweepInterval, [this] { sweep_processes(false); });
   restart_timer_ = std::make_unique<Timer>(&loop_);
   for (int signo : {SIGTERM, SIGINT, SIGQUIT, SIGUSR2, SIGHUP}) {
@@ -871,18 +875,34 @@ void Supervisor::sync_guard() {
     facts.push_back(entry.generation);
   // Not before what is left behind was taken over: until then the old record is the one that counts.
   if (record_ && record_ready_ && recorded_ != facts) {
-    static const std::uint64_t self_start = [] {
-      const auto self = read_process(::getpid());
-      return self ? self->start : 0;
-    }();
-    ProcessRecord guard;
-    if (guard_->pid() > 0) {
-      guard.pid = guard_->pid();
-      if (const auto p = read_process(guard.pid)) guard.start = p->start;
-    }
-    record_->save(running_record({::getpid(), self_start}, guard, listener_records_, facts).dump(1) + "\n");
     recorded_ = std::move(facts);
+    // Written at once, but at most once every kRecordEvery: with hundreds of generations, a record
+    // per change would cost each upgrade a dump of them all several times over. Changes within the
+    // interval are written together at its end.
+    if (!record_timer_->active()) {
+      const auto since = Clock::now() - record_saved_at_;
+      if (since >= kRecordEvery) {
+        save_record();
+      } else {
+        record_timer_->start(kRecordEvery - std::chrono::duration_cast<Millis>(since), [this] { save_record(); });
+      }
+    }
   }
+}
+
+void Supervisor::save_record() {
+  if (!record_ || !recorded_ || !guard_) return;
+  record_saved_at_ = Clock::now();
+  static const std::uint64_t self_start = [] {
+    const auto self = read_process(::getpid());
+    return self ? self->start : 0;
+  }();
+  ProcessRecord guard;
+  if (guard_->pid() > 0) {
+    guard.pid = guard_->pid();
+    if (const auto p = read_process(guard.pid)) guard.start = p->start;
+  }
+  record_->save(running_record({::getpid(), self_start}, guard, listener_records_, *recorded_).dump(1) + "\n");
 }
 
 json Supervisor::status_json() const {

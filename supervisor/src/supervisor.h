@@ -163,6 +163,7 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   void after_events();
   // Tells the guard what changed: at once, whenever a generation's role, state or deadline changes.
   void sync_guard();
+  void save_record();
 
   // Crash restarts.
   void schedule_restart(Clock::duration served_for);
@@ -202,6 +203,8 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   std::unique_ptr<AfterEvents> after_events_;
   // STATE-DIR/running.json (takeover.h), rewritten whenever the guard's table changes.
   std::unique_ptr<BackgroundFile> record_;
+  std::unique_ptr<Timer> record_timer_;  // A record write is due (see sync_guard).
+  Clock::time_point record_saved_at_{};
   std::vector<ListenerRecord> listener_records_;
   std::optional<std::vector<GuardGeneration>> recorded_;
   bool record_failed_ = false;
