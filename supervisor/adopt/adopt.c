@@ -196,8 +196,21 @@ static void note_waiting(int fd) {
   if (atomic_exchange(&ready_sent, 1) == 0) notify("READY=1");
 }
 
-static int same_address(const struct sockaddr* a, socklen_t a_len, const struct sockaddr_storage* b_storage) {
+/* Whether the server's bind of `a` on socket `fd` asks for the listener at `b_storage`. */
+static int same_address(int fd, const struct sockaddr* a, socklen_t a_len, const struct sockaddr_storage* b_storage) {
   const struct sockaddr* b = (const struct sockaddr*)b_storage;
+  if (a->sa_family == AF_INET6 && b->sa_family == AF_INET && a_len >= (socklen_t)sizeof(struct sockaddr_in6)) {
+    /* The IPv6 wildcard on a dual-stack socket (Node.js's default, Go's) asks for every address of
+     * both families on its port: an IPv4 listener of that port is part of what it asked for. A
+     * socket made IPv6-only asked for none of it. The reverse (an IPv4 bind adopting an IPv6
+     * listener) is never done: the server would get IPv6 addresses where it expects IPv4 ones. */
+    const struct sockaddr_in6* x = (const struct sockaddr_in6*)a;
+    const struct sockaddr_in* y = (const struct sockaddr_in*)b;
+    int v6only = 1;
+    socklen_t len = sizeof v6only;
+    if (x->sin6_port != y->sin_port || memcmp(&x->sin6_addr, &in6addr_any, sizeof x->sin6_addr) != 0) return 0;
+    return getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &len) == 0 && v6only == 0;
+  }
   if (a->sa_family != b->sa_family) return 0;
   if (a->sa_family == AF_INET && a_len >= (socklen_t)sizeof(struct sockaddr_in)) {
     const struct sockaddr_in* x = (const struct sockaddr_in*)a;
@@ -504,7 +517,7 @@ int bind(int fd, const struct sockaddr* addr, socklen_t len) {
   if (real_bind == NULL) resolve();
   if (addr != NULL && !atomic_load(&drained)) {
     for (int i = 0; i < listener_count; ++i) {
-      if (!same_address(addr, len, &listeners[i].addr)) continue;
+      if (!same_address(fd, addr, len, &listeners[i].addr)) continue;
       int type = 0;
       socklen_t type_len = sizeof type;
       if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &type_len) != 0 || type != SOCK_STREAM) break;

@@ -441,6 +441,40 @@ TEST_CASE("adopt: a statically linked server is refused with a sentence, at run 
   sup.stop();
 }
 
+TEST_CASE("adopt: a server that binds the IPv6 wildcard adopts an IPv4 listener of its port, unless it is IPv6-only") {
+  if (!have(kNode) || !have(kPython)) {
+    MESSAGE("skipped: " << kNode << " or " << kPython << " is not installed");
+    return;
+  }
+  const std::uint16_t port = free_port();
+  // Node.js given no address binds [::] with dual stack, as Go and many servers do.
+  auto node = [&](int n) {
+    return std::vector<std::string>{kNode, third_party("node-hello.js"), std::to_string(port), fmt::format("v{}", n),
+                                    "any"};
+  };
+  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--no-park", "--ready-timeout", "5s"}, node(1));
+  CHECK(contains(http_get(port, "/"), "version=v1"));
+  RunResult up = sup.upgrade_to(node(2));
+  REQUIRE_MESSAGE(up.exit_code == 0, up.out << up.err);
+  CHECK(contains(http_get(port, "/"), "version=v2"));
+  CHECK(listening_sockets(port) == 1);
+  // A socket made IPv6-only asked for none of the IPv4 listener: it binds its own, and never
+  // reports ready.
+  const std::string v6only = fmt::format(
+      "import socket, time\n"
+      "s = socket.socket(socket.AF_INET6)\n"
+      "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)\n"
+      "s.bind(('::', {}))\n"
+      "s.listen()\n"
+      "s.accept()\n",
+      port);
+  RunResult r = sup.upgrade_to({kPython, "-c", v6only});
+  CHECK(r.exit_code == 1);
+  CHECK_MESSAGE(contains(r.err, "it never waited on a listener given with --listen"), r.out << r.err);
+  CHECK(contains(http_get(port, "/"), "version=v2"));
+  sup.stop();
+}
+
 TEST_CASE("adopt: a server that binds another address never reports ready, and the rollback says why") {
   if (!have(kPython)) {
     MESSAGE("skipped: " << kPython << " is not installed");
