@@ -59,7 +59,8 @@
 #define MAX_REGISTRATIONS 1024
 
 struct listener {
-  int fd; /* The inherited listening socket (3, 4, ...). */
+  int fd;   /* The inherited listening socket (3, 4, ...). */
+  int keep; /* The library's own copy, out of the server's way, which a resume puts back. */
   struct sockaddr_storage addr;
   socklen_t addr_len;
   dev_t dev; /* What identifies the shared socket in any descriptor that refers to it. */
@@ -292,6 +293,8 @@ __attribute__((constructor)) static void adopt_init(void) {
     l->dev = st.st_dev;
     l->ino = st.st_ino;
     l->fd = fd;
+    /* Close-on-exec and high: an exec'd program finds its own copies at 3.., as this one did. */
+    l->keep = fcntl(fd, F_DUPFD_CLOEXEC, 900);
     ++listener_count;
   }
   map_page();
@@ -307,14 +310,51 @@ __attribute__((constructor)) static void adopt_init(void) {
   }
 }
 
-/* The drain: every adopted descriptor of this process becomes a listener nobody reaches. */
-/* Whether descriptor `fd` refers to one of the shared listening sockets. */
-static int is_shared(int fd) {
+/* Which shared listening socket `fd` refers to, or -1 (the library's own copies are not counted). */
+static int shared_index(int fd) {
   struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) return 0;
+  if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) return -1;
   for (int i = 0; i < listener_count; ++i)
-    if (listeners[i].ino == st.st_ino && listeners[i].dev == st.st_dev) return 1;
-  return 0;
+    if (listeners[i].ino == st.st_ino && listeners[i].dev == st.st_dev && listeners[i].keep != fd) return i;
+  return -1;
+}
+
+static int is_shared(int fd) {
+  return shared_index(fd) >= 0;
+}
+
+/* Calls `fn` for each descriptor of this process that refers to a shared listening socket: the
+ * adopted ones, the inherited ones at 3.. (a server that takes LISTEN_FDS itself waits on those),
+ * and any copy the server made. Judged by what they refer to, so that a number the server has since
+ * reused for something else is never touched. */
+static void for_each_shared(void (*fn)(int fd, int listener)) {
+  const int dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir >= 0) {
+    char buf[4096];
+    long n;
+    while ((n = syscall(SYS_getdents64, dir, buf, sizeof buf)) > 0) {
+      for (long at = 0; at < n;) {
+        const unsigned short reclen = *(const unsigned short*)(buf + at + 16);
+        const char* name = buf + at + 19;
+        at += reclen;
+        if (name[0] < '0' || name[0] > '9') continue;
+        const int fd = (int)strtol(name, NULL, 10);
+        const int l = fd == dir ? -1 : shared_index(fd);
+        if (l >= 0) fn(fd, l);
+      }
+    }
+    real_close(dir);
+    if (n == 0) return;
+  }
+  /* No /proc: every number up to the limit. */
+  struct rlimit limit;
+  int max_fd = 65536;
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < 1048576)
+    max_fd = (int)limit.rlim_cur;
+  for (int fd = 0; fd < max_fd; ++fd) {
+    const int l = shared_index(fd);
+    if (l >= 0) fn(fd, l);
+  }
 }
 
 /* Puts the socket `with` in place of `fd`, keeping fd's close-on-exec flag and its epoll
@@ -355,15 +395,24 @@ static void replace_with_dummy(int fd) {
   real_close(dummy);
 }
 
-/* Parking: the adopted listeners become unreachable, the inherited ones stay for a resume. */
+static void remember(int fd, int wants_nonblock, int listener);
+
+static void park_one(int fd, int listener) {
+  /* Remembered, so that a resume puts back what it was (a server that took LISTEN_FDS itself
+   * waits on the inherited one). */
+  if (!is_adopted(fd)) {
+    const int flags = real_fcntl(fd, F_GETFL);
+    remember(fd, flags >= 0 && (flags & O_NONBLOCK) != 0, listener);
+  }
+  replace_with_dummy(fd);
+}
+
+/* Parking: every descriptor of a shared socket becomes unreachable; the library's own copies stay
+ * for a resume. */
 static void park(void) {
   if (atomic_load(&closed) || atomic_exchange(&parked, 1) != 0) return;
   atomic_store(&drained, 1);
-  const int high = atomic_load(&adopted_high);
-  for (int i = 0; i < high; ++i) {
-    const int fd = atomic_load(&adopted[i].fd);
-    if (fd >= 0 && is_shared(fd)) replace_with_dummy(fd);
-  }
+  for_each_shared(park_one);
 }
 
 /* Resume: every adopted descriptor is the shared socket again, as it was before the park. */
@@ -373,36 +422,29 @@ static void resume(void) {
   for (int i = 0; i < high; ++i) {
     const int fd = atomic_load(&adopted[i].fd);
     const int l = atomic_load(&adopted[i].listener);
-    if (fd >= 0 && l >= 0 && l < listener_count && !is_shared(fd)) put_in_place(fd, listeners[l].fd);
+    if (fd >= 0 && l >= 0 && l < listener_count && listeners[l].keep >= 0 && !is_shared(fd))
+      put_in_place(fd, listeners[l].keep);
   }
   atomic_store(&drained, 0);
   atomic_store(&parked, 0);
   if (main_pid == (long)getpid()) notify("READY=1");
 }
 
-/* The drain: every descriptor of this process that refers to a shared listening socket (the
- * adopted ones, the inherited ones, and any copy the server made) is replaced, judged by what it
- * refers to, so that a number the server has since reused for something else is never touched. */
+static void drain_one(int fd, int listener) {
+  (void)listener;
+  replace_with_dummy(fd);
+}
+
 static void drain(void) {
   if (atomic_exchange(&closed, 1) != 0) return;
   atomic_store(&drained, 1);
   atomic_store(&parked, 0);
-  struct rlimit limit;
-  int max_fd = 65536;
-  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < 1048576)
-    max_fd = (int)limit.rlim_cur;
-  for (int fd = 0; fd < max_fd; ++fd) {
-    if (!is_shared(fd)) continue;
-    if (is_adopted(fd)) {
-      replace_with_dummy(fd);
-    } else {
-      /* Inherited (3, 4, ...) or a copy: not one the server waits on that we know of. */
-      const int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-      if (null_fd >= 0) {
-        (void)dup2(null_fd, fd);
-        real_close(null_fd);
-      }
-    }
+  /* An unreachable listener in place of every descriptor of a shared socket, whoever waits on it:
+   * a server that took LISTEN_FDS itself stops taking connections as an adopting one does. */
+  for_each_shared(drain_one);
+  for (int i = 0; i < listener_count; ++i) {
+    if (listeners[i].keep >= 0) real_close(listeners[i].keep);
+    listeners[i].keep = -1;
   }
   if (main_pid == (long)getpid()) notify("STOPPING=1");
 }

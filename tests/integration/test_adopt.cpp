@@ -21,6 +21,7 @@ constexpr const char* kPython = "/usr/bin/python3";
 constexpr const char* kNode = "/usr/bin/node";
 constexpr const char* kNginx = "/usr/sbin/nginx";
 constexpr const char* kGunicorn = "/usr/bin/gunicorn";
+constexpr const char* kLighttpd = "/usr/sbin/lighttpd";
 
 bool have(const char* program) {
   return ::access(program, X_OK) == 0;
@@ -164,7 +165,9 @@ TEST_CASE("adopt: python3 -m http.server upgrades 10 times under load with no fa
     const std::string dir = www.file(fmt::format("v{}", n));
     ::mkdir(dir.c_str(), 0755);
     std::ofstream(dir + "/v") << fmt::format("version=v{}\n", n);
-    return std::vector<std::string>{kPython, "-m", "http.server", "--bind", "127.0.0.1", "--directory", dir};
+    // HTTP/1.1: it keeps connections alive (ThreadingHTTPServer, one thread per connection).
+    return std::vector<std::string>{kPython,  "-m",        "http.server", "-p", "HTTP/1.1",
+                                    "--bind", "127.0.0.1", "--directory", dir};
   };
   const std::uint16_t port = free_port();
   auto first = command(1);
@@ -305,6 +308,69 @@ TEST_CASE("adopt: gunicorn needs no --adopt-binds: it takes LISTEN_FDS as it is 
   LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, 3, "/"));
   ten_upgrades(sup, command, {&keepalive, &fresh}, /*adopt=*/false);
   CHECK(contains(sup.status_or_fail()["generations"][0]["status"].get<std::string>(), "Gunicorn arbiter booted"));
+  sup.stop();
+}
+
+TEST_CASE(
+    "adopt: gunicorn with threads, binding its port itself, upgrades 10 times under keep-alive load with default "
+    "flags") {
+  if (!have(kGunicorn)) {
+    MESSAGE("skipped: " << kGunicorn << " is not installed (scripts/install-deps installs gunicorn)");
+    return;
+  }
+  const std::uint16_t port = free_port();
+  // Threaded workers keep connections alive. Under --adopt-binds gunicorn still finds LISTEN_FDS
+  // and waits on the inherited socket itself: the library closes that one on drain as well.
+  auto command = [&](int n) {
+    return std::vector<std::string>{kGunicorn,
+                                    "--bind",
+                                    fmt::format("127.0.0.1:{}", port),
+                                    "--workers",
+                                    "2",
+                                    "--threads",
+                                    "4",
+                                    "--chdir",
+                                    std::string(HOTRESTART_SOURCE_DIR) + "/tests/third-party",
+                                    "--env",
+                                    fmt::format("HELLO_VERSION=v{}", n),
+                                    "wsgi_hello:app"};
+  };
+  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--no-park", "--drain-timeout", "20s"}, command(1));
+  LoadClient keepalive(load_config(port, LoadClient::Mode::KeepAlive, 3, "/"));
+  LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, 3, "/"));
+  ten_upgrades(sup, command, {&keepalive, &fresh});
+  CHECK_FALSE(sup.proc().wait_output("Socket operation on non-socket", 100ms));
+  sup.stop();
+}
+
+TEST_CASE("adopt: lighttpd upgrades 10 times under keep-alive load with default flags and loses nothing") {
+  if (!have(kLighttpd)) {
+    MESSAGE("skipped: " << kLighttpd << " is not installed (scripts/install-deps installs lighttpd)");
+    return;
+  }
+  TempDir dir;
+  const std::uint16_t port = free_port();
+  // Generation N serves the directory vN, whose file "v" says which it is. lighttpd answers
+  // HTTP/1.1 keep-alive with no Connection header, and stops at once on SIGTERM.
+  auto command = [&](int n) {
+    const std::string root = dir.file(fmt::format("v{}", n));
+    ::mkdir(root.c_str(), 0755);
+    std::ofstream(root + "/v") << fmt::format("version=v{}\n", n);
+    const std::string conf = dir.file(fmt::format("lighttpd-v{}.conf", n));
+    std::ofstream(conf) << fmt::format(R"(server.document-root = "{0}"
+server.port = {1}
+server.bind = "127.0.0.1"
+server.errorlog = "/dev/stderr"
+mimetype.assign = ("" => "text/plain")
+)",
+                                       root, port);
+    return std::vector<std::string>{kLighttpd, "-D", "-f", conf};
+  };
+  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--no-park", "--drain-timeout", "20s"}, command(1));
+  LoadClient keepalive(load_config(port, LoadClient::Mode::KeepAlive, 3, "/v"));
+  LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, 3, "/v"));
+  ten_upgrades(sup, command, {&keepalive, &fresh});
+  CHECK(sup.proc().wait_output("its connections are done; sending SIGTERM", 5s));
   sup.stop();
 }
 
