@@ -37,7 +37,7 @@ HR_DEPS=(
 )
 # Servers the tests run in the foreground themselves: their packages must not start them as
 # system services when they are installed (nginx would take port 80).
-HR_SERVICE_DEPS=(nginx-light gunicorn lighttpd caddy)
+HR_SERVICE_DEPS=(nginx-light gunicorn lighttpd caddy haproxy)
 
 hr_log() { printf '==> %s\n' "$*" >&2; }
 hr_warn() { printf 'warning: %s\n' "$*" >&2; }
