@@ -480,6 +480,21 @@ TEST_CASE("adopt: the library touches no signal: a server's handlers are its own
   sup.stop();
 }
 
+TEST_CASE("adopt: --no-http-drain without --adopt-binds is a usage error, and with it the status says so") {
+  TempDir d;
+  RunResult r = run({hotrestart_bin(), "run", "--control", d.file("c.sock"), "--no-http-drain", "--listen",
+                     "http=tcp://127.0.0.1:0", "--", "/bin/true"},
+                    {}, 10s);
+  CHECK(r.exit_code == 2);
+  CHECK_MESSAGE(contains(r.err, "--no-http-drain goes with --adopt-binds only"), r.err);
+  if (!have(kNode)) return;
+  const std::uint16_t port = free_port();
+  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--no-http-drain"},
+                 {kNode, third_party("node-hello.js"), std::to_string(port), "v1"});
+  CHECK(sup.status_or_fail()["http_drain"] == false);
+  sup.stop();
+}
+
 TEST_CASE("adopt: a statically linked server is refused with a sentence, at run and at upgrade") {
   // Debian's ldconfig is statically linked.
   const char* kStatic = "/sbin/ldconfig";
