@@ -8,19 +8,21 @@
  * - The first time the server waits on an adopted listener (epoll_ctl, poll, select) or accepts
  *   from one, the library sends READY=1 to NOTIFY_SOCKET for it.
  * - Commands come through the generation's command page (adopt_page.h), which a thread of the
- *   library's own in each process waits on. On drain, every process replaces its adopted listeners
- *   with a listening socket nobody can connect to (an abstract Unix socket), re-registered in the
- *   server's epoll sets under the same events, so the server stops taking connections from the
- *   shared socket without noticing, and finishes those it has. The shared socket itself is never
- *   shut down. A park does the same but keeps the inherited sockets, so that a resume can put the
- *   shared sockets back in place; the main process then says READY=1.
+ *   library's own in each process waits on. On drain, every process puts a listening socket nobody
+ *   can connect to (an abstract Unix socket) in place of each descriptor of a shared socket (the
+ *   adopted ones, re-registered in the server's epoll sets under the same events; the inherited
+ *   ones at 3.., which a server reading LISTEN_FDS itself waits on; any copy), so the server stops
+ *   taking connections from the shared socket without noticing, and finishes those it has. The
+ *   shared socket itself is never shut down. A park does the same but keeps copies of the library's
+ *   own, so that a resume can put the shared sockets back in place; the main process then says
+ *   READY=1.
  * - While parked or draining, the HTTP drain (http_drain.h) closes each HTTP/1.x connection the
  *   server accepted on an adopted socket after its next response: the library follows what the
  *   server writes on it (write, writev, send, sendto, sendmsg; sendfile counted as body).
  *
  * No signal is used and no signal disposition is touched: a language runtime that claims every
- * signal (Go's) runs as it would without the library. Written in C with no allocation, because it
- * runs inside any process. See docs/operations.md, "Servers that bind their own port". */
+ * signal (Go's) runs as it would without the library. Written in C with no allocation but the HTTP
+ * drain's table (one mapping, made at the first drain), because it runs inside any process. See docs/operations.md, "Servers that bind their own port". */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
