@@ -343,6 +343,53 @@ TEST_CASE(
   sup.stop();
 }
 
+TEST_CASE("adopt: a revert resumes a parked gunicorn that waits on the inherited socket itself, under load") {
+  if (!have(kGunicorn) || !have(kPython)) {
+    MESSAGE("skipped: " << kGunicorn << " or " << kPython << " is not installed");
+    return;
+  }
+  const std::uint16_t port = free_port();
+  const std::vector<std::string> gunicorn = {kGunicorn,
+                                             "--bind",
+                                             fmt::format("127.0.0.1:{}", port),
+                                             "--workers",
+                                             "2",
+                                             "--threads",
+                                             "2",
+                                             "--chdir",
+                                             std::string(HOTRESTART_SOURCE_DIR) + "/tests/third-party",
+                                             "--env",
+                                             "HELLO_VERSION=v1",
+                                             "wsgi_hello:app"};
+  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--drain-timeout", "20s"}, gunicorn);
+  const pid_t v1_pid = sup.active_pid();
+  MixedLoad load(port, 2);
+  let_load_run(load.keepalive, 50);
+  // Release 2 binds the port, waits on it once, takes no connection and aborts: gunicorn, parked
+  // meanwhile with the inherited socket it waits on replaced, is resumed with it put back.
+  const std::string crashing = fmt::format(
+      "import os, select, socket, time\n"
+      "s = socket.socket()\n"
+      "s.bind(('127.0.0.1', {}))\n"
+      "s.listen(64)\n"
+      "select.select([s], [], [], 0)\n"
+      "time.sleep(0.5)\n"
+      "os.abort()\n",
+      port);
+  RunResult up = sup.cli({"upgrade", "--wait", "--", kPython, "-c", crashing}, 60s);
+  CHECK_MESSAGE(up.exit_code == 1, up.out << up.err);
+  CHECK_MESSAGE(contains(up.err, "release 2 reverted"), up.err);
+  REQUIRE(sup.proc().wait_output(fmt::format("generation 1 (pid {}) serves again", v1_pid), 15s));
+  CHECK(sup.active_pid() == v1_pid);
+  for (int i = 0; i < 5; ++i)
+    CHECK(contains(http_get(port, "/"), "version=v1"));
+  let_load_run(load.fresh, 50);
+  let_load_run(load.keepalive, 50);
+  CHECK_FALSE(sup.proc().wait_output("Socket operation on non-socket", 100ms));
+  load.finish();
+  sup.stop();
+}
+
 TEST_CASE("adopt: lighttpd upgrades 10 times under keep-alive load with default flags and loses nothing") {
   if (!have(kLighttpd)) {
     MESSAGE("skipped: " << kLighttpd << " is not installed (scripts/install-deps installs lighttpd)");
