@@ -28,7 +28,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <link.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
 #include <linux/futex.h>
+#include <linux/seccomp.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -50,6 +54,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -235,6 +240,7 @@ static int same_address(int fd, const struct sockaddr* a, socklen_t a_len, const
 }
 
 static void start_watcher(void);
+static void trap_own_binds(void);
 static void before_fork(void);
 static void after_fork_in_parent(void);
 static void after_fork_in_child(void);
@@ -310,6 +316,7 @@ __attribute__((constructor)) static void adopt_init(void) {
     (void)pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
     start_watcher();
   }
+  trap_own_binds();
 }
 
 /* Which shared listening socket `fd` refers to, or -1 (the library's own copies are not counted). */
@@ -557,27 +564,172 @@ static void forget(int fd) {
   }
 }
 
+/* A bind of `addr` on socket `fd` that asks for a listener the supervisor passed: puts that shared
+ * socket in its place and returns 1 (-1 if it could not); 0 for any other bind. */
+static int adopt_bind(int fd, const struct sockaddr* addr, socklen_t len) {
+  if (addr == NULL || atomic_load(&drained)) return 0;
+  for (int i = 0; i < listener_count; ++i) {
+    if (!same_address(fd, addr, len, &listeners[i].addr)) continue;
+    int type = 0;
+    socklen_t type_len = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &type_len) != 0 || type != SOCK_STREAM) return 0;
+    const int flags = real_fcntl(fd, F_GETFL);
+    const int fd_flags = real_fcntl(fd, F_GETFD);
+    /* From the library's own copy: the server may have closed the inherited one. */
+    if (dup2(listeners[i].keep >= 0 ? listeners[i].keep : listeners[i].fd, fd) < 0) return -1;
+    /* The shared socket is non-blocking for every generation; the server's own choice is kept
+     * per descriptor, and so is its close-on-exec choice. */
+    const int shared = real_fcntl(fd, F_GETFL);
+    if (shared >= 0 && (shared & O_NONBLOCK) == 0) (void)real_fcntl(fd, F_SETFL, shared | O_NONBLOCK);
+    if (fd_flags >= 0) (void)real_fcntl(fd, F_SETFD, fd_flags);
+    remember(fd, flags >= 0 && (flags & O_NONBLOCK) != 0, i);
+    return 1;
+  }
+  return 0;
+}
+
 int bind(int fd, const struct sockaddr* addr, socklen_t len) {
   if (real_bind == NULL) resolve();
-  if (addr != NULL && !atomic_load(&drained)) {
-    for (int i = 0; i < listener_count; ++i) {
-      if (!same_address(fd, addr, len, &listeners[i].addr)) continue;
-      int type = 0;
-      socklen_t type_len = sizeof type;
-      if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &type_len) != 0 || type != SOCK_STREAM) break;
-      const int flags = real_fcntl(fd, F_GETFL);
-      const int fd_flags = real_fcntl(fd, F_GETFD);
-      if (dup2(listeners[i].fd, fd) < 0) return -1;
-      /* The shared socket is non-blocking for every generation; the server's own choice is kept
-       * per descriptor, and so is its close-on-exec choice. */
-      const int shared = real_fcntl(fd, F_GETFL);
-      if (shared >= 0 && (shared & O_NONBLOCK) == 0) (void)real_fcntl(fd, F_SETFL, shared | O_NONBLOCK);
-      if (fd_flags >= 0) (void)real_fcntl(fd, F_SETFD, fd_flags);
-      remember(fd, flags >= 0 && (flags & O_NONBLOCK) != 0, i);
-      return 0;
+  const int adopted_now = adopt_bind(fd, addr, len);
+  if (adopted_now != 0) return adopted_now > 0 ? 0 : -1;
+  return real_bind(fd, addr, len);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Programs that make their own system calls (Go's runtime: its bind, listen, accept and writes
+ * never pass through the C library). Their bind and listen are trapped instead, with a seccomp
+ * filter whose notifications a thread of the library's own answers: a bind of a --listen address
+ * gets the shared socket as from the interposed bind above, and every other call goes on as it
+ * was (SECCOMP_USER_NOTIF_FLAG_CONTINUE). The drain needs nothing more: the library's thread
+ * replaces the descriptors as it does for any server. */
+
+#if defined(__x86_64__)
+#define HR_AUDIT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define HR_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#endif
+
+static int trap_fd = -1; /* The filter's notification descriptor. */
+
+/* Whether the program itself (the first object the dynamic linker lists) carries Go's build-id
+ * note: a Go program, whatever it was built with. */
+static int program_is_go(struct dl_phdr_info* info, size_t size, void* data) {
+  (void)size;
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    const ElfW(Phdr)* ph = &info->dlpi_phdr[i];
+    if (ph->p_type != PT_NOTE) continue;
+    const unsigned char* p = (const unsigned char*)(info->dlpi_addr + ph->p_vaddr);
+    const unsigned char* end = p + ph->p_memsz;
+    while (end - p >= 12) {
+      uint32_t namesz, descsz, type;
+      memcpy(&namesz, p, 4);
+      memcpy(&descsz, p + 4, 4);
+      memcpy(&type, p + 8, 4);
+      const size_t step = 12 + (((size_t)namesz + 3) & ~(size_t)3) + (((size_t)descsz + 3) & ~(size_t)3);
+      if ((namesz == 3 || namesz == 4) && end - p >= 15 && memcmp(p + 12, "Go", 3) == 0 && type == 4) {
+        *(int*)data = 1;
+        return 1;
+      }
+      if (step > (size_t)(end - p)) break;
+      p += step;
     }
   }
-  return real_bind(fd, addr, len);
+  return 1; /* The program only, not the libraries. */
+}
+
+/* Whether thread `tid` is one of this process's (a forked child's calls reach the same filter). */
+static int own_thread(uint32_t tid) {
+  return syscall(SYS_tgkill, getpid(), (pid_t)tid, 0) == 0;
+}
+
+static void answer_trap(struct seccomp_notif* req, struct seccomp_notif_resp* resp) {
+  const int fd = (int)req->data.args[0];
+  if (req->data.nr == __NR_bind) {
+    struct sockaddr_storage addr;
+    socklen_t len = (socklen_t)req->data.args[2];
+    if (len > sizeof addr) len = sizeof addr;
+    /* Read as the kernel would: a bad pointer is an error, never a crash of this thread. */
+    struct iovec local = {&addr, len};
+    struct iovec remote = {(void*)(uintptr_t)req->data.args[1], len};
+    if (len < sizeof(sa_family_t) || process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != (ssize_t)len) return;
+    const int r = adopt_bind(fd, (const struct sockaddr*)&addr, len);
+    if (r == 0) return;
+    resp->flags = 0;
+    resp->val = r > 0 ? 0 : -1;
+    resp->error = r > 0 ? 0 : -errno;
+  } else if (req->data.nr == __NR_listen && is_adopted(fd)) {
+    /* Already listening, with the supervisor's backlog. A Go server's accept loop starts right
+     * after its listen, and the library sees neither its epoll_ctl nor its accept: it is ready. */
+    note_waiting(fd);
+    resp->flags = 0;
+    resp->val = 0;
+    resp->error = 0;
+  }
+}
+
+static void* answer_traps(void* unused) {
+  (void)unused;
+  (void)prctl(PR_SET_NAME, "hotrestart-trap", 0, 0, 0);
+  union {
+    struct seccomp_notif notif;
+    char room[512];
+  } req;
+  for (;;) {
+    memset(&req, 0, sizeof req);
+    if (real_ioctl(trap_fd, SECCOMP_IOCTL_NOTIF_RECV, &req) != 0) {
+      if (errno == EINTR || errno == ENOENT) continue;
+      return NULL;
+    }
+    struct seccomp_notif_resp resp;
+    memset(&resp, 0, sizeof resp);
+    resp.id = req.notif.id;
+    resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+    if (own_thread(req.notif.pid)) answer_trap(&req.notif, &resp);
+    (void)real_ioctl(trap_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+  }
+}
+
+/* Installs the trap for a Go program with listeners to adopt, before its runtime starts. */
+static void trap_own_binds(void) {
+#ifdef HR_AUDIT_ARCH
+  int go = 0;
+  dl_iterate_phdr(program_is_go, &go);
+  if (!go || listener_count == 0) return;
+  struct sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, HR_AUDIT_ARCH, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_bind, 2, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_listen, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+  };
+  struct sock_fprog prog = {(unsigned short)(sizeof filter / sizeof filter[0]), filter};
+  long fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
+  if (fd < 0 && errno == EACCES) {
+    /* Without CAP_SYS_ADMIN a filter needs no_new_privs: this process and its children can then
+     * gain no privilege through exec (set-user-ID programs run without it). */
+    (void)prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
+  }
+  if (fd < 0) return; /* An older kernel, or a filter already there: its bind fails as before. */
+  trap_fd = fcntl((int)fd, F_DUPFD_CLOEXEC, 900);
+  real_close((int)fd);
+  if (trap_fd < 0) return;
+  sigset_t all, previous;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &previous);
+  pthread_attr_t attr;
+  if (pthread_attr_init(&attr) == 0) {
+    (void)pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    (void)pthread_attr_setstacksize(&attr, 128 * 1024);
+    pthread_t thread;
+    (void)pthread_create(&thread, &attr, answer_traps, NULL);
+    pthread_attr_destroy(&attr);
+  }
+  pthread_sigmask(SIG_SETMASK, &previous, NULL);
+#endif
 }
 
 int listen(int fd, int backlog) {

@@ -22,6 +22,7 @@ constexpr const char* kNode = "/usr/bin/node";
 constexpr const char* kNginx = "/usr/sbin/nginx";
 constexpr const char* kGunicorn = "/usr/bin/gunicorn";
 constexpr const char* kLighttpd = "/usr/sbin/lighttpd";
+constexpr const char* kCaddy = "/usr/bin/caddy";
 
 bool have(const char* program) {
   return ::access(program, X_OK) == 0;
@@ -387,6 +388,40 @@ TEST_CASE("adopt: a revert resumes a parked gunicorn that waits on the inherited
   let_load_run(load.keepalive, 50);
   CHECK_FALSE(sup.proc().wait_output("Socket operation on non-socket", 100ms));
   load.finish();
+  sup.stop();
+}
+
+TEST_CASE(
+    "adopt: Caddy, a Go program, does not crash, adopts its port and upgrades 10 times under new-connection load") {
+  if (!have(kCaddy)) {
+    MESSAGE("skipped: " << kCaddy << " is not installed (scripts/install-deps installs caddy)");
+    return;
+  }
+  TempDir dir;
+  const std::uint16_t port = free_port();
+  // Go's runtime makes its own system calls: its bind is trapped (seccomp) and answered by the
+  // library's thread; SIGURG, its preemption signal, is left to it.
+  auto command = [&](int n) {
+    const std::string conf = dir.file(fmt::format("Caddyfile-v{}", n));
+    std::ofstream(conf) << fmt::format(R"({{
+	admin off
+	auto_https off
+	storage file_system {0}
+}}
+http://127.0.0.1:{1} {{
+	bind 127.0.0.1
+	respond "version=v{2}"
+}}
+)",
+                                       dir.path(), port, n);
+    return std::vector<std::string>{kCaddy, "run", "--config", conf, "--adapter", "caddyfile"};
+  };
+  Supervisor sup({"--listen", listen_arg(port), "--adopt-binds", "--no-park", "--drain-timeout", "20s"}, command(1));
+  LoadClient fresh(load_config(port, LoadClient::Mode::NewConnection, 3, "/"));
+  ten_upgrades(sup, command, {&fresh});
+  CHECK(listening_sockets(port) == 1);
+  CHECK_FALSE(sup.proc().wait_output("unexpected signal", 100ms));
+  CHECK(sup.proc().wait_output("its connections are done; sending SIGTERM", 5s));
   sup.stop();
 }
 
