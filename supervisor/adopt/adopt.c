@@ -21,8 +21,10 @@
  *   server writes on it (write, writev, send, sendto, sendmsg; sendfile counted as body).
  *
  * No signal is used and no signal disposition is touched: a language runtime that claims every
- * signal (Go's) runs as it would without the library. Written in C with no allocation but the HTTP
- * drain's table (one mapping, made at the first drain), because it runs inside any process. See docs/operations.md, "Servers that bind their own port". */
+ * signal (Go's) runs as it would without the library. A Go program's own bind and listen are
+ * trapped with seccomp (below). Written in C with no allocation but the HTTP drain's table (one
+ * mapping, made at the first drain), because it runs inside any process. See docs/operations.md,
+ * "Servers that bind their own port". */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -54,8 +56,8 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
-#include <sys/wait.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "adopt_page.h"
