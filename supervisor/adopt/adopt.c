@@ -46,6 +46,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -120,6 +121,8 @@ struct conn {
   uint32_t accepted; /* 1: a connection accepted on an adopted socket. */
   struct hr_http http;
 };
+static int trap_wake = -1;            /* An eventfd: the drain asks the trap thread to trap writes. */
+static _Atomic int trap_writes_asked; /* Set before trap_wake is written. */
 static struct conn* conns;
 static size_t conn_count;
 static _Atomic int http_active;
@@ -496,6 +499,13 @@ static void apply(uint32_t mode, uint32_t flags) {
     resume();
   pthread_mutex_unlock(&registrations_lock);
   set_http_drain(mode != HR_ADOPT_SERVE && (flags & HR_ADOPT_HTTP_DRAIN) != 0);
+  /* A Go program's writes are trapped from its final drain on (not while parked: a trap cannot be
+   * taken back, and a resumed server would pay for it on every write). */
+  if (mode == HR_ADOPT_DRAIN && (flags & HR_ADOPT_HTTP_DRAIN) != 0 && trap_wake >= 0 &&
+      atomic_exchange(&trap_writes_asked, 1) == 0) {
+    const uint64_t one = 1;
+    (void)real_write(trap_wake, &one, sizeof one);
+  }
 }
 
 /* The library's thread: carries out each command the supervisor writes to the page. */
@@ -613,6 +623,10 @@ int bind(int fd, const struct sockaddr* addr, socklen_t len) {
 
 static int trap_fd = -1; /* The filter's notification descriptor. */
 
+static int install_write_trap(void);
+static long raw_syscall(long nr, long a, long b, long c, long d, long e);
+static void answer_write_trap(struct seccomp_notif* req, struct seccomp_notif_resp* resp);
+
 /* Whether the program itself (the first object the dynamic linker lists) carries Go's build-id
  * note: a Go program, whatever it was built with. */
 static int program_is_go(struct dl_phdr_info* info, size_t size, void* data) {
@@ -676,7 +690,26 @@ static void* answer_traps(void* unused) {
     struct seccomp_notif notif;
     char room[512];
   } req;
+  int writes = 0; /* Trapping writes (after the drain) rather than binds. */
   for (;;) {
+    struct pollfd p[2] = {{trap_fd, POLLIN, 0}, {trap_wake, POLLIN, 0}};
+    if (real_poll(p, writes || trap_wake < 0 ? 1 : 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      return NULL;
+    }
+    if (!writes && p[1].revents != 0 && atomic_load(&trap_writes_asked)) {
+      /* The drain: the bind trap goes (a process's filters may have one listener only; binds now
+       * fail with ENOSYS, which a draining server does not do), the write trap comes. */
+      real_close(trap_fd);
+      trap_fd = install_write_trap();
+      if (trap_fd < 0) return NULL;
+      writes = 1;
+      continue;
+    }
+    if ((p[0].revents & POLLIN) == 0) {
+      if (p[0].revents != 0) return NULL;
+      continue;
+    }
     memset(&req, 0, sizeof req);
     if (real_ioctl(trap_fd, SECCOMP_IOCTL_NOTIF_RECV, &req) != 0) {
       if (errno == EINTR || errno == ENOENT) continue;
@@ -686,7 +719,14 @@ static void* answer_traps(void* unused) {
     memset(&resp, 0, sizeof resp);
     resp.id = req.notif.id;
     resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
-    if (own_thread(req.notif.pid)) answer_trap(&req.notif, &resp);
+    if (own_thread(req.notif.pid)) {
+      const int saved = errno;
+      if (writes)
+        answer_write_trap(&req.notif, &resp);
+      else
+        answer_trap(&req.notif, &resp);
+      errno = saved;
+    }
     (void)real_ioctl(trap_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
   }
 }
@@ -719,6 +759,9 @@ static void trap_own_binds(void) {
   trap_fd = fcntl((int)fd, F_DUPFD_CLOEXEC, 900);
   real_close((int)fd);
   if (trap_fd < 0) return;
+  const int wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  trap_wake = wake >= 0 ? fcntl(wake, F_DUPFD_CLOEXEC, 900) : -1;
+  if (wake >= 0) real_close(wake);
   sigset_t all, previous;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &previous);
@@ -954,8 +997,23 @@ static struct conn* http_conn(int fd) {
 
 /* A write on a connection under the HTTP drain, as writev (msg NULL) or as sendmsg: the server's
  * bytes with the rewriter's edits, and the count of its own bytes that went. */
+static long raw_syscall(long nr, long a, long b, long c, long d, long e);
+
+/* As writev and sendmsg do, through the C library, or (raw) through the library's own system call
+ * instruction, which the write trap lets through (a Go program's writes are answered from there). */
+static ssize_t send_out(int raw, int fd, const struct iovec* iov, int iovcnt, const struct msghdr* m, int flags) {
+  if (!raw) return m == NULL ? real_writev(fd, iov, iovcnt) : real_sendmsg(fd, m, flags);
+  const long r = m == NULL ? raw_syscall(__NR_writev, fd, (long)iov, iovcnt, 0, 0)
+                           : raw_syscall(__NR_sendmsg, fd, (long)m, flags, 0, 0);
+  if (r < 0) {
+    errno = (int)-r;
+    return -1;
+  }
+  return (ssize_t)r;
+}
+
 static ssize_t http_write(struct conn* c, int fd, const struct iovec* iov, int iovcnt, const struct msghdr* msg,
-                          int flags) {
+                          int flags, int raw) {
   size_t total = 0;
   for (int i = 0; i < iovcnt; ++i) {
     if (iov[i].iov_len > (size_t)SSIZE_MAX - total) return -2; /* As the kernel would have it. */
@@ -975,7 +1033,7 @@ static ssize_t http_write(struct conn* c, int fd, const struct iovec* iov, int i
     }
     ssize_t r;
     if (msg == NULL) {
-      r = real_writev(fd, out, outn);
+      r = send_out(raw, fd, out, outn, NULL, 0);
     } else {
       struct msghdr m = *msg;
       m.msg_iov = out;
@@ -984,7 +1042,7 @@ static ssize_t http_write(struct conn* c, int fd, const struct iovec* iov, int i
         m.msg_control = NULL;
         m.msg_controllen = 0;
       }
-      r = real_sendmsg(fd, &m, flags);
+      r = send_out(raw, fd, out, outn, &m, flags);
     }
     if (r < 0) return -1;
     const size_t told = hr_http_commit(&c->http, iov, iovcnt, total, edits, n, (size_t)r);
@@ -1002,7 +1060,7 @@ ssize_t write(int fd, const void* buf, size_t n) {
   struct conn* c = http_conn(fd);
   if (c != NULL) {
     struct iovec v = {(void*)buf, n};
-    const ssize_t r = http_write(c, fd, &v, 1, NULL, 0);
+    const ssize_t r = http_write(c, fd, &v, 1, NULL, 0, 0);
     if (r != -2) return r;
   }
   return real_write(fd, buf, n);
@@ -1012,7 +1070,7 @@ ssize_t writev(int fd, const struct iovec* iov, int iovcnt) {
   if (real_writev == NULL) resolve();
   struct conn* c = iovcnt >= 0 && iovcnt <= HTTP_MAX_IOV / 2 ? http_conn(fd) : NULL;
   if (c != NULL) {
-    const ssize_t r = http_write(c, fd, iov, iovcnt, NULL, 0);
+    const ssize_t r = http_write(c, fd, iov, iovcnt, NULL, 0, 0);
     if (r != -2) return r;
   }
   return real_writev(fd, iov, iovcnt);
@@ -1025,7 +1083,7 @@ ssize_t send(int fd, const void* buf, size_t n, int flags) {
     struct iovec v = {(void*)buf, n};
     struct msghdr m;
     memset(&m, 0, sizeof m);
-    const ssize_t r = http_write(c, fd, &v, 1, &m, flags);
+    const ssize_t r = http_write(c, fd, &v, 1, &m, flags, 0);
     if (r != -2) return r;
   }
   return real_send(fd, buf, n, flags);
@@ -1040,7 +1098,7 @@ ssize_t sendto(int fd, const void* buf, size_t n, int flags, const struct sockad
     memset(&m, 0, sizeof m);
     m.msg_name = (void*)to;
     m.msg_namelen = to_len;
-    const ssize_t r = http_write(c, fd, &v, 1, &m, flags);
+    const ssize_t r = http_write(c, fd, &v, 1, &m, flags, 0);
     if (r != -2) return r;
   }
   return real_sendto(fd, buf, n, flags, to, to_len);
@@ -1050,7 +1108,7 @@ ssize_t sendmsg(int fd, const struct msghdr* msg, int flags) {
   if (real_sendmsg == NULL) resolve();
   struct conn* c = msg != NULL && msg->msg_iovlen <= HTTP_MAX_IOV / 2 ? http_conn(fd) : NULL;
   if (c != NULL) {
-    const ssize_t r = http_write(c, fd, msg->msg_iov, (int)msg->msg_iovlen, msg, flags);
+    const ssize_t r = http_write(c, fd, msg->msg_iov, (int)msg->msg_iovlen, msg, flags, 0);
     if (r != -2) return r;
   }
   return real_sendmsg(fd, msg, flags);
@@ -1071,4 +1129,124 @@ ssize_t sendfile64(int out, int in, off64_t* offset, size_t count) {
   struct conn* c = r > 0 ? http_conn(out) : NULL;
   if (c != NULL) hr_http_skip(&c->http, (uint64_t)r);
   return r;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The HTTP drain for a Go program. Its writes are its own system calls, so at the drain the
+ * library's trap thread gives up the bind trap (a process's filters may have one notification
+ * listener only) and installs a second filter on every thread (TSYNC) that sends write, writev,
+ * sendto, sendmsg, sendfile and close to it. It answers each on a connection to rewrite with the
+ * rewriter, writing through a system call instruction of its own, which the filter lets through by
+ * its address; everything else goes on as it was. Only a draining generation pays for the trap. */
+
+#if defined(__x86_64__)
+/* raw_syscall(nr, a, b, c, d, e): the system call, its result or -errno. hr_raw_syscall_return is
+ * the address right after its syscall instruction: what the kernel reports as the caller's. */
+__asm__(
+    ".text\n"
+    ".p2align 4\n"
+    ".type hr_raw_syscall, @function\n"
+    "hr_raw_syscall:\n"
+    "  movq %rdi, %rax\n"
+    "  movq %rsi, %rdi\n"
+    "  movq %rdx, %rsi\n"
+    "  movq %rcx, %rdx\n"
+    "  movq %r8, %r10\n"
+    "  movq %r9, %r8\n"
+    "  syscall\n"
+    "hr_raw_syscall_return:\n"
+    "  ret\n"
+    ".size hr_raw_syscall, .-hr_raw_syscall\n");
+extern long hr_raw_syscall(long nr, long a, long b, long c, long d, long e) __attribute__((visibility("hidden")));
+extern const char hr_raw_syscall_return[] __attribute__((visibility("hidden")));
+#define HR_HAVE_RAW_SYSCALL 1
+#endif
+
+static long raw_syscall(long nr, long a, long b, long c, long d, long e) {
+#ifdef HR_HAVE_RAW_SYSCALL
+  return hr_raw_syscall(nr, a, b, c, d, e);
+#else
+  (void)nr, (void)a, (void)b, (void)c, (void)d, (void)e;
+  return -ENOSYS;
+#endif
+}
+
+/* Installs the write trap on every thread; its notification descriptor, or -1. */
+static int install_write_trap(void) {
+#if defined(HR_AUDIT_ARCH) && defined(HR_HAVE_RAW_SYSCALL)
+  const uint64_t ip = (uint64_t)(uintptr_t)hr_raw_syscall_return;
+  struct sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, HR_AUDIT_ARCH, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      /* The library's own instruction: let through. */
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, instruction_pointer)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)ip, 0, 3),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, instruction_pointer) + 4),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)(ip >> 32), 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_write, 6, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_writev, 5, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendto, 4, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendmsg, 3, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendfile, 2, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_close, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+  };
+  struct sock_fprog prog = {(unsigned short)(sizeof filter / sizeof filter[0]), filter};
+  const long fd =
+      syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
+              SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_TSYNC | SECCOMP_FILTER_FLAG_TSYNC_ESRCH, &prog);
+  if (fd < 0) return -1;
+  const int high = fcntl((int)fd, F_DUPFD_CLOEXEC, 900);
+  /* This thread is trapped too from here on: its own closes go through the library's instruction. */
+  (void)raw_syscall(__NR_close, fd, 0, 0, 0, 0);
+  return high;
+#else
+  return -1;
+#endif
+}
+
+/* Answers a trapped write-like call of this process's; leaves `resp` as "go on" for the others. */
+static void answer_write_trap(struct seccomp_notif* req, struct seccomp_notif_resp* resp) {
+  const long nr = req->data.nr;
+  const int fd = (int)req->data.args[0];
+  if (nr == __NR_close) {
+    if (conns != NULL && fd >= 0 && (size_t)fd < conn_count) conns[fd].epoch = 0;
+    return;
+  }
+  struct conn* c = http_conn(fd);
+  if (c == NULL) return;
+  ssize_t r = -2;
+  if (nr == __NR_write) {
+    struct iovec v = {(void*)(uintptr_t)req->data.args[1], (size_t)req->data.args[2]};
+    r = http_write(c, fd, &v, 1, NULL, 0, 1);
+  } else if (nr == __NR_writev) {
+    const int count = (int)req->data.args[2];
+    if (count >= 0 && count <= HTTP_MAX_IOV / 2)
+      r = http_write(c, fd, (const struct iovec*)(uintptr_t)req->data.args[1], count, NULL, 0, 1);
+  } else if (nr == __NR_sendto) {
+    struct iovec v = {(void*)(uintptr_t)req->data.args[1], (size_t)req->data.args[2]};
+    struct msghdr m;
+    memset(&m, 0, sizeof m);
+    m.msg_name = (void*)(uintptr_t)req->data.args[4];
+    m.msg_namelen = (socklen_t)req->data.args[5];
+    r = http_write(c, fd, &v, 1, &m, (int)req->data.args[3], 1);
+  } else if (nr == __NR_sendmsg) {
+    const struct msghdr* m = (const struct msghdr*)(uintptr_t)req->data.args[1];
+    if (m != NULL && m->msg_iovlen <= HTTP_MAX_IOV / 2)
+      r = http_write(c, fd, m->msg_iov, (int)m->msg_iovlen, m, (int)req->data.args[2], 1);
+  } else if (nr == __NR_sendfile) {
+    const long sent =
+        raw_syscall(__NR_sendfile, fd, (long)req->data.args[1], (long)req->data.args[2], (long)req->data.args[3], 0);
+    if (sent > 0) hr_http_skip(&c->http, (uint64_t)sent);
+    r = sent < 0 ? -1 : sent;
+    if (sent < 0) errno = (int)-sent;
+  }
+  if (r == -2) return; /* As it is. */
+  resp->flags = 0;
+  resp->val = r >= 0 ? r : -1;
+  resp->error = r >= 0 ? 0 : -errno;
 }
