@@ -1066,9 +1066,20 @@ ssize_t write(int fd, const void* buf, size_t n) {
   return real_write(fd, buf, n);
 }
 
+/* A write of more pieces than the rewriter takes at once goes as it is, and its connection is
+ * no longer followed: its framing would be lost. */
+static struct conn* http_conn_for(int fd, size_t pieces) {
+  struct conn* c = http_conn(fd);
+  if (c != NULL && pieces > HTTP_MAX_IOV / 2) {
+    c->http.phase = HR_HTTP_OPAQUE;
+    return NULL;
+  }
+  return c;
+}
+
 ssize_t writev(int fd, const struct iovec* iov, int iovcnt) {
   if (real_writev == NULL) resolve();
-  struct conn* c = iovcnt >= 0 && iovcnt <= HTTP_MAX_IOV / 2 ? http_conn(fd) : NULL;
+  struct conn* c = iovcnt >= 0 ? http_conn_for(fd, (size_t)iovcnt) : NULL;
   if (c != NULL) {
     const ssize_t r = http_write(c, fd, iov, iovcnt, NULL, 0, 0);
     if (r != -2) return r;
@@ -1106,7 +1117,7 @@ ssize_t sendto(int fd, const void* buf, size_t n, int flags, const struct sockad
 
 ssize_t sendmsg(int fd, const struct msghdr* msg, int flags) {
   if (real_sendmsg == NULL) resolve();
-  struct conn* c = msg != NULL && msg->msg_iovlen <= HTTP_MAX_IOV / 2 ? http_conn(fd) : NULL;
+  struct conn* c = msg != NULL ? http_conn_for(fd, msg->msg_iovlen) : NULL;
   if (c != NULL) {
     const ssize_t r = http_write(c, fd, msg->msg_iov, (int)msg->msg_iovlen, msg, flags, 0);
     if (r != -2) return r;
@@ -1227,6 +1238,8 @@ static void answer_write_trap(struct seccomp_notif* req, struct seccomp_notif_re
     const int count = (int)req->data.args[2];
     if (count >= 0 && count <= HTTP_MAX_IOV / 2)
       r = http_write(c, fd, (const struct iovec*)(uintptr_t)req->data.args[1], count, NULL, 0, 1);
+    else
+      c->http.phase = HR_HTTP_OPAQUE; /* As the interposed writev does. */
   } else if (nr == __NR_sendto) {
     struct iovec v = {(void*)(uintptr_t)req->data.args[1], (size_t)req->data.args[2]};
     struct msghdr m;
@@ -1238,6 +1251,8 @@ static void answer_write_trap(struct seccomp_notif* req, struct seccomp_notif_re
     const struct msghdr* m = (const struct msghdr*)(uintptr_t)req->data.args[1];
     if (m != NULL && m->msg_iovlen <= HTTP_MAX_IOV / 2)
       r = http_write(c, fd, m->msg_iov, (int)m->msg_iovlen, m, (int)req->data.args[2], 1);
+    else
+      c->http.phase = HR_HTTP_OPAQUE;
   } else if (nr == __NR_sendfile) {
     const long sent =
         raw_syscall(__NR_sendfile, fd, (long)req->data.args[1], (long)req->data.args[2], (long)req->data.args[3], 0);
