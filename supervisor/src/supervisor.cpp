@@ -875,11 +875,22 @@ void Supervisor::sync_guard() {
     facts.push_back(entry.generation);
   // Not before what is left behind was taken over: until then the old record is the one that counts.
   if (record_ && record_ready_ && recorded_ != facts) {
+    // Which generations there are and who is active is what a takeover acts on: written at once.
+    // Other changes (deadlines) are written at most once every kRecordEvery, together: with
+    // hundreds of generations, a record per change would cost each upgrade a dump of them all
+    // several times over.
+    const auto roles = [](const std::vector<GuardGeneration>& generations) {
+      std::vector<std::pair<std::uint64_t, GuardRole>> out;
+      for (const auto& g : generations)
+        out.emplace_back(g.number, g.role);
+      return out;
+    };
+    const bool who_changed = !recorded_ || roles(*recorded_) != roles(facts);
     recorded_ = std::move(facts);
-    // Written at once, but at most once every kRecordEvery: with hundreds of generations, a record
-    // per change would cost each upgrade a dump of them all several times over. Changes within the
-    // interval are written together at its end.
-    if (!record_timer_->active()) {
+    if (who_changed) {
+      record_timer_->stop();
+      save_record();
+    } else if (!record_timer_->active()) {
       const auto since = Clock::now() - record_saved_at_;
       if (since >= kRecordEvery) {
         save_record();
@@ -902,7 +913,7 @@ void Supervisor::save_record() {
     guard.pid = guard_->pid();
     if (const auto p = read_process(guard.pid)) guard.start = p->start;
   }
-  record_->save(running_record({::getpid(), self_start}, guard, listener_records_, *recorded_).dump(1) + "\n");
+  record_->save(running_record({::getpid(), self_start}, guard, listener_records_, *recorded_).dump() + "\n");
 }
 
 json Supervisor::status_json() const {
