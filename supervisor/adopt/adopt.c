@@ -521,8 +521,9 @@ static void* watch(void* unused) {
   return NULL;
 }
 
-/* Starts the thread with every signal blocked, so that no handler of the server's runs on it. */
-static void start_watcher(void) {
+/* Starts a thread of the library's own with every signal blocked, so that no handler of the
+ * server's runs on it. */
+static void start_thread(void* (*body)(void*)) {
   sigset_t all, previous;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &previous);
@@ -531,10 +532,14 @@ static void start_watcher(void) {
     (void)pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     (void)pthread_attr_setstacksize(&attr, 128 * 1024);
     pthread_t thread;
-    (void)pthread_create(&thread, &attr, watch, NULL);
+    (void)pthread_create(&thread, &attr, body, NULL);
     pthread_attr_destroy(&attr);
   }
   pthread_sigmask(SIG_SETMASK, &previous, NULL);
+}
+
+static void start_watcher(void) {
+  start_thread(watch);
 }
 
 /* A fork keeps the registrations consistent, and the child gets a thread of its own. */
@@ -762,18 +767,7 @@ static void trap_own_binds(void) {
   const int wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   trap_wake = wake >= 0 ? fcntl(wake, F_DUPFD_CLOEXEC, 900) : -1;
   if (wake >= 0) real_close(wake);
-  sigset_t all, previous;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &previous);
-  pthread_attr_t attr;
-  if (pthread_attr_init(&attr) == 0) {
-    (void)pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    (void)pthread_attr_setstacksize(&attr, 128 * 1024);
-    pthread_t thread;
-    (void)pthread_create(&thread, &attr, answer_traps, NULL);
-    pthread_attr_destroy(&attr);
-  }
-  pthread_sigmask(SIG_SETMASK, &previous, NULL);
+  start_thread(answer_traps);
 #endif
 }
 
