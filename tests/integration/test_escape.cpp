@@ -104,7 +104,13 @@ TEST_CASE("escape: an orphan without its mark is placed by the generation's stde
 }
 
 TEST_CASE("escape: an orphan with nothing that names its generation is shown as a stray and ended at stop") {
-  Supervisor sup({}, {test_worker_bin(), "escape", "orphan-detached", "v1"});
+  // Not started the usual way, which asks for `status` until the worker is ready: a look while the
+  // daemon still descends from the worker, or before its exec drops the mark, would rightly place
+  // it in generation 1 for good. The worker says it is ready once the daemon has exec'd; until
+  // then only the supervisor's own sweep looks, first 2 s after it starts.
+  Supervisor sup({}, {test_worker_bin(), "escape", "orphan-detached", "v1"}, false);
+  REQUIRE_MESSAGE(wait_until([&] { return contains(sup.proc().err(), "left the process group"); }, 15s),
+                  sup.proc().describe());
   const std::uint16_t port = sup.port();
   std::vector<pid_t> strays;
   REQUIRE(wait_until(
