@@ -100,6 +100,7 @@ struct RunFlags {
   std::string preflight;
   std::string preflight_timeout = "60s";
   std::string log_level = "info";
+  std::string log_format = "auto";
 };
 
 CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
@@ -208,6 +209,13 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
       ->capture_default_str();
   run->add_option("--log-level", f.log_level, "debug, info, warning or error")
       ->check(CLI::IsMember(log_level_names()))
+      ->capture_default_str();
+  run->add_option("--log-format", f.log_format,
+                  "How stderr's lines look, the supervisor's and the workers' relayed ones: text (a UTC time, "
+                  "then 'hotrestart[PID]: ' or 'genN[PID]: '), journal (a '<N>' priority prefix that the journal "
+                  "reads, no time) or json (one object per line); auto is journal when stderr is the journal "
+                  "(JOURNAL_STREAM), text otherwise")
+      ->check(CLI::IsMember({"auto", "text", "journal", "json"}))
       ->capture_default_str();
   // The command line after `--` is split off before CLI11 sees argv (see split_command_line), so
   // that a worker's own flags, such as --version, are never taken for ours.
@@ -461,6 +469,8 @@ int main(int argc, char** argv) {
     auto options = run_options(run_flags, *run, std::move(tail));
     if (!options) return usage_error(options.error().text());
     set_log_level(log_level_named(run_flags.log_level).value_or(LogLevel::Info));
+    set_log_format(log_format_named(run_flags.log_format)
+                       .value_or(detect_log_format(std::getenv("JOURNAL_STREAM"), STDERR_FILENO)));
     options->argv.assign(argv, argv + argc);
     // After `upgrade --self`: this image is the new one (the old binary to go back to), or the old
     // one again (why the new one failed). Neither reaches a worker.

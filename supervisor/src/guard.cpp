@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <chrono>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -458,6 +459,10 @@ OrphanPlan plan_for_orphan(const GuardGeneration& g, std::int64_t now_ns) {
 
 int run_guard(int argc, char** argv) {
   set_log_name("hotrestart guard");
+  if (const char* format = std::getenv(kGuardLogFormat)) {
+    if (auto f = log_format_named(format)) set_log_format(*f);
+  }
+  ::unsetenv(kGuardLogFormat);
   const std::string name = argc > 2 ? argv[2] : "default";
   const std::string takeover_path = argc > 3 ? argv[3] : "";
   // Its link is fd 3, a seqpacket socket; anything else means it was started by hand.

@@ -33,6 +33,9 @@ struct OrphanPlan {
 };
 OrphanPlan plan_for_orphan(const GuardGeneration& g, std::int64_t now_ns);
 
+// The guard's log format (log.h), given in its environment: "text", "journal" or "json".
+inline constexpr char kGuardLogFormat[] = "HOTRESTART_GUARD_LOG_FORMAT";
+
 // The guard process's main: `argv` is {"hotrestart", "__guard", NAME}. Returns its exit code.
 int run_guard(int argc, char** argv);
 

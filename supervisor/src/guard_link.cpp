@@ -9,14 +9,16 @@
 
 #include <chrono>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
-#include <fmt/core.h>
+#include <fmt/format.h>
 
 #include <hotrestart/wire/channel.h>
 
 #include "duration.h"
+#include "guard.h"
 #include "log.h"
 #include "spawn.h"
 
@@ -67,8 +69,11 @@ Status GuardLink::start() {
   auto pair = wire::seqpacket_pair();
   if (!pair) return pair.error().context("guard");
   std::vector<std::string> env;
-  for (char** e = environ; e != nullptr && *e != nullptr; ++e)
-    env.emplace_back(*e);
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    if (!std::string_view(*e).starts_with(kGuardLogFormat)) env.emplace_back(*e);
+  }
+  // Its lines go to the same stderr, in the same format.
+  env.push_back(fmt::format("{}={}", kGuardLogFormat, log_format_name(log_format())));
   // The same binary as the supervisor, as it is now (even if its file was replaced since).
   SpawnRequest request{"/proc/self/exe",
                        {"hotrestart", "__guard", name_, takeover_path_},

@@ -10,8 +10,12 @@
 
 #include <cerrno>
 #include <cstddef>
+#include <ctime>
+#include <iterator>
 #include <string>
 #include <string_view>
+
+#include <nlohmann/json.hpp>
 
 #include <hotrestart/fd.h>
 
@@ -22,6 +26,89 @@ namespace {
 std::string& log_name() {
   static std::string name = "hotrestart";
   return name;
+}
+
+LogLevel g_level = LogLevel::Info;
+LogFormat g_format = LogFormat::Text;
+
+#define HOTRESTART_LOG_PREFIX(enumerator, name, prefix) prefix,
+#define HOTRESTART_LOG_NAME(enumerator, name, prefix) name,
+constexpr std::string_view kPrefixes[] = {HOTRESTART_LOG_LEVELS(HOTRESTART_LOG_PREFIX)};
+constexpr std::string_view kNames[] = {HOTRESTART_LOG_LEVELS(HOTRESTART_LOG_NAME)};
+#undef HOTRESTART_LOG_PREFIX
+#undef HOTRESTART_LOG_NAME
+constexpr std::string_view kFormatNames[] = {"text", "journal", "json"};
+
+std::string_view level_name(LogLevel level) {
+  const auto index = static_cast<std::size_t>(level);
+  return index < std::size(kNames) ? kNames[index] : "info";
+}
+
+// The journal's priorities (syslog's): err, warning, info, debug.
+int journal_priority(LogLevel level) {
+  switch (level) {
+    case LogLevel::Debug:
+      return 7;
+    case LogLevel::Info:
+      return 6;
+    case LogLevel::Warning:
+      return 4;
+    case LogLevel::Error:
+      return 3;
+  }
+  return 6;
+}
+
+LogLevel level_of_priority(int priority) {
+  if (priority <= 3) return LogLevel::Error;
+  if (priority == 4) return LogLevel::Warning;
+  if (priority == 7) return LogLevel::Debug;
+  return LogLevel::Info;
+}
+
+// "2026-12-06T22:30:44.123Z": now, in UTC. The calendar part is worked out once a second.
+std::string timestamp() {
+  timespec now{};
+  ::clock_gettime(CLOCK_REALTIME, &now);
+  static thread_local time_t cached_second = -1;
+  static thread_local char cached[32] = {};
+  if (now.tv_sec != cached_second) {
+    tm utc{};
+    ::gmtime_r(&now.tv_sec, &utc);
+    if (::strftime(cached, sizeof cached, "%Y-%m-%dT%H:%M:%S", &utc) == 0) cached[0] = '\0';
+    cached_second = now.tv_sec;
+  }
+  return fmt::format("{}.{:03}Z", cached, now.tv_nsec / 1'000'000);
+}
+
+std::string json_line(nlohmann::json object) {
+  // Worker output need not be UTF-8: what is not is replaced, never a reason to lose the line.
+  return object.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+}
+
+// One of the supervisor's own lines, in the log format, with its "\n".
+std::string format_own_line(LogLevel level, std::string_view text) {
+  switch (g_format) {
+    case LogFormat::Json:
+      return json_line({{"time", timestamp()},
+                        {"level", level_name(level)},
+                        {"source", log_name()},
+                        {"pid", ::getpid()},
+                        {"message", text}});
+    case LogFormat::Journal:
+      return fmt::format("<{}>{}[{}]: {}{}\n", journal_priority(level), log_name(), ::getpid(),
+                         kPrefixes[static_cast<std::size_t>(level)], text);
+    case LogFormat::Text:
+      break;
+  }
+  return fmt::format("{} {}[{}]: {}{}\n", timestamp(), log_name(), ::getpid(),
+                     kPrefixes[static_cast<std::size_t>(level)], text);
+}
+
+// The priority a relayed line gives itself with a leading "<N>" (sd-daemon(3)), if it does.
+std::optional<int> own_priority(std::string_view line) {
+  if (line.size() >= 3 && line[0] == '<' && line[1] >= '0' && line[1] <= '7' && line[2] == '>') return line[1] - '0';
+  return std::nullopt;
 }
 
 // Stderr, written to without blocking. A pipe or a terminal gets an open file description of its
@@ -54,9 +141,8 @@ class StderrSink {
     const bool may_wait = wait.count() > 0 && !stalled_;
     const auto deadline = Clock::now() + (may_wait ? wait : std::chrono::milliseconds(0));
     if (dropped_ > 0) {
-      const std::string note =
-          fmt::format("{}[{}]: warning: {} line(s) of output were dropped: stderr was full or closed\n", log_name(),
-                      ::getpid(), dropped_);
+      const std::string note = format_own_line(
+          LogLevel::Warning, fmt::format("{} line(s) of output were dropped: stderr was full or closed", dropped_));
       if (!write_all(note, deadline, may_wait)) {
         dropped_ += count;
         return;
@@ -115,15 +201,6 @@ StderrSink& stderr_sink() {
   return sink;
 }
 
-LogLevel g_level = LogLevel::Info;
-
-#define HOTRESTART_LOG_PREFIX(enumerator, name, prefix) prefix,
-#define HOTRESTART_LOG_NAME(enumerator, name, prefix) name,
-constexpr std::string_view kPrefixes[] = {HOTRESTART_LOG_LEVELS(HOTRESTART_LOG_PREFIX)};
-constexpr std::string_view kNames[] = {HOTRESTART_LOG_LEVELS(HOTRESTART_LOG_NAME)};
-#undef HOTRESTART_LOG_PREFIX
-#undef HOTRESTART_LOG_NAME
-
 }  // namespace
 
 void set_log_name(std::string name) {
@@ -145,13 +222,67 @@ std::vector<std::string> log_level_names() {
   return {std::begin(kNames), std::end(kNames)};
 }
 
+std::optional<LogFormat> log_format_named(std::string_view name) {
+  for (std::size_t i = 0; i < std::size(kFormatNames); ++i) {
+    if (kFormatNames[i] == name) return static_cast<LogFormat>(i);
+  }
+  return std::nullopt;
+}
+
+std::string_view log_format_name(LogFormat format) {
+  const auto index = static_cast<std::size_t>(format);
+  return index < std::size(kFormatNames) ? kFormatNames[index] : "text";
+}
+
+LogFormat detect_log_format(const char* journal_stream, int stderr_fd) {
+  if (journal_stream == nullptr) return LogFormat::Text;
+  struct stat st {};
+  if (::fstat(stderr_fd, &st) != 0) return LogFormat::Text;
+  // systemd sets it for a service whose stderr is the journal; a process that has redirected its
+  // stderr since (a pipe to a log shipper) still inherits the variable, so the file must match.
+  return fmt::format("{}:{}", st.st_dev, st.st_ino) == journal_stream ? LogFormat::Journal : LogFormat::Text;
+}
+
+void set_log_format(LogFormat format) {
+  g_format = format;
+}
+
+LogFormat log_format() {
+  return g_format;
+}
+
 void log_line(LogLevel level, std::string_view text) {
   if (level < g_level) return;
-  auto index = static_cast<std::size_t>(level);
-  std::string_view prefix = index < std::size(kPrefixes) ? kPrefixes[index] : "";
   // One write per line, so lines from the supervisor and its workers never interleave
   // mid-line on a shared stderr.
-  stderr_sink().put(fmt::format("{}[{}]: {}{}\n", log_name(), ::getpid(), prefix, text), 1, kLogLineWait);
+  stderr_sink().put(format_own_line(level, text), 1, kLogLineWait);
+}
+
+void append_relayed_line(std::string& out, const RelaySource& source, std::string_view line) {
+  switch (g_format) {
+    case LogFormat::Json: {
+      const auto priority = own_priority(line);
+      nlohmann::json object = {{"time", timestamp()},
+                               {"level", level_name(priority ? level_of_priority(*priority) : LogLevel::Info)},
+                               {"source", source.generation ? "worker" : source.name},
+                               {"pid", source.pid}};
+      if (source.generation) object["generation"] = *source.generation;
+      object["message"] = priority ? line.substr(3) : line;
+      out += json_line(std::move(object));
+      return;
+    }
+    case LogFormat::Journal: {
+      const auto priority = own_priority(line);
+      if (priority) line.remove_prefix(3);
+      fmt::format_to(std::back_inserter(out), "<{}>{}[{}]: ", priority.value_or(6), source.name, source.pid);
+      break;
+    }
+    case LogFormat::Text:
+      fmt::format_to(std::back_inserter(out), "{} {}[{}]: ", timestamp(), source.name, source.pid);
+      break;
+  }
+  out += line;
+  out += '\n';
 }
 
 void write_relayed_lines(std::string_view lines, std::size_t count) {

@@ -1,6 +1,18 @@
 // Supervisor log lines go to stderr, one line each, prefixed so they stand apart from the
 // workers' own output, which the supervisor relays to the same stderr (worker_output.h).
 //
+// Every line, the supervisor's and each relayed one, is written in one format (--log-format):
+//   text     "2026-12-06T22:30:44.123Z hotrestart[PID]: warning: ..." and
+//            "2026-12-06T22:30:44.123Z gen3[PID]: ...": the time in UTC, to the millisecond.
+//   journal  "<4>hotrestart[PID]: warning: ...": the journal's priority prefix (sd-daemon(3)) and no
+//            time, which the journal keeps itself. A relayed line that starts with its own "<N>"
+//            keeps that priority; any other is <6>, info.
+//   json     one object per line: {"time", "level", "source", "pid", "message"}, and "generation"
+//            on a generation's lines. "source" is "hotrestart", "hotrestart guard", "worker" or
+//            "preflight".
+// The default is journal when stderr is the journal's stream (JOURNAL_STREAM names it), text
+// otherwise.
+//
 // Stderr may be full (a reader that stopped reading: a paused terminal, a stuck pipe) or gone.
 // Nothing waits on it for long: a log line waits at most kLogLineWait for room, and once one has
 // waited in vain the next ones do not wait until a line goes through again; relayed worker lines
@@ -8,8 +20,11 @@
 // preceded by a warning that says how many were dropped.
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -31,6 +46,16 @@ namespace hotrestart {
 enum class LogLevel { HOTRESTART_LOG_LEVELS(HOTRESTART_LOG_ENUMERATOR) };
 #undef HOTRESTART_LOG_ENUMERATOR
 
+enum class LogFormat { Text, Journal, Json };
+// The format of that name ("text", "journal", "json"), or nothing.
+std::optional<LogFormat> log_format_named(std::string_view name);
+std::string_view log_format_name(LogFormat format);
+// Journal when `journal_stream` ("DEV:INODE", from $JOURNAL_STREAM; null when unset) names the
+// file `stderr_fd` is, text otherwise.
+LogFormat detect_log_format(const char* journal_stream, int stderr_fd);
+void set_log_format(LogFormat format);
+LogFormat log_format();
+
 void set_log_level(LogLevel level);
 // Lines start with `name` and the pid ("hotrestart[PID]: " unless set).
 void set_log_name(std::string name);
@@ -39,6 +64,19 @@ std::optional<LogLevel> log_level_named(std::string_view name);
 // Every level's name, least severe first.
 std::vector<std::string> log_level_names();
 void log_line(LogLevel level, std::string_view text);
+
+// Who wrote a relayed line: "gen3" with its generation's number and its main pid, or another
+// helper ("preflight") with its pid.
+struct RelaySource {
+  std::string name;  // "gen3", "preflight": text and journal lines start "NAME[PID]: ".
+  pid_t pid = 0;
+  std::optional<std::uint64_t> generation;
+};
+// The most a text or journal line adds before a relayed line: a time, "gen" and "[", a generation
+// number and a pid of at most 20 digits each, and "]: ".
+inline constexpr std::size_t kMaxRelayPrefix = 25 + 3 + 20 + 1 + 20 + 3;
+// Appends `line` (without its "\n"), relayed from `source`, in the log format and with its "\n".
+void append_relayed_line(std::string& out, const RelaySource& source, std::string_view line);
 
 inline constexpr std::chrono::milliseconds kLogLineWait{1000};
 // Relayed worker output: `count` whole lines, at most PIPE_BUF bytes in all, in one write() that

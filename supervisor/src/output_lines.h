@@ -12,10 +12,10 @@
 
 namespace hotrestart {
 
-// The longest piece of a line that is relayed as one line. A relayed line is its prefix
-// ("gen3[1234]: ", at most 40 bytes), the piece and "\n": at most 4096 bytes (PIPE_BUF), so that
-// the one write() that carries it into a pipe is atomic and never interleaves with the lines of
-// another writer.
+// The longest piece of a line that is relayed as one line. A relayed text line is its prefix (a
+// time and "gen3[1234]: ", at most kMaxRelayPrefix bytes, log.h), the piece and "\n": at most 4096
+// bytes (PIPE_BUF), so that the one write() that carries it into a pipe is atomic and never
+// interleaves with the lines of another writer.
 inline constexpr std::size_t kMaxLinePiece = 4000;
 
 // Cuts a byte stream into lines. Each complete line is handed on without its "\n"; a line longer

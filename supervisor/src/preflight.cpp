@@ -68,7 +68,7 @@ std::unique_ptr<PreflightCheck> PreflightCheck::start(const Context& context, co
   c->process_ = ChildProcess(pid.value());
   c->output_ =
       std::make_unique<WorkerOutput>(context.loop, std::move(pipe->first), fmt::format("preflight (pid {})", c->pid_),
-                                     fmt::format("preflight[{}]: ", c->pid_));
+                                     RelaySource{"preflight", c->pid_, std::nullopt});
   context.reaper.watch(c->pid_, [self = c->self_](pid_t, ExitStatus status) {
     if (PreflightCheck* running = *self) running->on_exit(status);
   });

@@ -13,8 +13,9 @@
 #include "log.h"
 
 namespace hotrestart {
-static_assert(WorkerOutput::kMaxPrefix + kMaxLinePiece + 1 <= PIPE_BUF,
-              "a relayed line must fit one atomic write to a pipe");
+// A text or journal line is written in one atomic write to a pipe; a JSON line that its escapes
+// make longer than PIPE_BUF is written alone.
+static_assert(kMaxRelayPrefix + kMaxLinePiece + 1 <= PIPE_BUF, "a relayed line must fit one atomic write to a pipe");
 
 Result<std::pair<Fd, Fd>> WorkerOutput::open_pipe() {
   int fds[2];
@@ -26,11 +27,11 @@ Result<std::pair<Fd, Fd>> WorkerOutput::open_pipe() {
 
 WorkerOutput::WorkerOutput(uv_loop_t* loop, Fd read_end, std::uint64_t generation, pid_t pid)
     : WorkerOutput(loop, std::move(read_end), fmt::format("generation {} (pid {})", generation, pid),
-                   fmt::format("gen{}[{}]: ", generation, pid)) {}
+                   RelaySource{fmt::format("gen{}", generation), pid, generation}) {}
 
-WorkerOutput::WorkerOutput(uv_loop_t* loop, Fd read_end, std::string label, std::string prefix)
+WorkerOutput::WorkerOutput(uv_loop_t* loop, Fd read_end, std::string label, RelaySource source)
     : label_(std::move(label)),
-      prefix_(std::move(prefix)),
+      source_(std::move(source)),
       read_end_(std::move(read_end)),
       grace_(loop),
       relay_([this](std::string_view line) { relay(line); }) {
@@ -78,10 +79,10 @@ bool WorkerOutput::read_some() {
 
 void WorkerOutput::relay(std::string_view line) {
   tail_.push(line);
-  if (batch_.size() + prefix_.size() + line.size() + 1 > PIPE_BUF) flush();
-  batch_ += prefix_;
-  batch_ += line;
-  batch_ += '\n';
+  line_.clear();
+  append_relayed_line(line_, source_, line);
+  if (batch_.size() + line_.size() > PIPE_BUF) flush();
+  batch_ += line_;
   ++batch_lines_;
 }
 

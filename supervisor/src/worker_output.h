@@ -1,5 +1,6 @@
 // WorkerOutput: one generation's stderr, read on the loop, relayed line by line to the
-// supervisor's own stderr with the generation's prefix ("gen3[1234]: ", its number and main pid),
+// supervisor's own stderr marked as the generation's ("gen3[1234]: ", its number and main pid, in
+// the log format of log.h),
 // and kept as the tail that verdicts, status and crash notes quote (output_lines.h). A preflight
 // check's stdout and stderr (preflight.h) come through one of these too, with its own prefix.
 //
@@ -26,6 +27,7 @@
 #include <hotrestart/fd.h>
 
 #include "duration.h"
+#include "log.h"
 #include "output_lines.h"
 #include "uv_handles.h"
 
@@ -35,8 +37,6 @@ class WorkerOutput {
  public:
   static constexpr int kReadsPerWakeup = 4;
   static constexpr std::size_t kReadSize = 16 * 1024;
-  // "gen" and "[", a generation number and a pid of at most 20 digits each, and "]: ".
-  static constexpr std::size_t kMaxPrefix = 3 + 20 + 1 + 20 + 3;
 
   // A pipe for a child's output: {read end, write end}, both close-on-exec (spawn_process makes the
   // write end the child's fd 2, or 1 and 2). Only the read end is non-blocking: the child's writes
@@ -44,12 +44,12 @@ class WorkerOutput {
   // waits, and loses nothing.
   static Result<std::pair<Fd, Fd>> open_pipe();
 
-  // `read_end`: the pipe's read end, non-blocking; `generation` and `pid` (its main process) make
-  // the prefix.
+  // `read_end`: the pipe's read end, non-blocking; `generation` and `pid` (its main process) mark
+  // each relayed line.
   WorkerOutput(uv_loop_t* loop, Fd read_end, std::uint64_t generation, pid_t pid);
-  // Another process's output: `label` names it in the log ("preflight (pid 1234)"), `prefix` goes
-  // before each relayed line (at most kMaxPrefix bytes).
-  WorkerOutput(uv_loop_t* loop, Fd read_end, std::string label, std::string prefix);
+  // Another process's output: `label` names it in the log ("preflight (pid 1234)"), `source` marks
+  // each relayed line.
+  WorkerOutput(uv_loop_t* loop, Fd read_end, std::string label, RelaySource source);
   ~WorkerOutput();
   WorkerOutput(const WorkerOutput&) = delete;
   WorkerOutput& operator=(const WorkerOutput&) = delete;
@@ -75,7 +75,7 @@ class WorkerOutput {
   void end();
 
   const std::string label_;   // "generation 3 (pid 1234)", for the log.
-  const std::string prefix_;  // "gen3[1234]: ", before every relayed line.
+  const RelaySource source_;  // gen3, pid 1234: marks every relayed line.
   Fd read_end_;
   std::unique_ptr<FdWatch> watch_;
   Timer grace_;
@@ -84,6 +84,7 @@ class WorkerOutput {
   const LineSplitter::Emit relay_;  // relay(), made once.
   OutputTail tail_;
   std::string batch_;  // Whole relayed lines not written yet.
+  std::string line_;   // The line being relayed, formatted (kept for its buffer).
   std::size_t batch_lines_ = 0;
 };
 

@@ -244,6 +244,15 @@ inline bool contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
 }
 
+// The lines of `text`, without their "\n".
+inline std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);)
+    out.push_back(line);
+  return out;
+}
+
 // The JSON objects of `--json` output, one a line (a line that is not JSON is passed over).
 inline std::vector<json> json_lines(const std::string& text) {
   std::vector<json> out;

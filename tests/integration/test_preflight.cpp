@@ -28,14 +28,6 @@ void write_marking_server(const std::string& path, const std::string& marker, co
   REQUIRE(::chmod(path.c_str(), 0755) == 0);
 }
 
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> out;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);)
-    out.push_back(line);
-  return out;
-}
-
 }  // namespace
 
 TEST_CASE("preflight: a failing check starts nothing, the old generation serves throughout, and history keeps why") {
