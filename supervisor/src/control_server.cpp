@@ -192,6 +192,10 @@ void ControlServer::on_connection() {
   c.peer_uid = cred.uid;
   c.peer_pid = cred.pid;
   const ClientId id = c.id;
+  // The loop's clock is read once per turn: after a long turn (hundreds of generations under a
+  // slow build) it is seconds behind, and a deadline counted from it could pass before the request
+  // already waiting in the socket is read.
+  uv_update_time(loop_);
   c.deadline->start(limits_.request_deadline, [this, id] {
     send(id, control_error("bad-request", "no complete request arrived in time"), AfterSend::Close);
   });
