@@ -101,6 +101,7 @@ struct RunFlags {
   std::string preflight_timeout = "60s";
   std::string log_level = "info";
   std::string log_format = "auto";
+  std::uint64_t event_log_size = 1024 * 1024;
 };
 
 CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
@@ -144,6 +145,13 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
                   "$STATE_DIRECTORY/NAME under systemd's StateDirectory=, /var/lib/hotrestart/NAME for root, else "
                   "${XDG_STATE_HOME:-~/.local/state}/hotrestart/NAME)")
       ->type_name("DIR");
+  run->add_option("--event-log-size", f.event_log_size,
+                  "How large STATE-DIR/events.jsonl grows before it becomes events.jsonl.1 and a new one begins, "
+                  "e.g. 512KiB or 4MiB (see `hotrestart events`)")
+      ->transform(CLI::AsSizeValue(false))
+      ->check(CLI::Range(std::uint64_t{4096}, std::uint64_t{1} << 30))
+      ->type_name("SIZE")
+      ->default_str("1MiB");
   run->add_option("--state-required", f.state_required,
                   "A state section that must be imported, repeatable: if it cannot be, the upgrade rolls back "
                   "(other sections just start cold)")
@@ -245,6 +253,7 @@ Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vect
   options.drain_signal_given = run.get_option("--drain-signal")->count() > 0;
   options.state_timeout = parse_duration(f.state_timeout).value();
   options.state_dir = f.state_dir;
+  options.event_log_bytes = static_cast<std::size_t>(f.event_log_size);
   options.state_required = f.state_required;
   options.watch_window = parse_duration(f.watch_window).value();
   options.park = !f.no_park;
@@ -373,9 +382,11 @@ CLI::App* add_end_hold_command(CLI::App& app, CommonOptions& common, const std::
 
 struct QueryFlags {
   CommonOptions common;
-  bool json = false;     // status, history
-  bool check = false;    // status
-  bool no_wait = false;  // stop
+  bool json = false;        // status, history
+  bool check = false;       // status
+  bool no_wait = false;     // stop
+  std::uint64_t last = 20;  // events
+  bool follow = false;      // events
 };
 
 CLI::App* add_history_command(CLI::App& app, QueryFlags& f) {
@@ -383,6 +394,21 @@ CLI::App* add_history_command(CLI::App& app, QueryFlags& f) {
   add_common(history, f.common);
   history->add_flag("--json", f.json, "Print the history as JSON");
   return history;
+}
+
+CLI::App* add_events_command(CLI::App& app, QueryFlags& f) {
+  auto* events = app.add_subcommand("events",
+                                    "Show what happened: each phase of each upgrade, each generation started, ready, "
+                                    "draining or exited, each request and who sent it (kept in STATE-DIR/events.jsonl "
+                                    "across restarts)");
+  add_common(events, f.common);
+  events->add_option("-n,--last", f.last, "How many of the newest events to show")
+      ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{100'000}))
+      ->type_name("N")
+      ->capture_default_str();
+  events->add_flag("-f,--follow", f.follow, "Then show each new event as it happens, until the supervisor stops");
+  events->add_flag("--json", f.json, "Print each event as one JSON object a line");
+  return events;
 }
 
 CLI::App* add_status_command(CLI::App& app, QueryFlags& f) {
@@ -446,6 +472,7 @@ int main(int argc, char** argv) {
   QueryFlags status_flags;
   QueryFlags stop_flags;
   QueryFlags history_flags;
+  QueryFlags events_flags;
   RollbackFlags rollback_flags;
   CommonOptions promote_flags;
   CommonOptions abort_flags;
@@ -455,6 +482,7 @@ int main(int argc, char** argv) {
   auto* promote_command = add_end_hold_command(app, promote_flags, "promote");
   auto* abort_command = add_end_hold_command(app, abort_flags, "abort");
   auto* history = add_history_command(app, history_flags);
+  auto* events = add_events_command(app, events_flags);
   auto* status = add_status_command(app, status_flags);
   auto* stop = add_stop_command(app, stop_flags);
 
@@ -537,6 +565,10 @@ int main(int argc, char** argv) {
   if (abort_command->parsed()) return client_end_hold(abort_flags.control_path(), "abort");
   if (history->parsed()) {
     return client_history(history_flags.common.control_path(), history_flags.json ? Output::Json : Output::Human);
+  }
+  if (events->parsed()) {
+    return client_events(events_flags.common.control_path(), events_flags.json ? Output::Json : Output::Human,
+                         events_flags.last, events_flags.follow);
   }
   if (status->parsed()) {
     return client_status(status_flags.common.control_path(), status_flags.json ? Output::Json : Output::Human,

@@ -507,6 +507,52 @@ int client_history(const std::string& control_path, Output output) {
   return ask_and_print(control_path, "history", output, print_history);
 }
 
+namespace {
+
+// "2026-12-06T22:30:44.123Z #12 upgrade.phase generation 2 release 2: ... (uid 1000, pid 4321)"
+void print_event(const json& e) {
+  std::string line =
+      fmt::format("{} #{} {}", e.value("time", "?"), e.value("seq", std::uint64_t{0}), e.value("type", "?"));
+  if (e.contains("generation") && e["generation"].is_number() && e["generation"] != 0)
+    line += fmt::format(" generation {}", e["generation"].get<std::uint64_t>());
+  if (e.contains("release") && e["release"].is_number() && e["release"] != 0)
+    line += fmt::format(" release {}", e["release"].get<std::uint64_t>());
+  if (e.contains("phase") && e["phase"].is_string()) line += " " + e["phase"].get<std::string>();
+  if (e.contains("command") && e["command"].is_string()) line += " " + e["command"].get<std::string>();
+  if (e.contains("signal") && e["signal"].is_string()) line += " " + e["signal"].get<std::string>();
+  if (e.contains("status") && e["status"].is_string()) line += ": " + e["status"].get<std::string>();
+  if (e.contains("message") && e["message"].is_string()) line += ": " + e["message"].get<std::string>();
+  const bool asked = e.contains("uid") && e["uid"].is_number();
+  if (asked) line += fmt::format(" (uid {}, pid {})", e["uid"].get<std::int64_t>(), e.value("pid", std::int64_t{-1}));
+  fmt::print("{}\n", line);
+}
+
+}  // namespace
+
+int client_events(const std::string& control_path, Output output, std::uint64_t last, bool follow) {
+  auto reply =
+      ask(control_path, json{{"v", kControlProtocolVersion}, {"cmd", "events"}, {"last", last}, {"follow", follow}});
+  if (auto* code = std::get_if<int>(&reply)) return *code;
+  Exchange& ex = std::get<Exchange>(reply);
+  if (const std::string error = ex.first.value("error", ""); !error.empty())
+    say_error(fmt::format("the event log cannot be written ({}); these are the events kept in memory", error));
+  while (auto answer = ex.source->next(std::nullopt)) {
+    const std::string type = answer->value("type", "");
+    if (type == "end") return kExitOk;
+    if (type != "logged" || !(*answer)["event"].is_object()) continue;
+    if (output == Output::Json) {
+      fmt::print("{}\n", (*answer)["event"].dump(-1, ' ', false, json::error_handler_t::replace));
+    } else {
+      print_event((*answer)["event"]);
+    }
+    std::fflush(stdout);
+  }
+  if (follow && ex.source->error().empty()) return kExitOk;  // The supervisor stopped.
+  say_error(ex.source->error().empty() ? "the supervisor closed the connection before the last event"
+                                       : ex.source->error());
+  return kExitUsage;
+}
+
 int client_stop(const std::string& control_path, bool wait) {
   auto reply = ask(control_path, json{{"v", kControlProtocolVersion}, {"cmd", "stop"}});
   if (auto* code = std::get_if<int>(&reply)) return *code;

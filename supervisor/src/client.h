@@ -1,5 +1,5 @@
-// The client side of the control protocol: `hotrestart upgrade | rollback | promote | abort | history | status |
-// stop`.
+// The client side of the control protocol: `hotrestart upgrade | rollback | promote | abort | history | events |
+// status | stop`.
 #pragma once
 
 #include <cstdint>
@@ -44,6 +44,8 @@ int client_rollback(const std::string& control_path, std::optional<std::uint64_t
 // `promote` or `abort` (`command`): ends the hold of the upgrade in progress and prints the verdict.
 int client_end_hold(const std::string& control_path, std::string_view command);
 int client_history(const std::string& control_path, Output output);
+// The newest `last` events; with `follow`, then each new one until the supervisor stops.
+int client_events(const std::string& control_path, Output output, std::uint64_t last, bool follow);
 int client_stop(const std::string& control_path, bool wait);
 // `upgrade --self`: asks the supervisor to exec `exec` (nullopt: its own path) in place, then waits
 // for the new image to answer; 0 when it does, 1 when the old binary came back instead.

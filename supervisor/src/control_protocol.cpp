@@ -130,6 +130,30 @@ std::optional<std::string> decode_hold(const json& j, Hold& hold) {
 
 }  // namespace
 
+std::string_view control_command_name(ControlRequest::Command command) {
+  switch (command) {
+    case ControlRequest::Command::ShowStatus:
+      return "status";
+    case ControlRequest::Command::Upgrade:
+      return "upgrade";
+    case ControlRequest::Command::Rollback:
+      return "rollback";
+    case ControlRequest::Command::History:
+      return "history";
+    case ControlRequest::Command::Stop:
+      return "stop";
+    case ControlRequest::Command::Promote:
+      return "promote";
+    case ControlRequest::Command::Abort:
+      return "abort";
+    case ControlRequest::Command::SelfUpgrade:
+      return "self-upgrade";
+    case ControlRequest::Command::Events:
+      return "events";
+  }
+  return "?";
+}
+
 std::variant<ControlRequest, ControlRequestError> decode_control_request(const json& j) {
   const auto bad = [](std::string message) { return ControlRequestError{"bad-request", std::move(message)}; };
   const auto v = j.find("v");
@@ -157,6 +181,15 @@ std::variant<ControlRequest, ControlRequestError> decode_control_request(const j
     request.command = ControlRequest::Command::Stop;
   } else if (name == "history") {
     request.command = ControlRequest::Command::History;
+  } else if (name == "events") {
+    request.command = ControlRequest::Command::Events;
+    if (const auto last = j.find("last"); last != j.end()) {
+      if (!last->is_number_unsigned() || last->get<std::uint64_t>() > kMaxEvents) {
+        return bad(fmt::format("\"last\" must be a number of events from 0 to {}", kMaxEvents));
+      }
+      request.last = last->get<std::uint64_t>();
+    }
+    if (auto e = flag("follow", request.follow)) return *e;
   } else if (name == "promote") {
     request.command = ControlRequest::Command::Promote;
   } else if (name == "abort") {
@@ -206,7 +239,8 @@ std::variant<ControlRequest, ControlRequestError> decode_control_request(const j
     if (auto error = decode_hold(j, request.hold)) return bad(*error);
   } else {
     return bad(fmt::format(
-        "unknown command '{}' (expected status, upgrade, self-upgrade, rollback, promote, abort, history or stop)",
+        "unknown command '{}' (expected status, upgrade, self-upgrade, rollback, promote, abort, history, events or "
+        "stop)",
         name.substr(0, 64)));
   }
   const bool deploys =

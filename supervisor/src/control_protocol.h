@@ -20,12 +20,17 @@
 //             {"v":1,"cmd":"abort"}                          end the hold now: rollback
 //             {"v":1,"cmd":"history"}                        the releases
 //             {"v":1,"cmd":"stop"}                           graceful stop
+//             {"v":1,"cmd":"events","last":N,"follow":B}     the newest N events (default 20), and with
+//                                                            "follow" each one after as it happens
 //   answers   {"v":1,"type":"status", ...}                   see Supervisor::status_json
 //             {"v":1,"type":"history","releases":[...],...}  see docs/protocol.md
 //             {"v":1,"type":"event","phase":"warming",...}   upgrade progress, zero or more
 //             {"v":1,"type":"result","ok":true|false,...}    upgrade verdict, last line (but see "wait")
 //             {"v":1,"type":"watch","ok":...,"outcome":...}  with "wait": how the watch window ended
 //             {"v":1,"type":"stopping","pid":N}              stop accepted; closes at exit
+//             {"v":1,"type":"events","seq":N,"file":...}     events: first, the newest event's number,
+//             {"v":1,"type":"logged","event":{...}}          then the events, one a line (event_log.h);
+//             {"v":1,"type":"end"}                           without "follow", last
 //             {"v":1,"type":"ok","outcome":"done",...}       promote, abort: the verdict of the hold
 //             {"v":1,"type":"error","code":"...","error":"sentence"}
 //
@@ -59,6 +64,8 @@ inline constexpr std::size_t kControlMaxLine = 64 * 1024;
 inline constexpr std::size_t kControlMaxAnswer = 256 * 1024 * 1024;
 inline constexpr int kControlMaxDepth = 8;
 inline constexpr std::size_t kMaxCommandArgs = 4096;
+inline constexpr std::uint64_t kDefaultEvents = 20;
+inline constexpr std::uint64_t kMaxEvents = 100'000;
 
 // Accumulates bytes from a stream and cuts them into lines, refusing a line longer than
 // the limit before buffering more of it.
@@ -84,7 +91,7 @@ class LineReader {
 Result<nlohmann::json> parse_control_line(std::string_view line, std::size_t max_line = kControlMaxLine);
 
 struct ControlRequest {
-  enum class Command { ShowStatus, Upgrade, Rollback, History, Stop, Promote, Abort, SelfUpgrade };
+  enum class Command { ShowStatus, Upgrade, Rollback, History, Stop, Promote, Abort, SelfUpgrade, Events };
   Command command = Command::ShowStatus;
   std::optional<std::string> exec;               // upgrade: new executable; self-upgrade: the supervisor's
   std::optional<std::vector<std::string>> argv;  // upgrade: new command line
@@ -93,10 +100,15 @@ struct ControlRequest {
   bool wait = false;                             // upgrade, rollback: stay through the watch window and hear its end.
   bool force = false;                            // upgrade: even to an executable that was reverted.
   std::optional<std::string> preflight;          // upgrade, rollback: the check instead of run's ("": none)
+  std::uint64_t last = kDefaultEvents;           // events: how many of the newest
+  bool follow = false;                           // events: then each new one as it comes
   // Who sent it (SO_PEERCRED), filled in by the control server; -1 when unknown.
   std::int64_t peer_uid = -1;
   std::int64_t peer_pid = -1;
 };
+
+// The request's "cmd": "status", "upgrade", ...
+std::string_view control_command_name(ControlRequest::Command command);
 
 // Validates a request object. Errors carry the protocol error code in `code()`-free form:
 // the caller maps them with control_error_code().

@@ -277,6 +277,7 @@ void Generation::enter(GenerationState to) {
   }
   state_ = to;
   if (context_.changed) context_.changed();
+  if (context_.entered) context_.entered(*this, to);
   if (to == GenerationState::Ready) {
     ready_at_ = Clock::now();
     health_->start();

@@ -92,6 +92,8 @@ class Generation {
     // Called when a generation's state or its SIGKILL deadline changes, so that the guard hears of
     // it before anything else can happen (guard_link.h).
     std::function<void()> changed;
+    // Called when a generation enters a state (after `changed`): the event log hears of it.
+    std::function<void(const Generation&, GenerationState)> entered;
   };
 
   // What a generation tells the supervisor. Each call comes from the loop; none destroys the

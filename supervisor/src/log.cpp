@@ -66,8 +66,9 @@ LogLevel level_of_priority(int priority) {
   return LogLevel::Info;
 }
 
-// "2026-12-06T22:30:44.123Z": now, in UTC. The calendar part is worked out once a second.
-std::string timestamp() {
+}  // namespace
+
+std::string utc_timestamp() {
   timespec now{};
   ::clock_gettime(CLOCK_REALTIME, &now);
   static thread_local time_t cached_second = -1;
@@ -81,6 +82,8 @@ std::string timestamp() {
   return fmt::format("{}.{:03}Z", cached, now.tv_nsec / 1'000'000);
 }
 
+namespace {
+
 std::string json_line(nlohmann::json object) {
   // Worker output need not be UTF-8: what is not is replaced, never a reason to lose the line.
   return object.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
@@ -90,7 +93,7 @@ std::string json_line(nlohmann::json object) {
 std::string format_own_line(LogLevel level, std::string_view text) {
   switch (g_format) {
     case LogFormat::Json:
-      return json_line({{"time", timestamp()},
+      return json_line({{"time", utc_timestamp()},
                         {"level", level_name(level)},
                         {"source", log_name()},
                         {"pid", ::getpid()},
@@ -101,7 +104,7 @@ std::string format_own_line(LogLevel level, std::string_view text) {
     case LogFormat::Text:
       break;
   }
-  return fmt::format("{} {}[{}]: {}{}\n", timestamp(), log_name(), ::getpid(),
+  return fmt::format("{} {}[{}]: {}{}\n", utc_timestamp(), log_name(), ::getpid(),
                      kPrefixes[static_cast<std::size_t>(level)], text);
 }
 
@@ -262,7 +265,7 @@ void append_relayed_line(std::string& out, const RelaySource& source, std::strin
   switch (g_format) {
     case LogFormat::Json: {
       const auto priority = own_priority(line);
-      nlohmann::json object = {{"time", timestamp()},
+      nlohmann::json object = {{"time", utc_timestamp()},
                                {"level", level_name(priority ? level_of_priority(*priority) : LogLevel::Info)},
                                {"source", source.generation ? "worker" : source.name},
                                {"pid", source.pid}};
@@ -278,7 +281,7 @@ void append_relayed_line(std::string& out, const RelaySource& source, std::strin
       break;
     }
     case LogFormat::Text:
-      fmt::format_to(std::back_inserter(out), "{} {}[{}]: ", timestamp(), source.name, source.pid);
+      fmt::format_to(std::back_inserter(out), "{} {}[{}]: ", utc_timestamp(), source.name, source.pid);
       break;
   }
   out += line;

@@ -56,6 +56,9 @@ LogFormat detect_log_format(const char* journal_stream, int stderr_fd);
 void set_log_format(LogFormat format);
 LogFormat log_format();
 
+// "2026-12-06T22:30:44.123Z": now, in UTC, to the millisecond (log lines, events).
+std::string utc_timestamp();
+
 void set_log_level(LogLevel level);
 // Lines start with `name` and the pid ("hotrestart[PID]: " unless set).
 void set_log_name(std::string name);

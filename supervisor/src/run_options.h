@@ -3,6 +3,7 @@
 // control socket's directory.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -40,7 +41,8 @@ Result<std::string> parse_health_command(std::string_view text);
 struct RunOptions {
   std::string name = "default";
   std::string control_path;
-  std::string state_dir;  // Empty: default_state_dir(name).
+  std::string state_dir;                      // Empty: default_state_dir(name).
+  std::size_t event_log_bytes = 1024 * 1024;  // The bound of STATE-DIR/events.jsonl (event_log.h).
   std::vector<ListenSpec> listen;
   ReadyMode ready;
   Millis ready_timeout{30'000};

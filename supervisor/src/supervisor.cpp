@@ -133,6 +133,7 @@ Status Supervisor::start() {
   if (options_.state_dir.empty()) options_.state_dir = default_state_dir(options_.name);
   releases_ = std::make_unique<ReleaseStore>(&loop_, options_.state_dir);
   if (auto ok = releases_->open(); !ok) return ok.error();
+  events_ = std::make_unique<EventLog>(options_.state_dir, options_.event_log_bytes);
 
   started_ms_ = wall_clock_ms();
   own_executable_ = own_executable();
@@ -173,6 +174,10 @@ Status Supervisor::start() {
     listeners_ = std::move(listeners).value();
   }
   if (listeners_.empty()) return Error::message("no listeners: give at least one --listen");
+  record_event({{"type", "supervisor.started"},
+                {"supervisor_pid", ::getpid()},
+                {"took_over", inheritance.has_value()},
+                {"self_upgraded", after_exec}});
 
   notify_ = std::make_unique<NotifySocket>(
       &loop_,
@@ -240,7 +245,15 @@ Status Supervisor::start() {
   for (const auto& warning : shared_port_probe_warnings(options_))
     log_warn("{}", warning);
   context_ = std::make_unique<Generation::Context>(
-      Generation::Context{&loop_, *reaper_, options_, listeners_, *launcher_, *roster_, [this] { sync_guard(); }});
+      Generation::Context{&loop_, *reaper_, options_, listeners_, *launcher_, *roster_, [this] { sync_guard(); },
+                          [this](const Generation& g, GenerationState to) {
+                            if (to == GenerationState::Ready || to == GenerationState::Draining) {
+                              record_event({{"type", fmt::format("generation.{}", generation_state_name(to))},
+                                            {"generation", g.number()},
+                                            {"release", g.release()},
+                                            {"pid", g.pid()}});
+                            }
+                          }});
   UpgradeDriver::Host& host = *this;  // (A private base: converted here, where it is accessible.)
   upgrade_ = std::make_unique<UpgradeDriver>(&loop_, options_, *control_, host);
 
@@ -312,6 +325,7 @@ Status Supervisor::open_control_socket() {
   control_ = std::make_unique<ControlServer>(
       &loop_, [this](ClientId id, const ControlRequest& r) { on_request(id, r); },
       [this](ClientId id) {
+        if (events_) events_->unfollow(id);
         if (upgrade_) upgrade_->forget_watcher(id);
         if (watch_) watch_->forget_waiter(id);
         std::erase(stop_waiters_, id);
@@ -336,6 +350,11 @@ Result<Generation*> Supervisor::start_generation(Generation::Plan plan) {
   Generation* raw = g.value().get();
   generations_.emplace(number, std::move(g).value());
   sync_guard();  // Before anything else happens to it, the guard knows it (as a candidate).
+  record_event({{"type", "generation.started"},
+                {"generation", number},
+                {"release", release},
+                {"pid", raw->pid()},
+                {"command", raw->command()}});
   if (Release* r = releases_->history().find(release)) {
     r->generation = number;
     releases_->save();
@@ -405,6 +424,13 @@ void Supervisor::on_exit(Generation& g, GenerationState was, ExitStatus status) 
   const pid_t pid = g.pid();
   const auto served_for = g.served_for();
   const auto last_output = g.output().tail().lines();
+  record_event({{"type", "generation.exited"},
+                {"generation", number},
+                {"release", g.release()},
+                {"pid", pid},
+                {"was", generation_state_name(was)},
+                {"status", status.describe()},
+                {"active", number == active_}});
   generations_.erase(number);  // `g` is gone from here on.
   draining_killed_.erase(number);
   if (upgrade_->on_generation_exit(number, pid, status, last_output)) {
@@ -717,7 +743,18 @@ void Supervisor::restart_now() {
 // Requests and signals
 
 void Supervisor::on_request(ClientId client, const ControlRequest& request) {
+  // Who asked for a change is recorded; reading (status, history, events) is not.
+  if (request.command != ControlRequest::Command::ShowStatus && request.command != ControlRequest::Command::History &&
+      request.command != ControlRequest::Command::Events) {
+    json asked{{"type", "request"}, {"command", control_command_name(request.command)}};
+    if (request.peer_uid >= 0) asked["uid"] = request.peer_uid;
+    if (request.peer_pid >= 0) asked["pid"] = request.peer_pid;
+    record_event(std::move(asked));
+  }
   switch (request.command) {
+    case ControlRequest::Command::Events:
+      on_events_request(client, request);
+      return;
     case ControlRequest::Command::ShowStatus:
       roster_->refresh();  // So that every process each generation has now is shown.
       control_->send(client, status_json(), AfterSend::Close);
@@ -775,7 +812,32 @@ void Supervisor::on_request(ClientId client, const ControlRequest& request) {
   }
 }
 
+void Supervisor::record_event(json event) {
+  if (events_) events_->record(std::move(event));
+}
+
+void Supervisor::on_events_request(ClientId client, const ControlRequest& request) {
+  control_->send(client,
+                 json{{"v", kControlProtocolVersion},
+                      {"type", "events"},
+                      {"seq", events_->last_seq()},
+                      {"file", events_->path()},
+                      {"error", events_->error()}},
+                 AfterSend::KeepOpen);
+  for (auto& e : events_->recent(request.last))
+    control_->send(client, json{{"v", kControlProtocolVersion}, {"type", "logged"}, {"event", std::move(e)}},
+                   AfterSend::KeepOpen);
+  if (!request.follow) {
+    control_->send(client, json{{"v", kControlProtocolVersion}, {"type", "end"}}, AfterSend::Close);
+    return;
+  }
+  events_->follow(client, [this, client](const json& e) {
+    control_->send(client, json{{"v", kControlProtocolVersion}, {"type", "logged"}, {"event", e}}, AfterSend::KeepOpen);
+  });
+}
+
 void Supervisor::on_signal(int signo) {
+  record_event({{"type", "signal"}, {"signal", signal_name(signo)}});
   switch (signo) {
     case SIGTERM:
     case SIGINT:
@@ -814,6 +876,7 @@ void Supervisor::begin_stop(bool now) {
     return;
   }
   stopping_ = true;
+  record_event({{"type", "supervisor.stopping"}, {"now", now}});
   systemd_.notify("STOPPING=1");
   watch_->end(ReleaseWatch::Ending::Stopped, "the supervisor is stopping");
   watch_->revert_done("the supervisor is stopping");
@@ -841,6 +904,7 @@ void Supervisor::maybe_finish_stop() {
   end_release(current_.release, ReleaseOutcome::Stopped, "the supervisor stopped");
   sweep_processes(true);
   log_info("stopped: every generation has exited");
+  record_event({{"type", "supervisor.stopped"}});
   guard_->release([this] { uv_stop(&loop_); });
 }
 

@@ -15,6 +15,7 @@
 //   ReleaseWatch    release_watch.h    the watch window after a cutover, and who waits for its end
 //   HealthWatch     health_watch.h     (in each Generation) its watchdog and health check
 //   RestartBackoff  crash_restarts.h   the delay between crash restarts
+//   EventLog        event_log.h        every transition, phase and request, in STATE-DIR/events.jsonl
 //   status.h                           counters, the last error, and status's pieces
 //
 // The supervisor itself decides what each event means: which generation is active; what a
@@ -38,6 +39,7 @@
 
 #include "control_server.h"
 #include "crash_restarts.h"
+#include "event_log.h"
 #include "generation.h"
 #include "guard_link.h"
 #include "listener_set.h"
@@ -131,6 +133,9 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   Millis park_for(const Generation& old) override;
   bool upgrade_finished(std::uint64_t release, bool ok, const std::string& failure) override;
   void wait_for_watch(ClientId client) override { watch_->add_waiter(client); }
+  void record_event(nlohmann::json event) override;
+  // `hotrestart events`: the newest events, then (with "follow") each new one.
+  void on_events_request(ClientId client, const ControlRequest& request);
 
   // Releases.
   // What release `number` runs: its command, and its executable, opened from its path the first
@@ -228,6 +233,7 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   std::unique_ptr<PreflightCheck> first_preflight_;  // `run --preflight`: the check of the first release.
   StateBroker broker_;
   std::unique_ptr<ReleaseStore> releases_;
+  std::unique_ptr<EventLog> events_;
   std::unique_ptr<ReleaseWatch> watch_;
   // What the last cutover replaced: the release and generation a revert brings back.
   std::uint64_t replaced_release_ = 0;

@@ -58,7 +58,9 @@ struct UpgradeDriver::Upgrade {
   // The clients that ended the hold (`promote`, `abort`): each is answered with the verdict.
   std::vector<ClientId> enders;
   Timer phase_timer;
-  std::string origin;             // For the log: "control", "SIGUSR2", "rollback to release N".
+  std::string origin;     // For the log: "control", "SIGUSR2", "rollback to release N".
+  std::int64_t uid = -1;  // Who asked (the control socket's peer), when known.
+  std::int64_t pid = -1;
   std::uint64_t waiting_for = 0;  // A draining generation the transfer waits for.
   // The new generation's last output when it failed, and once more when it has exited: what the
   // rollback's events and the result show.
@@ -153,6 +155,8 @@ void UpgradeDriver::begin(UpgradeRequest request, std::optional<ClientId> client
   const std::string check = request.preflight.value_or(options_.preflight);
   upgrade_ = std::make_unique<Upgrade>(loop_, check.empty() ? Phase::Spawning : Phase::Preflight, request.hold);
   upgrade_->command = request.command;
+  upgrade_->uid = request.uid;
+  upgrade_->pid = request.pid;
   switch (request.origin) {
     case ReleaseOrigin::Signal:
       upgrade_->origin = "SIGUSR2";
@@ -541,6 +545,19 @@ void UpgradeDriver::finish() {
               {"watch_window_ms", watched ? options_.watch_window.count() : 0},
               {"timeline", timeline}};
   publish_phase(message);
+  json recorded{{"type", "upgrade.result"},
+                {"ok", ok},
+                {"outcome", phase_name(m.phase())},
+                {"generation", ok ? active : upgrade_->generation},
+                {"release", upgrade_->release},
+                {"origin", upgrade_->origin},
+                {"elapsed_ms", ms_since(m.started())},
+                {"reason", ok ? "" : m.failure()},
+                {"message", message},
+                {"timeline", timeline}};
+  if (upgrade_->uid >= 0) recorded["uid"] = upgrade_->uid;
+  if (upgrade_->pid >= 0) recorded["pid"] = upgrade_->pid;
+  host_.record_event(std::move(recorded));
   if (watched && upgrade_->wait) {
     // The requester hears the watch's end too; the watch closes its connection then.
     send_to_watchers(result, AfterSend::KeepOpen);
@@ -580,6 +597,16 @@ void UpgradeDriver::publish_phase(const std::string& message) {
   if (m.phase() == Phase::RollingBack || m.phase() == Phase::RolledBack) event["last_output"] = upgrade_->last_output;
   if (m.phase() == Phase::Holding) event["hold"] = hold_json();
   log_info("upgrade: {} ({} ms): {}", phase_name(m.phase()), elapsed, message);
+  json recorded{{"type", "upgrade.phase"},
+                {"phase", phase_name(m.phase())},
+                {"generation", upgrade_->generation},
+                {"release", upgrade_->release},
+                {"origin", upgrade_->origin},
+                {"elapsed_ms", elapsed},
+                {"message", message}};
+  if (upgrade_->uid >= 0) recorded["uid"] = upgrade_->uid;
+  if (upgrade_->pid >= 0) recorded["pid"] = upgrade_->pid;
+  host_.record_event(std::move(recorded));
   send_to_watchers(event, AfterSend::KeepOpen);
   die_if_asked(phase_name(m.phase()));
 }

@@ -88,6 +88,8 @@ class UpgradeDriver {
     virtual void wait_for_watch(ClientId client) = 0;
     // The verdict has been published to the log and the watching clients.
     virtual void upgrade_reported() = 0;
+    // Records `event` in the event log (event_log.h).
+    virtual void record_event(nlohmann::json event) = 0;
   };
 
   UpgradeDriver(uv_loop_t* loop, const RunOptions& options, ControlServer& control, Host& host);

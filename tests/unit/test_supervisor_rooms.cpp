@@ -219,7 +219,7 @@ class DriverBench final : public Generation::Events, public UpgradeDriver::Host 
         &loop_, [](ClientId, const ControlRequest&) {}, [](ClientId) {});
     launcher_ = std::make_unique<WorkerLauncher>(listeners_, "/nonexistent/notify", "/nonexistent/control", "");
     context_ = std::make_unique<Generation::Context>(
-        Generation::Context{&loop_, *reaper_, options_, listeners_, *launcher_, roster_, nullptr});
+        Generation::Context{&loop_, *reaper_, options_, listeners_, *launcher_, roster_, nullptr, nullptr});
     driver_ = std::make_unique<UpgradeDriver>(&loop_, options_, *control_, *this);
   }
   ~DriverBench() override {
@@ -310,6 +310,7 @@ class DriverBench final : public Generation::Events, public UpgradeDriver::Host 
   }
   void wait_for_watch(ClientId) override {}
   void upgrade_reported() override { ++reports; }
+  void record_event(nlohmann::json event) override { events.push_back(std::move(event)); }
 
   bool fail_spawn = false;
   int spawns = 0;
@@ -317,6 +318,7 @@ class DriverBench final : public Generation::Events, public UpgradeDriver::Host 
   std::string phase_after_nested_feed;
   std::vector<std::pair<bool, std::string>> verdicts;
   int reports = 0;
+  std::vector<nlohmann::json> events;
 
  private:
   uv_loop_t loop_{};
@@ -360,6 +362,12 @@ TEST_CASE("upgrade driver: an exec failure rolls back at once with the reason, a
   CHECK(bench.verdicts[0].second == "exec /nonexistent: No such file or directory");
   CHECK(bench.driver().last_verdict().value("outcome", "") == "rolled-back");
   CHECK(bench.reports == 1);
+  // Each phase is an event, and the verdict last, with the reason.
+  REQUIRE(bench.events.size() >= 2);
+  CHECK(bench.events.front()["type"] == "upgrade.phase");
+  CHECK(bench.events.back()["type"] == "upgrade.result");
+  CHECK(bench.events.back()["ok"] == false);
+  CHECK(bench.events.back()["reason"] == "exec /nonexistent: No such file or directory");
   bench.fail_spawn = false;
   bench.driver().begin(request_for({"/bin/sleep", "30"}), std::nullopt);
   CHECK(bench.driver().in_progress());

@@ -1,0 +1,67 @@
+// EventLog: what happened to the supervisor, its generations and its upgrades, and who asked for
+// it, as JSON objects, one per event (docs/protocol.md, "Events").
+//
+// Each event gets its time (UTC, to the millisecond) and a sequence number that keeps counting
+// across restarts of the supervisor. It is appended, one line and one write, to
+// STATE-DIR/events.jsonl; when that file would pass the size bound it becomes events.jsonl.1
+// (replacing the one before) and a new file begins, so the log holds between one and two bounds'
+// worth of the newest events. The last kRecent events are also kept in memory, so that a
+// supervisor whose state directory cannot be written still answers `hotrestart events` (the
+// first write that fails is logged, and status says why).
+//
+// Followers (`hotrestart events --follow`) hear each event as it is recorded.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace hotrestart {
+
+class EventLog {
+ public:
+  static constexpr std::size_t kDefaultMaxBytes = 1024 * 1024;
+  static constexpr std::size_t kRecent = 1000;
+  static constexpr const char* kFileName = "events.jsonl";
+
+  // `dir`: the state directory ("": events are kept in memory only). `max_bytes`: the bound of one
+  // file. Reads the sequence number to go on from.
+  EventLog(std::string dir, std::size_t max_bytes);
+
+  // Records `event` (an object with at least "type"): adds "time" and "seq" first, writes it, and
+  // hands it to every follower.
+  void record(nlohmann::json event);
+
+  // The newest `last` events, oldest first: from the files when they can be read, else from memory.
+  std::vector<nlohmann::json> recent(std::size_t last) const;
+
+  using Follower = std::function<void(const nlohmann::json& event)>;
+  void follow(std::uint64_t id, Follower f) { followers_[id] = std::move(f); }
+  void unfollow(std::uint64_t id) { followers_.erase(id); }
+
+  // Why the file cannot be written ("" while it can, or when there is none).
+  const std::string& error() const { return error_; }
+  std::string path() const;
+  std::uint64_t last_seq() const { return seq_; }
+
+ private:
+  // Appends `line` to the file, after turning it over when it would pass the bound.
+  void write(const std::string& line);
+  void fail(const std::string& why);
+
+  std::string dir_;
+  std::size_t max_bytes_;
+  std::size_t size_ = 0;  // Of the current file.
+  std::uint64_t seq_ = 0;
+  std::deque<nlohmann::json> recent_;
+  std::map<std::uint64_t, Follower> followers_;
+  std::string error_;
+};
+
+}  // namespace hotrestart
