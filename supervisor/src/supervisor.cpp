@@ -8,7 +8,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstddef>
 #include <cstdlib>
 
 #include <fmt/format.h>
@@ -34,6 +36,8 @@ using nlohmann::json;
 constexpr Millis kChannelGrace{1000};
 // How often the supervisor looks for processes that outlived their generation.
 constexpr Millis kSweepInterval{2000};
+// The most of a rollback's reason that STATUS= carries.
+constexpr std::size_t kStatusReasonMax = 200;
 // How often at most the running record (running.json) is written.
 constexpr Millis kRecordEvery{100};
 
@@ -702,7 +706,17 @@ void Supervisor::limit_draining() {
 }
 
 void Supervisor::upgrade_reported() {
-  systemd_.notify(fmt::format("READY=1\nSTATUS=generation {} serving", active_));
+  // `systemctl status` shows STATUS=: a rollback must be seen there too, with its reason, since a
+  // SIGUSR2 upgrade has no client to hear it.
+  const json& verdict = upgrade_->last_verdict();
+  std::string status = fmt::format("generation {} serving", active_);
+  if (!verdict.value("ok", true)) {
+    std::string reason = verdict.value("reason", "");
+    std::replace(reason.begin(), reason.end(), '\n', ' ');
+    if (reason.size() > kStatusReasonMax) reason = reason.substr(0, kStatusReasonMax) + "...";
+    status += fmt::format("; release {} rolled back: {}", verdict.value("release", std::uint64_t{0}), reason);
+  }
+  systemd_.notify(fmt::format("READY=1\nSTATUS={}", status));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -206,7 +206,9 @@ TEST_CASE("socket activation: the supervisor adopts LISTEN_FDS instead of bindin
   CHECK(sup.wait_for(10s) == std::optional<int>(0));
 }
 
-TEST_CASE("under systemd the supervisor reports READY then RELOADING around upgrades then STOPPING") {
+TEST_CASE(
+    "under systemd the supervisor reports READY then RELOADING around upgrades, each verdict in STATUS, then "
+    "STOPPING") {
   TempDir d;
   FakeSystemd systemd(d.file("notify"));
   SpawnOptions options;
@@ -222,6 +224,17 @@ TEST_CASE("under systemd the supervisor reports READY then RELOADING around upgr
   REQUIRE(systemd.received().size() >= 2);
   CHECK(contains(systemd.received()[0], "RELOADING=1"));
   CHECK(contains(systemd.received()[0], "MONOTONIC_USEC="));
+  CHECK(contains(systemd.received().back(), "STATUS=generation 2 serving"));
+
+  // A rollback is seen in STATUS= too (`systemctl status`), with its reason.
+  systemd.clear();
+  RunResult bad = sup.upgrade_to({test_worker_bin(), "say-and-exit", "3", "cannot open the configuration"});
+  REQUIRE(bad.exit_code == 1);
+  CHECK(systemd.wait_for("READY=1", 5s));
+  CHECK_MESSAGE(
+      contains(systemd.received().back(), "STATUS=generation 2 serving; release 3 rolled back: generation 3 (pid "),
+      systemd.received().back());
+  CHECK_MESSAGE(contains(systemd.received().back(), "cannot open the configuration"), systemd.received().back());
   sup.stop();
   CHECK(systemd.wait_for("STOPPING=1", 5s));
 }
