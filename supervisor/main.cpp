@@ -31,13 +31,17 @@ struct CommonOptions {
   std::string name = "default";
   std::string control;
 
-  std::string control_path() const { return control.empty() ? default_control_path(name) : control; }
+  // Where a client looks for its supervisor.
+  std::string control_path() const { return control.empty() ? find_control_path(name) : control; }
+  // Where `run` puts its control socket.
+  std::string serve_path() const { return control.empty() ? default_control_path(name) : control; }
 };
 
 void add_common(CLI::App* app, CommonOptions& common) {
   app->add_option("--name", common.name,
-                  "Supervisor name; picks the default control socket "
-                  "($XDG_RUNTIME_DIR/hotrestart/NAME.sock, else /tmp/hotrestart-UID/NAME.sock)")
+                  "Supervisor name; picks the default control socket: $RUNTIME_DIRECTORY/NAME.sock under "
+                  "systemd's RuntimeDirectory=, /run/hotrestart/NAME.sock for root, else "
+                  "$XDG_RUNTIME_DIR/hotrestart/NAME.sock or /tmp/hotrestart-UID/NAME.sock")
       ->check([](const std::string& v) {
         return valid_listener_name(v) ? std::string() : "must be 1-64 letters, digits, '.', '_' or '-'";
       });
@@ -238,7 +242,7 @@ Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vect
   }
   RunOptions options;
   options.name = f.common.name;
-  options.control_path = f.common.control_path();
+  options.control_path = f.common.serve_path();
   auto specs = parse_listen_specs(f.listen);
   if (!specs) return specs.error();
   options.listen = std::move(specs).value();

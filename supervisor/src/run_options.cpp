@@ -92,10 +92,49 @@ std::vector<std::string> shared_port_probe_warnings(const RunOptions& options) {
   return warnings;
 }
 
-std::string default_control_path(const std::string& name) {
+namespace {
+
+// $RUNTIME_DIRECTORY's first directory (systemd's RuntimeDirectory=; it separates several with
+// ':'), or "".
+std::string systemd_runtime_dir() {
+  const char* dirs = std::getenv("RUNTIME_DIRECTORY");
+  if (dirs == nullptr || dirs[0] != '/') return {};
+  const std::string_view all(dirs);
+  return std::string(all.substr(0, all.find(':')));
+}
+
+std::string user_control_path(const std::string& name) {
   const char* xdg = std::getenv("XDG_RUNTIME_DIR");
   if (xdg != nullptr && xdg[0] == '/') return fmt::format("{}/hotrestart/{}.sock", xdg, name);
   return fmt::format("/tmp/hotrestart-{}/{}.sock", ::geteuid(), name);
+}
+
+bool is_socket(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
+}  // namespace
+
+std::string default_control_path(const std::string& name) {
+  if (const std::string dir = systemd_runtime_dir(); !dir.empty()) return fmt::format("{}/{}.sock", dir, name);
+  if (::geteuid() == 0) return fmt::format("{}/{}.sock", kSystemRuntimeDir, name);
+  return user_control_path(name);
+}
+
+std::string find_control_path(const std::string& name) {
+  std::vector<std::string> places;
+  if (const std::string dir = systemd_runtime_dir(); !dir.empty())
+    places.push_back(fmt::format("{}/{}.sock", dir, name));
+  const std::string system = fmt::format("{}/{}.sock", kSystemRuntimeDir, name);
+  // Root looks where a supervisor run by root (or by a service with RuntimeDirectory=hotrestart)
+  // puts it first; another user looks at its own places first.
+  if (::geteuid() == 0) places.push_back(system);
+  places.push_back(user_control_path(name));
+  if (::geteuid() != 0) places.push_back(system);
+  for (const std::string& p : places)
+    if (is_socket(p)) return p;
+  return default_control_path(name);
 }
 
 Status prepare_runtime_dir(const std::string& socket_path) {

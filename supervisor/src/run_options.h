@@ -85,9 +85,17 @@ std::vector<std::string> shared_port_probe_warnings(const RunOptions& options);
 inline constexpr int kRunExitOk = 0;      // stopped on request
 inline constexpr int kRunExitFailed = 1;  // could not start (bind, control socket, exec)
 
-// The default control socket path for a supervisor name:
-// $XDG_RUNTIME_DIR/hotrestart/NAME.sock, else /tmp/hotrestart-UID/NAME.sock.
+// Where a supervisor's control socket is, by default, for `name`:
+//   $RUNTIME_DIRECTORY/NAME.sock         under systemd with RuntimeDirectory= (the first, if several)
+//   /run/hotrestart/NAME.sock            for root otherwise
+//   $XDG_RUNTIME_DIR/hotrestart/NAME.sock, else /tmp/hotrestart-UID/NAME.sock, for other users.
+inline constexpr const char* kSystemRuntimeDir = "/run/hotrestart";
+// Where `run` puts it.
 std::string default_control_path(const std::string& name);
+// Where a client looks: the first of those places that holds a socket (root tries /run/hotrestart
+// before its own XDG_RUNTIME_DIR, another user after its own), else default_control_path(): an
+// admin shell finds a service's supervisor whatever its environment.
+std::string find_control_path(const std::string& name);
 // Creates the directory holding a control socket (mode 0700 when we create it) and checks
 // that no other user could replace what is inside it.
 Status prepare_runtime_dir(const std::string& socket_path);

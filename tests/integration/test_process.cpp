@@ -3,7 +3,9 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 #include <thread>
 
@@ -346,4 +348,56 @@ TEST_CASE("upgrade with no arguments restarts the same command line") {
   CHECK(g["command"] == json::array({hello_bin(), "--version", "v5"}));
   CHECK(wait_until([&] { return !pid_alive(old_pid); }, 10s));
   sup.stop();
+}
+
+namespace {
+
+// `hotrestart run --name NAME` with `env` (nothing else chooses its control socket), serving
+// hello-server; waits until `status --name NAME` under `client_env` answers. The supervisor's
+// stderr is in the returned Child.
+Child run_named(const std::string& name, const TempDir& d, SpawnOptions env, const SpawnOptions& client_env) {
+  Child sup = Child::spawn({hotrestart_bin(), "run", "--name", name, "--state-dir", d.file("state"), "--listen",
+                            "http=tcp://127.0.0.1:0", "--", hello_bin(), "--version", "v1"},
+                           std::move(env));
+  std::vector<std::string> status = {hotrestart_bin(), "status", "--name", name};
+  CHECK_MESSAGE(wait_until([&] { return run(status, client_env, 10s).exit_code == 0; }, 15s), sup.describe());
+  return sup;
+}
+
+}  // namespace
+
+TEST_CASE("the control socket is under $RUNTIME_DIRECTORY, and clients find it there") {
+  TempDir d;
+  const std::string name = fmt::format("rt-{}", ::getpid());
+  const std::string runtime = d.file("runtime");
+  REQUIRE(::mkdir(runtime.c_str(), 0755) == 0);
+  SpawnOptions service;
+  // As systemd gives it for RuntimeDirectory=hotrestart other (the first is used).
+  service.set_env = {{"RUNTIME_DIRECTORY", runtime + ":" + d.file("other")}, {"XDG_RUNTIME_DIR", d.file("xdg")}};
+  Child sup = run_named(name, d, service, service);
+  CHECK(::access(fmt::format("{}/{}.sock", runtime, name).c_str(), F_OK) == 0);
+  CHECK(run({hotrestart_bin(), "stop", "--name", name}, service, 30s).exit_code == 0);
+  CHECK(sup.wait_for(10s) == std::optional<int>(0));
+}
+
+TEST_CASE("root's supervisor keeps its control socket in /run/hotrestart, where every root shell finds it") {
+  if (::geteuid() != 0) {
+    MESSAGE("not root: /run/hotrestart is root's; skipped");
+    return;
+  }
+  TempDir d;
+  const std::string name = fmt::format("hr-test-{}", ::getpid());
+  SpawnOptions service;  // A system service: no XDG_RUNTIME_DIR, no RUNTIME_DIRECTORY.
+  service.unset_env = {"XDG_RUNTIME_DIR", "RUNTIME_DIRECTORY"};
+  SpawnOptions admin;  // An admin shell that has an XDG_RUNTIME_DIR of its own.
+  admin.set_env = {{"XDG_RUNTIME_DIR", d.file("xdg")}};
+  admin.unset_env = {"RUNTIME_DIRECTORY"};
+  Child sup = run_named(name, d, service, admin);
+  const std::string socket = fmt::format("/run/hotrestart/{}.sock", name);
+  CHECK(::access(socket.c_str(), F_OK) == 0);
+  RunResult upgrade = run({hotrestart_bin(), "upgrade", "--name", name}, admin, 60s);
+  CHECK_MESSAGE(upgrade.exit_code == 0, upgrade.out << upgrade.err);
+  CHECK(run({hotrestart_bin(), "stop", "--name", name}, admin, 30s).exit_code == 0);
+  CHECK(sup.wait_for(10s) == std::optional<int>(0));
+  CHECK(::access(socket.c_str(), F_OK) != 0);
 }
