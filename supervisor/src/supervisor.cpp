@@ -65,6 +65,26 @@ void ServiceManager::take_from_environment() {
     socket_ = ns;
     ::unsetenv("NOTIFY_SOCKET");
   }
+  const char* usec = std::getenv("WATCHDOG_USEC");
+  const char* pid = std::getenv("WATCHDOG_PID");
+  // WATCHDOG_PID, when set, names the process the watchdog is for: a variable inherited by a
+  // child of the service's main process is not meant for it.
+  const bool ours = pid == nullptr || std::strtoll(pid, nullptr, 10) == ::getpid();
+  if (usec != nullptr && ours) {
+    char* end = nullptr;
+    const long long value = std::strtoll(usec, &end, 10);
+    if (end != usec && *end == '\0' && value > 0) watchdog_ = std::chrono::microseconds(value);
+  }
+  ::unsetenv("WATCHDOG_USEC");
+  ::unsetenv("WATCHDOG_PID");
+}
+
+std::vector<std::string> ServiceManager::environment() const {
+  std::vector<std::string> env;
+  if (!socket_.empty()) env.push_back("NOTIFY_SOCKET=" + socket_);
+  // The new image has this pid too.
+  if (watchdog_.count() > 0) env.push_back(fmt::format("WATCHDOG_USEC={}", watchdog_.count()));
+  return env;
 }
 
 void ServiceManager::notify(const std::string& message) const {
@@ -101,6 +121,7 @@ Supervisor::~Supervisor() {
   reaper_.reset();
   restart_timer_.reset();
   sweep_timer_.reset();
+  watchdog_timer_.reset();
   watch_.reset();
   // Let every close callback run, so that the loop can be closed with nothing in it.
   uv_run(&loop_, UV_RUN_DEFAULT);
@@ -214,6 +235,14 @@ Status Supervisor::start() {
   sweep_timer_ = std::make_unique<Timer>(&loop_);
   record_timer_ = std::make_unique<Timer>(&loop_);
   sweep_timer_->start_repeating(kSweepInterval, [this] { sweep_processes(false); });
+  if (systemd_.watchdog().count() > 0) {
+    // Twice per interval, as sd_watchdog_enabled(3) advises: a loop that stops turning (stuck in
+    // a call) stops the pings, and systemd acts as WatchdogSec= says.
+    watchdog_timer_ = std::make_unique<Timer>(&loop_);
+    const auto every = std::max(Millis(1), std::chrono::duration_cast<Millis>(systemd_.watchdog() / 2));
+    systemd_.notify("WATCHDOG=1");
+    watchdog_timer_->start_repeating(every, [this] { systemd_.notify("WATCHDOG=1"); });
+  }
   restart_timer_ = std::make_unique<Timer>(&loop_);
   for (int signo : {SIGTERM, SIGINT, SIGQUIT, SIGUSR2, SIGHUP}) {
     signals_.push_back(std::make_unique<SignalWatch>(&loop_, signo, [this](int s) { on_signal(s); }));

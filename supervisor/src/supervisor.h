@@ -69,9 +69,15 @@ class ServiceManager {
   void ready_once(const std::string& message);
   // NOTIFY_SOCKET as it was given ("": none), for a new image of the supervisor.
   const std::string& socket() const { return socket_; }
+  // WatchdogSec=: how often systemd wants WATCHDOG=1 (WATCHDOG_USEC, for this process when
+  // WATCHDOG_PID names it); 0 when it does not.
+  std::chrono::microseconds watchdog() const { return watchdog_; }
+  // The environment a new image of the supervisor needs to go on (NOTIFY_SOCKET, WATCHDOG_USEC).
+  std::vector<std::string> environment() const;
 
  private:
   std::string socket_;
+  std::chrono::microseconds watchdog_{0};
   bool told_ready_ = false;
 };
 
@@ -203,6 +209,7 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   // sweep that ends the processes of generations that are gone.
   std::unique_ptr<ProcessRoster> roster_;
   std::unique_ptr<Timer> sweep_timer_;
+  std::unique_ptr<Timer> watchdog_timer_;  // WATCHDOG=1 to systemd, when it asks for it.
   // The guard, which carries out the death policy if the supervisor dies (guard.h).
   std::unique_ptr<GuardLink> guard_;
   std::unique_ptr<AfterEvents> after_events_;

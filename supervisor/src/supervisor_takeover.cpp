@@ -53,7 +53,8 @@ void Supervisor::on_self_upgrade(ClientId client, const ControlRequest& request)
                  AfterSend::KeepOpen);
   systemd_.notify(fmt::format("RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=upgrading the supervisor", uv_hrtime() / 1000));
   std::vector<std::string> extra = {fmt::format("{}={}", kSelfUpgradeFrom, old_exe.get())};
-  if (!systemd_.socket().empty()) extra.push_back("NOTIFY_SOCKET=" + systemd_.socket());
+  for (std::string& e : systemd_.environment())
+    extra.push_back(std::move(e));
   const Error failed = exec_supervisor(path, options_.argv, extra);
   // Still here: nothing was closed, and this supervisor goes on.
   systemd_.notify("READY=1\nSTATUS=serving");

@@ -7,6 +7,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <thread>
 
 #include <fmt/format.h>
@@ -239,6 +240,43 @@ TEST_CASE(
   CHECK_MESSAGE(contains(systemd.received().back(), "cannot open the configuration"), systemd.received().back());
   sup.stop();
   CHECK(systemd.wait_for("STOPPING=1", 5s));
+}
+
+TEST_CASE("under systemd with WatchdogSec= the supervisor sends WATCHDOG=1 twice per interval") {
+  TempDir d;
+  FakeSystemd systemd(d.file("notify"));
+  SpawnOptions options;
+  options.set_env = {{"NOTIFY_SOCKET", d.file("notify")}, {"WATCHDOG_USEC", "400000"}};
+  Supervisor sup({}, hello("v1"), true, options);
+  CHECK(systemd.wait_for("READY=1", 5s));
+  const auto pings = [&] {
+    return std::count_if(systemd.received().begin(), systemd.received().end(),
+                         [](const std::string& m) { return m == "WATCHDOG=1"; });
+  };
+  // 0.4 s: one every 0.2 s. Waiting for the fourth bounds the test, not the rate.
+  CHECK(wait_until(
+      [&] {
+        systemd.wait_for("never sent", 50ms);
+        return pings() >= 4;
+      },
+      10s));
+  // The worker gets neither variable: the watchdog is the supervisor's.
+  const auto env = environ_of(sup.active_pid());
+  CHECK(env.count("WATCHDOG_USEC") == 0);
+  CHECK(env.count("WATCHDOG_PID") == 0);
+  sup.stop();
+
+  // WATCHDOG_PID naming another process: not for this one.
+  TempDir other_dir;
+  FakeSystemd other(other_dir.file("notify"));
+  SpawnOptions inherited;
+  inherited.set_env = {{"NOTIFY_SOCKET", other_dir.file("notify")}, {"WATCHDOG_USEC", "100000"}, {"WATCHDOG_PID", "1"}};
+  Supervisor not_ours({}, hello("v1"), true, inherited);
+  CHECK(other.wait_for("READY=1", 5s));
+  other.wait_for("WATCHDOG=1", 500ms);
+  CHECK(std::none_of(other.received().begin(), other.received().end(),
+                     [](const std::string& m) { return m == "WATCHDOG=1"; }));
+  not_ours.stop();
 }
 
 TEST_CASE("SIGTERM stops gracefully and SIGQUIT stops at once") {
