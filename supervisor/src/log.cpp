@@ -66,9 +66,8 @@ LogLevel level_of_priority(int priority) {
   return LogLevel::Info;
 }
 
-}  // namespace
-
-std::string utc_timestamp() {
+// Appends utc_timestamp() to `out`: a relayed line costs no allocation of its own.
+void append_utc_timestamp(std::string& out) {
   timespec now{};
   ::clock_gettime(CLOCK_REALTIME, &now);
   static thread_local time_t cached_second = -1;
@@ -79,7 +78,16 @@ std::string utc_timestamp() {
     if (::strftime(cached, sizeof cached, "%Y-%m-%dT%H:%M:%S", &utc) == 0) cached[0] = '\0';
     cached_second = now.tv_sec;
   }
-  return fmt::format("{}.{:03}Z", cached, now.tv_nsec / 1'000'000);
+  out += cached;
+  fmt::format_to(std::back_inserter(out), ".{:03}Z", now.tv_nsec / 1'000'000);
+}
+
+}  // namespace
+
+std::string utc_timestamp() {
+  std::string out;
+  append_utc_timestamp(out);
+  return out;
 }
 
 namespace {
@@ -281,7 +289,8 @@ void append_relayed_line(std::string& out, const RelaySource& source, std::strin
       break;
     }
     case LogFormat::Text:
-      fmt::format_to(std::back_inserter(out), "{} {}[{}]: ", utc_timestamp(), source.name, source.pid);
+      append_utc_timestamp(out);
+      fmt::format_to(std::back_inserter(out), " {}[{}]: ", source.name, source.pid);
       break;
   }
   out += line;
