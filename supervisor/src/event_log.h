@@ -22,6 +22,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <hotrestart/fd.h>
+
 namespace hotrestart {
 
 class EventLog {
@@ -38,7 +40,8 @@ class EventLog {
   // hands it to every follower.
   void record(nlohmann::json event);
 
-  // The newest `last` events, oldest first: from the files when they can be read, else from memory.
+  // The newest `last` events, oldest first: from memory when it holds that many, else from the
+  // ends of the files (reading no more of them than those events take), else from memory.
   std::vector<nlohmann::json> recent(std::size_t last) const;
 
   using Follower = std::function<void(const nlohmann::json& event)>;
@@ -53,11 +56,20 @@ class EventLog {
  private:
   // Appends `line` to the file, after turning it over when it would pass the bound.
   void write(const std::string& line);
+  // Opens the current file for appending, if it is not open: false (and error_ says why) if it
+  // cannot be.
+  bool open_file();
   void fail(const std::string& why);
 
   std::string dir_;
   std::size_t max_bytes_;
+  // The current file, kept open between events; closed at a turnover and after a failed write, so
+  // that the next event opens it afresh.
+  Fd fd_;
   std::size_t size_ = 0;  // Of the current file.
+  // The current file does not end with a newline (a crash cut its last line short): the next line
+  // written begins with one, so that it is not swallowed by the broken one.
+  bool torn_ = false;
   std::uint64_t seq_ = 0;
   std::deque<nlohmann::json> recent_;
   std::map<std::uint64_t, Follower> followers_;
