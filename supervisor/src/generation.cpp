@@ -528,6 +528,7 @@ bool Generation::resume() {
   // Its drain's SIGKILL waits while it comes back; the deadline is --ready-timeout, as for a start.
   kill_timer_.stop();
   kill_at_.reset();
+  if (context_.changed) context_.changed();
   ready_deadline_.start(context_.options.ready_timeout, [this] {
     if (!resuming()) return;
     events_.on_ready_timeout(*this, fmt::format("generation {} was not serving again within {} of being resumed",

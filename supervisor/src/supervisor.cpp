@@ -234,7 +234,12 @@ Status Supervisor::start() {
       ::getpid(), main_of, [this](pid_t pid) { return reaper_->watching(pid); }, generation_of_pipe});
   sweep_timer_ = std::make_unique<Timer>(&loop_);
   record_timer_ = std::make_unique<Timer>(&loop_);
-  sweep_timer_->start_repeating(kSweepInterval, [this] { sweep_processes(false); });
+  sweep_timer_->start_repeating(kSweepInterval, [this] {
+    sweep_processes(false);
+    // A change that reached the guard's table by no path that marks it (none is known) would wait
+    // for the next one: this bounds how long.
+    guard_dirty_ = true;
+  });
   if (systemd_.watchdog().count() > 0) {
     // Twice per interval, as sd_watchdog_enabled(3) advises: a loop that stops turning (stuck in
     // a call) stops the pings, and systemd acts as WatchdogSec= says.
@@ -465,11 +470,13 @@ void Supervisor::on_exit(Generation& g, GenerationState was, ExitStatus status) 
                 {"status", status.describe()},
                 {"active", number == active_}});
   generations_.erase(number);  // `g` is gone from here on.
+  guard_dirty_ = true;
   draining_killed_.erase(number);
   if (upgrade_->on_generation_exit(number, pid, status, last_output)) {
     // The candidate: its exit is the upgrade's business.
   } else if (number == active_) {
     active_ = 0;
+    guard_dirty_ = true;
     if (!stopping_) {
       ++counters_.crashes;
       std::string what =
@@ -953,10 +960,13 @@ void Supervisor::maybe_finish_stop() {
 
 void Supervisor::after_events() {
   if (Generation* g = find(active_)) g->tell_active();
-  sync_guard();
+  // Only when something changed: the table is as long as there are generations, and a loop turn
+  // comes with every datagram, connection and output line.
+  if (guard_dirty_) sync_guard();
 }
 
 void Supervisor::sync_guard() {
+  guard_dirty_ = false;
   if (!guard_) return;
   std::vector<GuardLink::Entry> table;
   for (const auto& [n, g] : generations_) {
@@ -992,7 +1002,10 @@ void Supervisor::sync_guard() {
         out.emplace_back(g.number, g.role);
       return out;
     };
-    const bool who_changed = !recorded_ || roles(*recorded_) != roles(facts);
+    // While stopping, generations only go, each of them soon: a takeover finds the ones gone
+    // dead by their start times, and writing the whole record at each exit would cost a stop of
+    // hundreds of generations the square of their number.
+    const bool who_changed = !stopping_ && (!recorded_ || roles(*recorded_) != roles(facts));
     recorded_ = std::move(facts);
     if (who_changed) {
       record_timer_->stop();

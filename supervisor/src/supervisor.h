@@ -221,6 +221,9 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   std::optional<std::vector<GuardGeneration>> recorded_;
   bool record_failed_ = false;
   bool record_ready_ = false;  // What was left behind has been taken over (or nothing was).
+  // Something the guard's table is made of may have changed since sync_guard() last ran: a generation
+  // came, went or changed state or deadline, or another became active.
+  bool guard_dirty_ = true;
   // Where SDK workers of generations taken over connect again.
   Fd rejoin_listener_;
   std::unique_ptr<FdWatch> rejoin_watch_;
