@@ -2,7 +2,7 @@
 # are Debian packages (scripts/lib.sh installs them; docs/dependencies.md says why each is used).
 #
 #   SDK (always)      cereal, libxxhash, Threads
-#   supervisor        libuv, fmt, nlohmann-json, CLI11, nettle
+#   supervisor        libuv, fmt, nlohmann-json, CLI11, nettle, libhttp-parser (metrics endpoint)
 #   examples          libuv, fmt, CLI11, nlohmann-json, libhttp-parser, libsystemd (hello-server only)
 #   tests             doctest (and what the parts above need)
 find_package(PkgConfig REQUIRED)
@@ -21,9 +21,10 @@ if(HOTRESTART_SUPERVISOR OR HOTRESTART_EXAMPLES)
   find_package(CLI11 REQUIRED)
 endif()
 
-if(HOTRESTART_EXAMPLES OR HOTRESTART_TESTS)
+if(HOTRESTART_SUPERVISOR OR HOTRESTART_EXAMPLES OR HOTRESTART_TESTS)
   # libhttp-parser ships neither a pkg-config file nor a CMake package, so it is found by hand. The
-  # examples parse requests with it; the tests read what the HTTP drain puts on the wire with it.
+  # supervisor's metrics endpoint and the examples parse requests with it; the tests read what the
+  # HTTP drain puts on the wire with it.
   find_path(HTTP_PARSER_INCLUDE_DIR http_parser.h REQUIRED)
   find_library(HTTP_PARSER_LIBRARY NAMES http_parser REQUIRED)
 endif()

@@ -34,10 +34,11 @@ HR_DEPS=(
   clang libclang-rt-14-dev
   wrk curl
   python3 nodejs nginx-light gunicorn lighttpd caddy
+  prometheus
 )
 # Servers the tests run in the foreground themselves: their packages must not start them as
 # system services when they are installed (nginx would take port 80).
-HR_SERVICE_DEPS=(nginx-light gunicorn lighttpd caddy haproxy)
+HR_SERVICE_DEPS=(nginx-light gunicorn lighttpd caddy haproxy prometheus)
 
 hr_log() { printf '==> %s\n' "$*" >&2; }
 hr_warn() { printf 'warning: %s\n' "$*" >&2; }

@@ -105,6 +105,7 @@ struct RunFlags {
   std::string preflight_timeout = "60s";
   std::string log_level = "info";
   std::string log_format = "auto";
+  std::string metrics;
   std::uint64_t event_log_size = 1024 * 1024;
 };
 
@@ -229,6 +230,10 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
                   "(JOURNAL_STREAM), text otherwise")
       ->check(CLI::IsMember({"auto", "text", "journal", "json"}))
       ->capture_default_str();
+  run->add_option("--metrics", f.metrics,
+                  "Serve Prometheus metrics over HTTP at ADDRESS: tcp://HOST:PORT (GET /metrics) or unix:PATH. "
+                  "Anyone who can reach it can read them; bind it to loopback or a private network")
+      ->type_name("ADDRESS");
   // The command line after `--` is split off before CLI11 sees argv (see split_command_line), so
   // that a worker's own flags, such as --version, are never taken for ours.
   return run;
@@ -272,6 +277,11 @@ Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vect
   if (f.no_http_drain && !f.adopt_binds) return Error::message("--no-http-drain goes with --adopt-binds only");
   options.preflight = f.preflight;
   options.preflight_timeout = parse_duration(f.preflight_timeout).value();
+  if (!f.metrics.empty()) {
+    auto metrics = parse_metrics_address(f.metrics);
+    if (!metrics) return metrics.error();
+    options.metrics = std::move(metrics).value();
+  }
   options.command = std::move(command);
   return options;
 }

@@ -98,7 +98,7 @@ std::string EventLog::path() const {
   return dir_.empty() ? std::string() : dir_ + "/" + kFileName;
 }
 
-void EventLog::record(nlohmann::json event) {
+const nlohmann::json& EventLog::record(nlohmann::json event) {
   nlohmann::json e = {{"time", utc_timestamp()}, {"seq", ++seq_}};
   e.update(event);
   if (!dir_.empty()) write(dump(e) + "\n");
@@ -110,6 +110,7 @@ void EventLog::record(nlohmann::json event) {
   }
   recent_.push_back(std::move(e));
   if (recent_.size() > kRecent) recent_.pop_front();
+  return recent_.back();
 }
 
 bool EventLog::open_file() {

@@ -37,8 +37,8 @@ class EventLog {
   EventLog(std::string dir, std::size_t max_bytes);
 
   // Records `event` (an object with at least "type"): adds "time" and "seq" first, writes it, and
-  // hands it to every follower.
-  void record(nlohmann::json event);
+  // hands it to every follower. Returns it as recorded (valid until the next record).
+  const nlohmann::json& record(nlohmann::json event);
 
   // The newest `last` events, oldest first: from memory when it holds that many, else from the
   // ends of the files (reading no more of them than those events take), else from memory.

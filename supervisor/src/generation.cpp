@@ -496,6 +496,7 @@ void Generation::arm_kill_timer(Millis after) {
   kill_timer_.start(after, [this] {
     log_warn("generation {} (pid {}) did not exit within the drain timeout of {}; sending SIGKILL", number_, pid(),
              format_duration(context_.options.drain_timeout));
+    killed_at_deadline_ = true;
     kill_all();
   });
 }

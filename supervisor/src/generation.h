@@ -156,6 +156,9 @@ class Generation {
   void attach_channel(Fd fd);
   // When its drain ends in SIGKILL, if that is set.
   std::optional<Clock::time_point> kill_deadline() const { return kill_at_; }
+  // Its processes were killed because it outlived its drain timeout (the event log and the metrics
+  // tell such an end from the others).
+  bool killed_at_deadline() const { return killed_at_deadline_; }
   // The read end of its output pipe, while it is read (-1 after the end of its output).
   int output_fd() const { return output_->read_fd(); }
   // Its watchdog and health check, which run while it is ready.
@@ -272,6 +275,7 @@ class Generation {
   bool told_active_ = false;        // Sent `active`, and no drain since.
   std::uint64_t start_ticks_ = 0;
   std::optional<Clock::time_point> kill_at_;
+  bool killed_at_deadline_ = false;
   bool adopted_ = false;
   Fd exit_pidfd_;  // adopt(): readable once the main process has exited.
   std::unique_ptr<FdWatch> exit_watch_;

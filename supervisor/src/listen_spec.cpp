@@ -60,6 +60,24 @@ Result<ListenSpec> parse_listen_spec(std::string_view text, std::size_t position
   return spec;
 }
 
+Result<ListenSpec> parse_metrics_address(std::string_view text) {
+  if (!text.starts_with("tcp://") && !text.starts_with("unix:")) {
+    return Error::message(fmt::format("invalid --metrics '{}': write tcp://HOST:PORT or unix:PATH", text));
+  }
+  auto spec = parse_listen_spec(text, 0);
+  if (!spec) {
+    // The reason, without the --listen wording around it.
+    std::string why = spec.error().text();
+    const auto colon = why.find("': ");
+    if (colon != std::string::npos) why = why.substr(colon + 3);
+    const auto hint = why.rfind(" (write ");
+    if (hint != std::string::npos) why.resize(hint);
+    return Error::message(fmt::format("invalid --metrics '{}': {}", text, why));
+  }
+  spec->name = "metrics";
+  return spec;
+}
+
 Result<std::vector<ListenSpec>> parse_listen_specs(const std::vector<std::string>& texts) {
   std::vector<ListenSpec> specs;
   std::set<std::string> names;

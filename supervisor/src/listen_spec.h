@@ -29,6 +29,9 @@ bool valid_listener_name(std::string_view name);
 
 Result<ListenSpec> parse_listen_spec(std::string_view text, std::size_t position);
 
+// --metrics ADDRESS: tcp://HOST:PORT or unix:PATH, as --listen takes them but with no name.
+Result<ListenSpec> parse_metrics_address(std::string_view text);
+
 // Parses all specs and checks that names are unique.
 Result<std::vector<ListenSpec>> parse_listen_specs(const std::vector<std::string>& texts);
 

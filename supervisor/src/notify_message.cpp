@@ -54,6 +54,8 @@ NotifyMessage parse_notify(std::string_view datagram) {
       m.reloading = value == "1";
     } else if (key == "WATCHDOG") {
       m.watchdog = value == "1";
+    } else if (key == "X_HOTRESTART_METRIC") {
+      m.metrics.emplace_back(value);
     } else if (key == "X_HOTRESTART_ADOPT") {
       m.adopt = value == "1";
     } else if (key == "STATUS") {

@@ -24,6 +24,8 @@ struct NotifyMessage {
   std::optional<std::string> status;
   std::optional<pid_t> mainpid;
   std::optional<int> errno_value;
+  // X_HOTRESTART_METRIC=NAME VALUE: a gauge the worker publishes (metrics.h), each "NAME VALUE".
+  std::vector<std::string> metrics;
   std::vector<std::string> problems;  // Lines that could not be understood.
 };
 

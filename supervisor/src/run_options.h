@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -66,6 +67,7 @@ struct RunOptions {
   bool http_drain = true;    // With adopt_binds: the library's HTTP drain (not --no-http-drain).
   std::string preflight;     // Run with /bin/sh -c before each release is spawned (preflight.h).
   Millis preflight_timeout{60'000};
+  std::optional<ListenSpec> metrics;  // --metrics: where the Prometheus endpoint listens.
   std::vector<std::string> command;
   // The supervisor's own command line, for `upgrade --self`, which runs it again.
   std::vector<std::string> argv;

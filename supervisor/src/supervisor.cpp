@@ -116,6 +116,7 @@ Supervisor::~Supervisor() {
   upgrade_.reset();
   first_preflight_.reset();
   control_.reset();
+  metrics_server_.reset();
   notify_.reset();
   signals_.clear();
   reaper_.reset();
@@ -199,6 +200,7 @@ Status Supervisor::start() {
     listeners_ = std::move(listeners).value();
   }
   if (listeners_.empty()) return Error::message("no listeners: give at least one --listen");
+  if (auto ok = start_metrics(); !ok) return ok.error();
   record_event({{"type", "supervisor.started"},
                 {"supervisor_pid", ::getpid()},
                 {"took_over", inheritance.has_value()},
@@ -213,7 +215,10 @@ Status Supervisor::start() {
         return 0;
       },
       [this](std::uint64_t generation, pid_t sender, const NotifyMessage& message) {
-        if (Generation* g = find(generation)) g->apply_notify(message, sender);
+        Generation* g = find(generation);
+        if (g == nullptr) return;
+        g->apply_notify(message, sender);
+        if (!message.metrics.empty()) on_worker_metrics(*g, message.metrics);
       });
   if (auto ok = notify_->bind(beside_control(options_.control_path, "notify")); !ok) return ok.error();
 
@@ -284,14 +289,7 @@ Status Supervisor::start() {
     log_warn("{}", warning);
   context_ = std::make_unique<Generation::Context>(
       Generation::Context{&loop_, *reaper_, options_, listeners_, *launcher_, *roster_, [this] { sync_guard(); },
-                          [this](const Generation& g, GenerationState to) {
-                            if (to == GenerationState::Ready || to == GenerationState::Draining) {
-                              record_event({{"type", fmt::format("generation.{}", generation_state_name(to))},
-                                            {"generation", g.number()},
-                                            {"release", g.release()},
-                                            {"pid", g.pid()}});
-                            }
-                          }});
+                          [this](const Generation& g, GenerationState to) { on_generation_entered(g, to); }});
   UpgradeDriver::Host& host = *this;  // (A private base: converted here, where it is accessible.)
   upgrade_ = std::make_unique<UpgradeDriver>(&loop_, options_, *control_, host);
 
@@ -468,6 +466,7 @@ void Supervisor::on_exit(Generation& g, GenerationState was, ExitStatus status) 
                 {"pid", pid},
                 {"was", generation_state_name(was)},
                 {"status", status.describe()},
+                {"forced", g.killed_at_deadline()},
                 {"active", number == active_}});
   generations_.erase(number);  // `g` is gone from here on.
   guard_dirty_ = true;
@@ -801,6 +800,7 @@ void Supervisor::on_request(ClientId client, const ControlRequest& request) {
     if (request.peer_pid >= 0) asked["pid"] = request.peer_pid;
     record_event(std::move(asked));
   }
+  metrics_.count_request(control_command_name(request.command));
   switch (request.command) {
     case ControlRequest::Command::Events:
       on_events_request(client, request);
@@ -860,30 +860,6 @@ void Supervisor::on_request(ClientId client, const ControlRequest& request) {
       return;
     }
   }
-}
-
-void Supervisor::record_event(json event) {
-  if (events_) events_->record(std::move(event));
-}
-
-void Supervisor::on_events_request(ClientId client, const ControlRequest& request) {
-  control_->send(client,
-                 json{{"v", kControlProtocolVersion},
-                      {"type", "events"},
-                      {"seq", events_->last_seq()},
-                      {"file", events_->path()},
-                      {"error", events_->error()}},
-                 AfterSend::KeepOpen);
-  for (auto& e : events_->recent(request.last))
-    control_->send(client, json{{"v", kControlProtocolVersion}, {"type", "logged"}, {"event", std::move(e)}},
-                   AfterSend::KeepOpen);
-  if (!request.follow) {
-    control_->send(client, json{{"v", kControlProtocolVersion}, {"type", "end"}}, AfterSend::Close);
-    return;
-  }
-  events_->follow(client, [this, client](const json& e) {
-    control_->send(client, json{{"v", kControlProtocolVersion}, {"type", "logged"}, {"event", e}}, AfterSend::KeepOpen);
-  });
 }
 
 void Supervisor::on_signal(int signo) {
@@ -1082,6 +1058,7 @@ json Supervisor::status_json() const {
               {"last_transfer", transfer ? transfer->to_json() : json(nullptr)},
               {"state", state_json(options_)},
               {"counters", counters_.to_json()},
+              {"metrics", metrics_json()},
               {"last_error", last_error_.to_json()}};
 }
 

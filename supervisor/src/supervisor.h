@@ -43,6 +43,8 @@
 #include "generation.h"
 #include "guard_link.h"
 #include "listener_set.h"
+#include "metrics.h"
+#include "metrics_server.h"
 #include "notify_socket.h"
 #include "preflight.h"
 #include "reaper.h"
@@ -142,6 +144,14 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   void record_event(nlohmann::json event) override;
   // `hotrestart events`: the newest events, then (with "follow") each new one.
   void on_events_request(ClientId client, const ControlRequest& request);
+  // A generation entered `to` (Generation::Context::entered): the event log hears of it.
+  void on_generation_entered(const Generation& g, GenerationState to);
+  // --metrics (supervisor_events.cpp): binds the endpoint; gauges a worker publishes; what is true
+  // at a scrape; and what `status` says of it (null without --metrics).
+  Status start_metrics();
+  void on_worker_metrics(const Generation& g, const std::vector<std::string>& lines);
+  Metrics::Snapshot metrics_snapshot() const;
+  nlohmann::json metrics_json() const;
 
   // Releases.
   // What release `number` runs: its command, and its executable, opened from its path the first
@@ -244,6 +254,8 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   StateBroker broker_;
   std::unique_ptr<ReleaseStore> releases_;
   std::unique_ptr<EventLog> events_;
+  Metrics metrics_;
+  std::unique_ptr<MetricsServer> metrics_server_;
   std::unique_ptr<ReleaseWatch> watch_;
   // What the last cutover replaced: the release and generation a revert brings back.
   std::uint64_t replaced_release_ = 0;

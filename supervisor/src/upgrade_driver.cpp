@@ -300,6 +300,16 @@ void UpgradeDriver::on_section_imported(const wire::SectionReport& report) {
                ? fmt::format("imported: schema {}, {} bytes in {} us", report.version, report.bytes, report.micros)
                : "starts cold: " + report.reason);
   send_to_watchers(event, AfterSend::KeepOpen);
+  host_.record_event({{"type", "upgrade.state"},
+                      {"generation", t->to},
+                      {"from_generation", t->from},
+                      {"release", upgrade_->release},
+                      {"section", report.name},
+                      {"ok", report.ok},
+                      {"version", report.version},
+                      {"bytes", report.bytes},
+                      {"micros", report.micros},
+                      {"reason", report.reason}});
 }
 
 void UpgradeDriver::on_import_finished(const Generation& g, const wire::TransferTotals& totals) {
@@ -553,6 +563,7 @@ void UpgradeDriver::finish() {
                 {"origin", upgrade_->origin},
                 {"elapsed_ms", ms_since(m.started())},
                 {"reason", ok ? "" : m.failure()},
+                {"cause", ok ? "" : input_name(m.cause())},
                 {"message", message},
                 {"timeline", timeline}};
   if (upgrade_->uid >= 0) recorded["uid"] = upgrade_->uid;

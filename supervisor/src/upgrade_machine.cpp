@@ -159,6 +159,7 @@ Step UpgradeMachine::handle(Input input, std::string reason, Clock::time_point n
     const bool fails = rule.to == Phase::RollingBack || rule.to == Phase::RolledBack;
     if (fails && failure_.empty()) {
       failure_ = reason.empty() ? std::string(input_name(input)) : std::move(reason);
+      cause_ = input;
     }
     enter(rule.to, now);
     return Step{true, phase_, rule.action};

@@ -144,6 +144,9 @@ class UpgradeMachine {
   bool succeeded() const { return phase_ == Phase::Done; }
   // Why the upgrade rolled back ("exec failed: ...", "not ready within 30s").
   const std::string& failure() const { return failure_; }
+  // The input that failed it (meaningful once failure() is not empty): a word for metrics, where the
+  // sentence of failure() would make a label value per upgrade.
+  Input cause() const { return cause_; }
   const std::vector<PhaseRecord>& timeline() const { return timeline_; }
   Clock::time_point started() const { return started_; }
   // True once the new generation is the active one: from here on, it is never rolled back.
@@ -156,6 +159,7 @@ class UpgradeMachine {
   HoldKind hold_ = HoldKind::None;
   Phase phase_ = Phase::Spawning;
   std::string failure_;
+  Input cause_ = Input::Cancel;
   std::vector<PhaseRecord> timeline_;
 };
 

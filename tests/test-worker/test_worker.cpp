@@ -562,6 +562,15 @@ int main(int argc, char** argv) {
   if (mode == "ignore-drain") {
     return mode_ignore_drain();
   }
+  if (mode == "notify" && argc == 3) {
+    // Ready, then one datagram of the caller's (its lines separated by real newlines), then serve
+    // until SIGTERM.
+    block_sigterm();
+    notify_ready();
+    if (!notify(argv[2])) return 1;
+    log("notified");
+    wait_sigterm_and_exit();
+  }
   if (mode == "undumpable") {
     return mode_undumpable();
   }
