@@ -189,6 +189,21 @@ Server::Server(Options o, Cache& c) : opts(std::move(o)), cache(c) {
     a->data = this;
     uv_unref(reinterpret_cast<uv_handle_t*>(a));
   }
+  uv_timer_init(&core.loop(), &metrics_timer);
+  metrics_timer.data = this;
+  // It never keeps the loop alive (a drain ends it); the core closes it with the rest.
+  uv_unref(reinterpret_cast<uv_handle_t*>(&metrics_timer));
+}
+
+void Server::publish_metrics() {
+  const kv::Stats s = cache.stats();
+  const std::uint64_t lookups = s.hits + s.misses;
+  (void)worker->publish_metrics({{"kv_entries", static_cast<double>(s.entries)},
+                                 {"kv_bytes", static_cast<double>(s.bytes)},
+                                 {"kv_hits", static_cast<double>(s.hits)},
+                                 {"kv_misses", static_cast<double>(s.misses)},
+                                 {"kv_hit_ratio", lookups > 0 ? static_cast<double>(s.hits) / lookups : 0.0},
+                                 {"kv_evictions", static_cast<double>(s.evictions)}});
 }
 
 // One line of JSON; scripts/bench-state and the tests read its fields by name.
@@ -253,6 +268,9 @@ int Server::run() {
 
   worker->ready();
   worker->status(fmt::format("kv-cache {} serving, schema {}", opts.label, KV_SCHEMA));
+  publish_metrics();
+  uv_timer_start(
+      &metrics_timer, [](uv_timer_t* t) { static_cast<Server*>(t->data)->publish_metrics(); }, 1000, 1000);
   // Not yet accepting: that waits for on_active, which may have come already.
   if (worker->active()) start_accepting();
   log("ready (mode {}, generation {}){}", hotrestart::mode_name(worker->mode()), worker->generation(),

@@ -120,6 +120,9 @@ struct Server : http::Application {
   // From the SDK's thread. They are unreferenced, so that they never keep the loop running, and
   // stay open until the Worker is gone (main destroys it first).
   uv_async_t drain_async{}, stop_async{}, fd_async{}, active_async{};
+  // Publishes the cache's gauges to the supervisor's metrics every second (publish_metrics).
+  uv_timer_t metrics_timer{};
+  void publish_metrics();
   http::Listener* listener = nullptr;  // Opened by run(); accepting once active.
   bool accepting = false;
   std::mutex passed_mutex;

@@ -254,3 +254,46 @@ TEST_CASE("metrics: on a unix socket, and a bad or taken address is refused at s
   CHECK_MESSAGE(contains(busy.err, "Address already in use"), busy.err);
   holder.stop();
 }
+
+TEST_CASE("metrics: kv-cache publishes its gauges through the SDK, and its state transfer is counted") {
+  Supervisor sup({"--metrics", "tcp://127.0.0.1:0", "--drain-timeout", "10s", "--no-park"}, {bin_path("kv-cache-v1")});
+  const std::string address = metrics_address(sup);
+  const std::string base = fmt::format("http://127.0.0.1:{}/kv/", sup.port());
+  for (int i = 0; i < 5; ++i) {
+    RunResult put = run({"curl", "-sS", "--max-time", "5", "-X", "PUT", "--data", fmt::format("value {}", i),
+                         base + fmt::format("key{}", i)},
+                        {}, 10s);
+    REQUIRE_MESSAGE(put.exit_code == 0, put.err);
+  }
+  CHECK(contains(http_get(sup.port(), "/kv/key1"), "value 1"));  // A hit.
+  http_get(sup.port(), "/kv/absent");                            // A miss.
+  std::string m;
+  REQUIRE_MESSAGE(wait_until(
+                      [&] {
+                        m = scrape(address).body;
+                        // Published once a second: until the one after both reads, a sample may show one.
+                        return sample(m, R"(hotrestart_worker_kv_entries{generation="1",release="1"})") == 5 &&
+                               sample(m, R"(hotrestart_worker_kv_hits{generation="1",release="1"})") == 1 &&
+                               sample(m, R"(hotrestart_worker_kv_misses{generation="1",release="1"})") == 1;
+                      },
+                      10s),
+                  m);
+  CHECK(sample(m, R"(hotrestart_worker_kv_hit_ratio{generation="1",release="1"})") == 0.5);
+  CHECK(sample(m, R"(hotrestart_worker_sdk_deltas_applied{generation="1",release="1"})") == 0);
+
+  RunResult r = sup.upgrade_to({bin_path("kv-cache-v2")});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+  REQUIRE_MESSAGE(wait_until(
+                      [&] {
+                        m = scrape(address).body;
+                        return sample(m, R"(hotrestart_worker_kv_entries{generation="2",release="2"})") == 5;
+                      },
+                      10s),
+                  m);
+  CHECK(sample(m, R"(hotrestart_state_section_imports_total{section="cache",outcome="ok"})") == 1);
+  CHECK(sample(m, R"(hotrestart_state_section_bytes_total{section="cache"})") > 0);
+  CHECK(sample(m, R"(hotrestart_state_section_last_bytes{section="cache"})") ==
+        sample(m, R"(hotrestart_state_section_bytes_total{section="cache"})"));
+  CHECK(promtool_check(sup.dir(), m) == "");
+  sup.stop();
+}

@@ -3,6 +3,8 @@
 // and publish_delta may run on any of the application's threads afterwards.
 #include <fcntl.h>
 
+#include <cstdio>
+
 #include <hotrestart/base/sd_notify.h>
 
 #include "worker_impl.h"
@@ -166,7 +168,38 @@ bool Worker::pass_fd(std::string name, int fd) {
   Fd owned(copy);
   // Only a supervisor or the stub has a next generation to give it to.
   if (impl_->mode != Mode::Supervised && impl_->mode != Mode::Stub) return false;
-  return after_queueing(*impl_, impl_->handover.queue_fd(std::move(name), std::move(owned)));
+  const bool queued = after_queueing(*impl_, impl_->handover.queue_fd(std::move(name), std::move(owned)));
+  if (queued) ++impl_->fds_passed;
+  return queued;
+}
+
+bool Worker::publish_metrics(const std::vector<std::pair<std::string, double>>& gauges) {
+  // Only the supervisor's notify socket knows what to do with them.
+  if (impl_->mode != Mode::Supervised || impl_->notify_socket.empty()) return false;
+  const auto line = [](std::string_view name, double value) {
+    char number[64];
+    std::snprintf(number, sizeof number, "%.17g", value);
+    return "X_HOTRESTART_METRIC=" + std::string(name) + " " + number;
+  };
+  std::vector<std::string> lines;
+  for (const auto& [name, value] : gauges)
+    lines.push_back(line(name, value));
+  lines.push_back(line("sdk_deltas_applied", static_cast<double>(impl_->deltas_applied.load())));
+  lines.push_back(line("sdk_fds_received", static_cast<double>(impl_->fds_received.load())));
+  lines.push_back(line("sdk_fds_passed", static_cast<double>(impl_->fds_passed.load())));
+  // A datagram is at most 4096 bytes: as many lines as fit in each.
+  bool sent = true;
+  std::string datagram;
+  for (const auto& l : lines) {
+    if (!datagram.empty() && datagram.size() + 1 + l.size() > 4096) {
+      sent = static_cast<bool>(sd_notify_to(impl_->notify_socket, datagram)) && sent;
+      datagram.clear();
+    }
+    if (!datagram.empty()) datagram += '\n';
+    datagram += l;
+  }
+  if (!datagram.empty()) sent = static_cast<bool>(sd_notify_to(impl_->notify_socket, datagram)) && sent;
+  return sent;
 }
 
 bool Worker::publish_delta(std::string_view section, const std::function<std::string(std::uint32_t version)>& encode) {

@@ -109,7 +109,13 @@ class Worker::Impl {
   bool stub_ready = false;
 
   sdk::SupervisorChannel channel;
-  std::string notify_socket;  // Mode::Systemd and Mode::Standalone.
+  // Mode::Systemd and Mode::Standalone: where READY=1 and STATUS= go. Mode::Supervised: the
+  // supervisor's notify socket, where publish_metrics() sends.
+  std::string notify_socket;
+  // What publish_metrics() adds of the SDK's own (counted on the SDK thread and the application's).
+  std::atomic<std::uint64_t> deltas_applied{0};
+  std::atomic<std::uint64_t> fds_received{0};
+  std::atomic<std::uint64_t> fds_passed{0};
 
   // The previous generation's link.
   Fd peer_in;

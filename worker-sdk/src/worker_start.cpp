@@ -208,6 +208,7 @@ Status Worker::Impl::start_supervised(int channel_fd, Clock::time_point deadline
   }
   set_cloexec(channel_fd);
   channel.adopt(Fd(channel_fd));
+  if (const char* ns = std::getenv("NOTIFY_SOCKET")) notify_socket = ns;
 
   auto announced = handshake(deadline);
   if (!announced) return announced.error();
@@ -300,6 +301,7 @@ wire::TransferTotals Worker::Impl::import_from(int peer, const std::vector<wire:
                                                Clock::time_point deadline,
                                                const std::function<void(const wire::SectionReport&)>& report) {
   auto outcome = sdk::Importer(sections, options.max_section_bytes, handover).import_from(peer, plan, deadline, report);
+  fds_received += outcome.received_fds.size();
   for (auto& fd : outcome.received_fds)
     received_fds.push_back(std::move(fd));
   for (auto& section : outcome.sections)

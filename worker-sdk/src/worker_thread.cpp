@@ -349,6 +349,7 @@ void Worker::Impl::on_peer_in(wire::Received received) {
     const Section* section = section_for_change(sections, delta->section);
     if (section == nullptr) return;
     guarded("apply_delta", [&] { section->apply_delta(delta->version, delta->payload); });
+    ++deltas_applied;
     return;
   }
   if (auto* large = std::get_if<wire::DeltaMemfd>(&received.message)) {
@@ -364,9 +365,11 @@ void Worker::Impl::on_peer_in(wire::Received received) {
       section->apply_delta(large->offer.version,
                            std::string_view(reinterpret_cast<const char*>(payload.data()), payload.size()));
     });
+    ++deltas_applied;
     return;
   }
   if (auto* fds = std::get_if<wire::Fds>(&received.message)) {
+    fds_received += fds->names.size();
     for (std::size_t i = 0; i < fds->names.size(); ++i) {
       if (fd_callback) {
         guarded("on_fd", [&] { fd_callback(fds->names[i], std::move(received.fds[i])); });

@@ -191,6 +191,15 @@ class Worker {
   // A short status line for `hotrestart status` (at most 256 bytes are kept).
   void status(std::string_view text);
 
+  // Gauges for the supervisor's metrics endpoint (`hotrestart run --metrics`), each exported as
+  // hotrestart_worker_NAME{generation="N",release="R"} until this generation exits. A NAME is 1 to
+  // 64 of [a-zA-Z0-9_], not starting with a digit; a value is a finite number. Each call sends the
+  // values it is given (the others keep theirs), with the SDK's own: sdk_deltas_applied and
+  // sdk_fds_received (changes and descriptors taken from the previous generation), sdk_fds_passed.
+  // The supervisor keeps 64 per generation. Returns false when there is no supervisor to receive
+  // them (or they could not be sent); names the supervisor refuses are named in its log.
+  bool publish_metrics(const std::vector<std::pair<std::string, double>>& gauges = {});
+
   // Hands a duplicate of `fd` to the next generation. Before this generation's drain, the SDK keeps
   // a copy and sends it with every state transfer (take_fd() in the next one), and also at once to
   // a next generation that has already taken the state; during the drain it goes at once (on_fd()
