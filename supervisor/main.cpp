@@ -124,7 +124,8 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
   add_common(run, f.common);
   run->add_option("--listen", f.listen,
                   "Listening socket, repeatable: [NAME=]tcp://HOST:PORT (IPv6 as [::1]; port 0 = any) or "
-                  "[NAME=]unix:PATH. The worker gets them at fd 3.. with LISTEN_FDS/LISTEN_FDNAMES.")
+                  "[NAME=]unix:PATH[,mode=0660][,owner=USER][,group=GROUP] (the path ends at the first ','). The "
+                  "worker gets them at fd 3.. with LISTEN_FDS/LISTEN_FDNAMES.")
       ->type_name("SPEC");
   run->add_option("--ready", f.ready,
                   "How a new worker shows it is ready: notify (it sends READY=1 to NOTIFY_SOCKET), "
