@@ -3,8 +3,12 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <sys/un.h>
+
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 
 #include <fmt/format.h>
@@ -20,12 +24,14 @@
 #include "src/self_upgrade.h"
 #include "src/signals.h"
 #include "src/supervisor.h"
+#include "src/worker_environment.h"
 
 using namespace hotrestart;
 
 namespace {
 
 constexpr const char* kVersion = "0.1.0";
+constexpr std::size_t kMaxUnixPath = sizeof(sockaddr_un{}.sun_path);
 
 struct CommonOptions {
   std::string name = "default";
@@ -107,6 +113,10 @@ struct RunFlags {
   std::string log_format = "auto";
   std::string metrics;
   std::uint64_t event_log_size = 1024 * 1024;
+  std::vector<std::string> env;
+  std::vector<std::string> env_files;
+  bool clear_env = false;
+  std::string chdir;
 };
 
 CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
@@ -115,7 +125,8 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
   add_common(run, f.common);
   run->add_option("--listen", f.listen,
                   "Listening socket, repeatable: [NAME=]tcp://HOST:PORT (IPv6 as [::1]; port 0 = any) or "
-                  "[NAME=]unix:PATH. The worker gets them at fd 3.. with LISTEN_FDS/LISTEN_FDNAMES.")
+                  "[NAME=]unix:PATH[,mode=0660][,owner=USER][,group=GROUP] (the path ends at the first ','). The "
+                  "worker gets them at fd 3.. with LISTEN_FDS/LISTEN_FDNAMES.")
       ->type_name("SPEC");
   run->add_option("--ready", f.ready,
                   "How a new worker shows it is ready: notify (it sends READY=1 to NOTIFY_SOCKET), "
@@ -220,6 +231,24 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
                   "How long the preflight check may take; past it its process group is killed and it fails")
       ->check(duration_check())
       ->capture_default_str();
+  run->add_option("--env", f.env,
+                  "A variable for the workers, repeatable: NAME=VALUE, taken as it is; later ones win, and win over "
+                  "--env-file. The variables the supervisor sets itself (LISTEN_*, NOTIFY_SOCKET, HOTRESTART_*, "
+                  "WATCHDOG_USEC, PWD) cannot be given")
+      ->type_name("NAME=VALUE");
+  run->add_option("--env-file", f.env_files,
+                  "A file of NAME=VALUE lines for the workers, repeatable, in order (systemd's EnvironmentFile= "
+                  "format: '#' and ';' comments, optional '...' or \"...\" quotes, no expansion); read when run "
+                  "starts. A bad line stops run with FILE:LINE and why")
+      ->type_name("PATH");
+  run->add_flag("--clear-env", f.clear_env,
+                "Start workers, probes and the preflight check from an empty environment, instead of the "
+                "supervisor's (less its own LISTEN_*, NOTIFY_SOCKET, WATCHDOG_*, HOTRESTART_*): only --env-file, "
+                "--env, PATH (systemd's default unless given) and what the supervisor always sets");
+  run->add_option("--chdir", f.chdir,
+                  "The directory workers, probes and the preflight check start in (default: the one run was "
+                  "started in); the supervisor itself moves to / once it has resolved its relative paths")
+      ->type_name("DIR");
   run->add_option("--log-level", f.log_level, "debug, info, warning or error")
       ->check(CLI::IsMember(log_level_names()))
       ->capture_default_str();
@@ -239,18 +268,43 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
   return run;
 }
 
-// The flags checked by CLI11 (durations, signals) are valid here; the rest are parsed now.
-Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vector<std::string> command) {
+// The flags checked by CLI11 (durations, signals) are valid here; the rest are parsed now. Every
+// relative path is made absolute against `base` (run_directory()), since the supervisor then moves
+// to "/": the state and control directories, unix listeners, environment files, the command's own
+// path (one with a '/'; a bare name is looked up in PATH) and --chdir.
+Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vector<std::string> command,
+                               const std::string& base) {
   if (command.empty()) {
     return Error::message(
         "run needs the server's command line after --: hotrestart run [OPTIONS] -- COMMAND [ARGS...]");
   }
+  if (base.empty()) {
+    return Error::message(
+        "cannot tell which directory run is started in (was it deleted?): start it in one that exists");
+  }
   RunOptions options;
   options.name = f.common.name;
-  options.control_path = f.common.serve_path();
+  options.control_path = absolute_path(base, f.common.serve_path());
   auto specs = parse_listen_specs(f.listen);
   if (!specs) return specs.error();
   options.listen = std::move(specs).value();
+  for (ListenSpec& spec : options.listen) {
+    if (spec.kind != ListenSpec::Kind::Unix) continue;
+    spec.path = absolute_path(base, spec.path);
+    if (spec.path.size() >= kMaxUnixPath) {
+      return Error::message(fmt::format("invalid --listen '{}': the socket path, {}, is longer than {} bytes",
+                                        spec.text, spec.path, kMaxUnixPath - 1));
+    }
+  }
+  options.environment.clear = f.clear_env;
+  for (const std::string& file : f.env_files)
+    options.environment.files.push_back(absolute_path(base, file));
+  options.environment.assignments = f.env;
+  auto env = base_worker_environment(options.environment, own_environment());
+  if (!env) return env.error();
+  options.worker_env = std::move(env).value();
+  options.workdir = f.chdir.empty() ? base : absolute_path(base, f.chdir);
+  if (command.front().find('/') != std::string::npos) command.front() = absolute_path(base, command.front());
   auto mode = parse_ready_mode(f.ready);
   if (!mode) return mode.error();
   options.ready = mode.value();
@@ -261,7 +315,7 @@ Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vect
   options.drain_signal = parse_signal(f.drain_signal).value();
   options.drain_signal_given = run.get_option("--drain-signal")->count() > 0;
   options.state_timeout = parse_duration(f.state_timeout).value();
-  options.state_dir = f.state_dir;
+  options.state_dir = absolute_path(base, f.state_dir);
   options.event_log_bytes = static_cast<std::size_t>(f.event_log_size);
   options.state_required = f.state_required;
   options.watch_window = parse_duration(f.watch_window).value();
@@ -293,9 +347,8 @@ Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vect
 // PATH, as before.
 std::string from_here(const std::string& program) {
   if (program.empty() || program.front() == '/' || program.find('/') == std::string::npos) return program;
-  char cwd[4096];
-  if (::getcwd(cwd, sizeof cwd) == nullptr) return program;
-  return std::string(cwd) + "/" + program;
+  const std::string cwd = run_directory(false);
+  return cwd.empty() ? program : absolute_path(cwd, program);
 }
 
 struct UpgradeFlags {
@@ -508,7 +561,9 @@ int main(int argc, char** argv) {
   }
 
   if (run->parsed()) {
-    auto options = run_options(run_flags, *run, std::move(tail));
+    const bool after_self_upgrade = std::getenv(kSelfUpgradeFrom) != nullptr || std::getenv(kSelfUpgradeFailed);
+    const std::string base = run_directory(after_self_upgrade);
+    auto options = run_options(run_flags, *run, std::move(tail), base);
     if (!options) return usage_error(options.error().text());
     set_log_level(log_level_named(run_flags.log_level).value_or(LogLevel::Info));
     set_log_format(log_format_named(run_flags.log_format)
@@ -526,6 +581,13 @@ int main(int argc, char** argv) {
     if (const char* failed = std::getenv(kSelfUpgradeFailed)) options->self_upgrade_failed = failed;
     ::unsetenv(kSelfUpgradeFrom);
     ::unsetenv(kSelfUpgradeFailed);
+    // Nothing the supervisor holds may be a directory that can vanish: every path it was given is
+    // absolute by now, and its workers start in their own directory. The next image of an
+    // `upgrade --self` (it starts in "/" then) resolves the same command line against `base`.
+    ::setenv(kRunDirectoryVariable, base.c_str(), 1);
+    if (const char* library = std::getenv("HOTRESTART_ADOPT_LIBRARY"); library != nullptr && library[0] != '\0')
+      ::setenv("HOTRESTART_ADOPT_LIBRARY", absolute_path(base, library).c_str(), 1);
+    if (::chdir("/") != 0) log_warn("cannot move to /: {}", std::strerror(errno));
     const int old_binary = options->self_upgrade_from;
     const std::vector<std::string> own_argv = options->argv;
     int rc = kRunExitFailed;

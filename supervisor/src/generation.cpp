@@ -320,6 +320,7 @@ void Generation::start_probe() {
                        context_.launcher.probe_environment(pid(), number_),
                        {},
                        ListenPid::Omit};
+  request.cwd = context_.launcher.workdir();
   auto probe_pid = spawn_process(request);
   if (!probe_pid) {
     status_text_ = probe_pid.error().text();

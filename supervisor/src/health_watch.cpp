@@ -73,6 +73,7 @@ void HealthWatch::run_probe() {
   }
   ++runs_;
   SpawnRequest request{"/bin/sh", {"/bin/sh", "-c", options_.health.command}, environment_(), {}, ListenPid::Omit};
+  request.cwd = options_.workdir;
   auto pid = spawn_process(request);
   if (!pid) {
     probe_ended(false, pid.error().text());

@@ -1,10 +1,16 @@
 // Listen addresses as operators write them:
 //   [NAME=]tcp://HOST:PORT     HOST is an IPv4 address, [IPv6], or a host name; PORT 0 = any
-//   [NAME=]unix:PATH           a filesystem Unix stream socket
+//   [NAME=]unix:PATH[,OPTION...] a filesystem Unix stream socket; OPTION is mode=OCTAL (0660),
+//                              owner=USER or group=GROUP (a name or a number), applied to the
+//                              socket file when it is bound. The path ends at the first ',', so
+//                              a path with a ',' in it is refused.
 // NAME is what the worker sees in LISTEN_FDNAMES; it defaults to "listenN" (N = position).
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,6 +26,10 @@ struct ListenSpec {
   std::string host;  // Tcp: without brackets.
   std::uint16_t port = 0;
   std::string path;  // Unix.
+  // Unix: what the socket file is given once bound (nullopt: as bind() leaves it).
+  std::optional<mode_t> mode;
+  std::optional<uid_t> owner;
+  std::optional<gid_t> group;
   std::string text;  // The address part as written, for messages.
 };
 
@@ -27,6 +37,7 @@ struct ListenSpec {
 // are further limited to [A-Za-z0-9._-]{1,64} so they are safe in logs and environments.
 bool valid_listener_name(std::string_view name);
 
+// Owner and group names are looked up now (getpwnam, getgrnam): an unknown one is an error.
 Result<ListenSpec> parse_listen_spec(std::string_view text, std::size_t position);
 
 // --metrics ADDRESS: tcp://HOST:PORT or unix:PATH, as --listen takes them but with no name.

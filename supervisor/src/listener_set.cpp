@@ -70,10 +70,31 @@ Result<Fd> bind_unix(const ListenSpec& spec, bool* created) {
   }
   Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd) return Error::from_errno("socket");
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    return Error::from_errno(fmt::format("bind {}", spec.text));
-  }
+  const bool restricted = spec.mode || spec.owner || spec.group;
+  // With a mode, owner or group asked for, the file is made for the supervisor's user alone (0600)
+  // and opened up only once it has its owner and group: no other user can connect in between.
+  const mode_t umask_was = restricted ? ::umask(0177) : 0;
+  const int bound = ::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  const int bind_errno = errno;
+  if (restricted) ::umask(umask_was);
+  if (bound != 0) return Error::from_errno(fmt::format("bind {}", spec.text), bind_errno);
   *created = true;
+  if (restricted) {
+    const auto fail = [&](const std::string& what) {
+      const Error e = Error::from_errno(what);
+      ::unlink(spec.path.c_str());
+      return e;
+    };
+    if ((spec.owner || spec.group) && ::chown(spec.path.c_str(), spec.owner.value_or(static_cast<uid_t>(-1)),
+                                              spec.group.value_or(static_cast<gid_t>(-1))) != 0) {
+      return fail(fmt::format("chown {} to {}:{}", spec.path,
+                              spec.owner ? std::to_string(*spec.owner) : std::string("-"),
+                              spec.group ? std::to_string(*spec.group) : std::string("-")));
+    }
+    // Without mode=, the mode bind() would have given it under the supervisor's own umask.
+    const mode_t mode = spec.mode.value_or(0777 & ~umask_was);
+    if (::chmod(spec.path.c_str(), mode) != 0) return fail(fmt::format("chmod {} to {:04o}", spec.path, mode));
+  }
   if (::listen(fd.get(), kBacklog) != 0) {
     ::unlink(spec.path.c_str());
     return Error::from_errno(fmt::format("listen {}", spec.text));

@@ -40,7 +40,7 @@ std::string preflight_failure(const std::optional<ExitStatus>& status, bool time
 }
 
 std::unique_ptr<PreflightCheck> PreflightCheck::start(const Context& context, const std::string& check,
-                                                      std::vector<std::string> env, Done done) {
+                                                      std::vector<std::string> env, Done done, const std::string& cwd) {
   std::unique_ptr<PreflightCheck> c(new PreflightCheck(context, check, std::move(done)));
   auto pipe = WorkerOutput::open_pipe();
   if (!pipe) {
@@ -56,6 +56,7 @@ std::unique_ptr<PreflightCheck> PreflightCheck::start(const Context& context, co
   request.stdin_fd = null.get();
   request.stdout_fd = pipe->second.get();
   request.stderr_fd = pipe->second.get();
+  request.cwd = cwd;
   auto pid = spawn_process(request);
   if (!pid) {
     c->fail_to_start(pid.error().text());

@@ -58,11 +58,11 @@ class PreflightCheck {
     Millis timeout;  // --preflight-timeout.
   };
 
-  // Starts `check` with the environment `env`. `done` runs once, from the loop (never before this
-  // returns), and may destroy this object. A check that cannot even be started (a pipe, fork)
-  // fails the same way.
+  // Starts `check` with the environment `env`, in the directory `cwd` (empty: the supervisor's). `done` runs once, from
+  // the loop (never before this returns), and may destroy this object. A check that cannot even be started (a pipe,
+  // fork) fails the same way.
   static std::unique_ptr<PreflightCheck> start(const Context& context, const std::string& check,
-                                               std::vector<std::string> env, Done done);
+                                               std::vector<std::string> env, Done done, const std::string& cwd = {});
   ~PreflightCheck();
   PreflightCheck(const PreflightCheck&) = delete;
   PreflightCheck& operator=(const PreflightCheck&) = delete;

@@ -92,6 +92,28 @@ std::vector<std::string> shared_port_probe_warnings(const RunOptions& options) {
   return warnings;
 }
 
+std::string absolute_path(const std::string& base, const std::string& path) {
+  if (path.empty() || path.front() == '/') return path;
+  std::string_view rest(path);
+  while (rest.starts_with("./")) {
+    rest.remove_prefix(2);
+    while (rest.starts_with('/'))
+      rest.remove_prefix(1);
+  }
+  if (rest.empty() || rest == ".") return base;
+  return base.ends_with('/') ? base + std::string(rest) : base + "/" + std::string(rest);
+}
+
+std::string run_directory(bool after_self_upgrade) {
+  if (after_self_upgrade) {
+    const char* dir = std::getenv(kRunDirectoryVariable);
+    if (dir != nullptr && dir[0] == '/') return dir;
+  }
+  char cwd[4096];
+  if (::getcwd(cwd, sizeof cwd) == nullptr || cwd[0] != '/') return {};
+  return cwd;
+}
+
 namespace {
 
 // $RUNTIME_DIRECTORY's first directory (systemd's RuntimeDirectory=; it separates several with

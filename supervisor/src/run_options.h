@@ -14,6 +14,7 @@
 
 #include "duration.h"
 #include "listen_spec.h"
+#include "worker_environment.h"
 
 namespace hotrestart {
 
@@ -69,6 +70,14 @@ struct RunOptions {
   Millis preflight_timeout{60'000};
   std::optional<ListenSpec> metrics;  // --metrics: where the Prometheus endpoint listens.
   std::vector<std::string> command;
+  // --clear-env, --env-file, --env as given (the files as absolute paths), and the environment they
+  // make (worker_environment.h), read when `run` started; nullopt: the supervisor's environment as
+  // it is when the workers' launcher is made.
+  EnvironmentFlags environment;
+  std::optional<std::vector<std::string>> worker_env;
+  // Where workers, probes and the preflight check start (--chdir, absolute; by default the
+  // directory `run` started in); empty: the supervisor's own directory.
+  std::string workdir;
   // The supervisor's own command line, for `upgrade --self`, which runs it again.
   std::vector<std::string> argv;
   // This process is the new image of a self-upgrade: the old binary's descriptor (O_PATH), to go
@@ -82,6 +91,18 @@ struct RunOptions {
 // between generations, where it may reach the old generation instead of the one it checks: one
 // sentence per probe that does, to print as a warning at start.
 std::vector<std::string> shared_port_probe_warnings(const RunOptions& options);
+
+// `path` as an absolute path: as it is when it starts with '/', else under `base` (an absolute
+// directory), with its leading "./" components dropped. Only the text is changed: nothing is looked
+// up, so that it works for files not yet made and directories since deleted.
+std::string absolute_path(const std::string& base, const std::string& path);
+
+// The directory `run` resolves its relative paths against: the one it was started in, or, in the
+// new image of an `upgrade --self` (which starts in "/"), the one the first image was started in
+// (kRunDirectoryVariable, which `run` sets in its own environment for that). Empty when the current
+// directory is gone.
+inline constexpr const char* kRunDirectoryVariable = "HOTRESTART_RUN_DIRECTORY";
+std::string run_directory(bool after_self_upgrade);
 
 // Exit codes of `hotrestart run`.
 inline constexpr int kRunExitOk = 0;      // stopped on request

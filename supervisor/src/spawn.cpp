@@ -38,7 +38,7 @@ void write_decimal(char* out, long value) {
 
 // What the child was doing when it failed, so that the error names the step (an fd limit hit while
 // placing descriptors is not an exec failure).
-enum class ChildStep : int { ProcessGroup = 1, Descriptors = 2, Exec = 3 };
+enum class ChildStep : int { ProcessGroup = 1, Descriptors = 2, Exec = 3, Directory = 4 };
 struct ChildFailure {
   int step;
   int err;
@@ -68,6 +68,7 @@ rlim_t g_original_fd_limit = 0;
     if (sig != SIGKILL && sig != SIGSTOP) ::sigaction(sig, &dfl, nullptr);
   }
   if (::setpgid(0, 0) != 0) child_fail(error_fd, ChildStep::ProcessGroup, errno);
+  if (!request.cwd.empty() && ::chdir(request.cwd.c_str()) != 0) child_fail(error_fd, ChildStep::Directory, errno);
   // Two passes, so that a source fd inside 0..first_free-1 is never overwritten before
   // it is copied: first lift every source (the standard streams' too) above the range, then place
   // each one.
@@ -289,6 +290,8 @@ Result<pid_t> spawn_process(const SpawnRequest& request) {
                         static_cast<unsigned long long>(limit.rlim_cur)),
             failure.err);
       }
+      case ChildStep::Directory:
+        return Error::from_errno(fmt::format("cannot enter working directory {}", request.cwd), failure.err);
       case ChildStep::Exec:
         break;
     }

@@ -30,11 +30,13 @@ struct SpawnRequest {
   int stdout_fd = -1;                      // Becomes fd 1 in the child; -1: it keeps the supervisor's.
   int stderr_fd = -1;                      // Becomes fd 2 in the child; -1: it keeps the supervisor's.
   int executable_fd = -1;  // If set: a compiled program, exec'd from this open file (execveat), not from the path.
+  std::string cwd{};       // The directory the child starts in (an absolute path); empty: the supervisor's.
 };
 
 // Forks and execs. Returns the pid once exec has succeeded; an exec failure (its errno
 // comes back through a close-on-exec pipe) is returned as an error naming the program,
-// and that child is already reaped. The child leads a new process group, so a terminal's
+// and that child is already reaped. So is a working directory that cannot be entered ("cannot
+// enter working directory /srv/web: No such file or directory"). The child leads a new process group, so a terminal's
 // Ctrl-C reaches only the supervisor (which then drains workers in order), and so the
 // supervisor can SIGKILL a worker together with everything it started.
 Result<pid_t> spawn_process(const SpawnRequest& request);

@@ -274,6 +274,8 @@ Status Supervisor::start() {
   after_events_ = std::make_unique<AfterEvents>(&loop_, [this] { after_events(); });
   launcher_ =
       std::make_unique<WorkerLauncher>(listeners_, notify_->path(), options_.control_path, std::move(adopt_library));
+  if (options_.worker_env) launcher_->set_environment(*options_.worker_env);
+  launcher_->set_workdir(options_.workdir);
   launcher_->set_watchdog(options_.watchdog);
   launcher_->set_http_drain(options_.http_drain);
   if (auto rejoin = listen_seqpacket(beside_control(options_.control_path, "workers"))) {
@@ -412,7 +414,7 @@ Result<std::unique_ptr<PreflightCheck>> Supervisor::start_preflight(std::uint64_
   if (!plan) return plan.error();
   return PreflightCheck::start({&loop_, *reaper_, options_.preflight_timeout}, check,
                                launcher_->preflight_environment(plan->command, plan->image->path(), release),
-                               std::move(done));
+                               std::move(done), launcher_->workdir());
 }
 
 std::vector<GenerationFacts> Supervisor::generation_facts() const {

@@ -34,6 +34,12 @@ void Supervisor::on_self_upgrade(ClientId client, const ControlRequest& request)
   if (stopping_) return refuse("stopping", "the supervisor is stopping");
   if (upgrade_->in_progress()) return refuse("busy", upgrade_->busy_reason());
   if (resuming_ != 0 || reverting_) return refuse("busy", "a revert is under way; try again once it is done");
+  // The new image reads the environment files again (they are in its command line): one that no
+  // longer reads would stop it at its start, so the old one refuses now, with the reason.
+  if (options_.worker_env) {
+    if (auto env = base_worker_environment(options_.environment, own_environment()); !env)
+      return refuse("failed", fmt::format("the new supervisor was not started: {}", env.error().text()));
+  }
   const std::string path = request.exec.value_or(own_executable_);
   auto checked = check_new_supervisor(path);
   if (!checked) return refuse("failed", fmt::format("the new supervisor was not started: {}", checked.error().text()));

@@ -14,36 +14,29 @@
 
 #include "../adopt/adopt_page.h"
 #include "adopt.h"
+#include "worker_environment.h"
 #include "worker_output.h"
 
-extern char** environ;
-
 namespace hotrestart {
-namespace {
-
-bool is_worker_variable(std::string_view entry) {
-  for (std::string_view prefix : {"LISTEN_PID=", "LISTEN_FDS=", "LISTEN_FDNAMES=", "NOTIFY_SOCKET=", "WATCHDOG_USEC=",
-                                  "WATCHDOG_PID=", "HOTRESTART_"}) {
-    if (entry.starts_with(prefix)) return true;
-  }
-  return false;
-}
-
-}  // namespace
-
 WorkerLauncher::WorkerLauncher(const ListenerSet& listeners, std::string notify_path, std::string control_path,
                                std::string adopt_library)
     : listeners_(listeners),
       notify_path_(std::move(notify_path)),
       control_path_(std::move(control_path)),
       adopt_library_(std::move(adopt_library)) {
-  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
-    if (!is_worker_variable(*e)) base_env_.emplace_back(*e);
-  }
+  // With no flags, reading cannot fail: no file is read and nothing is parsed.
+  if (auto env = base_worker_environment({}, own_environment())) base_env_ = std::move(env).value();
+}
+
+std::vector<std::string> WorkerLauncher::common_environment() const {
+  std::vector<std::string> env = base_env_;
+  // As a shell would have it, so that $PWD names where the process is (never the supervisor's).
+  if (!workdir_.empty()) env.push_back("PWD=" + workdir_);
+  return env;
 }
 
 std::vector<std::string> WorkerLauncher::worker_environment(std::uint64_t generation) const {
-  std::vector<std::string> env = base_env_;
+  std::vector<std::string> env = common_environment();
   env.push_back(fmt::format("LISTEN_FDS={}", listeners_.listeners().size()));
   env.push_back(fmt::format("LISTEN_FDNAMES={}", listeners_.fdnames()));
   env.push_back(fmt::format("NOTIFY_SOCKET={}", notify_path_));
@@ -72,7 +65,7 @@ std::vector<std::string> WorkerLauncher::worker_environment(std::uint64_t genera
 }
 
 std::vector<std::string> WorkerLauncher::probe_environment(pid_t pid, std::uint64_t generation) const {
-  std::vector<std::string> env = base_env_;
+  std::vector<std::string> env = common_environment();
   env.push_back(fmt::format("HOTRESTART_PID={}", pid));
   env.push_back(fmt::format("HOTRESTART_GENERATION={}", generation));
   return env;
@@ -81,7 +74,7 @@ std::vector<std::string> WorkerLauncher::probe_environment(pid_t pid, std::uint6
 std::vector<std::string> WorkerLauncher::preflight_environment(const std::vector<std::string>& command,
                                                                const std::string& executable,
                                                                std::uint64_t release) const {
-  std::vector<std::string> env = base_env_;
+  std::vector<std::string> env = common_environment();
   env.push_back("HOTRESTART_COMMAND=" + shell_words(command));
   env.push_back("HOTRESTART_EXECUTABLE=" + executable);
   env.push_back(fmt::format("HOTRESTART_RELEASE={}", release));
@@ -89,7 +82,7 @@ std::vector<std::string> WorkerLauncher::preflight_environment(const std::vector
 }
 
 Result<std::string> WorkerLauncher::resolve(const std::vector<std::string>& command) const {
-  std::string path_env = "/usr/local/bin:/usr/bin:/bin";
+  std::string path_env = kDefaultWorkerPath;
   for (const auto& e : base_env_) {
     if (e.starts_with("PATH=")) path_env = e.substr(5);
   }
@@ -134,6 +127,7 @@ Result<WorkerLauncher::Launched> WorkerLauncher::launch(std::uint64_t generation
   SpawnRequest request{image.path(), command, std::move(env), std::move(fds), ListenPid::Set};
   request.stderr_fd = output->second.get();
   request.executable_fd = from_fd ? image.fd() : -1;
+  request.cwd = workdir_;
   auto pid = spawn_process(request);
   if (!pid) return pid.error().context("cannot start the worker");
   // The worker's ends live on in the worker only; the supervisor holding the pipe's write end

@@ -1,7 +1,8 @@
 // WorkerLauncher: how a worker process is started.
 //
-// Its environment is the supervisor's own, less every variable that names a worker's resources
-// (LISTEN_*, NOTIFY_SOCKET, HOTRESTART_*), plus this generation's: LISTEN_FDS and LISTEN_FDNAMES for
+// Its environment is the base one (worker_environment.h: the supervisor's own unless --clear-env,
+// less every variable that names a worker's resources, then --env-file and --env), plus this
+// generation's: PWD (the workers' directory, --chdir, where it starts), LISTEN_FDS and LISTEN_FDNAMES for
 // the listeners at fd 3.., NOTIFY_SOCKET, HOTRESTART_GENERATION, HOTRESTART_CONTROL and
 // HOTRESTART_CHANNEL_FD (the channel, right after the listeners), and with --adopt-binds the preload
 // library first in LD_PRELOAD and the generation's command page right after the channel
@@ -32,7 +33,7 @@ namespace hotrestart {
 class WorkerLauncher {
  public:
   // `adopt_library`: the preload library's absolute path with --adopt-binds, else empty.
-  // The supervisor's environment is read now.
+  // The supervisor's environment is read now, for the base environment until set_environment.
   WorkerLauncher(const ListenerSet& listeners, std::string notify_path, std::string control_path,
                  std::string adopt_library);
 
@@ -47,6 +48,12 @@ class WorkerLauncher {
   // Starts generation `generation` running `command` from `image` (see ExecutableImage).
   Result<Launched> launch(std::uint64_t generation, const std::vector<std::string>& command,
                           const ExecutableImage& image) const;
+
+  // The environment every process of a generation starts from (base_worker_environment), and the
+  // directory it starts in (empty: the supervisor's own).
+  void set_environment(std::vector<std::string> base_env) { base_env_ = std::move(base_env); }
+  void set_workdir(std::string dir) { workdir_ = std::move(dir); }
+  const std::string& workdir() const { return workdir_; }
 
   // --watchdog: workers get WATCHDOG_USEC (0: none).
   void set_watchdog(Millis every) { watchdog_ = every; }
@@ -72,6 +79,8 @@ class WorkerLauncher {
 
  private:
   std::vector<std::string> worker_environment(std::uint64_t generation) const;
+  // The base environment with PWD, as every process of a generation has it.
+  std::vector<std::string> common_environment() const;
 
   const ListenerSet& listeners_;
   std::string notify_path_;
@@ -81,6 +90,7 @@ class WorkerLauncher {
   bool http_drain_ = true;
   std::string rejoin_path_;
   std::vector<std::string> base_env_;
+  std::string workdir_;
 };
 
 }  // namespace hotrestart
