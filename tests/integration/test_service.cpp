@@ -1,0 +1,342 @@
+// Running as a service: systemd's file descriptor store, SIGHUP, the supervisor as PID 1 of a pid
+// namespace, and the examples an operator copies (examples/systemd, ansible, kubernetes) run as
+// written against the real binary.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <future>
+#include <map>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "fixture.h"
+
+using namespace hotrestart::it;
+
+namespace {
+
+// One datagram as systemd would receive it on NOTIFY_SOCKET, with the descriptors it carried.
+struct Datagram {
+  std::string text;
+  std::vector<int> fds;  // Owned by the NotifyReceiver.
+};
+
+// A datagram socket standing in for systemd's NOTIFY_SOCKET that also takes the descriptors sent
+// with FDSTORE=1 (SCM_RIGHTS), as the service manager does.
+class NotifyReceiver {
+ public:
+  explicit NotifyReceiver(std::string path) : path_(std::move(path)) {
+    fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path_.c_str());
+    REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  }
+  ~NotifyReceiver() {
+    for (auto& d : received_)
+      for (int fd : d.fds)
+        ::close(fd);
+    ::close(fd_);
+  }
+  NotifyReceiver(const NotifyReceiver&) = delete;
+  NotifyReceiver& operator=(const NotifyReceiver&) = delete;
+
+  const std::string& path() const { return path_; }
+  const std::vector<Datagram>& received() const { return received_; }
+
+  // Collects datagrams until one is exactly `text` (or, with `prefix`, starts with it).
+  const Datagram* wait_for(const std::string& text, std::chrono::milliseconds timeout, bool prefix = false) {
+    const auto deadline = Clock::now() + timeout;
+    std::size_t seen = 0;
+    while (true) {
+      for (; seen < received_.size(); ++seen) {
+        const std::string& t = received_[seen].text;
+        if (t == text || (prefix && t.starts_with(text))) return &received_[seen];
+      }
+      if (Clock::now() >= deadline) return nullptr;
+      receive(50ms);
+    }
+  }
+  // Every text received, in order, without the watchdog's pings.
+  std::vector<std::string> texts() const {
+    std::vector<std::string> out;
+    for (const auto& d : received_)
+      if (d.text != "WATCHDOG=1") out.push_back(d.text);
+    return out;
+  }
+  std::string dump() const {
+    std::string out;
+    for (const auto& d : received_)
+      out += fmt::format("[{}] ({} fds)\n", d.text, d.fds.size());
+    return out;
+  }
+
+ private:
+  void receive(std::chrono::milliseconds wait) {
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(wait.count())) != 1) return;
+    char buf[4096];
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)];
+    iovec iov{buf, sizeof buf};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    const ssize_t n = ::recvmsg(fd_, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (n < 0) return;
+    Datagram d;
+    d.text.assign(buf, static_cast<std::size_t>(n));
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (std::size_t i = 0; i < count; ++i) {
+        int fd = -1;
+        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+        d.fds.push_back(fd);
+      }
+    }
+    CHECK_FALSE_MESSAGE((msg.msg_flags & MSG_CTRUNC) != 0, "descriptors were cut off: " << d.text);
+    received_.push_back(std::move(d));
+  }
+
+  std::string path_;
+  int fd_ = -1;
+  std::vector<Datagram> received_;
+};
+
+std::string local_address(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0);
+  if (ss.ss_family == AF_UNIX) return "unix:" + std::string(reinterpret_cast<sockaddr_un*>(&ss)->sun_path);
+  char text[64] = {};
+  const auto* in = reinterpret_cast<sockaddr_in*>(&ss);
+  ::inet_ntop(AF_INET, &in->sin_addr, text, sizeof text);
+  return fmt::format("{}:{}", text, ntohs(in->sin_port));
+}
+
+unsigned long inode_of(int fd) {
+  struct stat st {};
+  REQUIRE(::fstat(fd, &st) == 0);
+  return st.st_ino;
+}
+
+std::set<unsigned long> socket_inodes(pid_t pid) {
+  std::set<unsigned long> out;
+  for (const auto& f : list_fds(pid))
+    if (auto inode = f.socket_inode()) out.insert(*inode);
+  return out;
+}
+
+std::string listener_address(const json& status, const std::string& name) {
+  for (const auto& l : status["listeners"])
+    if (l["name"] == name) return l["address"];
+  return "";
+}
+
+// What goes before `hotrestart run` to hand it `names` at fds 3.. the way systemd does: LISTEN_PID
+// must be the supervisor's own pid, so the shell sets it to its own and then execs.
+std::vector<std::string> activate(const std::vector<std::string>& names) {
+  std::string joined;
+  for (const auto& n : names)
+    joined += (joined.empty() ? "" : ":") + n;
+  return {"/bin/sh", "-c",
+          fmt::format("LISTEN_PID=$$ LISTEN_FDS={} LISTEN_FDNAMES={} exec \"$0\" \"$@\"", names.size(), joined)};
+}
+
+// A connection to 127.0.0.1:port that sends one request and reads the whole response.
+class PendingRequest {
+ public:
+  explicit PendingRequest(std::uint16_t port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(port);
+    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+    const std::string request = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    if (connected_) connected_ = ::send(fd_, request.data(), request.size(), MSG_NOSIGNAL) == ssize_t(request.size());
+  }
+  ~PendingRequest() { ::close(fd_); }
+  bool connected() const { return connected_; }
+  std::string response(std::chrono::milliseconds timeout) {
+    std::string out;
+    const auto deadline = Clock::now() + timeout;
+    while (Clock::now() < deadline) {
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 100) != 1) continue;
+      char buf[4096];
+      const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      out.append(buf, static_cast<std::size_t>(n));
+    }
+    return out;
+  }
+
+ private:
+  int fd_ = -1;
+  bool connected_ = false;
+};
+
+}  // namespace
+
+TEST_CASE("--fdstore keeps the listening sockets in systemd's fd store, and the next supervisor adopts them") {
+  TempDir d;
+  NotifyReceiver systemd(d.file("notify"));
+  const std::string unix_path = d.file("admin.sock");
+  SpawnOptions under_systemd;
+  under_systemd.set_env = {{"NOTIFY_SOCKET", systemd.path()}};
+  std::string http_address;
+  std::set<unsigned long> first_inodes;
+  int http_fd = -1;  // The copies systemd would keep, owned by `systemd`.
+  int admin_fd = -1;
+  {
+    Supervisor first({"--fdstore", "--listen", "http=tcp://127.0.0.1:0", "--listen", "admin=unix:" + unix_path},
+                     hello("v1"), true, under_systemd);
+    const json status = first.status_or_fail();
+    http_address = listener_address(status, "http");
+    first_inodes = socket_inodes(first.pid());
+    // One datagram per listener, named, with its socket, before READY=1.
+    const Datagram* http = systemd.wait_for("FDSTORE=1\nFDNAME=http", 5s);
+    const Datagram* admin = systemd.wait_for("FDSTORE=1\nFDNAME=admin", 5s);
+    REQUIRE_MESSAGE(http != nullptr, systemd.dump());
+    REQUIRE_MESSAGE(admin != nullptr, systemd.dump());
+    REQUIRE(http->fds.size() == 1);
+    REQUIRE(admin->fds.size() == 1);
+    CHECK(local_address(http->fds[0]) == http_address);
+    CHECK(local_address(admin->fds[0]) == "unix:" + unix_path);
+    // The very sockets the supervisor holds, not new ones at the same address.
+    CHECK(first_inodes.count(inode_of(http->fds[0])) == 1);
+    CHECK(first_inodes.count(inode_of(admin->fds[0])) == 1);
+    http_fd = http->fds[0];
+    admin_fd = admin->fds[0];
+    REQUIRE(systemd.wait_for("READY=1", 5s, true) != nullptr);
+    const auto texts = systemd.texts();
+    CHECK_MESSAGE(texts.size() >= 3, systemd.dump());
+    CHECK_MESSAGE(texts[2].starts_with("READY=1"), systemd.dump());
+    CHECK(first.proc().wait_output("listeners kept in systemd's fd store: http, admin", 5s));
+    first.stop();  // As `systemctl restart` stops it.
+  }
+  const std::uint16_t port = static_cast<std::uint16_t>(std::stoi(http_address.substr(http_address.rfind(':') + 1)));
+
+  // Between the two supervisors the store holds the port open: a client connects and waits in the
+  // backlog rather than being refused.
+  PendingRequest waiting(port);
+  REQUIRE(waiting.connected());
+  // The unix socket's file stays too, for the socket that lives on in the store.
+  struct stat st {};
+  CHECK((::stat(unix_path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)));
+
+  // systemd starts the service again and passes the stored sockets, by name.
+  SpawnOptions restarted = under_systemd;
+  restarted.pass_fds = {{http_fd, 3}, {admin_fd, 4}};
+  Supervisor second({"--fdstore", "--listen", "http=tcp://127.0.0.1:0", "--listen", "admin=unix:" + unix_path},
+                    hello("v2"), true, restarted, activate({"http", "admin"}));
+  const json status = second.status_or_fail();
+  CHECK(listener_address(status, "http") == http_address);
+  CHECK(listener_address(status, "admin") == "unix:" + unix_path);
+  for (const auto& l : status["listeners"])
+    CHECK(l["adopted"] == true);
+  CHECK(second.proc().wait_output(fmt::format("listener http on {} (from socket activation)", http_address), 5s));
+  const auto second_inodes = socket_inodes(second.pid());
+  CHECK(second_inodes.count(inode_of(http_fd)) == 1);
+  CHECK(second_inodes.count(inode_of(admin_fd)) == 1);
+  // The client that connected while no supervisor ran is served by the new one.
+  const std::string response = waiting.response(15s);
+  CHECK_MESSAGE(contains(response, "version=v2"), response);
+  // It stores them again (systemd keeps one copy of each) and removes nothing.
+  CHECK(second.proc().wait_output("listeners kept in systemd's fd store: http, admin", 5s));
+  for (const auto& t : systemd.texts())
+    CHECK_FALSE(t.starts_with("FDSTOREREMOVE=1"));
+  second.stop();
+}
+
+TEST_CASE("a stored socket that no --listen wants any more is closed and removed from the fd store") {
+  // Two listening sockets as systemd would pass them back from the store.
+  TempDir d;
+  NotifyReceiver systemd(d.file("notify"));
+  auto listening_tcp = [] {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    REQUIRE(::listen(fd, 16) == 0);
+    return fd;
+  };
+  const int http = listening_tcp();
+  const int old_admin = listening_tcp();
+  const int old_metrics = listening_tcp();
+  const std::string admin_path = d.file("admin.sock");
+  SpawnOptions options;
+  options.set_env = {{"NOTIFY_SOCKET", systemd.path()}};
+  options.pass_fds = {{http, 3}, {old_admin, 4}, {old_metrics, 5}};
+  // admin is now a unix socket (another address: bound anew); metrics is gone from --listen.
+  Supervisor sup({"--fdstore", "--listen", "http=tcp://127.0.0.1:0", "--listen", "admin=unix:" + admin_path},
+                 hello("v1"), true, options, activate({"http", "admin", "metrics"}));
+  const json status = sup.status_or_fail();
+  CHECK(listener_address(status, "http") == local_address(http));
+  CHECK(listener_address(status, "admin") == "unix:" + admin_path);
+  CHECK(sup.proc().wait_output(fmt::format("socket activation passed 'admin' on {}, and --listen asks for unix:{}; "
+                                           "binding unix:{} and closing the passed socket",
+                                           local_address(old_admin), admin_path, admin_path),
+                               5s));
+  CHECK(sup.proc().wait_output("socket activation passed 'metrics'", 5s));
+  // The stale names leave the store first; then what the supervisor now holds is stored.
+  REQUIRE_MESSAGE(systemd.wait_for("READY=1", 5s, true) != nullptr, systemd.dump());
+  const auto texts = systemd.texts();
+  const std::vector<std::string> expected = {"FDSTOREREMOVE=1\nFDNAME=admin", "FDSTOREREMOVE=1\nFDNAME=metrics",
+                                             "FDSTORE=1\nFDNAME=http", "FDSTORE=1\nFDNAME=admin"};
+  REQUIRE_MESSAGE(texts.size() >= expected.size() + 1, systemd.dump());
+  CHECK(std::vector<std::string>(texts.begin(), texts.begin() + 4) == expected);
+  CHECK(local_address(systemd.received()[3].fds.at(0)) == "unix:" + admin_path);
+  // The supervisor let go of the stale sockets: only the test holds them now.
+  const auto held = socket_inodes(sup.pid());
+  CHECK(held.count(inode_of(old_admin)) == 0);
+  CHECK(held.count(inode_of(old_metrics)) == 0);
+  CHECK(held.count(inode_of(http)) == 1);
+  sup.stop();
+  ::close(http);
+  ::close(old_admin);
+  ::close(old_metrics);
+}
+
+TEST_CASE("without --fdstore nothing is stored, unless systemd says the store is there ($FDSTORE)") {
+  TempDir d;
+  NotifyReceiver systemd(d.file("notify"));
+  SpawnOptions options;
+  options.set_env = {{"NOTIFY_SOCKET", systemd.path()}};
+  {
+    Supervisor plain({}, hello("v1"), true, options);
+    REQUIRE(systemd.wait_for("READY=1", 5s, true) != nullptr);
+    for (const auto& t : systemd.texts())
+      CHECK_FALSE(t.starts_with("FDSTORE"));
+    plain.stop();
+  }
+  // systemd 254 and later set FDSTORE= to FileDescriptorStoreMax=; the workers do not see it.
+  NotifyReceiver newer(d.file("notify2"));
+  options.set_env = {{"NOTIFY_SOCKET", newer.path()}, {"FDSTORE", "8"}};
+  Supervisor offered({}, hello("v1"), true, options);
+  const Datagram* stored = newer.wait_for("FDSTORE=1\nFDNAME=http", 5s);
+  REQUIRE_MESSAGE(stored != nullptr, newer.dump());
+  CHECK(stored->fds.size() == 1);
+  CHECK(environ_of(offered.active_pid()).count("FDSTORE") == 0);
+  offered.stop();
+
+  // --fdstore with no service manager: said once, and nothing else changes.
+  Supervisor alone({"--fdstore"}, hello("v1"));
+  CHECK(alone.proc().wait_output("--fdstore: not under systemd (no NOTIFY_SOCKET)", 5s));
+  alone.stop();
+}
