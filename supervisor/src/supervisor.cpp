@@ -933,22 +933,28 @@ void Supervisor::on_signal(int signo) {
       begin_stop(true);
       break;
     case SIGUSR2:
+    case SIGHUP: {
+      // SIGHUP is nginx's reload: new workers that read the configuration again. Until the
+      // supervisor has configuration files of its own, that is a new generation of the current
+      // release, as SIGUSR2 starts, recorded as a reload.
+      const std::string_view name = signo == SIGHUP ? "SIGHUP" : "SIGUSR2";
       if (stopping_) break;
       if (first_preflight_) {
-        log_warn("SIGUSR2 ignored: {}", kFirstPreflightBusy);
+        log_warn("{} ignored: {}", name, kFirstPreflightBusy);
         break;
       }
       if (upgrade_->in_progress() || resuming_ != 0) {
-        log_warn("SIGUSR2 ignored: {}",
+        log_warn("{} ignored: {}", name,
                  resuming_ != 0 ? "a revert is resuming the previous generation" : "an upgrade is already in progress");
         break;
       }
-      // SIGUSR2 upgrades never hold: a signal carries no --hold, and no client follows it.
-      upgrade_->begin({current_.command, ReleaseOrigin::Signal, -1, -1, 0, nullptr, {}}, std::nullopt);
+      log_info("{}: {} with the same command line", name, signo == SIGHUP ? "reload, a new generation" : "upgrade");
+      // Signal upgrades never hold: a signal carries no --hold, and no client follows it.
+      upgrade_->begin(
+          {current_.command, signo == SIGHUP ? ReleaseOrigin::Reload : ReleaseOrigin::Signal, -1, -1, 0, nullptr, {}},
+          std::nullopt);
       break;
-    case SIGHUP:
-      log_warn("SIGHUP ignored: configuration reload is not available; use SIGUSR2 or `hotrestart upgrade`");
-      break;
+    }
     default:
       break;
   }

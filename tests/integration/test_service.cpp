@@ -340,3 +340,37 @@ TEST_CASE("without --fdstore nothing is stored, unless systemd says the store is
   CHECK(alone.proc().wait_output("--fdstore: not under systemd (no NOTIFY_SOCKET)", 5s));
   alone.stop();
 }
+
+TEST_CASE("SIGHUP reloads: a new generation of the current release, recorded as SIGHUP") {
+  Supervisor sup({}, hello("v1"));
+  const pid_t old_pid = sup.active_pid();
+  REQUIRE(sup.proc().send_signal(SIGHUP));
+  CHECK(wait_until([&] { return sup.active_generation() == 2 && sup.active_state() == "ready"; }, 15s));
+  CHECK(gone_within(old_pid, 15s));
+  CHECK(sup.proc().wait_output("SIGHUP: reload, a new generation with the same command line", 5s));
+  const json g = *sup.active();
+  CHECK(g["command"] == json(hello("v1")));
+  RunResult curl = run({"curl", "-fsS", fmt::format("http://127.0.0.1:{}/", sup.port())}, {}, 10s);
+  CHECK(contains(curl.out, "generation=2"));
+  // The history and the event log name it.
+  const json h = history(sup);
+  CHECK(release(h, 2)["origin"] == "SIGHUP");
+  CHECK(release(h, 2)["outcome"] == "serving");
+  CHECK(release(h, 1)["outcome"] == "retired");
+  RunResult events = sup.cli({"events", "--json", "-n", "1000"});
+  REQUIRE_MESSAGE(events.exit_code == 0, events.err);
+  bool signal_seen = false;
+  bool result_seen = false;
+  for (const std::string& line : lines_of(events.out)) {
+    const json e = json::parse(line, nullptr, false);
+    if (!e.is_object()) continue;
+    const json& ev = e.contains("event") ? e["event"] : e;
+    if (ev.value("type", "") == "signal" && ev.value("signal", "") == "SIGHUP") signal_seen = true;
+    if (ev.value("type", "") == "upgrade.result" && ev.value("origin", "") == "SIGHUP" && ev.value("ok", false))
+      result_seen = true;
+  }
+  CHECK_MESSAGE(signal_seen, events.out);
+  CHECK_MESSAGE(result_seen, events.out);
+  CHECK(sup.status_or_fail()["counters"]["upgrades_done"] == 1);
+  sup.stop();
+}
