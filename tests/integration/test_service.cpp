@@ -374,3 +374,191 @@ TEST_CASE("SIGHUP reloads: a new generation of the current release, recorded as 
   CHECK(sup.status_or_fail()["counters"]["upgrades_done"] == 1);
   sup.stop();
 }
+
+namespace {
+
+// A unit file of examples/systemd as written: each key's value, continuation lines joined.
+std::map<std::string, std::string> unit_file(const std::string& name) {
+  const auto text = read_file(std::string(HOTRESTART_SOURCE_DIR) + "/examples/systemd/" + name);
+  REQUIRE_MESSAGE(text.has_value(), "examples/systemd/" << name);
+  std::map<std::string, std::string> keys;
+  std::string pending;
+  for (std::string line : lines_of(*text)) {
+    if (!pending.empty()) line = pending + line;
+    pending.clear();
+    if (line.ends_with("\\")) {
+      pending = line.substr(0, line.size() - 1) + " ";
+      continue;
+    }
+    if (line.empty() || line[0] == '#' || line[0] == '[') continue;
+    const auto eq = line.find('=');
+    if (eq != std::string::npos) keys[line.substr(0, eq)] = line.substr(eq + 1);
+  }
+  return keys;
+}
+
+std::vector<std::string> words(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string w; in >> w;)
+    out.push_back(w);
+  return out;
+}
+
+// The example's command lines with the build's binaries in place of the installed ones, and the
+// server replaced by the example server.
+std::vector<std::string> as_built(std::vector<std::string> argv) {
+  for (auto& w : argv) {
+    if (w == "/usr/local/bin/hotrestart") w = hotrestart_bin();
+    if (w == "/srv/web/server") w = hello_bin();
+  }
+  return argv;
+}
+
+std::uint16_t free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::uint64_t monotonic_usec() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000 + static_cast<std::uint64_t>(ts.tv_nsec) / 1000;
+}
+
+}  // namespace
+
+TEST_CASE("the example systemd units pass systemd-analyze verify") {
+  TempDir d;
+  for (const std::string name : {"hotrestart-web.service", "hotrestart-web.socket"}) {
+    auto text = read_file(std::string(HOTRESTART_SOURCE_DIR) + "/examples/systemd/" + name);
+    REQUIRE(text.has_value());
+    // verify checks that ExecStart='s program exists: the build's binary stands in for the installed one.
+    std::string replaced;
+    for (const auto& line : lines_of(*text)) {
+      std::string l = line;
+      for (auto at = l.find("/usr/local/bin/hotrestart"); at != std::string::npos;
+           at = l.find("/usr/local/bin/hotrestart", at + 1))
+        l.replace(at, std::strlen("/usr/local/bin/hotrestart"), hotrestart_bin());
+      replaced += l + "\n";
+    }
+    write_file_atomic(d.file(name), replaced);
+  }
+  RunResult r =
+      run({"systemd-analyze", "verify", d.file("hotrestart-web.service"), d.file("hotrestart-web.socket")}, {}, 60s);
+  CHECK_MESSAGE(r.exit_code == 0, r.out << r.err);
+  // Warnings (an unknown key, a bad value) do not change the exit status: none is allowed either.
+  CHECK_MESSAGE(r.err.empty(), r.err);
+  CHECK_MESSAGE(r.out.empty(), r.out);
+}
+
+TEST_CASE("the example service as written: socket-activated, its notifications from start through upgrades to stop") {
+  const auto service = unit_file("hotrestart-web.service");
+  const auto socket = unit_file("hotrestart-web.socket");
+  // The two units agree: the socket unit's port and name are the service's --listen.
+  const std::vector<std::string> exec_start = words(service.at("ExecStart"));
+  REQUIRE(exec_start.at(0) == "/usr/local/bin/hotrestart");
+  const auto listen = std::find(exec_start.begin(), exec_start.end(), "--listen");
+  REQUIRE(listen != exec_start.end());
+  const std::string spec = *(listen + 1);
+  CHECK(spec == fmt::format("{}=tcp://0.0.0.0:{}", socket.at("FileDescriptorName"), socket.at("ListenStream")));
+  CHECK(service.at("Type") == "notify");
+  CHECK(service.at("KillMode") == "mixed");
+  CHECK(std::stoi(service.at("FileDescriptorStoreMax")) > 0);
+  CHECK(std::find(exec_start.begin(), exec_start.end(), "--fdstore") != exec_start.end());
+  const auto drain = std::find(exec_start.begin(), exec_start.end(), "--drain-timeout");
+  REQUIRE(drain != exec_start.end());
+  CHECK_MESSAGE(std::stoi(service.at("TimeoutStopSec")) > std::stoi(*(drain + 1)), "TimeoutStopSec= must be longer");
+  const std::string watchdog = service.at("WatchdogSec");
+  REQUIRE(watchdog.ends_with("s"));
+
+  // systemd's part, played by systemd-socket-activate: it binds the socket unit's socket (on a free
+  // port here), passes it as LISTEN_FDS with its name, and gives what the unit's settings would.
+  TempDir d;
+  NotifyReceiver systemd(d.file("notify"));
+  const std::uint16_t port = free_port();
+  std::vector<std::string> argv = as_built(exec_start);
+  for (auto& w : argv)
+    if (w == spec) w = fmt::format("{}=tcp://0.0.0.0:{}", socket.at("FileDescriptorName"), port);
+  REQUIRE(::mkdir(d.file("run").c_str(), 0755) == 0);
+  REQUIRE(::mkdir(d.file("state").c_str(), 0755) == 0);
+  std::vector<std::string> activate = {"systemd-socket-activate",
+                                       "-l",
+                                       fmt::format("127.0.0.1:{}", port),
+                                       "--fdname=" + socket.at("FileDescriptorName"),
+                                       "-E",
+                                       "NOTIFY_SOCKET=" + systemd.path(),
+                                       "-E",
+                                       "RUNTIME_DIRECTORY=" + d.file("run"),
+                                       "-E",
+                                       "STATE_DIRECTORY=" + d.file("state"),
+                                       "-E",
+                                       fmt::format("WATCHDOG_USEC={}", std::stoll(watchdog) * 1'000'000)};
+  activate.insert(activate.end(), argv.begin(), argv.end());
+  Child service_process = Child::spawn(activate);
+  REQUIRE_MESSAGE(service_process.wait_output(fmt::format("Listening on 127.0.0.1:{}", port), 10s),
+                  service_process.describe());
+  // The first request starts the service (socket activation on demand) and is served by it.
+  RunResult first = run({"curl", "-fsS", "-m", "30", fmt::format("http://127.0.0.1:{}/", port)}, {}, 40s);
+  CHECK_MESSAGE(first.exit_code == 0, first.err << service_process.describe());
+  CHECK(contains(first.out, "generation=1"));
+  const Datagram* ready = systemd.wait_for("READY=1", 10s, true);
+  REQUIRE_MESSAGE(ready != nullptr, systemd.dump() << service_process.describe());
+  CHECK(service_process.wait_output("listener http on 127.0.0.1:", 5s));
+  CHECK(service_process.wait_output("(from socket activation)", 5s));
+
+  // `systemctl reload`: ExecReload= as written, which finds the control socket in RUNTIME_DIRECTORY.
+  SpawnOptions in_service;
+  in_service.set_env = {{"RUNTIME_DIRECTORY", d.file("run")}};
+  const std::vector<std::string> reload = as_built(words(service.at("ExecReload")));
+  const std::uint64_t before = monotonic_usec();
+  RunResult good = run(reload, in_service, 60s);
+  const std::uint64_t after = monotonic_usec();
+  CHECK_MESSAGE(good.exit_code == 0, good.out << good.err);
+  REQUIRE_MESSAGE(systemd.wait_for("READY=1\nSTATUS=generation 2 serving", 10s) != nullptr, systemd.dump());
+  RunResult second = run({"curl", "-fsS", "-m", "10", fmt::format("http://127.0.0.1:{}/", port)}, {}, 20s);
+  CHECK(contains(second.out, "generation=2"));
+  // A reload that fails is rolled back, and `systemctl reload` fails with it.
+  std::vector<std::string> bad_reload = reload;
+  bad_reload.insert(bad_reload.end(), {"--exec", d.file("missing-server")});
+  RunResult bad = run(bad_reload, in_service, 60s);
+  CHECK_MESSAGE(bad.exit_code == 1, bad.out << bad.err);
+  REQUIRE_MESSAGE(
+      systemd.wait_for("READY=1\nSTATUS=generation 2 serving; release 3 rolled back: ", 10s, true) != nullptr,
+      systemd.dump());
+
+  // `systemctl stop` with KillMode=mixed: SIGTERM to the main process, the supervisor.
+  REQUIRE(service_process.send_signal(SIGTERM));
+  CHECK(service_process.wait_for(30s) == std::optional<int>(0));
+  REQUIRE_MESSAGE(systemd.wait_for("STOPPING=1", 5s) != nullptr, systemd.dump());
+
+  // The exact sequence systemd saw.
+  const auto texts = systemd.texts();
+  REQUIRE_MESSAGE(texts.size() == 7, systemd.dump());
+  CHECK(texts[0] == "FDSTORE=1\nFDNAME=http");
+  CHECK(systemd.received()[0].fds.size() == 1);
+  CHECK(local_address(systemd.received()[0].fds.at(0)) == fmt::format("127.0.0.1:{}", port));
+  CHECK(texts[1] == fmt::format("READY=1\nSTATUS=generation 1 serving\nMAINPID={}", service_process.pid()));
+  for (std::size_t i : {2u, 4u}) {
+    CAPTURE(texts[i]);
+    CHECK(texts[i].starts_with("RELOADING=1\nMONOTONIC_USEC="));
+    CHECK(texts[i].ends_with("\nSTATUS=upgrading"));
+  }
+  // MONOTONIC_USEC= is CLOCK_MONOTONIC when the reload began, as systemd requires.
+  const std::uint64_t usec = std::stoull(texts[2].substr(std::strlen("RELOADING=1\nMONOTONIC_USEC=")));
+  CHECK(usec >= before);
+  CHECK(usec <= after);
+  CHECK(texts[3] == "READY=1\nSTATUS=generation 2 serving");
+  CHECK(texts[5].starts_with("READY=1\nSTATUS=generation 2 serving; release 3 rolled back: cannot start the worker: "));
+  CHECK(texts[6] == "STOPPING=1");
+  // WatchdogSec=: the first WATCHDOG=1 goes at start.
+  CHECK(std::any_of(systemd.received().begin(), systemd.received().end(),
+                    [](const Datagram& g) { return g.text == "WATCHDOG=1"; }));
+}
