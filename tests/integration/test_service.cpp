@@ -562,3 +562,97 @@ TEST_CASE("the example service as written: socket-activated, its notifications f
   CHECK(std::any_of(systemd.received().begin(), systemd.received().end(),
                     [](const Datagram& g) { return g.text == "WATCHDOG=1"; }));
 }
+
+namespace {
+
+// Every process in the pid namespace `ns` (as /proc/PID/ns/pid reads), seen from outside it:
+// its pid here and its state letter (R, S, Z, ...).
+std::map<pid_t, char> processes_in(const std::string& ns) {
+  std::map<pid_t, char> out;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    char target[128] = {};
+    if (::readlink(fmt::format("/proc/{}/ns/pid", name).c_str(), target, sizeof target - 1) <= 0) continue;
+    if (ns != target) continue;
+    const auto stat = read_file(fmt::format("/proc/{}/stat", name));
+    if (!stat) continue;
+    const auto close = stat->rfind(") ");
+    if (close == std::string::npos || close + 2 >= stat->size()) continue;
+    out[std::stoi(name)] = (*stat)[close + 2];
+  }
+  return out;
+}
+
+std::string describe(const std::map<pid_t, char>& processes) {
+  std::string out;
+  for (const auto& [pid, state] : processes)
+    out += fmt::format("{} {} {}\n", pid, state, fmt::join(cmdline_of(pid), " "));
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("as PID 1 of a pid namespace the supervisor reaps every orphan, upgrades, and stops on SIGTERM") {
+  RunResult probe = run({"unshare", "--pid", "--fork", "--mount-proc", "/bin/sh", "-c", "echo $$"}, {}, 10s);
+  REQUIRE_MESSAGE((probe.exit_code == 0 && probe.out == "1\n"),
+                  "unshare --pid --fork --mount-proc does not work on this machine: " << probe.err);
+  TempDir d;
+  // The worker leaves two orphans before it becomes the server: one that exits a moment later
+  // (re-parented to PID 1, it is a zombie unless PID 1 reaps it) and one that would run for five
+  // minutes (its generation's, it ends with it).
+  const std::string script =
+      fmt::format("(sh -c 'sleep 1; echo done > {0}/short-$0' \"$1\" &); (exec sleep 300 &); exec {1} --version \"$1\"",
+                  d.path(), hello_bin());
+  auto worker = [&](const std::string& version) {
+    return std::vector<std::string>{"/bin/sh", "-c", script, "worker", version};
+  };
+  Supervisor sup({"--drain-timeout", "20s"}, worker("v1"), true, {}, {"unshare", "--pid", "--fork", "--mount-proc"});
+  const std::vector<pid_t> below = children_of(sup.pid());
+  REQUIRE(below.size() == 1);
+  const pid_t supervisor = below[0];
+  char ns[128] = {};
+  REQUIRE(::readlink(fmt::format("/proc/{}/ns/pid", supervisor).c_str(), ns, sizeof ns - 1) > 0);
+  // It is PID 1 there.
+  CHECK(sup.status_or_fail()["pid"] == 1);
+
+  auto no_zombie = [&](const std::string& version) {
+    std::map<pid_t, char> in_ns;
+    const bool clean = wait_until(
+        [&] {
+          in_ns = processes_in(ns);
+          const bool zombies = std::any_of(in_ns.begin(), in_ns.end(), [](const auto& p) { return p.second == 'Z'; });
+          return read_file(d.file("short-" + version)).has_value() && !zombies;
+        },
+        15s);
+    CHECK_MESSAGE(clean, "after " << version << ":\n" << describe(in_ns));
+    return in_ns;
+  };
+  no_zombie("v1");
+  RunResult served = run({"curl", "-fsS", fmt::format("http://127.0.0.1:{}/", sup.port())}, {}, 10s);
+  CHECK(contains(served.out, "version=v1"));
+
+  RunResult up = sup.upgrade_to(worker("v2"));
+  REQUIRE_MESSAGE(up.exit_code == 0, up.out << up.err);
+  // Generation 1 is gone with its long orphan; generation 2's short one was reaped: what is left
+  // is the supervisor, its guard, generation 2's server and its long orphan, none of them a zombie.
+  std::map<pid_t, char> left;
+  CHECK_MESSAGE(wait_until(
+                    [&] {
+                      left = no_zombie("v2");
+                      return left.size() == 4;
+                    },
+                    20s),
+                describe(left));
+  served = run({"curl", "-fsS", fmt::format("http://127.0.0.1:{}/", sup.port())}, {}, 10s);
+  CHECK(contains(served.out, "version=v2"));
+
+  // `docker stop`: SIGTERM to PID 1. It drains, and exits 0 (unshare passes its status on).
+  REQUIRE(::kill(supervisor, SIGTERM) == 0);
+  CHECK(sup.proc().wait_for(30s) == std::optional<int>(0));
+  CHECK(sup.proc().wait_output("SIGTERM: graceful stop", 5s));
+  // The generations were drained and had exited before PID 1 did (the kernel would kill what is
+  // left in the namespace when it exits, which would hide a stop that does not wait).
+  CHECK_MESSAGE(contains(sup.proc().err(), "stopped: every generation has exited"), sup.proc().err());
+  CHECK(processes_in(ns).empty());
+}
