@@ -32,7 +32,7 @@ HR_DEPS=(
   libuv1-dev libcereal-dev libcli11-dev doctest-dev libfmt-dev nlohmann-json3-dev
   libxxhash-dev libhttp-parser-dev libsystemd-dev nettle-dev
   clang libclang-rt-14-dev
-  wrk curl
+  wrk curl ansible-core
   python3 nodejs nginx-light gunicorn lighttpd caddy
 )
 # Servers the tests run in the foreground themselves: their packages must not start them as

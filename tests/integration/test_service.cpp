@@ -656,3 +656,66 @@ TEST_CASE("as PID 1 of a pid namespace the supervisor reaps every orphan, upgrad
   CHECK_MESSAGE(contains(sup.proc().err(), "stopped: every generation has exited"), sup.proc().err());
   CHECK(processes_in(ns).empty());
 }
+
+TEST_CASE("the example Ansible playbook upgrades host after host, and stops at the first that rolls back") {
+  REQUIRE_MESSAGE(run({"ansible-playbook", "--version"}, {}, 60s).exit_code == 0,
+                  "ansible-playbook is missing: install ansible-core (scripts/lib.sh hr_install_deps)");
+  TempDir d;
+  // Two hosts on this machine, each with its own supervisor (control socket, port) and release dir.
+  Supervisor web1({}, hello("v1"));
+  Supervisor web2({}, hello("v1"));
+  json hosts = json::object();
+  for (auto [name, sup] : {std::pair<std::string, Supervisor*>{"web1", &web1}, {"web2", &web2}}) {
+    REQUIRE(::mkdir(d.file(name).c_str(), 0755) == 0);
+    hosts[name] = {{"ansible_connection", "local"},
+                   {"ansible_python_interpreter", "/usr/bin/python3"},
+                   {"hotrestart_target", {"--control", sup->control()}},
+                   {"release_dir", d.file(name)}};
+  }
+  // JSON is YAML: the inventory plugin reads it as such.
+  write_file_atomic(d.file("inventory.yml"), json{{"web", {{"hosts", hosts}}}}.dump(2));
+  SpawnOptions quiet;
+  quiet.set_env = {{"ANSIBLE_NOCOLOR", "1"},
+                   {"ANSIBLE_LOCAL_TEMP", d.file("ansible-tmp")},
+                   {"ANSIBLE_REMOTE_TEMP", d.file("ansible-tmp")},
+                   {"ANSIBLE_RETRY_FILES_ENABLED", "0"}};
+  auto rollout = [&](const std::string& binary, const std::string& release) {
+    return run({"ansible-playbook", "-i", d.file("inventory.yml"),
+                std::string(HOTRESTART_SOURCE_DIR) + "/examples/ansible/upgrade.yml", "-e",
+                "hotrestart=" + hotrestart_bin(), "-e", "release_src=" + binary, "-e", "release=" + release},
+               quiet, 180s);
+  };
+  auto serves = [](Supervisor& sup, const std::string& what) {
+    RunResult r = run({"curl", "-fsS", fmt::format("http://127.0.0.1:{}/", sup.port())}, {}, 10s);
+    return contains(r.out, what);
+  };
+
+  // A good release: both hosts upgrade, in order.
+  RunResult good = rollout(hello_bin(), "v2");
+  CHECK_MESSAGE(good.exit_code == 0, good.out << good.err);
+  CHECK_MESSAGE(contains(good.out, "web1: served: upgrade succeeded"), good.out);
+  CHECK_MESSAGE(contains(good.out, "web2: served: upgrade succeeded"), good.out);
+  CHECK(good.out.find("web1: served") < good.out.find("web2: served"));
+  for (Supervisor* sup : {&web1, &web2}) {
+    CHECK(sup->active_generation() == 2);
+    CHECK(serves(*sup, "generation=2"));
+  }
+  CHECK((*web1.active())["command"][0] == d.file("web1") + "/server-v2");
+
+  // A bad release (it exits at once): the first host rolls back and keeps serving; the rollout
+  // stops there, and the second host is never touched, not even by the copy.
+  RunResult bad = rollout("/bin/false", "v3");
+  CHECK_MESSAGE(bad.exit_code == 2, bad.out << bad.err);
+  CHECK_MESSAGE(contains(bad.out, "web1: rolled back, the previous release still serves: hotrestart: upgrade failed"),
+                bad.out);
+  CHECK_MESSAGE(contains(bad.out, "the rollout stops here"), bad.out);
+  CHECK_MESSAGE(!contains(bad.out, "[web2]"), bad.out);
+  CHECK(web1.active_generation() == 2);
+  CHECK(serves(web1, "generation=2"));
+  CHECK(release(history(web1), 3)["outcome"] == "rolled-back");
+  CHECK(history(web2)["releases"].size() == 2);
+  CHECK_FALSE(read_file(d.file("web2") + "/server-v3").has_value());
+  CHECK(serves(web2, "generation=2"));
+  web1.stop();
+  web2.stop();
+}
