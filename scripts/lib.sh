@@ -33,7 +33,7 @@ HR_DEPS=(
   libxxhash-dev libhttp-parser-dev libsystemd-dev nettle-dev
   clang libclang-rt-14-dev
   wrk curl ansible-core
-  python3 nodejs nginx-light gunicorn lighttpd caddy
+  python3 python3-yaml nodejs nginx-light gunicorn lighttpd caddy
 )
 # Servers the tests run in the foreground themselves: their packages must not start them as
 # system services when they are installed (nginx would take port 80).

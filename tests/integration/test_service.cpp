@@ -719,3 +719,69 @@ TEST_CASE("the example Ansible playbook upgrades host after host, and stops at t
   web1.stop();
   web2.stop();
 }
+
+TEST_CASE("the example Kubernetes Deployment's command lines work as written: entrypoint, probes, upgrade, preStop") {
+  const std::string path = std::string(HOTRESTART_SOURCE_DIR) + "/examples/kubernetes/deployment.yaml";
+  RunResult loaded = run(
+      {"python3", "-c", "import sys, json, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))", path},
+      {}, 30s);
+  REQUIRE_MESSAGE(loaded.exit_code == 0, "python3-yaml cannot load " << path << ": " << loaded.err);
+  const json docs = json::parse(loaded.out);
+  REQUIRE(docs.size() == 1);
+  const json& pod = docs[0]["spec"]["template"]["spec"];
+  const json& c = pod["containers"][0];
+  std::vector<std::string> entrypoint = c["command"];
+  for (const auto& a : c["args"])
+    entrypoint.push_back(a);
+  const std::vector<std::string> readiness = c["readinessProbe"]["exec"]["command"];
+  const std::vector<std::string> liveness = c["livenessProbe"]["exec"]["command"];
+  const std::vector<std::string> pre_stop = c["lifecycle"]["preStop"]["exec"]["command"];
+  // hotrestart is PID 1: the entrypoint is the supervisor itself, not a shell around it.
+  REQUIRE(entrypoint.at(0) == "/usr/local/bin/hotrestart");
+  REQUIRE(entrypoint.at(1) == "run");
+  // The grace period outlasts preStop and the drain.
+  const auto drain = std::find(entrypoint.begin(), entrypoint.end(), "--drain-timeout");
+  REQUIRE(drain != entrypoint.end());
+  REQUIRE(pre_stop.size() == 2);
+  CHECK(pre_stop[0] == "/bin/sleep");
+  CHECK(pod["terminationGracePeriodSeconds"].get<int>() > std::stoi(pre_stop[1]) + std::stoi(*(drain + 1)));
+  CHECK(c["ports"][0]["containerPort"] == 8080);
+
+  // The container's paths and port, moved into a temp dir and a free loopback port here.
+  TempDir d;
+  const std::uint16_t port = free_port();
+  auto here = [&](std::vector<std::string> argv) {
+    for (auto& w : argv) {
+      if (w == "/usr/local/bin/hotrestart") w = hotrestart_bin();
+      if (w == "/app/server") w = hello_bin();
+      if (w == "/run/hotrestart/web.sock") w = d.file("web.sock");
+      if (w == "/var/lib/hotrestart/web") w = d.file("state");
+      if (w == "http=tcp://0.0.0.0:8080") w = fmt::format("http=tcp://127.0.0.1:{}", port);
+    }
+    return argv;
+  };
+  Child container = Child::spawn(here(entrypoint));
+  CHECK_MESSAGE(wait_until([&] { return run(here(readiness), {}, 10s).exit_code == 0; }, 15s), container.describe());
+  RunResult live = run(here(liveness), {}, 10s);
+  CHECK(live.exit_code == 0);
+  CHECK(contains(live.out, "serving"));
+  auto get = [&] { return run({"curl", "-fsS", "-m", "10", fmt::format("http://127.0.0.1:{}/", port)}, {}, 20s).out; };
+  CHECK(contains(get(), "generation=1"));
+
+  // Upgrade in place, as `kubectl exec deploy/web -- hotrestart upgrade --control ...` does.
+  RunResult up = run({hotrestart_bin(), "upgrade", "--control", d.file("web.sock")}, {}, 60s);
+  CHECK_MESSAGE(up.exit_code == 0, up.out << up.err);
+  CHECK(contains(get(), "generation=2"));
+  CHECK(run(here(readiness), {}, 10s).exit_code == 0);
+
+  // Pod deletion: preStop runs while the endpoint goes away, and the pod serves throughout; then
+  // SIGTERM to PID 1 drains it, well within the grace period.
+  auto stopping = std::async(std::launch::async, [&] { return run(pre_stop, {}, 60s); });
+  CHECK(contains(get(), "generation=2"));
+  CHECK(stopping.get().exit_code == 0);
+  REQUIRE(container.send_signal(SIGTERM));
+  CHECK(container.wait_for(std::chrono::seconds(pod["terminationGracePeriodSeconds"].get<int>())) ==
+        std::optional<int>(0));
+  // Once stopping, readiness fails: no supervisor answers.
+  CHECK(run(here(readiness), {}, 10s).exit_code == 2);
+}
