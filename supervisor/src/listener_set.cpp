@@ -202,7 +202,8 @@ Result<ListenerSet> ListenerSet::adopt_or_bind(const std::vector<ListenSpec>& sp
       activation->discarded.push_back(name);
   };
 
-  // Every passed descriptor is owned at once, so that all are closed on any error below.
+  // Every passed descriptor is owned at once, so that all are closed on any error below, and those
+  // not adopted when this returns.
   std::vector<std::pair<std::string, Fd>> owned;
   for (int i = 0; i < count; ++i) {
     const int fd = 3 + i;
@@ -212,8 +213,12 @@ Result<ListenerSet> ListenerSet::adopt_or_bind(const std::vector<ListenSpec>& sp
   }
   std::map<std::string, Fd> passed;
   for (auto& [name, fd] : owned) {
+    // Not refused: the fd store hands back what it holds at every restart, and one unusable
+    // descriptor in it must not keep the service from starting until someone empties the store.
     if (auto ok = check_listening_stream_socket(fd.get()); !ok) {
-      return ok.error().context(fmt::format("socket activation ('{}')", name));
+      log_warn("socket activation passed '{}', which cannot be a listener ({}); closing it", name, ok.error().text());
+      discard(name);
+      continue;
     }
     auto [it, fresh] = passed.try_emplace(name);
     if (fresh) {

@@ -45,7 +45,8 @@ class ListenerSet {
   // adopted for the spec of its name when it is at the spec's address (the same unix path, or the
   // same port; port 0 takes any). With no specs, every passed socket is adopted under its own name.
   // Specs without a passed socket of their name and address are bound as usual. The same socket
-  // passed twice under one name (a socket unit's, and its copy in the fd store) is adopted once.
+  // passed twice under one name (a socket unit's, and its copy in the fd store) is adopted once; a
+  // descriptor that is not a listening stream socket is closed, with a warning.
   static Result<ListenerSet> adopt_or_bind(const std::vector<ListenSpec>& specs, Activation* activation);
 
   // Takes the listening sockets a supervisor that died left behind (`names[i]` is `fds[i]`'s name),

@@ -280,15 +280,17 @@ TEST_CASE("a stored socket that no --listen wants any more is closed and removed
   const int old_admin = listening_tcp();
   const int old_metrics = listening_tcp();
   const int other_http = listening_tcp();
+  const int junk = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   const std::string admin_path = d.file("admin.sock");
   SpawnOptions options;
   options.set_env = {{"NOTIFY_SOCKET", systemd.path()}};
   // http comes twice as the same socket (a socket unit's, and its copy in the store: adopted once),
   // and a third time as another socket (the first wins); admin is now a unix socket (another
-  // address: bound anew); metrics is gone from --listen.
-  options.pass_fds = {{http, 3}, {old_admin, 4}, {old_metrics, 5}, {http, 6}, {other_http, 7}};
+  // address: bound anew); metrics is gone from --listen; junk is no socket at all (closed, and the
+  // service still starts).
+  options.pass_fds = {{http, 3}, {old_admin, 4}, {old_metrics, 5}, {http, 6}, {other_http, 7}, {junk, 8}};
   Supervisor sup({"--fdstore", "--listen", "http=tcp://127.0.0.1:0", "--listen", "admin=unix:" + admin_path},
-                 hello("v1"), true, options, activate({"http", "admin", "metrics", "http", "http"}));
+                 hello("v1"), true, options, activate({"http", "admin", "metrics", "http", "http", "junk"}));
   const json status = sup.status_or_fail();
   CHECK(listener_address(status, "http") == local_address(http));
   CHECK(listener_address(status, "admin") == "unix:" + admin_path);
@@ -301,16 +303,20 @@ TEST_CASE("a stored socket that no --listen wants any more is closed and removed
                                            local_address(old_admin), admin_path, admin_path),
                                5s));
   CHECK(sup.proc().wait_output("socket activation passed 'metrics'", 5s));
+  CHECK(
+      sup.proc().wait_output("socket activation passed 'junk', which cannot be a listener (fd 8 is not a socket); "
+                             "closing it",
+                             5s));
   // The stale names leave the store first; then what the supervisor now holds is stored.
   REQUIRE_MESSAGE(systemd.wait_for("READY=1", 5s, true) != nullptr, systemd.dump());
   const auto texts = systemd.texts();
-  const std::vector<std::string> expected = {"FDSTOREREMOVE=1\nFDNAME=http", "FDSTOREREMOVE=1\nFDNAME=admin",
-                                             "FDSTOREREMOVE=1\nFDNAME=metrics", "FDSTORE=1\nFDNAME=http",
-                                             "FDSTORE=1\nFDNAME=admin"};
+  const std::vector<std::string> expected = {"FDSTOREREMOVE=1\nFDNAME=http",  "FDSTOREREMOVE=1\nFDNAME=junk",
+                                             "FDSTOREREMOVE=1\nFDNAME=admin", "FDSTOREREMOVE=1\nFDNAME=metrics",
+                                             "FDSTORE=1\nFDNAME=http",        "FDSTORE=1\nFDNAME=admin"};
   REQUIRE_MESSAGE(texts.size() >= expected.size() + 1, systemd.dump());
-  CHECK(std::vector<std::string>(texts.begin(), texts.begin() + 5) == expected);
-  CHECK(inode_of(systemd.received()[3].fds.at(0)) == inode_of(http));
-  CHECK(local_address(systemd.received()[4].fds.at(0)) == "unix:" + admin_path);
+  CHECK(std::vector<std::string>(texts.begin(), texts.begin() + 6) == expected);
+  CHECK(inode_of(systemd.received()[4].fds.at(0)) == inode_of(http));
+  CHECK(local_address(systemd.received()[5].fds.at(0)) == "unix:" + admin_path);
   // The supervisor let go of the stale sockets: only the test holds them now.
   const auto held = socket_inodes(sup.pid());
   CHECK(held.count(inode_of(old_admin)) == 0);
@@ -318,7 +324,7 @@ TEST_CASE("a stored socket that no --listen wants any more is closed and removed
   CHECK(held.count(inode_of(other_http)) == 0);
   CHECK(held.count(inode_of(http)) == 1);
   sup.stop();
-  for (int fd : {http, old_admin, old_metrics, other_http})
+  for (int fd : {http, old_admin, old_metrics, other_http, junk})
     ::close(fd);
 }
 
