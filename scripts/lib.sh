@@ -32,8 +32,8 @@ HR_DEPS=(
   libuv1-dev libcereal-dev libcli11-dev doctest-dev libfmt-dev nlohmann-json3-dev
   libxxhash-dev libhttp-parser-dev libsystemd-dev nettle-dev
   clang libclang-rt-14-dev
-  wrk curl
-  python3 nodejs nginx-light gunicorn lighttpd caddy
+  wrk curl ansible-core
+  python3 python3-yaml nodejs nginx-light gunicorn lighttpd caddy
   prometheus
 )
 # Servers the tests run in the foreground themselves: their packages must not start them as

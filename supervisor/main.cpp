@@ -107,6 +107,7 @@ struct RunFlags {
   int health_failures = 3;
   bool adopt_binds = false;
   bool no_http_drain = false;
+  bool fdstore = false;
   std::string preflight;
   std::string preflight_timeout = "60s";
   std::string log_level = "info";
@@ -221,6 +222,11 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
                 "With --adopt-binds: leave the server's responses as they are on drain (for a server that is not "
                 "HTTP/1.x, or that drains its keep-alive connections well by itself); a given --drain-signal then "
                 "goes as soon as the listeners are closed");
+  run->add_flag("--fdstore", f.fdstore,
+                "Under systemd (NOTIFY_SOCKET), keep a copy of every listening socket in the service's file "
+                "descriptor store (FileDescriptorStoreMax= in the unit), so that after `systemctl restart` or an "
+                "automatic restart the new supervisor gets the same sockets back and the port never closes; on by "
+                "itself when systemd says the store is available ($FDSTORE)");
   run->add_option("--preflight", f.preflight,
                   "A check run with /bin/sh -c before each release is started (the first, every upgrade, SIGUSR2, "
                   "rollback; not crash restarts or reverts), e.g. 'nginx -t -c /etc/nginx/nginx.conf'. "
@@ -329,6 +335,7 @@ Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vect
   options.adopt_binds = f.adopt_binds;
   options.http_drain = !f.no_http_drain;
   if (f.no_http_drain && !f.adopt_binds) return Error::message("--no-http-drain goes with --adopt-binds only");
+  options.fdstore = f.fdstore;
   options.preflight = f.preflight;
   options.preflight_timeout = parse_duration(f.preflight_timeout).value();
   if (!f.metrics.empty()) {

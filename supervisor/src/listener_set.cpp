@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -135,6 +136,22 @@ Status check_listening_stream_socket(int fd) {
   return {};
 }
 
+// Whether two descriptors are the same socket (the same inode of the socket file system).
+bool same_socket(int a, int b) {
+  struct stat sa {};
+  struct stat sb {};
+  return ::fstat(a, &sa) == 0 && ::fstat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+// Whether a socket bound to `address` (as describe_bound_address spells it) is what `spec` asks
+// for: the same path, or the same port (port 0 takes any). Host names are not resolved again: a
+// port is one service's.
+bool at_address(const ListenSpec& spec, const std::string& address) {
+  if (spec.kind == ListenSpec::Kind::Unix) return address == "unix:" + spec.path;
+  if (address.starts_with("unix:")) return false;
+  return spec.port == 0 || address.ends_with(fmt::format(":{}", spec.port));
+}
+
 std::vector<std::string> split(std::string_view text, char sep) {
   std::vector<std::string> parts;
   std::size_t start = 0;
@@ -185,8 +202,8 @@ Result<ListenerSet> ListenerSet::bind_all(const std::vector<ListenSpec>& specs) 
   return set;
 }
 
-Result<ListenerSet> ListenerSet::adopt_or_bind(const std::vector<ListenSpec>& specs, bool* activated) {
-  *activated = false;
+Result<ListenerSet> ListenerSet::adopt_or_bind(const std::vector<ListenSpec>& specs, Activation* activation) {
+  *activation = {};
   const char* pid_env = std::getenv("LISTEN_PID");
   const char* fds_env = std::getenv("LISTEN_FDS");
   if (pid_env == nullptr || fds_env == nullptr || std::to_string(::getpid()) != pid_env) {
@@ -200,20 +217,43 @@ Result<ListenerSet> ListenerSet::adopt_or_bind(const std::vector<ListenSpec>& sp
   ::unsetenv("LISTEN_FDS");
   ::unsetenv("LISTEN_FDNAMES");
   if (count <= 0 || count > 1024) return Error::message(fmt::format("LISTEN_FDS={} is out of range", fds_env));
-  *activated = true;
+  activation->activated = true;
+  auto discard = [&](const std::string& name) {
+    if (std::find(activation->discarded.begin(), activation->discarded.end(), name) == activation->discarded.end())
+      activation->discarded.push_back(name);
+  };
 
-  std::map<std::string, Fd> passed;
+  // Every passed descriptor is owned at once, so that all are closed on any error below, and those
+  // not adopted when this returns.
+  std::vector<std::pair<std::string, Fd>> owned;
   for (int i = 0; i < count; ++i) {
     const int fd = 3 + i;
     ::fcntl(fd, F_SETFD, FD_CLOEXEC);
-    Fd owned(fd);
-    std::string name = i < static_cast<int>(names.size()) && !names[i].empty() ? names[i] : fmt::format("listen{}", i);
-    if (auto ok = check_listening_stream_socket(fd); !ok) {
-      return ok.error().context(fmt::format("socket activation ('{}')", name));
+    owned.emplace_back(i < static_cast<int>(names.size()) && !names[i].empty() ? names[i] : fmt::format("listen{}", i),
+                       Fd(fd));
+  }
+  std::map<std::string, Fd> passed;
+  for (auto& [name, fd] : owned) {
+    // Not refused: the fd store hands back what it holds at every restart, and one unusable
+    // descriptor in it must not keep the service from starting until someone empties the store.
+    if (auto ok = check_listening_stream_socket(fd.get()); !ok) {
+      log_warn("socket activation passed '{}', which cannot be a listener ({}); closing it", name, ok.error().text());
+      discard(name);
+      continue;
     }
-    if (!passed.emplace(name, std::move(owned)).second) {
-      return Error::message(fmt::format("socket activation passed the name '{}' twice (LISTEN_FDNAMES)", name));
+    auto [it, fresh] = passed.try_emplace(name);
+    if (fresh) {
+      it->second = std::move(fd);
+      continue;
     }
+    // systemd passes a socket unit's sockets first, then the fd store's: a socket kept in the
+    // store comes back beside the socket unit's own copy of it, which is no conflict.
+    if (same_socket(it->second.get(), fd.get())) continue;
+    log_warn(
+        "socket activation passed two different sockets named '{}' ({} and {}); adopting the first, closing the "
+        "other",
+        name, describe_bound_address(it->second.get()), describe_bound_address(fd.get()));
+    discard(name);
   }
 
   ListenerSet set;
@@ -231,6 +271,16 @@ Result<ListenerSet> ListenerSet::adopt_or_bind(const std::vector<ListenSpec>& sp
   }
   for (const auto& spec : specs) {
     auto it = passed.find(spec.name);
+    if (it != passed.end() && !at_address(spec, describe_bound_address(it->second.get()))) {
+      // The --listen is what the operator asks for now: a socket kept from an earlier configuration
+      // (in the fd store) must not pin the old address.
+      log_warn(
+          "socket activation passed '{}' on {}, and --listen asks for {}; binding {} and closing the passed socket",
+          spec.name, describe_bound_address(it->second.get()), spec.text, spec.text);
+      discard(spec.name);
+      passed.erase(it);
+      it = passed.end();
+    }
     if (it == passed.end()) {
       auto l = bind_one(spec);
       if (!l) return l.error();
@@ -248,6 +298,7 @@ Result<ListenerSet> ListenerSet::adopt_or_bind(const std::vector<ListenSpec>& sp
   for (const auto& [name, fd] : passed) {
     log_warn("socket activation passed '{}' ({}), which no --listen names; closing it", name,
              describe_bound_address(fd.get()));
+    discard(name);
   }
   return set;
 }
@@ -293,10 +344,7 @@ Result<ListenerSet> ListenerSet::inherit(const std::vector<ListenSpec>& specs, c
           spec.name, have));
     }
     const std::string address = describe_bound_address(it->second.get());
-    const bool same = spec.kind == ListenSpec::Kind::Unix
-                          ? address == "unix:" + spec.path
-                          : spec.port == 0 || address.ends_with(fmt::format(":{}", spec.port));
-    if (!same) {
+    if (!at_address(spec, address)) {
       return Error::message(fmt::format(
           "the generations left behind serve '{}' on {}, and --listen asks for {}; run with the same --listen, or end "
           "them",

@@ -22,7 +22,7 @@ using nlohmann::json;
 constexpr std::string_view kOutcomeNames[] = {"starting", "serving", "rolled-back", "reverted", "retired", "stopped"};
 static_assert(std::size(kOutcomeNames) == kReleaseOutcomeCount && named_apart(kOutcomeNames),
               "every release outcome needs a name of its own");
-constexpr std::string_view kOriginNames[] = {"run", "upgrade", "SIGUSR2", "rollback", "revert"};
+constexpr std::string_view kOriginNames[] = {"run", "upgrade", "SIGUSR2", "rollback", "revert", "SIGHUP"};
 static_assert(std::size(kOriginNames) == kReleaseOriginCount && named_apart(kOriginNames),
               "every release origin needs a name of its own");
 

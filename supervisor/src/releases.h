@@ -39,9 +39,11 @@ std::string_view release_outcome_name(ReleaseOutcome outcome);
 bool transition_allowed(ReleaseOutcome from, ReleaseOutcome to);
 
 // How a release was asked for.
-enum class ReleaseOrigin : std::uint8_t { Run, Upgrade, Signal, Rollback, Revert };
-inline constexpr std::size_t kReleaseOriginCount = 5;
-std::string_view release_origin_name(ReleaseOrigin origin);  // "run", "upgrade", "SIGUSR2", ...
+// Signal: SIGUSR2. Reload: SIGHUP, which starts a new generation of the current release as SIGUSR2
+// does (and will read --config files again once there are any).
+enum class ReleaseOrigin : std::uint8_t { Run, Upgrade, Signal, Rollback, Revert, Reload };
+inline constexpr std::size_t kReleaseOriginCount = 6;
+std::string_view release_origin_name(ReleaseOrigin origin);  // "run", "upgrade", "SIGUSR2", ..., "SIGHUP"
 
 struct Release {
   std::uint64_t number = 0;

@@ -66,7 +66,9 @@ struct RunOptions {
   HealthCheck health;
   bool adopt_binds = false;  // Preload libhotrestart-adopt into every worker.
   bool http_drain = true;    // With adopt_binds: the library's HTTP drain (not --no-http-drain).
-  std::string preflight;     // Run with /bin/sh -c before each release is spawned (preflight.h).
+  // --fdstore: keep the listening sockets in systemd's fd store (FDSTORE=1), for the next supervisor.
+  bool fdstore = false;
+  std::string preflight;  // Run with /bin/sh -c before each release is spawned (preflight.h).
   Millis preflight_timeout{60'000};
   std::optional<ListenSpec> metrics;  // --metrics: where the Prometheus endpoint listens.
   std::vector<std::string> command;

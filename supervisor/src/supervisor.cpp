@@ -77,6 +77,12 @@ void ServiceManager::take_from_environment() {
   }
   ::unsetenv("WATCHDOG_USEC");
   ::unsetenv("WATCHDOG_PID");
+  if (const char* max = std::getenv("FDSTORE"); max != nullptr) {
+    char* end = nullptr;
+    const unsigned long long value = std::strtoull(max, &end, 10);
+    if (end != max && *end == '\0') fdstore_max_ = static_cast<unsigned long>(value);
+    ::unsetenv("FDSTORE");
+  }
 }
 
 std::vector<std::string> ServiceManager::environment() const {
@@ -84,7 +90,37 @@ std::vector<std::string> ServiceManager::environment() const {
   if (!socket_.empty()) env.push_back("NOTIFY_SOCKET=" + socket_);
   // The new image has this pid too.
   if (watchdog_.count() > 0) env.push_back(fmt::format("WATCHDOG_USEC={}", watchdog_.count()));
+  if (fdstore_max_ > 0) env.push_back(fmt::format("FDSTORE={}", fdstore_max_));
   return env;
+}
+
+bool ServiceManager::store_listeners(const ListenerSet& listeners, const std::vector<std::string>& stale,
+                                     bool asked) const {
+  if (socket_.empty()) {
+    if (asked) log_info("--fdstore: not under systemd (no NOTIFY_SOCKET); the listening sockets are not stored");
+    return false;
+  }
+  // Removals first: systemd handles the datagrams in order, so a name removed and stored again
+  // (a socket that replaces a stale one) ends up stored.
+  for (const auto& name : stale)
+    notify("FDSTOREREMOVE=1\nFDNAME=" + name);
+  std::string stored;
+  bool all = true;
+  for (const auto& l : listeners.listeners()) {
+    const int fd = l.fd.get();
+    // One datagram per name: FDNAME= names every descriptor of its datagram. systemd keeps one
+    // copy of a socket it already holds, so storing again after a restart adds nothing.
+    if (auto ok = sd_notify_with_fds(socket_, "FDSTORE=1\nFDNAME=" + l.spec.name, std::span<const int>(&fd, 1)); !ok) {
+      log_warn("could not store listener {} in systemd's fd store: {}", l.spec.name, ok.error().text());
+      all = false;
+      continue;
+    }
+    stored += (stored.empty() ? "" : ", ") + l.spec.name;
+  }
+  if (!stored.empty()) {
+    log_info("listeners kept in systemd's fd store: {} (FileDescriptorStoreMax= must allow them)", stored);
+  }
+  return all;
 }
 
 void ServiceManager::notify(const std::string& message) const {
@@ -181,6 +217,7 @@ Status Supervisor::start() {
   }
   if (!asked) return asked.error();
   std::optional<Inheritance> inheritance = std::move(asked).value();
+  ListenerSet::Activation activation;
   if (!inheritance) {
     // No guard answers (it died too): the record names what may still serve.
     auto taken = take_from_generations(options_.state_dir);
@@ -194,13 +231,17 @@ Status Supervisor::start() {
       return inherited.error().context(fmt::format("cannot take over from supervisor pid {}", inheritance->supervisor));
     listeners_ = std::move(inherited).value();
   } else {
-    bool activated = false;
-    auto listeners = ListenerSet::adopt_or_bind(options_.listen, &activated);
+    auto listeners = ListenerSet::adopt_or_bind(options_.listen, &activation);
     if (!listeners) return with_port_holders(listeners.error());
     listeners_ = std::move(listeners).value();
   }
   if (listeners_.empty()) return Error::message("no listeners: give at least one --listen");
   if (auto ok = start_metrics(); !ok) return ok.error();
+  // Before any worker starts: a supervisor that dies from here on leaves the sockets in the store
+  // for the one systemd starts next.
+  if ((options_.fdstore || systemd_.fdstore_offered()) &&
+      systemd_.store_listeners(listeners_, activation.discarded, options_.fdstore))
+    listeners_.keep_unix_files();
   record_event({{"type", "supervisor.started"},
                 {"supervisor_pid", ::getpid()},
                 {"took_over", inheritance.has_value()},
@@ -877,22 +918,28 @@ void Supervisor::on_signal(int signo) {
       begin_stop(true);
       break;
     case SIGUSR2:
+    case SIGHUP: {
+      // SIGHUP is nginx's reload: new workers that read the configuration again. Until the
+      // supervisor has configuration files of its own, that is a new generation of the current
+      // release, as SIGUSR2 starts, recorded as a reload.
+      const std::string_view name = signo == SIGHUP ? "SIGHUP" : "SIGUSR2";
       if (stopping_) break;
       if (first_preflight_) {
-        log_warn("SIGUSR2 ignored: {}", kFirstPreflightBusy);
+        log_warn("{} ignored: {}", name, kFirstPreflightBusy);
         break;
       }
       if (upgrade_->in_progress() || resuming_ != 0) {
-        log_warn("SIGUSR2 ignored: {}",
+        log_warn("{} ignored: {}", name,
                  resuming_ != 0 ? "a revert is resuming the previous generation" : "an upgrade is already in progress");
         break;
       }
-      // SIGUSR2 upgrades never hold: a signal carries no --hold, and no client follows it.
-      upgrade_->begin({current_.command, ReleaseOrigin::Signal, -1, -1, 0, nullptr, {}}, std::nullopt);
+      log_info("{}: {} with the same command line", name, signo == SIGHUP ? "reload, a new generation" : "upgrade");
+      // Signal upgrades never hold: a signal carries no --hold, and no client follows it.
+      upgrade_->begin(
+          {current_.command, signo == SIGHUP ? ReleaseOrigin::Reload : ReleaseOrigin::Signal, -1, -1, 0, nullptr, {}},
+          std::nullopt);
       break;
-    case SIGHUP:
-      log_warn("SIGHUP ignored: configuration reload is not available; use SIGUSR2 or `hotrestart upgrade`");
-      break;
+    }
     default:
       break;
   }

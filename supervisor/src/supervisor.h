@@ -74,12 +74,23 @@ class ServiceManager {
   // WatchdogSec=: how often systemd wants WATCHDOG=1 (WATCHDOG_USEC, for this process when
   // WATCHDOG_PID names it); 0 when it does not.
   std::chrono::microseconds watchdog() const { return watchdog_; }
-  // The environment a new image of the supervisor needs to go on (NOTIFY_SOCKET, WATCHDOG_USEC).
+  // The environment a new image of the supervisor needs to go on (NOTIFY_SOCKET, WATCHDOG_USEC,
+  // FDSTORE).
   std::vector<std::string> environment() const;
+  // Whether systemd said that the service has a file descriptor store ($FDSTORE, systemd 254 and
+  // later; 252 says nothing, hence --fdstore).
+  bool fdstore_offered() const { return fdstore_max_ > 0; }
+  // Keeps a copy of each listener in systemd's fd store, one FDSTORE=1 datagram per listener with
+  // FDNAME= its name, after removing the names in `stale` (FDSTOREREMOVE=1): at the next start of
+  // the service systemd passes them back in LISTEN_FDS, and the supervisor adopts them. `asked`:
+  // the operator gave --fdstore, so its absence of effect is worth a line. Returns whether every
+  // listener was stored.
+  bool store_listeners(const ListenerSet& listeners, const std::vector<std::string>& stale, bool asked) const;
 
  private:
   std::string socket_;
   std::chrono::microseconds watchdog_{0};
+  unsigned long fdstore_max_ = 0;
   bool told_ready_ = false;
 };
 

@@ -58,7 +58,7 @@ struct UpgradeDriver::Upgrade {
   // The clients that ended the hold (`promote`, `abort`): each is answered with the verdict.
   std::vector<ClientId> enders;
   Timer phase_timer;
-  std::string origin;     // For the log: "control", "SIGUSR2", "rollback to release N".
+  std::string origin;     // For the log: "control", "SIGUSR2", "SIGHUP", "rollback to release N".
   std::int64_t uid = -1;  // Who asked (the control socket's peer), when known.
   std::int64_t pid = -1;
   std::uint64_t waiting_for = 0;  // A draining generation the transfer waits for.
@@ -159,7 +159,8 @@ void UpgradeDriver::begin(UpgradeRequest request, std::optional<ClientId> client
   upgrade_->pid = request.pid;
   switch (request.origin) {
     case ReleaseOrigin::Signal:
-      upgrade_->origin = "SIGUSR2";
+    case ReleaseOrigin::Reload:
+      upgrade_->origin = std::string(release_origin_name(request.origin));
       break;
     case ReleaseOrigin::Rollback:
       upgrade_->origin = fmt::format("rollback to release {}", request.rollback_of);

@@ -103,5 +103,5 @@ TEST_CASE("base: sd_notify datagrams reach a filesystem or an abstract socket, a
   CHECK_FALSE(sd_notify_to(std::string(200, 'x'), "READY=1").ok());
   auto missing = sd_notify_to("/nonexistent/notify", "READY=1");
   REQUIRE_FALSE(missing.ok());
-  CHECK(missing.error().text().starts_with("sendto /nonexistent/notify: "));
+  CHECK(missing.error().text().starts_with("sendmsg /nonexistent/notify: "));
 }

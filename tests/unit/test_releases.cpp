@@ -68,6 +68,7 @@ TEST_CASE("releases: outcomes move only along the table") {
   CHECK_FALSE(transition_allowed(O::Starting, O::Retired));
   CHECK(release_outcome_name(O::RolledBack) == "rolled-back");
   CHECK(release_origin_name(ReleaseOrigin::Signal) == "SIGUSR2");
+  CHECK(release_origin_name(ReleaseOrigin::Reload) == "SIGHUP");
 
   ReleaseHistory h;
   const auto n = h.add(release_of({"./srv"})).number;
