@@ -51,7 +51,7 @@ class Metrics {
     std::map<std::string, std::uint64_t> generations;  // By state name; every state is listed.
     std::uint64_t active_generation = 0;
     std::uint64_t release = 0;
-    std::string release_origin;  // run, upgrade, SIGUSR2, rollback, revert
+    std::string release_origin;  // run, upgrade, SIGUSR2, SIGHUP, rollback, revert
     std::string release_sha256;  // The first 12 hex digits of the release's executable ("": unknown).
     bool upgrade_in_progress = false;
     bool stopping = false;
