@@ -85,7 +85,7 @@ class HelpFormatter : public CLI::Formatter {
     const std::string name = app->get_parent() == nullptr ? "" : app->get_name();
     const auto found = usage_.find(name);
     const std::string rest = found != usage_.end() ? found->second : "[OPTIONS]";
-    return fmt::format("Usage: hotrestart{}{} {}\n", name.empty() ? "" : " ", name, rest);
+    return fmt::format("Usage: hotrestart{}{}{}{}\n", name.empty() ? "" : " ", name, rest.empty() ? "" : " ", rest);
   }
   std::string make_description(const CLI::App* app) const override {
     const std::string& text = app->get_description();

@@ -29,13 +29,17 @@ TEST_CASE("cli: every command's help shows placeholders, defaults and a usage li
     CHECK(r.exit_code == 0);
     CHECK_MESSAGE(contains(r.out, fmt::format("Usage: hotrestart {}", command)), r.out);
     // CLI11's own type names and its "=DEFAULT" after them are gone, and so is the binary's path.
-    for (const char* noise : {"TEXT", "INT", "UINT", ":{", "=30s", "[0 - ", "REQUIRED", hotrestart_bin().c_str()}) {
+    CHECK_MESSAGE(!std::regex_search(r.out, std::regex("\\b(TEXT|U?INT|FLOAT)\\b")), r.out);
+    for (const std::string& noise : {std::string(":{"), std::string("=30s"), std::string("[0 - "),
+                                     std::string("REQUIRED"), std::string("VALUE"), hotrestart_bin()}) {
       CHECK_MESSAGE(!contains(r.out, noise), noise << " in:\n" << r.out);
     }
-    // No line is wider than a terminal.
+    // No line is wider than a terminal, or ends in a space.
     std::istringstream lines(r.out);
-    for (std::string line; std::getline(lines, line);)
+    for (std::string line; std::getline(lines, line);) {
       CHECK_MESSAGE(line.size() <= 100, line);
+      CHECK_MESSAGE((line.empty() || line.back() != ' '), "[" << line << "]");
+    }
   }
   const RunResult run_help = cli({"run", "--help"});
   CHECK(contains(run_help.out, "Usage: hotrestart run [OPTIONS] --listen SPEC... -- COMMAND [ARGS...]"));
