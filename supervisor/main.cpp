@@ -443,11 +443,20 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
   return run;
 }
 
+// Whether systemd's socket activation passed this process its listening sockets (LISTEN_PID is
+// ours): then `run` serves those and needs no --listen (ListenerSet::adopt_or_bind).
+bool socket_activated() {
+  const char* pid = std::getenv("LISTEN_PID");
+  const char* fds = std::getenv("LISTEN_FDS");
+  return pid != nullptr && fds != nullptr && std::to_string(::getpid()) == pid;
+}
+
 // The flags checked by CLI11 (durations, signals) are valid here; the rest are parsed now.
 Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vector<std::string> command) {
-  if (f.listen.empty()) {
+  if (f.listen.empty() && !socket_activated()) {
     return Error::message(
-        "run needs at least one --listen SPEC: hotrestart run [OPTIONS] --listen SPEC... -- COMMAND [ARGS...]");
+        "run needs at least one --listen SPEC (or sockets passed by socket activation): hotrestart run [OPTIONS] "
+        "--listen SPEC... -- COMMAND [ARGS...]");
   }
   if (command.empty()) {
     return Error::message(
