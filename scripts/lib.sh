@@ -28,7 +28,7 @@ HR_SUP_PID=""  # Set by hr_sup_start.
 
 # Everything the project needs to build, test and benchmark, as Debian package names.
 HR_DEPS=(
-  build-essential cmake pkg-config
+  build-essential cmake pkg-config dpkg-dev groff-base
   libuv1-dev libcereal-dev libcli11-dev doctest-dev libfmt-dev nlohmann-json3-dev
   libxxhash-dev libhttp-parser-dev libsystemd-dev nettle-dev
   clang libclang-rt-14-dev

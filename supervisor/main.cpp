@@ -5,15 +5,20 @@
 
 #include <sys/un.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <map>
+#include <memory>
+#include <sstream>
 
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
+#include "build_info.h"
 #include "src/client.h"
 #include "src/duration.h"
 #include "src/guard.h"
@@ -30,8 +35,196 @@ using namespace hotrestart;
 
 namespace {
 
-constexpr const char* kVersion = "0.1.0";
+constexpr const char* kVersion = HOTRESTART_VERSION;
 constexpr std::size_t kMaxUnixPath = sizeof(sockaddr_un{}.sun_path);
+
+// "hotrestart 0.1.0 (commit 1a2b3c4d5e6f)": the version and the commit the binary was built from.
+std::string version_line() {
+  return fmt::format("hotrestart {} (commit {})", kVersion, hotrestart_build_commit());
+}
+
+// Lays out `text` in lines of at most `width` columns, each after the first indented by `indent`
+// spaces; the newlines already in it are kept.
+std::string wrap(const std::string& text, std::size_t indent, std::size_t width) {
+  std::string out;
+  std::size_t column = indent;
+  std::istringstream lines(text);
+  std::string line;
+  bool first_line = true;
+  while (std::getline(lines, line)) {
+    if (!first_line) {
+      out += "\n" + std::string(indent, ' ');
+      column = indent;
+    }
+    first_line = false;
+    std::istringstream words(line);
+    std::string word;
+    bool first_word = true;
+    while (words >> word) {
+      if (!first_word && column + 1 + word.size() > width) {
+        out += "\n" + std::string(indent, ' ');
+        column = indent;
+      } else if (!first_word) {
+        out += ' ';
+        ++column;
+      }
+      out += word;
+      column += word.size();
+      first_word = false;
+    }
+  }
+  return out;
+}
+
+// CLI11's help without its type names ("TEXT:DURATION=30s"): each option shows a placeholder that
+// says what to write (set with option_text), its default goes at the end of its description, the
+// usage line is written out for each command, and the text is wrapped to fit a terminal.
+class HelpFormatter : public CLI::Formatter {
+ public:
+  static constexpr std::size_t kWidth = 100;
+  static constexpr std::size_t kNameColumn = 32;
+
+  // What the usage line of the command `name` ("" for hotrestart itself) shows after its name.
+  void usage(const std::string& name, std::string line) { usage_[name] = std::move(line); }
+
+  std::string make_usage(const CLI::App* app, std::string) const override {
+    const std::string name = app->get_parent() == nullptr ? "" : app->get_name();
+    const auto found = usage_.find(name);
+    const std::string rest = found != usage_.end() ? found->second : "[OPTIONS]";
+    return fmt::format("Usage: hotrestart{}{}{}{}\n", name.empty() ? "" : " ", name, rest.empty() ? "" : " ", rest);
+  }
+  std::string make_description(const CLI::App* app) const override {
+    const std::string& text = app->get_description();
+    return text.empty() ? std::string() : wrap(text, 0, kWidth) + "\n\n";
+  }
+  std::string make_option_opts(const CLI::Option* opt) const override {
+    // A flag takes no value; every option that does names its placeholder with option_text.
+    if (takes_no_value(opt)) return {};
+    return " " + (opt->get_option_text().empty() ? std::string("VALUE") : opt->get_option_text());
+  }
+  std::string make_option_desc(const CLI::Option* opt) const override {
+    std::string text = opt->get_description();
+    if (!takes_no_value(opt) && !opt->get_default_str().empty())
+      text += fmt::format(" (default: {})", opt->get_default_str());
+    return text;
+  }
+  std::string make_option(const CLI::Option* opt, bool is_positional) const override {
+    return row(make_option_name(opt, is_positional) + make_option_opts(opt), make_option_desc(opt));
+  }
+  std::string make_subcommand(const CLI::App* sub) const override {
+    // The list of commands shows the first sentence of each; `hotrestart COMMAND --help` the rest.
+    std::string text = sub->get_description();
+    text = text.substr(0, std::min(text.find(". "), text.find(":\n")));
+    if (!text.empty() && text.back() == '.') text.pop_back();
+    return row(sub->get_name(), text);
+  }
+  std::string make_footer(const CLI::App* app) const override {
+    return app->get_footer().empty() ? std::string() : wrap(app->get_footer(), 0, kWidth) + "\n";
+  }
+
+ private:
+  // A flag (--json) rather than an option that takes a value (--name NAME).
+  static bool takes_no_value(const CLI::Option* opt) { return opt->get_expected_max() == 0; }
+
+  std::string row(const std::string& name, const std::string& text) const {
+    std::string out = "  " + name;
+    if (out.size() + 2 > kNameColumn) {
+      out += "\n" + std::string(kNameColumn, ' ');
+    } else {
+      out += std::string(kNameColumn - out.size(), ' ');
+    }
+    return out + wrap(text, kNameColumn, kWidth) + "\n";
+  }
+
+  std::map<std::string, std::string> usage_;
+};
+
+// The optimal string alignment distance: insertions, deletions, substitutions and swaps of two
+// neighbours ("drian" for "drain") each count one.
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<std::vector<std::size_t>> d(a.size() + 1, std::vector<std::size_t>(b.size() + 1));
+  for (std::size_t i = 0; i <= a.size(); ++i)
+    d[i][0] = i;
+  for (std::size_t j = 0; j <= b.size(); ++j)
+    d[0][j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[a.size()][b.size()];
+}
+
+// The candidate nearest to `word`, if one is near enough to be what was meant: at most a third of
+// its letters wrong, and never more than three.
+std::optional<std::string> nearest(std::string_view word, const std::vector<std::string>& candidates) {
+  std::optional<std::string> best;
+  std::size_t best_distance = std::min<std::size_t>(3, std::max<std::size_t>(1, word.size() / 3)) + 1;
+  for (const std::string& candidate : candidates) {
+    const std::size_t distance = edit_distance(word, candidate);
+    if (distance < best_distance) {
+      best_distance = distance;
+      best = candidate;
+    }
+  }
+  return best;
+}
+
+// After CLI11 refused a command line: the first command or option in it that does not exist, with
+// the one it is nearest to, as "unknown option --drian-timeout; did you mean --drain-timeout?".
+// Nothing when every word is known (the error was in a value).
+std::optional<std::string> unknown_word(const CLI::App& app, int argc, char** argv) {
+  const CLI::App* command = nullptr;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    const CLI::App& in = command != nullptr ? *command : app;
+    if (arg.size() > 1 && arg.front() == '-') {
+      const std::string name(arg.substr(0, arg.find('=')));
+      if (const CLI::Option* opt = in.get_option_no_throw(name)) {
+        // Its value is the next word unless it came after '='.
+        if (opt->get_expected_max() != 0 && name.size() == arg.size()) ++i;
+        continue;
+      }
+      const auto long_names = [](const CLI::App& of) {
+        std::vector<std::string> names;
+        for (const CLI::Option* opt : of.get_options()) {
+          for (const std::string& long_name : opt->get_lnames())
+            names.push_back("--" + long_name);
+        }
+        return names;
+      };
+      if (auto guess = nearest(name, long_names(in)))
+        return fmt::format("unknown option {}; did you mean {}?", name, *guess);
+      // A flag of another command, given to this one (run's --drain-timeout to upgrade).
+      if (command != nullptr) {
+        for (const CLI::App* other : app.get_subcommands({})) {
+          if (other == command) continue;
+          if (auto guess = nearest(name, long_names(*other))) {
+            return fmt::format(
+                "unknown option {}; did you mean {}? (a flag of `hotrestart {}`, which {} does not take)", name, *guess,
+                other->get_name(), command->get_name());
+          }
+        }
+      }
+      const std::string where = command != nullptr ? fmt::format(" for {}", command->get_name()) : "";
+      return fmt::format("unknown option {}{} (see `hotrestart {}--help`)", name, where,
+                         command != nullptr ? command->get_name() + " " : "");
+    }
+    if (command != nullptr) continue;
+    std::vector<std::string> names;
+    for (const CLI::App* sub : app.get_subcommands({})) {
+      if (sub->get_name() == arg) command = sub;
+      names.push_back(sub->get_name());
+    }
+    if (command != nullptr) continue;
+    if (auto guess = nearest(arg, names)) return fmt::format("unknown command '{}'; did you mean {}?", arg, *guess);
+    return fmt::format("unknown command '{}' (the commands: {})", arg, fmt::join(names, ", "));
+  }
+  return std::nullopt;
+}
 
 struct CommonOptions {
   std::string name = "default";
@@ -48,17 +241,18 @@ void add_common(CLI::App* app, CommonOptions& common) {
                   "Supervisor name; picks the default control socket: $RUNTIME_DIRECTORY/NAME.sock under "
                   "systemd's RuntimeDirectory=, /run/hotrestart/NAME.sock for root, else "
                   "$XDG_RUNTIME_DIR/hotrestart/NAME.sock or /tmp/hotrestart-UID/NAME.sock")
+      ->option_text("NAME")
       ->check([](const std::string& v) {
         return valid_listener_name(v) ? std::string() : "must be 1-64 letters, digits, '.', '_' or '-'";
       });
-  app->add_option("--control", common.control, "Control socket path (overrides --name)");
+  app->add_option("--control", common.control, "Control socket path (overrides --name)")->option_text("PATH");
 }
 
 // CLI11 validators that report our own parse errors verbatim.
-CLI::Validator duration_check() {
+CLI::Validator duration_check(Infinity infinity = Infinity::Refused) {
   return CLI::Validator(
-      [](std::string& v) {
-        auto d = parse_duration(v);
+      [infinity](std::string& v) {
+        auto d = parse_duration(v, infinity);
         return d ? std::string() : d.error().text();
       },
       "DURATION");
@@ -72,6 +266,7 @@ void add_hold_option(CLI::App* app, std::string& hold) {
                   "'manual' holds until `hotrestart promote`. `hotrestart promote` ends a hold early with the "
                   "cutover, `hotrestart abort` with a rollback in which the old generation was never drained. The "
                   "command stays attached through the hold: 0 promoted, 1 aborted or failed")
+      ->option_text("DURATION|manual")
       ->check(CLI::Validator(
           [](std::string& v) {
             auto h = parse_hold(v);
@@ -121,26 +316,29 @@ struct RunFlags {
 };
 
 CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
-  auto* run = app.add_subcommand(
-      "run", "Run a server behind listening sockets that outlive it:\n  hotrestart run [OPTIONS] -- COMMAND [ARGS...]");
+  auto* run = app.add_subcommand("run", "Run a server behind listening sockets that outlive it.");
   add_common(run, f.common);
   run->add_option("--listen", f.listen,
                   "Listening socket, repeatable: [NAME=]tcp://HOST:PORT (IPv6 as [::1]; port 0 = any) or "
                   "[NAME=]unix:PATH[,mode=0660][,owner=USER][,group=GROUP] (the path ends at the first ','). The "
                   "worker gets them at fd 3.. with LISTEN_FDS/LISTEN_FDNAMES.")
-      ->type_name("SPEC");
+      ->option_text("SPEC");
   run->add_option("--ready", f.ready,
                   "How a new worker shows it is ready: notify (it sends READY=1 to NOTIFY_SOCKET), "
                   "exec:CMD (CMD exits 0; $HOTRESTART_PID is the worker), or delay:DURATION")
+      ->option_text("MODE")
       ->capture_default_str();
   run->add_option("--ready-timeout", f.ready_timeout, "How long a new worker may take to become ready")
+      ->option_text("DURATION")
       ->check(duration_check())
       ->capture_default_str();
   run->add_option("--min-ready", f.min_ready,
                   "How long a new worker must stay up after it is ready before the old one is drained")
+      ->option_text("DURATION")
       ->check(duration_check())
       ->capture_default_str();
   run->add_option("--drain-signal", f.drain_signal, "Signal that tells a worker to drain and exit")
+      ->option_text("SIGNAL")
       ->check(CLI::Validator(
           [](std::string& v) {
             auto s = parse_signal(v);
@@ -150,32 +348,36 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
       ->capture_default_str();
   run->add_option("--drain-timeout", f.drain_timeout,
                   "How long a draining worker may take before SIGKILL, which reaches every process it started "
-                  "(those that left its process group too)")
-      ->check(duration_check())
+                  "(those that left its process group too); infinity: never killed, it drains for as long as it "
+                  "takes")
+      ->option_text("DURATION")
+      ->check(duration_check(Infinity::Allowed))
       ->capture_default_str();
   run->add_option("--state-timeout", f.state_timeout,
                   "How long the state transfer from the old generation to an SDK worker may take")
+      ->option_text("DURATION")
       ->check(duration_check())
       ->capture_default_str();
   run->add_option("--state-dir", f.state_dir,
                   "Where the release history is kept, across restarts of the supervisor (default: "
                   "$STATE_DIRECTORY/NAME under systemd's StateDirectory=, /var/lib/hotrestart/NAME for root, else "
                   "${XDG_STATE_HOME:-~/.local/state}/hotrestart/NAME)")
-      ->type_name("DIR");
+      ->option_text("DIR");
   run->add_option("--event-log-size", f.event_log_size,
                   "How large STATE-DIR/events.jsonl grows before it becomes events.jsonl.1 and a new one begins, "
                   "e.g. 512KiB or 4MiB (see `hotrestart events`)")
       ->transform(CLI::AsSizeValue(false))
       ->check(CLI::Range(std::uint64_t{4096}, std::uint64_t{1} << 30))
-      ->type_name("SIZE")
+      ->option_text("SIZE")
       ->default_str("1MiB");
   run->add_option("--state-required", f.state_required,
                   "A state section that must be imported, repeatable: if it cannot be, the upgrade rolls back "
                   "(other sections just start cold)")
-      ->type_name("NAME");
+      ->option_text("NAME");
   run->add_option("--watch-window", f.watch_window,
                   "After a cutover, how long the new release is watched: if it crashes, misses its --watchdog or "
                   "fails --health within this time, the previous release is brought back automatically (0s: never)")
+      ->option_text("DURATION")
       ->check(duration_check())
       ->capture_default_str();
   run->add_flag("--no-park", f.no_park,
@@ -185,19 +387,21 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
   run->add_option("--max-draining", f.max_draining,
                   "The most old generations that may drain (or wait parked) at once; when an upgrade would make one "
                   "more, the oldest is killed, so that upgrades in quick succession cannot pile up processes")
+      ->option_text("N")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
   run->add_option("--watchdog", f.watchdog,
                   "Once ready, a worker must send WATCHDOG=1 to NOTIFY_SOCKET at least this often (it gets "
                   "WATCHDOG_USEC, as under systemd); one that stops is killed, or reverted in the watch window "
                   "(0s: no watchdog)")
+      ->option_text("DURATION")
       ->check(duration_check())
       ->capture_default_str();
   run->add_option("--health", f.health,
                   "exec:CMD, run every --health-interval once a worker is ready, with $HOTRESTART_PID set to it; "
                   "--health-failures failures in a row make it unhealthy (reverted in the watch window, shown by "
                   "`status --check` after it). Aim it at the worker itself, never at a shared --listen port")
-      ->type_name("exec:CMD")
+      ->option_text("exec:CMD")
       ->check(CLI::Validator(
           [](std::string& v) {
             auto c = parse_health_command(v);
@@ -206,9 +410,11 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
           ""));
   run->add_option("--health-interval", f.health_interval,
                   "How often --health runs; a check that has not exited by the next one has failed")
+      ->option_text("DURATION")
       ->check(duration_check())
       ->capture_default_str();
   run->add_option("--health-failures", f.health_failures, "How many --health failures in a row make a worker unhealthy")
+      ->option_text("N")
       ->check(CLI::Range(1, 100))
       ->capture_default_str();
   run->add_flag("--adopt-binds", f.adopt_binds,
@@ -232,21 +438,22 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
                   "rollback; not crash restarts or reverts), e.g. 'nginx -t -c /etc/nginx/nginx.conf'. "
                   "$HOTRESTART_COMMAND, $HOTRESTART_EXECUTABLE and $HOTRESTART_RELEASE describe the new release. If "
                   "it fails, nothing is started: the deployment fails (run exits 1) with its output")
-      ->type_name("CMD");
+      ->option_text("CMD");
   run->add_option("--preflight-timeout", f.preflight_timeout,
                   "How long the preflight check may take; past it its process group is killed and it fails")
+      ->option_text("DURATION")
       ->check(duration_check())
       ->capture_default_str();
   run->add_option("--env", f.env,
                   "A variable for the workers, repeatable: NAME=VALUE, taken as it is; later ones win, and win over "
                   "--env-file. The variables the supervisor sets itself (LISTEN_*, NOTIFY_SOCKET, HOTRESTART_*, "
                   "WATCHDOG_USEC, PWD) cannot be given")
-      ->type_name("NAME=VALUE");
+      ->option_text("NAME=VALUE");
   run->add_option("--env-file", f.env_files,
                   "A file of NAME=VALUE lines for the workers, repeatable, in order (systemd's EnvironmentFile= "
                   "format: '#' and ';' comments, optional '...' or \"...\" quotes, no expansion); read when run "
                   "starts. A bad line stops run with FILE:LINE and why")
-      ->type_name("PATH");
+      ->option_text("PATH");
   run->add_flag("--clear-env", f.clear_env,
                 "Start workers, probes and the preflight check from an empty environment, instead of the "
                 "supervisor's (less its own LISTEN_*, NOTIFY_SOCKET, WATCHDOG_*, HOTRESTART_*): only --env-file, "
@@ -254,8 +461,9 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
   run->add_option("--chdir", f.chdir,
                   "The directory workers, probes and the preflight check start in (default: the one run was "
                   "started in); the supervisor itself moves to / once it has resolved its relative paths")
-      ->type_name("DIR");
+      ->option_text("DIR");
   run->add_option("--log-level", f.log_level, "debug, info, warning or error")
+      ->option_text("LEVEL")
       ->check(CLI::IsMember(log_level_names()))
       ->capture_default_str();
   run->add_option("--log-format", f.log_format,
@@ -263,15 +471,24 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
                   "then 'hotrestart[PID]: ' or 'genN[PID]: '), journal (a '<N>' priority prefix that the journal "
                   "reads, no time) or json (one object per line); auto is journal when stderr is the journal "
                   "(JOURNAL_STREAM), text otherwise")
+      ->option_text("FORMAT")
       ->check(CLI::IsMember({"auto", "text", "journal", "json"}))
       ->capture_default_str();
   run->add_option("--metrics", f.metrics,
                   "Serve Prometheus metrics over HTTP at ADDRESS: tcp://HOST:PORT (GET /metrics) or unix:PATH. "
                   "Anyone who can reach it can read them; bind it to loopback or a private network")
-      ->type_name("ADDRESS");
+      ->option_text("ADDRESS");
   // The command line after `--` is split off before CLI11 sees argv (see split_command_line), so
   // that a worker's own flags, such as --version, are never taken for ours.
   return run;
+}
+
+// Whether systemd's socket activation passed this process its listening sockets (LISTEN_PID is
+// ours): then `run` serves those and needs no --listen (ListenerSet::adopt_or_bind).
+bool socket_activated() {
+  const char* pid = std::getenv("LISTEN_PID");
+  const char* fds = std::getenv("LISTEN_FDS");
+  return pid != nullptr && fds != nullptr && std::to_string(::getpid()) == pid;
 }
 
 // The flags checked by CLI11 (durations, signals) are valid here; the rest are parsed now. Every
@@ -280,9 +497,15 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
 // path (one with a '/'; a bare name is looked up in PATH) and --chdir.
 Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vector<std::string> command,
                                const std::string& base) {
+  if (f.listen.empty() && !socket_activated()) {
+    return Error::message(
+        "run needs at least one --listen SPEC (or sockets passed by socket activation): hotrestart run [OPTIONS] "
+        "--listen SPEC... -- COMMAND [ARGS...]");
+  }
   if (command.empty()) {
     return Error::message(
-        "run needs the server's command line after --: hotrestart run [OPTIONS] -- COMMAND [ARGS...]");
+        "run needs the server's command line after --: hotrestart run [OPTIONS] --listen SPEC... -- COMMAND "
+        "[ARGS...]");
   }
   if (base.empty()) {
     return Error::message(
@@ -317,7 +540,7 @@ Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vect
   options.ready_timeout = parse_duration(f.ready_timeout).value();
   if (options.ready_timeout.count() == 0) return Error::message("--ready-timeout must be longer than 0s");
   options.min_ready = parse_duration(f.min_ready).value();
-  options.drain_timeout = parse_duration(f.drain_timeout).value();
+  options.drain_timeout = parse_duration(f.drain_timeout, Infinity::Allowed).value();
   options.drain_signal = parse_signal(f.drain_signal).value();
   options.drain_signal_given = run.get_option("--drain-signal")->count() > 0;
   options.state_timeout = parse_duration(f.state_timeout).value();
@@ -386,13 +609,12 @@ void add_wait_flag(CLI::App* app, bool& wait) {
 CLI::App* add_upgrade_command(CLI::App& app, UpgradeFlags& f) {
   auto* upgrade = app.add_subcommand(
       "upgrade",
-      "Deploy a new generation and wait for the verdict:\n  hotrestart upgrade [OPTIONS] [-- COMMAND [ARGS...]]\nWith "
-      "no arguments the same command line (which picks "
-      "up a binary replaced on disk), --exec swaps only the executable, -- COMMAND replaces the command line");
+      "Deploy a new generation and wait for the verdict. With no arguments the same command line (which picks up a "
+      "binary replaced on disk), --exec swaps only the executable, -- COMMAND replaces the command line.");
   add_common(upgrade, f.common);
-  upgrade->add_option("--exec", f.exec, "New executable; the arguments stay the same");
+  upgrade->add_option("--exec", f.exec, "New executable; the arguments stay the same")->option_text("PATH");
   add_hold_option(upgrade, f.hold);
-  upgrade->add_option("--preflight", f.preflight, kPreflightOverride)->type_name("CMD");
+  upgrade->add_option("--preflight", f.preflight, kPreflightOverride)->option_text("CMD");
   upgrade->add_flag("--json", f.json, "Print one JSON event per line");
   add_wait_flag(upgrade, f.wait);
   upgrade->add_flag("--force", f.force,
@@ -414,11 +636,11 @@ struct RollbackFlags {
 };
 
 CLI::App* add_rollback_command(CLI::App& app, RollbackFlags& f) {
-  auto* rollback = app.add_subcommand(
-      "rollback",
-      "Run an earlier release again, as an upgrade to it, and wait for the verdict:\n  hotrestart rollback [--to N]\n"
-      "It runs the very executable that release ran, even if the file on disk was replaced or deleted since; "
-      "a downgrade keeps the state as an upgrade does.");
+  auto* rollback =
+      app.add_subcommand("rollback",
+                         "Run an earlier release again, as an upgrade to it, and wait for the verdict. It runs the "
+                         "very executable that release ran, even if the file on disk was replaced or deleted since; "
+                         "a downgrade keeps the state as an upgrade does.");
   add_common(rollback, f.common);
   rollback
       ->add_option("--to", f.to,
@@ -432,9 +654,9 @@ CLI::App* add_rollback_command(CLI::App& app, RollbackFlags& f) {
                        : "must be a release number (1, 2, ...; see `hotrestart history`), not '" + v + "'";
           },
           ""))
-      ->type_name("N");
+      ->option_text("N");
   add_hold_option(rollback, f.hold);
-  rollback->add_option("--preflight", f.preflight, kPreflightOverride)->type_name("CMD");
+  rollback->add_option("--preflight", f.preflight, kPreflightOverride)->option_text("CMD");
   rollback->add_flag("--json", f.json, "Print one JSON event per line");
   add_wait_flag(rollback, f.wait);
   return rollback;
@@ -478,7 +700,7 @@ CLI::App* add_events_command(CLI::App& app, QueryFlags& f) {
   add_common(events, f.common);
   events->add_option("-n,--last", f.last, "How many of the newest events to show")
       ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{100'000}))
-      ->type_name("N")
+      ->option_text("N")
       ->capture_default_str();
   events->add_flag("-f,--follow", f.follow, "Then show each new event as it happens, until the supervisor stops");
   events->add_flag("--json", f.json, "Print each event as one JSON object a line");
@@ -492,7 +714,7 @@ CLI::App* add_status_command(CLI::App& app, QueryFlags& f) {
   status->add_flag("--check", f.check,
                    "Print one line saying whether the service is up, and exit with it: 0 a generation is ready and "
                    "healthy, 4 none is, 5 the worker is crash-looping, 6 a release was just reverted, 7 the active "
-                   "generation fails --health or missed --watchdog (2: no supervisor answered). For probes, such "
+                   "generation fails --health or missed --watchdog (8: no supervisor runs). For probes, such "
                    "as Kubernetes' exec probes");
   return status;
 }
@@ -528,19 +750,29 @@ int main(int argc, char** argv) {
     return 0;
   }
   CLI::App app{
-      "hotrestart: a zero-downtime hot-restart supervisor.\n"
-      "It binds a server's listening sockets once, runs the server behind them, and swaps in a new\n"
-      "binary without refusing a single connection, rolling back by itself when the new one fails."};
-  app.set_version_flag("--version", kVersion);
+      "hotrestart: a zero-downtime hot-restart supervisor. It binds a server's listening sockets once, runs the "
+      "server behind them, and swaps in a new binary without refusing a single connection, rolling back by itself "
+      "when the new one fails.",
+      // The name in messages and the usage line, rather than the path it was run by.
+      "hotrestart"};
+  auto help = std::make_shared<HelpFormatter>();
+  help->usage("", "COMMAND [OPTIONS]   (hotrestart COMMAND --help for each)");
+  help->usage("run", "[OPTIONS] --listen SPEC... -- COMMAND [ARGS...]");
+  help->usage("upgrade", "[OPTIONS] [-- COMMAND [ARGS...]]");
+  help->usage("version", "");
+  // Set before the subcommands are added: each takes its parent's formatter.
+  app.formatter(help);
+  app.set_help_flag("-h,--help", "Print this help and exit");
+  app.set_version_flag("--version", version_line(), "Print the version and the commit it was built from, and exit");
   app.require_subcommand(1);
   app.footer(
-      "Exit codes: run: 0 stopped on request, 1 could not start (or its preflight failed), 2 usage error.\n"
-      "upgrade, rollback: 0 new generation serves, 1 rolled back or its preflight failed (old one still serves;\n"
-      "also after `hotrestart abort`) or, with --wait, reverted in its watch window, 2 usage error or no\n"
-      "supervisor reachable, 3 refused (another upgrade in progress, stopping, a reverted executable without\n"
-      "--force, or no release to run). promote, abort: 0 done, 3 no upgrade is holding.\n"
-      "status --check: 0 serving, 4 nothing serves, 5 crash-looping, 6 just reverted, 7 unhealthy.\n"
-      "Signals to `run`: SIGUSR2 upgrade (same command), SIGTERM/SIGINT graceful stop, SIGQUIT stop now.");
+      "Exit codes: 0 success; 1 failed (run could not start; upgrade or rollback rolled back, or was reverted with "
+      "--wait); 2 usage error, or the supervisor refused this user; 3 refused for the supervisor's state (another "
+      "upgrade in progress, stopping, a reverted executable without --force, no release to run; promote, abort: no "
+      "upgrade is holding); 4-7 status --check: nothing serves, crash-looping, just reverted, unhealthy; 8 no "
+      "supervisor runs at the control socket.\n"
+      "Signals to `run`: SIGUSR2 upgrade (same command), SIGTERM/SIGINT graceful stop, SIGQUIT stop now.\n"
+      "More: man hotrestart, and docs/operations.md.");
   RunFlags run_flags;
   UpgradeFlags upgrade_flags;
   QueryFlags status_flags;
@@ -559,12 +791,26 @@ int main(int argc, char** argv) {
   auto* events = add_events_command(app, events_flags);
   auto* status = add_status_command(app, status_flags);
   auto* stop = add_stop_command(app, stop_flags);
+  auto* version = app.add_subcommand("version", "Print the version and the commit it was built from");
 
   auto [our_argc, tail] = split_command_line(argc, argv);
   try {
     app.parse(our_argc, argv);
+  } catch (const CLI::Success& e) {
+    return app.exit(e);  // --help, --version.
   } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : kExitUsage;
+    // A mistyped word gets a suggestion; a bad value, CLI11's message (which names the flag).
+    if (auto unknown = unknown_word(app, our_argc, argv)) return usage_error(*unknown);
+    if (our_argc == 1) return usage_error("which command? hotrestart COMMAND [OPTIONS] (see `hotrestart --help`)");
+    std::string help_for = "hotrestart --help";
+    for (const CLI::App* command : app.get_subcommands())
+      help_for = fmt::format("hotrestart {} --help", command->get_name());
+    return usage_error(fmt::format("{} (see `{}`)", e.what(), help_for));
+  }
+
+  if (version->parsed()) {
+    fmt::print("{}\n", version_line());
+    return kExitOk;
   }
 
   if (run->parsed()) {

@@ -45,9 +45,9 @@ Result<Fd> connect_control(const std::string& path) {
     switch (err) {
       case ENOENT:
         return Error::message(
-            fmt::format("no supervisor at {} (is `hotrestart run` running with this --name or --control?)", path));
+            fmt::format("no supervisor at {} (is `hotrestart run` running with this --name or --control?)", path), err);
       case ECONNREFUSED:
-        return Error::message(fmt::format("no supervisor is listening at {} (the socket file is stale)", path));
+        return Error::message(fmt::format("no supervisor is listening at {} (the socket file is stale)", path), err);
       case EACCES:
         return Error::message(fmt::format("permission denied: {} belongs to another user", path));
       default:
@@ -132,6 +132,11 @@ int exit_code_of_error(const json& answer) {
 int report_error_answer(const json& answer) {
   say_error(answer.value("error", "the supervisor refused the request"));
   return exit_code_of_error(answer);
+}
+
+// The exit code of a failed connect or send: "no supervisor" when none runs at the socket.
+int exit_code_of_unreachable(const Error& error) {
+  return error.code() == ENOENT || error.code() == ECONNREFUSED ? kExitNoSupervisor : kExitUsage;
 }
 
 Result<Fd> open_and_send(const std::string& path, const json& request) {
@@ -323,7 +328,7 @@ std::variant<Exchange, int> ask(const std::string& path, const json& request,
   auto fd = open_and_send(path, request);
   if (!fd) {
     say_error(fd.error().text());
-    return kExitUsage;
+    return exit_code_of_unreachable(fd.error());
   }
   Exchange ex{std::move(fd).value(), nullptr, {}};
   ex.source = std::make_unique<LineSource>(ex.fd.get());
@@ -383,7 +388,7 @@ int follow_deployment(const std::string& control_path, const json& request, Outp
   auto fd = open_and_send(control_path, request);
   if (!fd) {
     say_error(fd.error().text());
-    return kExitUsage;
+    return exit_code_of_unreachable(fd.error());
   }
   LineSource source(fd->get());
   while (true) {

@@ -14,7 +14,7 @@ namespace hotrestart {
 // Exit codes of the client commands (docs/operations.md lists them all).
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitRolledBack = 1;  // upgrade: rolled back; the old generation serves
-inline constexpr int kExitUsage = 2;       // usage error, or no supervisor reachable
+inline constexpr int kExitUsage = 2;       // usage error, or the supervisor refused this user
 inline constexpr int kExitRefused = 3;     // upgrade, rollback: refused (another upgrade in progress, stopping,
                                            // a reverted executable without --force, or, for a rollback, no
                                            // release that can run); promote, abort: no upgrade is holding
@@ -23,6 +23,9 @@ inline constexpr int kExitNotServing = 4;    // no generation is ready (or the s
 inline constexpr int kExitCrashLooping = 5;  // the worker crashed and is being restarted
 inline constexpr int kExitReverted = 6;      // a release was just reverted (for the watch window, at least 10 s)
 inline constexpr int kExitUnhealthy = 7;     // the active generation fails --health or missed --watchdog
+// Any client command: no supervisor runs at the control socket (no socket file there, or one that no
+// process listens on). Apart from 2, so that a script can tell "not running" from a mistake.
+inline constexpr int kExitNoSupervisor = 8;
 
 enum class Output { Human, Json };
 

@@ -27,9 +27,9 @@ struct Hold {
 };
 
 // The longest hold, as for every other duration: a week.
-inline constexpr Millis kMaxHold{7LL * 24 * 3'600'000};
+inline constexpr Millis kMaxHold = kMaxDuration;
 
-// "manual", or a duration of at least 1ms ("500ms", "30s", "2m", "1h").
+// "manual" (or "infinity", the same), or a duration of at least 1ms ("500ms", "30s", "1m30s", "1h").
 Result<Hold> parse_hold(std::string_view text);
 
 }  // namespace hotrestart

@@ -5,6 +5,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdio>
 
 #include <fmt/format.h>
 
@@ -164,13 +167,31 @@ TEST_CASE("control: a peer of another uid is refused") {
   sup.stop();
 }
 
-TEST_CASE("client commands without a supervisor exit 2 with a hint") {
+TEST_CASE("client commands without a supervisor exit 8 with a hint, and a stale socket file says so") {
   TempDir d;
   RunResult r = run({hotrestart_bin(), "status", "--control", d.file("none.sock")}, {}, 10s);
-  CHECK(r.exit_code == 2);
+  CHECK(r.exit_code == 8);
   CHECK(contains(r.err, "no supervisor at"));
   RunResult u = run({hotrestart_bin(), "upgrade", "--control", d.file("none.sock")}, {}, 10s);
-  CHECK(u.exit_code == 2);
+  CHECK(u.exit_code == 8);
+  for (const char* command : {"rollback", "promote", "abort", "history", "events", "stop"}) {
+    RunResult c = run({hotrestart_bin(), command, "--control", d.file("none.sock")}, {}, 10s);
+    CHECK_MESSAGE(c.exit_code == 8, command << ": " << c.err);
+  }
+  // A socket file that no process listens on (a supervisor killed with SIGKILL leaves one).
+  {
+    const int stale = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    REQUIRE(stale >= 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    const std::string path = d.file("stale.sock");
+    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+    CHECK(::bind(stale, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    ::close(stale);
+  }
+  RunResult s = run({hotrestart_bin(), "status", "--control", d.file("stale.sock")}, {}, 10s);
+  CHECK(s.exit_code == 8);
+  CHECK_MESSAGE(contains(s.err, "the socket file is stale"), s.err);
   RunResult both =
       run({hotrestart_bin(), "upgrade", "--control", d.file("none.sock"), "--exec", "/x", "--", "/y"}, {}, 10s);
   CHECK(both.exit_code == 2);

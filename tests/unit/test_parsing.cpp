@@ -12,32 +12,72 @@
 using namespace hotrestart;
 using namespace std::chrono_literals;
 
-TEST_CASE("durations take a whole number and a unit") {
+TEST_CASE("durations take numbers with units, largest first, decimals allowed") {
   CHECK(parse_duration("500ms").value() == 500ms);
   CHECK(parse_duration("5s").value() == 5000ms);
   CHECK(parse_duration("2m").value() == 120000ms);
   CHECK(parse_duration("1h").value() == 3600000ms);
   CHECK(parse_duration("0s").value() == 0ms);
+  CHECK(parse_duration("1m30s").value() == 90000ms);
+  CHECK(parse_duration("1h30m").value() == 5400000ms);
+  CHECK(parse_duration("1h2m3s4ms").value() == 3723004ms);
+  CHECK(parse_duration("1.5s").value() == 1500ms);
+  CHECK(parse_duration("0.25s").value() == 250ms);
+  CHECK(parse_duration("1.5h").value() == 5400000ms);
+  CHECK(parse_duration("2m0.5s").value() == 120500ms);
+  CHECK(parse_duration("250ms").value() == 250ms);
+  CHECK(parse_duration("168h").value() == 604800000ms);
 }
 
 TEST_CASE("bad durations are refused with the reason") {
-  CHECK(parse_duration("30").error().text().find("unit is missing") != std::string::npos);
-  CHECK(parse_duration("").error().text().find("empty") != std::string::npos);
-  CHECK(parse_duration("5x").error().text().find("unknown unit 'x'") != std::string::npos);
-  CHECK(parse_duration("-5s").error().text().find("whole number") != std::string::npos);
-  CHECK(parse_duration("1.5s").error().text().find("unknown unit") != std::string::npos);
-  CHECK(parse_duration("99999999999999999999s").error().text().find("too large") != std::string::npos);
-  CHECK(parse_duration("200h").error().text().find("longer than a week") != std::string::npos);
+  const auto why = [](std::string_view text) { return parse_duration(text).error().text(); };
+  CHECK(why("30").find("unit is missing") != std::string::npos);
+  CHECK(why("").find("empty") != std::string::npos);
+  CHECK(why("5x").find("unknown unit 'x'") != std::string::npos);
+  CHECK(why("-5s").find("cannot be negative") != std::string::npos);
+  CHECK(why("-1s").find("invalid duration '-1s'") != std::string::npos);
+  CHECK(why("1m30").find("the last number has no unit") != std::string::npos);
+  CHECK(why("1.5.3s").find("one decimal point") != std::string::npos);
+  CHECK(why("1.s").find("followed by digits") != std::string::npos);
+  CHECK(why(".5s").find("start with a number") != std::string::npos);
+  CHECK(why("30s1m").find("largest to the smallest") != std::string::npos);
+  CHECK(why("1s1s").find("largest to the smallest") != std::string::npos);
+  CHECK(why("1.0005s").find("finer than a millisecond") != std::string::npos);
+  CHECK(why("0.5ms").find("finer than a millisecond") != std::string::npos);
+  CHECK(why("99999999999999999999s").find("longer than a week") != std::string::npos);
+  CHECK(why("18446744073709551615h").find("longer than a week") != std::string::npos);
+  CHECK(why("200h").find("longer than a week") != std::string::npos);
+  CHECK(why("167h60m0.001s").find("longer than a week") != std::string::npos);
+  CHECK(why("1m 30s").find("unknown unit 'm '") != std::string::npos);
+  // Every error says how to write one.
+  CHECK(why("1m30").find("write it like") != std::string::npos);
 }
 
-TEST_CASE("durations print in their shortest exact form") {
+TEST_CASE("infinity only where a flag allows it") {
+  CHECK(parse_duration("infinity", Infinity::Allowed).value() == kInfinity);
+  CHECK(parse_duration("inf", Infinity::Allowed).value() == kInfinity);
+  const std::string refused = parse_duration("infinity").error().text();
+  CHECK(refused.find("not allowed here") != std::string::npos);
+  CHECK(refused.find("--drain-timeout") != std::string::npos);
+  CHECK(format_duration(kInfinity) == "infinity");
+  // Far longer than any finite duration, and a deadline computed from it does not overflow.
+  CHECK(kInfinity > kMaxDuration * 100);
+  CHECK(std::chrono::steady_clock::now().time_since_epoch() + kInfinity > kInfinity);
+}
+
+TEST_CASE("durations print in their shortest exact form, which parses back") {
   CHECK(format_duration(250ms) == "250ms");
   CHECK(format_duration(1500ms) == "1.5s");
   CHECK(format_duration(30000ms) == "30s");
   CHECK(format_duration(120000ms) == "2m");
   CHECK(format_duration(3600000ms) == "1h");
   CHECK(format_duration(90000ms) == "90s");
-  CHECK(format_duration(90500ms) == "1m30s");
+  CHECK(format_duration(90500ms) == "1m30.5s");
+  CHECK(format_duration(12345ms) == "12.345s");
+  for (const Millis d : {0ms, 1ms, 999ms, 1000ms, 1001ms, 12345ms, 59999ms, 60001ms, 90500ms, 3723004ms, 604800000ms}) {
+    CAPTURE(d.count());
+    CHECK(parse_duration(format_duration(d)).value() == d);
+  }
 }
 
 TEST_CASE("--hold takes a duration of at least 1ms, or manual") {
@@ -48,6 +88,8 @@ TEST_CASE("--hold takes a duration of at least 1ms, or manual") {
   CHECK(parse_hold("500ms").value().duration == 500ms);
   CHECK(parse_hold("manual").value().kind == HoldKind::Manual);
   CHECK(parse_hold("manual").value().describe() == "manual");
+  CHECK(parse_hold("infinity").value().kind == HoldKind::Manual);
+  CHECK(parse_hold("1m30s").value().duration == 90000ms);
   CHECK_FALSE(Hold{}.holds());
   CHECK(parse_hold("0s").error().text().find("at least 1ms") != std::string::npos);
   CHECK(parse_hold("30").error().text().find("unit is missing") != std::string::npos);

@@ -29,6 +29,12 @@ class Error {
     e.text_ = std::move(text);
     return e;
   }
+  // A message of its own for a failure that callers still branch on by its errno.
+  static Error message(std::string text, int err) {
+    Error e = message(std::move(text));
+    e.code_ = err;
+    return e;
+  }
 
   const std::string& text() const { return text_; }
   int code() const { return code_; }
