@@ -14,7 +14,7 @@ _hotrestart_flags() {
       echo "$_hotrestart_common --listen --ready --ready-timeout --min-ready --drain-signal --drain-timeout" \
         "--state-timeout --state-dir --event-log-size --state-required --watch-window --no-park --max-draining" \
         "--watchdog --health --health-interval --health-failures --adopt-binds --no-http-drain --preflight" \
-        "--preflight-timeout --log-level --log-format"
+        "--preflight-timeout --log-level --log-format --metrics --env --env-file --clear-env --chdir --fdstore"
       ;;
     upgrade) echo "$_hotrestart_common --exec --hold --preflight --json --wait --force --self" ;;
     rollback) echo "$_hotrestart_common --to --hold --preflight --json --wait" ;;
@@ -67,7 +67,7 @@ _hotrestart() {
       mapfile -t COMPREPLY < <(compgen -W "$(_hotrestart_names)" -- "$cur")
       return 0
       ;;
-    --control | --exec | --state-dir)
+    --control | --exec | --state-dir | --env-file)
       mapfile -t COMPREPLY < <(compgen -f -- "$cur")
       return 0
       ;;
@@ -77,10 +77,12 @@ _hotrestart() {
     --drain-timeout) mapfile -t COMPREPLY < <(compgen -W "30s 1m infinity" -- "$cur") && return 0 ;;
     --log-level) mapfile -t COMPREPLY < <(compgen -W "debug info warning error" -- "$cur") && return 0 ;;
     --log-format) mapfile -t COMPREPLY < <(compgen -W "auto text journal json" -- "$cur") && return 0 ;;
+    --chdir) mapfile -t COMPREPLY < <(compgen -d -- "$cur") && return 0 ;;
+    --metrics) mapfile -t COMPREPLY < <(compgen -W "tcp://127.0.0.1: unix:" -- "$cur") && compopt -o nospace 2>/dev/null; return 0 ;;
     --listen) mapfile -t COMPREPLY < <(compgen -W "tcp:// unix:" -- "$cur") && compopt -o nospace 2>/dev/null; return 0 ;;
     --ready-timeout | --min-ready | --state-timeout | --watch-window | --watchdog | --health | --health-interval | \
       --health-failures | --preflight | --preflight-timeout | --max-draining | --event-log-size | --state-required | \
-      --to | --last | -n)
+      --to | --last | -n | --env)
       return 0
       ;;
   esac

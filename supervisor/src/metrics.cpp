@@ -1,6 +1,8 @@
 // The supervisor's metrics and their text exposition (see metrics.h).
 #include "metrics.h"
 
+#include "build_info.h"
+
 #include <dirent.h>
 #include <unistd.h>
 
@@ -262,8 +264,8 @@ std::string Metrics::render(const Snapshot& now) {
   out.reserve(16 * 1024);
   Writer w(out);
 
-  w.family("hotrestart_build_info", "gauge", "The supervisor's version (always 1).");
-  w.sample("hotrestart_build_info", {{"version", HOTRESTART_VERSION_STRING}}, 1);
+  w.family("hotrestart_build_info", "gauge", "The supervisor's version and the commit it was built from (always 1).");
+  w.sample("hotrestart_build_info", {{"version", HOTRESTART_VERSION_STRING}, {"commit", hotrestart_build_commit()}}, 1);
   w.family("hotrestart_start_time_seconds", "gauge", "When the supervisor started, in seconds since the epoch.");
   w.sample("hotrestart_start_time_seconds", {}, now.start_time_seconds);
   w.family("hotrestart_generations", "gauge", "Generations by state.");
