@@ -83,8 +83,8 @@ bool valid_variable_name(std::string_view name) {
 }
 
 bool is_reserved_variable(std::string_view name) {
-  for (std::string_view exact :
-       {"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "PWD"}) {
+  for (std::string_view exact : {"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC",
+                                 "WATCHDOG_PID", "FDSTORE", "PWD"}) {
     if (name == exact) return true;
   }
   return name.starts_with("HOTRESTART_");

@@ -39,7 +39,8 @@ bool valid_variable_name(std::string_view name);
 
 // Variables the supervisor sets for its workers, probes and checks itself (or that name its own
 // resources), never taken from its own environment nor from --env or --env-file: LISTEN_PID,
-// LISTEN_FDS, LISTEN_FDNAMES, NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID, PWD and HOTRESTART_*.
+// LISTEN_FDS, LISTEN_FDNAMES, NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID, FDSTORE (systemd's, for the
+// supervisor's own fd store), PWD and HOTRESTART_*.
 bool is_reserved_variable(std::string_view name);
 
 // "NAME=VALUE" from --env: the value is taken as it is (no quotes, no escapes).
