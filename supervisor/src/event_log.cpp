@@ -99,18 +99,19 @@ std::string EventLog::path() const {
 }
 
 const nlohmann::json& EventLog::record(nlohmann::json event) {
-  nlohmann::json e = {{"time", utc_timestamp()}, {"seq", ++seq_}};
-  e.update(event);
-  if (!dir_.empty()) write(dump(e) + "\n");
+  last_ = {{"time", utc_timestamp()}, {"seq", ++seq_}};
+  last_.update(event);
+  std::string line = dump(last_);
+  if (!dir_.empty()) write(line + "\n");
   for (auto it = followers_.begin(); it != followers_.end();) {
     // A follower may stop following from its call (its connection is gone).
     auto next = std::next(it);
-    it->second(e);
+    it->second(last_);
     it = next;
   }
-  recent_.push_back(std::move(e));
+  recent_.push_back(std::move(line));
   if (recent_.size() > kRecent) recent_.pop_front();
-  return recent_.back();
+  return last_;
 }
 
 bool EventLog::open_file() {
@@ -166,7 +167,13 @@ void EventLog::fail(const std::string& why) {
 }
 
 std::vector<nlohmann::json> EventLog::recent(std::size_t last) const {
-  if (last <= recent_.size()) return {recent_.end() - static_cast<std::ptrdiff_t>(last), recent_.end()};
+  const auto from_memory = [this](std::size_t n) {
+    std::vector<nlohmann::json> out;
+    for (auto it = recent_.end() - static_cast<std::ptrdiff_t>(n); it != recent_.end(); ++it)
+      out.push_back(nlohmann::json::parse(*it, nullptr, false));
+    return out;
+  };
+  if (last <= recent_.size()) return from_memory(last);
   std::vector<nlohmann::json> events;
   if (!dir_.empty() && error_.empty()) {
     read_tail(path(), last, events);
@@ -177,9 +184,7 @@ std::vector<nlohmann::json> EventLog::recent(std::size_t last) const {
     }
   }
   // The files may have been removed or be unreadable: memory holds the newest then.
-  if (events.empty() || (!recent_.empty() && seq_of(events.back()) < seq_of(recent_.back()))) {
-    events.assign(recent_.begin(), recent_.end());
-  }
+  if (events.empty() || (!recent_.empty() && seq_of(events.back()) < seq_)) events = from_memory(recent_.size());
   if (events.size() > last) events.erase(events.begin(), events.end() - static_cast<std::ptrdiff_t>(last));
   return events;
 }
