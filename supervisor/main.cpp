@@ -493,11 +493,14 @@ bool socket_activated() {
 
 // The flags checked by CLI11 (durations, signals) are valid here; the rest are parsed now. Every
 // relative path is made absolute against `base` (run_directory()), since the supervisor then moves
-// to "/": the state and control directories, unix listeners, environment files, the command's own
-// path (one with a '/'; a bare name is looked up in PATH) and --chdir.
+// to "/": the state and control directories, unix listeners and --metrics, environment files, the
+// command's own path (one with a '/'; a bare name is looked up in PATH) and --chdir.
+//
+// `after_self_upgrade`: this is the new image of an `upgrade --self`, which takes its sockets from the
+// guard, socket-activated or not (the activation's variables were used up by the first image).
 Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vector<std::string> command,
-                               const std::string& base) {
-  if (f.listen.empty() && !socket_activated()) {
+                               const std::string& base, bool after_self_upgrade) {
+  if (f.listen.empty() && !socket_activated() && !after_self_upgrade) {
     return Error::message(
         "run needs at least one --listen SPEC (or sockets passed by socket activation): hotrestart run [OPTIONS] "
         "--listen SPEC... -- COMMAND [ARGS...]");
@@ -564,6 +567,13 @@ Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vect
   if (!f.metrics.empty()) {
     auto metrics = parse_metrics_address(f.metrics);
     if (!metrics) return metrics.error();
+    if (metrics->kind == ListenSpec::Kind::Unix) {
+      metrics->path = absolute_path(base, metrics->path);
+      if (metrics->path.size() >= kMaxUnixPath) {
+        return Error::message(fmt::format("invalid --metrics '{}': the socket path, {}, is longer than {} bytes",
+                                          f.metrics, metrics->path, kMaxUnixPath - 1));
+      }
+    }
     options.metrics = std::move(metrics).value();
   }
   options.command = std::move(command);
@@ -816,8 +826,25 @@ int main(int argc, char** argv) {
   if (run->parsed()) {
     const bool after_self_upgrade = std::getenv(kSelfUpgradeFrom) != nullptr || std::getenv(kSelfUpgradeFailed);
     const std::string base = run_directory(after_self_upgrade);
-    auto options = run_options(run_flags, *run, std::move(tail), base);
-    if (!options) return usage_error(options.error().text());
+    auto options = run_options(run_flags, *run, std::move(tail), base, after_self_upgrade);
+    if (!options) {
+      // The new image of an `upgrade --self` that refuses its command line (an --env-file gone bad,
+      // a user that no longer exists): the old binary takes over again, as for any failed start.
+      if (const char* from = std::getenv(kSelfUpgradeFrom)) {
+        const int old_binary = std::atoi(from);
+        if (old_binary >= 3 && ::fcntl(old_binary, F_GETFD) >= 0) {
+          log_error(
+              "upgrade --self: the new supervisor refused its command line: {}; going back to the previous binary",
+              options.error().text());
+          ::unsetenv(kSelfUpgradeFrom);
+          const Error failed =
+              roll_back_to(old_binary, std::vector<std::string>(argv, argv + argc),
+                           fmt::format("the new supervisor refused its command line: {}", options.error().text()));
+          log_error("{}", failed.text());
+        }
+      }
+      return usage_error(options.error().text());
+    }
     set_log_level(log_level_named(run_flags.log_level).value_or(LogLevel::Info));
     set_log_format(log_format_named(run_flags.log_format)
                        .value_or(detect_log_format(std::getenv("JOURNAL_STREAM"), STDERR_FILENO)));

@@ -115,8 +115,8 @@ Status GuardLink::send(nlohmann::json body, std::span<const int> fds) {
   return ok;
 }
 
-void GuardLink::sync(const std::vector<Entry>& table) {
-  if (!link_ || releasing_) return;
+bool GuardLink::sync(const std::vector<Entry>& table) {
+  if (!link_ || releasing_) return true;
   std::map<std::uint64_t, bool> present;
   for (const Entry& e : table) {
     present[e.generation.number] = true;
@@ -125,7 +125,7 @@ void GuardLink::sync(const std::vector<Entry>& table) {
     const bool fresh = it == told_.end();
     std::vector<int> fds;
     if (fresh && e.output_fd >= 0) fds.push_back(e.output_fd);
-    if (!send({{"op", "generation"}, {"generation", to_json(e.generation)}}, fds)) return;
+    if (!send({{"op", "generation"}, {"generation", to_json(e.generation)}}, fds)) return false;
     told_[e.generation.number] = e.generation;
   }
   for (auto it = told_.begin(); it != told_.end();) {
@@ -133,9 +133,10 @@ void GuardLink::sync(const std::vector<Entry>& table) {
       ++it;
       continue;
     }
-    if (!send({{"op", "gone"}, {"number", it->first}})) return;
+    if (!send({{"op", "gone"}, {"number", it->first}})) return false;
     it = told_.erase(it);
   }
+  return true;
 }
 
 void GuardLink::release(std::function<void()> done) {

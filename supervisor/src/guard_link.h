@@ -47,8 +47,9 @@ class GuardLink {
   void on_started(std::function<void()> callback) { started_ = std::move(callback); }
   pid_t pid() const { return pid_; }
   // Tells the guard what changed since the last call: new generations (with a duplicate of their
-  // output pipe), changed roles or deadlines, and generations that are gone.
-  void sync(const std::vector<Entry>& table);
+  // output pipe), changed roles or deadlines, and generations that are gone. False when a message
+  // could not be sent, so that the rest is told at the next call.
+  bool sync(const std::vector<Entry>& table);
   // Tells the guard to exit (every generation has ended), and calls `done` once it has, or after
   // two seconds at the latest.
   void release(std::function<void()> done);

@@ -1011,7 +1011,8 @@ void Supervisor::sync_guard() {
     e.drain_ms = options_.drain_timeout.count();
     table.push_back({e, g->output_fd()});
   }
-  guard_->sync(table);
+  // What could not be sent is sent after the next loop turn.
+  if (!guard_->sync(table)) guard_dirty_ = true;
   std::vector<GuardGeneration> facts;
   for (const auto& entry : table)
     facts.push_back(entry.generation);

@@ -205,6 +205,20 @@ TEST_CASE("socket activation: the supervisor adopts LISTEN_FDS instead of bindin
   CHECK(environ_of(worker)["LISTEN_PID"] == std::to_string(worker));
   RunResult curl = run({"curl", "-fsS", fmt::format("http://127.0.0.1:{}/", port)}, {}, 10s);
   CHECK(contains(curl.out, "version=activated"));
+  // The supervisor upgrades itself: its new image has no --listen and no LISTEN_* (the first image
+  // used them up), and takes the socket from its guard.
+  RunResult self = run({hotrestart_bin(), "upgrade", "--self", "--control", control}, {}, 30s);
+  CHECK_MESSAGE(self.exit_code == 0, self.out << self.err);
+  REQUIRE(wait_until(
+      [&] {
+        RunResult r = run({hotrestart_bin(), "status", "--json", "--control", control}, {}, 5s);
+        if (r.exit_code != 0) return false;
+        const json after = json::parse(r.out);
+        return after["started_ms"] != (*status)["started_ms"] && after["pid"] == (*status)["pid"] &&
+               after["listeners"].size() == 1 && after["listeners"][0]["name"] == "web";
+      },
+      15s));
+  CHECK(contains(run({"curl", "-fsS", fmt::format("http://127.0.0.1:{}/", port)}, {}, 10s).out, "version=activated"));
   CHECK(run({hotrestart_bin(), "stop", "--control", control}, {}, 30s).exit_code == 0);
   CHECK(sup.wait_for(10s) == std::optional<int>(0));
 }

@@ -3,7 +3,7 @@
 // and publish_delta may run on any of the application's threads afterwards.
 #include <fcntl.h>
 
-#include <cstdio>
+#include <charconv>
 
 #include <hotrestart/base/sd_notify.h>
 
@@ -177,9 +177,11 @@ bool Worker::publish_metrics(const std::vector<std::pair<std::string, double>>& 
   // Only the supervisor's notify socket knows what to do with them.
   if (impl_->mode != Mode::Supervised || impl_->notify_socket.empty()) return false;
   const auto line = [](std::string_view name, double value) {
+    // to_chars: the shortest form that reads back the same, whatever the application's locale
+    // (a "%g" under LC_NUMERIC=de_DE would write "0,25", which the supervisor refuses).
     char number[64];
-    std::snprintf(number, sizeof number, "%.17g", value);
-    return "X_HOTRESTART_METRIC=" + std::string(name) + " " + number;
+    const auto end = std::to_chars(number, number + sizeof number, value).ptr;
+    return "X_HOTRESTART_METRIC=" + std::string(name) + " " + std::string(number, end);
   };
   std::vector<std::string> lines;
   for (const auto& [name, value] : gauges)
