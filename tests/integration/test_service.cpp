@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstring>
 #include <ctime>
+#include <deque>
 #include <filesystem>
 #include <future>
 #include <map>
@@ -53,7 +54,7 @@ class NotifyReceiver {
   NotifyReceiver& operator=(const NotifyReceiver&) = delete;
 
   const std::string& path() const { return path_; }
-  const std::vector<Datagram>& received() const { return received_; }
+  const std::deque<Datagram>& received() const { return received_; }
 
   // Collects datagrams until one is exactly `text` (or, with `prefix`, starts with it).
   const Datagram* wait_for(const std::string& text, std::chrono::milliseconds timeout, bool prefix = false) {
@@ -113,7 +114,8 @@ class NotifyReceiver {
 
   std::string path_;
   int fd_ = -1;
-  std::vector<Datagram> received_;
+  // A deque: wait_for hands out pointers to its elements, which later datagrams must not move.
+  std::deque<Datagram> received_;
 };
 
 std::string local_address(int fd) {
