@@ -2,6 +2,7 @@
 #include "metrics.h"
 
 #include "build_info.h"
+#include "worker_environment.h"
 
 #include <dirent.h>
 #include <unistd.h>
@@ -127,14 +128,8 @@ void Histogram::observe(double seconds) {
 }
 
 bool valid_metric_name(std::string_view name) {
-  if (name.empty() || name.size() > 64) return false;
-  for (std::size_t i = 0; i < name.size(); ++i) {
-    const char c = name[i];
-    const bool letter = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
-    const bool digit = c >= '0' && c <= '9';
-    if (!letter && !(digit && i > 0)) return false;
-  }
-  return true;
+  // Prometheus's rule less ':' is the one for environment variable names, bounded.
+  return name.size() <= 64 && valid_variable_name(name);
 }
 
 std::string escape_label_value(std::string_view value) {
