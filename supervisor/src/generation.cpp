@@ -120,8 +120,27 @@ Result<std::unique_ptr<Generation>> Generation::start(Context& context, Events& 
     if (Generation* gen = *self) gen->on_main_exit(status);
   });
   log_info("generation {} started: pid {}: {}", number, g->pid(), shell_words(g->command()));
-  g->restart_readiness();
+  g->exec_ = std::move(launched->exec);
+  g->exec_watch_ = std::make_unique<FdWatch>(context.loop, g->exec_.fd(), [raw] { raw->check_exec(); });
+  if (!g->exec_watch_->ok()) {
+    // Cannot be watched (nothing else here would fail so): readiness is looked for at once, and an
+    // exec failure is still found at its exit.
+    g->exec_watch_.reset();
+    g->restart_readiness();
+  }
   return g;
+}
+
+void Generation::check_exec() {
+  auto outcome = exec_.outcome();
+  if (!outcome) return;
+  exec_watch_.reset();
+  exec_ = PendingExec{};
+  if (!*outcome) {
+    not_started_ = outcome->error().text();  // Its exit comes next, and says so.
+    return;
+  }
+  if (state_ == GenerationState::Starting) restart_readiness();
 }
 
 Result<std::unique_ptr<Generation>> Generation::adopt(Context& context, Events& events, std::uint64_t number, Plan plan,
@@ -225,6 +244,9 @@ Generation::~Generation() {
 }
 
 void Generation::on_main_exit(ExitStatus status) {
+  // Whatever it wrote before it exited is there to read now.
+  if (exec_.fd() >= 0) check_exec();
+  if (!not_started_.empty()) status.not_started = not_started_;
   // Whatever the worker started dies with it (systemd's KillMode=mixed does the same). The main
   // process is not reaped yet, so its group is still this generation's.
   kill_all();

@@ -253,6 +253,9 @@ class Generation {
   void adopt_drain(std::string_view why);
   void arm_kill_timer(Millis after);
   void on_main_exit(ExitStatus status);
+  // Reads how its exec went, once that is in. Readiness is looked for from when it became the
+  // program; an exec that failed is its exit's reason (it exits with status 127).
+  void check_exec();
 
   Context& context_;
   Events& events_;
@@ -277,7 +280,10 @@ class Generation {
   std::optional<Clock::time_point> kill_at_;
   bool killed_at_deadline_ = false;
   bool adopted_ = false;
-  Fd exit_pidfd_;  // adopt(): readable once the main process has exited.
+  PendingExec exec_;  // start(): whether the main process became the program.
+  std::unique_ptr<FdWatch> exec_watch_;
+  std::string not_started_;  // Why it did not.
+  Fd exit_pidfd_;            // adopt(): readable once the main process has exited.
   std::unique_ptr<FdWatch> exit_watch_;
   std::unique_ptr<Timer> exit_poll_;  // adopt() without a pidfd: its exit, from /proc.
 

@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <linux/close_range.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -20,6 +21,15 @@
 #include "signals.h"
 
 namespace hotrestart {
+
+// What the child was doing when it failed, so that the error names the step (an fd limit hit while
+// placing descriptors is not an exec failure).
+enum class ChildStep : int { ProcessGroup = 1, Descriptors = 2, Exec = 3, Directory = 4 };
+struct ChildFailure {
+  int step;
+  int err;
+};
+
 namespace {
 
 // Writes `value` in decimal into `out`, which has room for 24 characters; only
@@ -35,14 +45,6 @@ void write_decimal(char* out, long value) {
     out[i] = digits[n - 1 - i];
   out[n] = '\0';
 }
-
-// What the child was doing when it failed, so that the error names the step (an fd limit hit while
-// placing descriptors is not an exec failure).
-enum class ChildStep : int { ProcessGroup = 1, Descriptors = 2, Exec = 3, Directory = 4 };
-struct ChildFailure {
-  int step;
-  int err;
-};
 
 // The soft RLIMIT_NOFILE the supervisor started with (raise_fd_limit), which its children get
 // back; zero until it is raised.
@@ -171,6 +173,7 @@ ExitStatus ExitStatus::from_wait(int wstatus) {
 }
 
 std::string ExitStatus::describe() const {
+  if (!not_started.empty()) return fmt::format("failed to start ({})", not_started);
   if (!known) return "exited (its exit status went to its parent, not to this supervisor)";
   if (signal != 0) return fmt::format("was killed by {}", signal_name(signal));
   return fmt::format("exited with status {}", code);
@@ -217,7 +220,7 @@ rlim_t raise_fd_limit() {
   return limit.rlim_cur;
 }
 
-Result<pid_t> spawn_process(const SpawnRequest& request) {
+Result<pid_t> start_process(const SpawnRequest& request, PendingExec& exec) {
   if (request.argv.empty()) return Error::message("spawn: empty argument list");
   const int first_free = 3 + static_cast<int>(request.pass_fds.size());
 
@@ -249,6 +252,7 @@ Result<pid_t> spawn_process(const SpawnRequest& request) {
     if (!high) return Error::from_errno("fcntl F_DUPFD_CLOEXEC");
     write_end = std::move(high);
   }
+  if (::fcntl(read_end.get(), F_SETFL, O_NONBLOCK) != 0) return Error::from_errno("fcntl O_NONBLOCK");
 
   // Block every signal across fork so that no handler runs in the child before exec: a
   // libuv handler there would write into the supervisor's own signal pipe.
@@ -263,39 +267,68 @@ Result<pid_t> spawn_process(const SpawnRequest& request) {
   const int fork_errno = errno;
   ::pthread_sigmask(SIG_SETMASK, &saved, nullptr);
   if (pid < 0) return Error::from_errno("fork", fork_errno);
+  // The child makes itself a group leader too, but it may not have run yet: from here on a signal
+  // to its group must reach it. (Fails harmlessly once it has exec'd or exited.)
+  (void)::setpgid(pid, pid);
 
-  write_end.reset();
+  exec.pipe_ = std::move(read_end);
+  exec.executable_ = request.executable;
+  exec.cwd_ = request.cwd;
+  exec.passed_ = request.pass_fds.size();
+  return pid;
+}
+
+std::optional<Status> PendingExec::outcome() {
+  if (answer_ || !pipe_) return answer_;
   ChildFailure failure{};
   ssize_t got = 0;
   do {
-    got = ::read(read_end.get(), &failure, sizeof failure);
+    got = ::read(pipe_.get(), &failure, sizeof failure);
   } while (got < 0 && errno == EINTR);
-  if (got == sizeof failure) {
+  if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return std::nullopt;
+  // End of file: the exec closed the write end (so did a death before it).
+  answer_ = got == sizeof failure ? Status(failure_error(failure)) : Status{};
+  return answer_;
+}
+
+Error PendingExec::failure_error(const ChildFailure& failure) const {
+  switch (static_cast<ChildStep>(failure.step)) {
+    case ChildStep::ProcessGroup:
+      return Error::from_errno("setpgid in the new process", failure.err);
+    case ChildStep::Descriptors: {
+      rlimit limit{};
+      ::getrlimit(RLIMIT_NOFILE, &limit);
+      // Each descriptor is copied once out of the way before it is put in place, so that about
+      // twice as many are open for a moment.
+      return Error::from_errno(
+          fmt::format("handing {} descriptors to {}, which needs about {} open files for a moment (the open-file "
+                      "limit is {}; raise the hard limit: `ulimit -Hn`, LimitNOFILE=)",
+                      passed_ + 3, executable_, 2 * passed_ + 16, static_cast<unsigned long long>(limit.rlim_cur)),
+          failure.err);
+    }
+    case ChildStep::Directory:
+      return Error::from_errno(fmt::format("cannot enter working directory {}", cwd_), failure.err);
+    case ChildStep::Exec:
+      break;
+  }
+  return Error::from_errno(fmt::format("exec {}", executable_), failure.err);
+}
+
+Result<pid_t> spawn_process(const SpawnRequest& request) {
+  PendingExec exec;
+  auto pid = start_process(request, exec);
+  if (!pid) return pid;
+  for (;;) {
+    pollfd wait{exec.fd(), POLLIN, 0};
+    if (::poll(&wait, 1, -1) < 0 && errno != EINTR) break;
+    auto outcome = exec.outcome();
+    if (!outcome) continue;
+    if (*outcome) return pid;
     // The child never became the program; reap it here so it is not mistaken for a crash.
     int wstatus = 0;
-    while (::waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
+    while (::waitpid(pid.value(), &wstatus, 0) < 0 && errno == EINTR) {
     }
-    switch (static_cast<ChildStep>(failure.step)) {
-      case ChildStep::ProcessGroup:
-        return Error::from_errno("setpgid in the new process", failure.err);
-      case ChildStep::Descriptors: {
-        rlimit limit{};
-        ::getrlimit(RLIMIT_NOFILE, &limit);
-        // Each descriptor is copied once out of the way before it is put in place, so that about
-        // twice as many are open for a moment.
-        return Error::from_errno(
-            fmt::format("handing {} descriptors to {}, which needs about {} open files for a moment (the open-file "
-                        "limit is {}; raise the hard limit: `ulimit -Hn`, LimitNOFILE=)",
-                        request.pass_fds.size() + 3, request.executable, 2 * request.pass_fds.size() + 16,
-                        static_cast<unsigned long long>(limit.rlim_cur)),
-            failure.err);
-      }
-      case ChildStep::Directory:
-        return Error::from_errno(fmt::format("cannot enter working directory {}", request.cwd), failure.err);
-      case ChildStep::Exec:
-        break;
-    }
-    return Error::from_errno(fmt::format("exec {}", request.executable), failure.err);
+    return outcome->error();
   }
   return pid;
 }

@@ -8,6 +8,8 @@
 #include <sys/resource.h>
 #include <sys/types.h>
 
+#include <cstddef>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,6 +42,34 @@ struct SpawnRequest {
 // Ctrl-C reaches only the supervisor (which then drains workers in order), and so the
 // supervisor can SIGKILL a worker together with everything it started.
 Result<pid_t> spawn_process(const SpawnRequest& request);
+
+struct ChildFailure;
+
+// The exec of a child started with start_process, which did not wait for it.
+class PendingExec {
+ public:
+  // Readable once the answer is in.
+  int fd() const { return pipe_.get(); }
+  // Reads the answer without blocking: nullopt while it is not in; an empty Status once the child
+  // has become the program (or has died before it could say otherwise); else why it could not, as
+  // spawn_process says it. That child then exits with status 127, and its parent reaps it as any
+  // other. Once in, the answer stays.
+  std::optional<Status> outcome();
+
+ private:
+  friend Result<pid_t> start_process(const SpawnRequest& request, PendingExec& exec);
+  Error failure_error(const ChildFailure& failure) const;
+  Fd pipe_;
+  std::optional<Status> answer_;
+  std::string executable_;
+  std::string cwd_;
+  std::size_t passed_ = 0;
+};
+
+// spawn_process without the wait: returns once the child is forked (and leads its process group),
+// before it has become the program, which may take milliseconds on a loaded host; `exec` tells how
+// that went. For the loop, which must not wait on another process's turn on a CPU.
+Result<pid_t> start_process(const SpawnRequest& request, PendingExec& exec);
 
 // Raises this process's soft RLIMIT_NOFILE to its hard limit (each listener and each live
 // generation costs the supervisor descriptors, and 1,024 is a common soft default). Every child
@@ -85,9 +115,12 @@ struct ExitStatus {
   int code = -1;      // exit status, or -1 when killed by a signal.
   int signal = 0;     // terminating signal, or 0.
   bool known = true;  // False for a process that is not this one's child (its parent got the status).
+  // Why it never became the program (PendingExec), if so: its status 127 is then not its own.
+  std::string not_started{};
   static ExitStatus from_wait(int wstatus);
   static ExitStatus from_siginfo(const siginfo_t& info);
-  std::string describe() const;  // "exited with status 3", "was killed by SIGABRT".
+  // "exited with status 3", "was killed by SIGABRT", "failed to start (exec /srv/app: Exec format error)".
+  std::string describe() const;
   bool success() const { return code == 0; }
 };
 

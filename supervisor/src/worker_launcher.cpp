@@ -128,14 +128,16 @@ Result<WorkerLauncher::Launched> WorkerLauncher::launch(std::uint64_t generation
   request.stderr_fd = output->second.get();
   request.executable_fd = from_fd ? image.fd() : -1;
   request.cwd = workdir_;
-  auto pid = spawn_process(request);
+  PendingExec exec;
+  auto pid = start_process(request, exec);
   if (!pid) return pid.error().context("cannot start the worker");
   // The worker's ends live on in the worker only; the supervisor holding the pipe's write end
   // would keep it from ever reaching end of file.
   channel->second.reset();
   output->second.reset();
   page.close_fd();
-  return Launched{ChildProcess(pid.value()), std::move(channel->first), std::move(output->first), std::move(page)};
+  return Launched{ChildProcess(pid.value()), std::move(channel->first), std::move(output->first), std::move(page),
+                  std::move(exec)};
 }
 
 }  // namespace hotrestart

@@ -42,6 +42,7 @@ class WorkerLauncher {
     Fd channel;            // The supervisor's end; the worker's end lives on in the worker only.
     Fd output;             // The read end of the worker's stderr, non-blocking.
     AdoptPage adopt_page;  // With --adopt-binds: the generation's command page.
+    PendingExec exec;      // Whether it became the program: the launch does not wait for that.
   };
   // The executable `command` names, found as exec would in the workers' PATH.
   Result<std::string> resolve(const std::vector<std::string>& command) const;

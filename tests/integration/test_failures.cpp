@@ -1,5 +1,7 @@
 // Bad new binaries roll back by themselves: the old generation never stops serving, no
 // process is left behind, and the next good upgrade succeeds.
+#include <filesystem>
+
 #include <fmt/format.h>
 
 #include "fixture.h"
@@ -53,6 +55,17 @@ void check_rollback(const std::vector<std::string>& upgrade_args, const std::str
 
 TEST_CASE("rollback: the new binary does not exist") {
   check_rollback({"--exec", "/nonexistent/hello-server"}, "/nonexistent/hello-server: No such file or directory");
+}
+
+TEST_CASE("rollback: the new binary is no program the kernel can run, and the verdict says so") {
+  // Executable, but neither ELF nor "#!": the exec fails in the new process (ENOEXEC), after the
+  // supervisor has moved on without waiting for it.
+  TempDir bin;
+  const std::string junk = bin.file("not-a-program");
+  write_file_atomic(junk, "this is text, not a program\n");
+  std::filesystem::permissions(junk, std::filesystem::perms::owner_all);
+  check_rollback({"--exec", junk},
+                 fmt::format("failed to start (exec {}: Exec format error) before it was ready", junk));
 }
 
 TEST_CASE("rollback: the new binary exits at once") {

@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -137,6 +138,61 @@ TEST_CASE("exec failure is an error naming the program and not a crash") {
   CHECK(::waitpid(-1, nullptr, WNOHANG) == -1);
 }
 
+TEST_CASE("start_process returns before the exec, and PendingExec tells how it went") {
+  // Waits up to 10 s for the answer.
+  const auto answer = [](PendingExec& exec) -> std::optional<Status> {
+    for (int i = 0; i < 1000; ++i) {
+      pollfd p{exec.fd(), POLLIN, 0};
+      ::poll(&p, 1, 10);
+      if (auto outcome = exec.outcome()) return outcome;
+    }
+    return std::nullopt;
+  };
+  SUBCASE("an exec that fails: the reason, and the child exits with 127") {
+    SpawnRequest req;
+    req.executable = "/nonexistent/server";
+    req.argv = {"/nonexistent/server"};
+    PendingExec exec;
+    auto pid = start_process(req, exec);
+    REQUIRE(pid.ok());
+    auto outcome = answer(exec);
+    REQUIRE(outcome.has_value());
+    REQUIRE_FALSE(outcome->ok());
+    CHECK(outcome->error().text() == "exec /nonexistent/server: No such file or directory");
+    CHECK(exec.outcome()->error().text() == outcome->error().text());  // It stays.
+    const int status = wait_child(pid.value());
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 127);
+  }
+  SUBCASE("an exec that succeeds") {
+    SpawnRequest req;
+    req.executable = "/bin/sh";
+    req.argv = {"/bin/sh", "-c", "exit 4"};
+    PendingExec exec;
+    auto pid = start_process(req, exec);
+    REQUIRE(pid.ok());
+    auto outcome = answer(exec);
+    REQUIRE(outcome.has_value());
+    CHECK(outcome->ok());
+    const int status = wait_child(pid.value());
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 4);
+  }
+  SUBCASE("the child leads its group as soon as start_process returns: a signal to the group reaches it") {
+    SpawnRequest req;
+    req.executable = "/bin/sleep";
+    req.argv = {"/bin/sleep", "100"};
+    PendingExec exec;
+    auto pid = start_process(req, exec);
+    REQUIRE(pid.ok());
+    CHECK(::getpgid(pid.value()) == pid.value());
+    REQUIRE(::kill(-pid.value(), SIGKILL) == 0);
+    const int status = wait_child(pid.value());
+    CHECK(WIFSIGNALED(status));
+    CHECK(WTERMSIG(status) == SIGKILL);
+  }
+}
+
 TEST_CASE("resolve_executable searches PATH like execvp and explains misses") {
   CHECK(resolve_executable("sh", "/nonexistent:/bin").value() == "/bin/sh");
   CHECK(resolve_executable("definitely-not-a-command", "/bin").error().text() ==
@@ -154,4 +210,7 @@ TEST_CASE("resolve_executable searches PATH like execvp and explains misses") {
 TEST_CASE("exit statuses describe themselves") {
   CHECK(ExitStatus{3, 0}.describe() == "exited with status 3");
   CHECK(ExitStatus{-1, 6}.describe() == "was killed by SIGABRT");
+  ExitStatus not_started{127, 0};
+  not_started.not_started = "exec /srv/app: Exec format error";
+  CHECK(not_started.describe() == "failed to start (exec /srv/app: Exec format error)");
 }
