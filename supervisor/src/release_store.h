@@ -52,6 +52,8 @@ class BackgroundFile {
   BackgroundFile& operator=(const BackgroundFile&) = delete;
 
   void save(std::string contents);
+  // The same, with the contents made by `render` on the thread pool: it must own what it reads.
+  void save_rendered(std::function<std::string()> render);
   const std::string& path() const { return path_; }
 
  private:
@@ -63,7 +65,7 @@ class BackgroundFile {
   std::string path_;
   std::function<void(Status)> done_;
   bool writing_ = false;
-  std::optional<std::string> pending_;  // Saved while a write ran: written when it ends.
+  std::function<std::string()> pending_;  // Saved while a write ran: written when it ends.
   // The write in flight reaches this object only through it, cleared by the destructor.
   std::shared_ptr<BackgroundFile*> self_ = std::make_shared<BackgroundFile*>(this);
 };
