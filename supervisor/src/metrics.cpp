@@ -7,10 +7,12 @@
 #include <dirent.h>
 #include <unistd.h>
 
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -23,13 +25,43 @@ namespace {
 
 constexpr std::string_view kWorkerPrefix = "hotrestart_worker_";
 
-// A number as the text format writes it: whole numbers without a fraction, others in the
+// Appends a number as the text format writes it: whole numbers without a fraction, others in the
 // shortest form that reads back the same.
-std::string number(double v) {
-  if (std::isnan(v)) return "NaN";
-  if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
-  if (v == std::floor(v) && std::fabs(v) < 1e15) return fmt::format("{}", static_cast<std::int64_t>(v));
-  return fmt::format("{}", v);
+void append_number(std::string& out, double v) {
+  if (std::isnan(v)) {
+    out += "NaN";
+  } else if (std::isinf(v)) {
+    out += v > 0 ? "+Inf" : "-Inf";
+  } else if (v == std::floor(v) && std::fabs(v) < 1e15) {
+    fmt::format_to(std::back_inserter(out), "{}", static_cast<std::int64_t>(v));
+  } else {
+    fmt::format_to(std::back_inserter(out), "{}", v);
+  }
+}
+
+void append_label_value(std::string& out, std::string_view value) {
+  for (char c : value) {
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '"') {
+      out += "\\\"";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
+    }
+  }
+}
+
+// A scrape renders every histogram's bounds: they are written once.
+const std::array<std::string, Histogram::kBounds.size()>& bound_texts() {
+  static const auto texts = [] {
+    std::array<std::string, Histogram::kBounds.size()> t;
+    for (std::size_t i = 0; i < t.size(); ++i)
+      append_number(t[i], Histogram::kBounds[i]);
+    return t;
+  }();
+  return texts;
 }
 
 class Writer {
@@ -37,7 +69,7 @@ class Writer {
   explicit Writer(std::string& out) : out_(out) {}
 
   void family(std::string_view name, std::string_view type, std::string_view help) {
-    out_ += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+    fmt::format_to(std::back_inserter(out_), "# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
   }
   // `labels`: pairs of name and (unescaped) value.
   void sample(std::string_view name, std::initializer_list<std::pair<std::string_view, std::string_view>> labels,
@@ -49,12 +81,15 @@ class Writer {
       for (const auto& [k, v] : labels) {
         if (!first) out_ += ',';
         first = false;
-        out_ += fmt::format("{}=\"{}\"", k, escape_label_value(v));
+        out_ += k;
+        out_ += "=\"";
+        append_label_value(out_, v);
+        out_ += '"';
       }
       out_ += '}';
     }
     out_ += ' ';
-    out_ += number(value);
+    append_number(out_, value);
     out_ += '\n';
   }
   void histogram(std::string_view name, std::string_view label, std::string_view value, const Histogram& h) {
@@ -62,8 +97,7 @@ class Writer {
     std::uint64_t cumulative = 0;
     for (std::size_t i = 0; i < Histogram::kBounds.size(); ++i) {
       cumulative += h.buckets[i];
-      const std::string le = number(Histogram::kBounds[i]);
-      sample(bucket, {{label, value}, {"le", le}}, static_cast<double>(cumulative));
+      sample(bucket, {{label, value}, {"le", bound_texts()[i]}}, static_cast<double>(cumulative));
     }
     sample(bucket, {{label, value}, {"le", "+Inf"}}, static_cast<double>(h.count));
     sample(fmt::format("{}_sum", name), {{label, value}}, h.sum);
@@ -135,17 +169,7 @@ bool valid_metric_name(std::string_view name) {
 std::string escape_label_value(std::string_view value) {
   std::string out;
   out.reserve(value.size());
-  for (char c : value) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c == '"') {
-      out += "\\\"";
-    } else if (c == '\n') {
-      out += "\\n";
-    } else {
-      out += c;
-    }
-  }
+  append_label_value(out, value);
   return out;
 }
 
