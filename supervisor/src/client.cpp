@@ -259,7 +259,10 @@ void print_status(const json& s) {
   for (const auto& p : s.value("strays", json::array()))
     strays += fmt::format("{}{}", strays.empty() ? "" : ", ", p.get<long long>());
   if (!strays.empty()) fmt::print("strays:      pids {} (orphans of no known generation; ended at stop)\n", strays);
-  if (!s["upgrade"].is_null()) {
+  if (!s["upgrade"].is_null() && s["upgrade"].value("phase", "") == "reading-executable") {
+    fmt::print("upgrade:     starting: reading its executable {} for {} ms\n", s["upgrade"].value("executable", ""),
+               s["upgrade"].value("elapsed_ms", 0));
+  } else if (!s["upgrade"].is_null()) {
     fmt::print("upgrade:     in progress: generation {} in phase {} for {} ms\n", s["upgrade"].value("generation", 0),
                s["upgrade"].value("phase", ""), s["upgrade"].value("elapsed_ms", 0));
     print_hold(s["upgrade"].value("hold", json()));

@@ -84,6 +84,12 @@ Result<ExecutableImage> ExecutableImage::open(const std::string& path) {
   return image;
 }
 
+Result<std::shared_ptr<const ExecutableImage>> ExecutableImage::open_shared(const std::string& path) {
+  auto image = open(path);
+  if (!image) return image.error();
+  return std::make_shared<const ExecutableImage>(std::move(image).value());
+}
+
 Status ExecutableImage::still_on_disk() const {
   const std::string now = sha256_of_path(path_);
   if (now.empty()) return Error::message(fmt::format("{} cannot be read any more", path_));

@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include <hotrestart/base/result.h>
@@ -23,6 +24,8 @@ class ExecutableImage {
 
   // Opens `path` (a regular file this process may execute) and hashes it.
   static Result<ExecutableImage> open(const std::string& path);
+  // The same, shared, as releases and generations keep it.
+  static Result<std::shared_ptr<const ExecutableImage>> open_shared(const std::string& path);
 
   const std::string& path() const { return path_; }  // Absolute.
   Kind kind() const { return kind_; }

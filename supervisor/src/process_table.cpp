@@ -94,6 +94,38 @@ std::map<pid_t, ProcessEntry> read_process_table() {
   return table;
 }
 
+std::optional<std::map<pid_t, ProcessEntry>> read_descendants(const std::vector<pid_t>& roots) {
+  static const bool listed = ::access(fmt::format("/proc/self/task/{}/children", ::gettid()).c_str(), R_OK) == 0;
+  if (!listed) return std::nullopt;
+  std::map<pid_t, ProcessEntry> table;
+  std::vector<pid_t> todo(roots.rbegin(), roots.rend());
+  while (!todo.empty()) {
+    const pid_t pid = todo.back();
+    todo.pop_back();
+    if (pid <= 0 || table.count(pid) != 0) continue;
+    auto entry = read_process(pid);
+    if (!entry) continue;  // Gone, or never was.
+    table.emplace(pid, *entry);
+    // Every thread's list: a child belongs to the thread that forked it.
+    DIR* tasks = ::opendir(fmt::format("/proc/{}/task", pid).c_str());
+    if (tasks == nullptr) continue;
+    while (dirent* t = ::readdir(tasks)) {
+      pid_t tid = 0;
+      if (!parse_number(std::string_view(t->d_name), tid)) continue;
+      const std::string children = read_small_file(fmt::format("/proc/{}/task/{}/children", pid, tid), 1 << 20);
+      std::string_view rest(children);
+      while (!rest.empty()) {
+        const auto end = rest.find(' ');
+        pid_t child = 0;
+        if (parse_number(rest.substr(0, end), child)) todo.push_back(child);
+        rest.remove_prefix(end == std::string_view::npos ? rest.size() : end + 1);
+      }
+    }
+    ::closedir(tasks);
+  }
+  return table;
+}
+
 std::optional<std::uint64_t> read_generation_mark(pid_t pid) {
   // The environment as it was at exec: NUL-separated; a process cannot hide the mark by unsetting
   // it later, only by starting without it.
@@ -170,7 +202,15 @@ std::optional<std::uint64_t> ProcessRoster::generation_by_output(pid_t pid) cons
 void ProcessRoster::refresh(std::chrono::milliseconds max_age) {
   const auto now = std::chrono::steady_clock::now();
   if (max_age.count() > 0 && now - refreshed_ < max_age) return;
-  const auto table = read_process_table();
+  std::vector<pid_t> roots{hooks_.self};
+  if (hooks_.mains) {
+    for (pid_t pid : hooks_.mains())
+      roots.push_back(pid);
+  }
+  for (const auto& [process, generation] : known_)
+    roots.push_back(process.first);
+  auto descendants = read_descendants(roots);
+  const auto table = descendants ? std::move(*descendants) : read_process_table();
   if (table.empty()) return;  // /proc unreadable: keep what was known.
   // From the end of the reading: on a host where one takes longer than `max_age`, a burst of
   // refreshes still reads it once.

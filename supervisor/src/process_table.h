@@ -45,6 +45,10 @@ struct ProcessEntry {
 
 // Every process visible in /proc; an empty map when /proc cannot be read.
 std::map<pid_t, ProcessEntry> read_process_table();
+// The processes `roots` name and all their descendants, found through each task's
+// /proc/PID/task/TID/children: the cost grows with those processes, not with the host's. Nullopt
+// when the kernel has no such files (built without CONFIG_PROC_CHILDREN).
+std::optional<std::map<pid_t, ProcessEntry>> read_descendants(const std::vector<pid_t>& roots);
 std::optional<ProcessEntry> read_process(pid_t pid);
 // Whether `pid` is still the process that started at `start` (the same pid and start time), and has
 // not exited (a zombie has).
@@ -70,10 +74,15 @@ class ProcessRoster {
     std::function<bool(pid_t)> own_child;
     // The generation whose output pipe (its stderr) has inode `inode`.
     std::function<std::optional<std::uint64_t>(std::uint64_t inode)> generation_of_pipe;
+    // The generations' main processes. Those of generations taken over are not the supervisor's
+    // descendants; the table is read from them too (and from the processes known so far).
+    std::function<std::vector<pid_t>()> mains;
   };
   explicit ProcessRoster(Hooks hooks) : hooks_(std::move(hooks)) {}
 
-  // Reads the process table again and places every process under the supervisor, unless it was
+  // Reads the process table again (the supervisor's descendants, the generations' main processes and
+  // theirs, and the processes known so far, or where the kernel cannot list a process's children,
+  // every process) and places every process under the supervisor, unless it was
   // read less than `max_age` ago (a stop that kills hundreds of generations reads it once).
   void refresh(std::chrono::milliseconds max_age = std::chrono::milliseconds(0));
   // The processes of generation `number` other than its main process, as of the last refresh,

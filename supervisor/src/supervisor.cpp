@@ -6,6 +6,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -138,11 +139,15 @@ void ServiceManager::ready_once(const std::string& message) {
 // Life cycle
 
 Supervisor::Supervisor(RunOptions options) : options_(std::move(options)) {
+  // One malloc arena: the loop allocates, and the few thread-pool jobs (hashing an executable,
+  // rendering the release history) are seldom; an arena per pool thread would only add to the RSS.
+  ::mallopt(M_ARENA_MAX, 1);
   uv_loop_init(&loop_);
 }
 
 Supervisor::~Supervisor() {
   after_events_.reset();
+  reading_image_.reset();
   rejoin_watch_.reset();
   if (rejoin_listener_) ::unlink(beside_control(options_.control_path, "workers").c_str());
   // Generations first: they use the reaper, the launcher and the loop.
@@ -276,8 +281,14 @@ Status Supervisor::start() {
       if (inode != 0 && g->output_inode() == inode) return n;
     return std::nullopt;
   };
+  auto mains = [this] {
+    std::vector<pid_t> pids;
+    for (const auto& [n, g] : generations_)
+      if (g->state() != GenerationState::Exited) pids.push_back(g->pid());
+    return pids;
+  };
   roster_ = std::make_unique<ProcessRoster>(ProcessRoster::Hooks{
-      ::getpid(), main_of, [this](pid_t pid) { return reaper_->watching(pid); }, generation_of_pipe});
+      ::getpid(), main_of, [this](pid_t pid) { return reaper_->watching(pid); }, generation_of_pipe, mains});
   sweep_timer_ = std::make_unique<Timer>(&loop_);
   record_timer_ = std::make_unique<Timer>(&loop_);
   sweep_timer_->start_repeating(kSweepInterval, [this] {
@@ -313,6 +324,7 @@ Status Supervisor::start() {
   guard_->on_started([this] { sync_guard(); });
   if (auto ok = guard_->start(); !ok) log_error("{}; the supervisor serves on without one", ok.error().text());
   after_events_ = std::make_unique<AfterEvents>(&loop_, [this] { after_events(); });
+  reading_image_ = std::make_unique<PoolTask>(&loop_);
   launcher_ =
       std::make_unique<WorkerLauncher>(listeners_, notify_->path(), options_.control_path, std::move(adopt_library));
   if (options_.worker_env) launcher_->set_environment(*options_.worker_env);
@@ -879,20 +891,8 @@ void Supervisor::on_request(ClientId client, const ControlRequest& request) {
                        AfterSend::Close);
         return;
       }
-      if (upgrade_->in_progress()) {
-        control_->send(client, control_error("busy", upgrade_->busy_reason()), AfterSend::Close);
-        return;
-      }
-      if (resuming_ != 0) {
-        control_->send(client,
-                       control_error("busy", fmt::format("generation {} is being resumed by a revert; try again "
-                                                         "once it serves (see `hotrestart status`)",
-                                                         resuming_)),
-                       AfterSend::Close);
-        return;
-      }
-      if (first_preflight_) {
-        control_->send(client, control_error("busy", kFirstPreflightBusy), AfterSend::Close);
+      if (auto busy = upgrade_busy_reason(); !busy.empty()) {
+        control_->send(client, control_error("busy", busy), AfterSend::Close);
         return;
       }
       if (request.command == ControlRequest::Command::Rollback) {
@@ -903,6 +903,20 @@ void Supervisor::on_request(ClientId client, const ControlRequest& request) {
       return;
     }
   }
+}
+
+std::string Supervisor::upgrade_busy_reason() const {
+  if (upgrade_->in_progress()) return upgrade_->busy_reason();
+  if (reading_image_->busy()) {
+    return fmt::format("an upgrade is starting: its executable {} is being read; try again when it has finished",
+                       reading_path_);
+  }
+  if (resuming_ != 0) {
+    return fmt::format("generation {} is being resumed by a revert; try again once it serves (see `hotrestart status`)",
+                       resuming_);
+  }
+  if (first_preflight_) return kFirstPreflightBusy;
+  return {};
 }
 
 void Supervisor::on_signal(int signo) {
@@ -924,20 +938,27 @@ void Supervisor::on_signal(int signo) {
       // release, as SIGUSR2 starts, recorded as a reload.
       const std::string_view name = signo == SIGHUP ? "SIGHUP" : "SIGUSR2";
       if (stopping_) break;
-      if (first_preflight_) {
-        log_warn("{} ignored: {}", name, kFirstPreflightBusy);
-        break;
-      }
-      if (upgrade_->in_progress() || resuming_ != 0) {
-        log_warn("{} ignored: {}", name,
-                 resuming_ != 0 ? "a revert is resuming the previous generation" : "an upgrade is already in progress");
+      if (auto busy = upgrade_busy_reason(); !busy.empty()) {
+        log_warn("{} ignored: {}", name, busy);
         break;
       }
       log_info("{}: {} with the same command line", name, signo == SIGHUP ? "reload, a new generation" : "upgrade");
       // Signal upgrades never hold: a signal carries no --hold, and no client follows it.
-      upgrade_->begin(
-          {current_.command, signo == SIGHUP ? ReleaseOrigin::Reload : ReleaseOrigin::Signal, -1, -1, 0, nullptr, {}},
-          std::nullopt);
+      UpgradeRequest upgrade{
+          current_.command, signo == SIGHUP ? ReleaseOrigin::Reload : ReleaseOrigin::Signal, -1, -1, 0, nullptr, {}};
+      // The executable on disk now, which may be a new one: that is what a signal upgrade is for.
+      auto path = launcher_->resolve(upgrade.command);
+      if (!path) {
+        upgrade_->begin(std::move(upgrade), std::nullopt);  // Fails at spawn, with the usual verdict.
+        break;
+      }
+      read_then_begin(
+          path.value(), std::nullopt,
+          [file = path.value()]() -> ImageResult { return ExecutableImage::open_shared(file); },
+          [this, upgrade](ImageResult image) mutable {
+            if (image) upgrade.image = std::move(image).value();
+            upgrade_->begin(std::move(upgrade), std::nullopt);
+          });
       break;
     }
     default:
@@ -1081,6 +1102,15 @@ json Supervisor::status_json() const {
     strays.push_back(p.pid);
   const auto& verdict = upgrade_->last_verdict();
   const auto& transfer = broker_.transfer();
+  json upgrade_status = upgrade_->status_json();
+  if (upgrade_status.is_null() && reading_image_->busy()) {
+    // Not begun yet: its executable is being read (read_then_begin).
+    upgrade_status = {{"generation", 0},
+                      {"release", 0},
+                      {"phase", "reading-executable"},
+                      {"executable", reading_path_},
+                      {"elapsed_ms", ms_since(reading_since_)}};
+  }
   return json{{"v", kControlProtocolVersion},
               {"type", "status"},
               {"name", options_.name},
@@ -1101,7 +1131,7 @@ json Supervisor::status_json() const {
               {"drain", drain_json(options_)},
               {"adopt_binds", launcher_->adopting()},
               {"http_drain", launcher_->http_drain()},
-              {"upgrade", upgrade_->status_json()},
+              {"upgrade", upgrade_status},
               {"health", health_json()},
               {"watch", watch_->status_json()},
               {"last_upgrade", verdict.is_null() ? json(nullptr) : verdict},

@@ -28,6 +28,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -169,8 +170,20 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   // time (and recorded in the history), or as kept since.
   Result<Generation::Plan> plan_for(std::uint64_t number);
   Result<Generation*> start_generation(Generation::Plan plan);
-  // The executable to run release `r` again with, exactly as it ran, or why it cannot be.
-  Result<std::shared_ptr<const ExecutableImage>> image_to_run_again(const Release& r) const;
+  using ImageResult = Result<std::shared_ptr<const ExecutableImage>>;
+  // The executable to run release `r` again with, exactly as it ran, or why it cannot be: `pinned`
+  // (what the supervisor kept of it, or null) if its bytes are unchanged, else `r`'s file if its
+  // hash is still the same. Reads the whole file: safe to call off the loop.
+  static ImageResult image_to_run_again(const Release& r, std::shared_ptr<const ExecutableImage> pinned);
+  // Starts an upgrade once its executable is read: `read` opens and hashes it on the thread pool (a
+  // large binary takes milliseconds that the loop would otherwise not serve in), then `begin` has
+  // the result on the loop, unless meanwhile the supervisor began to stop or another upgrade (a
+  // revert) started; `client`, who asked, then hears why not. Until then `busy_reason()` refuses
+  // other upgrades.
+  void read_then_begin(std::string path, std::optional<ClientId> client, std::function<ImageResult()> read,
+                       std::function<void(ImageResult)> begin);
+  // Why no upgrade can start now, or "" (stopping is told apart by its caller).
+  std::string upgrade_busy_reason() const;
   void end_release(std::uint64_t number, ReleaseOutcome outcome, std::string reason);
   void upgrade_reported() override;
 
@@ -234,6 +247,10 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   // The guard, which carries out the death policy if the supervisor dies (guard.h).
   std::unique_ptr<GuardLink> guard_;
   std::unique_ptr<AfterEvents> after_events_;
+  // An upgrade's executable being read off the loop (read_then_begin), and its path.
+  std::unique_ptr<PoolTask> reading_image_;
+  std::string reading_path_;
+  Clock::time_point reading_since_{};
   // STATE-DIR/running.json (takeover.h), rewritten whenever the guard's table changes.
   std::unique_ptr<BackgroundFile> record_;
   std::unique_ptr<Timer> record_timer_;  // A record write is due (see sync_guard).

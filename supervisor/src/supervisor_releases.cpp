@@ -47,36 +47,75 @@ void Supervisor::on_upgrade_request(ClientId client, const ControlRequest& reque
   if (request.argv) command = *request.argv;
   UpgradeRequest upgrade = requested_by(request, ReleaseOrigin::Upgrade);
   upgrade.command = std::move(command);
-  if (!request.force) {
-    // The executable is opened (and hashed) here rather than at spawn, to compare it with the
-    // releases that were reverted; the spawn then runs this very file.
-    auto path = launcher_->resolve(upgrade.command);
-    auto image = path ? ExecutableImage::open(path.value()) : Result<ExecutableImage>(path.error());
-    if (image) {
-      // What the upgrade would run, as a release: the same command line from the same bytes as a
-      // reverted one is refused, unless that is what serves now (a revert brought it back).
-      Release wanted;
-      wanted.command = upgrade.command;
-      describe_executable(wanted, *image);
-      const Release* active = releases_->history().find(current_.release);
-      const auto& all = releases_->history().releases();
-      for (auto r = all.rbegin(); r != all.rend(); ++r) {
-        if (r->outcome != ReleaseOutcome::Reverted || !r->runs_the_same_as(wanted)) continue;
-        if (active != nullptr && active->runs_the_same_as(wanted)) break;
-        control_->send(
-            client,
-            control_error("reverted", fmt::format("release {} ran this command line from the same "
-                                                  "executable ({}, sha256 {}) and was reverted: {}; "
-                                                  "upgrade with --force to run it again",
-                                                  r->number, image->path(), image->sha256().substr(0, 12), r->reason)),
-            AfterSend::Close);
-        return;
-      }
-      upgrade.image = std::make_shared<const ExecutableImage>(std::move(image).value());
-    }
-    // A command that cannot be opened fails at spawn, with the upgrade's usual verdict.
+  auto path = launcher_->resolve(upgrade.command);
+  if (!path) {
+    // A command that cannot be found fails at spawn, with the upgrade's usual verdict.
+    upgrade_->begin(std::move(upgrade), client);
+    return;
   }
-  upgrade_->begin(std::move(upgrade), client);
+  // The executable is opened (and hashed) before the spawn, to compare it with the releases that
+  // were reverted; the spawn then runs this very file.
+  const bool force = request.force;
+  read_then_begin(
+      path.value(), client, [file = path.value()]() -> ImageResult { return ExecutableImage::open_shared(file); },
+      [this, client, force, upgrade](ImageResult image) mutable {
+        if (!image) {
+          upgrade_->begin(std::move(upgrade), client);  // Fails at spawn, as above.
+          return;
+        }
+        if (!force) {
+          // What the upgrade would run, as a release: the same command line from the same bytes as
+          // a reverted one is refused, unless that is what serves now (a revert brought it back).
+          Release wanted;
+          wanted.command = upgrade.command;
+          describe_executable(wanted, **image);
+          const Release* active = releases_->history().find(current_.release);
+          const auto& all = releases_->history().releases();
+          for (auto r = all.rbegin(); r != all.rend(); ++r) {
+            if (r->outcome != ReleaseOutcome::Reverted || !r->runs_the_same_as(wanted)) continue;
+            if (active != nullptr && active->runs_the_same_as(wanted)) break;
+            control_->send(
+                client,
+                control_error("reverted",
+                              fmt::format("release {} ran this command line from the same executable "
+                                          "({}, sha256 {}) and was reverted: {}; upgrade with --force to "
+                                          "run it again",
+                                          r->number, (*image)->path(), (*image)->sha256().substr(0, 12), r->reason)),
+                AfterSend::Close);
+            return;
+          }
+        }
+        upgrade.image = std::move(image).value();
+        upgrade_->begin(std::move(upgrade), client);
+      });
+}
+
+void Supervisor::read_then_begin(std::string path, std::optional<ClientId> client, std::function<ImageResult()> read,
+                                 std::function<void(ImageResult)> begin) {
+  auto result = std::make_shared<ImageResult>(Error::message("not read"));
+  reading_path_ = std::move(path);
+  reading_since_ = Clock::now();
+  auto finish = [this, client, result, begin] {
+    reading_path_.clear();
+    std::string why_not;
+    if (stopping_) {
+      why_not = "the supervisor began to stop; the upgrade did not start";
+    } else if (auto busy = upgrade_busy_reason(); !busy.empty()) {
+      why_not = busy;  // A revert began meanwhile.
+    }
+    if (why_not.empty()) {
+      begin(std::move(*result));
+    } else if (client) {
+      control_->send(*client, control_error(stopping_ ? "stopping" : "busy", why_not), AfterSend::Close);
+    } else {
+      log_warn("the upgrade did not start: {}", why_not);
+    }
+  };
+  if (const int rc = reading_image_->start([result, read] { *result = read(); }, finish); rc != 0) {
+    log_warn("cannot read {} off the loop ({}); reading it here", reading_path_, uv_strerror(rc));
+    *result = read();
+    finish();
+  }
 }
 
 void Supervisor::on_rollback_request(ClientId client, const ControlRequest& request) {
@@ -113,19 +152,23 @@ void Supervisor::on_rollback_request(ClientId client, const ControlRequest& requ
       return;
     }
   }
-  auto image = image_to_run_again(*target);
-  if (!image) {
-    control_->send(client,
-                   control_error("unavailable", fmt::format("release {} cannot be run again: {}", target->number,
-                                                            image.error().text())),
-                   AfterSend::Close);
-    return;
-  }
   UpgradeRequest rollback = requested_by(request, ReleaseOrigin::Rollback);
   rollback.command = target->command;
   rollback.rollback_of = target->number;
-  rollback.image = std::move(image).value();
-  upgrade_->begin(std::move(rollback), client);
+  read_then_begin(
+      target->executable, client,
+      [release = *target, pinned = releases_->pinned(target->number)] { return image_to_run_again(release, pinned); },
+      [this, client, rollback](ImageResult image) mutable {
+        if (!image) {
+          control_->send(client,
+                         control_error("unavailable", fmt::format("release {} cannot be run again: {}",
+                                                                  rollback.rollback_of, image.error().text())),
+                         AfterSend::Close);
+          return;
+        }
+        rollback.image = std::move(image).value();
+        upgrade_->begin(std::move(rollback), client);
+      });
 }
 
 void Supervisor::revert(const std::string& reason) {
@@ -217,9 +260,11 @@ Millis Supervisor::park_for(const Generation& old) {
 
 void Supervisor::revert_cold(const ReleaseWatch::Watched& w) {
   const Release* previous = releases_->history().find(w.previous_release);
-  auto image = previous != nullptr ? image_to_run_again(*previous)
-                                   : Result<std::shared_ptr<const ExecutableImage>>(Error::message(
-                                         fmt::format("release {} is not in the history any more", w.previous_release)));
+  // Read on the loop: a revert must not wait behind anything, and is rare.
+  auto image =
+      previous != nullptr
+          ? image_to_run_again(*previous, releases_->pinned(previous->number))
+          : ImageResult(Error::message(fmt::format("release {} is not in the history any more", w.previous_release)));
   if (!image) {
     last_error_.note(fmt::format("release {} cannot come back: {}; release {} is restarted instead", w.previous_release,
                                  image.error().text(), w.release));
@@ -269,35 +314,36 @@ Result<Generation::Plan> Supervisor::plan_for(std::uint64_t number) {
   if (!image) {
     auto path = launcher_->resolve(r->command);
     if (!path) return path.error();
-    auto opened = ExecutableImage::open(path.value());
+    auto opened = ExecutableImage::open_shared(path.value());
     if (!opened) return opened.error().context("cannot start the worker");
-    image = releases_->pin(number, std::make_shared<const ExecutableImage>(std::move(opened).value()));
+    image = releases_->pin(number, std::move(opened).value());
     describe_executable(*r, *image);
     releases_->save();
   }
   return Generation::Plan{number, r->command, std::move(image)};
 }
 
-Result<std::shared_ptr<const ExecutableImage>> Supervisor::image_to_run_again(const Release& r) const {
-  if (auto pinned = releases_->pinned(r.number)) {
+Supervisor::ImageResult Supervisor::image_to_run_again(const Release& r,
+                                                       std::shared_ptr<const ExecutableImage> pinned) {
+  if (pinned) {
     if (auto same = pinned->unchanged(); !same) return same.error();
     return pinned;
   }
   if (r.executable.empty()) return Error::message("it never started, so its executable is unknown");
-  auto opened = ExecutableImage::open(r.executable);
+  auto opened = ExecutableImage::open_shared(r.executable);
   if (!opened) {
     return opened.error().context(fmt::format(
         "the supervisor keeps the executables of the last {} releases that served (and of those it ran since it "
         "started) only, and this one's cannot be opened",
         ReleaseStore::kPinned));
   }
-  if (opened->sha256() != r.sha256) {
+  if ((*opened)->sha256() != r.sha256) {
     return Error::message(
         fmt::format("{} has changed since it ran (sha256 {} then, {} now), and this supervisor "
                     "holds no copy of the file that ran",
-                    r.executable, r.sha256.substr(0, 12), opened->sha256().substr(0, 12)));
+                    r.executable, r.sha256.substr(0, 12), (*opened)->sha256().substr(0, 12)));
   }
-  return std::make_shared<const ExecutableImage>(std::move(opened).value());
+  return opened;
 }
 
 void Supervisor::end_release(std::uint64_t number, ReleaseOutcome outcome, std::string reason) {

@@ -160,7 +160,7 @@ Generation::Plan Supervisor::plan_to_take_over(std::uint64_t release) {
     auto plan = plan_for(record_release({options_.command, ReleaseOrigin::Run, -1, -1, 0, nullptr, {}}));
     return plan ? std::move(plan).value() : Generation::Plan{release, options_.command, nullptr};
   }
-  if (auto image = image_to_run_again(*r))
+  if (auto image = image_to_run_again(*r, releases_->pinned(release)))
     return {release, r->command, releases_->pin(release, std::move(image).value())};
   if (auto plan = plan_for(release)) return std::move(plan).value();
   log_warn("release {}'s executable cannot be opened again: a crash restart of it fails until an upgrade", release);

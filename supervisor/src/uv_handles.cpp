@@ -1,6 +1,8 @@
 // The owners of libuv handles (see uv_handles.h).
 #include "uv_handles.h"
 
+#include <memory>
+
 namespace hotrestart {
 namespace {
 
@@ -132,6 +134,41 @@ SignalWatch::SignalWatch(uv_loop_t* loop, int signo, std::function<void(int)> fn
 
 SignalWatch::~SignalWatch() {
   close_and_free(state_);
+}
+
+struct PoolTask::State {
+  uv_work_t request{};
+  std::function<void()> work;
+  std::function<void()> done;
+  PoolTask* owner = nullptr;  // Null once the owner is gone.
+};
+
+PoolTask::~PoolTask() {
+  if (current_ != nullptr) current_->owner = nullptr;
+}
+
+int PoolTask::start(std::function<void()> work, std::function<void()> done) {
+  if (current_ != nullptr) return UV_EBUSY;
+  auto* state = new State;
+  state->work = std::move(work);
+  state->done = std::move(done);
+  state->owner = this;
+  state->request.data = state;
+  const int rc = uv_queue_work(
+      loop_, &state->request, [](uv_work_t* req) { static_cast<State*>(req->data)->work(); },
+      [](uv_work_t* req, int) {
+        std::unique_ptr<State> s(static_cast<State*>(req->data));
+        if (s->owner == nullptr) return;
+        s->owner->current_ = nullptr;
+        // Last: `done` may destroy the owner, or start the next task.
+        s->done();
+      });
+  if (rc != 0) {
+    delete state;
+    return rc;
+  }
+  current_ = state;
+  return 0;
 }
 
 }  // namespace hotrestart

@@ -58,6 +58,26 @@ class AfterEvents {
   State* state_;
 };
 
+// Runs a function on libuv's thread pool, then another on the loop. The work cannot be stopped once
+// a thread has it, but destroying the wrapper is always safe: `done` then never runs.
+class PoolTask {
+ public:
+  explicit PoolTask(uv_loop_t* loop) : loop_(loop) {}
+  ~PoolTask();
+  PoolTask(const PoolTask&) = delete;
+  PoolTask& operator=(const PoolTask&) = delete;
+
+  // Starts `work` (which must not touch anything the loop uses) and, once it has returned, runs
+  // `done` on the loop. One at a time. Returns libuv's error (and runs neither) when it refuses.
+  int start(std::function<void()> work, std::function<void()> done);
+  bool busy() const { return current_ != nullptr; }
+
+ private:
+  struct State;
+  uv_loop_t* loop_;
+  State* current_ = nullptr;
+};
+
 class SignalWatch {
  public:
   SignalWatch(uv_loop_t* loop, int signo, std::function<void(int)> fn);

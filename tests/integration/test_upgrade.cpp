@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <filesystem>
 #include <future>
 #include <set>
 
@@ -153,6 +154,42 @@ TEST_CASE("a second concurrent upgrade is refused and the next one succeeds") {
   RunResult third = sup.upgrade_to(hello("v3"));
   CHECK_MESSAGE(third.exit_code == 0, third.out << third.err);
   CHECK(sup.status_or_fail()["counters"]["upgrades_done"] == 2);
+  sup.stop();
+}
+
+TEST_CASE("an upgrade's executable is read off the loop: status answers and upgrades are refused while it is hashed") {
+  // A script of 2 GiB, almost all of it a hole that `sh` never reaches (it execs the real worker
+  // first): the supervisor hashes every byte, which takes seconds.
+  TempDir bin;
+  const std::string big = bin.file("big-hello");
+  write_file_atomic(big, fmt::format("#!/bin/sh\nexec {} \"$@\"\n", hello_bin()));
+  std::filesystem::permissions(big, std::filesystem::perms::owner_all);
+  std::filesystem::resize_file(big, std::uintmax_t{2} << 30);
+
+  Supervisor sup({}, hello("v1"));
+  auto first = std::async(std::launch::async, [&] { return sup.upgrade({"--exec", big}); });
+  json reading;
+  REQUIRE(wait_until(
+      [&] {
+        auto s = sup.status();
+        if (!s || (*s)["upgrade"].is_null()) return false;
+        reading = (*s)["upgrade"];
+        return true;
+      },
+      30s));
+  // The first status that saw the upgrade saw it before its start: while its executable was read.
+  CHECK(reading["phase"] == "reading-executable");
+  CHECK(reading["executable"] == big);
+  RunResult second = sup.upgrade_to(hello("v3"));
+  CHECK(second.exit_code == 3);
+  CHECK_MESSAGE(contains(second.err, "its executable " + big + " is being read"), second.err);
+  RunResult text = sup.cli({"status"});
+  CHECK_MESSAGE(contains(text.out, "upgrade:     starting: reading its executable " + big), text.out);
+
+  RunResult first_result = first.get();
+  CHECK_MESSAGE(first_result.exit_code == 0, first_result.out << first_result.err);
+  CHECK(sup.status_or_fail()["active_generation"] == 2);
+  CHECK((*sup.active())["command"][0] == big);
   sup.stop();
 }
 

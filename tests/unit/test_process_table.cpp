@@ -15,6 +15,36 @@
 
 using namespace hotrestart;
 
+namespace {
+
+// Forks a child that leads a process group of its own and whose own child has called setsid(), as
+// a daemon does; both wait for a signal. Returns once the grandchild is in its session.
+pid_t fork_with_daemon() {
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::setpgid(0, 0);
+    if (::fork() == 0) {
+      ::setsid();
+      const char c = 'x';
+      (void)!::write(ready[1], &c, 1);
+      ::pause();
+      ::_exit(0);
+    }
+    ::pause();
+    ::_exit(0);
+  }
+  ::close(ready[1]);
+  char c = 0;
+  REQUIRE(::read(ready[0], &c, 1) == 1);
+  ::close(ready[0]);
+  return child;
+}
+
+}  // namespace
+
 TEST_CASE("process table: a stat line whose command holds spaces and parentheses") {
   const std::string line =
       "4242 (a (b) c) S 17 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 200 "
@@ -42,36 +72,48 @@ TEST_CASE("process table: this process is in it, as itself") {
   CHECK(read_process(::getpid()) == std::optional<ProcessEntry>(me));
 }
 
+TEST_CASE("process table: the descendants of a process are read through /proc, and nothing beside them") {
+  // This process, its child (a group of its own) and that child's child (a session of its own).
+  const pid_t child = fork_with_daemon();
+
+  const auto table = read_descendants({::getpid()});
+  REQUIRE(table.has_value());  // Debian's kernels list children.
+  CHECK(table->count(::getpid()) == 1);
+  REQUIRE(table->count(child) == 1);
+  std::vector<pid_t> grandchildren;
+  for (const auto& [pid, entry] : *table)
+    if (entry.ppid == child) grandchildren.push_back(pid);
+  REQUIRE(grandchildren.size() == 1);
+  const pid_t grandchild = grandchildren[0];
+  CHECK(table->at(grandchild).sid == grandchild);
+  // Not this process's parent, nor anything else on the host.
+  CHECK(table->count(::getppid()) == 0);
+  CHECK(table->count(1) == 0);
+  CHECK(table->size() < read_process_table().size());
+  // From the grandchild alone: itself; a pid that names nothing is left out.
+  const auto from_grandchild = read_descendants({grandchild, 0, -1});
+  REQUIRE(from_grandchild.has_value());
+  CHECK(from_grandchild->size() == 1);
+  CHECK(from_grandchild->count(grandchild) == 1);
+
+  ::kill(grandchild, SIGKILL);
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+}
+
 TEST_CASE("process roster: a grandchild that called setsid still belongs to the generation") {
   // This process plays the supervisor: its child the generation's main process, whose child leaves
   // the group.
-  int ready[2];
-  REQUIRE(::pipe(ready) == 0);
-  const pid_t main_pid = ::fork();
-  REQUIRE(main_pid >= 0);
-  if (main_pid == 0) {
-    ::setpgid(0, 0);
-    if (::fork() == 0) {
-      ::setsid();
-      const char c = 'x';
-      (void)!::write(ready[1], &c, 1);
-      ::pause();
-      ::_exit(0);
-    }
-    ::pause();
-    ::_exit(0);
-  }
-  ::close(ready[1]);
-  char c = 0;
-  REQUIRE(::read(ready[0], &c, 1) == 1);
-  ::close(ready[0]);
+  const pid_t main_pid = fork_with_daemon();
 
   ProcessRoster roster({::getpid(),
                         [&](pid_t pid) -> std::optional<std::uint64_t> {
                           if (pid == main_pid) return 7;
                           return std::nullopt;
                         },
-                        [](pid_t) { return false; }, [](std::uint64_t) { return std::optional<std::uint64_t>(); }});
+                        [](pid_t) { return false; },
+                        [](std::uint64_t) { return std::optional<std::uint64_t>(); },
+                        {}});
   roster.refresh();
   const auto members = roster.members(7);
   REQUIRE(members.size() == 1);

@@ -325,8 +325,11 @@ class DriverBench final : public Generation::Events, public UpgradeDriver::Host 
   RunOptions options_;
   ListenerSet listeners_;
   std::unique_ptr<Reaper> reaper_;
-  ProcessRoster roster_{{::getpid(), [](pid_t) { return std::optional<std::uint64_t>(); }, [](pid_t) { return false; },
-                         [](std::uint64_t) { return std::optional<std::uint64_t>(); }}};
+  ProcessRoster roster_{{::getpid(),
+                         [](pid_t) { return std::optional<std::uint64_t>(); },
+                         [](pid_t) { return false; },
+                         [](std::uint64_t) { return std::optional<std::uint64_t>(); },
+                         {}}};
   std::unique_ptr<ControlServer> control_;
   std::unique_ptr<WorkerLauncher> launcher_;
   std::unique_ptr<Generation::Context> context_;
