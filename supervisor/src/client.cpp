@@ -103,19 +103,25 @@ class LineSource {
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
         eof_ = n == 0;
-        if (n < 0) error_ = fmt::format("read: {}", std::strerror(errno));
+        if (n < 0) {
+          errno_ = errno;
+          error_ = fmt::format("read: {}", std::strerror(errno));
+        }
         return std::nullopt;
       }
       reader_.feed(std::string_view(buf, static_cast<std::size_t>(n)));
     }
   }
   bool eof() const { return eof_; }
+  // The supervisor ended the connection: closed it, or reset it (it exited with the request unread).
+  bool ended() const { return eof_ || errno_ == ECONNRESET; }
   const std::string& error() const { return error_; }
 
  private:
   int fd_;
   LineReader reader_{kControlMaxAnswer};
   bool eof_ = false;
+  int errno_ = 0;
   std::string error_;
 };
 
@@ -236,6 +242,12 @@ void print_status(const json& s) {
     fmt::print("listener:    {:<12} {}{}\n", l.value("name", ""), l.value("address", ""),
                l.value("adopted", false) ? "  (socket activation)" : "");
   }
+  if (const json& m = s.value("metrics", json()); m.is_object()) {
+    const std::string address = m.value("address", "");
+    fmt::print("metrics:     {} ({} scrapes)\n",
+               address.starts_with("unix:") ? address : fmt::format("http://{}/metrics", address),
+               m.value("scrapes", std::uint64_t{0}));
+  }
   fmt::print("ready:       {} (timeout {} ms); drain: {} (timeout {} ms)\n", s["ready"].value("mode", ""),
              s["ready"].value("timeout_ms", 0), s["drain"].value("signal", ""), s["drain"].value("timeout_ms", 0));
   fmt::print("generations:\n");
@@ -337,9 +349,12 @@ std::variant<Exchange, int> ask(const std::string& path, const json& request,
   ex.source = std::make_unique<LineSource>(ex.fd.get());
   auto answer = ex.source->next(timeout);
   if (!answer) {
-    say_error(ex.source->error().empty() ? "the supervisor closed the connection without an answer"
-                                         : ex.source->error());
-    return kExitUsage;
+    // Closed or reset with no answer: the supervisor is going away (stopping, or killed), so none runs
+    // here for this question; a timeout or an unreadable answer is another matter.
+    const bool gone = ex.source->ended();
+    say_error(gone ? "the supervisor closed the connection without an answer: it is stopping, or was killed"
+                   : ex.source->error());
+    return gone ? kExitNoSupervisor : kExitUsage;
   }
   if (answer->value("type", "") == "error") return report_error_answer(*answer);
   ex.first = std::move(answer).value();

@@ -1,10 +1,18 @@
 // The command line as an operator meets it: the help of every command, durations, suggestions for
 // a mistyped word, and the exit codes of usage errors.
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <cstring>
 #include <regex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
+
+#include <hotrestart/fd.h>
 
 #include "fixture.h"
 
@@ -143,4 +151,33 @@ TEST_CASE("cli: run takes 1m30s, 1.5s and --drain-timeout infinity, and status s
   // left waiting for the deadline.
   const RunResult stop = sup.cli({"stop"}, 30s);
   CHECK_MESSAGE(stop.exit_code == 0, stop.err);
+}
+
+TEST_CASE("cli: a supervisor that closes the connection without answering counts as none running: exit 8") {
+  // What a client meets when the supervisor exits as its question arrives: a socket that accepts
+  // and closes, here played by this test.
+  TempDir dir;
+  const std::string path = dir.file("control.sock");
+  hotrestart::Fd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  REQUIRE(listener);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  REQUIRE(path.size() < sizeof addr.sun_path);
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  REQUIRE(::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  REQUIRE(::listen(listener.get(), 8) == 0);
+  std::thread closer([&] {
+    // Each client in turn, for 10 s at most.
+    for (int i = 0; i < 2; ++i) {
+      pollfd p{listener.get(), POLLIN, 0};
+      if (::poll(&p, 1, 10'000) != 1) return;
+      hotrestart::Fd peer(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    }
+  });
+  const RunResult status = cli({"status", "--control", path});
+  const RunResult check = cli({"status", "--check", "--control", path});
+  closer.join();
+  CHECK(status.exit_code == 8);
+  CHECK_MESSAGE(contains(status.err, "the supervisor closed the connection without an answer"), status.err);
+  CHECK(check.exit_code == 8);
 }

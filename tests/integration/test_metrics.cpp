@@ -98,6 +98,8 @@ TEST_CASE("metrics: upgrades, rollbacks, generations and control requests add up
   Supervisor sup({"--metrics", "tcp://127.0.0.1:0"}, hello("v1"));
   const std::string address = metrics_address(sup);
   CHECK(address.starts_with("127.0.0.1:"));
+  RunResult text = sup.cli({"status"});
+  CHECK_MESSAGE(contains(text.out, fmt::format("metrics:     http://{}/metrics (", address)), text.out);
 
   RunResult good = sup.upgrade_to(hello("v2"));
   REQUIRE_MESSAGE(good.exit_code == 0, good.out << good.err);
@@ -231,6 +233,7 @@ TEST_CASE("metrics: on a unix socket, and a bad or taken address is refused at s
   {
     Supervisor sup({"--metrics", "unix:" + path}, hello("v1"));
     CHECK(metrics_address(sup) == "unix:" + path);
+    CHECK(contains(sup.cli({"status"}).out, "metrics:     unix:" + path + " ("));
     const Scrape s = scrape("unix:" + path);
     CHECK(s.code == 200);
     CHECK(sample(s.body, R"(hotrestart_generations{state="ready"})") == 1);
