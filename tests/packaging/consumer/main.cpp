@@ -1,10 +1,12 @@
 // The smallest server that uses the SDK: it starts, binds its fallback address when run by hand,
-// saves and loads one section through the stub, and says which mode it ran in.
+// saves and loads one section through the stub, reads a configuration, and says which mode it ran
+// in.
 #include <cstdio>
 #include <map>
 #include <string>
 
 #include <hotrestart/archive.h>
+#include <hotrestart/config.h>
 #include <hotrestart/testing.h>
 #include <hotrestart/worker.h>
 #include <cereal/types/map.hpp>
@@ -37,7 +39,15 @@ int main() {
   }
   hotrestart::Worker plain({.fallback_listen = {{"http", "127.0.0.1:0"}}});
   if (auto e = plain.start(); !e.empty()) return std::puts(e.c_str()), 1;
-  std::printf("consumer: mode=%s listener=%s state=%s\n", std::string(hotrestart::mode_name(plain.mode())).c_str(),
-              plain.listener("http") >= 0 ? "yes" : "no", after == before ? "carried" : "lost");
-  return after == before ? 0 : 1;
+  hotrestart::Config<std::string> config([](std::string_view bytes) -> hotrestart::Parsed<std::string> {
+    if (bytes.empty()) return hotrestart::ConfigError{"empty"};
+    return std::string(bytes);
+  });
+  auto reader = config.reader();
+  const bool configured =
+      config.load("greeting=hi").empty() && !config.load("").empty() && *reader.get() == "greeting=hi";
+  std::printf("consumer: mode=%s listener=%s state=%s config=%s\n",
+              std::string(hotrestart::mode_name(plain.mode())).c_str(), plain.listener("http") >= 0 ? "yes" : "no",
+              after == before ? "carried" : "lost", configured ? "loaded" : "wrong");
+  return after == before && configured ? 0 : 1;
 }
