@@ -343,25 +343,30 @@ void Generation::start_probe() {
                        {},
                        ListenPid::Omit};
   request.cwd = context_.launcher.workdir();
-  auto probe_pid = spawn_process(request);
+  // Not waited for: an exec that fails comes back with the probe's exit.
+  PendingExec exec;
+  auto probe_pid = start_process(request, exec);
   if (!probe_pid) {
     status_text_ = probe_pid.error().text();
     readiness_timer_.start(kProbeRetry, [this] { start_probe(); });
     return;
   }
   probe_ = ChildProcess(probe_pid.value());
-  context_.reaper.watch(probe_pid.value(), [self = self_, probe = probe_pid.value()](pid_t, ExitStatus status) {
-    Generation* g = *self;
-    if (g == nullptr || g->probe_.pid() != probe) return;  // Cancelled: the generation moved on.
-    g->probe_ = ChildProcess();
-    if (g->state_ != GenerationState::Starting) return;
-    if (status.success()) {
-      g->mark_ready();
-      return;
-    }
-    g->status_text_ = fmt::format("readiness probe {}", status.describe());
-    g->readiness_timer_.start(kProbeRetry, [g] { g->start_probe(); });
-  });
+  context_.reaper.watch(
+      probe_pid.value(),
+      [self = self_, probe = probe_pid.value()](pid_t, ExitStatus status) {
+        Generation* g = *self;
+        if (g == nullptr || g->probe_.pid() != probe) return;  // Cancelled: the generation moved on.
+        g->probe_ = ChildProcess();
+        if (g->state_ != GenerationState::Starting) return;
+        if (status.success()) {
+          g->mark_ready();
+          return;
+        }
+        g->status_text_ = fmt::format("readiness probe {}", status.describe());
+        g->readiness_timer_.start(kProbeRetry, [g] { g->start_probe(); });
+      },
+      std::move(exec));
 }
 
 void Generation::pause_readiness() {

@@ -74,17 +74,22 @@ void HealthWatch::run_probe() {
   ++runs_;
   SpawnRequest request{"/bin/sh", {"/bin/sh", "-c", options_.health.command}, environment_(), {}, ListenPid::Omit};
   request.cwd = options_.workdir;
-  auto pid = spawn_process(request);
+  // Not waited for: an exec that fails comes back with the probe's exit.
+  PendingExec exec;
+  auto pid = start_process(request, exec);
   if (!pid) {
     probe_ended(false, pid.error().text());
   } else {
     probe_ = ChildProcess(pid.value());
-    reaper_.watch(pid.value(), [self = self_, probe = pid.value()](pid_t, ExitStatus status) {
-      HealthWatch* w = *self;
-      if (w == nullptr || w->probe_.pid() != probe) return;  // Cancelled: killed or stopped.
-      w->probe_ = ChildProcess();
-      w->probe_ended(status.success(), status.describe());
-    });
+    reaper_.watch(
+        pid.value(),
+        [self = self_, probe = pid.value()](pid_t, ExitStatus status) {
+          HealthWatch* w = *self;
+          if (w == nullptr || w->probe_.pid() != probe) return;  // Cancelled: killed or stopped.
+          w->probe_ = ChildProcess();
+          w->probe_ended(status.success(), status.describe());
+        },
+        std::move(exec));
   }
   if (running_) probe_timer_.start(options_.health.interval, [this] { run_probe(); });
 }

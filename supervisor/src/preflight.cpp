@@ -27,6 +27,8 @@ std::string preflight_failure(const std::optional<ExitStatus>& status, bool time
   std::string how;
   if (!start_error.empty()) {
     how = "could not start: " + start_error;
+  } else if (status && !status->not_started.empty()) {
+    how = "could not start: " + status->not_started;
   } else if (timed_out) {
     how =
         fmt::format("timed out after {}, --preflight-timeout; its process group was killed", format_duration(timeout));
@@ -57,7 +59,10 @@ std::unique_ptr<PreflightCheck> PreflightCheck::start(const Context& context, co
   request.stdout_fd = pipe->second.get();
   request.stderr_fd = pipe->second.get();
   request.cwd = cwd;
-  auto pid = spawn_process(request);
+  // Not waited for: an exec that fails (or a working directory that is gone) comes back with the
+  // check's exit.
+  PendingExec exec;
+  auto pid = start_process(request, exec);
   if (!pid) {
     c->fail_to_start(pid.error().text());
     return c;
@@ -70,9 +75,12 @@ std::unique_ptr<PreflightCheck> PreflightCheck::start(const Context& context, co
   c->output_ =
       std::make_unique<WorkerOutput>(context.loop, std::move(pipe->first), fmt::format("preflight (pid {})", c->pid_),
                                      RelaySource{"preflight", c->pid_, std::nullopt});
-  context.reaper.watch(c->pid_, [self = c->self_](pid_t, ExitStatus status) {
-    if (PreflightCheck* running = *self) running->on_exit(status);
-  });
+  context.reaper.watch(
+      c->pid_,
+      [self = c->self_](pid_t, ExitStatus status) {
+        if (PreflightCheck* running = *self) running->on_exit(status);
+      },
+      std::move(exec));
   PreflightCheck* raw = c.get();
   c->deadline_.start(context.timeout, [raw] {
     raw->timed_out_ = true;

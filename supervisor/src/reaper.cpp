@@ -10,8 +10,8 @@ namespace hotrestart {
 
 Reaper::Reaper(uv_loop_t* loop) : sigchld_(std::make_unique<SignalWatch>(loop, SIGCHLD, [this](int) { reap(); })) {}
 
-void Reaper::watch(pid_t pid, OnExit on_exit) {
-  watched_[pid] = std::move(on_exit);
+void Reaper::watch(pid_t pid, OnExit on_exit, PendingExec exec) {
+  watched_[pid] = Watched{std::move(on_exit), std::move(exec)};
 }
 
 void Reaper::reap() {
@@ -24,13 +24,18 @@ void Reaper::reap() {
     }
     const pid_t pid = info.si_pid;
     if (pid <= 0) return;  // Children, but none has exited.
-    const ExitStatus status = ExitStatus::from_siginfo(info);
+    ExitStatus status = ExitStatus::from_siginfo(info);
     auto it = watched_.find(pid);
     if (it == watched_.end()) {
       ++orphans_reaped_;
       log_debug("reaped pid {} ({})", pid, status.describe());
     } else {
-      OnExit fn = std::move(it->second);
+      OnExit fn = std::move(it->second.on_exit);
+      // It has exited: what it wrote before (if anything) is there to read.
+      if (it->second.exec.fd() >= 0) {
+        if (auto outcome = it->second.exec.outcome(); outcome && !*outcome)
+          status.not_started = outcome->error().text();
+      }
       watched_.erase(it);
       fn(pid, status);  // The child is still a zombie: its pid and group are still its own.
     }

@@ -28,8 +28,9 @@ class Reaper {
   explicit Reaper(uv_loop_t* loop);
 
   // Registers interest in one child. The callback runs once, on the loop, while the child is
-  // still a zombie (see above).
-  void watch(pid_t pid, OnExit on_exit);
+  // still a zombie (see above). With `exec` (start_process), an exec that failed is the status's
+  // `not_started`.
+  void watch(pid_t pid, OnExit on_exit, PendingExec exec = {});
   bool watching(pid_t pid) const { return watched_.count(pid) != 0; }
   void forget(pid_t pid) { watched_.erase(pid); }
   std::size_t orphans_reaped() const { return orphans_reaped_; }
@@ -38,7 +39,11 @@ class Reaper {
   void reap();
 
  private:
-  std::map<pid_t, OnExit> watched_;
+  struct Watched {
+    OnExit on_exit;
+    PendingExec exec;
+  };
+  std::map<pid_t, Watched> watched_;
   std::unique_ptr<SignalWatch> sigchld_;
   std::size_t orphans_reaped_ = 0;
 };

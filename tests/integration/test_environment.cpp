@@ -206,6 +206,23 @@ TEST_CASE("environment: a deleted working directory fails the upgrade with a cle
   sup.stop();
 }
 
+TEST_CASE("environment: a preflight check that cannot enter the working directory says so, and nothing starts") {
+  TempDir d;
+  const std::string work = d.file("work");
+  REQUIRE(::mkdir(work.c_str(), 0755) == 0);
+  Supervisor sup({"--chdir", work, "--preflight", "true"}, hello("v1"));
+  const pid_t old_pid = sup.active_pid();
+  REQUIRE(::rmdir(work.c_str()) == 0);
+  RunResult r = sup.upgrade_to(hello("v2"));
+  CHECK_MESSAGE(r.exit_code == 1, r.out << r.err);
+  CHECK_MESSAGE(contains(r.err, "preflight failed (could not start: cannot enter working directory " + work +
+                                    ": No such file or directory)"),
+                r.err);
+  CHECK(sup.active_pid() == old_pid);
+  CHECK(sup.status_or_fail()["generations"].size() == 1);
+  sup.stop();
+}
+
 TEST_CASE("environment: run's relative paths are its own directory's, and upgrade's relative command is the client's") {
   TempDir d;
   const std::string home = d.file("home");
