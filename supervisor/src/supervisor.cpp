@@ -2,11 +2,11 @@
 // (see supervisor.h).
 #include "supervisor.h"
 
+#include <malloc.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <malloc.h>
 #include <unistd.h>
 
 #include <algorithm>
