@@ -36,7 +36,7 @@ int main(int argc, char** argv) {
   const std::string streams_dir = argv[3];
   std::vector<SectionVersions> plan{{"sessions", {2, 1}}, {"cache", {1}}};
   std::vector<Message> messages{
-      Hello{1, 1, 42, "sdk 0.1", plan, {{"sessions", {2}}}},
+      Hello{1, 1, 42, "sdk 0.1", plan, {{"sessions", {2}}}, false, {{"app", 3}}},
       Ready{},
       StatusLine{"serving"},
       SectionImported{{"sessions", true, 2, 100, 5, ""}},

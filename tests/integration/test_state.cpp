@@ -309,10 +309,10 @@ TEST_CASE("state: a streamed section that fails on either side leaves the old ge
 TEST_CASE("state: a worker speaking another channel protocol version is refused with a sentence") {
   Supervisor sup({}, sdk({"--fill", "8"}));
   const pid_t old_pid = sup.active_pid();
-  RunResult r = sup.upgrade_to(sdk({"--raw-hello", "6:7"}));
+  RunResult r = sup.upgrade_to(sdk({"--raw-hello", "7:8"}));
   CHECK_MESSAGE(r.exit_code == 1, r.out << r.err);
-  CHECK(contains(r.err, "speaks worker channel protocol 6 to 7, and this supervisor speaks version 5"));
-  CHECK(sup.proc().wait_output("sdk-worker: refused: generation 2 speaks worker channel protocol 6 to 7", 5s));
+  CHECK(contains(r.err, "speaks worker channel protocol 7 to 8, and this supervisor speaks version 6"));
+  CHECK(sup.proc().wait_output("sdk-worker: refused: generation 2 speaks worker channel protocol 7 to 8", 5s));
   check_old_serves(sup, old_pid, sup.port(), 8);
   sup.stop();
 }

@@ -81,13 +81,17 @@ std::vector<Message> one_of_each() {
   SectionReport failed{"cache.v2", false, 0, 0, 17, "load threw: bad record"};
   std::vector<SectionVersions> plan{{"sessions", {3, 2, 1}}, {"cache.v2", {7}}, {"empty:list", {}}};
   return {
-      Hello{1, 4, 4242, "hotrestart-sdk 0.1.0", plan, {{"sessions", {3}}}},
+      Hello{1, 4, 4242, "hotrestart-sdk 0.1.0", plan, {{"sessions", {3}}}, false, {}},
+      Hello{6, 6, 7, "sdk", {}, {}, true, {{"app", 0}, {"routes", 12}}},
       Ready{},
       StatusLine{"serving version v2 \xe2\x9c\x93"},
       SectionImported{report},
       ImportFinished{{2, 1, 123456789, 5000}},
       SectionExported{failed},
       ExportFinished{{2, 2, 99, 1}},
+      ConfigPrepared{"app", 3, true, ""},
+      ConfigPrepared{"app", 4, false, "line 2: ttl: not a number"},
+      ConfigCommitted{"app", 3, true},
       Welcome{1, 0xfedcba9876543210ULL, 300},
       Refuse{"no common protocol version: the worker speaks 2..3, the supervisor 1..1"},
       Listeners{{"http", "https", "admin-0"}},
@@ -99,6 +103,9 @@ std::vector<Message> one_of_each() {
       Stop{},
       Resume{3},
       Active{},
+      ConfigPrepare{{"app", kConfigFormat, 3, 120, 0x55}},
+      ConfigCommit{"app", 3},
+      ConfigAbort{"app", 4},
       SectionOffer{"sessions", 3, 99, 1 << 20, 0x0123456789abcdefULL},
       SectionUnavailable{"cache.v2", "no common version"},
       Fds{{"conn:1", "conn:2"}},
@@ -182,7 +189,7 @@ TEST_CASE("wire: the header layout is the documented one") {
   std::memcpy(&fd_count, datagram.data() + 12, 4);
   std::memcpy(&body_sum, datagram.data() + 16, 8);
   std::memcpy(&header_sum, datagram.data() + 24, 8);
-  CHECK(version == 5);
+  CHECK(version == 6);
   CHECK(version == kProtocolVersion);
   CHECK(type == 64);
   CHECK(fd_count == 1);
@@ -203,18 +210,35 @@ TEST_CASE("wire: every type number has the name and descriptor counts of docs/pr
     std::uint32_t max_fds;
   };
   const Documented table[] = {
-      {1, "hello", 0, 0},           {2, "ready", 0, 0},
-      {3, "status", 0, 0},          {4, "section-imported", 0, 0},
-      {5, "import-finished", 0, 0}, {6, "section-exported", 0, 0},
-      {7, "export-finished", 0, 0}, {32, "welcome", 0, 0},
-      {33, "refuse", 0, 0},         {34, "listeners", 0, 253},
-      {35, "begin-import", 0, 1},   {36, "begin-export", 1, 1},
-      {37, "drain", 0, 0},          {38, "stop", 0, 0},
-      {39, "resume", 0, 0},         {40, "active", 0, 0},
-      {64, "section-offer", 1, 1},  {65, "section-unavailable", 0, 0},
-      {66, "fds", 0, 253},          {67, "snapshot-end", 0, 0},
-      {68, "delta", 0, 0},          {69, "delta-memfd", 1, 1},
-      {70, "arena-offer", 2, 2},    {71, "section-stream", 1, 1},
+      {1, "hello", 0, 0},
+      {2, "ready", 0, 0},
+      {3, "status", 0, 0},
+      {4, "section-imported", 0, 0},
+      {5, "import-finished", 0, 0},
+      {6, "section-exported", 0, 0},
+      {7, "export-finished", 0, 0},
+      {8, "config-prepared", 0, 0},
+      {9, "config-committed", 0, 0},
+      {32, "welcome", 0, 0},
+      {33, "refuse", 0, 0},
+      {34, "listeners", 0, 253},
+      {35, "begin-import", 0, 1},
+      {36, "begin-export", 1, 1},
+      {37, "drain", 0, 0},
+      {38, "stop", 0, 0},
+      {39, "resume", 0, 0},
+      {40, "active", 0, 0},
+      {41, "config-prepare", 1, 1},
+      {42, "config-commit", 0, 0},
+      {43, "config-abort", 0, 0},
+      {64, "section-offer", 1, 1},
+      {65, "section-unavailable", 0, 0},
+      {66, "fds", 0, 253},
+      {67, "snapshot-end", 0, 0},
+      {68, "delta", 0, 0},
+      {69, "delta-memfd", 1, 1},
+      {70, "arena-offer", 2, 2},
+      {71, "section-stream", 1, 1},
   };
   auto allowed = [](std::uint16_t type, std::uint32_t fds) { return check_frame(bytes_of(frame(type, "", fds))).ok(); };
   std::size_t documented = 0;
@@ -288,17 +312,17 @@ TEST_CASE("wire: decode checks the frame in the documented order and names each 
   bad = good;
   put<std::uint16_t>(bad, 4, 2);  // The previous version (before streamed sections).
   fix_header_checksum(bad);
-  CHECK(decode_error(bad) == "channel frame: protocol version 2, but this side speaks version 5");
+  CHECK(decode_error(bad) == "channel frame: protocol version 2, but this side speaks version 6");
   put<std::uint16_t>(bad, 4, 1);
   fix_header_checksum(bad);
-  CHECK(decode_error(bad) == "channel frame: protocol version 1, but this side speaks version 5");
+  CHECK(decode_error(bad) == "channel frame: protocol version 1, but this side speaks version 6");
   put<std::uint16_t>(bad, 6, 99);  // A bad version is reported before a bad type.
   fix_header_checksum(bad);
-  CHECK(decode_error(bad) == "channel frame: protocol version 1, but this side speaks version 5");
+  CHECK(decode_error(bad) == "channel frame: protocol version 1, but this side speaks version 6");
 
   CHECK(decode_error(frame(99, "")) == "channel frame: unknown message type 99");
   CHECK(decode_error(frame(0, "")) == "channel frame: unknown message type 0");
-  CHECK(decode_error(frame(8, "")) == "channel frame: unknown message type 8");
+  CHECK(decode_error(frame(10, "")) == "channel frame: unknown message type 10");
 
   bad = frame(static_cast<std::uint16_t>(Type::Status), std::string(100, 'x'));
   put<std::uint32_t>(bad, 8, 70000);
@@ -349,7 +373,8 @@ TEST_CASE("wire: decode checks bodies: exact length, limits, names, counts") {
         "listeners: listener name 'x y' is not valid");
   CHECK(decode_error(frame(hello, body(std::uint16_t{1}, std::uint16_t{1}, std::int32_t{9}, std::string("sdk"),
                                        std::uint64_t{1}, std::string("x y"), std::vector<std::uint32_t>{1}, false,
-                                       std::uint64_t{0}, false))) == "hello: section name 'x y' is not valid");
+                                       std::uint64_t{0}, false, std::uint64_t{0}))) ==
+        "hello: section name 'x y' is not valid");
   CHECK(decode_error(
             frame(static_cast<std::uint16_t>(Type::SectionUnavailable), body(std::string(""), std::string("why")))) ==
         "section-unavailable: section name '' is not valid");
@@ -384,10 +409,10 @@ TEST_CASE("wire: encode refuses messages that break a limit, naming the field") 
   CHECK(encode_error(StatusLine{std::string(1025, 's')}) == "status: text is 1025 bytes, more than 1024");
   CHECK(encode_error(Refuse{std::string(2000, 'r')}) == "refuse: reason is 2000 bytes, more than 1024");
   CHECK(encode_error(BeginImport{0, {}, std::string(1025, 'n')}) == "begin-import: note is 1025 bytes, more than 1024");
-  CHECK(encode_error(Hello{2, 1, 1, "sdk", {}, {}}) == "hello: min_version 2 is above max_version 1");
-  CHECK(encode_error(Hello{1, 1, 1, "sdk", {{"s", std::vector<std::uint32_t>(65, 1)}}, {}}) ==
+  CHECK(encode_error(Hello{2, 1, 1, "sdk", {}, {}, false, {}}) == "hello: min_version 2 is above max_version 1");
+  CHECK(encode_error(Hello{1, 1, 1, "sdk", {{"s", std::vector<std::uint32_t>(65, 1)}}, {}, false, {}}) ==
         "hello: section 's' lists 65 versions, more than 64");
-  CHECK(encode_error(Hello{1, 1, 1, "sdk", {}, {{"s", {2, 0}}}}) ==
+  CHECK(encode_error(Hello{1, 1, 1, "sdk", {}, {{"s", {2, 0}}}, false, {}}) ==
         "hello: section 's' lists version 0 (versions start at 1)");
   CHECK(encode_error(BeginExport{1, std::vector<SectionVersions>(257, {"s", {1}})}) ==
         "begin-export: plan lists 257 sections, more than 256");
@@ -397,9 +422,20 @@ TEST_CASE("wire: encode refuses messages that break a limit, naming the field") 
   CHECK(encode_error(Delta{"s", 1, 1, std::string(kMaxDeltaPayload + 1, 'd')}) ==
         "delta: payload is 60001 bytes, more than 60000");
   CHECK(encode_error(Delta{"", 1, 1, ""}) == "delta: section name '' is not valid");
+  CHECK(encode_error(Hello{6, 6, 1, "sdk", {}, {}, false, {{"a", 1}, {"a", 2}}}) == "hello: configs lists 'a' twice");
+  CHECK(encode_error(Hello{6, 6, 1, "sdk", {}, {}, false, std::vector<ConfigHeld>(65, {"a", 1})}) ==
+        "hello: configs lists 65 configurations, more than 64");
+  CHECK(encode_error(Hello{6, 6, 1, "sdk", {}, {}, false, {{"a/b", 1}}}) ==
+        "hello: configuration name 'a/b' is not valid");
+  CHECK(encode_error(ConfigPrepare{{"app", 2, 1, 0, 0}}) == "config-prepare: format 2, but this side reads format 1");
+  CHECK(encode_error(ConfigPrepare{{"app", kConfigFormat, 0, 0, 0}}) ==
+        "config-prepare: version 0 (versions start at 1)");
+  CHECK(encode_error(ConfigCommit{"app", 0}) == "config-commit: version 0 (versions start at 1)");
+  CHECK(encode_error(ConfigPrepared{"app", 1, false, std::string(1025, 'r')}) ==
+        "config-prepared: reason is 1025 bytes, more than 1024");
   // Every list within its limit, but the body over 64 KiB.
   std::vector<SectionVersions> big(256, {std::string(128, 'n'), std::vector<std::uint32_t>(64, 1)});
-  CHECK(encode_error(Hello{1, 1, 1, "sdk", big, {}}) == "hello: the body is 102692 bytes, more than 65536");
+  CHECK(encode_error(Hello{1, 1, 1, "sdk", big, {}, false, {}}) == "hello: the body is 102700 bytes, more than 65536");
 }
 
 TEST_CASE("archive: values written by cereal's BinaryOutputArchive read back, from spans and streams") {

@@ -49,6 +49,9 @@ Worker::~Worker() = default;
 void Worker::add_section(Section section) {
   impl_->sections.push_back(std::move(section));
 }
+void Worker::add_config(ConfigHooks hooks) {
+  impl_->configs.push_back(std::move(hooks));
+}
 void Worker::on_drain(std::function<void()> callback) {
   impl_->drain_callback = std::move(callback);
 }

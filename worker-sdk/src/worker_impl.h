@@ -81,7 +81,7 @@ class Worker::Impl {
   // start_from() runs the previous worker's export on a thread of its own, as its process would.
   //
   // Set before start() returns, and read-only afterwards (the SDK thread is created after them):
-  //   options, sections, the six callbacks, started, mode, generation, notify_socket, wake_fd.
+  //   options, sections, configs, the seven callbacks, started, mode, generation, notify_socket, wake_fd.
   // Owned by the application's thread: listeners, received_fds, imported, stub_ready, thread.
   // Owned by start() until it creates the SDK thread, by the SDK thread afterwards, and by the
   // destructor once that thread is joined: peer_in, reserve_fd.
@@ -93,6 +93,7 @@ class Worker::Impl {
 
   Worker::Options options;
   std::vector<Section> sections;
+  std::vector<ConfigHooks> configs;
   std::function<void()> drain_callback;
   std::function<void()> stop_callback;
   std::function<void(std::string, Fd)> fd_callback;
@@ -163,7 +164,10 @@ class Worker::Impl {
   Status start_standalone();
   Result<std::uint32_t> handshake(Clock::time_point deadline);
   Status receive_listeners(std::uint32_t count, Clock::time_point deadline);
-  Status import_previous(Clock::time_point deadline);
+  // The versions of the configurations this generation starts with (config-prepare and
+  // config-commit after the listeners); returns the message that follows them, the plan.
+  Result<wire::Received> receive_configs(Clock::time_point deadline);
+  Status import_previous(wire::Received begin, Clock::time_point deadline);
   Status start_thread();
 
   // The SDK thread's steps (worker_thread.cpp).
@@ -173,6 +177,8 @@ class Worker::Impl {
   PollSet poll_set() const;
   void serve_channel();
   void on_channel_message(wire::Received received);
+  // A configuration reload's messages (configs.h).
+  void on_config_message(wire::Received& received);
   // `drain` and `resume` with its `listeners` (Parking).
   void on_drain(const wire::Drain& drain);
   void on_resume(const wire::Resume& resume);

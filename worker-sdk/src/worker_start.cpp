@@ -15,6 +15,7 @@
 #include <string_view>
 
 #include <hotrestart/base/address.h>
+#include "configs.h"
 #include "importer.h"
 #include "worker_impl.h"
 
@@ -112,6 +113,7 @@ std::string Worker::Impl::start() {
   if (started) return "hotrestart::Worker::start() was called twice";
   started = true;
   if (auto ok = check_sections(); !ok) return ok.error().text();
+  if (auto ok = sdk::check_configs(configs); !ok) return ok.error().text();
   const auto deadline = Clock::now() + options.start_timeout;
 
   const char* channel_env = std::getenv("HOTRESTART_CHANNEL_FD");
@@ -220,7 +222,9 @@ Status Worker::Impl::start_supervised(int channel_fd, Clock::time_point deadline
       ::close(fd);
   }
   forget_systemd_environment();
-  if (auto ok = import_previous(deadline); !ok) return ok;
+  auto begin = receive_configs(deadline);
+  if (!begin) return begin.error();
+  if (auto ok = import_previous(std::move(begin).value(), deadline); !ok) return ok;
   return start_thread();
 }
 
@@ -231,6 +235,7 @@ wire::Hello Worker::Impl::make_hello() const {
   hello.pid = static_cast<std::int32_t>(::getpid());
   hello.sdk = kSdkName;
   hello.resumable = options.resumable;
+  hello.configs = sdk::configs_held(configs);
   for (const auto& s : sections) {
     if (s.load || s.load_arena) hello.imports.push_back({s.name, s.versions, static_cast<bool>(s.load_arena)});
     if (s.save || s.save_arena) hello.exports.push_back({s.name, s.versions, static_cast<bool>(s.save_arena)});
@@ -274,11 +279,34 @@ Status Worker::Impl::receive_listeners(std::uint32_t count, Clock::time_point de
   return {};
 }
 
+Result<wire::Received> Worker::Impl::receive_configs(Clock::time_point deadline) {
+  for (;;) {
+    auto next = receive_until(channel.fd(), deadline, "the state transfer plan");
+    if (!next) return next.error();
+    if (const auto* prepare = std::get_if<wire::ConfigPrepare>(&next->message)) {
+      auto answer = sdk::prepare_config(configs, *prepare, std::move(next->fds.at(0)), options.max_config_bytes);
+      channel.send(answer);
+      if (!answer.ok) {
+        return Error::message("configuration '" + answer.name + "' version " + std::to_string(answer.version) +
+                              " is refused: " + answer.reason);
+      }
+    } else if (const auto* commit = std::get_if<wire::ConfigCommit>(&next->message)) {
+      auto answer = sdk::commit_config(configs, *commit);
+      channel.send(answer);
+      if (!answer.ok) {
+        return Error::message("configuration '" + commit->name + "' version " + std::to_string(commit->version) +
+                              " could not be committed: it was not prepared");
+      }
+    } else {
+      return next;
+    }
+  }
+}
+
 // Takes the supervisor's plan and imports what the previous generation sends over the peer link
 // attached to it (nothing, for a first generation), reporting each section to the supervisor.
-Status Worker::Impl::import_previous(Clock::time_point deadline) {
-  auto begin = receive_until(channel.fd(), deadline, "the state transfer plan");
-  if (!begin) return begin.error();
+Status Worker::Impl::import_previous(wire::Received received, Clock::time_point deadline) {
+  auto* begin = &received;
   const auto* plan = std::get_if<wire::BeginImport>(&begin->message);
   if (plan == nullptr) return Error::message("expected begin-import from the supervisor");
   wire::TransferTotals totals;

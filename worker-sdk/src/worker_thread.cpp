@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include <hotrestart/wire/section.h>
+#include "configs.h"
 #include "exporter.h"
 #include "worker_impl.h"
 
@@ -223,6 +224,9 @@ void Worker::Impl::on_channel_message(wire::Received received) {
                                   [this](const wire::SectionReport& r) { channel.send(wire::SectionExported{r}); });
           channel.send(wire::ExportFinished{totals});
           handover.flush();
+        } else if constexpr (std::is_same_v<T, wire::ConfigPrepare> || std::is_same_v<T, wire::ConfigCommit> ||
+                             std::is_same_v<T, wire::ConfigAbort>) {
+          on_config_message(received);
         } else if constexpr (std::is_same_v<T, wire::Refuse>) {
           say("the supervisor refused a message: %s", m.reason.c_str());
         } else {
@@ -230,6 +234,16 @@ void Worker::Impl::on_channel_message(wire::Received received) {
         }
       },
       received.message);
+}
+
+void Worker::Impl::on_config_message(wire::Received& received) {
+  if (const auto* prepare = std::get_if<wire::ConfigPrepare>(&received.message)) {
+    channel.send(sdk::prepare_config(configs, *prepare, std::move(received.fds.at(0)), options.max_config_bytes));
+  } else if (const auto* commit = std::get_if<wire::ConfigCommit>(&received.message)) {
+    channel.send(sdk::commit_config(configs, *commit));
+  } else if (const auto* abort = std::get_if<wire::ConfigAbort>(&received.message)) {
+    sdk::abort_config(configs, *abort);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

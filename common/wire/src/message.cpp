@@ -41,8 +41,12 @@ void serialize(Ar& ar, TransferTotals& t) {
   ar(t.sections, t.done, t.bytes, t.micros);
 }
 template <class Ar>
+void serialize(Ar& ar, ConfigHeld& c) {
+  ar(c.name, c.version);
+}
+template <class Ar>
 void serialize(Ar& ar, Hello& m) {
-  ar(m.min_version, m.max_version, m.pid, m.sdk, m.imports, m.exports, m.resumable);
+  ar(m.min_version, m.max_version, m.pid, m.sdk, m.imports, m.exports, m.resumable, m.configs);
 }
 template <class Ar>
 void serialize(Ar& ar, StatusLine& m) {
@@ -120,6 +124,26 @@ void serialize(Ar& ar, ArenaOffer& m) {
 template <class Ar>
 void serialize(Ar& ar, SectionStream& m) {
   ar(m.name, m.version, m.sequence);
+}
+template <class Ar>
+void serialize(Ar& ar, ConfigPrepare& m) {
+  serialize(ar, m.offer);
+}
+template <class Ar>
+void serialize(Ar& ar, ConfigCommit& m) {
+  ar(m.name, m.version);
+}
+template <class Ar>
+void serialize(Ar& ar, ConfigAbort& m) {
+  ar(m.name, m.version);
+}
+template <class Ar>
+void serialize(Ar& ar, ConfigPrepared& m) {
+  ar(m.name, m.version, m.ok, m.reason);
+}
+template <class Ar>
+void serialize(Ar& ar, ConfigCommitted& m) {
+  ar(m.name, m.version, m.ok);
 }
 // Ready, Stop, Active and SnapshotEnd have no body.
 template <class M>
@@ -220,7 +244,31 @@ class Checker {
                   std::to_string(m.max_version));
     if (auto e = text("sdk", m.sdk)) return e;
     if (auto e = sections("imports", m.imports)) return e;
-    return sections("exports", m.exports);
+    if (auto e = sections("exports", m.exports)) return e;
+    if (m.configs.size() > kMaxConfigs)
+      return fail("configs lists " + std::to_string(m.configs.size()) + " configurations, more than " +
+                  std::to_string(kMaxConfigs));
+    for (std::size_t i = 0; i < m.configs.size(); ++i) {
+      if (auto e = name("configuration name", m.configs[i].name)) return e;
+      for (std::size_t j = 0; j < i; ++j)
+        if (m.configs[j].name == m.configs[i].name) return fail("configs lists " + quote(m.configs[i].name) + " twice");
+    }
+    return std::nullopt;
+  }
+  std::optional<Error> operator()(const ConfigPrepare& m) const {
+    if (auto e = name("configuration name", m.offer.name)) return e;
+    if (m.offer.version != kConfigFormat)
+      return fail("format " + std::to_string(m.offer.version) + ", but this side reads format " +
+                  std::to_string(kConfigFormat));
+    if (m.offer.sequence == 0) return fail("version 0 (versions start at 1)");
+    return std::nullopt;
+  }
+  std::optional<Error> operator()(const ConfigCommit& m) const { return config_version(m.name, m.version); }
+  std::optional<Error> operator()(const ConfigAbort& m) const { return config_version(m.name, m.version); }
+  std::optional<Error> operator()(const ConfigCommitted& m) const { return config_version(m.name, m.version); }
+  std::optional<Error> operator()(const ConfigPrepared& m) const {
+    if (auto e = config_version(m.name, m.version)) return e;
+    return text("reason", m.reason);
   }
   std::optional<Error> operator()(const StatusLine& m) const { return text("text", m.text); }
   std::optional<Error> operator()(const SectionImported& m) const { return report(m.report); }
@@ -272,6 +320,11 @@ class Checker {
       return fail(std::to_string(list.size()) + " names, more than " + std::to_string(kMaxFdsPerMessage));
     for (const auto& n : list)
       if (auto e = name(what, n)) return e;
+    return std::nullopt;
+  }
+  std::optional<Error> config_version(const std::string& n, std::uint64_t version) const {
+    if (auto e = name("configuration name", n)) return e;
+    if (version == 0) return fail("version 0 (versions start at 1)");
     return std::nullopt;
   }
   std::optional<Error> report(const SectionReport& r) const {

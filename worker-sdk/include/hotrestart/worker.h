@@ -36,6 +36,7 @@
 #include <vector>
 
 #include <hotrestart/arena.h>
+#include <hotrestart/config.h>
 #include <hotrestart/fd.h>
 
 namespace hotrestart {
@@ -87,6 +88,19 @@ struct ImportedSection {
   std::string reason;         // Why it starts cold ("no common schema version: ...").
 };
 
+// A configuration the supervisor manages (`hotrestart run --config NAME=PATH`), as Worker sees it:
+// Worker::add_config() makes one of a hotrestart::Config<T>. The SDK calls these on the SDK thread
+// (and, for the version the generation starts with, in start()).
+struct ConfigHooks {
+  std::string name;  // 1-128 characters: letters, digits, '.', '_', ':', '-'.
+  // Parses and stages `bytes` as `version`: "" when staged, else why not.
+  std::function<std::string(std::string_view bytes, std::uint64_t version)> prepare;
+  // Makes the staged `version` live; false when it is not staged.
+  std::function<bool(std::uint64_t version)> commit;
+  std::function<void(std::uint64_t version)> abort;
+  std::function<std::uint64_t()> version;  // The live version (0: none).
+};
+
 // How the worker was started, as start() found out.
 enum class Mode {
   Supervised,  // by `hotrestart run`, with a channel: state, fds and drain messages.
@@ -119,6 +133,8 @@ class Worker {
     // (alive, serving nothing, its state kept) through the next release's watch window, and a
     // revert in that window resumes it in milliseconds instead of starting the release again.
     bool resumable = false;
+    // The largest configuration this worker takes from the supervisor; a larger one is refused.
+    std::uint64_t max_config_bytes = std::uint64_t{64} << 20;
   };
 
   Worker();
@@ -129,6 +145,22 @@ class Worker {
 
   // Before start().
   void add_section(Section section);
+  // Before start(): the configuration `name`, which the supervisor reloads (`hotrestart run
+  // --config NAME=PATH`, then `hotrestart reload`, SIGHUP or --watch-config). start() returns with
+  // the supervisor's live version committed in `config` (a version that the parser refuses makes
+  // start() fail, and an upgrade roll back); afterwards each reload is offered to every generation
+  // that serves: the parser runs on the SDK thread (prepare), and the new version is committed only
+  // once every generation has accepted it, so that all of them switch or none does. Without a
+  // supervisor, or for a name the supervisor does not manage, `config` stays as the application
+  // loaded it. See docs/sdk.md, "Configuration".
+  template <class T>
+  void add_config(std::string name, Config<T>& config) {
+    add_config(ConfigHooks{std::move(name),
+                           [&config](std::string_view bytes, std::uint64_t v) { return config.prepare(bytes, v); },
+                           [&config](std::uint64_t v) { return config.commit(v); },
+                           [&config](std::uint64_t v) { config.abort(v); }, [&config] { return config.version(); }});
+  }
+  void add_config(ConfigHooks hooks);
   // The supervisor asks this generation to drain: close the listeners (close(), never
   // shutdown(): the socket is shared with the next generation), finish in-flight work, exit.
   // Without a callback the SDK raises SIGTERM in the process, as a plain worker would get it.

@@ -18,7 +18,7 @@
 
 namespace hotrestart::wire {
 
-inline constexpr std::uint16_t kProtocolVersion = 5;
+inline constexpr std::uint16_t kProtocolVersion = 6;
 inline constexpr std::size_t kHeaderSize = 32;
 inline constexpr std::size_t kMaxBody = 64 * 1024;
 inline constexpr std::size_t kMaxDatagram = kHeaderSize + kMaxBody;
@@ -28,6 +28,7 @@ inline constexpr std::size_t kMaxTextLength = 1024;
 inline constexpr std::size_t kMaxVersions = 64;
 inline constexpr std::size_t kMaxSections = 256;
 inline constexpr std::size_t kMaxDeltaPayload = 60'000;
+inline constexpr std::size_t kMaxConfigs = 64;  // Configurations one worker reads (hello).
 
 // The catalogue: every message of the worker channel, one line each, in type-number order, which
 // is also the order of Message's alternatives. Each line is
@@ -45,6 +46,8 @@ inline constexpr std::size_t kMaxDeltaPayload = 60'000;
   X(ImportFinished, ImportFinished, 5, "import-finished", 0, 0)              \
   X(SectionExported, SectionExported, 6, "section-exported", 0, 0)           \
   X(ExportFinished, ExportFinished, 7, "export-finished", 0, 0)              \
+  X(ConfigPrepared, ConfigPrepared, 8, "config-prepared", 0, 0)              \
+  X(ConfigCommitted, ConfigCommitted, 9, "config-committed", 0, 0)           \
   X(Welcome, Welcome, 32, "welcome", 0, 0)                                   \
   X(Refuse, Refuse, 33, "refuse", 0, 0)                                      \
   X(Listeners, Listeners, 34, "listeners", 0, kMaxFdsPerMessage)             \
@@ -54,6 +57,9 @@ inline constexpr std::size_t kMaxDeltaPayload = 60'000;
   X(Stop, Stop, 38, "stop", 0, 0)                                            \
   X(Resume, Resume, 39, "resume", 0, 0)                                      \
   X(Active, Active, 40, "active", 0, 0)                                      \
+  X(ConfigPrepare, ConfigPrepare, 41, "config-prepare", 1, 1)                \
+  X(ConfigCommit, ConfigCommit, 42, "config-commit", 0, 0)                   \
+  X(ConfigAbort, ConfigAbort, 43, "config-abort", 0, 0)                      \
   X(SectionOffer, SectionOffer, 64, "section-offer", 1, 1)                   \
   X(SectionUnavailable, SectionUnavailable, 65, "section-unavailable", 0, 0) \
   X(Fds, Fds, 66, "fds", 0, kMaxFdsPerMessage)                               \
@@ -95,6 +101,13 @@ struct TransferTotals {
   bool operator==(const TransferTotals&) const = default;
 };
 
+// A configuration a worker reads (Worker::add_config), and the version it has live (0: none yet).
+struct ConfigHeld {
+  std::string name;
+  std::uint64_t version = 0;
+  bool operator==(const ConfigHeld&) const = default;
+};
+
 struct Hello {
   std::uint16_t min_version = kProtocolVersion;
   std::uint16_t max_version = kProtocolVersion;
@@ -105,6 +118,7 @@ struct Hello {
   // The application can be brought back after its drain (Worker::Options::resumable): asked to
   // drain with a parking time, it waits for `resume` or for the end of that time before it exits.
   bool resumable = false;
+  std::vector<ConfigHeld> configs;  // Version 6.
   bool operator==(const Hello&) const = default;
 };
 struct Ready {
@@ -179,6 +193,7 @@ struct Stop {
 struct Active {
   bool operator==(const Active&) const = default;
 };
+
 // A section in a sealed memfd (section.h). These are also the fields of the section format's
 // header, which open_section() compares with the offer one by one: section.h calls this type
 // SectionHeader there.
@@ -234,6 +249,42 @@ struct SectionStream {
   std::uint32_t version = 0;
   std::uint64_t sequence = 0;
   bool operator==(const SectionStream&) const = default;
+};
+
+// Configuration reload, in two phases (docs/protocol.md, "Configurations"). `config-prepare` carries
+// the bytes of version `offer.sequence` of configuration `offer.name` in a sealed memfd in the
+// section format (offer.version is the format's, 1); the worker parses and stages it and answers
+// `config-prepared`. `config-commit` makes the staged version live and is answered with
+// `config-committed`; `config-abort` drops it.
+inline constexpr std::uint32_t kConfigFormat = 1;
+struct ConfigPrepare {
+  SectionOffer offer;
+  bool operator==(const ConfigPrepare&) const = default;
+};
+struct ConfigCommit {
+  std::string name;
+  std::uint64_t version = 0;
+  bool operator==(const ConfigCommit&) const = default;
+};
+struct ConfigAbort {
+  std::string name;
+  std::uint64_t version = 0;
+  bool operator==(const ConfigAbort&) const = default;
+};
+// ok: the version is staged; otherwise `reason` is the application's parser's message.
+struct ConfigPrepared {
+  std::string name;
+  std::uint64_t version = 0;
+  bool ok = false;
+  std::string reason;
+  bool operator==(const ConfigPrepared&) const = default;
+};
+// ok: the version is live; false when nothing of that version was staged.
+struct ConfigCommitted {
+  std::string name;
+  std::uint64_t version = 0;
+  bool ok = false;
+  bool operator==(const ConfigCommitted&) const = default;
 };
 
 // Drops the leading `void`, which lets the catalogue's expansion put a comma before every struct.
