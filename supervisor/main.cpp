@@ -308,6 +308,8 @@ struct RunFlags {
   std::string log_level = "info";
   std::string log_format = "auto";
   std::string metrics;
+  std::vector<std::string> configs;
+  std::string reload_timeout = "10s";
   std::uint64_t event_log_size = 1024 * 1024;
   std::vector<std::string> env;
   std::vector<std::string> env_files;
@@ -439,6 +441,18 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
                   "$HOTRESTART_COMMAND, $HOTRESTART_EXECUTABLE and $HOTRESTART_RELEASE describe the new release. If "
                   "it fails, nothing is started: the deployment fails (run exits 1) with its output")
       ->option_text("CMD");
+  run->add_option("--config", f.configs,
+                  "A configuration file the supervisor manages, repeatable: NAME=PATH. Workers that read NAME "
+                  "(Worker::add_config) start with its live version; `hotrestart reload` (or SIGHUP) validates a "
+                  "new one in every generation and switches all of them or none; every version is kept in "
+                  "STATE-DIR/configs/NAME (`hotrestart config history`)")
+      ->option_text("NAME=PATH");
+  run->add_option("--reload-timeout", f.reload_timeout,
+                  "How long a configuration reload waits for every generation to validate and switch; past it the "
+                  "reload is refused and nobody switches")
+      ->option_text("DURATION")
+      ->check(duration_check())
+      ->capture_default_str();
   run->add_option("--preflight-timeout", f.preflight_timeout,
                   "How long the preflight check may take; past it its process group is killed and it fails")
       ->option_text("DURATION")
@@ -576,6 +590,16 @@ Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vect
     }
     options.metrics = std::move(metrics).value();
   }
+  for (const std::string& text : f.configs) {
+    auto spec = parse_config_spec(text);
+    if (!spec) return spec.error();
+    spec->path = absolute_path(base, spec->path);
+    for (const ConfigSpec& other : options.configs)
+      if (other.name == spec->name) return Error::message(fmt::format("--config {} is given twice", spec->name));
+    options.configs.push_back(std::move(spec).value());
+  }
+  options.reload_timeout = parse_duration(f.reload_timeout).value();
+  if (options.reload_timeout.count() == 0) return Error::message("--reload-timeout must be longer than 0s");
   options.command = std::move(command);
   return options;
 }
@@ -686,6 +710,80 @@ CLI::App* add_end_hold_command(CLI::App& app, CommonOptions& common, const std::
   return command;
 }
 
+// reload, and config history | show | diff | rollback.
+struct ConfigFlags {
+  CommonOptions common;
+  std::string config;  // Which configuration ("": the only one).
+  std::string file;    // reload --file
+  std::vector<std::uint64_t> versions;
+  bool json = false;
+};
+
+CLI::App* add_reload_command(CLI::App& app, ConfigFlags& f) {
+  auto* reload = app.add_subcommand(
+      "reload",
+      "Reload configurations (run --config NAME=PATH): read the file, have every generation that reads it validate "
+      "it, then switch all of them or none. Exits 0 with the new version, 1 when the file or a generation refused "
+      "it (nothing changed), 3 when another reload is under way.");
+  add_common(reload, f.common);
+  reload->add_option("config", f.config, "The configuration to reload (default: each one)")->option_text("NAME");
+  reload
+      ->add_option("--file", f.file,
+                   "Read this file instead of the configured path (it needs NAME when "
+                   "there are several)")
+      ->option_text("PATH");
+  reload->add_flag("--json", f.json, "Print the answer as JSON");
+  return reload;
+}
+
+struct ConfigCommands {
+  CLI::App* config;
+  CLI::App* history;
+  CLI::App* show;
+  CLI::App* diff;
+  CLI::App* rollback;
+};
+
+ConfigCommands add_config_command(CLI::App& app, ConfigFlags& f) {
+  auto* config = app.add_subcommand("config",
+                                    "The versions of a configuration (run --config NAME=PATH): history, "
+                                    "show, diff and rollback");
+  config->require_subcommand(1);
+  add_common(config, f.common);  // Before the subcommand too: `hotrestart config --name web history`.
+  const auto common = [&](CLI::App* sub) {
+    add_common(sub, f.common);
+    sub->add_option("-c,--config", f.config, "Which configuration (default: the only one)")->option_text("NAME");
+  };
+  ConfigCommands c{config, nullptr, nullptr, nullptr, nullptr};
+  c.history = config->add_subcommand("history", "Every version: when, who, how it came, and whether it was applied");
+  common(c.history);
+  c.history->add_flag("--json", f.json, "Print the history as JSON");
+  c.show = config->add_subcommand("show", "Print a version's bytes as they were applied");
+  common(c.show);
+  c.show->add_option("version", f.versions, "The version (default: the live one)")->option_text("V")->expected(0, 1);
+  c.diff = config->add_subcommand("diff", "Show what changed between two versions (diff -u)");
+  common(c.diff);
+  c.diff
+      ->add_option("versions", f.versions,
+                   "The older and the newer version (default: the one before the live one, "
+                   "and the live one)")
+      ->option_text("A B")
+      ->expected(0, 2);
+  c.rollback = config->add_subcommand(
+      "rollback",
+      "Make an earlier version live again, as a new version with its bytes, validated and switched in "
+      "every generation as a reload is. Exits as reload does; 3 when there is no such version.");
+  common(c.rollback);
+  c.rollback
+      ->add_option("version", f.versions,
+                   "The version to bring back (default: the applied one before the live "
+                   "one)")
+      ->option_text("V")
+      ->expected(0, 1);
+  c.rollback->add_flag("--json", f.json, "Print the answer as JSON");
+  return c;
+}
+
 struct QueryFlags {
   CommonOptions common;
   bool json = false;        // status, history
@@ -781,7 +879,8 @@ int main(int argc, char** argv) {
       "upgrade in progress, stopping, a reverted executable without --force, no release to run; promote, abort: no "
       "upgrade is holding); 4-7 status --check: nothing serves, crash-looping, just reverted, unhealthy; 8 no "
       "supervisor runs at the control socket.\n"
-      "Signals to `run`: SIGUSR2 upgrade (same command), SIGTERM/SIGINT graceful stop, SIGQUIT stop now.\n"
+      "Signals to `run`: SIGUSR2 upgrade (same command), SIGHUP reload the configurations (run --config; without "
+      "one, an upgrade recorded as a reload), SIGTERM/SIGINT graceful stop, SIGQUIT stop now.\n"
       "More: man hotrestart, and docs/operations.md.");
   RunFlags run_flags;
   UpgradeFlags upgrade_flags;
@@ -801,6 +900,10 @@ int main(int argc, char** argv) {
   auto* events = add_events_command(app, events_flags);
   auto* status = add_status_command(app, status_flags);
   auto* stop = add_stop_command(app, stop_flags);
+  ConfigFlags reload_flags;
+  ConfigFlags config_flags;
+  auto* reload = add_reload_command(app, reload_flags);
+  const ConfigCommands config = add_config_command(app, config_flags);
   auto* version = app.add_subcommand("version", "Print the version and the commit it was built from");
 
   auto [our_argc, tail] = split_command_line(argc, argv);
@@ -916,6 +1019,31 @@ int main(int argc, char** argv) {
         rollback_flags.to == 0 ? std::nullopt : std::optional<std::uint64_t>(rollback_flags.to),
         Deploy{rollback_flags.json ? Output::Json : Output::Human, rollback_flags.wait, false,
                hold_flag(rollback_flags.hold), given(*rollback, "--preflight", rollback_flags.preflight)});
+  }
+  if (reload->parsed()) {
+    return client_reload(
+        reload_flags.common.control_path(),
+        reload_flags.config.empty() ? std::nullopt : std::optional<std::string>(reload_flags.config),
+        reload_flags.file.empty() ? std::nullopt : std::optional<std::string>(from_here(reload_flags.file)),
+        reload_flags.json ? Output::Json : Output::Human);
+  }
+  if (config.config->parsed()) {
+    const std::optional<std::string> name =
+        config_flags.config.empty() ? std::nullopt : std::optional<std::string>(config_flags.config);
+    const std::string path = config_flags.common.control_path();
+    const Output output = config_flags.json ? Output::Json : Output::Human;
+    if (config.history->parsed()) return client_config_history(path, name, output);
+    if (config.show->parsed()) return client_config_show(path, name, config_flags.versions);
+    if (config.diff->parsed()) {
+      if (config_flags.versions.size() == 1) return usage_error("config diff takes two versions, or none");
+      return client_config_diff(path, name, config_flags.versions);
+    }
+    if (config.rollback->parsed()) {
+      return client_config_rollback(
+          path, name,
+          config_flags.versions.empty() ? std::nullopt : std::optional<std::uint64_t>(config_flags.versions.front()),
+          output);
+    }
   }
   if (promote_command->parsed()) return client_end_hold(promote_flags.control_path(), "promote");
   if (abort_command->parsed()) return client_end_hold(abort_flags.control_path(), "abort");

@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include <hotrestart/fd.h>
+#include "client_internal.h"
 #include "control_protocol.h"
 #include "duration.h"
 
@@ -130,6 +131,7 @@ class LineSource {
 int exit_code_of_error(const json& answer) {
   const std::string code = answer.value("code", "");
   if (code == "failed") return kExitRolledBack;  // upgrade --self: the new binary failed its check.
+  if (code == "invalid") return kExitInvalid;    // reload: the configuration was refused.
   return code == "busy" || code == "stopping" || code == "unavailable" || code == "reverted" ? kExitRefused
                                                                                              : kExitUsage;
 }
@@ -360,6 +362,26 @@ std::variant<Exchange, int> ask(const std::string& path, const json& request,
   ex.first = std::move(answer).value();
   return ex;
 }
+
+}  // namespace
+
+int client_ask(const std::string& control_path, const nlohmann::json& request,
+               const std::function<int(const nlohmann::json& answer)>& handle,
+               std::optional<std::chrono::milliseconds> timeout) {
+  auto reply = ask(control_path, request, timeout);
+  if (auto* code = std::get_if<int>(&reply)) return *code;
+  return handle(std::get<Exchange>(reply).first);
+}
+
+void client_say_error(const std::string& text) {
+  say_error(text);
+}
+
+std::string client_time_text(std::int64_t ms) {
+  return time_text(ms);
+}
+
+namespace {
 
 // Asks one question (`cmd` with no arguments) and prints the answer as JSON or through `print`.
 int ask_and_print(const std::string& control_path, std::string_view cmd, Output output, void (*print)(const json&)) {

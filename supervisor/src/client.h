@@ -14,6 +14,8 @@ namespace hotrestart {
 // Exit codes of the client commands (docs/operations.md lists them all).
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitRolledBack = 1;  // upgrade: rolled back; the old generation serves
+inline constexpr int kExitInvalid = 1;     // reload, config rollback: refused (the file, or a generation's
+                                           // parser); nothing changed
 inline constexpr int kExitUsage = 2;       // usage error, or the supervisor refused this user
 inline constexpr int kExitRefused = 3;     // upgrade, rollback: refused (another upgrade in progress, stopping,
                                            // a reverted executable without --force, or, for a rollback, no
@@ -50,6 +52,19 @@ int client_history(const std::string& control_path, Output output);
 // The newest `last` events; with `follow`, then each new one until the supervisor stops.
 int client_events(const std::string& control_path, Output output, std::uint64_t last, bool follow);
 int client_stop(const std::string& control_path, bool wait);
+
+// Configurations (client_config.cpp). `name`: which one (nullopt: each, for reload; else the only one).
+int client_reload(const std::string& control_path, std::optional<std::string> name, std::optional<std::string> file,
+                  Output output);
+int client_config_history(const std::string& control_path, std::optional<std::string> name, Output output);
+// The live version's bytes, or those of versions[0].
+int client_config_show(const std::string& control_path, std::optional<std::string> name,
+                       const std::vector<std::uint64_t>& versions);
+// diff -u of versions[0] and versions[1] (none given: the applied one before the live one, and the live one).
+int client_config_diff(const std::string& control_path, std::optional<std::string> name,
+                       const std::vector<std::uint64_t>& versions);
+int client_config_rollback(const std::string& control_path, std::optional<std::string> name,
+                           std::optional<std::uint64_t> version, Output output);
 // `upgrade --self`: asks the supervisor to exec `exec` (nullopt: its own path) in place, then waits
 // for the new image to answer; 0 when it does, 1 when the old binary came back instead.
 int client_self_upgrade(const std::string& control_path, std::optional<std::string> exec);

@@ -150,6 +150,12 @@ std::string_view control_command_name(ControlRequest::Command command) {
       return "self-upgrade";
     case ControlRequest::Command::Events:
       return "events";
+    case ControlRequest::Command::Reload:
+      return "reload";
+    case ControlRequest::Command::ConfigRollback:
+      return "config-rollback";
+    case ControlRequest::Command::ConfigHistory:
+      return "config-history";
   }
   return "?";
 }
@@ -190,6 +196,27 @@ std::variant<ControlRequest, ControlRequestError> decode_control_request(const j
       request.last = last->get<std::uint64_t>();
     }
     if (auto e = flag("follow", request.follow)) return *e;
+  } else if (name == "reload" || name == "config-rollback" || name == "config-history") {
+    request.command = name == "reload"            ? ControlRequest::Command::Reload
+                      : name == "config-rollback" ? ControlRequest::Command::ConfigRollback
+                                                  : ControlRequest::Command::ConfigHistory;
+    if (const auto c = j.find("config"); c != j.end()) {
+      if (!c->is_string() || c->get_ref<const std::string&>().empty() || c->get_ref<const std::string&>().size() > 128)
+        return bad("\"config\" must be a configuration's name (1 to 128 bytes)");
+      request.config = c->get<std::string>();
+    }
+    if (const auto f = j.find("file"); f != j.end() && request.command == ControlRequest::Command::Reload) {
+      if (!f->is_string() || f->get_ref<const std::string&>().empty() ||
+          f->get_ref<const std::string&>().find('\0') != std::string::npos)
+        return bad("\"file\" must be a non-empty path without NUL bytes");
+      request.file = f->get<std::string>();
+    }
+    if (const auto ver = j.find("version");
+        ver != j.end() && request.command == ControlRequest::Command::ConfigRollback) {
+      if (!ver->is_number_unsigned() || ver->get<std::uint64_t>() == 0)
+        return bad("\"version\" must be a configuration version (a positive integer)");
+      request.version = ver->get<std::uint64_t>();
+    }
   } else if (name == "promote") {
     request.command = ControlRequest::Command::Promote;
   } else if (name == "abort") {
@@ -239,8 +266,8 @@ std::variant<ControlRequest, ControlRequestError> decode_control_request(const j
     if (auto error = decode_hold(j, request.hold)) return bad(*error);
   } else {
     return bad(fmt::format(
-        "unknown command '{}' (expected status, upgrade, self-upgrade, rollback, promote, abort, history, events or "
-        "stop)",
+        "unknown command '{}' (expected status, upgrade, self-upgrade, rollback, promote, abort, history, events, "
+        "reload, config-rollback, config-history or stop)",
         name.substr(0, 64)));
   }
   const bool deploys =

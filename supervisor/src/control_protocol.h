@@ -22,6 +22,9 @@
 //             {"v":1,"cmd":"stop"}                           graceful stop
 //             {"v":1,"cmd":"events","last":N,"follow":B}     the newest N events (default 20), and with
 //                                                            "follow" each one after as it happens
+//             {"v":1,"cmd":"reload","config":NAME,"file":F}  reload configurations (both fields optional)
+//             {"v":1,"cmd":"config-rollback","config":NAME,"version":V}  a configuration's earlier version
+//             {"v":1,"cmd":"config-history","config":NAME}   a configuration's versions
 //   answers   {"v":1,"type":"status", ...}                   see Supervisor::status_json
 //             {"v":1,"type":"history","releases":[...],...}  see docs/protocol.md
 //             {"v":1,"type":"event","phase":"warming",...}   upgrade progress, zero or more
@@ -32,13 +35,14 @@
 //             {"v":1,"type":"logged","event":{...}}          then the events, one a line (event_log.h);
 //             {"v":1,"type":"end"}                           without "follow", last
 //             {"v":1,"type":"ok","outcome":"done",...}       promote, abort: the verdict of the hold
+//             {"v":1,"type":"reloaded","configs":[...]}      reload, config-rollback: the versions now live
+//             {"v":1,"type":"config-history",...}            config-history
 //             {"v":1,"type":"error","code":"...","error":"sentence"}
 //
-// Error codes: "bad-request" (malformed, oversized, unknown field values), "version"
-// (unsupported "v"), "busy" (an upgrade is in progress), "stopping", "forbidden" (peer uid),
-// "unavailable" (a rollback whose release cannot be run again, or no release to go back to; a
-// promote or abort when no upgrade is holding), "reverted" (an upgrade to an executable that was
-// reverted, without "force").
+// Error codes: "invalid" (a reload refused: the file, or a generation's parser), "bad-request" (malformed, oversized,
+// unknown field values), "version" (unsupported "v"), "busy" (an upgrade is in progress), "stopping", "forbidden" (peer
+// uid), "unavailable" (a rollback whose release cannot be run again, or no release to go back to; a promote or abort
+// when no upgrade is holding), "reverted" (an upgrade to an executable that was reverted, without "force").
 #pragma once
 
 #include <cstddef>
@@ -91,7 +95,20 @@ class LineReader {
 Result<nlohmann::json> parse_control_line(std::string_view line, std::size_t max_line = kControlMaxLine);
 
 struct ControlRequest {
-  enum class Command { ShowStatus, Upgrade, Rollback, History, Stop, Promote, Abort, SelfUpgrade, Events };
+  enum class Command {
+    ShowStatus,
+    Upgrade,
+    Rollback,
+    History,
+    Stop,
+    Promote,
+    Abort,
+    SelfUpgrade,
+    Events,
+    Reload,
+    ConfigRollback,
+    ConfigHistory
+  };
   Command command = Command::ShowStatus;
   std::optional<std::string> exec;               // upgrade: new executable; self-upgrade: the supervisor's
   std::optional<std::vector<std::string>> argv;  // upgrade: new command line
@@ -102,6 +119,9 @@ struct ControlRequest {
   std::optional<std::string> preflight;          // upgrade, rollback: the check instead of run's ("": none)
   std::uint64_t last = kDefaultEvents;           // events: how many of the newest
   bool follow = false;                           // events: then each new one as it comes
+  std::optional<std::string> config;             // reload, config-rollback, config-history: which one
+  std::optional<std::string> file;               // reload: read this file instead of the configured path
+  std::optional<std::uint64_t> version;          // config-rollback: the version to bring back
   // Who sent it (SO_PEERCRED), filled in by the control server; -1 when unknown.
   std::int64_t peer_uid = -1;
   std::int64_t peer_pid = -1;

@@ -12,6 +12,7 @@
 
 #include <hotrestart/base/result.h>
 
+#include "config_store.h"
 #include "duration.h"
 #include "listen_spec.h"
 #include "worker_environment.h"
@@ -71,6 +72,8 @@ struct RunOptions {
   std::string preflight;  // Run with /bin/sh -c before each release is spawned (preflight.h).
   Millis preflight_timeout{60'000};
   std::optional<ListenSpec> metrics;  // --metrics: where the Prometheus endpoint listens.
+  std::vector<ConfigSpec> configs;    // --config NAME=PATH, the paths absolute.
+  Millis reload_timeout{10'000};      // How long a reload waits for every generation's answer.
   std::vector<std::string> command;
   // --clear-env, --env-file, --env as given (the files as absolute paths), and the environment they
   // make (worker_environment.h), read when `run` started; nullopt: the supervisor's environment as

@@ -251,6 +251,9 @@ Status Supervisor::start() {
                 {"supervisor_pid", ::getpid()},
                 {"took_over", inheritance.has_value()},
                 {"self_upgraded", after_exec}});
+  configs_ = std::make_unique<ConfigReloads>(&loop_, options_.state_dir, options_.configs, options_.reload_timeout,
+                                             static_cast<ConfigReloads::Host&>(*this));
+  if (auto ok = configs_->open(inheritance.has_value()); !ok) return ok.error();
 
   notify_ = std::make_unique<NotifySocket>(
       &loop_,
@@ -512,6 +515,7 @@ void Supervisor::on_ready_timeout(Generation& g, const std::string& reason) {
 
 void Supervisor::on_exit(Generation& g, GenerationState was, ExitStatus status) {
   const std::uint64_t number = g.number();
+  configs_->on_gone(number);
   const pid_t pid = g.pid();
   const auto served_for = g.served_for();
   const auto last_output = g.output().tail().lines();
@@ -596,6 +600,10 @@ void Supervisor::on_channel_message(Generation& g, wire::Message& message, std::
           }
         } else if constexpr (std::is_same_v<T, wire::ExportFinished>) {
           broker_.on_export_finished(g, m.totals);
+        } else if constexpr (std::is_same_v<T, wire::ConfigPrepared>) {
+          if (auto refused = configs_->on_prepared(g, m)) channel_failed(g, *refused);
+        } else if constexpr (std::is_same_v<T, wire::ConfigCommitted>) {
+          configs_->on_committed(g, m);
         } else {
           // Only the supervisor sends these: a worker that does is broken or hostile.
           channel_failed(g, fmt::format("generation {} sent {}, which only the supervisor sends", g.number(), type));
@@ -629,6 +637,8 @@ void Supervisor::on_hello(Generation& g, const wire::Hello& hello) {
              quote(hello.sdk), hello.exports.size());
     if (!g.channel().send(wire::Welcome{wire::kProtocolVersion, g.number(), 0}))
       channel_failed(g, fmt::format("generation {} does not read its channel", g.number()));
+    else
+      configs_->on_hello(g, hello, true);
     return;
   }
   log_info("generation {} (pid {}) uses the SDK ({}): imports {} section(s), exports {}", g.number(), g.pid(),
@@ -637,6 +647,8 @@ void Supervisor::on_hello(Generation& g, const wire::Hello& hello) {
     channel_failed(g, fmt::format("generation {} does not read its channel", g.number()));
     return;
   }
+  // The configurations it starts with come before its plan, so that start() returns with them.
+  configs_->on_hello(g, hello, false);
   if (upgrade_->is_candidate(g)) die_if_asked("fds-sent");
   if (upgrade_->take_hello(g)) return;
   // Every hello gets its begin-import, so that no worker waits in start() for one; the note says
@@ -689,6 +701,7 @@ void Supervisor::on_unhealthy(Generation& g, HealthFailure kind, const std::stri
 void Supervisor::channel_failed(Generation& g, const std::string& reason) {
   log_warn("{}; closing its channel", reason);
   g.channel().refuse_and_close(reason);
+  configs_->on_gone(g.number());
   if (upgrade_->is_candidate(g)) upgrade_->on_candidate_channel_failed(reason);
 }
 
@@ -849,7 +862,7 @@ void Supervisor::restart_now() {
 void Supervisor::on_request(ClientId client, const ControlRequest& request) {
   // Who asked for a change is recorded; reading (status, history, events) is not.
   if (request.command != ControlRequest::Command::ShowStatus && request.command != ControlRequest::Command::History &&
-      request.command != ControlRequest::Command::Events) {
+      request.command != ControlRequest::Command::Events && request.command != ControlRequest::Command::ConfigHistory) {
     json asked{{"type", "request"}, {"command", control_command_name(request.command)}};
     if (request.peer_uid >= 0) asked["uid"] = request.peer_uid;
     if (request.peer_pid >= 0) asked["pid"] = request.peer_pid;
@@ -875,6 +888,11 @@ void Supervisor::on_request(ClientId client, const ControlRequest& request) {
       return;
     case ControlRequest::Command::SelfUpgrade:
       on_self_upgrade(client, request);
+      return;
+    case ControlRequest::Command::Reload:
+    case ControlRequest::Command::ConfigRollback:
+    case ControlRequest::Command::ConfigHistory:
+      on_config_request(client, request);
       return;
     case ControlRequest::Command::Promote:
     case ControlRequest::Command::Abort: {
@@ -933,9 +951,13 @@ void Supervisor::on_signal(int signo) {
       break;
     case SIGUSR2:
     case SIGHUP: {
-      // SIGHUP is nginx's reload: new workers that read the configuration again. Until the
-      // supervisor has configuration files of its own, that is a new generation of the current
-      // release, as SIGUSR2 starts, recorded as a reload.
+      // SIGHUP is nginx's reload. With --config it reloads the configurations; without, the
+      // configuration is the server's own business, and it is a new generation of the current
+      // release (workers that read their files again), as SIGUSR2 starts, recorded as a reload.
+      if (signo == SIGHUP && !configs_->empty()) {
+        if (!stopping_) reload_on_signal();
+        break;
+      }
       const std::string_view name = signo == SIGHUP ? "SIGHUP" : "SIGUSR2";
       if (stopping_) break;
       if (auto busy = upgrade_busy_reason(); !busy.empty()) {
@@ -1139,6 +1161,7 @@ json Supervisor::status_json() const {
               {"state", state_json(options_)},
               {"counters", counters_.to_json()},
               {"metrics", metrics_json()},
+              {"configs", configs_ ? configs_->status_json() : json(nullptr)},
               {"last_error", last_error_.to_json()}};
 }
 

@@ -38,6 +38,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "config_reload.h"
 #include "control_server.h"
 #include "crash_restarts.h"
 #include "event_log.h"
@@ -95,7 +96,7 @@ class ServiceManager {
   bool told_ready_ = false;
 };
 
-class Supervisor final : private Generation::Events, private UpgradeDriver::Host {
+class Supervisor final : private Generation::Events, private UpgradeDriver::Host, private ConfigReloads::Host {
  public:
   explicit Supervisor(RunOptions options);
   ~Supervisor() override;
@@ -153,7 +154,14 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   Millis park_for(const Generation& old) override;
   bool upgrade_finished(std::uint64_t release, bool ok, const std::string& failure) override;
   void wait_for_watch(ClientId client) override { watch_->add_waiter(client); }
+  // UpgradeDriver::Host and ConfigReloads::Host.
   void record_event(nlohmann::json event) override;
+  // ConfigReloads::Host, and the configurations' requests and messages (supervisor_configs.cpp).
+  std::vector<Generation*> config_readers(const std::string& name) override;
+  Generation* config_generation(std::uint64_t number) override { return find(number); }
+  void on_config_request(ClientId client, const ControlRequest& request);
+  // SIGHUP with --config: every configuration is reloaded, with no client to answer.
+  void reload_on_signal();
   // `hotrestart events`: the newest events, then (with "follow") each new one.
   void on_events_request(ClientId client, const ControlRequest& request);
   // A generation entered `to` (Generation::Context::entered): the event log hears of it.
@@ -285,6 +293,7 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   Metrics metrics_;
   std::unique_ptr<MetricsServer> metrics_server_;
   std::unique_ptr<ReleaseWatch> watch_;
+  std::unique_ptr<ConfigReloads> configs_;  // --config
   // What the last cutover replaced: the release and generation a revert brings back.
   std::uint64_t replaced_release_ = 0;
   // The last release that served through its watch window (or was not watched): what a revert

@@ -4,6 +4,7 @@
 //   GET /            version=LABEL pid=PID generation=N
 //   GET /state       entries=N imported=0|1 schema=V reason=... fds=K cloexec=0|1
 //   GET /data/KEY    the value, or 404
+//   GET /config      config=VERSION greeting=VALUE (with --config)
 //
 // and keeps a section "data" (a map of strings) that it exports and imports.
 //
@@ -30,6 +31,10 @@
 //                          generation writes), in memory the process fills before start(), and
 //                          that `load` reads straight into and then checks; /state says blob=N,
 //                          the bytes imported and checked (for scripts/bench-state)
+//   --config NAME          read configuration NAME (Worker::add_config): lines of key=value, '#'
+//                          comments; anything else is refused naming its line
+//   --config-refuse WORD   refuse any configuration that contains WORD
+//   --config-delay-ms N    the parser takes N ms
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -77,7 +82,40 @@ struct Flags {
   bool stream = false;
   bool resumable = false;
   std::uint64_t blob = 0;
+  std::string config;
+  std::string config_refuse;
+  long config_delay_ms = 0;
 };
+
+struct Settings {
+  std::map<std::string, std::string> values;
+};
+
+// key=value lines; '#' starts a comment line.
+hotrestart::Parsed<Settings> parse_settings(std::string_view bytes, const std::string& refuse, long delay_ms) {
+  if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+  if (!refuse.empty() && bytes.find(refuse) != std::string_view::npos)
+    return hotrestart::ConfigError{"this binary refuses '" + refuse + "'"};
+  Settings s;
+  int number = 0;
+  while (!bytes.empty()) {
+    ++number;
+    const auto end = bytes.find('\n');
+    std::string_view line = bytes.substr(0, end);
+    bytes = end == std::string_view::npos ? std::string_view{} : bytes.substr(end + 1);
+    if (line.empty() || line.front() == '#') continue;
+    for (char c : line)
+      if (static_cast<unsigned char>(c) < 0x20 && c != '\t')
+        return hotrestart::ConfigError{"line " + std::to_string(number) + ": not text"};
+    const auto eq = line.find('=');
+    if (eq == std::string_view::npos || eq == 0)
+      return hotrestart::ConfigError{"line " + std::to_string(number) + ": expected key=value"};
+    if (line.substr(0, eq) == "ttl" && line.substr(eq + 1).find_first_not_of("0123456789") != std::string_view::npos)
+      return hotrestart::ConfigError{"line " + std::to_string(number) + ": ttl: not a number"};
+    s.values[std::string(line.substr(0, eq))] = std::string(line.substr(eq + 1));
+  }
+  return s;
+}
 
 std::mutex data_mutex;
 std::map<std::string, std::string> data;
@@ -135,6 +173,12 @@ Flags parse(int argc, char** argv) {
       f.resumable = true;
     } else if (a == "--blob") {
       f.blob = std::stoull(value());
+    } else if (a == "--config") {
+      f.config = value();
+    } else if (a == "--config-refuse") {
+      f.config_refuse = value();
+    } else if (a == "--config-delay-ms") {
+      f.config_delay_ms = std::stol(value());
     } else {
       usage("unknown flag " + a);
     }
@@ -255,8 +299,20 @@ int raw_hello(const std::string& range) {
   return report_answer(fd);
 }
 
+hotrestart::Config<Settings>* settings = nullptr;
+
 std::string respond(const std::string& path, const Flags& f, const hotrestart::Worker& worker, int& status) {
   status = 200;
+  if (path == "/config" && settings != nullptr) {
+    thread_local auto reader = settings->reader();
+    auto snapshot = reader.get();
+    std::string greeting;
+    if (snapshot) {
+      auto it = snapshot->values.find("greeting");
+      if (it != snapshot->values.end()) greeting = it->second;
+    }
+    return "config=" + std::to_string(snapshot.version()) + " greeting=" + greeting + "\n";
+  }
   if (path == "/") {
     return "version=" + f.version + " pid=" + std::to_string(::getpid()) +
            " generation=" + std::to_string(worker.generation()) + "\n";
@@ -337,6 +393,12 @@ int main(int argc, char** argv) {
                         .save = [&f](std::uint32_t, std::ostream& out) { blob_save(f.blob, out); },
                         .load = [&f](std::uint32_t, std::istream& in) { blob_load(f.blob, in); },
                         .stream = f.stream});
+  }
+  hotrestart::Config<Settings> config(
+      [&f](std::string_view bytes) { return parse_settings(bytes, f.config_refuse, f.config_delay_ms); });
+  if (!f.config.empty()) {
+    settings = &config;
+    worker.add_config(f.config, config);
   }
   std::atomic<long> drain_at_ms{0};
   worker.on_drain([&] {
