@@ -4,7 +4,7 @@
 # command's --help.
 # shellcheck shell=bash
 
-_hotrestart_commands="run upgrade rollback promote abort history events status stop version"
+_hotrestart_commands="run upgrade rollback promote abort history events status stop reload config version"
 _hotrestart_common="--name --control --help"
 
 # The flags of one command, after the common ones.
@@ -14,7 +14,8 @@ _hotrestart_flags() {
       echo "$_hotrestart_common --listen --ready --ready-timeout --min-ready --drain-signal --drain-timeout" \
         "--state-timeout --state-dir --event-log-size --state-required --watch-window --no-park --max-draining" \
         "--watchdog --health --health-interval --health-failures --adopt-binds --no-http-drain --preflight" \
-        "--preflight-timeout --log-level --log-format --metrics --env --env-file --clear-env --chdir --fdstore"
+        "--preflight-timeout --log-level --log-format --metrics --env --env-file --clear-env --chdir --fdstore" \
+        "--config --reload-timeout"
       ;;
     upgrade) echo "$_hotrestart_common --exec --hold --preflight --json --wait --force --self" ;;
     rollback) echo "$_hotrestart_common --to --hold --preflight --json --wait" ;;
@@ -23,6 +24,9 @@ _hotrestart_flags() {
     history) echo "$_hotrestart_common --json" ;;
     events) echo "$_hotrestart_common --last --follow --json" ;;
     status) echo "$_hotrestart_common --json --check" ;;
+    reload) echo "$_hotrestart_common --file --json" ;;
+    # config's own subcommands, and their flags.
+    config) echo "$_hotrestart_common history show diff rollback --config --json" ;;
     version) echo "--help" ;;
   esac
 }
@@ -67,7 +71,7 @@ _hotrestart() {
       mapfile -t COMPREPLY < <(compgen -W "$(_hotrestart_names)" -- "$cur")
       return 0
       ;;
-    --control | --exec | --state-dir | --env-file)
+    --control | --exec | --state-dir | --env-file | --file)
       mapfile -t COMPREPLY < <(compgen -f -- "$cur")
       return 0
       ;;
@@ -82,7 +86,7 @@ _hotrestart() {
     --listen) mapfile -t COMPREPLY < <(compgen -W "tcp:// unix:" -- "$cur") && compopt -o nospace 2>/dev/null; return 0 ;;
     --ready-timeout | --min-ready | --state-timeout | --watch-window | --watchdog | --health | --health-interval | \
       --health-failures | --preflight | --preflight-timeout | --max-draining | --event-log-size | --state-required | \
-      --to | --last | -n | --env)
+      --to | --last | -n | --env | --config | --reload-timeout)
       return 0
       ;;
   esac

@@ -139,7 +139,7 @@ TEST_CASE("config: every kind of invalid file is refused with exit 1, and nothin
   sup.stop();
 }
 
-TEST_CASE("config: rollback brings an earlier version back as a new one; show and diff read the history") {
+TEST_CASE("config: rollback brings an earlier version back as a new one, and show and diff read the history") {
   ConfigSupervisor c;
   Supervisor& sup = *c.sup;
   write(c.file, "greeting=bonjour\n");
