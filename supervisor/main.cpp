@@ -19,6 +19,8 @@
 #include <CLI/CLI.hpp>
 
 #include "build_info.h"
+#include "cli_common.h"
+#include "cli_config.h"
 #include "src/client.h"
 #include "src/duration.h"
 #include "src/guard.h"
@@ -224,28 +226,6 @@ std::optional<std::string> unknown_word(const CLI::App& app, int argc, char** ar
     return fmt::format("unknown command '{}' (the commands: {})", arg, fmt::join(names, ", "));
   }
   return std::nullopt;
-}
-
-struct CommonOptions {
-  std::string name = "default";
-  std::string control;
-
-  // Where a client looks for its supervisor.
-  std::string control_path() const { return control.empty() ? find_control_path(name) : control; }
-  // Where `run` puts its control socket.
-  std::string serve_path() const { return control.empty() ? default_control_path(name) : control; }
-};
-
-void add_common(CLI::App* app, CommonOptions& common) {
-  app->add_option("--name", common.name,
-                  "Supervisor name; picks the default control socket: $RUNTIME_DIRECTORY/NAME.sock under "
-                  "systemd's RuntimeDirectory=, /run/hotrestart/NAME.sock for root, else "
-                  "$XDG_RUNTIME_DIR/hotrestart/NAME.sock or /tmp/hotrestart-UID/NAME.sock")
-      ->option_text("NAME")
-      ->check([](const std::string& v) {
-        return valid_listener_name(v) ? std::string() : "must be 1-64 letters, digits, '.', '_' or '-'";
-      });
-  app->add_option("--control", common.control, "Control socket path (overrides --name)")->option_text("PATH");
 }
 
 // CLI11 validators that report our own parse errors verbatim.
@@ -710,80 +690,6 @@ CLI::App* add_end_hold_command(CLI::App& app, CommonOptions& common, const std::
   return command;
 }
 
-// reload, and config history | show | diff | rollback.
-struct ConfigFlags {
-  CommonOptions common;
-  std::string config;  // Which configuration ("": the only one).
-  std::string file;    // reload --file
-  std::vector<std::uint64_t> versions;
-  bool json = false;
-};
-
-CLI::App* add_reload_command(CLI::App& app, ConfigFlags& f) {
-  auto* reload = app.add_subcommand(
-      "reload",
-      "Reload configurations (run --config NAME=PATH): read the file, have every generation that reads it validate "
-      "it, then switch all of them or none. Exits 0 with the new version, 1 when the file or a generation refused "
-      "it (nothing changed), 3 when another reload is under way.");
-  add_common(reload, f.common);
-  reload->add_option("config", f.config, "The configuration to reload (default: each one)")->option_text("NAME");
-  reload
-      ->add_option("--file", f.file,
-                   "Read this file instead of the configured path (it needs NAME when "
-                   "there are several)")
-      ->option_text("PATH");
-  reload->add_flag("--json", f.json, "Print the answer as JSON");
-  return reload;
-}
-
-struct ConfigCommands {
-  CLI::App* config;
-  CLI::App* history;
-  CLI::App* show;
-  CLI::App* diff;
-  CLI::App* rollback;
-};
-
-ConfigCommands add_config_command(CLI::App& app, ConfigFlags& f) {
-  auto* config = app.add_subcommand("config",
-                                    "The versions of a configuration (run --config NAME=PATH): history, "
-                                    "show, diff and rollback");
-  config->require_subcommand(1);
-  add_common(config, f.common);  // Before the subcommand too: `hotrestart config --name web history`.
-  const auto common = [&](CLI::App* sub) {
-    add_common(sub, f.common);
-    sub->add_option("-c,--config", f.config, "Which configuration (default: the only one)")->option_text("NAME");
-  };
-  ConfigCommands c{config, nullptr, nullptr, nullptr, nullptr};
-  c.history = config->add_subcommand("history", "Every version: when, who, how it came, and whether it was applied");
-  common(c.history);
-  c.history->add_flag("--json", f.json, "Print the history as JSON");
-  c.show = config->add_subcommand("show", "Print a version's bytes as they were applied");
-  common(c.show);
-  c.show->add_option("version", f.versions, "The version (default: the live one)")->option_text("V")->expected(0, 1);
-  c.diff = config->add_subcommand("diff", "Show what changed between two versions (diff -u)");
-  common(c.diff);
-  c.diff
-      ->add_option("versions", f.versions,
-                   "The older and the newer version (default: the one before the live one, "
-                   "and the live one)")
-      ->option_text("A B")
-      ->expected(0, 2);
-  c.rollback = config->add_subcommand(
-      "rollback",
-      "Make an earlier version live again, as a new version with its bytes, validated and switched in "
-      "every generation as a reload is. Exits as reload does; 3 when there is no such version.");
-  common(c.rollback);
-  c.rollback
-      ->add_option("version", f.versions,
-                   "The version to bring back (default: the applied one before the live "
-                   "one)")
-      ->option_text("V")
-      ->expected(0, 1);
-  c.rollback->add_flag("--json", f.json, "Print the answer as JSON");
-  return c;
-}
-
 struct QueryFlags {
   CommonOptions common;
   bool json = false;        // status, history
@@ -842,12 +748,28 @@ std::pair<int, std::vector<std::string>> split_command_line(int argc, char** arg
   return {argc, {}};
 }
 
+}  // namespace
+
+namespace hotrestart {
+
 int usage_error(const std::string& text) {
   fmt::print(stderr, "hotrestart: {}\n", text);
   return kExitUsage;
 }
 
-}  // namespace
+void add_common(CLI::App* app, CommonOptions& common) {
+  app->add_option("--name", common.name,
+                  "Supervisor name; picks the default control socket: $RUNTIME_DIRECTORY/NAME.sock under "
+                  "systemd's RuntimeDirectory=, /run/hotrestart/NAME.sock for root, else "
+                  "$XDG_RUNTIME_DIR/hotrestart/NAME.sock or /tmp/hotrestart-UID/NAME.sock")
+      ->option_text("NAME")
+      ->check([](const std::string& v) {
+        return valid_listener_name(v) ? std::string() : "must be 1-64 letters, digits, '.', '_' or '-'";
+      });
+  app->add_option("--control", common.control, "Control socket path (overrides --name)")->option_text("PATH");
+}
+
+}  // namespace hotrestart
 
 int main(int argc, char** argv) {
   // The supervisor's guard (guard.h): the same binary, started by `run`, never by hand.
@@ -900,10 +822,9 @@ int main(int argc, char** argv) {
   auto* events = add_events_command(app, events_flags);
   auto* status = add_status_command(app, status_flags);
   auto* stop = add_stop_command(app, stop_flags);
-  ConfigFlags reload_flags;
   ConfigFlags config_flags;
-  auto* reload = add_reload_command(app, reload_flags);
-  const ConfigCommands config = add_config_command(app, config_flags);
+  const ConfigCommands config = add_config_commands(app, config_flags);
+  CLI::App* reload = config.reload;
   auto* version = app.add_subcommand("version", "Print the version and the commit it was built from");
 
   auto [our_argc, tail] = split_command_line(argc, argv);
@@ -1020,31 +941,7 @@ int main(int argc, char** argv) {
         Deploy{rollback_flags.json ? Output::Json : Output::Human, rollback_flags.wait, false,
                hold_flag(rollback_flags.hold), given(*rollback, "--preflight", rollback_flags.preflight)});
   }
-  if (reload->parsed()) {
-    return client_reload(
-        reload_flags.common.control_path(),
-        reload_flags.config.empty() ? std::nullopt : std::optional<std::string>(reload_flags.config),
-        reload_flags.file.empty() ? std::nullopt : std::optional<std::string>(from_here(reload_flags.file)),
-        reload_flags.json ? Output::Json : Output::Human);
-  }
-  if (config.config->parsed()) {
-    const std::optional<std::string> name =
-        config_flags.config.empty() ? std::nullopt : std::optional<std::string>(config_flags.config);
-    const std::string path = config_flags.common.control_path();
-    const Output output = config_flags.json ? Output::Json : Output::Human;
-    if (config.history->parsed()) return client_config_history(path, name, output);
-    if (config.show->parsed()) return client_config_show(path, name, config_flags.versions);
-    if (config.diff->parsed()) {
-      if (config_flags.versions.size() == 1) return usage_error("config diff takes two versions, or none");
-      return client_config_diff(path, name, config_flags.versions);
-    }
-    if (config.rollback->parsed()) {
-      return client_config_rollback(
-          path, name,
-          config_flags.versions.empty() ? std::nullopt : std::optional<std::uint64_t>(config_flags.versions.front()),
-          output);
-    }
-  }
+  if (reload->parsed() || config.config->parsed()) return run_config_command(config, config_flags);
   if (promote_command->parsed()) return client_end_hold(promote_flags.control_path(), "promote");
   if (abort_command->parsed()) return client_end_hold(abort_flags.control_path(), "abort");
   if (history->parsed()) {

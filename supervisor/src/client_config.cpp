@@ -65,16 +65,14 @@ const json* entry_of(const json& history, std::uint64_t version) {
 }
 
 // The kept file of `version`, or why there is none.
-std::variant<std::string, std::string> file_of(const json& history, std::uint64_t version) {
+Result<std::string> file_of(const json& history, std::uint64_t version) {
   const json* entry = entry_of(history, version);
   if (entry == nullptr)
-    return std::variant<std::string, std::string>(
-        std::in_place_index<1>, fmt::format("configuration {} has no version {}", history.value("name", ""), version));
+    return Error::message(fmt::format("configuration {} has no version {}", history.value("name", ""), version));
   if (!(*entry)["file"].is_string())
-    return std::variant<std::string, std::string>(
-        std::in_place_index<1>,
+    return Error::message(
         fmt::format("the bytes of version {} are no longer kept", entry->value("version", std::uint64_t{0})));
-  return std::variant<std::string, std::string>(std::in_place_index<0>, (*entry)["file"].get<std::string>());
+  return (*entry)["file"].get<std::string>();
 }
 
 int with_history(const std::string& path, const std::optional<std::string>& name,
@@ -134,13 +132,13 @@ int client_config_show(const std::string& control_path, std::optional<std::strin
                        const std::vector<std::uint64_t>& versions) {
   return with_history(control_path, name, [&](const json& h) {
     auto file = file_of(h, versions.empty() ? 0 : versions.front());
-    if (file.index() == 1) {
-      client_say_error(std::get<1>(file));
+    if (!file) {
+      client_say_error(file.error().text());
       return kExitRefused;
     }
-    Fd fd(::open(std::get<0>(file).c_str(), O_RDONLY | O_CLOEXEC));
+    Fd fd(::open(file->c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd) {
-      client_say_error(fmt::format("cannot read {}: {}", std::get<0>(file), std::strerror(errno)));
+      client_say_error(fmt::format("cannot read {}: {}", *file, std::strerror(errno)));
       return kExitRefused;
     }
     char buf[64 * 1024];
@@ -177,15 +175,15 @@ int client_config_diff(const std::string& control_path, std::optional<std::strin
     auto a = file_of(h, older);
     auto b = file_of(h, newer);
     for (const auto* f : {&a, &b}) {
-      if (f->index() == 1) {
-        client_say_error(std::get<1>(*f));
+      if (!*f) {
+        client_say_error(f->error().text());
         return kExitRefused;
       }
     }
     std::fflush(stdout);
     const std::string label_a = fmt::format("{} version {}", h.value("name", ""), older);
     const std::string label_b = fmt::format("{} version {}", h.value("name", ""), newer);
-    std::vector<std::string> args{"diff", "-u", "--label", label_a, "--label", label_b, std::get<0>(a), std::get<0>(b)};
+    std::vector<std::string> args{"diff", "-u", "--label", label_a, "--label", label_b, *a, *b};
     std::vector<char*> argv;
     for (auto& s : args)
       argv.push_back(s.data());

@@ -3,7 +3,6 @@
 
 #include <unistd.h>
 
-#include <algorithm>
 #include <utility>
 
 #include <fmt/format.h>
@@ -34,21 +33,24 @@ struct ConfigReloads::Managed {
 // A new version on its way: read, kept on disk and in a memfd, offered to the generations.
 struct ConfigReloads::Candidate {
   Managed* config = nullptr;
-  ConfigVersion entry;
-  std::string source;          // The file read ("" for a rollback).
-  std::uint64_t restores = 0;  // A rollback: the version whose bytes these are.
-  // Filled in off the loop.
-  std::string error;
-  bool unchanged = false;
-  std::optional<FileIdentity> identity;
-  Fd memfd;
-  wire::SectionOffer offer;
+  ConfigVersion entry;  // Its source, restores and who asked; the rest once it is read and ends.
+  // What reading it found, filled in off the loop.
+  struct Read {
+    std::string error;
+    bool unchanged = false;                // The live version's bytes.
+    std::optional<FileIdentity> identity;  // The file's (not for a rollback's kept bytes).
+    Fd memfd;
+    wire::SectionOffer offer;
+  };
+  Read read;
 };
 
 struct ConfigReloads::Reload {
   enum class Phase { Reading, Preparing, Committing };
   Phase phase = Phase::Reading;
-  Who who;
+  const char* phase_name() const {
+    return phase == Phase::Reading ? "reading" : phase == Phase::Preparing ? "preparing" : "committing";
+  }
   Done done;
   Clock::time_point started = Clock::now();
   std::vector<Candidate> candidates;
@@ -57,6 +59,8 @@ struct ConfigReloads::Reload {
   std::set<std::uint64_t> participants;
   std::set<std::uint64_t> committed;
   std::string refusal;  // The first refusal in prepare.
+  // Those whose bytes were the live version's: nothing to do, but the answer names them.
+  json unchanged = json::array();
 };
 
 namespace {
@@ -66,17 +70,6 @@ Result<wire::WrittenSection> config_memfd(const std::string& name, std::uint64_t
   return wire::write_section(
       name, wire::kConfigFormat, version,
       [&](std::ostream& out) { out.write(bytes.data(), static_cast<std::streamsize>(bytes.size())); }, kMaxConfigBytes);
-}
-
-std::string phase_name(int phase) {
-  switch (phase) {
-    case 0:
-      return "reading";
-    case 1:
-      return "preparing";
-    default:
-      return "committing";
-  }
 }
 
 }  // namespace
@@ -143,18 +136,13 @@ Status ConfigReloads::open(bool taking_over) {
 Result<ConfigReloads::Managed*> ConfigReloads::pick(const std::optional<std::string>& name) const {
   if (configs_.empty())
     return Error::message("this supervisor manages no configuration (give `run --config NAME=PATH`)");
-  if (!name) {
-    if (configs_.size() == 1) return configs_.front().get();
-    std::string names;
-    for (const auto& m : configs_)
-      names += (names.empty() ? "" : ", ") + m->spec.name;
-    return Error::message(fmt::format("name the configuration: this supervisor manages {}", names));
-  }
-  for (auto& m : configs_)
-    if (m->spec.name == *name) return m.get();
+  if (!name && configs_.size() == 1) return configs_.front().get();
   std::string names;
-  for (const auto& m : configs_)
+  for (const auto& m : configs_) {
+    if (name && m->spec.name == *name) return m.get();
     names += (names.empty() ? "" : ", ") + m->spec.name;
+  }
+  if (!name) return Error::message(fmt::format("name the configuration: this supervisor manages {}", names));
   return Error::message(fmt::format("no configuration is named {} (this supervisor manages {})", quote(*name), names));
 }
 
@@ -164,35 +152,44 @@ std::string ConfigReloads::busy_reason() const {
   for (const auto& c : reload_->candidates)
     names += (names.empty() ? "" : ", ") + c.config->spec.name;
   return fmt::format("a reload of {} is under way ({}, for {} ms); try again when it has ended", names,
-                     phase_name(static_cast<int>(reload_->phase)),
+                     reload_->phase_name(),
                      std::chrono::duration_cast<Millis>(Clock::now() - reload_->started).count());
 }
 
-void ConfigReloads::reload(std::optional<std::string> name, std::optional<std::string> file, Who who, Done done) {
+ConfigReloads::Candidate ConfigReloads::candidate_for(Managed* m, const Who& who) {
+  Candidate c;
+  c.config = m;
+  c.entry.version = m->store->next_version();
+  c.entry.origin = who.origin;
+  c.entry.uid = who.uid;
+  c.entry.pid = who.pid;
+  return c;
+}
+
+void ConfigReloads::reload(std::optional<std::string> name, std::optional<std::string> file, const Who& who,
+                           Done done) {
   if (reload_) return done({"busy", busy_reason(), {}});
-  auto reload = std::make_unique<Reload>();
-  reload->who = std::move(who);
-  reload->done = std::move(done);
-  if (name || file) {
+  std::vector<Managed*> which;
+  if (name || file || configs_.empty()) {
     auto m = pick(name);
-    if (!m) return reload->done({"bad-request", m.error().text(), {}});
-    Candidate c;
-    c.config = *m;
-    c.source = file.value_or((*m)->spec.path);
-    reload->candidates.push_back(std::move(c));
+    if (!m) return done({"bad-request", m.error().text(), {}});
+    which.push_back(*m);
   } else {
-    if (configs_.empty()) return reload->done({"bad-request", pick(name).error().text(), {}});
-    for (auto& m : configs_) {
-      Candidate c;
-      c.config = m.get();
-      c.source = m->spec.path;
-      reload->candidates.push_back(std::move(c));
-    }
+    for (auto& m : configs_)
+      which.push_back(m.get());
   }
+  auto reload = std::make_unique<Reload>();
+  for (Managed* m : which) {
+    Candidate c = candidate_for(m, who);
+    c.entry.source = file.value_or(m->spec.path);
+    reload->candidates.push_back(std::move(c));
+  }
+  reload->done = std::move(done);
   start(std::move(reload));
 }
 
-void ConfigReloads::rollback(std::optional<std::string> name, std::optional<std::uint64_t> to, Who who, Done done) {
+void ConfigReloads::rollback(std::optional<std::string> name, std::optional<std::uint64_t> to, const Who& who,
+                             Done done) {
   if (reload_) return done({"busy", busy_reason(), {}});
   auto m = pick(name);
   if (!m) return done({"bad-request", m.error().text(), {}});
@@ -220,122 +217,111 @@ void ConfigReloads::rollback(std::optional<std::string> name, std::optional<std:
                  fmt::format("version {} of configuration {} is the live one", target->version, (*m)->spec.name),
                  {}});
   auto reload = std::make_unique<Reload>();
-  reload->who = std::move(who);
-  reload->done = std::move(done);
-  Candidate c;
-  c.config = *m;
-  c.restores = target->version;
-  c.entry.sha256 = target->sha256;  // What the kept bytes must hash to.
+  Candidate c = candidate_for(*m, who);
+  c.entry.restores = target->version;
   reload->candidates.push_back(std::move(c));
+  reload->done = std::move(done);
   start(std::move(reload));
 }
 
 void ConfigReloads::start(std::unique_ptr<Reload> reload) {
-  for (auto& c : reload->candidates) {
-    c.entry.version = c.config->store->next_version();
-    c.entry.origin = reload->who.origin;
-    c.entry.uid = reload->who.uid;
-    c.entry.pid = reload->who.pid;
-    c.entry.source = c.source;
-    c.entry.restores = c.restores;
-  }
   reload_ = std::move(reload);
   // Off the loop: read, hash, keep on disk, and copy into a sealed memfd. The task owns copies of
-  // what it reads; the candidates themselves are written only by it until it is done.
+  // what it reads, and writes only its own results.
   struct Job {
-    std::string path;           // What to read.
-    std::string expect_sha256;  // A rollback: what it must hash to.
-    std::string live_sha256;
-    std::string keep_path;  // Where its bytes are kept.
+    std::string path;           // What to read: the file, or a rollback's kept bytes.
+    std::string expect_sha256;  // A rollback: what the kept bytes must hash to.
+    std::string live_sha256;    // A file: the bytes that need no reload.
+    std::string keep_path;      // Where its bytes are kept.
     std::string name;
     std::uint64_t version;
-    bool from_store;
+  };
+  struct Found {
+    Candidate::Read read;
+    std::string sha256;
+    std::uint64_t bytes = 0;
   };
   auto jobs = std::make_shared<std::vector<Job>>();
   for (const auto& c : reload_->candidates) {
-    const bool from_store = c.restores != 0;
-    jobs->push_back({from_store ? c.config->store->content_path(c.restores) : c.source, c.entry.sha256,
-                     c.config->sha256, c.config->store->content_path(c.entry.version), c.config->spec.name,
-                     c.entry.version, from_store});
+    const ConfigStore& store = *c.config->store;
+    const std::uint64_t restores = c.entry.restores;
+    jobs->push_back({restores != 0 ? store.content_path(restores) : c.entry.source,
+                     restores != 0 ? store.find(restores)->sha256 : std::string(), c.config->sha256,
+                     store.content_path(c.entry.version), c.config->spec.name, c.entry.version});
   }
-  auto results = std::make_shared<std::vector<Candidate>>(jobs->size());
+  auto outcomes = std::make_shared<std::vector<Found>>(jobs->size());
   const int rc = reading_.start(
-      [jobs, results] {
+      [jobs, outcomes] {
         for (std::size_t i = 0; i < jobs->size(); ++i) {
           const Job& job = (*jobs)[i];
-          Candidate& out = (*results)[i];
+          Found& out = (*outcomes)[i];
           auto read = read_config_file(job.path);
           if (!read) {
-            out.error = read.error().text();
+            out.read.error = read.error().text();
             continue;
           }
-          if (job.from_store && read->sha256 != job.expect_sha256) {
-            out.error = fmt::format("the kept bytes of {} do not hash to what the history says", job.path);
+          const bool from_store = !job.expect_sha256.empty();
+          if (from_store && read->sha256 != job.expect_sha256) {
+            out.read.error = fmt::format("the kept bytes of {} do not hash to what the history says", job.path);
             continue;
           }
-          out.entry.sha256 = read->sha256;
-          out.entry.bytes = read->bytes->size();
-          if (!job.from_store) out.identity = read->identity;
-          if (!job.from_store && read->sha256 == job.live_sha256) {
-            out.unchanged = true;
+          out.sha256 = read->sha256;
+          out.bytes = read->bytes->size();
+          if (!from_store) out.read.identity = read->identity;
+          if (!from_store && read->sha256 == job.live_sha256) {
+            out.read.unchanged = true;
             continue;
           }
           if (auto ok = write_file_atomically(job.keep_path, *read->bytes); !ok) {
-            out.error = fmt::format("cannot keep the new version in the state directory: {}", ok.error().text());
+            out.read.error = fmt::format("cannot keep the new version in the state directory: {}", ok.error().text());
             continue;
           }
           auto memfd = config_memfd(job.name, job.version, *read->bytes);
           if (!memfd) {
-            out.error = memfd.error().text();
+            out.read.error = memfd.error().text();
             continue;
           }
-          out.memfd = std::move(memfd->memfd);
-          out.offer = memfd->offer;
+          out.read.memfd = std::move(memfd->memfd);
+          out.read.offer = memfd->offer;
         }
       },
-      [this, results] {
-        for (std::size_t i = 0; i < results->size(); ++i) {
+      [this, outcomes] {
+        for (std::size_t i = 0; i < outcomes->size(); ++i) {
           Candidate& c = reload_->candidates[i];
-          Candidate& r = (*results)[i];
-          c.error = std::move(r.error);
-          c.unchanged = r.unchanged;
-          c.identity = r.identity;
-          c.memfd = std::move(r.memfd);
-          c.offer = r.offer;
-          if (c.error.empty()) {
-            c.entry.sha256 = r.entry.sha256;
-            c.entry.bytes = r.entry.bytes;
-          }
+          Found& out = (*outcomes)[i];
+          c.read = std::move(out.read);
+          c.entry.sha256 = std::move(out.sha256);
+          c.entry.bytes = out.bytes;
         }
         read_done();
       });
-  if (rc != 0) finish("invalid", fmt::format("cannot read the configuration: {}", uv_strerror(rc)));
+  if (rc != 0) refuse("invalid", fmt::format("cannot read the configuration: {}", uv_strerror(rc)));
 }
 
 void ConfigReloads::read_done() {
   // A file that cannot be read is refused before any generation hears of it.
   for (const auto& c : reload_->candidates) {
-    if (!c.error.empty()) {
-      host_.record_event(
-          {{"type", "config.refused"}, {"name", c.config->spec.name}, {"source", c.source}, {"reason", c.error}});
-      finish("invalid", fmt::format("configuration {}: {}; nothing was changed", c.config->spec.name, c.error));
+    if (!c.read.error.empty()) {
+      host_.record_event({{"type", "config.refused"},
+                          {"name", c.config->spec.name},
+                          {"source", c.entry.source},
+                          {"reason", c.read.error}});
+      refuse("invalid", fmt::format("configuration {}: {}; nothing was changed", c.config->spec.name, c.read.error));
       return;
     }
   }
   // Unchanged files need nothing; the others go to every generation that reads them.
   std::erase_if(reload_->candidates, [&](const Candidate& c) {
-    if (!c.unchanged) return false;
-    reload_->done = [done = std::move(reload_->done), name = c.config->spec.name, version = c.config->version,
-                     sha = c.config->sha256](const Outcome& o) {
-      Outcome with = o;
-      if (o.code.empty())
-        with.configs.push_back({{"name", name}, {"version", version}, {"changed", false}, {"sha256", sha}});
-      done(with);
-    };
+    if (!c.read.unchanged) return false;
+    reload_->unchanged.push_back({{"name", c.config->spec.name},
+                                  {"version", c.config->version},
+                                  {"changed", false},
+                                  {"sha256", c.config->sha256}});
     return true;
   });
   if (reload_->candidates.empty()) {
-    finish("", "unchanged");
+    reload_->phase = Reload::Phase::Committing;  // With nobody to wait for.
+    maybe_finish();
     return;
   }
   reload_->phase = Reload::Phase::Preparing;
@@ -367,16 +353,15 @@ void ConfigReloads::read_done() {
 }
 
 void ConfigReloads::send_prepare(Generation& g, const Candidate& c) {
-  const int fd = c.memfd.get();
-  if (!g.channel().send(wire::ConfigPrepare{c.offer}, std::span<const int>(&fd, 1)))
+  const int fd = c.read.memfd.get();
+  if (!g.channel().send(wire::ConfigPrepare{c.read.offer}, std::span<const int>(&fd, 1)))
     log_warn("generation {}: the configuration {} could not be sent", g.number(), c.config->spec.name);
 }
 
 void ConfigReloads::on_hello(Generation& g, const wire::Hello& hello, bool adopted) {
   for (const auto& held : hello.configs) {
-    auto found =
-        std::find_if(configs_.begin(), configs_.end(), [&](const auto& m) { return m->spec.name == held.name; });
-    if (found == configs_.end()) {
+    auto found = pick(held.name);
+    if (!found) {
       log_warn("generation {} reads configuration {}, which `run --config` does not name: it keeps what it loaded",
                g.number(), quote(held.name));
       continue;
@@ -457,10 +442,10 @@ void ConfigReloads::maybe_decide() {
   // Everyone has it staged. A file replaced or deleted meanwhile is not what the operator now has:
   // nothing switches, and a reload of the file as it is now can follow.
   for (const auto& c : reload_->candidates) {
-    if (!c.identity) continue;
-    auto now = identity_of_path(c.source);
-    if (!now || !(*now == *c.identity)) {
-      abort_all("invalid", fmt::format("{} was {} while the reload was under way; reload it again", c.source,
+    if (!c.read.identity) continue;
+    auto now = identity_of_path(c.entry.source);
+    if (!now || !(*now == *c.read.identity)) {
+      abort_all("invalid", fmt::format("{} was {} while the reload was under way; reload it again", c.entry.source,
                                        now ? "changed" : "deleted"));
       return;
     }
@@ -483,7 +468,7 @@ void ConfigReloads::abort_all(const std::string& code, const std::string& reason
   std::string names;
   for (const auto& c : reload_->candidates)
     names += fmt::format("{}{} version {}", names.empty() ? "" : ", ", c.config->spec.name, c.entry.version);
-  finish(code, fmt::format("{} refused: {}; every generation keeps the version it has", names, reason));
+  refuse(code, fmt::format("{} refused: {}; every generation keeps the version it has", names, reason));
 }
 
 void ConfigReloads::commit_all() {
@@ -515,13 +500,14 @@ void ConfigReloads::maybe_finish() {
     m.version = c.entry.version;
     m.sha256 = c.entry.sha256;
     m.bytes = c.entry.bytes;
-    m.memfd = std::move(c.memfd);
-    m.offer = c.offer;
+    m.memfd = std::move(c.read.memfd);
+    m.offer = c.read.offer;
     m.history_file->save(m.store->add(c.entry));
     host_.record_event(entry_event(m, c.entry));
     log_info("configuration {}: version {} is live ({} bytes, sha256 {}{}), in {} generation(s)", m.spec.name,
              m.version, m.bytes, m.sha256.substr(0, 12),
-             c.restores != 0 ? fmt::format(", the bytes of version {}", c.restores) : "", c.entry.generations.size());
+             c.entry.restores != 0 ? fmt::format(", the bytes of version {}", c.entry.restores) : "",
+             c.entry.generations.size());
     json one{{"name", m.spec.name},
              {"version", m.version},
              {"previous", previous},
@@ -529,21 +515,23 @@ void ConfigReloads::maybe_finish() {
              {"sha256", m.sha256},
              {"bytes", m.bytes},
              {"generations", c.entry.generations}};
-    if (c.restores != 0) one["restores"] = c.restores;
+    if (c.entry.restores != 0) one["restores"] = c.entry.restores;
     configs.push_back(std::move(one));
   }
+  for (auto& one : reload_->unchanged)
+    configs.push_back(std::move(one));
   Outcome outcome{"", "", std::move(configs)};
   auto done = std::move(reload_->done);
   reload_.reset();
   if (done) done(outcome);
 }
 
-void ConfigReloads::finish(const std::string& code, const std::string& message) {
+void ConfigReloads::refuse(const std::string& code, const std::string& message) {
   deadline_.stop();
-  if (!code.empty()) log_warn("configuration reload refused: {}", message);
+  log_warn("configuration reload refused: {}", message);
   auto done = std::move(reload_->done);
   reload_.reset();
-  if (done) done(Outcome{code, code.empty() ? std::string() : message, json::array()});
+  if (done) done(Outcome{code, message, json::array()});
 }
 
 json ConfigReloads::entry_event(const Managed& m, const ConfigVersion& v) const {
@@ -581,7 +569,7 @@ json ConfigReloads::status_json() const {
     json names = json::array();
     for (const auto& c : reload_->candidates)
       names.push_back({{"name", c.config->spec.name}, {"version", c.entry.version}});
-    reload = {{"phase", phase_name(static_cast<int>(reload_->phase))},
+    reload = {{"phase", reload_->phase_name()},
               {"configs", std::move(names)},
               {"waiting_for", std::move(waiting)},
               {"elapsed_ms", std::chrono::duration_cast<Millis>(Clock::now() - reload_->started).count()}};

@@ -84,10 +84,10 @@ class ConfigReloads {
   bool empty() const { return configs_.empty(); }
 
   // `name`: one configuration, nullopt: each (and then `file` is refused unless there is one).
-  void reload(std::optional<std::string> name, std::optional<std::string> file, Who who, Done done);
+  void reload(std::optional<std::string> name, std::optional<std::string> file, const Who& who, Done done);
   // Back to version `to` of `name` (default: the applied version before the live one), as a new
   // version with its bytes.
-  void rollback(std::optional<std::string> name, std::optional<std::uint64_t> to, Who who, Done done);
+  void rollback(std::optional<std::string> name, std::optional<std::uint64_t> to, const Who& who, Done done);
   bool busy() const { return reload_ != nullptr; }
   std::string busy_reason() const;
 
@@ -109,7 +109,10 @@ class ConfigReloads {
   struct Candidate;
   struct Reload;
 
+  // The configuration `name` names (nullopt: the only one), or why there is none.
   Result<Managed*> pick(const std::optional<std::string>& name) const;
+  // A new version of `m`, numbered, as `who` asked for it.
+  static Candidate candidate_for(Managed* m, const Who& who);
   void start(std::unique_ptr<Reload> reload);
   void read_done();
   void send_prepare(Generation& g, const Candidate& c);
@@ -117,7 +120,8 @@ class ConfigReloads {
   void abort_all(const std::string& code, const std::string& reason);
   void commit_all();
   void maybe_finish();
-  void finish(const std::string& code, const std::string& message);
+  // Ends the reload unapplied, with the protocol's error `code`.
+  void refuse(const std::string& code, const std::string& message);
   nlohmann::json entry_event(const Managed& m, const ConfigVersion& v) const;
 
   uv_loop_t* loop_;

@@ -32,10 +32,7 @@ void Reaper::reap() {
     } else {
       OnExit fn = std::move(it->second.on_exit);
       // It has exited: what it wrote before (if anything) is there to read.
-      if (it->second.exec.fd() >= 0) {
-        if (auto outcome = it->second.exec.outcome(); outcome && !*outcome)
-          status.not_started = outcome->error().text();
-      }
+      if (auto outcome = it->second.exec.outcome(); outcome && !*outcome) status.not_started = outcome->error().text();
       watched_.erase(it);
       fn(pid, status);  // The child is still a zombie: its pid and group are still its own.
     }

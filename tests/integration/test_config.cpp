@@ -5,7 +5,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
+#include <iterator>
 
 #include "fixture.h"
 
@@ -80,9 +82,16 @@ TEST_CASE("config: a generation starts with the file's version, and a reload swi
   r = sup.cli({"reload", "app", "--file", other}, 30s);
   CHECK_MESSAGE(r.exit_code == 0, r.err);
   CHECK(config_of(sup) == "config=3 greeting=hola");
+  // A relative --file is the caller's, not the supervisor's (which runs in /).
+  write(c.dir.file("relative.conf"), "greeting=ciao\n");
+  r = run({"sh", "-c", "cd \"$0\" && exec \"$1\" reload app --file relative.conf --control \"$2\"", c.dir.path(),
+           hotrestart_bin(), sup.control()},
+          {}, 30s);
+  CHECK_MESSAGE(r.exit_code == 0, r.err);
+  CHECK(config_of(sup) == "config=4 greeting=ciao");
 
   const json status = sup.status_or_fail();
-  CHECK(status["configs"]["configs"][0]["version"] == 3);
+  CHECK(status["configs"]["configs"][0]["version"] == 4);
   CHECK(status["configs"]["configs"][0]["path"] == c.file);
   sup.stop();
 }
@@ -158,6 +167,12 @@ TEST_CASE("config: rollback brings an earlier version back as a new one, and sho
   CHECK_MESSAGE(r.exit_code == 0, r.out << r.err);
   CHECK(contains(r.out, "version 3 is live (was 2), the bytes of version 1"));
   CHECK(config_of(sup) == "config=3 greeting=hello");
+  {
+    // The file is the operator's: a rollback leaves it as it is.
+    std::ifstream in(c.file);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    CHECK(text == "greeting=bonjour\n");
+  }
   r = sup.cli({"config", "rollback", "2"}, 30s);
   CHECK_MESSAGE(r.exit_code == 0, r.err);
   CHECK(config_of(sup) == "config=4 greeting=bonjour");
@@ -298,4 +313,67 @@ TEST_CASE("config: SIGHUP reloads, and a first generation that refuses the file 
   CHECK(wait_until([&] { return refused.active_state() == "ready"; }, 20s));
   CHECK(config_of(refused) == "config=2 greeting=fixed");
   refused.stop();
+}
+
+TEST_CASE("config: a generation that starts while a reload is under way takes part in it") {
+  // Generation 1's parser takes 2 s: time for generation 2 to say hello meanwhile.
+  ConfigSupervisor c({"--config-delay-ms", "2000"});
+  Supervisor& sup = *c.sup;
+  write(c.file, "greeting=joined\n");
+  Child reload = Child::spawn({hotrestart_bin(), "reload", "--json", "--control", sup.control()});
+  REQUIRE(wait_until(
+      [&] {
+        const json under_way = sup.status_or_fail()["configs"]["reload"];
+        return under_way.is_object() && under_way.value("phase", "") == "preparing";
+      },
+      10s));
+  // Generation 2 says hello during the first phase: it starts with version 1, and the reload waits
+  // for its answer too.
+  RunResult upgraded = sup.upgrade_to(sdk({"--version", "v2", "--config-delay-ms", "1000"}));
+  CHECK_MESSAGE(upgraded.exit_code == 0, upgraded.err);
+  REQUIRE(reload.wait_for(30s) == std::optional<int>(0));
+  const json answer = json::parse(reload.out());
+  const json generations = answer["configs"][0]["generations"];
+  CHECK_MESSAGE(std::find(generations.begin(), generations.end(), 2) != generations.end(), answer.dump());
+  CHECK(config_of(sup) == "config=2 greeting=joined");
+  sup.stop();
+}
+
+TEST_CASE("config: a supervisor that takes generations over keeps the live version, and reloads reach them") {
+  ConfigSupervisor c({}, {"--no-park"});
+  Supervisor& first = *c.sup;
+  Leftovers left;
+  const pid_t worker = first.active_pid();
+  left.pids = {worker, first.guard()};
+  const std::uint16_t port = first.port();
+  write(c.file, "greeting=bonjour\n");
+  REQUIRE(first.cli({"reload"}, 30s).exit_code == 0);
+  write(c.file, "greeting=not-reloaded\n");  // Edited, not reloaded, when the supervisor dies.
+  kill_supervisor(first);
+
+  Supervisor second(
+      first.place(),
+      {"--listen", fmt::format("http=tcp://127.0.0.1:{}", port), "--no-park", "--config", "app=" + c.file}, sdk({}));
+  left.pids.insert(second.guard());
+  CHECK(second.proc().wait_output(fmt::format("generation 1 (pid {}) connected its channel again", worker), 10s));
+  CHECK(config_of(second) == "config=2 greeting=bonjour");
+  CHECK(second.status_or_fail()["configs"]["configs"][0]["version"] == 2);
+  CHECK(history_of(second)["versions"].size() == 2);
+
+  // The worker it took over takes the next reload over its channel again.
+  RunResult r = second.cli({"reload", "--json"}, 30s);
+  CHECK_MESSAGE(r.exit_code == 0, r.err);
+  CHECK(json::parse(r.out)["configs"][0]["generations"] == json::array({1}));
+  CHECK(config_of(second) == "config=3 greeting=not-reloaded");
+  second.stop();
+}
+
+TEST_CASE("config: run exits 1 when a configuration file cannot be read at start") {
+  TempDir dir;
+  RunResult r = run({hotrestart_bin(), "run", "--control", dir.file("ctl.sock"), "--state-dir", dir.file("state"),
+                     "--listen", "http=tcp://127.0.0.1:0", "--config", "app=" + dir.file("missing.conf"), "--",
+                     bin_path("sdk-worker"), "--config", "app"},
+                    {}, 30s);
+  CHECK(r.exit_code == 1);
+  CHECK_MESSAGE(contains(r.err, "configuration app: cannot read " + dir.file("missing.conf")), r.err);
 }

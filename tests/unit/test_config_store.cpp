@@ -7,9 +7,9 @@
 #include <fstream>
 #include <variant>
 
-#include "testsupport.h"
 #include "config_store.h"
 #include "control_protocol.h"
+#include "testsupport.h"
 
 using namespace hotrestart;
 using nlohmann::json;

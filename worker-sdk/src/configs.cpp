@@ -15,14 +15,10 @@ const ConfigHooks* find_config(const std::vector<ConfigHooks>& configs, std::str
   return nullptr;
 }
 
-// At most the limit of a message's text, cut on a character boundary where the text is UTF-8.
+// At most what a message's text may hold.
 std::string bounded(std::string text) {
-  if (text.size() <= wire::kMaxTextLength) return text;
-  std::size_t cut = wire::kMaxTextLength - 3;
-  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80)
-    --cut;
-  text.resize(cut);
-  return text + "...";
+  if (text.size() > wire::kMaxTextLength) text.resize(wire::kMaxTextLength);
+  return text;
 }
 
 }  // namespace
