@@ -290,6 +290,7 @@ struct RunFlags {
   std::string metrics;
   std::vector<std::string> configs;
   std::string reload_timeout = "10s";
+  bool watch_config = false;
   std::uint64_t event_log_size = 1024 * 1024;
   std::vector<std::string> env;
   std::vector<std::string> env_files;
@@ -427,6 +428,10 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
                   "new one in every generation and switches all of them or none; every version is kept in "
                   "STATE-DIR/configs/NAME (`hotrestart config history`)")
       ->option_text("NAME=PATH");
+  run->add_flag("--watch-config", f.watch_config,
+                "Reload a --config file as soon as it is saved (by a rename onto it, or written in place and "
+                "closed), with no command; a file that is refused is reported (log, events, status) and the "
+                "running version stays");
   run->add_option("--reload-timeout", f.reload_timeout,
                   "How long a configuration reload waits for every generation to validate and switch; past it the "
                   "reload is refused and nobody switches")
@@ -579,6 +584,8 @@ Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vect
     options.configs.push_back(std::move(spec).value());
   }
   options.reload_timeout = parse_duration(f.reload_timeout).value();
+  options.watch_configs = f.watch_config;
+  if (f.watch_config && options.configs.empty()) return Error::message("--watch-config needs at least one --config");
   if (options.reload_timeout.count() == 0) return Error::message("--reload-timeout must be longer than 0s");
   options.command = std::move(command);
   return options;

@@ -15,7 +15,7 @@ _hotrestart_flags() {
         "--state-timeout --state-dir --event-log-size --state-required --watch-window --no-park --max-draining" \
         "--watchdog --health --health-interval --health-failures --adopt-binds --no-http-drain --preflight" \
         "--preflight-timeout --log-level --log-format --metrics --env --env-file --clear-env --chdir --fdstore" \
-        "--config --reload-timeout"
+        "--config --reload-timeout --watch-config"
       ;;
     upgrade) echo "$_hotrestart_common --exec --hold --preflight --json --wait --force --self" ;;
     rollback) echo "$_hotrestart_common --to --hold --preflight --json --wait" ;;

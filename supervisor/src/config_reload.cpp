@@ -28,6 +28,9 @@ struct ConfigReloads::Managed {
   std::uint64_t bytes = 0;
   Fd memfd;
   wire::SectionOffer offer;
+  // --watch-config: why the last save was refused ("" once one is applied), and when.
+  std::string watch_error;
+  std::int64_t watch_error_ms = 0;
 };
 
 // A new version on its way: read, kept on disk and in a memfd, offered to the generations.
@@ -524,6 +527,7 @@ void ConfigReloads::maybe_finish() {
   auto done = std::move(reload_->done);
   reload_.reset();
   if (done) done(outcome);
+  next_saved();
 }
 
 void ConfigReloads::refuse(const std::string& code, const std::string& message) {
@@ -532,6 +536,28 @@ void ConfigReloads::refuse(const std::string& code, const std::string& message) 
   auto done = std::move(reload_->done);
   reload_.reset();
   if (done) done(Outcome{code, message, json::array()});
+  next_saved();
+}
+
+void ConfigReloads::saved(const std::string& name) {
+  saved_.insert(name);
+  next_saved();
+}
+
+void ConfigReloads::next_saved() {
+  if (reload_ || saved_.empty()) return;
+  const std::string name = *saved_.begin();
+  saved_.erase(saved_.begin());
+  auto m = pick(name);
+  if (!m) return;
+  reload(name, std::nullopt, {"watch", -1, -1}, [managed = *m](const Outcome& outcome) {
+    if (outcome.code.empty()) {
+      managed->watch_error.clear();
+      return;
+    }
+    managed->watch_error = outcome.message;
+    managed->watch_error_ms = wall_clock_ms();
+  });
 }
 
 json ConfigReloads::entry_event(const Managed& m, const ConfigVersion& v) const {
@@ -559,6 +585,7 @@ json ConfigReloads::status_json() const {
       one["origin"] = v->origin;
     }
     if (!m->store->error().empty()) one["error"] = m->store->error();
+    if (!m->watch_error.empty()) one["watch_error"] = {{"message", m->watch_error}, {"time_ms", m->watch_error_ms}};
     list.push_back(std::move(one));
   }
   json reload;

@@ -88,6 +88,10 @@ class ConfigReloads {
   // Back to version `to` of `name` (default: the applied version before the live one), as a new
   // version with its bytes.
   void rollback(std::optional<std::string> name, std::optional<std::uint64_t> to, const Who& who, Done done);
+  // `--watch-config`: `name`'s file was saved. It is reloaded (origin "watch") now, or once the
+  // reload under way has ended; a refusal is logged, recorded and shown in status until a save
+  // that is applied.
+  void saved(const std::string& name);
   bool busy() const { return reload_ != nullptr; }
   std::string busy_reason() const;
 
@@ -122,6 +126,8 @@ class ConfigReloads {
   void maybe_finish();
   // Ends the reload unapplied, with the protocol's error `code`.
   void refuse(const std::string& code, const std::string& message);
+  // After a reload ended: the next saved file waiting, if any.
+  void next_saved();
   nlohmann::json entry_event(const Managed& m, const ConfigVersion& v) const;
 
   uv_loop_t* loop_;
@@ -130,6 +136,7 @@ class ConfigReloads {
   Host& host_;
   std::vector<std::unique_ptr<Managed>> configs_;
   std::unique_ptr<Reload> reload_;
+  std::set<std::string> saved_;  // Saved while a reload was under way: reloaded after it.
   PoolTask reading_;
   Timer deadline_;
 };

@@ -165,6 +165,8 @@ Supervisor::~Supervisor() {
   sweep_timer_.reset();
   watchdog_timer_.reset();
   watch_.reset();
+  config_watch_.reset();
+  configs_.reset();
   // Let every close callback run, so that the loop can be closed with nothing in it.
   uv_run(&loop_, UV_RUN_DEFAULT);
   uv_loop_close(&loop_);
@@ -254,6 +256,13 @@ Status Supervisor::start() {
   configs_ = std::make_unique<ConfigReloads>(&loop_, options_.state_dir, options_.configs, options_.reload_timeout,
                                              static_cast<ConfigReloads::Host&>(*this));
   if (auto ok = configs_->open(inheritance.has_value()); !ok) return ok.error();
+  if (options_.watch_configs) {
+    config_watch_ = std::make_unique<ConfigWatch>(&loop_, [this](const std::string& name) {
+      if (!stopping_) configs_->saved(name);
+    });
+    for (const ConfigSpec& spec : options_.configs)
+      if (auto ok = config_watch_->add(spec.name, spec.path); !ok) return ok.error();
+  }
 
   notify_ = std::make_unique<NotifySocket>(
       &loop_,

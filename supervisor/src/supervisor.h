@@ -39,6 +39,7 @@
 #include <nlohmann/json.hpp>
 
 #include "config_reload.h"
+#include "config_watch.h"
 #include "control_server.h"
 #include "crash_restarts.h"
 #include "event_log.h"
@@ -294,6 +295,7 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   std::unique_ptr<MetricsServer> metrics_server_;
   std::unique_ptr<ReleaseWatch> watch_;
   std::unique_ptr<ConfigReloads> configs_;  // --config
+  std::unique_ptr<ConfigWatch> config_watch_;  // --watch-config
   // What the last cutover replaced: the release and generation a revert brings back.
   std::uint64_t replaced_release_ = 0;
   // The last release that served through its watch window (or was not watched): what a revert

@@ -377,3 +377,36 @@ TEST_CASE("config: run exits 1 when a configuration file cannot be read at start
   CHECK(r.exit_code == 1);
   CHECK_MESSAGE(contains(r.err, "configuration app: cannot read " + dir.file("missing.conf")), r.err);
 }
+
+TEST_CASE("config: --watch-config applies a save with no command, and reports a refused one") {
+  ConfigSupervisor c({}, {"--watch-config"});
+  Supervisor& sup = *c.sup;
+  // Saved by rename, as editors do.
+  write(c.file, "greeting=watched\n");
+  CHECK(wait_until([&] { return config_of(sup) == "config=2 greeting=watched"; }, 10s));
+  // Written in place: applied once the writer closes it.
+  {
+    std::ofstream out(c.file, std::ios::binary | std::ios::trunc);
+    out << "greeting=in-place\n";
+  }
+  CHECK(wait_until([&] { return config_of(sup) == "config=3 greeting=in-place"; }, 10s));
+
+  // An invalid save: the running version stays, and status, events and the log say why.
+  write(c.file, "ttl=later\n");
+  CHECK(wait_until([&] { return sup.status_or_fail()["configs"]["configs"][0].contains("watch_error"); }, 10s));
+  const json error = sup.status_or_fail()["configs"]["configs"][0]["watch_error"];
+  CHECK_MESSAGE(contains(error["message"].get<std::string>(), "line 1: ttl: not a number"), error.dump());
+  CHECK(config_of(sup) == "config=3 greeting=in-place");
+  CHECK(sup.proc().wait_output("configuration reload refused: app version 4 refused", 5s));
+  RunResult events = sup.cli({"events", "--json", "-n", "50"}, 10s);
+  bool refused = false;
+  for (const json& e : json_lines(events.out))
+    if (e.value("type", "") == "config.refused" && e.value("origin", "") == "watch") refused = true;
+  CHECK(refused);
+
+  // Fixed: applied, and the error is gone.
+  write(c.file, "greeting=fixed\n");
+  CHECK(wait_until([&] { return config_of(sup) == "config=5 greeting=fixed"; }, 10s));
+  CHECK_FALSE(sup.status_or_fail()["configs"]["configs"][0].contains("watch_error"));
+  sup.stop();
+}
