@@ -11,6 +11,9 @@
 //   GET /stats       one line of JSON: counters and what was imported
 //   GET /            kv-cache version=VERSION pid=P generation=G
 //
+// Every answer has X-Config-Version: the version of the configuration (settings.h) it was made
+// under, 0 without one. Keys under a blocked prefix get 403; a PUT over max-value-bytes 413.
+//
 // Threads: the HTTP server runs on a libuv loop on the main thread; the SDK calls on_drain,
 // on_stop and on_fd on its own thread, which reach the loop through uv_async_send. The cache has a
 // lock of its own, taken by both.
@@ -32,8 +35,11 @@
 
 #include <cstdint>
 #include <exception>
+#include <fstream>
+#include <iterator>
 #include <mutex>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <utility>
 
@@ -66,6 +72,9 @@ std::optional<int> parse_flags(int argc, char** argv, Options& opts) {
   app.add_option("--prefill-value-bytes", opts.prefill_value_bytes, "Size of each prefilled value")
       ->check(CLI::Range(std::size_t{0}, static_cast<std::size_t>(kMaxBodyBytes)))
       ->capture_default_str();
+  app.add_option("--config-file", opts.config_file,
+                 "The configuration to start with when run by hand (settings.h); under `hotrestart run --config "
+                 "kv-cache=PATH` the supervisor's version replaces it, and reloads change it");
   app.add_flag("--serialized-state", opts.serialized_state,
                "Take the previous generation's cache serialized (a copy of its arena) rather than mapping its "
                "memory as it is (for benchmarks)");
@@ -88,6 +97,7 @@ void connect_worker(hotrestart::Worker& worker, Cache& cache, Server& server, co
   if (opts.serialized_state) section.load_arena = {};
   section.stream = opts.stream_state;
   worker.add_section(std::move(section));
+  worker.add_config(std::string(kv::kConfigName), server.settings);
   worker.on_drain([&server] { uv_async_send(&server.drain_async); });
   worker.on_stop([&server] { uv_async_send(&server.stop_async); });
   worker.on_active([&server] { uv_async_send(&server.active_async); });
@@ -163,6 +173,13 @@ int main(int argc, char** argv) {
     // back, rather than have the release start again from nothing.
     hotrestart::Worker worker({.fallback_listen = {{"http", opts.listen}}, .resumable = true});
     server.worker = &worker;
+    if (!opts.config_file.empty()) {
+      std::ifstream in(opts.config_file, std::ios::binary);
+      std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      if (!in.good() && !in.eof()) throw std::runtime_error("cannot read " + opts.config_file);
+      if (auto error = server.settings.load(text); !error.empty())
+        throw std::runtime_error(opts.config_file + ": " + error);
+    }
     connect_worker(worker, cache, server, opts);
     if (auto error = worker.start(); !error.empty()) {
       fmt::print(stderr, "kv-cache {}: {}\n", opts.label, error);

@@ -85,6 +85,9 @@ void Connection::reject(http_errno err) {
 
 void Connection::respond() {
   Request& r = request;
+  // One configuration for the whole request, whatever a reload commits meanwhile.
+  const auto settings = server.settings_reader.get();
+  config_version = settings.version();
   const auto method = static_cast<http_method>(parser().method);
   const bool reads = method == HTTP_GET || method == HTTP_HEAD;
   const auto target = http::parse_target(r.url);
@@ -102,6 +105,17 @@ void Connection::respond() {
   if (!path.starts_with("/kv/")) return send(404, "text/plain", "not found\n", keep_alive());
   auto key = http::percent_decode(path.substr(4));
   if (!key || key->empty()) return send(400, "text/plain", "bad key\n", keep_alive());
+  if (settings) {
+    if (const auto prefix = kv::blocked_by(*settings, *key); !prefix.empty())
+      return send(403, "text/plain",
+                  fmt::format("keys under '{}' are blocked (configuration version {})\n", prefix, settings.version()),
+                  keep_alive());
+    if (method == HTTP_PUT && r.body.size() > settings->max_value_bytes)
+      return send(413, "text/plain",
+                  fmt::format("values are at most {} bytes (configuration version {})\n", settings->max_value_bytes,
+                              settings.version()),
+                  keep_alive());
+  }
 
   switch (method) {
     case HTTP_GET:
@@ -158,7 +172,8 @@ void Connection::send(int status, std::string_view content_type, std::string bod
                       std::string_view extra_headers) {
   // While draining, a connection is kept open only if it can go to the next generation.
   keep = keep && !(server.core.draining() && server.handoff == Server::Handoff::kFailed);
-  std::string head = fmt::format("HTTP/1.1 {} {}\r\n{}", status, http::reason_phrase(status), server.common_headers);
+  std::string head = fmt::format("HTTP/1.1 {} {}\r\n{}X-Config-Version: {}\r\n", status, http::reason_phrase(status),
+                                 server.common_headers, config_version);
   if (status != 204) {  // A 204 has neither a body nor a Content-Length.
     head += fmt::format("Content-Type: {}\r\nContent-Length: {}\r\n", content_type, body.size());
   }

@@ -22,6 +22,7 @@
 #include "cache.h"
 #include "http_server.h"
 #include "http_text.h"
+#include "settings.h"
 
 #ifndef KV_SCHEMA
 #error "build kv-cache with KV_SCHEMA=1 or KV_SCHEMA=2"
@@ -45,6 +46,7 @@ struct Options {
   std::size_t prefill_value_bytes = 64;
   bool serialized_state = false;  // Import the cache serialized even where the arena could be mapped.
   bool stream_state = false;      // Export a serialized cache over a stream rather than a memfd.
+  std::string config_file;        // Its configuration when run by hand (settings.h).
 };
 
 struct Server;
@@ -89,7 +91,8 @@ struct Connection : http::Connection {
 
   Server& server;
   Request request;
-  int error_status = 0;  // Set by a parser callback that stops the parser, to answer with.
+  int error_status = 0;              // Set by a parser callback that stops the parser, to answer with.
+  std::uint64_t config_version = 0;  // Of the configuration the request being answered reads.
 };
 
 struct Server : http::Application {
@@ -117,6 +120,9 @@ struct Server : http::Application {
   hotrestart::Worker* worker = nullptr;
   int pid = static_cast<int>(getpid());
   std::string common_headers;  // X-Version, X-Generation, X-Pid.
+  // The configuration (settings.h), which the SDK reloads; read on the loop's thread only.
+  hotrestart::Config<kv::Settings> settings{kv::parse_settings};
+  hotrestart::Config<kv::Settings>::Reader settings_reader{settings.reader()};
   // From the SDK's thread. They are unreferenced, so that they never keep the loop running, and
   // stay open until the Worker is gone (main destroys it first).
   uv_async_t drain_async{}, stop_async{}, fd_async{}, active_async{};

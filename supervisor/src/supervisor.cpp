@@ -1170,7 +1170,7 @@ json Supervisor::status_json() const {
               {"state", state_json(options_)},
               {"counters", counters_.to_json()},
               {"metrics", metrics_json()},
-              {"configs", configs_ ? configs_->status_json() : json(nullptr)},
+              {"configs", configs_ && !configs_->empty() ? configs_->status_json() : json(nullptr)},
               {"last_error", last_error_.to_json()}};
 }
 

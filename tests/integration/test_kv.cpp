@@ -11,6 +11,7 @@
 #include <hotrestart/fd.h>
 #include <atomic>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -36,6 +37,7 @@ class HttpConnection {
     int status = 0;  // 0: the exchange failed; `error` says how.
     std::string body;
     std::string error;
+    std::int64_t config_version = -1;  // X-Config-Version, -1 when absent.
   };
 
   Answer request(const std::string& method, const std::string& path, const std::string& body = {}) {
@@ -60,6 +62,8 @@ class HttpConnection {
           const auto cl = head.find("content-length:");
           length = cl == std::string::npos ? 0 : std::strtoul(head.c_str() + cl + 15, nullptr, 10);
           closing_ = head.find("connection: close") != std::string::npos;
+          if (const auto cv = head.find("x-config-version:"); cv != std::string::npos)
+            a.config_version = std::strtoll(head.c_str() + cv + 17, nullptr, 10);
         }
       }
       if (header_end != std::string::npos && in.size() >= header_end + 4 + length) break;
@@ -243,5 +247,57 @@ TEST_CASE("kv: after a rolled-back upgrade the old generation takes back the mem
   CHECK(c.request("GET", "/kv/key-0001234567").status == 200);
   REQUIRE(c.request("PUT", "/kv/probe", "written after").status == 204);
   CHECK(c.request("GET", "/kv/probe").body == "written after");
+  sup.stop();
+}
+
+TEST_CASE("kv: its configuration blocks keys and caps values, and every answer names the version it was made under") {
+  TempDir dir;
+  const std::string file = dir.file("kv.conf");
+  const auto save = [&](const std::string& text) {
+    {
+      std::ofstream out(file + ".new", std::ios::trunc);
+      out << text;
+    }
+    REQUIRE(::rename((file + ".new").c_str(), file.c_str()) == 0);
+  };
+  save("# kv-cache\nblock private/\n");
+  Supervisor sup({"--config", "kv-cache=" + file}, kv("v1"));
+  HttpConnection conn(sup.port());
+
+  auto a = conn.request("PUT", "/kv/private/a", "x");
+  CHECK(a.status == 403);
+  CHECK(a.body == "keys under 'private/' are blocked (configuration version 1)\n");
+  CHECK(a.config_version == 1);
+  CHECK(conn.request("PUT", "/kv/public", "a longer value").status == 204);
+
+  save("max-value-bytes 4\n");
+  RunResult r = sup.cli({"reload"}, 30s);
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  a = conn.request("PUT", "/kv/private/a", "x");  // The same connection: the new version at once.
+  CHECK(a.status == 204);
+  CHECK(a.config_version == 2);
+  a = conn.request("PUT", "/kv/public", "too long");
+  CHECK(a.status == 413);
+  CHECK(a.body == "values are at most 4 bytes (configuration version 2)\n");
+
+  save("block\n");
+  r = sup.cli({"reload"}, 30s);
+  CHECK(r.exit_code == 1);
+  CHECK_MESSAGE(contains(r.err, "line 1: block: give a key prefix"), r.err);
+  CHECK(conn.request("GET", "/kv/private/a").config_version == 2);
+
+  r = sup.cli({"config", "rollback", "1"}, 30s);
+  REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+  a = conn.request("GET", "/kv/private/a");
+  CHECK(a.status == 403);
+  CHECK(a.config_version == 4);
+
+  // An upgrade starts with the live version, and the data came over.
+  REQUIRE(sup.upgrade_to(kv("v2")).exit_code == 0);
+  HttpConnection fresh(sup.port());
+  a = fresh.request("GET", "/kv/public");
+  CHECK(a.body == "a longer value");
+  CHECK(a.config_version == 4);
+  CHECK(fresh.request("GET", "/kv/private/a").status == 403);
   sup.stop();
 }

@@ -15,6 +15,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <variant>
 #include <vector>
 
 #include <hotrestart/archive.h>
@@ -23,6 +24,7 @@
 
 #include "arena_section.h"
 #include "cache.h"
+#include "settings.h"
 
 namespace {
 
@@ -972,4 +974,32 @@ TEST_CASE("kv cache: random corruptions of a mapped arena's header never crash")
   }
   CHECK(rejected > 200);
   CHECK(dump(from) == before);  // The exporter's own view never changed.
+}
+
+TEST_CASE("kv cache: settings parse, and every mistake is refused with its line") {
+  const auto parsed = [](std::string_view text) { return kv::parse_settings(text); };
+  const auto error = [&](std::string_view text) {
+    auto p = parsed(text);
+    return std::holds_alternative<hotrestart::ConfigError>(p) ? std::get<hotrestart::ConfigError>(p).message
+                                                              : std::string("parsed");
+  };
+  auto ok = parsed("# comment\n\nblock private/\n  block tmp-  \nmax-value-bytes 16\r\n");
+  REQUIRE(std::holds_alternative<kv::Settings>(ok));
+  const auto& s = std::get<kv::Settings>(ok);
+  CHECK(s.blocked == std::vector<std::string>{"private/", "tmp-"});
+  CHECK(s.max_value_bytes == 16);
+  CHECK(kv::blocked_by(s, "private/x") == "private/");
+  CHECK(kv::blocked_by(s, "tmp-1") == "tmp-");
+  CHECK(kv::blocked_by(s, "public") == "");
+
+  CHECK(std::get<kv::Settings>(parsed("# only comments\n")).max_value_bytes == 1024 * 1024);
+  CHECK(error("block\n") == "line 1: block: give a key prefix");
+  CHECK(error("block a b\n") == "line 1: block: a key prefix has no spaces; give one per line");
+  CHECK(error("\nmax-value-bytes lots\n") == "line 2: max-value-bytes: 'lots' is not a number of bytes");
+  CHECK(error("max-value-bytes\n") == "line 1: max-value-bytes: '' is not a number of bytes");
+  CHECK(error("max-value-bytes 1048577\n") == "line 1: max-value-bytes: at most 1048576 (the request limit)");
+  CHECK(error("ttl 5\n") == "line 1: unknown setting 'ttl' (expected block or max-value-bytes)");
+  CHECK(error(std::string_view("\x7f"
+                               "ELF\x02\x01\x00\x00",
+                               8)) == "line 1: not text");
 }
