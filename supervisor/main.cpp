@@ -291,6 +291,8 @@ struct RunFlags {
   std::vector<std::string> configs;
   std::string reload_timeout = "10s";
   bool watch_config = false;
+  std::string config_check;
+  std::string reload_signal;
   std::uint64_t event_log_size = 1024 * 1024;
   std::vector<std::string> env;
   std::vector<std::string> env_files;
@@ -432,6 +434,16 @@ CLI::App* add_run_command(CLI::App& app, RunFlags& f) {
                 "Reload a --config file as soon as it is saved (by a rename onto it, or written in place and "
                 "closed), with no command; a file that is refused is reported (log, events, status) and the "
                 "running version stays");
+  run->add_option("--config-check", f.config_check,
+                  "For a server that reads a --config file itself: a command that validates a new version before "
+                  "it is used ('{file}' is replaced by its path, a file beside the configured one), e.g. "
+                  "'nginx -t -c {file}'; run with /bin/sh -c, it must exit 0")
+      ->option_text("CMD");
+  run->add_option("--reload-signal", f.reload_signal,
+                  "For a server that reads a --config file itself: once a new version is accepted it replaces the "
+                  "file, and this signal goes to the main process of each generation that does not read it "
+                  "through the SDK (nginx: SIGHUP)")
+      ->option_text("SIGNAL");
   run->add_option("--reload-timeout", f.reload_timeout,
                   "How long a configuration reload waits for every generation to validate and switch; past it the "
                   "reload is refused and nobody switches")
@@ -585,6 +597,14 @@ Result<RunOptions> run_options(const RunFlags& f, const CLI::App& run, std::vect
   }
   options.reload_timeout = parse_duration(f.reload_timeout).value();
   options.watch_configs = f.watch_config;
+  options.config_check = f.config_check;
+  if (!f.reload_signal.empty()) {
+    auto signo = parse_signal(f.reload_signal);
+    if (!signo) return signo.error().context("--reload-signal");
+    options.reload_signal = signo.value();
+  }
+  if ((!f.config_check.empty() || options.reload_signal != 0) && options.configs.empty())
+    return Error::message("--config-check and --reload-signal go with --config NAME=PATH");
   if (f.watch_config && options.configs.empty()) return Error::message("--watch-config needs at least one --config");
   if (options.reload_timeout.count() == 0) return Error::message("--reload-timeout must be longer than 0s");
   options.command = std::move(command);

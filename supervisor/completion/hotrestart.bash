@@ -15,7 +15,7 @@ _hotrestart_flags() {
         "--state-timeout --state-dir --event-log-size --state-required --watch-window --no-park --max-draining" \
         "--watchdog --health --health-interval --health-failures --adopt-binds --no-http-drain --preflight" \
         "--preflight-timeout --log-level --log-format --metrics --env --env-file --clear-env --chdir --fdstore" \
-        "--config --reload-timeout --watch-config"
+        "--config --reload-timeout --watch-config --config-check --reload-signal"
       ;;
     upgrade) echo "$_hotrestart_common --exec --hold --preflight --json --wait --force --self" ;;
     rollback) echo "$_hotrestart_common --to --hold --preflight --json --wait" ;;
@@ -77,7 +77,7 @@ _hotrestart() {
       ;;
     --ready) mapfile -t COMPREPLY < <(compgen -W "notify exec: delay:" -- "$cur") && return 0 ;;
     --hold) mapfile -t COMPREPLY < <(compgen -W "manual 30s 5m" -- "$cur") && return 0 ;;
-    --drain-signal) mapfile -t COMPREPLY < <(compgen -W "SIGTERM SIGQUIT SIGINT SIGHUP SIGUSR1 SIGWINCH" -- "$cur") && return 0 ;;
+    --drain-signal | --reload-signal) mapfile -t COMPREPLY < <(compgen -W "SIGTERM SIGQUIT SIGINT SIGHUP SIGUSR1 SIGWINCH" -- "$cur") && return 0 ;;
     --drain-timeout) mapfile -t COMPREPLY < <(compgen -W "30s 1m infinity" -- "$cur") && return 0 ;;
     --log-level) mapfile -t COMPREPLY < <(compgen -W "debug info warning error" -- "$cur") && return 0 ;;
     --log-format) mapfile -t COMPREPLY < <(compgen -W "auto text journal json" -- "$cur") && return 0 ;;
@@ -86,7 +86,7 @@ _hotrestart() {
     --listen) mapfile -t COMPREPLY < <(compgen -W "tcp:// unix:" -- "$cur") && compopt -o nospace 2>/dev/null; return 0 ;;
     --ready-timeout | --min-ready | --state-timeout | --watch-window | --watchdog | --health | --health-interval | \
       --health-failures | --preflight | --preflight-timeout | --max-draining | --event-log-size | --state-required | \
-      --to | --last | -n | --env | --config | --reload-timeout)
+      --to | --last | -n | --env | --config | --reload-timeout | --config-check)
       return 0
       ;;
   esac

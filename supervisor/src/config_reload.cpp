@@ -1,7 +1,11 @@
 // The configurations and their two-phase reloads (see config_reload.h).
 #include "config_reload.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <utility>
 
@@ -12,6 +16,7 @@
 
 #include "generation.h"
 #include "log.h"
+#include "signals.h"
 
 namespace hotrestart {
 
@@ -44,8 +49,10 @@ struct ConfigReloads::Candidate {
     std::optional<FileIdentity> identity;  // The file's (not for a rollback's kept bytes).
     Fd memfd;
     wire::SectionOffer offer;
+    std::string staged;  // ForServers: the bytes beside the file, to check and put in its place.
   };
   Read read;
+  std::unique_ptr<PreflightCheck> check;  // --config-check, while it runs.
 };
 
 struct ConfigReloads::Reload {
@@ -75,11 +82,24 @@ Result<wire::WrittenSection> config_memfd(const std::string& name, std::uint64_t
       [&](std::ostream& out) { out.write(bytes.data(), static_cast<std::streamsize>(bytes.size())); }, kMaxConfigBytes);
 }
 
+// Where a new version is staged for a server that reads the file itself: beside the file, so that
+// what the file includes by relative paths is found from it as from the file.
+std::string staged_path(const std::string& path) {
+  const auto slash = path.rfind('/');
+  return path.substr(0, slash + 1) + "." + path.substr(slash + 1) + ".hotrestart-new";
+}
+
 }  // namespace
 
 ConfigReloads::ConfigReloads(uv_loop_t* loop, std::string state_dir, std::vector<ConfigSpec> specs, Millis timeout,
-                             Host& host)
-    : loop_(loop), state_dir_(std::move(state_dir)), timeout_(timeout), host_(host), reading_(loop), deadline_(loop) {
+                             ForServers servers, Host& host)
+    : loop_(loop),
+      state_dir_(std::move(state_dir)),
+      timeout_(timeout),
+      servers_(std::move(servers)),
+      host_(host),
+      reading_(loop),
+      deadline_(loop) {
   for (auto& spec : specs) {
     auto m = std::make_unique<Managed>();
     m->store = std::make_unique<ConfigStore>(state_dir_, spec.name);
@@ -159,6 +179,9 @@ std::string ConfigReloads::busy_reason() const {
                      std::chrono::duration_cast<Millis>(Clock::now() - reload_->started).count());
 }
 
+// The waiting entry of --config-check (generations are numbered from 1).
+constexpr std::uint64_t kCheck = 0;
+
 ConfigReloads::Candidate ConfigReloads::candidate_for(Managed* m, const Who& who) {
   Candidate c;
   c.config = m;
@@ -236,6 +259,8 @@ void ConfigReloads::start(std::unique_ptr<Reload> reload) {
     std::string expect_sha256;  // A rollback: what the kept bytes must hash to.
     std::string live_sha256;    // A file: the bytes that need no reload.
     std::string keep_path;      // Where its bytes are kept.
+    std::string stage_path;     // ForServers: where they are staged beside the file ("": not).
+    std::string file_path;      // The configured file, whose place they take.
     std::string name;
     std::uint64_t version;
   };
@@ -250,7 +275,9 @@ void ConfigReloads::start(std::unique_ptr<Reload> reload) {
     const std::uint64_t restores = c.entry.restores;
     jobs->push_back({restores != 0 ? store.content_path(restores) : c.entry.source,
                      restores != 0 ? store.find(restores)->sha256 : std::string(), c.config->sha256,
-                     store.content_path(c.entry.version), c.config->spec.name, c.entry.version});
+                     store.content_path(c.entry.version),
+                     servers_.installs() ? staged_path(c.config->spec.path) : std::string(), c.config->spec.path,
+                     c.config->spec.name, c.entry.version});
   }
   auto outcomes = std::make_shared<std::vector<Found>>(jobs->size());
   const int rc = reading_.start(
@@ -286,6 +313,16 @@ void ConfigReloads::start(std::unique_ptr<Reload> reload) {
           }
           out.read.memfd = std::move(memfd->memfd);
           out.read.offer = memfd->offer;
+          if (!job.stage_path.empty()) {
+            if (auto ok = write_file_atomically(job.stage_path, *read->bytes); !ok) {
+              out.read.error = fmt::format("cannot stage the new version: {}", ok.error().text());
+              continue;
+            }
+            // It takes the file's place: with the file's permissions.
+            struct stat st {};
+            if (::stat(job.file_path.c_str(), &st) == 0) ::chmod(job.stage_path.c_str(), st.st_mode & 07777);
+            out.read.staged = job.stage_path;
+          }
         }
       },
       [this, outcomes] {
@@ -340,10 +377,14 @@ void ConfigReloads::read_done() {
       reload_->waiting[g->number()].insert(c.config->spec.name);
     }
   }
+  start_checks();
   deadline_.start(timeout_, [this] {
     std::string who;
-    for (const auto& [number, names] : reload_->waiting)
-      if (!names.empty()) who += fmt::format("{}generation {}", who.empty() ? "" : ", ", number);
+    for (const auto& [number, names] : reload_->waiting) {
+      if (names.empty()) continue;
+      who += who.empty() ? "" : ", ";
+      who += number == kCheck ? fmt::format("the check ({})", servers_.check) : fmt::format("generation {}", number);
+    }
     if (reload_->phase == Reload::Phase::Preparing) {
       abort_all("invalid", fmt::format("{} did not answer within {} ms", who, timeout_.count()));
     } else {
@@ -353,6 +394,53 @@ void ConfigReloads::read_done() {
     }
   });
   maybe_decide();
+}
+
+void ConfigReloads::start_checks() {
+  if (servers_.check.empty()) return;
+  for (auto& c : reload_->candidates) {
+    const std::string name = c.config->spec.name;
+    const std::uint64_t version = c.entry.version;
+    std::string command = servers_.check;
+    for (auto at = command.find("{file}"); at != std::string::npos; at = command.find("{file}", at))
+      command.replace(at, 6, shell_words({c.read.staged}));
+    reload_->waiting[kCheck].insert(name);
+    c.check = host_.start_config_check(command,
+                                       {"HOTRESTART_CONFIG_NAME=" + name, "HOTRESTART_CONFIG_FILE=" + c.read.staged,
+                                        fmt::format("HOTRESTART_CONFIG_VERSION={}", version)},
+                                       [this, name, version](PreflightOutcome outcome) {
+                                         if (!reload_ || reload_->phase != Reload::Phase::Preparing) return;
+                                         auto it = reload_->waiting.find(kCheck);
+                                         if (it == reload_->waiting.end() || it->second.erase(name) == 0) return;
+                                         if (!outcome.passed && reload_->refusal.empty()) {
+                                           // "preflight failed (exit status 1): ..." is the preflight's wording; this
+                                           // is the check's.
+                                           std::string why = outcome.reason;
+                                           if (why.starts_with("preflight failed ")) why.erase(0, 17);
+                                           reload_->refusal = fmt::format("the check `{}` refused version {}: {}",
+                                                                          servers_.check, version, why);
+                                         }
+                                         maybe_decide();
+                                       });
+  }
+}
+
+std::string ConfigReloads::install() {
+  for (auto& c : reload_->candidates) {
+    if (c.read.staged.empty()) continue;
+    if (::rename(c.read.staged.c_str(), c.config->spec.path.c_str()) != 0)
+      return fmt::format("cannot put the new version in place of {}: {}", c.config->spec.path, std::strerror(errno));
+    c.read.staged.clear();
+    if (servers_.reload_signal == 0) continue;
+    for (Generation* g : host_.signal_targets(c.config->spec.name)) {
+      if (g->signal_main(servers_.reload_signal)) {
+        log_info("configuration {}: {} to generation {} (pid {})", c.config->spec.name,
+                 signal_name(servers_.reload_signal), g->number(), g->pid());
+        reload_->committed.insert(g->number());
+      }
+    }
+  }
+  return {};
 }
 
 void ConfigReloads::send_prepare(Generation& g, const Candidate& c) {
@@ -453,6 +541,11 @@ void ConfigReloads::maybe_decide() {
       return;
     }
   }
+  // A server that reads the file itself gets it now, and is told; then the SDK generations switch.
+  if (const std::string why = install(); !why.empty()) {
+    abort_all("invalid", why);
+    return;
+  }
   commit_all();
 }
 
@@ -532,6 +625,8 @@ void ConfigReloads::maybe_finish() {
 
 void ConfigReloads::refuse(const std::string& code, const std::string& message) {
   deadline_.stop();
+  for (const auto& c : reload_->candidates)
+    if (!c.read.staged.empty()) ::unlink(c.read.staged.c_str());
   log_warn("configuration reload refused: {}", message);
   auto done = std::move(reload_->done);
   reload_.reset();

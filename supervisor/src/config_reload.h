@@ -35,6 +35,7 @@
 
 #include "config_store.h"
 #include "duration.h"
+#include "preflight.h"
 #include "release_store.h"
 #include "uv_handles.h"
 
@@ -69,9 +70,25 @@ class ConfigReloads {
     virtual std::vector<Generation*> config_readers(const std::string& name) = 0;
     virtual Generation* config_generation(std::uint64_t number) = 0;
     virtual void record_event(nlohmann::json event) = 0;
+    // --reload-signal: the generations told of a new version by the signal (alive, not draining,
+    // and not reading `name` through the SDK).
+    virtual std::vector<Generation*> signal_targets(const std::string& name) = 0;
+    // --config-check: runs `command` (as the preflight check runs, with `env` added).
+    virtual std::unique_ptr<PreflightCheck> start_config_check(const std::string& command, std::vector<std::string> env,
+                                                               PreflightCheck::Done done) = 0;
   };
 
-  ConfigReloads(uv_loop_t* loop, std::string state_dir, std::vector<ConfigSpec> specs, Millis timeout, Host& host);
+  // For servers that read the file themselves: `check` validates a new version first ('{file}' is
+  // the new bytes' path, in the file's directory), and then the file is replaced by it and the
+  // generations are sent `reload_signal` (0: none).
+  struct ForServers {
+    std::string check;
+    int reload_signal = 0;
+    bool installs() const { return !check.empty() || reload_signal != 0; }
+  };
+
+  ConfigReloads(uv_loop_t* loop, std::string state_dir, std::vector<ConfigSpec> specs, Millis timeout,
+                ForServers servers, Host& host);
   ~ConfigReloads();
   ConfigReloads(const ConfigReloads&) = delete;
   ConfigReloads& operator=(const ConfigReloads&) = delete;
@@ -123,6 +140,10 @@ class ConfigReloads {
   void maybe_decide();
   void abort_all(const std::string& code, const std::string& reason);
   void commit_all();
+  // --config-check on each candidate; the answer comes as the check's waiting entry.
+  void start_checks();
+  // Puts each candidate's staged file in place of its path and sends the reload signal; why not, or "".
+  std::string install();
   void maybe_finish();
   // Ends the reload unapplied, with the protocol's error `code`.
   void refuse(const std::string& code, const std::string& message);
@@ -133,6 +154,7 @@ class ConfigReloads {
   uv_loop_t* loop_;
   std::string state_dir_;
   Millis timeout_;
+  ForServers servers_;
   Host& host_;
   std::vector<std::unique_ptr<Managed>> configs_;
   std::unique_ptr<Reload> reload_;

@@ -58,6 +58,8 @@ void ConfigWatch::on_readable() {
         continue;
       }
       const std::string changed = event->len > 0 ? std::string(event->name) : std::string();
+      // A new version the supervisor stages beside the file itself (--config-check, --reload-signal).
+      if (changed.find(".hotrestart-new") != std::string::npos) continue;
       for (const auto& d : directories_) {
         if (d.wd != event->wd) continue;
         for (const auto& [name, file] : d.files) {

@@ -272,6 +272,16 @@ std::vector<ProcessEntry> Generation::escaped() const {
   return out;
 }
 
+bool Generation::signal_main(int signo) const {
+  if (state_ == GenerationState::Exited) return false;
+  if (adopted_) {
+    const auto now = read_process(pid());
+    if (!now || now->start != start_ticks_) return false;
+  }
+  process_.signal(signo);
+  return true;
+}
+
 void Generation::signal_all(int signo) const {
   // A generation taken over is not this process's child: its group id stays its own while any
   // process of the group lives, unless its pid now names another process (with another start time).

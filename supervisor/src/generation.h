@@ -233,6 +233,10 @@ class Generation {
   // SIGKILL to its whole process group and to its processes outside it, now; nothing once it has
   // exited (they were killed then, and the group's id may belong to others once the main process
   // is reaped).
+  // `signo` to its main process alone (a configuration reload's --reload-signal), as systemd's
+  // `kill -HUP $MAINPID` does; a generation taken over whose pid now names another process is not
+  // signalled. False when nothing was sent.
+  bool signal_main(int signo) const;
   void kill_all() const {
     if (state_ != GenerationState::Exited) signal_all(SIGKILL);
   }

@@ -75,6 +75,8 @@ struct RunOptions {
   std::vector<ConfigSpec> configs;    // --config NAME=PATH, the paths absolute.
   Millis reload_timeout{10'000};      // How long a reload waits for every generation's answer.
   bool watch_configs = false;         // --watch-config: a saved file is reloaded with no command.
+  std::string config_check;           // --config-check CMD: validates a new version ({file}).
+  int reload_signal = 0;              // --reload-signal: tells servers that read the file (0: none).
   std::vector<std::string> command;
   // --clear-env, --env-file, --env as given (the files as absolute paths), and the environment they
   // make (worker_environment.h), read when `run` started; nullopt: the supervisor's environment as

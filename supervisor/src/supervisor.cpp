@@ -254,6 +254,7 @@ Status Supervisor::start() {
                 {"took_over", inheritance.has_value()},
                 {"self_upgraded", after_exec}});
   configs_ = std::make_unique<ConfigReloads>(&loop_, options_.state_dir, options_.configs, options_.reload_timeout,
+                                             ConfigReloads::ForServers{options_.config_check, options_.reload_signal},
                                              static_cast<ConfigReloads::Host&>(*this));
   if (auto ok = configs_->open(inheritance.has_value()); !ok) return ok.error();
   if (options_.watch_configs) {

@@ -160,6 +160,9 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   // ConfigReloads::Host, and the configurations' requests and messages (supervisor_configs.cpp).
   std::vector<Generation*> config_readers(const std::string& name) override;
   Generation* config_generation(std::uint64_t number) override { return find(number); }
+  std::vector<Generation*> signal_targets(const std::string& name) override;
+  std::unique_ptr<PreflightCheck> start_config_check(const std::string& command, std::vector<std::string> env,
+                                                     PreflightCheck::Done done) override;
   void on_config_request(ClientId client, const ControlRequest& request);
   // SIGHUP with --config: every configuration is reloaded, with no client to answer.
   void reload_on_signal();

@@ -1,6 +1,8 @@
 // The coordinator's part in configurations (--config): which generations a reload goes to, the
 // control requests (reload, config-rollback, config-history) and SIGHUP. The reloads themselves are
 // ConfigReloads' (config_reload.h).
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include "log.h"
@@ -26,6 +28,26 @@ std::vector<Generation*> Supervisor::config_readers(const std::string& name) {
     }
   }
   return readers;
+}
+
+std::vector<Generation*> Supervisor::signal_targets(const std::string& name) {
+  const auto readers = config_readers(name);
+  std::vector<Generation*> targets;
+  for (const auto& [number, g] : generations_) {
+    if (g->state() == GenerationState::Exited || g->state() == GenerationState::Draining) continue;
+    if (std::find(readers.begin(), readers.end(), g.get()) == readers.end()) targets.push_back(g.get());
+  }
+  return targets;
+}
+
+std::unique_ptr<PreflightCheck> Supervisor::start_config_check(const std::string& command, std::vector<std::string> env,
+                                                               PreflightCheck::Done done) {
+  // The environment of a preflight check of the release that serves, and the configuration's own.
+  std::vector<std::string> all = launcher_->preflight_environment(
+      current_.command, current_.image ? current_.image->path() : std::string(), current_.release);
+  all.insert(all.end(), env.begin(), env.end());
+  return PreflightCheck::start({&loop_, *reaper_, options_.reload_timeout}, command, std::move(all), std::move(done),
+                               launcher_->workdir());
 }
 
 void Supervisor::on_config_request(ClientId client, const ControlRequest& request) {

@@ -2,8 +2,11 @@
 // shares. Nothing here sleeps without a deadline; every wait names what it waited for.
 #pragma once
 
+#include <arpa/inet.h>
 #include <doctest/doctest.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -235,6 +238,21 @@ inline void let_load_run(const LoadClient& load, std::size_t more) {
 }
 
 // GET http://127.0.0.1:PORT/PATH with curl: the body, or "curl failed: " and the error.
+// A port nobody listens on right now (the kernel's pick, released again): servers that bind their
+// own port must be told it on their command line, before the supervisor binds it.
+inline std::uint16_t free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
 inline std::string http_get(std::uint16_t port, const std::string& path) {
   RunResult r = run({"curl", "-sS", "--max-time", "5", fmt::format("http://127.0.0.1:{}{}", port, path)}, {}, 10s);
   return r.exit_code == 0 ? r.out : "curl failed: " + r.err;

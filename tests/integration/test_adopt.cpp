@@ -32,21 +32,6 @@ std::string third_party(const std::string& name) {
   return std::string(HOTRESTART_SOURCE_DIR) + "/tests/third-party/" + name;
 }
 
-// A port nobody listens on right now (the kernel's pick, released again): servers that bind their
-// own port must be told it on their command line, before the supervisor binds it.
-std::uint16_t free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 // The listening TCP sockets on `port`, system-wide, from /proc/net/tcp.
 int listening_sockets(std::uint16_t port) {
   std::ifstream in("/proc/net/tcp");

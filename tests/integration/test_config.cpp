@@ -410,3 +410,80 @@ TEST_CASE("config: --watch-config applies a save with no command, and reports a 
   CHECK_FALSE(sup.status_or_fail()["configs"]["configs"][0].contains("watch_error"));
   sup.stop();
 }
+
+namespace {
+
+// nginx's configuration, answering `answer=LABEL` on 127.0.0.1:PORT, with its files in `dir`.
+std::string nginx_conf(const TempDir& dir, std::uint16_t port, const std::string& label) {
+  return fmt::format(R"(daemon off;
+master_process on;
+worker_processes 1;
+pid {0}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 128; }}
+http {{
+  access_log off;
+  client_body_temp_path {0}/body;
+  proxy_temp_path {0}/proxy;
+  fastcgi_temp_path {0}/fastcgi;
+  uwsgi_temp_path {0}/uwsgi;
+  scgi_temp_path {0}/scgi;
+  server {{
+    listen 127.0.0.1:{1};
+    location / {{ return 200 "answer={2}\n"; }}
+  }}
+}}
+)",
+                     dir.path(), port, label);
+}
+
+}  // namespace
+
+TEST_CASE("config: nginx, which reads its file itself, is checked with nginx -t and told with SIGHUP") {
+  constexpr const char* kNginx = "/usr/sbin/nginx";
+  if (::access(kNginx, X_OK) != 0) {
+    MESSAGE("skipped: " << kNginx << " is not installed (scripts/install-deps installs nginx-light)");
+    return;
+  }
+  TempDir dir;
+  const std::uint16_t port = free_port();
+  const std::string file = dir.file("nginx.conf");
+  write(file, nginx_conf(dir, port, "A"));
+  Supervisor sup({"--listen", fmt::format("http=tcp://127.0.0.1:{}", port), "--adopt-binds", "--no-park", "--config",
+                  "nginx=" + file, "--config-check", std::string(kNginx) + " -e stderr -t -q -c {file}",
+                  "--reload-signal", "SIGHUP"},
+                 {kNginx, "-e", "stderr", "-c", file});
+  const auto answer = [&] {
+    std::string body = http_get(port, "/");
+    while (!body.empty() && body.back() == '\n')
+      body.pop_back();
+    return body;
+  };
+  CHECK(answer() == "answer=A");
+
+  // Valid: the file is checked, nginx is told, and answers from the new one.
+  write(file, nginx_conf(dir, port, "B"));
+  RunResult r = sup.cli({"reload"}, 30s);
+  CHECK_MESSAGE(r.exit_code == 0, r.err);
+  CHECK(contains(r.out, "version 2 is live"));
+  CHECK(wait_until([&] { return answer() == "answer=B"; }, 10s));
+
+  // Invalid: nginx -t refuses it, nginx is not told, and it answers as before.
+  const std::string bad = dir.file("bad.conf");
+  write(bad, "this is not nginx;\n");
+  r = sup.cli({"reload", "--file", bad}, 30s);
+  CHECK(r.exit_code == 1);
+  CHECK_MESSAGE(contains(r.err, "the check `" + std::string(kNginx) + " -e stderr -t -q -c {file}` refused version 3"),
+                r.err);
+  CHECK_MESSAGE(contains(r.err, "unknown directive \"this\""), r.err);
+  CHECK(read_file(file).value_or("") == nginx_conf(dir, port, "B"));  // The file nginx reads was not touched.
+  CHECK(answer() == "answer=B");
+  CHECK(::access((dir.path() + "/.nginx.conf.hotrestart-new").c_str(), F_OK) != 0);  // Nothing staged is left.
+
+  // Rollback: version 1's bytes are nginx's file again, and nginx answers from them.
+  r = sup.cli({"config", "rollback"}, 30s);
+  CHECK_MESSAGE(r.exit_code == 0, r.err);
+  CHECK(read_file(file).value_or("") == nginx_conf(dir, port, "A"));
+  CHECK(wait_until([&] { return answer() == "answer=A"; }, 10s));
+  sup.stop();
+}
