@@ -36,7 +36,15 @@ ConfigCommands add_config_commands(CLI::App& app, ConfigFlags& f) {
   const auto versions = [&](CLI::App* command, const char* help, int most) {
     command->add_option(most == 1 ? "version" : "versions", f.versions, help)
         ->option_text(most == 1 ? "V" : "A B")
-        ->expected(0, most);
+        ->expected(0, most)
+        ->check(CLI::Validator(
+            [](std::string& v) {
+              return !v.empty() && v.size() < 20 && v.find_first_not_of("0123456789") == std::string::npos &&
+                             v.find_first_not_of('0') != std::string::npos
+                         ? std::string()
+                         : "must be a version number (1, 2, ...; see `hotrestart config history`), not '" + v + "'";
+            },
+            ""));
   };
   c.history = sub("history", "Every version: when, who, how it came, and whether it was applied");
   c.history->add_flag("--json", f.json, "Print the history as JSON");

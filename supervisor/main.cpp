@@ -90,7 +90,10 @@ class HelpFormatter : public CLI::Formatter {
   void usage(const std::string& name, std::string line) { usage_[name] = std::move(line); }
 
   std::string make_usage(const CLI::App* app, std::string) const override {
-    const std::string name = app->get_parent() == nullptr ? "" : app->get_name();
+    // Its whole name below hotrestart: "upgrade", "config history".
+    std::string name;
+    for (const CLI::App* at = app; at->get_parent() != nullptr; at = at->get_parent())
+      name = name.empty() ? at->get_name() : at->get_name() + " " + name;
     const auto found = usage_.find(name);
     const std::string rest = found != usage_.end() ? found->second : "[OPTIONS]";
     return fmt::format("Usage: hotrestart{}{}{}{}\n", name.empty() ? "" : " ", name, rest.empty() ? "" : " ", rest);
@@ -175,6 +178,14 @@ std::optional<std::string> nearest(std::string_view word, const std::vector<std:
   return best;
 }
 
+// A command's whole name below hotrestart: "upgrade", "config history".
+std::string full_name(const CLI::App* command) {
+  std::string name;
+  for (const CLI::App* at = command; at->get_parent() != nullptr; at = at->get_parent())
+    name = name.empty() ? at->get_name() : at->get_name() + " " + name;
+  return name;
+}
+
 // After CLI11 refused a command line: the first command or option in it that does not exist, with
 // the one it is nearest to, as "unknown option --drian-timeout; did you mean --drain-timeout?".
 // Nothing when every word is known (the error was in a value).
@@ -207,23 +218,32 @@ std::optional<std::string> unknown_word(const CLI::App& app, int argc, char** ar
           if (auto guess = nearest(name, long_names(*other))) {
             return fmt::format(
                 "unknown option {}; did you mean {}? (a flag of `hotrestart {}`, which {} does not take)", name, *guess,
-                other->get_name(), command->get_name());
+                full_name(other), full_name(command));
           }
         }
       }
-      const std::string where = command != nullptr ? fmt::format(" for {}", command->get_name()) : "";
+      const std::string where = command != nullptr ? fmt::format(" for {}", full_name(command)) : "";
       return fmt::format("unknown option {}{} (see `hotrestart {}--help`)", name, where,
-                         command != nullptr ? command->get_name() + " " : "");
+                         command != nullptr ? full_name(command) + " " : "");
     }
-    if (command != nullptr) continue;
+    // A word is a command until a command without commands of its own is reached; then its
+    // positional arguments follow.
+    const auto subs = in.get_subcommands({});
+    if (subs.empty()) continue;
+    const CLI::App* found = nullptr;
     std::vector<std::string> names;
-    for (const CLI::App* sub : app.get_subcommands({})) {
-      if (sub->get_name() == arg) command = sub;
+    for (const CLI::App* sub : subs) {
+      if (sub->get_name() == arg) found = sub;
       names.push_back(sub->get_name());
     }
-    if (command != nullptr) continue;
-    if (auto guess = nearest(arg, names)) return fmt::format("unknown command '{}'; did you mean {}?", arg, *guess);
-    return fmt::format("unknown command '{}' (the commands: {})", arg, fmt::join(names, ", "));
+    if (found != nullptr) {
+      command = found;
+      continue;
+    }
+    const std::string what = command != nullptr ? full_name(command) + " " + std::string(arg) : std::string(arg);
+    if (auto guess = nearest(arg, names)) return fmt::format("unknown command '{}'; did you mean {}?", what, *guess);
+    return fmt::format("unknown command '{}' (the commands{}: {})", what,
+                       command != nullptr ? " of " + full_name(command) : "", fmt::join(names, ", "));
   }
   return std::nullopt;
 }
@@ -817,6 +837,11 @@ int main(int argc, char** argv) {
   help->usage("run", "[OPTIONS] --listen SPEC... -- COMMAND [ARGS...]");
   help->usage("upgrade", "[OPTIONS] [-- COMMAND [ARGS...]]");
   help->usage("version", "");
+  help->usage("reload", "[NAME] [OPTIONS]");
+  help->usage("config", "history|show|diff|rollback [OPTIONS]");
+  help->usage("config show", "[V] [OPTIONS]");
+  help->usage("config diff", "[A B] [OPTIONS]");
+  help->usage("config rollback", "[V] [OPTIONS]");
   // Set before the subcommands are added: each takes its parent's formatter.
   app.formatter(help);
   app.set_help_flag("-h,--help", "Print this help and exit");
@@ -864,8 +889,10 @@ int main(int argc, char** argv) {
     if (auto unknown = unknown_word(app, our_argc, argv)) return usage_error(*unknown);
     if (our_argc == 1) return usage_error("which command? hotrestart COMMAND [OPTIONS] (see `hotrestart --help`)");
     std::string help_for = "hotrestart --help";
+    std::string innermost;  // "config show", of the commands given.
     for (const CLI::App* command : app.get_subcommands())
-      help_for = fmt::format("hotrestart {} --help", command->get_name());
+      if (full_name(command).size() > innermost.size()) innermost = full_name(command);
+    if (!innermost.empty()) help_for = fmt::format("hotrestart {} --help", innermost);
     return usage_error(fmt::format("{} (see `{}`)", e.what(), help_for));
   }
 

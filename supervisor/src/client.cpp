@@ -216,6 +216,28 @@ std::string time_text(std::int64_t ms) {
   return out;
 }
 
+// run --config: each configuration's live version, a save --watch-config could not apply, and a
+// reload under way.
+void print_configs(const json& c) {
+  if (!c.is_object()) return;
+  for (const auto& one : c.value("configs", json::array())) {
+    fmt::print("config:      {} version {} ({} bytes, sha256 {}, {} {}) from {}\n", one.value("name", ""),
+               one.value("version", std::uint64_t{0}), one.value("bytes", std::uint64_t{0}),
+               one.value("sha256", "").substr(0, 12), one.value("origin", ""),
+               time_text(one.value("applied_ms", std::int64_t{0})), one.value("path", ""));
+    if (const json& w = one.value("watch_error", json()); w.is_object())
+      fmt::print("  last save refused at {}: {}\n", time_text(w.value("time_ms", std::int64_t{0})),
+                 w.value("message", ""));
+  }
+  if (const json& r = c.value("reload", json()); r.is_object()) {
+    std::string names;
+    for (const auto& n : r.value("configs", json::array()))
+      names += fmt::format("{}{} version {}", names.empty() ? "" : ", ", n.value("name", ""),
+                           n.value("version", std::uint64_t{0}));
+    fmt::print("reload:      {} {} for {} ms\n", names, r.value("phase", ""), r.value("elapsed_ms", std::int64_t{0}));
+  }
+}
+
 // The hold of the upgrade in progress, if it asked for one.
 void print_hold(const json& hold) {
   if (!hold.is_object()) return;
@@ -324,6 +346,7 @@ void print_status(const json& s) {
       }
     }
   }
+  print_configs(s.value("configs", json()));
   if (!s["last_error"].is_null()) {
     fmt::print("last error:  {} ({} ago)\n", s["last_error"].value("message", ""),
                age_text(s["last_error"].value("age_ms", std::int64_t{0})));
@@ -565,6 +588,14 @@ void print_event(const json& e) {
   if (e.contains("phase") && e["phase"].is_string()) line += " " + e["phase"].get<std::string>();
   if (e.contains("command") && e["command"].is_string()) line += " " + e["command"].get<std::string>();
   if (e.contains("signal") && e["signal"].is_string()) line += " " + e["signal"].get<std::string>();
+  // config.*: the configuration, its version and how it came.
+  if (e.contains("name") && e["name"].is_string()) line += " " + e["name"].get<std::string>();
+  if (e.contains("version") && e["version"].is_number())
+    line += fmt::format(" version {}", e["version"].get<std::uint64_t>());
+  if (e.contains("origin") && e["origin"].is_string() && e.value("type", "").starts_with("config."))
+    line += " (" + e["origin"].get<std::string>() + ")";
+  if (e.contains("reason") && e["reason"].is_string() && e.value("type", "").starts_with("config."))
+    line += ": " + e["reason"].get<std::string>();
   if (e.contains("status") && e["status"].is_string()) line += ": " + e["status"].get<std::string>();
   if (e.contains("message") && e["message"].is_string()) line += ": " + e["message"].get<std::string>();
   const bool asked = e.contains("uid") && e["uid"].is_number();

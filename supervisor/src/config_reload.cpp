@@ -405,24 +405,27 @@ void ConfigReloads::start_checks() {
     for (auto at = command.find("{file}"); at != std::string::npos; at = command.find("{file}", at))
       command.replace(at, 6, shell_words({c.read.staged}));
     reload_->waiting[kCheck].insert(name);
-    c.check = host_.start_config_check(command,
-                                       {"HOTRESTART_CONFIG_NAME=" + name, "HOTRESTART_CONFIG_FILE=" + c.read.staged,
-                                        fmt::format("HOTRESTART_CONFIG_VERSION={}", version)},
-                                       [this, name, version](PreflightOutcome outcome) {
-                                         if (!reload_ || reload_->phase != Reload::Phase::Preparing) return;
-                                         auto it = reload_->waiting.find(kCheck);
-                                         if (it == reload_->waiting.end() || it->second.erase(name) == 0) return;
-                                         if (!outcome.passed && reload_->refusal.empty()) {
-                                           // "preflight failed (exit status 1): ..." is the preflight's wording; this
-                                           // is the check's.
-                                           std::string why = outcome.reason;
-                                           if (why.starts_with("preflight failed ")) why.erase(0, 17);
-                                           reload_->refusal = fmt::format("the check `{}` refused version {}: {}",
-                                                                          servers_.check, version, why);
-                                         }
-                                         maybe_decide();
-                                       });
+    std::vector<std::string> env{"HOTRESTART_CONFIG_NAME=" + name, "HOTRESTART_CONFIG_FILE=" + c.read.staged,
+                                 fmt::format("HOTRESTART_CONFIG_VERSION={}", version)};
+    c.check = host_.start_config_check(command, std::move(env), [this, name, version](PreflightOutcome outcome) {
+      on_check_done(name, version, outcome);
+    });
   }
+}
+
+void ConfigReloads::on_check_done(const std::string& name, std::uint64_t version, const PreflightOutcome& outcome) {
+  if (!reload_ || reload_->phase != Reload::Phase::Preparing) return;
+  auto it = reload_->waiting.find(kCheck);
+  if (it == reload_->waiting.end() || it->second.erase(name) == 0) return;
+  if (!outcome.passed && reload_->refusal.empty()) {
+    // The preflight's wording is "preflight failed (exit status 1): OUTPUT"; the check's is
+    // "exit status 1: OUTPUT".
+    std::string why = outcome.reason;
+    if (const auto close = why.find(')'); why.starts_with("preflight failed (") && close != std::string::npos)
+      why = why.substr(18, close - 18) + why.substr(close + 1);
+    reload_->refusal = fmt::format("the check `{}` refused version {}: {}", servers_.check, version, why);
+  }
+  maybe_decide();
 }
 
 std::string ConfigReloads::install() {

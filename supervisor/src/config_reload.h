@@ -142,6 +142,7 @@ class ConfigReloads {
   void commit_all();
   // --config-check on each candidate; the answer comes as the check's waiting entry.
   void start_checks();
+  void on_check_done(const std::string& name, std::uint64_t version, const PreflightOutcome& outcome);
   // Puts each candidate's staged file in place of its path and sends the reload signal; why not, or "".
   std::string install();
   void maybe_finish();

@@ -72,9 +72,9 @@ std::unique_ptr<PreflightCheck> PreflightCheck::start(const Context& context, co
   pipe->second.reset();
   c->pid_ = pid.value();
   c->process_ = ChildProcess(pid.value());
-  c->output_ =
-      std::make_unique<WorkerOutput>(context.loop, std::move(pipe->first), fmt::format("preflight (pid {})", c->pid_),
-                                     RelaySource{"preflight", c->pid_, std::nullopt});
+  c->output_ = std::make_unique<WorkerOutput>(context.loop, std::move(pipe->first),
+                                              fmt::format("{} (pid {})", context.label, c->pid_),
+                                              RelaySource{context.label, c->pid_, std::nullopt});
   context.reaper.watch(
       c->pid_,
       [self = c->self_](pid_t, ExitStatus status) {
@@ -84,11 +84,11 @@ std::unique_ptr<PreflightCheck> PreflightCheck::start(const Context& context, co
   PreflightCheck* raw = c.get();
   c->deadline_.start(context.timeout, [raw] {
     raw->timed_out_ = true;
-    log_warn("preflight (pid {}) did not finish within {} (--preflight-timeout); killing its process group", raw->pid_,
-             format_duration(raw->context_.timeout));
+    log_warn("{} (pid {}) did not finish within {} ({}); killing its process group", raw->context_.label, raw->pid_,
+             format_duration(raw->context_.timeout), raw->context_.timeout_flag);
     raw->process_.signal_group(SIGKILL);
   });
-  log_info("preflight started: pid {}: {}", c->pid_, check);
+  log_info("{} started: pid {}: {}", context.label, c->pid_, check);
   return c;
 }
 

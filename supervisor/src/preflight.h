@@ -56,6 +56,10 @@ class PreflightCheck {
     uv_loop_t* loop;
     Reaper& reaper;
     Millis timeout;  // --preflight-timeout.
+    // What the log calls it ("preflight", or "config-check" for run --config-check), and the flag
+    // that bounds it.
+    std::string label = "preflight";
+    std::string timeout_flag = "--preflight-timeout";
   };
 
   // Starts `check` with the environment `env`, in the directory `cwd` (empty: the supervisor's). `done` runs once, from

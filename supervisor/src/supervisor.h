@@ -297,7 +297,7 @@ class Supervisor final : private Generation::Events, private UpgradeDriver::Host
   Metrics metrics_;
   std::unique_ptr<MetricsServer> metrics_server_;
   std::unique_ptr<ReleaseWatch> watch_;
-  std::unique_ptr<ConfigReloads> configs_;  // --config
+  std::unique_ptr<ConfigReloads> configs_;     // --config
   std::unique_ptr<ConfigWatch> config_watch_;  // --watch-config
   // What the last cutover replaced: the release and generation a revert brings back.
   std::uint64_t replaced_release_ = 0;

@@ -46,8 +46,8 @@ std::unique_ptr<PreflightCheck> Supervisor::start_config_check(const std::string
   std::vector<std::string> all = launcher_->preflight_environment(
       current_.command, current_.image ? current_.image->path() : std::string(), current_.release);
   all.insert(all.end(), env.begin(), env.end());
-  return PreflightCheck::start({&loop_, *reaper_, options_.reload_timeout}, command, std::move(all), std::move(done),
-                               launcher_->workdir());
+  return PreflightCheck::start({&loop_, *reaper_, options_.reload_timeout, "config-check", "--reload-timeout"}, command,
+                               std::move(all), std::move(done), launcher_->workdir());
 }
 
 void Supervisor::on_config_request(ClientId client, const ControlRequest& request) {
@@ -90,7 +90,15 @@ void Supervisor::reload_on_signal() {
   }
   log_info("SIGHUP: reloading the configurations");
   configs_->reload(std::nullopt, std::nullopt, {"SIGHUP", -1, -1}, [](const ConfigReloads::Outcome& outcome) {
-    if (outcome.code.empty()) log_info("SIGHUP: the configurations are reloaded");
+    if (!outcome.code.empty()) return;  // The refusal is in the log already.
+    std::string what;
+    for (const auto& c : outcome.configs) {
+      what += what.empty() ? "" : "; ";
+      what += c.value("changed", false)
+                  ? fmt::format("{} version {} is live", c.value("name", ""), c.value("version", std::uint64_t{0}))
+                  : fmt::format("{} unchanged (version {})", c.value("name", ""), c.value("version", std::uint64_t{0}));
+    }
+    log_info("SIGHUP: {}", what);
   });
 }
 

@@ -98,6 +98,23 @@ TEST_CASE("cli: a mistyped flag or command gets the nearest one and exit 2") {
   CHECK_MESSAGE(contains(far.err, "unknown option --everything for status (see `hotrestart status --help`)"), far.err);
   const RunResult none = cli({});
   CHECK(none.exit_code == 2);
+  // The commands of a command.
+  const RunResult nested = cli({"config", "histroy"});
+  CHECK(nested.exit_code == 2);
+  CHECK_MESSAGE(contains(nested.err, "unknown command 'config histroy'; did you mean history?"), nested.err);
+  const RunResult nested_flag = cli({"config", "history", "--jsno"});
+  CHECK_MESSAGE(contains(nested_flag.err, "unknown option --jsno; did you mean --json?"), nested_flag.err);
+  const RunResult version = cli({"config", "show", "abc"});
+  CHECK(version.exit_code == 2);
+  CHECK_MESSAGE(
+      contains(version.err, "must be a version number (1, 2, ...; see `hotrestart config history`), not 'abc'"),
+      version.err);
+}
+
+TEST_CASE("cli: the help of a command of a command names it whole") {
+  CHECK(contains(cli({"config", "history", "--help"}).out, "Usage: hotrestart config history [OPTIONS]"));
+  CHECK(contains(cli({"config", "show", "--help"}).out, "Usage: hotrestart config show [V] [OPTIONS]"));
+  CHECK(contains(cli({"reload", "--help"}).out, "Usage: hotrestart reload [NAME] [OPTIONS]"));
 }
 
 TEST_CASE("cli: usage errors of run exit 2, --listen included") {
