@@ -2,6 +2,7 @@
 // takes, and the usage error.
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -24,5 +25,12 @@ struct CommonOptions {
 void add_common(CLI::App* app, CommonOptions& common);
 // "hotrestart: TEXT" on stderr; returns the usage exit code (2).
 int usage_error(const std::string& text);
+
+// A command's whole name below hotrestart: "upgrade", "config history" (cli_suggest.cpp).
+std::string full_name(const CLI::App* command);
+// After CLI11 refused a command line: the first command or option in it that does not exist, with
+// the one it is nearest to, as "unknown option --drian-timeout; did you mean --drain-timeout?".
+// Nothing when every word is known (the error was in a value).
+std::optional<std::string> unknown_word(const CLI::App& app, int argc, char** argv);
 
 }  // namespace hotrestart

@@ -238,6 +238,33 @@ inline void let_load_run(const LoadClient& load, std::size_t more) {
 }
 
 // GET http://127.0.0.1:PORT/PATH with curl: the body, or "curl failed: " and the error.
+// An nginx configuration in the foreground on 127.0.0.1:PORT, its pid file `pid` and its temporary
+// files in `dir`, that answers every request with `answer` (nginx's `return` text: `$pid` is the
+// worker's pid). With `master`, a master and two workers; else nginx alone in one process.
+inline std::string nginx_config(const std::string& dir, std::uint16_t port, const std::string& pid,
+                                const std::string& answer, bool master) {
+  return fmt::format(R"(daemon off;
+master_process {3};
+worker_processes 2;
+pid {2};
+error_log stderr warn;
+events {{ worker_connections 512; }}
+http {{
+  access_log off;
+  client_body_temp_path {0}/body;
+  proxy_temp_path {0}/proxy;
+  fastcgi_temp_path {0}/fastcgi;
+  uwsgi_temp_path {0}/uwsgi;
+  scgi_temp_path {0}/scgi;
+  server {{
+    listen 127.0.0.1:{1};
+    location / {{ return 200 "{4}\n"; }}
+  }}
+}}
+)",
+                     dir, port, pid, master ? "on" : "off", answer);
+}
+
 // A port nobody listens on right now (the kernel's pick, released again): servers that bind their
 // own port must be told it on their command line, before the supervisor binds it.
 inline std::uint16_t free_port() {

@@ -205,26 +205,8 @@ namespace {
 std::function<std::vector<std::string>(int)> nginx_command(const TempDir& dir, std::uint16_t port, bool master) {
   return [&dir, port, master](int n) {
     const std::string conf = dir.file(fmt::format("nginx-v{}.conf", n));
-    std::ofstream(conf) << fmt::format(R"(daemon off;
-master_process {3};
-worker_processes 2;
-pid {0}/nginx-v{2}.pid;
-error_log stderr warn;
-events {{ worker_connections 512; }}
-http {{
-  access_log off;
-  client_body_temp_path {0}/body;
-  proxy_temp_path {0}/proxy;
-  fastcgi_temp_path {0}/fastcgi;
-  uwsgi_temp_path {0}/uwsgi;
-  scgi_temp_path {0}/scgi;
-  server {{
-    listen 127.0.0.1:{1};
-    location / {{ return 200 "version=v{2} pid=$pid\n"; }}
-  }}
-}}
-)",
-                                       dir.path(), port, n, master ? "on" : "off");
+    std::ofstream(conf) << nginx_config(dir.path(), port, dir.file(fmt::format("nginx-v{}.pid", n)),
+                                        fmt::format("version=v{} pid=$pid", n), master);
     return std::vector<std::string>{kNginx, "-e", "stderr", "-c", conf};
   };
 }

@@ -422,26 +422,7 @@ namespace {
 
 // nginx's configuration, answering `answer=LABEL` on 127.0.0.1:PORT, with its files in `dir`.
 std::string nginx_conf(const TempDir& dir, std::uint16_t port, const std::string& label) {
-  return fmt::format(R"(daemon off;
-master_process on;
-worker_processes 1;
-pid {0}/nginx.pid;
-error_log stderr warn;
-events {{ worker_connections 128; }}
-http {{
-  access_log off;
-  client_body_temp_path {0}/body;
-  proxy_temp_path {0}/proxy;
-  fastcgi_temp_path {0}/fastcgi;
-  uwsgi_temp_path {0}/uwsgi;
-  scgi_temp_path {0}/scgi;
-  server {{
-    listen 127.0.0.1:{1};
-    location / {{ return 200 "answer={2}\n"; }}
-  }}
-}}
-)",
-                     dir.path(), port, label);
+  return nginx_config(dir.path(), port, dir.file("nginx.pid"), "answer=" + label, true);
 }
 
 }  // namespace
