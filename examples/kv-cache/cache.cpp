@@ -279,6 +279,12 @@ hotrestart::Arena::Snapshot Cache<Schema>::save_mapped(std::uint32_t version, st
 }
 
 template <int Schema>
+void Cache<Schema>::freeze(const hotrestart::SnapshotFork& fork) {
+  std::lock_guard lock(mutex_);
+  fork({&store_->arena()});
+}
+
+template <int Schema>
 void Cache<Schema>::load_mapped(std::uint32_t version, std::istream& in, hotrestart::Arena arena) {
   load_from(version, in, &arena);
 }

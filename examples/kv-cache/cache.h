@@ -210,6 +210,9 @@ class Cache {
   // and the store in place, as load does, and takes the arena over; an arena of schema 1 or of
   // other size classes is checked the same way and then copied entry by entry.
   hotrestart::Arena::Snapshot save_mapped(std::uint32_t version, std::ostream& out);
+  // Section::freeze: forks the process (the SDK's `fork`) under the lock, with the store's arena
+  // frozen, so that `save` runs in the child while this process serves and writes on.
+  void freeze(const hotrestart::SnapshotFork& fork);
   void load_mapped(std::uint32_t version, std::istream& in, hotrestart::Arena arena);
   // Once the previous (or next) generation is gone: makes the store's memory this process's alone
   // again (hotrestart::Arena::reclaim). Returns whether it is.
@@ -252,7 +255,8 @@ extern template class Cache<2>;
 inline constexpr std::string_view kSectionName = "cache";
 
 // The section that carries `cache` to the next generation. save and apply_delta run on the SDK's
-// thread and take the cache's lock; load runs in start().
+// thread and take the cache's lock (save in a process forked under freeze, unless the worker was
+// told not to fork); load runs in start().
 template <int Schema>
 hotrestart::Section make_section(Cache<Schema>& cache) {
   return {.name = std::string(kSectionName),
@@ -262,7 +266,8 @@ hotrestart::Section make_section(Cache<Schema>& cache) {
           .apply_delta = [&cache](std::uint32_t v, std::string_view delta) { cache.apply_delta(v, delta); },
           .save_arena = [&cache](std::uint32_t v, std::ostream& out) { return cache.save_mapped(v, out); },
           .load_arena = [&cache](std::uint32_t v, std::istream& in,
-                                 hotrestart::Arena arena) { cache.load_mapped(v, in, std::move(arena)); }};
+                                 hotrestart::Arena arena) { cache.load_mapped(v, in, std::move(arena)); },
+          .freeze = [&cache](const hotrestart::SnapshotFork& fork) { cache.freeze(fork); }};
 }
 
 // A write made by this generation, published to the next one first (see Cache::put_local).

@@ -80,8 +80,10 @@ std::optional<int> parse_flags(int argc, char** argv, Options& opts) {
                "memory as it is (for benchmarks)");
   app.add_flag("--stream-state", opts.stream_state,
                "When the next generation takes the cache serialized, stream it while it is written rather than "
-               "write it whole into a memfd first: export and import overlap and no third copy is held in memory, "
-               "but the cache stays locked until the next generation has read it");
+               "write it whole into a memfd first: export and import overlap and no third copy is held in memory");
+  app.add_flag("--locked-save", opts.locked_save,
+               "Write the serialized cache under the cache's lock, pausing every request for the whole save, rather "
+               "than from a forked process that saves the cache as it was at one instant (for benchmarks)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -171,7 +173,9 @@ int main(int argc, char** argv) {
     Server server(opts, cache);
     // Resumable: after its drain, this generation waits (its cache kept) in case a revert brings it
     // back, rather than have the release start again from nothing.
-    hotrestart::Worker worker({.fallback_listen = {{"http", opts.listen}}, .resumable = true});
+    hotrestart::Worker::Options worker_options{.fallback_listen = {{"http", opts.listen}}, .resumable = true};
+    if (opts.locked_save) worker_options.max_snapshot_copy_bytes = 0;
+    hotrestart::Worker worker(worker_options);
     server.worker = &worker;
     if (!opts.config_file.empty()) {
       std::ifstream in(opts.config_file, std::ios::binary);

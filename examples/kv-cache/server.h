@@ -46,6 +46,7 @@ struct Options {
   std::size_t prefill_value_bytes = 64;
   bool serialized_state = false;  // Import the cache serialized even where the arena could be mapped.
   bool stream_state = false;      // Export a serialized cache over a stream rather than a memfd.
+  bool locked_save = false;       // Save under the cache's lock rather than in a forked process.
   std::string config_file;        // Its configuration when run by hand (settings.h).
 };
 

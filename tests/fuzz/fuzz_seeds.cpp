@@ -58,6 +58,7 @@ int main(int argc, char** argv) {
       Delta{"sessions", 2, 8, "put k v"},
       DeltaMemfd{{"sessions", 2, 9, 70000, 99}},
       SectionStream{"sessions", 2, 11},
+      SnapshotCovers{"sessions", 12},
   };
   int n = 0;
   for (const auto& m : messages) {

@@ -309,10 +309,10 @@ TEST_CASE("state: a streamed section that fails on either side leaves the old ge
 TEST_CASE("state: a worker speaking another channel protocol version is refused with a sentence") {
   Supervisor sup({}, sdk({"--fill", "8"}));
   const pid_t old_pid = sup.active_pid();
-  RunResult r = sup.upgrade_to(sdk({"--raw-hello", "7:8"}));
+  RunResult r = sup.upgrade_to(sdk({"--raw-hello", "8:9"}));
   CHECK_MESSAGE(r.exit_code == 1, r.out << r.err);
-  CHECK(contains(r.err, "speaks worker channel protocol 7 to 8, and this supervisor speaks version 6"));
-  CHECK(sup.proc().wait_output("sdk-worker: refused: generation 2 speaks worker channel protocol 7 to 8", 5s));
+  CHECK(contains(r.err, "speaks worker channel protocol 8 to 9, and this supervisor speaks version 7"));
+  CHECK(sup.proc().wait_output("sdk-worker: refused: generation 2 speaks worker channel protocol 8 to 9", 5s));
   check_old_serves(sup, old_pid, sup.port(), 8);
   sup.stop();
 }
@@ -445,4 +445,55 @@ TEST_CASE("state: a resumable SDK worker parks after its drain and serves again 
   CHECK(state_of(port)["entries"] == "12");
   sup.stop();
   CHECK_FALSE(pid_alive(v1_pid));
+}
+
+namespace {
+
+// The snapshot process (Section::freeze) among the supervisor's descendants, or 0.
+pid_t snapshot_process(Supervisor& sup) {
+  for (pid_t p : descendants_of(sup.pid())) {
+    auto comm = read_file("/proc/" + std::to_string(p) + "/comm");
+    if (comm && comm->starts_with("hr-snapshot")) return p;
+  }
+  return 0;
+}
+
+}  // namespace
+
+TEST_CASE("state: a save in a forked process serves on meanwhile, and its death leaves the old generation whole") {
+  SUBCASE("killed from outside while it saves: rolled back, and the next upgrade carries everything") {
+    Supervisor sup({"--state-required", "data"}, sdk({"--fork-save", "--fill", "5000", "--export-delay-ms", "4000"}));
+    const pid_t old_pid = sup.active_pid();
+    const std::uint16_t port = sup.port();
+    RunResult r;
+    std::thread upgrade([&] { r = sup.upgrade_to(sdk({"--version", "v2"})); });
+    pid_t child = 0;
+    CHECK(wait_until([&] { return (child = snapshot_process(sup)) != 0; }, 10s));
+    // The old generation answers while its snapshot is being written (the save is in the child).
+    CHECK(state_of(port)["entries"] == "5000");
+    if (child != 0) ::kill(child, SIGKILL);
+    upgrade.join();
+    CHECK_MESSAGE(r.exit_code == 1, r.out << r.err);
+    CHECK_MESSAGE(contains(r.err, "the process saving it ended without a result (killed by signal 9)"), r.err);
+    check_old_serves(sup, old_pid, port, 5000);
+    CHECK(sup.proc().wait_output("section 'data': saved by a forked process", 5s));
+    upgrade_ok(sup, sdk({"--version", "v2", "--fork-save"}));
+    CHECK(state_of(port)["entries"] == "5000");
+    CHECK(http_get(port, "/data/key-4999") == "value-4999");
+    sup.stop();
+  }
+  SUBCASE("the save aborts in the child: the old generation, which a locked save would have taken down, serves on") {
+    for (const bool stream : {false, true}) {
+      CAPTURE(stream);
+      std::vector<std::string> args = {"--fork-save", "--export-crash", "--fill", "300"};
+      if (stream) args.push_back("--stream");
+      Supervisor sup({"--state-required", "data"}, sdk(args));
+      const pid_t old_pid = sup.active_pid();
+      RunResult r = sup.upgrade_to(sdk({"--version", "v2"}));
+      CHECK_MESSAGE(r.exit_code == 1, r.out << r.err);
+      CHECK(contains(r.err, "required section 'data' was not imported"));
+      check_old_serves(sup, old_pid, sup.port(), 300);
+      sup.stop();
+    }
+  }
 }

@@ -25,6 +25,7 @@
 //   --export-delay-ms N    the exporter takes N ms before it writes anything
 //   --drain-delay-ms N     keep serving N ms after the drain request before exiting
 //   --stream               send the sections over a stream (Section::stream) instead of a memfd
+//   --fork-save            save section "data" (and the blob) in a forked process (Section::freeze)
 //   --resumable            Options::resumable: after its drain, wait_for_resume(), and serve
 //                          again when it returns true
 //   --blob BYTES           also keep a section "blob" of BYTES bytes (a pattern the first
@@ -47,6 +48,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -80,6 +82,7 @@ struct Flags {
   long export_delay_ms = 0;
   long drain_delay_ms = 0;
   bool stream = false;
+  bool fork_save = false;
   bool resumable = false;
   std::uint64_t blob = 0;
   std::string config;
@@ -169,6 +172,8 @@ Flags parse(int argc, char** argv) {
       f.drain_delay_ms = std::stol(value());
     } else if (a == "--stream") {
       f.stream = true;
+    } else if (a == "--fork-save") {
+      f.fork_save = true;
     } else if (a == "--resumable") {
       f.resumable = true;
     } else if (a == "--blob") {
@@ -215,6 +220,15 @@ void load(const Flags& f, std::uint32_t version, std::istream& in) {
   if (!archive.at_end()) throw std::runtime_error("bytes left after the data");
   std::lock_guard lock(data_mutex);
   data.swap(staging);
+}
+
+// With --fork-save: the section's save runs in a child forked under the data's lock.
+std::function<void(const hotrestart::SnapshotFork&)> freeze(const Flags& f) {
+  if (!f.fork_save) return {};
+  return [](const hotrestart::SnapshotFork& fork) {
+    std::lock_guard lock(data_mutex);
+    fork();
+  };
 }
 
 // The blob: BYTES of a pattern, in memory taken (and touched) before start(), as a server that
@@ -382,7 +396,8 @@ int main(int argc, char** argv) {
                       .save = [&f](std::uint32_t v, std::ostream& out) { save(f, v, out); },
                       .load = [&f](std::uint32_t v, std::istream& in) { load(f, v, in); },
                       .apply_delta = {},
-                      .stream = f.stream});
+                      .stream = f.stream,
+                      .freeze = freeze(f)});
   if (f.blob > 0) {
     void* memory = ::mmap(nullptr, f.blob, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (memory == MAP_FAILED || f.blob % 8 != 0) usage("--blob: cannot map " + std::to_string(f.blob) + " bytes");
@@ -392,7 +407,8 @@ int main(int argc, char** argv) {
                         .versions = {1},
                         .save = [&f](std::uint32_t, std::ostream& out) { blob_save(f.blob, out); },
                         .load = [&f](std::uint32_t, std::istream& in) { blob_load(f.blob, in); },
-                        .stream = f.stream});
+                        .stream = f.stream,
+                        .freeze = freeze(f)});
   }
   hotrestart::Config<Settings> config(
       [&f](std::string_view bytes) { return parse_settings(bytes, f.config_refuse, f.config_delay_ms); });

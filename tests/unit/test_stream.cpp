@@ -991,7 +991,7 @@ TEST_CASE("stream: the section-stream message") {
   std::memcpy(&type, datagram->data() + 6, 2);
   std::memcpy(&body_length, datagram->data() + 8, 4);
   std::memcpy(&fd_count, datagram->data() + 12, 4);
-  CHECK(version == 6);
+  CHECK(version == 7);
   CHECK(version == kProtocolVersion);
   CHECK(type == 71);
   CHECK(fd_count == 1);

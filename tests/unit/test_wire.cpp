@@ -114,6 +114,7 @@ std::vector<Message> one_of_each() {
       DeltaMemfd{{"sessions", 3, 101, 1 << 20, 42}},
       ArenaOffer{{"cache", 2, 102, 4096, 43}, std::uint64_t{1} << 40, std::uint64_t{1} << 30, 44},
       SectionStream{"sessions", 3, 103},
+      SnapshotCovers{"sessions", 104},
   };
 }
 
@@ -189,7 +190,7 @@ TEST_CASE("wire: the header layout is the documented one") {
   std::memcpy(&fd_count, datagram.data() + 12, 4);
   std::memcpy(&body_sum, datagram.data() + 16, 8);
   std::memcpy(&header_sum, datagram.data() + 24, 8);
-  CHECK(version == 6);
+  CHECK(version == 7);
   CHECK(version == kProtocolVersion);
   CHECK(type == 64);
   CHECK(fd_count == 1);
@@ -239,6 +240,7 @@ TEST_CASE("wire: every type number has the name and descriptor counts of docs/pr
       {69, "delta-memfd", 1, 1},
       {70, "arena-offer", 2, 2},
       {71, "section-stream", 1, 1},
+      {72, "snapshot-covers", 0, 0},
   };
   auto allowed = [](std::uint16_t type, std::uint32_t fds) { return check_frame(bytes_of(frame(type, "", fds))).ok(); };
   std::size_t documented = 0;
@@ -312,13 +314,13 @@ TEST_CASE("wire: decode checks the frame in the documented order and names each 
   bad = good;
   put<std::uint16_t>(bad, 4, 2);  // The previous version (before streamed sections).
   fix_header_checksum(bad);
-  CHECK(decode_error(bad) == "channel frame: protocol version 2, but this side speaks version 6");
+  CHECK(decode_error(bad) == "channel frame: protocol version 2, but this side speaks version 7");
   put<std::uint16_t>(bad, 4, 1);
   fix_header_checksum(bad);
-  CHECK(decode_error(bad) == "channel frame: protocol version 1, but this side speaks version 6");
+  CHECK(decode_error(bad) == "channel frame: protocol version 1, but this side speaks version 7");
   put<std::uint16_t>(bad, 6, 99);  // A bad version is reported before a bad type.
   fix_header_checksum(bad);
-  CHECK(decode_error(bad) == "channel frame: protocol version 1, but this side speaks version 6");
+  CHECK(decode_error(bad) == "channel frame: protocol version 1, but this side speaks version 7");
 
   CHECK(decode_error(frame(99, "")) == "channel frame: unknown message type 99");
   CHECK(decode_error(frame(0, "")) == "channel frame: unknown message type 0");

@@ -21,8 +21,10 @@
 #include <cerrno>
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <new>
 #include <optional>
+#include <set>
 #include <system_error>
 
 #include "arena_access.h"
@@ -127,8 +129,53 @@ struct Arena::State {
   // learns that the other generation is gone).
   std::shared_ptr<std::atomic<bool>> shared_with = std::make_shared<std::atomic<bool>>(false);
 
+  // Guards `shared` and the mapping against drop_page_tables() on another thread (snapshot() and
+  // reclaim() remap under it). Everything else is the application's lock's.
+  std::mutex mapping_mutex;
+  bool registered = false;
+
   ~State() {
+    if (registered) {
+      std::lock_guard lock(registry_mutex());
+      registry().erase(this);
+    }
     if (base != nullptr) ::munmap(base, reserve);
+  }
+
+  // Every arena of the process, for drop_all_page_tables().
+  static std::mutex& registry_mutex() {
+    static std::mutex m;
+    return m;
+  }
+  static std::set<State*>& registry() {
+    static std::set<State*> r;
+    return r;
+  }
+  void add_to_registry() {
+    std::lock_guard lock(registry_mutex());
+    registry().insert(this);
+    registered = true;
+  }
+
+  // Drops this process's page table entries of every shared arena (the pages stay in the memfd;
+  // the next access maps them again), a piece at a time so that the address space's lock is let go
+  // between pieces.
+  static void drop_all_page_tables() {
+    constexpr std::uint64_t kPiece = std::uint64_t{64} << 20;
+    std::lock_guard registry_lock(registry_mutex());
+    for (State* s : registry()) {
+      std::lock_guard lock(s->mapping_mutex);
+      if (!s->shared || s->base == nullptr) continue;
+      for (std::uint64_t at = 0; at < s->reserve; at += kPiece)
+        (void)::madvise(s->base + at, std::min(kPiece, s->reserve - at), MADV_DONTNEED);
+    }
+  }
+
+  // Maps the memfd over the current mapping, shared or private.
+  void remap(int flags) {
+    std::lock_guard lock(mapping_mutex);
+    map_over(base, memfd.get(), reserve, flags);
+    shared = flags == MAP_SHARED;
   }
 
   void punch(std::uint64_t offset, std::uint64_t bytes) const {
@@ -218,6 +265,7 @@ Arena::Arena(std::uint64_t reserve) : state_(std::make_unique<State>()) {
     throw_errno("sealing an arena");
   }
   s.base = map_over(nullptr, s.memfd.get(), s.reserve, MAP_SHARED);
+  s.add_to_registry();
 }
 
 Arena::Arena() = default;
@@ -319,11 +367,10 @@ Arena::Snapshot Arena::snapshot() {
   Fd copy(::fcntl(s.memfd.get(), F_DUPFD_CLOEXEC, 0));
   if (!copy) return out;
   try {
-    map_over(s.base, s.memfd.get(), s.reserve, MAP_PRIVATE);
+    s.remap(MAP_PRIVATE);
   } catch (const std::system_error&) {
     return out;  // Still shared: the caller falls back to serializing.
   }
-  s.shared = false;
   s.shared_with->store(true);
   out.memfd_ = std::move(copy);
   out.reserve_ = s.reserve;
@@ -339,11 +386,10 @@ bool Arena::reclaim() {
   if (s.shared_with->load()) return false;
   if (!s.write_back()) return false;
   try {
-    map_over(s.base, s.memfd.get(), s.reserve, MAP_SHARED);
+    s.remap(MAP_SHARED);
   } catch (const std::system_error&) {
     return false;
   }
-  s.shared = true;
   s.punch_gaps();
   return true;
 }
@@ -384,7 +430,12 @@ Arena ArenaAccess::adopt(Fd memfd, std::byte* base, std::uint64_t reserve, const
   s.top = reserve;
   s.punch_gaps();
   s.shared_with = std::move(shared_with);
+  s.add_to_registry();
   return arena;
+}
+
+void ArenaAccess::drop_page_tables() {
+  Arena::State::drop_all_page_tables();
 }
 
 }  // namespace detail

@@ -21,6 +21,12 @@ struct ArenaAccess {
   // An Arena over a memfd received from the previous generation, already mapped MAP_PRIVATE at
   // `base` (`reserve` bytes) and checked: borrowed, holding `blocks`, with every gap punched out.
   // `shared_with` stays true until the previous generation is gone.
+  // Drops this process's page table entries of every arena mapped shared (the memory stays in the
+  // memfd, and the next access maps it again), outside any application lock: so that a snapshot
+  // taken next, under the lock, does not pay for unmapping a gigabyte's entries (tens of
+  // milliseconds), only those the application touched since.
+  static void drop_page_tables();
+
   static Arena adopt(Fd memfd, std::byte* base, std::uint64_t reserve, const std::vector<Arena::Block>& blocks,
                      std::shared_ptr<std::atomic<bool>> shared_with);
 };

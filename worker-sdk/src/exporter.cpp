@@ -14,6 +14,8 @@
 #include <hotrestart/wire/stream.h>
 #include "arena_access.h"
 #include "arena_section.h"
+#include "forked_save.h"
+#include "worker_common.h"
 
 namespace hotrestart::sdk {
 
@@ -123,7 +125,14 @@ wire::SectionReport Exporter::export_section(const wire::SectionVersions& planne
     // Streaming starts before the snapshot, so that a change made while `save` runs is in the
     // snapshot, in a delta, or in both (deltas are idempotent), and never in neither.
     handover_.start_streaming(planned.name, v);
+    // So that the snapshot's instant, under the application's lock, does not include unmapping the
+    // arenas' page table entries (save_arena's Arena::snapshot(), and freeze's).
+    if (section->save_arena || section->freeze) detail::ArenaAccess::drop_page_tables();
+    // Every change published so far was made (under the writers' lock, as publish_delta asks)
+    // before the snapshot, so it is in it. A forked save knows the very instant, and says so.
+    covers_ = handover_.delta_sequence();
     told_importer = send_snapshot(*section, planned, v, sequence, link, r);
+    if (r.ok) link.send(wire::SnapshotCovers{planned.name, covers_}, {});
   }
   r.micros = micros_since(section_start);
   if (!r.ok && !told_importer) link.send(wire::SectionUnavailable{r.name, r.reason}, {});
@@ -145,45 +154,81 @@ bool Exporter::send_snapshot(const Section& section, const wire::SectionVersions
   return false;
 }
 
+bool Exporter::forks(const Section& section) const {
+  return section.freeze && max_copy_bytes_ > 0;
+}
+
+std::optional<ChildResult> Exporter::save_forked(const Section& section, const std::vector<Fd*>& give,
+                                                 const std::function<ChildResult()>& write) {
+  ForkedSave f = save_in_child(
+      section, max_copy_bytes_, give, [this] { return handover_.delta_sequence(); }, write);
+  if (!f.forked) {
+    say("section '%s': saved under the lock: %s", section.name.c_str(), f.why_not.c_str());
+    return std::nullopt;
+  }
+  say("section '%s': saved by a forked process (pid %d, %s); the writers waited %.1f ms for the fork%s, and "
+      "the snapshot's copies took at most %.1f MiB",
+      section.name.c_str(), static_cast<int>(f.child), f.child_end.c_str(), static_cast<double>(f.pause.count()) / 1e3,
+      f.waited.count() > 0 ? (" and " + std::to_string(f.waited.count() / 1000) + " ms for the save").c_str() : "",
+      static_cast<double>(f.peak_copy_bytes) / 1048576.0);
+  covers_ = f.sequence_at_fork;
+  if (!f.result) {
+    const std::string failure = "the process saving it ended without a result (" + f.child_end + ")";
+    return ChildResult{wire::SectionExported{{section.name, false, 0, 0, 0, failure}}, Fd()};
+  }
+  return std::move(f.result);
+}
+
 void Exporter::export_serialized(const Section& section, const std::string& name, std::uint32_t version,
                                  std::uint64_t sequence, ExportLink& link, wire::SectionReport& r) {
-  auto written = wire::write_section(
-      name, version, sequence, [&](std::ostream& out) { section.save(version, out); }, std::uint64_t{1} << 46);
-  if (!written) {
-    r.reason = written.error().text();
-    return;
+  auto write = [&]() -> Result<wire::WrittenSection> {
+    return wire::write_section(
+        name, version, sequence, [&](std::ostream& out) { section.save(version, out); }, std::uint64_t{1} << 46);
+  };
+  Fd memfd;
+  wire::SectionOffer offer;
+  std::optional<ChildResult> forked;
+  if (forks(section)) {
+    forked = save_forked(section, {}, [&]() -> ChildResult {
+      auto written = write();
+      if (!written) return {wire::SectionExported{{name, false, version, 0, 0, written.error().text()}}, Fd()};
+      return {written->offer, std::move(written->memfd)};
+    });
+  }
+  if (forked) {
+    if (const auto* report = std::get_if<wire::SectionExported>(&forked->message)) {
+      r.reason = report->report.reason;
+      return;
+    }
+    const auto* written = std::get_if<wire::SectionOffer>(&forked->message);
+    if (written == nullptr || !forked->memfd) {
+      r.reason = "the process saving it sent no section";
+      return;
+    }
+    offer = *written;
+    memfd = std::move(forked->memfd);
+  } else {
+    auto written = write();
+    if (!written) {
+      r.reason = written.error().text();
+      return;
+    }
+    offer = written->offer;
+    memfd = std::move(written->memfd);
   }
   r.ok = true;
   r.reason.clear();
-  r.bytes = written->offer.length;
-  const int memfd = written->memfd.get();
-  link.send(written->offer, std::span<const int>(&memfd, 1));
+  r.bytes = offer.length;
+  const int fd = memfd.get();
+  link.send(offer, std::span<const int>(&fd, 1));
 }
 
-bool Exporter::export_stream(const Section& section, const std::string& name, std::uint32_t version,
-                             std::uint64_t sequence, ExportLink& link, wire::SectionReport& r) {
-  const std::string where = "section " + quote(name);
-  if (link.failed()) {
-    r.reason = kLinkFailed;
-    return false;
-  }
-  auto pair = wire::stream_pair();
-  if (!pair) {
-    r.reason = pair.error().context(where).text();
-    return false;
-  }
-  Fd mine = std::move(pair->first);
-  {
-    // This side's copy of the importer's end closes before the first byte, so that the importer's
-    // exit ends `save` at its next write.
-    Fd theirs = std::move(pair->second);
-    const int fd = theirs.get();
-    if (!link.send(wire::SectionStream{name, version, sequence}, std::span<const int>(&fd, 1))) {
-      r.reason = kLinkFailed;
-      return false;
-    }
-  }
-  wire::StreamWriter writer(mine.get(), std::uint64_t{1} << 46);
+namespace {
+
+// Writes the section with `save` to a stream, and ends the stream: how that went goes into `r`.
+void save_to_stream(const Section& section, const std::string& where, std::uint32_t version, int sock,
+                    wire::SectionReport& r) {
+  wire::StreamWriter writer(sock, std::uint64_t{1} << 46);
   std::string failed;
   {
     std::ostream out(&writer);
@@ -210,6 +255,55 @@ bool Exporter::export_stream(const Section& section, const std::string& name, st
     r.reason.clear();
   }
   r.bytes = writer.bytes();
+}
+
+}  // namespace
+
+bool Exporter::export_stream(const Section& section, const std::string& name, std::uint32_t version,
+                             std::uint64_t sequence, ExportLink& link, wire::SectionReport& r) {
+  const std::string where = "section " + quote(name);
+  if (link.failed()) {
+    r.reason = kLinkFailed;
+    return false;
+  }
+  auto pair = wire::stream_pair();
+  if (!pair) {
+    r.reason = pair.error().context(where).text();
+    return false;
+  }
+  Fd mine = std::move(pair->first);
+  {
+    // This side's copy of the importer's end closes before the first byte, so that the importer's
+    // exit ends `save` at its next write.
+    Fd theirs = std::move(pair->second);
+    const int fd = theirs.get();
+    if (!link.send(wire::SectionStream{name, version, sequence}, std::span<const int>(&fd, 1))) {
+      r.reason = kLinkFailed;
+      return false;
+    }
+  }
+  if (forks(section)) {
+    // The child writes to the stream; this process's copy of it closes once the child has it, so
+    // that the importer sees the stream end if the child dies.
+    const int sock = mine.get();
+    auto forked = save_forked(section, {&mine}, [&]() -> ChildResult {
+      wire::SectionReport report{name, false, version, 0, 0, {}};
+      save_to_stream(section, where, version, sock, report);
+      return {wire::SectionExported{report}, Fd()};
+    });
+    if (forked) {
+      const auto* report = std::get_if<wire::SectionExported>(&forked->message);
+      if (report == nullptr) {
+        r.reason = where + ": the process saving it sent no report";
+      } else {
+        r.ok = report->report.ok;
+        r.reason = report->report.reason;
+        r.bytes = report->report.bytes;
+      }
+      return true;
+    }
+  }
+  save_to_stream(section, where, version, mine.get(), r);
   return true;
 }
 

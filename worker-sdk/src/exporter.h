@@ -10,12 +10,14 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <hotrestart/worker.h>
 
 #include <hotrestart/wire/message.h>
+#include "forked_save.h"
 #include "handover_state.h"
 
 namespace hotrestart::sdk {
@@ -25,8 +27,10 @@ class ExportLink;
 class Exporter {
  public:
   // `generation` is this worker's, for the reasons it reports.
-  Exporter(const std::vector<Section>& sections, std::uint64_t generation, HandoverState& handover)
-      : sections_(sections), generation_(generation), handover_(handover) {}
+  // `max_copy_bytes`: Worker::Options::max_snapshot_copy_bytes (0: no section's save forks).
+  Exporter(const std::vector<Section>& sections, std::uint64_t generation, HandoverState& handover,
+           std::uint64_t max_copy_bytes)
+      : sections_(sections), generation_(generation), handover_(handover), max_copy_bytes_(max_copy_bytes) {}
 
   // Writes every section of `plan` to `peer` (which becomes the next generation's link), then the
   // passed descriptors and snapshot-end. `report` hears of each section as it is done. Deltas
@@ -54,9 +58,21 @@ class Exporter {
   void export_serialized(const Section& section, const std::string& name, std::uint32_t version, std::uint64_t sequence,
                          ExportLink& link, wire::SectionReport& r);
 
+  // Whether the section's save runs in a forked child (Section::freeze).
+  bool forks(const Section& section) const;
+  // Runs `write` in a child forked under the section's freeze (forked_save.h), and logs how it
+  // went. Returns the child's result (a report saying it died, when it did), or nullopt when it did
+  // not fork: the caller then saves under the lock.
+  // `give`: descriptors `write` uses, which this process closes once the child has them.
+  std::optional<ChildResult> save_forked(const Section& section, const std::vector<Fd*>& give,
+                                         const std::function<ChildResult()>& write);
+
   const std::vector<Section>& sections_;
   const std::uint64_t generation_;
   HandoverState& handover_;
+  const std::uint64_t max_copy_bytes_;
+  // The last change the section's snapshot holds (snapshot-covers).
+  std::uint64_t covers_ = 0;
 };
 
 }  // namespace hotrestart::sdk

@@ -73,6 +73,11 @@ void HandoverState::snapshot_sent(std::optional<LinkEnd> link_end) {
   if (link_end) next_gone_locked(*link_end);
 }
 
+std::uint64_t HandoverState::delta_sequence() const {
+  std::lock_guard lock(mutex_);
+  return delta_sequence_;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The application's threads
 
@@ -145,6 +150,17 @@ void HandoverState::stop_draining() {
 void HandoverState::borrow_arena(ArenaShare share) {
   std::lock_guard lock(mutex_);
   borrowed_from_previous_.push_back(std::move(share));
+}
+
+void HandoverState::snapshot_covers(const std::string& section, std::uint64_t sequence) {
+  std::lock_guard lock(mutex_);
+  covered_[section] = sequence;
+}
+
+bool HandoverState::covered(std::string_view section, std::uint64_t sequence) const {
+  std::lock_guard lock(mutex_);
+  auto it = covered_.find(section);
+  return it != covered_.end() && sequence <= it->second;
 }
 
 void HandoverState::previous_gone() {

@@ -8,7 +8,9 @@
 //
 // The rules it keeps:
 //  - A section streams (its changes are queued) from before its snapshot is taken: a change made
-//    while `save` runs is then in the snapshot, in a delta, or in both, never in neither.
+//    while `save` runs is then in the snapshot, in a delta, or in both, never in neither. Each
+//    change gets the next sequence number, and each snapshot says which it holds (snapshot-covers):
+//    the importer applies only the later ones, so that a change is applied exactly once.
 //  - Queued messages go only once snapshot-end has (snapshot_sent()). Until then the exporter alone
 //    writes to the link, blocking and outside the lock, and flush() sends nothing.
 //  - An arena's flag is set before the offer that lends it is sent (lend_arena) or before
@@ -84,6 +86,8 @@ class HandoverState {
   // Snapshot-end went (or the link failed on the way, `link_end` says how): queued messages may
   // follow.
   void snapshot_sent(std::optional<LinkEnd> link_end);
+  // The sequence number of the last change queued (0: none yet).
+  std::uint64_t delta_sequence() const;
 
   // --- The application's threads.
 
@@ -99,6 +103,11 @@ class HandoverState {
   // --- The previous generation's side.
 
   void borrow_arena(ArenaShare share);
+  // The snapshot of `section` holds every change of the previous generation numbered up to
+  // `sequence` (snapshot-covers).
+  void snapshot_covers(const std::string& section, std::uint64_t sequence);
+  // Whether the imported snapshot of `section` held the change numbered `sequence` already.
+  bool covered(std::string_view section, std::uint64_t sequence) const;
   // The previous generation has exited: the arenas it lent are this generation's alone.
   void previous_gone();
 
@@ -155,7 +164,8 @@ class HandoverState {
   std::deque<Outgoing> queue_;
   std::size_t queued_bytes_ = 0;
   std::uint64_t delta_sequence_ = 0;
-  std::vector<std::pair<std::string, Fd>> passed_fds_;  // Sent with every export.
+  std::map<std::string, std::uint64_t, std::less<>> covered_;  // Section -> snapshot-covers' sequence.
+  std::vector<std::pair<std::string, Fd>> passed_fds_;         // Sent with every export.
   bool draining_ = false;
   std::vector<ArenaShare> lent_to_next_;
   std::vector<ArenaShare> borrowed_from_previous_;

@@ -124,6 +124,10 @@ ImportOutcome Importer::import_from(int peer, const std::vector<wire::SectionVer
       ledger.unavailable(*missing);
       continue;
     }
+    if (auto* covers = std::get_if<wire::SnapshotCovers>(&r->message)) {
+      handover_.snapshot_covers(covers->section, covers->sequence);
+      continue;
+    }
     const auto section_start = Clock::now();
     if (auto* arena = std::get_if<wire::ArenaOffer>(&r->message)) {
       ledger.finish(import_arena(*arena, std::move(r->fds.at(0)), std::move(r->fds.at(1))), section_start);

@@ -9,6 +9,7 @@
 //   worker_start.cpp     start() in its modes: the supervised handshake, systemd, standalone, stub.
 //   importer.cpp         the new generation's side of a transfer (class Importer).
 //   exporter.cpp         the old generation's side of a transfer (class Exporter).
+//   forked_save.cpp      a section's save in a forked child (Section::freeze).
 //   worker_thread.cpp    the SDK thread: the channel, the peer links, and the destructor's flush.
 //   worker.cpp           the public Worker methods.
 //   handover_state.cpp   what is shared with the next and previous generations, under one lock.

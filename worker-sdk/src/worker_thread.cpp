@@ -335,7 +335,8 @@ void Worker::Impl::end_parking() {
 wire::TransferTotals Worker::Impl::export_to(Fd peer, std::uint64_t sequence,
                                              const std::vector<wire::SectionVersions>& plan,
                                              const std::function<void(const wire::SectionReport&)>& report) {
-  return sdk::Exporter(sections, generation, handover).export_to(std::move(peer), sequence, plan, report);
+  return sdk::Exporter(sections, generation, handover, options.max_snapshot_copy_bytes)
+      .export_to(std::move(peer), sequence, plan, report);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -361,14 +362,15 @@ void Worker::Impl::serve_previous_generation() {
 void Worker::Impl::on_peer_in(wire::Received received) {
   if (auto* delta = std::get_if<wire::Delta>(&received.message)) {
     const Section* section = section_for_change(sections, delta->section);
-    if (section == nullptr) return;
+    // A change the imported snapshot holds already is not applied again.
+    if (section == nullptr || handover.covered(delta->section, delta->sequence)) return;
     guarded("apply_delta", [&] { section->apply_delta(delta->version, delta->payload); });
     ++deltas_applied;
     return;
   }
   if (auto* large = std::get_if<wire::DeltaMemfd>(&received.message)) {
     const Section* section = section_for_change(sections, large->offer.name);
-    if (section == nullptr) return;
+    if (section == nullptr || handover.covered(large->offer.name, large->offer.sequence)) return;
     auto mapped = wire::open_section(std::move(received.fds.at(0)), large->offer, options.max_delta_bytes);
     if (!mapped) {
       say("section '%s': dropped a change: %s", large->offer.name.c_str(), mapped.error().text().c_str());

@@ -122,6 +122,10 @@ void serialize(Ar& ar, ArenaOffer& m) {
   ar(m.reserve, m.bytes, m.checksum);
 }
 template <class Ar>
+void serialize(Ar& ar, SnapshotCovers& m) {
+  ar(m.section, m.sequence);
+}
+template <class Ar>
 void serialize(Ar& ar, SectionStream& m) {
   ar(m.name, m.version, m.sequence);
 }
@@ -285,6 +289,7 @@ class Checker {
   std::optional<Error> operator()(const DeltaMemfd& m) const { return name("section name", m.offer.name); }
   std::optional<Error> operator()(const ArenaOffer& m) const { return name("section name", m.offer.name); }
   std::optional<Error> operator()(const SectionStream& m) const { return name("section name", m.name); }
+  std::optional<Error> operator()(const SnapshotCovers& m) const { return name("section name", m.section); }
   std::optional<Error> operator()(const SectionUnavailable& m) const {
     if (auto e = name("section name", m.name)) return e;
     return text("reason", m.reason);

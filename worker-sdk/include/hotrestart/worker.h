@@ -16,10 +16,11 @@
 // development. hotrestart/testing.h has a stub for unit tests of applications.
 //
 // Threads. start(), every `load` and every `load_arena` run on the thread that calls start().
-// The SDK then runs the channel on a thread of its own; `save`, `save_arena`, `apply_delta`,
-// on_drain, on_stop, on_active, on_fd, on_previous_gone and on_next_gone run there, one at a time, so they
-// must synchronise with the application's threads (a `save` must see a consistent state: take
-// the lock the writers take). An exception from a callback is reported on stderr, not
+// The SDK then runs the channel on a thread of its own; `save`, `save_arena`, `freeze`,
+// `apply_delta`, on_drain, on_stop, on_active, on_fd, on_previous_gone and on_next_gone run there,
+// one at a time, so they must synchronise with the application's threads (a `save` must see a
+// consistent state: take the lock the writers take, or let Section::freeze fork a child that
+// saves without stopping the application). An exception from a callback is reported on stderr, not
 // propagated. No callback runs once ~Worker() has begun. The SDK never touches the application's
 // event loop and installs no signal handler.
 #pragma once
@@ -27,6 +28,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <istream>
 #include <map>
 #include <memory>
@@ -40,6 +42,24 @@
 #include <hotrestart/fd.h>
 
 namespace hotrestart {
+
+// What Section::freeze is given: the SDK's fork, to be called under the lock the writers take.
+class SnapshotFork {
+ public:
+  // Forks the process here: the child saves the section from the state as it is at this instant.
+  // `arenas` are the hotrestart::Arena objects the section's state lives in, if any: their memory
+  // is shared between the processes, so this process writes its own copies of their pages until
+  // the child is done (as after Arena::snapshot()). Call it once per freeze; a second call does
+  // nothing. When the SDK calls freeze again because the snapshot's copies outgrew
+  // Options::max_snapshot_copy_bytes, this waits, under that same lock, for the child to finish.
+  void operator()(std::initializer_list<Arena*> arenas = {}) const;
+
+  class Impl;
+  explicit SnapshotFork(Impl& impl) : impl_(impl) {}
+
+ private:
+  Impl& impl_;
+};
 
 // A named piece of in-memory state carried to the next generation.
 //
@@ -77,6 +97,26 @@ struct Section {
   // `save`. The importer's `load` reads the bytes as they arrive: use InputArchive, and check
   // at_end() when done, which fails if the stream was cut short or corrupted.
   bool stream = false;
+
+  // Optional: save without stopping the application. Without it, `save` holds the writers' lock
+  // from its first byte to its last, and every request that needs the lock waits that long. With
+  // it, the SDK calls freeze(fork) on its thread; freeze takes the lock the writers take and calls
+  // fork() under it, and returns:
+  //
+  //   .freeze = [&](const hotrestart::SnapshotFork& fork) { std::lock_guard lock(mutex); fork(); },
+  //
+  // The SDK forks the process there. The child, a copy-on-write image of this process in which
+  // only the SDK's thread runs, calls `save` (whose lock is free in the child once freeze has
+  // returned there), writes the section, and exits; meanwhile the application serves and writes
+  // on, its changes travelling as deltas. The application pauses only for the fork (page tables:
+  // milliseconds per GiB of heap). In the child `save` must use nothing but the state and `out`:
+  // no other thread runs there, so a lock another thread held at the fork stays held, and the child
+  // has no descriptors but the standard ones and its output. Each page this process writes while the
+  // child runs is copied once; when the copies pass Options::max_snapshot_copy_bytes, the SDK calls
+  // freeze again, and fork() then waits under the lock for the child (the locked path, logged).
+  // If freeze does not call fork(), or the fork fails, `save` runs as without freeze (logged).
+  // See docs/sdk.md, "Snapshots without a pause".
+  std::function<void(const SnapshotFork& fork)> freeze = {};
 };
 
 // What start() brought over from the previous generation, section by section.
@@ -135,6 +175,10 @@ class Worker {
     bool resumable = false;
     // The largest configuration this worker takes from the supervisor; a larger one is refused.
     std::uint64_t max_config_bytes = std::uint64_t{64} << 20;
+    // Sections with Section::freeze: the most memory the pages copied while a forked save runs
+    // may take (pages this process writes, each copied once). Past it, writes wait for the save.
+    // 0: never fork; every save holds the lock.
+    std::uint64_t max_snapshot_copy_bytes = std::uint64_t{1} << 30;
   };
 
   Worker();

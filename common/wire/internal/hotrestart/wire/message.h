@@ -18,7 +18,7 @@
 
 namespace hotrestart::wire {
 
-inline constexpr std::uint16_t kProtocolVersion = 6;
+inline constexpr std::uint16_t kProtocolVersion = 7;
 inline constexpr std::size_t kHeaderSize = 32;
 inline constexpr std::size_t kMaxBody = 64 * 1024;
 inline constexpr std::size_t kMaxDatagram = kHeaderSize + kMaxBody;
@@ -67,7 +67,8 @@ inline constexpr std::size_t kMaxConfigs = 64;  // Configurations one worker rea
   X(Delta, Delta, 68, "delta", 0, 0)                                         \
   X(DeltaMemfd, DeltaMemfd, 69, "delta-memfd", 1, 1)                         \
   X(ArenaOffer, ArenaOffer, 70, "arena-offer", 2, 2)                         \
-  X(SectionStream, SectionStream, 71, "section-stream", 1, 1)
+  X(SectionStream, SectionStream, 71, "section-stream", 1, 1)                \
+  X(SnapshotCovers, SnapshotCovers, 72, "snapshot-covers", 0, 0)
 
 enum class Type : std::uint16_t {
 #define HOTRESTART_WIRE_ENUMERATOR(enumerator, message, number, ...) enumerator = number,
@@ -249,6 +250,15 @@ struct SectionStream {
   std::uint32_t version = 0;
   std::uint64_t sequence = 0;
   bool operator==(const SectionStream&) const = default;
+};
+
+// Version 7. Sent after a section's snapshot (before snapshot-end): the snapshot holds every change
+// the exporter published with a sequence up to `sequence`, so the importer applies only the
+// deltas of `section` numbered after it. Without one, every delta is applied.
+struct SnapshotCovers {
+  std::string section;
+  std::uint64_t sequence = 0;
+  bool operator==(const SnapshotCovers&) const = default;
 };
 
 // Configuration reload, in two phases (docs/protocol.md, "Configurations"). `config-prepare` carries
