@@ -11,6 +11,8 @@
 //   start_ms MS           the start, in ms since the epoch (buckets are counted from it)
 //   bucket_ms 100
 //   B INDEX REQUESTS HITS MISSES ERRORS MAX_US GEN:COUNT,...   one line per bucket with requests
+//   L INDEX US:COUNT,...  the bucket's latencies: how many requests took at most US microseconds
+//                         (and more than the cell before), in cells about 6% wide
 //   T NAME VALUE          totals: requests, hits, misses, errors, wrong_values, connects,
 //                         closed_by_server, lat_p50_us, lat_p99_us, lat_p999_us, lat_max_us
 //   E REASON... COUNT     errors by reason
@@ -99,7 +101,7 @@ class Histogram {
   }
   std::uint64_t max() const { return max_; }
 
- private:
+  // The cell `us` falls in, and the largest value that cell holds.
   static std::size_t index(std::uint64_t v) {
     if (v < 16) return static_cast<std::size_t>(v);
     const int msb = 63 - __builtin_clzll(v);
@@ -110,6 +112,8 @@ class Histogram {
     const std::size_t msb = i / 16 + 3;
     return ((std::uint64_t{16} | (i % 16)) + 1) << (msb - 4);
   }
+
+ private:
   std::array<std::uint64_t, 64 * 16> counts_{};
   std::uint64_t max_ = 0;
   std::uint64_t n_ = 0;
@@ -122,6 +126,7 @@ struct Bucket {
   std::uint64_t errors = 0;
   std::uint64_t max_us = 0;
   std::map<std::uint64_t, std::uint64_t> generations;
+  std::map<std::size_t, std::uint64_t> latency;  // Histogram cell -> requests.
 };
 
 struct Connection {
@@ -349,6 +354,7 @@ class Load {
     ++b.requests;
     b.max_us = std::max(b.max_us, us);
     ++b.generations[generation];
+    ++b.latency[Histogram::index(us)];
     latency_.add(us);
     ++completed_;
     bool ok = true;
@@ -429,6 +435,10 @@ class Load {
       for (const auto& [g, n] : b.generations)
         gens += (gens.empty() ? "" : ",") + std::to_string(g) + ":" + std::to_string(n);
       text += gens + "\n";
+      std::string cells;
+      for (const auto& [cell, n] : b.latency)
+        cells += (cells.empty() ? "" : ",") + std::to_string(Histogram::upper(cell)) + ":" + std::to_string(n);
+      text += "L " + std::to_string(i) + " " + cells + "\n";
     }
     const std::pair<const char*, std::uint64_t> totals[] = {
         {"requests", requests},
