@@ -3,6 +3,7 @@
 // still served by the old one.
 #include <fmt/format.h>
 
+#include <iterator>
 #include <map>
 
 #include "fixture.h"
@@ -469,16 +470,29 @@ TEST_CASE("state: a save in a forked process serves on meanwhile, and its death 
     std::thread upgrade([&] { r = sup.upgrade_to(sdk({"--version", "v2"})); });
     pid_t child = 0;
     CHECK(wait_until([&] { return (child = snapshot_process(sup)) != 0; }, 10s));
-    // The old generation answers while its snapshot is being written (the save is in the child).
+    // The old generation answers while its snapshot is being written (the save is in the child),
+    // and the child runs at the transfer's priority (Options::transfer_nice, 10 by default).
     CHECK(state_of(port)["entries"] == "5000");
-    if (child != 0) ::kill(child, SIGKILL);
+    if (child != 0) {
+      auto stat = read_file("/proc/" + std::to_string(child) + "/stat");
+      REQUIRE(stat.has_value());
+      std::istringstream fields(stat->substr(stat->rfind(')') + 2));
+      std::vector<std::string> f{std::istream_iterator<std::string>(fields), std::istream_iterator<std::string>()};
+      REQUIRE(f.size() > 16);
+      CHECK(f[16] == "10");  // Field 19 of /proc/PID/stat, the 17th after the name.
+      ::kill(child, SIGKILL);
+    }
     upgrade.join();
     CHECK_MESSAGE(r.exit_code == 1, r.out << r.err);
     CHECK_MESSAGE(contains(r.err, "the process saving it ended without a result (killed by signal 9)"), r.err);
     check_old_serves(sup, old_pid, port, 5000);
     CHECK(sup.proc().wait_output("section 'data': saved by a forked process", 5s));
     upgrade_ok(sup, sdk({"--version", "v2", "--fork-save"}));
-    CHECK(state_of(port)["entries"] == "5000");
+    const auto state = state_of(port);
+    CHECK(state.at("entries") == "5000");
+    // The import ran on a thread of the SDK's, at the transfer's priority.
+    CHECK(state.at("load_nice") == "10");
+    CHECK(state.at("load_on_main") == "0");
     CHECK(http_get(port, "/data/key-4999") == "value-4999");
     sup.stop();
   }

@@ -2,7 +2,9 @@
 // broker. It serves a little HTTP on its "http" listener, one request per connection:
 //
 //   GET /            version=LABEL pid=PID generation=N
-//   GET /state       entries=N imported=0|1 schema=V reason=... fds=K cloexec=0|1
+//   GET /state       entries=N load_nice=N load_on_main=0|1 imported=0|1 schema=V reason=... fds=K cloexec=0|1
+//                    (load_nice: the nice value of the thread `load` ran on; load_on_main: whether
+//                    that was the main thread; -1 and 0 before any load)
 //   GET /data/KEY    the value, or 404
 //   GET /config      config=VERSION greeting=VALUE (with --config)
 //
@@ -40,6 +42,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -193,6 +196,10 @@ Flags parse(int argc, char** argv) {
 
 // Schema 1 stores the map; schema 2 also stores the version label that wrote it, so that the two
 // layouts really differ.
+// Where the last `load` ran (GET /state).
+std::atomic<int> load_nice{-1};
+std::atomic<bool> load_on_main{false};
+
 void save(const Flags& f, std::uint32_t version, std::ostream& out) {
   if (f.export_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(f.export_delay_ms));
   std::lock_guard lock(data_mutex);
@@ -208,6 +215,9 @@ void save(const Flags& f, std::uint32_t version, std::ostream& out) {
 }
 
 void load(const Flags& f, std::uint32_t version, std::istream& in) {
+  errno = 0;
+  load_nice = ::getpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()));
+  load_on_main = ::gettid() == ::getpid();
   hotrestart::InputArchive archive(in);
   if (version >= 2) {
     std::string writer;
@@ -337,7 +347,8 @@ std::string respond(const std::string& path, const Flags& f, const hotrestart::W
       std::lock_guard lock(data_mutex);
       entries = data.size();
     }
-    std::string out = "entries=" + std::to_string(entries);
+    std::string out = "entries=" + std::to_string(entries) + " load_nice=" + std::to_string(load_nice.load()) +
+                      " load_on_main=" + (load_on_main.load() ? "1" : "0");
     if (f.blob > 0) out += " blob=" + std::to_string(blob_checked);
     for (const auto& s : worker.imported()) {
       if (s.name == "blob") continue;

@@ -19,8 +19,10 @@
 #include <sstream>
 #include <system_error>
 #include <thread>
+
 #include <utility>
 #include <vector>
+#include "worker_common.h"
 
 #include <hotrestart/wire/bytes.h>
 #include "arena_access.h"
@@ -55,11 +57,18 @@ std::uint64_t checksum_blocks(const std::byte* base, const std::vector<Arena::Bl
       digests[i] = XXH3_64bits(p, pieces[i].bytes);  // The host is little-endian (message.cpp).
     }
   };
-  const unsigned helpers = pieces.size() < 8 ? 0 : std::min(3U, std::max(1U, std::thread::hardware_concurrency()) - 1);
+  // With a transfer priority, the hashing runs on threads of its own at that priority, and this
+  // thread (the SDK's, or the application's) only waits.
+  const bool lowered = sdk::transfer_nice() > 0;
+  const unsigned cores = std::max(1U, std::thread::hardware_concurrency());
+  const unsigned helpers = pieces.size() < 8 ? 0 : std::min(3U, lowered ? cores : cores - 1);
   std::vector<std::thread> threads;
   try {
     for (unsigned t = 0; t < helpers; ++t)
-      threads.emplace_back(work);
+      threads.emplace_back([&] {
+        sdk::lower_priority_for_transfer();
+        work();
+      });
   } catch (const std::system_error&) {
     // No thread to be had (a process limit): the threads already started and this one share it.
   }

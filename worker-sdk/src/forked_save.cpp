@@ -114,6 +114,7 @@ std::vector<std::optional<std::uint64_t>> proc_bytes(const char* path, std::init
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (::getppid() != parent) ::_exit(70);
   ::prctl(PR_SET_NAME, "hr-snapshot", 0, 0, 0);
+  lower_priority_for_transfer();
   // The child must not hold the worker's connections, listeners and channel open: a connection the
   // parent closes must end now, not when the save does, and the supervisor must see the channel
   // close when the worker exits.

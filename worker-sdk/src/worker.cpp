@@ -43,7 +43,9 @@ std::string_view mode_name(Mode mode) {
 }
 
 Worker::Worker() : Worker(Options{}) {}
-Worker::Worker(Options options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+Worker::Worker(Options options) : impl_(std::make_unique<Impl>(std::move(options))) {
+  sdk::set_transfer_nice(impl_->options.transfer_nice);
+}
 Worker::~Worker() = default;
 
 void Worker::add_section(Section section) {

@@ -1,9 +1,11 @@
 // What every room of the worker SDK uses (see worker_common.h).
 #include "worker_common.h"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdarg>
 #include <cstdio>
@@ -44,6 +46,28 @@ const Section* find_section(const std::vector<Section>& sections, std::string_vi
     if (s.name == name) return &s;
   }
   return nullptr;
+}
+
+namespace {
+std::atomic<int> transfer_nice_value{0};
+}
+
+void set_transfer_nice(int nice) {
+  transfer_nice_value.store(std::clamp(nice, 0, 19));
+}
+
+int transfer_nice() {
+  return transfer_nice_value.load();
+}
+
+void lower_priority_for_transfer() {
+  const int nice = transfer_nice();
+  if (nice <= 0) return;
+  // On Linux, PRIO_PROCESS with a thread id sets that thread's nice value alone.
+  const auto tid = static_cast<id_t>(::gettid());
+  errno = 0;
+  const int now = ::getpriority(PRIO_PROCESS, tid);
+  if (errno == 0 && now < nice) (void)::setpriority(PRIO_PROCESS, tid, nice);
 }
 
 }  // namespace hotrestart::sdk

@@ -47,4 +47,13 @@ Result<wire::Received> receive_until(int fd, Clock::time_point deadline, const c
 
 const Section* find_section(const std::vector<Section>& sections, std::string_view name);
 
+// The nice value of the threads and processes that do a transfer's heavy work (the forked save,
+// the arena checksums, the import): Worker::Options::transfer_nice, for the process. 0 leaves
+// them as they are.
+void set_transfer_nice(int nice);
+int transfer_nice();
+// Lowers this thread's priority to transfer_nice() (a thread of its own, or a forked child: an
+// unprivileged thread cannot raise it again).
+void lower_priority_for_transfer();
+
 }  // namespace hotrestart::sdk

@@ -318,8 +318,21 @@ Status Worker::Impl::import_previous(wire::Received received, Clock::time_point 
     }
   } else {
     peer_in = std::move(begin->fds.at(0));
-    totals = import_from(peer_in.get(), plan->plan, deadline,
-                         [this](const wire::SectionReport& r) { channel.send(wire::SectionImported{r}); });
+    auto import = [&] {
+      totals = import_from(peer_in.get(), plan->plan, deadline,
+                           [this](const wire::SectionReport& r) { channel.send(wire::SectionImported{r}); });
+    };
+    if (sdk::transfer_nice() > 0) {
+      // On a thread of its own at the transfer's priority, so that the generation that serves
+      // meanwhile keeps its CPU; `load` runs there.
+      std::thread importer([&] {
+        sdk::lower_priority_for_transfer();
+        import();
+      });
+      importer.join();
+    } else {
+      import();
+    }
   }
   channel.send(wire::ImportFinished{totals});
   return {};

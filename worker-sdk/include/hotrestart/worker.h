@@ -15,7 +15,9 @@
 // uses those; started by hand it binds `fallback_listen` itself, so `./server` runs during
 // development. hotrestart/testing.h has a stub for unit tests of applications.
 //
-// Threads. start(), every `load` and every `load_arena` run on the thread that calls start().
+// Threads. start() runs on the thread that calls it; every `load` and `load_arena` runs while
+// start() waits, on a thread of the SDK's at a lower priority (Options::transfer_nice; with 0, and
+// in the stub, on the thread that called start()).
 // The SDK then runs the channel on a thread of its own; `save`, `save_arena`, `freeze`,
 // `apply_delta`, on_drain, on_stop, on_active, on_fd, on_previous_gone and on_next_gone run there,
 // one at a time, so they must synchronise with the application's threads (a `save` must see a
@@ -179,6 +181,13 @@ class Worker {
     // may take (pages this process writes, each copied once). Past it, writes wait for the save.
     // 0: never fork; every save holds the lock.
     std::uint64_t max_snapshot_copy_bytes = std::uint64_t{1} << 30;
+    // The nice value (0 to 19) of a transfer's heavy work: a forked save, the checksums of an
+    // arena, and (in a new generation) the import, which runs on a thread of the SDK's while
+    // start() waits. Both generations run at once during an upgrade, and this keeps that work from
+    // taking CPU from the one that serves. Under a saturated CPU the transfer then takes longer
+    // (the supervisor's --state-timeout bounds it). 0: the transfer runs at the application's
+    // priority, and the import on the thread that calls start().
+    int transfer_nice = 10;
   };
 
   Worker();
