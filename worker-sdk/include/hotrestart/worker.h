@@ -7,8 +7,8 @@
 //                       .load = [&](std::uint32_t v, std::istream& in) { cache.load(v, in); }});
 //   worker.on_drain([&] { server.stop_accepting_then_exit(); });
 //   if (auto error = worker.start(); !error.empty()) { fprintf(stderr, "%s\n", error.c_str()); return 1; }
-//   server.serve(worker.listener("http"));   // the state was imported before start() returned
-//   worker.ready();
+//   server.serve(worker.take_listener("http"));  // yours now: close it when you drain
+//   worker.ready();                               // (the state was imported before start() returned)
 //
 // Under `hotrestart run` the worker talks to the supervisor over a channel (an anonymous socket
 // whose fd number is in HOTRESTART_CHANNEL_FD). Started by systemd (LISTEN_FDS, NOTIFY_SOCKET) it
@@ -250,7 +250,12 @@ class Worker {
   bool active() const;
   std::uint64_t generation() const;  // 1, 2, ... under a supervisor; 0 otherwise.
 
-  // The listening socket of that name, or -1. The Worker owns it until take_listener().
+  // The listening socket of that name, or -1, to look at (its address, say): the Worker owns it
+  // until take_listener(), and closes it when it is destroyed, so never close it yourself or hand it
+  // to code that will. take_listener() gives it to you: serve on that one, and close it when you
+  // drain. A listener arrives blocking, and is one socket (one open file description) shared with
+  // the supervisor and every generation: setting or clearing O_NONBLOCK on it does so for all of
+  // them (docs/sdk.md, "The listening sockets").
   int listener(std::string_view name) const;
   Fd take_listener(std::string_view name);
   std::vector<std::string> listener_names() const;
