@@ -77,8 +77,11 @@ struct Section {
   std::function<void(std::uint32_t version, std::ostream& out)> save;
   std::function<void(std::uint32_t version, std::istream& in)> load;
   // Optional: applies one change published by the previous generation with publish_delta(),
-  // encoded in the version negotiated for this section. Changes must be idempotent: one made
-  // while `save` ran may arrive both in the snapshot and as a delta.
+  // encoded in the version negotiated for this section. With `freeze`, each change arrives exactly
+  // once (in the snapshot or here, never both), so a change may be an operation ("add 1").
+  // Without it, a change published while `save` ran may arrive both in the snapshot and here:
+  // make such changes idempotent (docs/sdk.md, "Deltas applied exactly once"). It may call
+  // publish_delta().
   std::function<void(std::uint32_t version, std::string_view delta)> apply_delta = {};
 
   // Optional, for state that lives in a hotrestart::Arena (arena.h): the arena goes to the next
@@ -233,10 +236,11 @@ class Worker {
   // its first generation's start, at the cutover of an upgrade, and when a revert resumes it. Until
   // then the generation is a *candidate*: should its supervisor die before the cutover, the SDK
   // drains it (on_drain) so that the old generation alone serves. A server whose requests change
-  // state should accept connections only from here: open the listeners, call ready(), and start
-  // accepting in this callback, so that no write is ever acknowledged by a generation that may
-  // never serve. In every other mode the generation is active at once, and this runs at the end of
-  // start(), on its caller's thread. Set it before start().
+  // state should accept connections only from here, so that no write is ever acknowledged by a
+  // generation that may never serve: after start(), take the listeners and call ready() (the
+  // cutover waits for ready(), so calling it here would never come), and start accepting (polling
+  // the listeners) in this callback. In every other mode the generation is active at once, and
+  // this runs at the end of start(), on its caller's thread. Set it before start().
   void on_active(std::function<void()> callback);
 
   // Connects to the supervisor (or reads LISTEN_FDS, or binds the fallback addresses), receives
