@@ -401,6 +401,13 @@ std::string Generation::ready_timeout_reason() const {
   std::string reason = fmt::format("generation {} was not ready within {} (--ready {})", number_,
                                    format_duration(options.ready_timeout), options.ready.describe());
   if (!status_text_.empty()) reason += fmt::format("; last status: {}", status_text_);
+  if (sdk_ == SdkState::Serving && options.ready.kind == ReadyMode::Kind::Notify) {
+    // Its Worker::start() returned, so the SDK is in place: ready() is what is missing (a server
+    // that waits for on_active before it calls ready() waits for ever: the cutover waits for it).
+    reason +=
+        "; its Worker::start() finished, but it never called Worker::ready() (call it after start(), not in "
+        "on_active)";
+  }
   if (context_.launcher.adopting() && options.ready.kind == ReadyMode::Kind::Notify) {
     reason += adopt_loaded_
                   ? fmt::format("; it never waited on a listener given with --listen (does it bind {}?)",

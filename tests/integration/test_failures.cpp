@@ -76,6 +76,13 @@ TEST_CASE("rollback: the new binary never sends READY") {
   check_rollback({"--", test_worker_bin(), "no-ready"}, "was not ready within 2s");
 }
 
+TEST_CASE("rollback: an SDK worker that calls ready() only in on_active is told what it never did") {
+  // on_active comes at the cutover, which waits for ready(): the generation waits for ever.
+  check_rollback({"--", bin_path("sdk-worker"), "--ready-in-active"},
+                 "its Worker::start() finished, but it never called Worker::ready() (call it after start(), not in "
+                 "on_active)");
+}
+
 TEST_CASE("rollback: the new binary crashes after READY but before cutover") {
   check_rollback({"--", test_worker_bin(), "crash-after-ready", "100"}, "was killed by SIGABRT before cutover");
 }

@@ -28,6 +28,7 @@
 //   --drain-delay-ms N     keep serving N ms after the drain request before exiting
 //   --stream               send the sections over a stream (Section::stream) instead of a memfd
 //   --fork-save            save section "data" (and the blob) in a forked process (Section::freeze)
+//   --ready-in-active      call ready() in on_active (which waits for it: it never comes)
 //   --resumable            Options::resumable: after its drain, wait_for_resume(), and serve
 //                          again when it returns true
 //   --blob BYTES           also keep a section "blob" of BYTES bytes (a pattern the first
@@ -86,6 +87,7 @@ struct Flags {
   long drain_delay_ms = 0;
   bool stream = false;
   bool fork_save = false;
+  bool ready_in_active = false;
   bool resumable = false;
   std::uint64_t blob = 0;
   std::string config;
@@ -177,6 +179,8 @@ Flags parse(int argc, char** argv) {
       f.stream = true;
     } else if (a == "--fork-save") {
       f.fork_save = true;
+    } else if (a == "--ready-in-active") {
+      f.ready_in_active = true;
     } else if (a == "--resumable") {
       f.resumable = true;
     } else if (a == "--blob") {
@@ -402,6 +406,7 @@ int main(int argc, char** argv) {
 
   if (f.start_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(f.start_delay_ms));
   hotrestart::Worker worker({.fallback_listen = {{"http", "127.0.0.1:0"}}, .resumable = f.resumable});
+  if (f.ready_in_active) worker.on_active([&worker] { worker.ready(); });
   worker.add_section({.name = f.section,
                       .versions = f.schemas,
                       .save = [&f](std::uint32_t v, std::ostream& out) { save(f, v, out); },
@@ -483,7 +488,7 @@ int main(int argc, char** argv) {
     // Non-blocking, because another generation may accept the connection poll() announced.
     ::fcntl(listener.get(), F_SETFL, ::fcntl(listener.get(), F_GETFL) | O_NONBLOCK);
     drain_at_ms = 0;
-    worker.ready();
+    if (!f.ready_in_active) worker.ready();
     while (drain_at_ms.load() == 0 || now_ms() < drain_at_ms.load() + f.drain_delay_ms) {
       pollfd p{listener.get(), POLLIN, 0};
       if (::poll(&p, 1, 50) <= 0) continue;
