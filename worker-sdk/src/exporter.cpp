@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <optional>
 #include <ostream>
 #include <span>
@@ -166,11 +167,17 @@ std::optional<ChildResult> Exporter::save_forked(const Section& section, const s
     say("section '%s': saved under the lock: %s", section.name.c_str(), f.why_not.c_str());
     return std::nullopt;
   }
-  say("section '%s': saved by a forked process (pid %d, %s); the writers waited %.1f ms for the fork%s, and "
-      "the snapshot's copies took at most %.1f MiB",
+  char copies[96];
+  if (f.sampled) {
+    std::snprintf(copies, sizeof copies, "the snapshot's copies took at most %.1f MiB",
+                  static_cast<double>(f.peak_copy_bytes) / 1048576.0);
+  } else {
+    std::snprintf(copies, sizeof copies, "it ended before the snapshot's copies were sampled (every 20 ms)");
+  }
+  say("section '%s': saved by a forked process (pid %d, %s); the writers waited %.1f ms for the fork%s, and %s",
       section.name.c_str(), static_cast<int>(f.child), f.child_end.c_str(), static_cast<double>(f.pause.count()) / 1e3,
       f.waited.count() > 0 ? (" and " + std::to_string(f.waited.count() / 1000) + " ms for the save").c_str() : "",
-      static_cast<double>(f.peak_copy_bytes) / 1048576.0);
+      copies);
   covers_ = f.sequence_at_fork;
   if (!f.result) {
     const std::string failure = "the process saving it ended without a result (" + f.child_end + ")";

@@ -240,6 +240,7 @@ ForkedSave save_in_child(const Section& section, std::uint64_t max_copy_bytes, c
     if (max_copy_bytes == 0 || held_back) continue;
     const std::uint64_t copies = snapshot_copy_bytes(impl.child, impl.anon_at_fork);
     out.peak_copy_bytes = std::max(out.peak_copy_bytes, copies);
+    out.sampled = true;
     if (copies <= max_copy_bytes) continue;
     // Past the bound: the writers wait, under their lock, for the child.
     held_back = true;

@@ -50,6 +50,7 @@ struct ForkedSave {
   std::chrono::microseconds pause{0};   // The fork's instant, under the writers' lock.
   std::chrono::microseconds waited{0};  // Writers held back because the copies outgrew the bound.
   std::uint64_t peak_copy_bytes = 0;    // The most memory the snapshot's copies took, as sampled.
+  bool sampled = false;                 // Whether they were sampled at all (every 20 ms).
   std::uint64_t sequence_at_fork = 0;   // `sequence_now` at the fork: the snapshot holds those changes.
 };
 
