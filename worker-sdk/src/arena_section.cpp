@@ -19,13 +19,12 @@
 #include <sstream>
 #include <system_error>
 #include <thread>
-
 #include <utility>
 #include <vector>
-#include "worker_common.h"
 
 #include <hotrestart/wire/bytes.h>
 #include "arena_access.h"
+#include "worker_common.h"
 
 namespace hotrestart::wire {
 namespace {
@@ -70,9 +69,9 @@ std::uint64_t checksum_blocks(const std::byte* base, const std::vector<Arena::Bl
         work();
       });
   } catch (const std::system_error&) {
-    // No thread to be had (a process limit): the threads already started and this one share it.
+    // No thread to be had (a process limit): the threads already started do it, or this one alone.
   }
-  work();
+  if (!lowered || threads.empty()) work();
   for (auto& t : threads)
     t.join();
   return XXH3_64bits(digests.data(), digests.size() * sizeof(std::uint64_t));

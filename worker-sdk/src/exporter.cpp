@@ -188,46 +188,30 @@ std::optional<ChildResult> Exporter::save_forked(const Section& section, const s
 
 void Exporter::export_serialized(const Section& section, const std::string& name, std::uint32_t version,
                                  std::uint64_t sequence, ExportLink& link, wire::SectionReport& r) {
-  auto write = [&]() -> Result<wire::WrittenSection> {
-    return wire::write_section(
+  // The memfd and its offer, or why not: the same whether this process writes it or a forked one.
+  auto write = [&]() -> ChildResult {
+    auto written = wire::write_section(
         name, version, sequence, [&](std::ostream& out) { section.save(version, out); }, std::uint64_t{1} << 46);
+    if (!written) return {wire::SectionExported{{name, false, version, 0, 0, written.error().text()}}, Fd()};
+    return {written->offer, std::move(written->memfd)};
   };
-  Fd memfd;
-  wire::SectionOffer offer;
   std::optional<ChildResult> forked;
-  if (forks(section)) {
-    forked = save_forked(section, {}, [&]() -> ChildResult {
-      auto written = write();
-      if (!written) return {wire::SectionExported{{name, false, version, 0, 0, written.error().text()}}, Fd()};
-      return {written->offer, std::move(written->memfd)};
-    });
+  if (forks(section)) forked = save_forked(section, {}, write);
+  ChildResult result = forked ? std::move(*forked) : write();
+  if (const auto* failed = std::get_if<wire::SectionExported>(&result.message)) {
+    r.reason = failed->report.reason;
+    return;
   }
-  if (forked) {
-    if (const auto* report = std::get_if<wire::SectionExported>(&forked->message)) {
-      r.reason = report->report.reason;
-      return;
-    }
-    const auto* written = std::get_if<wire::SectionOffer>(&forked->message);
-    if (written == nullptr || !forked->memfd) {
-      r.reason = "the process saving it sent no section";
-      return;
-    }
-    offer = *written;
-    memfd = std::move(forked->memfd);
-  } else {
-    auto written = write();
-    if (!written) {
-      r.reason = written.error().text();
-      return;
-    }
-    offer = written->offer;
-    memfd = std::move(written->memfd);
+  const auto* offer = std::get_if<wire::SectionOffer>(&result.message);
+  if (offer == nullptr || !result.memfd) {
+    r.reason = "the process saving it sent no section";
+    return;
   }
   r.ok = true;
   r.reason.clear();
-  r.bytes = offer.length;
-  const int fd = memfd.get();
-  link.send(offer, std::span<const int>(&fd, 1));
+  r.bytes = offer->length;
+  const int fd = result.memfd.get();
+  link.send(*offer, std::span<const int>(&fd, 1));
 }
 
 namespace {
@@ -289,28 +273,25 @@ bool Exporter::export_stream(const Section& section, const std::string& name, st
       return false;
     }
   }
-  if (forks(section)) {
-    // The child writes to the stream; this process's copy of it closes once the child has it, so
-    // that the importer sees the stream end if the child dies.
-    const int sock = mine.get();
-    auto forked = save_forked(section, {&mine}, [&]() -> ChildResult {
-      wire::SectionReport report{name, false, version, 0, 0, {}};
-      save_to_stream(section, where, version, sock, report);
-      return {wire::SectionExported{report}, Fd()};
-    });
-    if (forked) {
-      const auto* report = std::get_if<wire::SectionExported>(&forked->message);
-      if (report == nullptr) {
-        r.reason = where + ": the process saving it sent no report";
-      } else {
-        r.ok = report->report.ok;
-        r.reason = report->report.reason;
-        r.bytes = report->report.bytes;
-      }
-      return true;
-    }
+  // How the save went, the same whether this process writes the stream or a forked one (whose
+  // copy of `mine` then closes here, so that the importer sees the stream end if the child dies).
+  const int sock = mine.get();
+  auto write = [&]() -> ChildResult {
+    wire::SectionReport report{name, false, version, 0, 0, {}};
+    save_to_stream(section, where, version, sock, report);
+    return {wire::SectionExported{report}, Fd()};
+  };
+  std::optional<ChildResult> forked;
+  if (forks(section)) forked = save_forked(section, {&mine}, write);
+  const ChildResult result = forked ? std::move(*forked) : write();
+  const auto* report = std::get_if<wire::SectionExported>(&result.message);
+  if (report == nullptr) {
+    r.reason = where + ": the process saving it sent no report";
+    return true;
   }
-  save_to_stream(section, where, version, mine.get(), r);
+  r.ok = report->report.ok;
+  r.reason = report->report.reason;
+  r.bytes = report->report.bytes;
   return true;
 }
 

@@ -31,10 +31,8 @@ class SnapshotFork::Impl {
   bool called = false;
   bool in_child = false;  // This is the child (after fork() returned 0 here).
   pid_t child = 0;
-  std::string why_not;                                     // Why it did not fork, when called.
-  std::vector<std::shared_ptr<std::atomic<bool>>> frozen;  // The arenas' "shared with another process".
-  std::vector<Arena::Snapshot> snapshots;                  // Held while the child may read them.
-  std::uint64_t anon_at_fork = 0;
+  std::string why_not;                          // Why it did not fork, when called.
+  std::vector<Arena::Snapshot> snapshots;       // The arenas frozen for the child, until it is gone.
   std::chrono::microseconds took{0};            // How long the call took, under the writers' lock.
   std::function<void()> wait;                   // Mode::Wait: what to wait for.
   std::function<std::uint64_t()> sequence_now;  // Read at the fork.
@@ -60,11 +58,9 @@ void SnapshotFork::operator()(std::initializer_list<Arena*> arenas) const {
       s.why_not = "an arena of the section is still shared with another generation";
       break;
     }
-    s.frozen.push_back(detail::ArenaAccess::shared_with(snapshot));
     s.snapshots.push_back(std::move(snapshot));
   }
   if (s.why_not.empty()) {
-    s.anon_at_fork = sdk::own_anonymous_bytes();
     if (s.sequence_now) s.sequence_at_fork = s.sequence_now();
     const pid_t pid = ::fork();
     if (pid == 0) {
@@ -190,6 +186,9 @@ ForkedSave save_in_child(const Section& section, std::uint64_t max_copy_bytes, c
 
   SnapshotFork::Impl impl(SnapshotFork::Impl::Mode::Fork);
   impl.sequence_now = sequence_now;
+  // Read before the freeze, not under the application's lock: what the process allocates in
+  // between is counted as copies, which only errs on the safe side.
+  const std::uint64_t anon_before = own_anonymous_bytes();
   {
     SnapshotFork fork(impl);
     try {
@@ -211,8 +210,8 @@ ForkedSave save_in_child(const Section& section, std::uint64_t max_copy_bytes, c
   // From here on the child has its copy of the arenas' snapshots; this process lets them go once
   // the child is gone.
   auto release_arenas = [&impl] {
-    for (auto& flag : impl.frozen)
-      flag->store(false);
+    for (const auto& snapshot : impl.snapshots)
+      detail::ArenaAccess::shared_with(snapshot)->store(false);
   };
   if (impl.child == 0) {
     release_arenas();
@@ -238,7 +237,7 @@ ForkedSave save_in_child(const Section& section, std::uint64_t max_copy_bytes, c
   };
   while (!wait_readable(20)) {
     if (max_copy_bytes == 0 || held_back) continue;
-    const std::uint64_t copies = snapshot_copy_bytes(impl.child, impl.anon_at_fork);
+    const std::uint64_t copies = snapshot_copy_bytes(impl.child, anon_before);
     out.peak_copy_bytes = std::max(out.peak_copy_bytes, copies);
     out.sampled = true;
     if (copies <= max_copy_bytes) continue;
