@@ -406,7 +406,14 @@ int main(int argc, char** argv) {
 
   if (f.start_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(f.start_delay_ms));
   hotrestart::Worker worker({.fallback_listen = {{"http", "127.0.0.1:0"}}, .resumable = f.resumable});
-  if (f.ready_in_active) worker.on_active([&worker] { worker.ready(); });
+  // Accepting waits for on_active too, as the docs say: a generation that accepted before the
+  // cutover and was then rolled back would reset those connections.
+  std::atomic<bool> active{!f.ready_in_active};
+  if (f.ready_in_active)
+    worker.on_active([&worker, &active] {
+      worker.ready();
+      active = true;
+    });
   worker.add_section({.name = f.section,
                       .versions = f.schemas,
                       .save = [&f](std::uint32_t v, std::ostream& out) { save(f, v, out); },
@@ -491,6 +498,10 @@ int main(int argc, char** argv) {
     if (!f.ready_in_active) worker.ready();
     while (drain_at_ms.load() == 0 || now_ms() < drain_at_ms.load() + f.drain_delay_ms) {
       pollfd p{listener.get(), POLLIN, 0};
+      if (!active.load()) {
+        ::poll(nullptr, 0, 50);
+        continue;
+      }
       if (::poll(&p, 1, 50) <= 0) continue;
       hotrestart::Fd conn(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
       if (conn) serve_one(conn.get(), f, worker);
