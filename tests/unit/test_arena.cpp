@@ -10,6 +10,7 @@
 #include <cstring>
 #include <memory>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 
 #include <hotrestart/arena.h>
@@ -127,6 +128,38 @@ TEST_CASE("arena: after a snapshot, each side's writes stay its own until reclai
   CHECK(read_file(fd, offset, 4096) == std::string(4096, 'm'));
   CHECK(bytes_at(theirs + 2 * 4096, 4096) == std::string(4096, 'n'));
   CHECK(next.snapshot());
+}
+
+TEST_CASE("arena: write() fills a block through the memfd, and only a block, and leaves a snapshot alone") {
+  Arena arena(kReserve);
+  std::byte* block = arena.allocate(3 * 4096);
+  const std::uint64_t offset = arena.offset_of(block);
+  const std::string text(2 * 4096 + 100, 'w');
+  arena.write(block + 50, text.data(), text.size());
+  // The same bytes through the mapping and in the file, and the rest of the block still zero.
+  CHECK(bytes_at(block + 50, text.size()) == text);
+  CHECK(bytes_at(block, 50) == std::string(50, '\0'));
+  CHECK(bytes_at(block + 50 + text.size(), 3 * 4096 - 50 - text.size()) ==
+        std::string(3 * 4096 - 50 - text.size(), '\0'));
+
+  // Outside the arena, outside any block, or past the end of one: refused, nothing written.
+  std::byte outside[8] = {};
+  CHECK_THROWS_AS(arena.write(outside, "12345678", 8), std::out_of_range);
+  CHECK_THROWS_AS(arena.write(block + 3 * 4096 - 4, "12345678", 8), std::out_of_range);
+  std::byte* second = arena.allocate(4096);
+  arena.release(second);
+  CHECK_THROWS_AS(arena.write(second, "x", 1), std::out_of_range);
+  CHECK(bytes_at(block + 3 * 4096 - 4, 4) == std::string(4, '\0'));
+  CHECK_THROWS_AS(Arena().write(block, "x", 1), std::out_of_range);
+
+  // Lent to the next generation: the writes go to this process's copies, as memcpy's would, and
+  // the snapshot keeps what it had.
+  Arena::Snapshot snapshot = arena.snapshot();
+  REQUIRE(snapshot);
+  arena.write(block + 50, "changed", 7);
+  CHECK(bytes_at(block + 50, 9) == "changedww");
+  const auto& fd = hotrestart::detail::ArenaAccess::memfd(snapshot);
+  CHECK(read_file(fd, offset + 50, 9) == "wwwwwwwww");
 }
 
 TEST_CASE("arena: an importer refuses a corrupted, resized, oversized or inconsistent arena") {

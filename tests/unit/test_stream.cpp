@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cereal/types/map.hpp>
 #include <cereal/types/string.hpp>
 #include <cereal/types/vector.hpp>
@@ -25,6 +26,7 @@
 #include <ostream>
 #include <span>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -525,6 +527,66 @@ TEST_CASE("stream: InputArchive loads cereal output as it arrives") {
   CHECK(ar.at_end());
   CHECK(r.total() == size);
   CHECK(r.error() == "");
+  peer.join();
+  CHECK(finished.ok());
+}
+
+TEST_CASE("archive: view() reads bytes in place from memory, and into the scratch buffer from a stream") {
+  const std::string text = pattern(3 * kMiB + 17, 9);
+  std::string bytes;
+  {
+    std::ostringstream out;
+    {
+      OutputArchive ar(out);
+      ar(std::uint32_t{7}, cereal::binary_data(text.data(), text.size()));
+    }
+    bytes = out.str();
+  }
+  std::vector<std::byte> scratch(kMiB);
+  auto read_all = [&](InputArchive& ar) {
+    std::uint32_t seven = 0;
+    ar(seven);
+    CHECK(seven == 7);
+    std::string back;
+    std::vector<const std::byte*> where;
+    for (std::size_t done = 0; done < text.size();) {
+      const std::size_t n = std::min(kMiB, text.size() - done);
+      const auto piece = ar.view(n, scratch);
+      REQUIRE(piece.size() == n);
+      where.push_back(piece.data());
+      back.append(reinterpret_cast<const char*>(piece.data()), n);
+      done += n;
+    }
+    CHECK(difference(back, text) == "");
+    CHECK(ar.at_end());
+    return where;
+  };
+
+  // In memory: the spans point into the bytes themselves, and nothing is copied to the scratch.
+  {
+    InputArchive ar(std::as_bytes(std::span<const char>(bytes)));
+    const auto where = read_all(ar);
+    REQUIRE(where.size() == 4);
+    CHECK(where[0] == reinterpret_cast<const std::byte*>(bytes.data()) + 4);
+    InputArchive again(std::as_bytes(std::span<const char>(bytes)));
+    CHECK_THROWS_AS(again.view(bytes.size() + 1, scratch), hotrestart::ArchiveError);
+  }
+  // Streamed: each span is the scratch buffer; one larger than it is refused.
+  Status finished = Error::message("not run");
+  Peer peer([&](int fd) {
+    StreamWriter w(fd, kLimit);
+    {
+      std::ostream out(&w);
+      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    }
+    finished = w.finish();
+  });
+  StreamReader r(peer.reader_fd(), seconds_away(), kLimit);
+  std::istream in(&r);
+  InputArchive ar(in);
+  for (const std::byte* p : read_all(ar))
+    CHECK(p == scratch.data());
+  CHECK_THROWS_AS(ar.view(kMiB + 1, scratch), std::length_error);
   peer.join();
   CHECK(finished.ok());
 }

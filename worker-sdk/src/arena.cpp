@@ -25,6 +25,7 @@
 #include <new>
 #include <optional>
 #include <set>
+#include <stdexcept>
 #include <system_error>
 
 #include "arena_access.h"
@@ -328,6 +329,36 @@ void Arena::release(std::byte* block) {
     (void)::madvise(block, n, MADV_DONTNEED);
     add_range(s.stale, offset, n);
   }
+}
+
+void Arena::write(std::byte* at, const void* bytes, std::uint64_t n) {
+  if (n == 0) return;
+  if (!state_ || at < state_->base || at >= state_->base + state_->reserve) {
+    throw std::out_of_range("Arena::write: the destination is not in the arena");
+  }
+  State& s = *state_;
+  const std::uint64_t offset = offset_of(at);
+  // The block that holds `at`, without its guard: the memfd's writes bypass AddressSanitizer's
+  // poisoning, so the bound is checked here.
+  auto it = s.live.upper_bound(offset);
+  if (it == s.live.begin()) throw std::out_of_range("Arena::write: the destination is not in a block");
+  --it;
+  const auto g = s.guards.find(it->first);
+  const std::uint64_t end = it->first + it->second - (g != s.guards.end() ? g->second : 0);
+  if (offset >= end || n > end - offset) {
+    throw std::out_of_range("Arena::write: the bytes reach past the end of their block");
+  }
+  const auto* from = static_cast<const std::byte*>(bytes);
+  std::uint64_t done = 0;
+  if (s.shared) {
+    while (done < n) {
+      const ssize_t w = ::pwrite(s.memfd.get(), from + done, n - done, static_cast<off_t>(offset + done));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) break;  // The mapping then takes the rest (it fails as memcpy would).
+      done += static_cast<std::uint64_t>(w);
+    }
+  }
+  if (done < n) std::memcpy(at + done, from + done, n - done);
 }
 
 std::uint64_t Arena::offset_of(const std::byte* block) const {

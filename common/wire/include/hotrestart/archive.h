@@ -72,6 +72,21 @@ class InputArchive : public cereal::InputArchive<InputArchive, cereal::AllowEmpt
     std::memcpy(out, data_.data() + offset_, size);
     offset_ += size;
   }
+  // The next `size` bytes, consumed as by loadBinary but without a copy where they lie in memory
+  // (a section through a memfd): the span is then valid while the archive's data is. A streamed
+  // section's bytes are read into `scratch` (at least `size` bytes) and the span is that.
+  std::span<const std::byte> view(std::size_t size, std::span<std::byte> scratch) {
+    if (stream_ != nullptr) {
+      if (size > scratch.size()) throw std::length_error("InputArchive::view: the scratch buffer is too small");
+      read_stream(scratch.data(), size);
+      return scratch.first(size);
+    }
+    if (size > remaining()) throw ArchiveError("truncated: a field reaches past the end of the data");
+    const auto bytes = data_.subspan(offset_, size);
+    offset_ += size;
+    return bytes;
+  }
+
   // A count of elements must leave at least `min_bytes_each` bytes (at least one) per element.
   void check_count(std::uint64_t count, std::uint64_t min_bytes_each = 1) const {
     if (min_bytes_each == 0) min_bytes_each = 1;
