@@ -27,11 +27,12 @@
 //           only], stamp: u64. An import inserts them one by one. Because both layouts are read, an
 //           upgrade from a build older than the arena keeps the cache; a rollback to such a build
 //           is sent an arena it cannot read, and starts cold.
-//   save() holds the cache's lock while it writes: the old generation stalls its requests for as
-//   long as the section takes to write (docs/benchmarks.md, "State transfer").
+//   save() runs in a process forked under the cache's lock (Section::freeze), so the old generation
+//   pauses for the fork only; with --locked-save it holds the lock while it writes instead
+//   (docs/benchmarks.md, "State transfer"). A load copies an arena's pages and index into its new
+//   arena through the arena's memfd (Arena::write), while a thread of its own checks each part
+//   as soon as it is in place.
 #include "snapshot.h"
-
-#include <sys/mman.h>
 
 #include <hotrestart/archive.h>
 
@@ -40,10 +41,14 @@
 #include <atomic>
 #include <bit>
 #include <cstring>
+#include <exception>
+#include <functional>
 #include <limits>
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
+#include <system_error>
 #include <thread>
 #include <unordered_set>
 #include <utility>
@@ -62,52 +67,17 @@ namespace {
 using hotrestart::ArchiveError;
 
 constexpr std::uint32_t kHashXxh3 = 1;
-// An arena's pages are copied in pieces of this size, each checked while it is in the CPU's cache.
+// An arena's pages and index are copied in pieces of this size (a streamed one through a buffer of
+// this size, which stays in the CPU's cache).
 constexpr std::uint64_t kCopyPiece = 128 * 1024;
+// The index is copied and checked in blocks of this many slots.
+constexpr std::uint64_t kIndexBlockSlots = kPageBytes / sizeof(Slot);
 // The entries layout is gathered into a buffer of this size, so that the SDK's stream sees a few
 // large writes rather than five small ones per entry.
 constexpr std::size_t kWriteBuffer = 256 * 1024;
 // Entries are copied and read in batches whose index slots are prefetched together (see
 // HashIndex::prefetch).
 constexpr std::size_t kBatch = 16;
-
-// Faults in, on a thread of its own, the regions a load is about to fill: from the last one
-// backwards, while the loading thread fills them from the first, so that the two meet in the
-// middle. Filling fresh memory costs mostly page faults (the kernel zeroes every page, and a
-// virtual machine may have to back it first), which this spreads over two cores. The destructor
-// stops and joins the thread, so the regions must outlive it.
-class Prefaulter {
- public:
-  explicit Prefaulter(std::vector<std::span<std::byte>> regions) : regions_(std::move(regions)) {
-    if (regions_.size() > 1) thread_ = std::thread([this] { run(); });
-  }
-  ~Prefaulter() {
-    front_.store(regions_.size(), std::memory_order_relaxed);
-    if (thread_.joinable()) thread_.join();
-  }
-  Prefaulter(const Prefaulter&) = delete;
-  Prefaulter& operator=(const Prefaulter&) = delete;
-
-  // The loading thread is about to fill region `i`: the thread leaves it, and those before it, alone.
-  void reached(std::size_t i) { front_.store(i, std::memory_order_relaxed); }
-
- private:
-  void run() {
-    for (std::size_t i = regions_.size(); i-- > 0;) {
-      if (i <= front_.load(std::memory_order_relaxed) + 1) return;
-      // Whole pages of the mapping: the regions start on a page (but for a small one under
-      // AddressSanitizer, which then fails harmlessly).
-      const std::span<std::byte> r = regions_[i];
-      const std::size_t length = (r.size() + 4095) / 4096 * 4096;
-      // Only an optimisation: a kernel without MADV_POPULATE_WRITE (before 5.14) says EINVAL.
-      if (length > 0 && ::madvise(r.data(), length, MADV_POPULATE_WRITE) != 0) return;
-    }
-  }
-
-  std::vector<std::span<std::byte>> regions_;
-  std::atomic<std::size_t> front_{0};
-  std::thread thread_;
-};
 
 // What both arena layouts start with, up to the page records; with `offsets` (the mapped
 // layout) each record also gives its block's offset in the arena.
@@ -219,16 +189,29 @@ class ArenaReader {
     read_page_records();
     place_pages();
     ArenaCheck check(store_->slabs_, Schema >= 2 ? ContentTypes::kAllowed : ContentTypes::kNone);
-    copy_and_check_pages(check);
-    read_index();
-    copy_and_check_index(check);
+    if (mapped_ != nullptr) {
+      // Nothing to copy: the checks run here, over the pages where they lie.
+      read_index();
+      const std::uint64_t t0 = monotonic_ns();
+      run_checks(check, [](std::uint64_t) {});
+      check_ns_ = monotonic_ns() - t0;
+    } else {
+      // The checks run on a thread of their own, each part as soon as it is copied.
+      Checker checker([this, &check](const std::function<void(std::uint64_t)>& ready) { run_checks(check, ready); });
+      copy_pages(checker);
+      read_index();
+      checker.reached(++steps_);
+      copy_index(checker);
+      checker.finish();
+      check_ns_ = checker.busy_ns();
+    }
     if (!ar_.at_end()) throw ArchiveError("corrupt: bytes left after the arena");
     store_->max_stamp_ = check.max_stamp();
     return std::move(store_);
   }
 
-  // Where the time of read() went: copying bytes into the pages and the index (most of it page
-  // faults, in new memory), and checking them.
+  // Where the time of read() went: copying bytes into the pages and the index (in new memory), and
+  // checking them (alongside the copies, on a thread of their own, unless the arena is mapped).
   std::uint64_t copy_ns() const { return copy_ns_; }
   std::uint64_t check_ns() const { return check_ns_; }
 
@@ -346,53 +329,125 @@ class ArenaReader {
       s.slabs_.restore_free_head(k, free_heads_[k]);
   }
 
-  // The pages' bytes, copied in pieces (unless the arena is mapped), each checked while it is
-  // still in the CPU's cache; then the lists through them.
-  void copy_and_check_pages(ArenaCheck& check) {
-    const auto& pages = store_->slabs_.pages();
-    if (mapped_ != nullptr) {
-      const std::uint64_t t0 = monotonic_ns();
-      for (std::uint32_t p = 0; p < pages.size(); ++p) {
-        if (pages[p].kind != kNoPage) check.check_chunks(p, 0, pages[p].used);
-      }
-      check_ns_ += monotonic_ns() - t0;
-    } else {
-      std::vector<std::span<std::byte>> fill;
-      for (const Slabs::Page& page : pages) {
-        if (page.kind != kNoPage) fill.emplace_back(page.memory.data(), page.used * page.chunk);
-      }
-      Prefaulter prefault(fill);
-      std::size_t filled = 0;
-      for (std::uint32_t p = 0; p < pages.size(); ++p) {
-        if (pages[p].kind == kNoPage) continue;
-        prefault.reached(filled++);
-        copy_and_check_page(check, p);
+  // Runs the checks on a thread of its own, a step behind the copies: the loading thread calls
+  // reached(n) once the n-th part (a page, the index's table, a block of the index) is in place,
+  // and finish() at the end, which waits for the checks and throws what they threw. Without a
+  // thread to be had, finish() runs them all.
+  class Checker {
+   public:
+    using Checks = std::function<void(const std::function<void(std::uint64_t)>& ready)>;
+    explicit Checker(Checks checks) : checks_(std::move(checks)) {
+      try {
+        threaded_ = true;  // Before the thread starts, which reads it.
+        thread_ = std::thread([this] { run(); });
+      } catch (const std::system_error&) {
+        threaded_ = false;
       }
     }
-    const std::uint64_t t0 = monotonic_ns();
+    ~Checker() {
+      if (thread_.joinable()) {
+        reached(kAbandoned);
+        thread_.join();
+      }
+    }
+    Checker(const Checker&) = delete;
+    Checker& operator=(const Checker&) = delete;
+
+    void reached(std::uint64_t step) {
+      ready_.store(step, std::memory_order_release);
+      ready_.notify_one();
+    }
+    // Whether the checks have failed already, so that the copies can stop.
+    bool failed() const { return failed_.load(std::memory_order_relaxed); }
+    void finish() {
+      if (threaded_) {
+        thread_.join();
+      } else {
+        run();
+      }
+      if (error_) std::rethrow_exception(error_);
+    }
+    std::uint64_t busy_ns() const { return busy_ns_; }
+
+   private:
+    static constexpr std::uint64_t kAbandoned = std::numeric_limits<std::uint64_t>::max();
+    struct Abandoned {};
+
+    void run() {
+      const std::uint64_t t0 = monotonic_ns();
+      std::uint64_t waited = 0;
+      try {
+        checks_([&](std::uint64_t step) {
+          if (!threaded_) return;  // Run at the end: everything is in place.
+          std::uint64_t now = ready_.load(std::memory_order_acquire);
+          if (now < step) {
+            const std::uint64_t w = monotonic_ns();
+            while ((now = ready_.load(std::memory_order_acquire)) < step)
+              ready_.wait(now, std::memory_order_acquire);
+            waited += monotonic_ns() - w;
+          }
+          if (now == kAbandoned) throw Abandoned{};
+        });
+      } catch (const Abandoned&) {
+      } catch (...) {
+        error_ = std::current_exception();
+        failed_.store(true, std::memory_order_relaxed);
+      }
+      busy_ns_ = monotonic_ns() - t0 - waited;
+    }
+
+    Checks checks_;
+    std::atomic<std::uint64_t> ready_{0};
+    std::atomic<bool> failed_{false};
+    std::exception_ptr error_;
+    std::uint64_t busy_ns_ = 0;
+    bool threaded_ = false;
+    std::thread thread_;
+  };
+
+  // Every check of the loaded arena, in order; `ready(n)` returns once the n-th part is in place.
+  void run_checks(ArenaCheck& check, const std::function<void(std::uint64_t)>& ready) {
+    const auto& pages = store_->slabs_.pages();
+    std::uint64_t step = 0;
+    for (std::uint32_t p = 0; p < pages.size(); ++p) {
+      if (pages[p].kind == kNoPage) continue;
+      ready(++step);
+      check.check_chunks(p, 0, pages[p].used);
+    }
     store_->bytes_ = check.check_lists(head_, tail_, count_);
-    check_ns_ += monotonic_ns() - t0;
+    ready(++step);  // The index's table.
+    const HashIndex& index = store_->index_;
+    const std::uint64_t slot_count = index.slot_count();
+    for (std::uint64_t from = 0; from < slot_count; from += kIndexBlockSlots) {
+      ready(++step);
+      check.check_index(index, from, std::min(slot_count, from + kIndexBlockSlots));
+    }
+    check.finish_index(index, count_);
   }
 
-  void copy_and_check_page(ArenaCheck& check, std::uint32_t p) {
-    const Slabs::Page& page = store_->slabs_.pages()[p];
-    const std::uint64_t bytes = page.used * page.chunk;
-    std::uint32_t checked = 0;
-    for (std::uint64_t done = 0; done < bytes;) {
-      const std::uint64_t piece = std::min(kCopyPiece, bytes - done);
-      const std::uint64_t t0 = monotonic_ns();
-      ar_.loadBinary(page.memory.data() + done, piece);
-      const std::uint64_t t1 = monotonic_ns();
-      copy_ns_ += t1 - t0;
+  // Copies `n` bytes of the archive into the new arena at `to`, through its memfd
+  // (Arena::write): the pages are new, and that fills them about twice as fast as a copy through
+  // the mapping. A section through a memfd is read where it lies; a streamed one through a buffer
+  // that stays in the CPU's cache.
+  void copy_into_arena(std::byte* to, std::uint64_t n) {
+    for (std::uint64_t done = 0; done < n;) {
+      const auto piece = static_cast<std::size_t>(std::min(kCopyPiece, n - done));
+      const auto bytes = ar_.view(piece, scratch_);
+      store_->arena_.write(to + done, bytes.data(), piece);
       done += piece;
-      // The chunks whose headers are all there by now.
-      const auto ready = static_cast<std::uint32_t>(
-          done < kChunkHeaderBytes ? 0
-                                   : std::min<std::uint64_t>(page.used, (done - kChunkHeaderBytes) / page.chunk + 1));
-      check.check_chunks(p, checked, done == bytes ? page.used : ready);
-      checked = done == bytes ? page.used : ready;
-      check_ns_ += monotonic_ns() - t1;
     }
+  }
+
+  // The pages' bytes, each page handed to the checks once it is in place.
+  void copy_pages(Checker& checker) {
+    const std::uint64_t t0 = monotonic_ns();
+    for (const Slabs::Page& page : store_->slabs_.pages()) {
+      if (page.kind == kNoPage) continue;
+      copy_into_arena(page.memory.data(), page.used * page.chunk);
+      checker.reached(++steps_);
+      if (checker.failed()) checker.finish();  // Throws what the checks found.
+    }
+    copy_ns_ += monotonic_ns() - t0;
   }
 
   // The index's size, and its table: claimed in the mapped arena (the last of its blocks to be
@@ -420,30 +475,18 @@ class ArenaReader {
     store_->index_.adopt(table, slot_count);
   }
 
-  // The index's slots, copied block by block (unless the arena is mapped), each block checked just
-  // after it is copied.
-  void copy_and_check_index(ArenaCheck& check) {
+  // The index's slots, block by block, each handed to the checks once it is in place.
+  void copy_index(Checker& checker) {
     const HashIndex& index = store_->index_;
-    constexpr std::uint64_t kBlockSlots = kPageBytes / sizeof(Slot);
+    const std::uint64_t t0 = monotonic_ns();
     const std::uint64_t slot_count = index.slot_count();
-    const std::uint64_t blocks = (slot_count + kBlockSlots - 1) / kBlockSlots;
-    std::vector<std::span<std::byte>> fill;
-    for (std::uint64_t b = 0; b < blocks; ++b) {
-      const std::uint64_t from = b * kBlockSlots;
-      fill.emplace_back(index.block().data() + from * sizeof(Slot),
-                        std::min(kBlockSlots, slot_count - from) * sizeof(Slot));
+    for (std::uint64_t from = 0; from < slot_count; from += kIndexBlockSlots) {
+      if (checker.failed()) checker.finish();
+      const std::uint64_t slots = std::min(kIndexBlockSlots, slot_count - from);
+      copy_into_arena(index.block().data() + from * sizeof(Slot), slots * sizeof(Slot));
+      checker.reached(++steps_);
     }
-    Prefaulter prefault(mapped_ == nullptr ? fill : std::vector<std::span<std::byte>>{});
-    for (std::uint64_t b = 0; b < blocks; ++b) {
-      prefault.reached(b);
-      const std::uint64_t t0 = monotonic_ns();
-      if (mapped_ == nullptr) ar_.loadBinary(fill[b].data(), fill[b].size());
-      const std::uint64_t t1 = monotonic_ns();
-      copy_ns_ += t1 - t0;
-      check.check_index(index, b * kBlockSlots, b * kBlockSlots + fill[b].size() / sizeof(Slot));
-      check_ns_ += monotonic_ns() - t1;
-    }
-    check.finish_index(index, count_);
+    copy_ns_ += monotonic_ns() - t0;
   }
 
   hotrestart::InputArchive& ar_;
@@ -459,6 +502,8 @@ class ArenaReader {
   std::unordered_set<std::uint64_t> claimed_;  // The blocks of a mapped arena already given a use.
   std::uint64_t copy_ns_ = 0;
   std::uint64_t check_ns_ = 0;
+  std::uint64_t steps_ = 0;  // The parts in place so far (Checker::reached).
+  std::vector<std::byte> scratch_ = std::vector<std::byte>(kCopyPiece);
 };
 
 namespace {
@@ -490,6 +535,20 @@ std::unique_ptr<Store<To>> convert(const Store<From>& from, std::uint64_t max_by
   return to;
 }
 
+// One field of an entry: where it lies in the archive's bytes (a section through a memfd), or, read
+// as it arrives (a streamed one), in `buffer`.
+std::string_view read_field(hotrestart::InputArchive& ar, std::string& buffer) {
+  if (ar.streaming()) {
+    ar(buffer);
+    return buffer;
+  }
+  std::uint64_t n = 0;
+  ar(n);
+  ar.check_count(n);
+  const auto bytes = ar.view(static_cast<std::size_t>(n), {});
+  return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
+}
+
 // Reads the entries layout (its count already read), inserting entry by entry, in batches whose
 // index slots are prefetched together.
 template <int Schema>
@@ -500,19 +559,23 @@ std::unique_ptr<Store<Schema>> load_entries(hotrestart::InputArchive& ar, std::u
   auto staging = std::make_unique<Store<Schema>>(max_bytes, default_classes());
   staging->reserve(std::min<std::uint64_t>(count, max_bytes / kMinChunk + 1));
   struct Entry {
-    std::string key;
-    std::string value;
-    std::string type;
+    std::string_view key;
+    std::string_view value;
+    std::string_view type;
     std::uint64_t stamp = 0;
     std::uint32_t hash = 0;
+    std::string key_buffer;  // A streamed section's bytes.
+    std::string value_buffer;
+    std::string type_buffer;
   };
   std::array<Entry, kBatch> batch;
   for (std::uint64_t done = 0; done < count;) {
     const std::uint64_t n = std::min<std::uint64_t>(kBatch, count - done);
     for (std::uint64_t i = 0; i < n; ++i) {
       Entry& e = batch[i];
-      ar(e.key, e.value);
-      if (version >= 2) ar(e.type);
+      e.key = read_field(ar, e.key_buffer);
+      e.value = read_field(ar, e.value_buffer);
+      e.type = version >= 2 ? read_field(ar, e.type_buffer) : std::string_view{};
       ar(e.stamp);
       if (e.key.size() > kMaxKeyBytes || e.type.size() > kMaxTypeBytes || e.value.size() > UINT32_MAX - kPageBytes) {
         throw ArchiveError("the snapshot holds an entry larger than this cache stores");

@@ -605,7 +605,7 @@ TEST_CASE("kv cache: random corruptions of an arena snapshot never crash") {
     } catch (const hotrestart::ArchiveError& e) {
       // A corrupted key no longer matches its hash: such an entry cannot be found, which only a
       // sample of the slots is checked for, and moving slots can bring it into the sample.
-      CHECK(std::string(e.what()).find("hashes") != std::string::npos);
+      CHECK_MESSAGE(std::string(e.what()).find("hashes") != std::string::npos, std::string(e.what()));
     }
   }
   MESSAGE("corrupted arenas: " << rejected << " rejected, " << accepted << " accepted");
