@@ -7,7 +7,10 @@
 //                    by another, with large writes: the best of 256 KiB and 1 MiB writes, with the
 //                    default socket buffers and with 4 MiB ones (which, in unix_how);
 //       fresh_gbps:  writing N bytes into memory just mapped, which the kernel must fault in first:
-//                    what any copy into a new process's memory pays on top of memcpy.
+//                    what any copy into a new process's memory pays on top of memcpy;
+//       arena_memcpy_gbps, arena_write_gbps: copying N bytes in 128 KiB pieces into a new
+//                    hotrestart::Arena's blocks of 1 MiB (as kv-cache's load fills its pages), with
+//                    memcpy through the mapping and with Arena::write through the memfd.
 //   state-bench transfer STATUS_JSON [SECTION]
 //       The `last_transfer` of `hotrestart status --json`: its outcome, and the first section's (or
 //       SECTION's)
@@ -32,6 +35,7 @@
 #include <thread>
 #include <vector>
 
+#include <hotrestart/arena.h>
 #include <nlohmann/json.hpp>
 
 namespace {
@@ -121,6 +125,34 @@ double unix_rate(std::size_t bytes, std::size_t write_bytes, int buffer_bytes, i
   return best;
 }
 
+// Copies `bytes` from memory already touched into a new arena's 1 MiB blocks, 128 KiB at a time,
+// with memcpy or with Arena::write; the best of `reps`.
+double arena_rate(std::size_t bytes, int reps, bool write) {
+  constexpr std::size_t kBlock = std::size_t{1} << 20;
+  constexpr std::size_t kPiece = std::size_t{128} << 10;
+  Mapping source(kBlock);
+  std::memset(source.data, 0x5a, kBlock);
+  double best = 0;
+  for (int r = 0; r < reps; ++r) {
+    hotrestart::Arena arena(bytes + bytes / 8);
+    std::vector<std::byte*> blocks;
+    for (std::size_t done = 0; done < bytes; done += kBlock)
+      blocks.push_back(arena.allocate(kBlock));
+    const auto t = Clock::now();
+    for (std::byte* block : blocks) {
+      for (std::size_t at = 0; at < kBlock; at += kPiece) {
+        if (write) {
+          arena.write(block + at, source.data + at, kPiece);
+        } else {
+          std::memcpy(block + at, source.data + at, kPiece);
+        }
+      }
+    }
+    best = std::max(best, static_cast<double>(blocks.size() * kBlock) / seconds_since(t) / 1e9);
+  }
+  return best;
+}
+
 double fresh_rate(std::size_t bytes, int reps) {
   double best = 0;
   for (int r = 0; r < reps; ++r) {
@@ -170,6 +202,8 @@ int baselines(const std::vector<std::string>& args) {
   }
   std::printf("unix_gbps %.3f\nunix_how %s\n", unix_best, unix_how.c_str());
   std::printf("fresh_gbps %.3f\n", fresh_rate(bytes, reps));
+  std::printf("arena_memcpy_gbps %.3f\n", arena_rate(bytes, reps, false));
+  std::printf("arena_write_gbps %.3f\n", arena_rate(bytes, reps, true));
   return 0;
 }
 
