@@ -140,7 +140,14 @@ struct Arena::State {
       std::lock_guard lock(registry_mutex());
       registry().erase(this);
     }
-    if (base != nullptr) ::munmap(base, reserve);
+    if (base != nullptr) {
+      // AddressSanitizer keeps a region's poison after munmap: the guards would poison whatever
+      // is mapped at these addresses next (another arena's blocks, say).
+      for (const auto& [offset, bytes] : guards) {
+        if (auto it = live.find(offset); it != live.end()) poison(base + offset + it->second - bytes, bytes, false);
+      }
+      ::munmap(base, reserve);
+    }
   }
 
   // Every arena of the process, for drop_all_page_tables().
@@ -332,7 +339,6 @@ void Arena::release(std::byte* block) {
 }
 
 void Arena::write(std::byte* at, const void* bytes, std::uint64_t n) {
-  if (n == 0) return;
   if (!state_ || at < state_->base || at >= state_->base + state_->reserve) {
     throw std::out_of_range("Arena::write: the destination is not in the arena");
   }
@@ -348,13 +354,15 @@ void Arena::write(std::byte* at, const void* bytes, std::uint64_t n) {
   if (offset >= end || n > end - offset) {
     throw std::out_of_range("Arena::write: the bytes reach past the end of their block");
   }
+  if (n == 0) return;
   const auto* from = static_cast<const std::byte*>(bytes);
   std::uint64_t done = 0;
   if (s.shared) {
     while (done < n) {
       const ssize_t w = ::pwrite(s.memfd.get(), from + done, n - done, static_cast<off_t>(offset + done));
       if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) break;  // The mapping then takes the rest (it fails as memcpy would).
+      if (w < 0) throw std::system_error(errno, std::generic_category(), "Arena::write: pwrite to the arena's memfd");
+      if (w == 0) break;  // The mapping then takes the rest.
       done += static_cast<std::uint64_t>(w);
     }
   }
