@@ -124,9 +124,10 @@ struct Found {
 struct LoadReport {
   std::string layout;                // "mapped arena", "arena", "entries", or how one was converted.
   std::uint64_t micros = 0;          // The whole load, from the first byte read to the swap.
-  std::uint64_t copy_micros = 0;     // Arena: copying pages and index into new memory (mostly faults);
+  std::uint64_t copy_micros = 0;     // Arena: copying pages and index into the new arena (Arena::write);
                                      // 0 for a mapped arena.
-  std::uint64_t check_micros = 0;    // Arena: checking them before the swap.
+  std::uint64_t check_micros = 0;    // Arena: checking them before the swap; when copied, on a thread
+                                     // of its own beside the copy (its busy time, which overlaps it).
   std::uint64_t convert_micros = 0;  // Copying an arena entry by entry (another schema or class table).
 };
 

@@ -190,18 +190,30 @@ class ArenaReader {
     place_pages();
     ArenaCheck check(store_->slabs_, Schema >= 2 ? ContentTypes::kAllowed : ContentTypes::kNone);
     if (mapped_ != nullptr) {
-      // Nothing to copy: the checks run here, over the pages where they lie.
-      read_index();
+      // Nothing to copy: the checks run here, over the pages where they lie, and the index's
+      // header is read where a copy would have reached it (after the pages' checks).
+      std::uint64_t index_step = 1;
+      for (const Slabs::Page& page : store_->slabs_.pages())
+        index_step += page.kind != kNoPage ? 1 : 0;
       const std::uint64_t t0 = monotonic_ns();
-      run_checks(check, [](std::uint64_t) {});
+      run_checks(check, [&](std::uint64_t step) {
+        if (step == index_step) read_index();
+      });
       check_ns_ = monotonic_ns() - t0;
     } else {
       // The checks run on a thread of their own, each part as soon as it is copied.
       Checker checker([this, &check](const std::function<void(std::uint64_t)>& ready) { run_checks(check, ready); });
-      copy_pages(checker);
-      read_index();
-      checker.reached(++steps_);
-      copy_index(checker);
+      try {
+        copy_pages(checker);
+        read_index();
+        checker.reached(++steps_);
+        copy_index(checker);
+      } catch (...) {
+        // What the checks found wins over what the copy ran into after it (a corrupt page, say,
+        // before the bytes ran out), as when each part was checked before the next was read.
+        checker.abandon();
+        throw;
+      }
       checker.finish();
       check_ns_ = checker.busy_ns();
     }
@@ -359,6 +371,14 @@ class ArenaReader {
     }
     // Whether the checks have failed already, so that the copies can stop.
     bool failed() const { return failed_.load(std::memory_order_relaxed); }
+    // The copy failed: stops the checks where they are, and throws what they found, if anything.
+    void abandon() {
+      if (thread_.joinable()) {
+        reached(kAbandoned);
+        thread_.join();
+      }
+      if (error_) std::rethrow_exception(error_);
+    }
     void finish() {
       if (threaded_) {
         thread_.join();
@@ -427,10 +447,12 @@ class ArenaReader {
 
   // Copies `n` bytes of the archive into the new arena at `to`, through its memfd
   // (Arena::write): the pages are new, and that fills them about twice as fast as a copy through
-  // the mapping. A section through a memfd is read where it lies; a streamed one through a buffer
-  // that stays in the CPU's cache.
-  void copy_into_arena(std::byte* to, std::uint64_t n) {
+  // the mapping (docs/benchmarks.md). A section through a memfd is read where it lies; a streamed
+  // one through a buffer that stays in the CPU's cache. Stops, throwing what the checks found,
+  // as soon as they have failed.
+  void copy_into_arena(std::byte* to, std::uint64_t n, Checker& checker) {
     for (std::uint64_t done = 0; done < n;) {
+      if (checker.failed()) checker.finish();  // Throws what the checks found.
       const auto piece = static_cast<std::size_t>(std::min(kCopyPiece, n - done));
       const auto bytes = ar_.view(piece, scratch_);
       store_->arena_.write(to + done, bytes.data(), piece);
@@ -443,9 +465,8 @@ class ArenaReader {
     const std::uint64_t t0 = monotonic_ns();
     for (const Slabs::Page& page : store_->slabs_.pages()) {
       if (page.kind == kNoPage) continue;
-      copy_into_arena(page.memory.data(), page.used * page.chunk);
+      copy_into_arena(page.memory.data(), page.used * page.chunk, checker);
       checker.reached(++steps_);
-      if (checker.failed()) checker.finish();  // Throws what the checks found.
     }
     copy_ns_ += monotonic_ns() - t0;
   }
@@ -481,9 +502,8 @@ class ArenaReader {
     const std::uint64_t t0 = monotonic_ns();
     const std::uint64_t slot_count = index.slot_count();
     for (std::uint64_t from = 0; from < slot_count; from += kIndexBlockSlots) {
-      if (checker.failed()) checker.finish();
       const std::uint64_t slots = std::min(kIndexBlockSlots, slot_count - from);
-      copy_into_arena(index.block().data() + from * sizeof(Slot), slots * sizeof(Slot));
+      copy_into_arena(index.block().data() + from * sizeof(Slot), slots * sizeof(Slot), checker);
       checker.reached(++steps_);
     }
     copy_ns_ += monotonic_ns() - t0;

@@ -18,9 +18,10 @@
 // alone again; snapshot() does it by itself when it can. Borrowed arenas do not reuse freed blocks
 // before reclaim(); they allocate above the snapshot instead.
 //
-// Threads. An Arena is not synchronised: allocate, release, snapshot and reclaim must be called
-// under the lock that guards the application's state (the lock `save_arena` takes). Reads and
-// writes of the blocks' bytes need no more than the application's own locking.
+// Threads. An Arena is not synchronised: allocate, release, write, snapshot and reclaim must be
+// called under the lock that guards the application's state (the lock `save_arena` takes), or by
+// one thread at a time. Reads and writes of the blocks' bytes need no more than the application's
+// own locking.
 //
 // A process that forks must not read an arena's memory in the child: after reclaim() the child's
 // view would change under it.
@@ -85,11 +86,13 @@ class Arena {
   void release(std::byte* block);
 
   // Copies `n` bytes from `bytes` to `at`, which with its n bytes must lie inside one block; throws
-  // std::out_of_range otherwise. The same as std::memcpy, but while the arena is this process's
-  // alone (shared()) it writes through the memfd: into pages not touched yet that costs no page
-  // fault per 4 KiB page, and fills new memory about twice as fast as a copy through the mapping
-  // (docs/benchmarks.md, "State transfer"). For a load that fills a new arena from a snapshot; a
-  // few bytes at a time it is slower than memcpy (a system call each).
+  // std::out_of_range otherwise, and std::system_error if the memfd refuses the write (no memory
+  // left to give it, say). The same as std::memcpy, but while the arena is this process's alone
+  // (shared()) it writes through the memfd: into pages not touched yet that costs no page fault per
+  // 4 KiB page (the first read maps them, up to 16 pages per fault), and fills new memory about
+  // twice as fast as a copy through the mapping (docs/benchmarks.md, "State transfer"). For a load
+  // that fills a new arena from a snapshot; a few bytes at a time it is slower than memcpy (a
+  // system call each). In a borrowed arena it copies through the mapping.
   void write(std::byte* at, const void* bytes, std::uint64_t n);
 
   std::uint64_t offset_of(const std::byte* block) const;

@@ -72,9 +72,11 @@ class InputArchive : public cereal::InputArchive<InputArchive, cereal::AllowEmpt
     std::memcpy(out, data_.data() + offset_, size);
     offset_ += size;
   }
-  // The next `size` bytes, consumed as by loadBinary but without a copy where they lie in memory
-  // (a section through a memfd): the span is then valid while the archive's data is. A streamed
-  // section's bytes are read into `scratch` (at least `size` bytes) and the span is that.
+  // The next `size` bytes, consumed as by loadBinary but without a copy where they lie in memory:
+  // a section through a memfd, or a span the archive was made over; the span is then valid while
+  // that memory is. (Over any other std::istream the archive reads the bytes into a copy of its
+  // own, and the span lasts as long as the archive.) A streamed section's bytes are read into
+  // `scratch` (at least `size` bytes) and the span is that.
   std::span<const std::byte> view(std::size_t size, std::span<std::byte> scratch) {
     if (stream_ != nullptr) {
       if (size > scratch.size()) throw std::length_error("InputArchive::view: the scratch buffer is too small");
