@@ -19,7 +19,7 @@ ArenaCheck::ArenaCheck(Slabs& slabs, ContentTypes types) : slabs_(slabs), types_
   links_ = std::make_unique_for_overwrite<Link[]>(total_);
 }
 
-void ArenaCheck::check_chunks(std::uint32_t p, std::uint32_t from, std::uint32_t to) {
+void ArenaCheck::check_chunks(std::uint32_t p, std::uint32_t from, std::uint32_t to, std::uint64_t& max_stamp) {
   const Slabs::Page& page = slabs_.pages()[p];
   const std::uint64_t first = numbering_[p].first;
   for (std::uint32_t slot = from; slot < to; ++slot) {
@@ -32,7 +32,7 @@ void ArenaCheck::check_chunks(std::uint32_t p, std::uint32_t from, std::uint32_t
     }
     if (!valid_link(c->next) || !valid_link(c->prev)) throw ArchiveError("corrupt: a chunk links to no chunk");
     links_[first + slot] = {c->next, c->prev};
-    max_stamp_ = std::max(max_stamp_, c->stamp);  // A free chunk's stamp is 0.
+    max_stamp = std::max(max_stamp, c->stamp);  // A free chunk's stamp is 0.
   }
 }
 

@@ -17,6 +17,7 @@
 // hotrestart::ArchiveError on anything inconsistent.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -56,7 +57,11 @@ class ArenaCheck {
 
   // Chunks [from, to) of page p, just copied: their lengths fit their chunks and their links name
   // chunks; the links are kept for check_lists, in chunk-number order.
-  void check_chunks(std::uint32_t p, std::uint32_t from, std::uint32_t to);
+  void check_chunks(std::uint32_t p, std::uint32_t from, std::uint32_t to) { check_chunks(p, from, to, max_stamp_); }
+  // The same, with the highest stamp kept in `max_stamp` rather than here: two threads may check
+  // the chunks of different pages at once this way, each with its own, and then note_stamp() each.
+  void check_chunks(std::uint32_t p, std::uint32_t from, std::uint32_t to, std::uint64_t& max_stamp);
+  void note_stamp(std::uint64_t stamp) { max_stamp_ = std::max(max_stamp_, stamp); }
   // The LRU list visits exactly `count` entries, from `head` to `tail`, without a cycle and with
   // links that agree both ways; each free list holds chunks of its class only, likewise; and every
   // chunk handed out is on exactly one of them. Derives what is not sent: the live chunks per page
