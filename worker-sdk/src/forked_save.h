@@ -41,6 +41,11 @@ struct ChildResult {
   Fd memfd;
 };
 
+// The snapshot's copies are first sampled this long after the fork, and then again after 19 times
+// as long as the last sample took (so that sampling takes at most 5% of a CPU), between these two.
+inline constexpr int kFirstSampleMs = 20;
+inline constexpr int kMaxSampleIntervalMs = 1000;
+
 struct ForkedSave {
   bool forked = false;
   std::string why_not;                // When not forked: why (the caller saves under the lock).
@@ -50,7 +55,7 @@ struct ForkedSave {
   std::chrono::microseconds pause{0};   // The fork's instant, under the writers' lock.
   std::chrono::microseconds waited{0};  // Writers held back because the copies outgrew the bound.
   std::uint64_t peak_copy_bytes = 0;    // The most memory the snapshot's copies took, as sampled.
-  bool sampled = false;                 // Whether they were sampled at all (every 20 ms).
+  bool sampled = false;                 // Whether they were sampled at all (first after kFirstSampleMs).
   std::uint64_t sequence_at_fork = 0;   // `sequence_now` at the fork: the snapshot holds those changes.
 };
 
