@@ -190,19 +190,12 @@ class ArenaReader {
     place_pages();
     ArenaCheck check(store_->slabs_, Schema >= 2 ? ContentTypes::kAllowed : ContentTypes::kNone);
     if (mapped_ != nullptr) {
-      // Nothing to copy: the checks run here, over the pages where they lie, and the index's
-      // header is read where a copy would have reached it (after the pages' checks).
-      std::uint64_t index_step = 1;
-      for (const Slabs::Page& page : store_->slabs_.pages())
-        index_step += page.kind != kNoPage ? 1 : 0;
+      // Nothing to copy: the checks run here, over the pages where they lie, in the same order.
       const std::uint64_t t0 = monotonic_ns();
       check_chunks_on_two_threads(check);
-      run_checks(
-          check,
-          [&](std::uint64_t step) {
-            if (step == index_step) read_index();
-          },
-          Chunks::kChecked);
+      store_->bytes_ = check.check_lists(head_, tail_, count_);
+      read_index();
+      check_index_blocks(check, [] {});
       check_ns_ = monotonic_ns() - t0;
     } else {
       // The checks run on a thread of their own, each part as soon as it is copied.
@@ -360,12 +353,7 @@ class ArenaReader {
         threaded_ = false;
       }
     }
-    ~Checker() {
-      if (thread_.joinable()) {
-        reached(kAbandoned);
-        thread_.join();
-      }
-    }
+    ~Checker() { stop(); }
     Checker(const Checker&) = delete;
     Checker& operator=(const Checker&) = delete;
 
@@ -377,10 +365,7 @@ class ArenaReader {
     bool failed() const { return failed_.load(std::memory_order_relaxed); }
     // The copy failed: stops the checks where they are, and throws what they found, if anything.
     void abandon() {
-      if (thread_.joinable()) {
-        reached(kAbandoned);
-        thread_.join();
-      }
+      stop();
       if (error_) std::rethrow_exception(error_);
     }
     void finish() {
@@ -396,6 +381,12 @@ class ArenaReader {
    private:
     static constexpr std::uint64_t kAbandoned = std::numeric_limits<std::uint64_t>::max();
     struct Abandoned {};
+
+    void stop() {
+      if (!thread_.joinable()) return;
+      reached(kAbandoned);
+      thread_.join();
+    }
 
     void run() {
       const std::uint64_t t0 = monotonic_ns();
@@ -429,24 +420,28 @@ class ArenaReader {
     std::thread thread_;
   };
 
-  // Whether run_checks still checks the pages' chunks.
-  enum class Chunks { kCheck, kChecked };
-
-  // Every check of the loaded arena, in order; `ready(n)` returns once the n-th part is in place.
-  void run_checks(ArenaCheck& check, const std::function<void(std::uint64_t)>& ready, Chunks chunks = Chunks::kCheck) {
+  // Every check of a copied arena, in order; `ready(n)` returns once the n-th part (a page, the
+  // index's table, a block of the index) is in place.
+  void run_checks(ArenaCheck& check, const std::function<void(std::uint64_t)>& ready) {
     const auto& pages = store_->slabs_.pages();
     std::uint64_t step = 0;
     for (std::uint32_t p = 0; p < pages.size(); ++p) {
       if (pages[p].kind == kNoPage) continue;
       ready(++step);
-      if (chunks == Chunks::kCheck) check.check_chunks(p, 0, pages[p].used);
+      check.check_chunks(p, 0, pages[p].used);
     }
     store_->bytes_ = check.check_lists(head_, tail_, count_);
     ready(++step);  // The index's table.
+    check_index_blocks(check, [&] { ready(++step); });
+  }
+
+  // The index, block by block, once the lists are checked; `next()` returns once the next block is
+  // in place.
+  void check_index_blocks(ArenaCheck& check, const std::function<void()>& next) {
     const HashIndex& index = store_->index_;
     const std::uint64_t slot_count = index.slot_count();
     for (std::uint64_t from = 0; from < slot_count; from += kIndexBlockSlots) {
-      ready(++step);
+      next();
       check.check_index(index, from, std::min(slot_count, from + kIndexBlockSlots));
     }
     check.finish_index(index, count_);

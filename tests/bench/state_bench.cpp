@@ -12,7 +12,10 @@
 //                    hotrestart::Arena's blocks of 1 MiB (as kv-cache's load fills its pages), with
 //                    memcpy through the mapping and with Arena::write through the memfd, then
 //                    reading a word of every 4 KiB page (which maps the pages Arena::write left
-//                    unmapped, as kv-cache's checks do).
+//                    unmapped, as kv-cache's checks do);
+//       smaps_rollup_ms: reading /proc/PID/smaps_rollup of a child that maps N bytes of touched
+//                    shared memory, the fastest of R reads: what each sample of a forked save's
+//                    copies costs the old generation (hence their spacing, docs/architecture.md).
 //   state-bench transfer STATUS_JSON [SECTION]
 //       The `last_transfer` of `hotrestart status --json`: its outcome, and the first section's (or
 //       SECTION's)
@@ -24,14 +27,17 @@
 //       timeline began (ms after the start), and the `state` event.
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -165,6 +171,52 @@ double arena_rate(std::size_t bytes, int reps, bool write) {
   return best;
 }
 
+// Reads /proc/PID/smaps_rollup of a child that has touched `bytes` of shared memory; the fastest
+// of `reps` reads, in milliseconds.
+double smaps_rollup_ms(std::size_t bytes, int reps) {
+  void* shared = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  int ready[2];
+  if (shared == MAP_FAILED || ::pipe(ready) != 0) {
+    std::perror("state-bench: smaps_rollup set-up");
+    std::exit(1);
+  }
+  std::memset(shared, 1, bytes);
+  const pid_t child = ::fork();
+  if (child == 0) {
+    // Maps every page (a fork does not copy the page tables of shared memory), then waits.
+    std::uint64_t sum = 0;
+    for (std::size_t at = 0; at < bytes; at += 4096)
+      sum += static_cast<const unsigned char*>(shared)[at];
+    const char done = sum > 0 ? 'y' : 'n';
+    (void)!::write(ready[1], &done, 1);
+    ::pause();
+    ::_exit(0);
+  }
+  char done = 0;
+  if (child < 0 || ::read(ready[0], &done, 1) != 1) {
+    std::perror("state-bench: smaps_rollup child");
+    std::exit(1);
+  }
+  const std::string path = "/proc/" + std::to_string(child) + "/smaps_rollup";
+  double best = 1e9;
+  for (int r = 0; r < reps; ++r) {
+    const auto t = Clock::now();
+    std::ifstream f(path);
+    const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    if (text.find("Rss:") == std::string::npos) {
+      std::fprintf(stderr, "state-bench: cannot read %s\n", path.c_str());
+      std::exit(1);
+    }
+    best = std::min(best, seconds_since(t) * 1e3);
+  }
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+  ::close(ready[0]);
+  ::close(ready[1]);
+  ::munmap(shared, bytes);
+  return best;
+}
+
 double fresh_rate(std::size_t bytes, int reps) {
   double best = 0;
   for (int r = 0; r < reps; ++r) {
@@ -216,6 +268,7 @@ int baselines(const std::vector<std::string>& args) {
   std::printf("fresh_gbps %.3f\n", fresh_rate(bytes, reps));
   std::printf("arena_memcpy_gbps %.3f\n", arena_rate(bytes, reps, false));
   std::printf("arena_write_gbps %.3f\n", arena_rate(bytes, reps, true));
+  std::printf("smaps_rollup_ms %.2f\n", smaps_rollup_ms(bytes, reps));
   return 0;
 }
 

@@ -173,7 +173,7 @@ std::optional<ChildResult> Exporter::save_forked(const Section& section, const s
                   static_cast<double>(f.peak_copy_bytes) / 1048576.0);
   } else {
     std::snprintf(copies, sizeof copies,
-                  "it ended before the snapshot's copies were first sampled (20 ms after the fork)");
+                  "it ended before the snapshot's copies were first sampled (%d ms after the fork)", kFirstSampleMs);
   }
   say("section '%s': saved by a forked process (pid %d, %s); the writers waited %.1f ms for the fork%s, and %s",
       section.name.c_str(), static_cast<int>(f.child), f.child_end.c_str(), static_cast<double>(f.pause.count()) / 1e3,

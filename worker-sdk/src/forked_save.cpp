@@ -227,7 +227,7 @@ ForkedSave save_in_child(const Section& section, std::uint64_t max_copy_bytes, c
 
   // The wait: the child's message, or the end of its socket. The snapshot's copies are sampled
   // meanwhile, every 20 ms, or less often where a sample would take more than 5% of that time:
-  // reading the child's smaps_rollup walks its page tables, 20-25 ms for a child that maps a GiB
+  // reading the child's smaps_rollup walks its page tables, 20-30 ms for a child that maps a GiB
   // (which, every 20 ms, kept a CPU busy beside the server for the whole save).
   bool held_back = false;
   auto wait_readable = [&mine](int timeout_ms) {
