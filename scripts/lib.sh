@@ -12,7 +12,8 @@
 #
 #   hr_install_deps            install the Debian packages the project needs, if any is missing
 #   hr_build [CMAKE ARGS...]   configure $HR_BUILD_DIR (RelWithDebInfo, -O2 -g1) and build it;
-#                              HR_BUILD_TARGETS="a b" limits the build to those targets
+#                              HR_BUILD_TARGETS="a b" limits the build to those targets;
+#                              HR_BUILD_FLAGS replaces "-O2 -g1 -DNDEBUG"
 #   hr_wait_for CMD TIMEOUT_S  run CMD (a string, eval'd) until it succeeds; 1 after TIMEOUT_S
 #   hr_sup_*                   start, query and stop one `hotrestart run` by pid and control socket
 #   hr_wrk_lua PATH            write the wrk script that counts responses per version label
@@ -126,11 +127,12 @@ hr_build() {
   log="$(mktemp)"
   hr_log "configuring $HR_BUILD_DIR"
   # Optimised, with line tables only (-g1): backtraces, perf and sanitizer reports name every
-  # frame's function, file and line, and the build takes a third less time than with -g. For a
-  # debugger session, configure a build directory of its own with -DCMAKE_BUILD_TYPE=Debug.
+  # frame's function, file and line, and a whole build takes about a quarter less time than with
+  # -g. For a debugger session, configure a build directory of its own with
+  # -DCMAKE_BUILD_TYPE=Debug.
+  local flags="${HR_BUILD_FLAGS:--O2 -g1 -DNDEBUG}"
   if ! cmake -S "$HR_ROOT" -B "$HR_BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" \
-    "$@" >"$log" 2>&1; then
+    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="$flags" -DCMAKE_C_FLAGS_RELWITHDEBINFO="$flags" "$@" >"$log" 2>&1; then
     cat "$log" >&2
     rm -f "$log"
     hr_die "cmake configure failed"
